@@ -1,0 +1,85 @@
+//! The daemon's own subjects: `$BUS.api.*` requests and `$BUS.event.*` events.
+//!
+//! Both go through the normal router, so `bus-cli list` is just a request and
+//! `bus-cli monitor` just a subscription: one mechanism.
+
+use std::sync::{atomic::Ordering::Relaxed, Arc};
+
+use bytes::Bytes;
+use libbus::proto::{
+    api::{self, CloseReason, ConnEvent, ServerInfo},
+    ServerFrame,
+};
+
+use crate::{conn::encode, outbox::Published, registry::Conn, server::State};
+
+/// Answers a request published to `$BUS.api.<name>`.
+pub fn handle(state: &State, conn: &Conn, subject: &str, reply_to: Option<&str>) {
+    let Some(reply_to) = reply_to else {
+        return; // not a request: nothing to answer
+    };
+    let body = match subject {
+        api::LIST => {
+            let list: Vec<_> = state.registry.snapshot().iter().map(|c| c.info()).collect();
+            postcard::to_allocvec(&list)
+        }
+        api::INFO => postcard::to_allocvec(&info(state)),
+        _ => {
+            conn.outbox.push_frame(encode(&ServerFrame::NoResponders { reply_to }));
+            return;
+        }
+    };
+    match body {
+        Ok(body) => publish(state, reply_to, body),
+        Err(e) => tracing::error!("encoding {subject} reply: {e}"),
+    }
+}
+
+/// Daemon facts and totals.
+pub fn info(state: &State) -> ServerInfo {
+    let conns = state.registry.snapshot();
+    let t = &state.registry.ended;
+    let sum = |live: fn(&Conn) -> u64, ended: &std::sync::atomic::AtomicU64| {
+        conns.iter().map(|c| live(c)).sum::<u64>() + ended.load(Relaxed)
+    };
+    ServerInfo {
+        version: env!("CARGO_PKG_VERSION").into(),
+        protocol: libbus::proto::PROTOCOL_VERSION,
+        server_id: state.server_id.clone(),
+        listen: state.listen.clone(),
+        pid: std::process::id() as i32,
+        uptime_ms: state.started.elapsed().as_millis() as u64,
+        connections: conns.len() as u64,
+        total_connections: state.registry.accepted.load(Relaxed),
+        subscriptions: state.router.len() as u64,
+        msgs_in: sum(|c| c.stats.msgs_in.load(Relaxed), &t.msgs_in),
+        msgs_out: sum(|c| c.stats.msgs_out.load(Relaxed), &t.msgs_out),
+        bytes_in: sum(|c| c.stats.bytes_in.load(Relaxed), &t.bytes_in),
+        bytes_out: sum(|c| c.stats.bytes_out.load(Relaxed), &t.bytes_out),
+        dropped: sum(|c| c.outbox.dropped(), &t.dropped),
+        limits: state.config.limits(),
+    }
+}
+
+/// Publishes `$BUS.event.conn.open` / `.close` for `conn`, if anyone listens.
+pub fn conn_event(state: &State, subject: &'static str, conn: &Conn, reason: Option<CloseReason>) {
+    if state.router.lookup_uncached(subject).is_empty() {
+        return;
+    }
+    let event = ConnEvent { conn: conn.info(), reason };
+    match postcard::to_allocvec(&event) {
+        Ok(body) => publish(state, subject, body),
+        Err(e) => tracing::error!("encoding {subject} event: {e}"),
+    }
+}
+
+/// Routes a message from the daemon itself.
+fn publish(state: &State, subject: &str, body: Vec<u8>) {
+    let routes = state.router.lookup_uncached(subject);
+    let msg = Arc::new(Published {
+        subject: Bytes::copy_from_slice(subject.as_bytes()),
+        reply_to: None,
+        payload: body.into(),
+    });
+    routes.deliver(&msg);
+}

@@ -1,0 +1,360 @@
+//! One client connection: handshake, then a reader loop (this task) and a
+//! writer loop (a second task), until either side ends it.
+//!
+//! Reader: frame → decode → validate → route → each subscriber's outbox
+//! (`try_push`, never waits). Writer: outbox batch → encode many frames into
+//! one buffer → one `write`. A frame error gets an `Error` frame naming the
+//! problem, then the connection closes; other connections are unaffected.
+
+use std::{
+    sync::{atomic::Ordering::Relaxed, Arc, Mutex},
+    time::SystemTime,
+};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use libbus::{
+    codec::{self, CodecError},
+    proto::{
+        self,
+        api::{CloseReason, Peer, SubInfo},
+        ClientFrame, ErrorCode, ServerFrame,
+    },
+    subject,
+    transport::{self, Half, UnixStream},
+};
+use tokio::io::AsyncWriteExt;
+use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
+
+use crate::{
+    api,
+    outbox::{OutItem, Outbox, Published},
+    registry::{lock, Conn, Stats},
+    router::RouteCache,
+    server::State,
+};
+
+/// Bytes the writer gathers before one `write` call.
+const WRITE_BATCH: usize = 64 << 10;
+
+/// Encodes a daemon frame on its own (for control frames).
+pub(crate) fn encode(frame: &ServerFrame<'_>) -> Bytes {
+    let mut buf = Vec::new();
+    // Control frames are small and all their fields serialize: this cannot fail.
+    if let Err(e) = codec::encode_into(frame, &mut buf, u32::MAX) {
+        tracing::error!("encoding a control frame failed: {e}");
+    }
+    buf.into()
+}
+
+fn error_frame(code: ErrorCode, message: &str) -> Bytes {
+    encode(&ServerFrame::Error { code, message })
+}
+
+/// Why reading stopped; becomes the close event's reason.
+struct Fatal(CloseReason);
+
+/// Serves one accepted connection to the end.
+pub async fn serve(state: Arc<State>, stream: UnixStream, peer: Peer) {
+    let (rd, mut wr) = transport::split(stream);
+    let mut frames = FramedRead::new(rd, codec::frame_codec(state.config.max_frame));
+
+    let hello = match handshake(&state, &mut frames).await {
+        Ok(h) => h,
+        Err((code, message)) => {
+            tracing::debug!(?peer, message, "handshake refused");
+            // Best effort: the peer may already be gone.
+            let _ = wr.write_all(&error_frame(code, &message)).await;
+            return;
+        }
+    };
+
+    let conn = Arc::new(Conn {
+        id: state.registry.next_id(),
+        name: hello,
+        transport: "unix",
+        peer,
+        connected_at: SystemTime::now(),
+        outbox: Outbox::new(state.config.max_pending),
+        stats: Stats::default(),
+        subs: Mutex::new(Default::default()),
+    });
+    conn.stats.last_activity_ms.store(state.clock.now_ms(), Relaxed);
+    conn.outbox.push_frame(encode(&ServerFrame::Welcome(proto::Welcome {
+        version: proto::PROTOCOL_VERSION,
+        conn_id: conn.id,
+        server_id: &state.server_id,
+        max_frame: state.config.max_frame,
+    })));
+    state.registry.insert(conn.clone());
+    let writer = tokio::spawn(write_loop(conn.clone(), wr));
+    tracing::info!(id = conn.id, name = %conn.name, peer = ?conn.peer, "connection open");
+    api::conn_event(&state, proto::api::EVENT_CONN_OPEN, &conn, None);
+
+    let Fatal(reason) = read_loop(&state, &conn, &mut frames).await;
+
+    for (sid, sub) in std::mem::take(&mut *lock(&conn.subs)) {
+        state.router.unsubscribe(conn.id, sid, &sub.pattern, sub.queue.as_deref());
+    }
+    state.registry.remove(&conn);
+    conn.outbox.close();
+    drop(frames);
+    let mut writer = writer;
+    if tokio::time::timeout(state.config.shutdown_grace, &mut writer).await.is_err() {
+        writer.abort();
+    }
+    conn.outbox.clear();
+    tracing::info!(id = conn.id, name = %conn.name, %reason, "connection closed");
+    api::conn_event(&state, proto::api::EVENT_CONN_CLOSE, &conn, Some(reason));
+}
+
+/// Reads and checks `Hello`. Returns the client name, or the error to send.
+async fn handshake(
+    state: &State,
+    frames: &mut FramedRead<Half, LengthDelimitedCodec>,
+) -> Result<String, (ErrorCode, String)> {
+    let t = state.config.handshake_timeout;
+    let body = match tokio::time::timeout(t, frames.next()).await {
+        Err(_) => {
+            return Err((ErrorCode::HandshakeTimeout, format!("no Hello within handshake_timeout ({t:?})")))
+        }
+        Ok(None) => return Err((ErrorCode::Protocol, "connection ended before Hello".into())),
+        Ok(Some(Err(e))) => return Err(read_error(state, &e)),
+        Ok(Some(Ok(body))) => body,
+    };
+    match codec::decode::<ClientFrame>(&body) {
+        Ok(ClientFrame::Hello(h)) if h.version == proto::PROTOCOL_VERSION => Ok(h.name.to_owned()),
+        Ok(ClientFrame::Hello(h)) => Err((
+            ErrorCode::VersionMismatch,
+            format!(
+                "protocol version mismatch: client speaks {}, daemon speaks {}",
+                h.version,
+                proto::PROTOCOL_VERSION
+            ),
+        )),
+        Ok(other) => Err((
+            ErrorCode::Protocol,
+            format!("expected Hello as the first frame, got {}", frame_name(&other)),
+        )),
+        Err(e) => Err((ErrorCode::Protocol, e.to_string())),
+    }
+}
+
+fn frame_name(f: &ClientFrame<'_>) -> &'static str {
+    match f {
+        ClientFrame::Hello(_) => "Hello",
+        ClientFrame::Pub(_) => "Pub",
+        ClientFrame::Sub(_) => "Sub",
+        ClientFrame::Unsub { .. } => "Unsub",
+        ClientFrame::Ping => "Ping",
+        ClientFrame::Pong => "Pong",
+    }
+}
+
+/// Classifies a read error from the frame decoder.
+fn read_error(state: &State, e: &std::io::Error) -> (ErrorCode, String) {
+    if codec::is_frame_too_large(e) {
+        (
+            ErrorCode::FrameTooLarge,
+            format!("frame length exceeds max_frame ({} bytes)", state.config.max_frame),
+        )
+    } else if e.kind() == std::io::ErrorKind::UnexpectedEof || e.to_string().contains("bytes remaining") {
+        (ErrorCode::Protocol, "truncated frame: connection ended inside a frame".into())
+    } else {
+        (ErrorCode::Protocol, format!("read error: {e}"))
+    }
+}
+
+async fn read_loop(state: &State, conn: &Arc<Conn>, frames: &mut FramedRead<Half, LengthDelimitedCodec>) -> Fatal {
+    let cfg = &state.config;
+    let mut cache = RouteCache::default();
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + cfg.ping_interval, cfg.ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut missed = 0u32;
+    let shutdown = state.shutdown.cancelled();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            biased;
+            frame = frames.next() => match frame {
+                None => return Fatal(CloseReason::End),
+                Some(Err(e)) => {
+                    let (code, message) = read_error(state, &e);
+                    return fatal(conn, code, message);
+                }
+                Some(Ok(body)) => {
+                    missed = 0;
+                    conn.stats.last_activity_ms.store(state.clock.now_ms(), Relaxed);
+                    if let Err(f) = handle_frame(state, conn, &body, &mut cache) {
+                        return f;
+                    }
+                }
+            },
+            _ = &mut shutdown => return Fatal(CloseReason::Shutdown),
+            _ = ping.tick() => {
+                let idle_ms = state.clock.now_ms().saturating_sub(conn.stats.last_activity_ms.load(Relaxed));
+                if u128::from(idle_ms) + 50 < cfg.ping_interval.as_millis() {
+                    continue;
+                }
+                if missed >= cfg.max_pings_missed {
+                    let reason = if conn.outbox.pending_bytes() > 0 { CloseReason::SlowConsumer } else { CloseReason::Timeout };
+                    let message = format!("no answer to {missed} pings (ping_interval {:?})", cfg.ping_interval);
+                    conn.outbox.push_frame(error_frame(ErrorCode::PingTimeout, &message));
+                    return Fatal(reason);
+                }
+                missed += 1;
+                if !conn.outbox.push_frame(encode(&ServerFrame::Ping)) {
+                    return Fatal(CloseReason::SlowConsumer);
+                }
+            }
+        }
+    }
+}
+
+/// Queues an `Error` frame and ends the connection with it as the reason.
+fn fatal(conn: &Conn, code: ErrorCode, message: String) -> Fatal {
+    conn.outbox.push_frame(error_frame(code, &message));
+    Fatal(CloseReason::Error(message))
+}
+
+fn handle_frame(state: &State, conn: &Arc<Conn>, body: &BytesMut, cache: &mut RouteCache) -> Result<(), Fatal> {
+    let frame = match codec::decode::<ClientFrame>(body) {
+        Ok(f) => f,
+        Err(CodecError::Postcard(e)) => return Err(fatal(conn, ErrorCode::Protocol, format!("malformed frame: {e}"))),
+        Err(e) => return Err(fatal(conn, ErrorCode::Protocol, e.to_string())),
+    };
+    match frame {
+        ClientFrame::Pub(p) => publish(state, conn, body, p, cache),
+        ClientFrame::Sub(s) => subscribe(state, conn, s),
+        ClientFrame::Unsub { sid } => {
+            if let Some(sub) = lock(&conn.subs).remove(&sid) {
+                state.router.unsubscribe(conn.id, sid, &sub.pattern, sub.queue.as_deref());
+            }
+            Ok(())
+        }
+        ClientFrame::Ping => {
+            if conn.outbox.push_frame(encode(&ServerFrame::Pong)) {
+                Ok(())
+            } else {
+                Err(Fatal(CloseReason::SlowConsumer))
+            }
+        }
+        ClientFrame::Pong => Ok(()),
+        ClientFrame::Hello(_) => Err(fatal(conn, ErrorCode::Protocol, "duplicate Hello".into())),
+    }
+}
+
+fn publish(
+    state: &State,
+    conn: &Conn,
+    body: &BytesMut,
+    p: proto::Pub<'_>,
+    cache: &mut RouteCache,
+) -> Result<(), Fatal> {
+    if let Err(e) = subject::validate_subject(p.subject) {
+        return Err(fatal(conn, ErrorCode::InvalidSubject, e.to_string()));
+    }
+    if let Some(Err(e)) = p.reply_to.map(subject::validate_subject) {
+        return Err(fatal(conn, ErrorCode::InvalidSubject, format!("reply subject: {e}")));
+    }
+    conn.stats.msgs_in.fetch_add(1, Relaxed);
+    conn.stats.bytes_in.fetch_add(p.payload.len() as u64, Relaxed);
+
+    if p.subject.starts_with(subject::RESERVED_PREFIX) {
+        if p.subject.starts_with(subject::API_PREFIX) {
+            api::handle(state, conn, p.subject, p.reply_to);
+        } else {
+            let e = subject::SubjectError::Reserved(p.subject.into());
+            conn.outbox.push_frame(error_frame(ErrorCode::Reserved, &e.to_string()));
+        }
+        return Ok(());
+    }
+
+    let routes = state.router.lookup(p.subject, cache);
+    if routes.is_empty() {
+        if let Some(reply_to) = p.reply_to {
+            conn.outbox.push_frame(encode(&ServerFrame::NoResponders { reply_to }));
+        }
+        return Ok(());
+    }
+    // One exact-size copy of the frame, shared by every delivery: queued
+    // messages never pin the (larger) receive buffer.
+    let owned = Bytes::copy_from_slice(body);
+    let part = |s: &[u8]| {
+        let start = s.as_ptr() as usize - body.as_ptr() as usize;
+        owned.slice(start..start + s.len())
+    };
+    let msg = Arc::new(Published {
+        subject: part(p.subject.as_bytes()),
+        reply_to: p.reply_to.map(|r| part(r.as_bytes())),
+        payload: part(p.payload),
+    });
+    routes.deliver(&msg);
+    Ok(())
+}
+
+fn subscribe(state: &State, conn: &Arc<Conn>, s: proto::Sub<'_>) -> Result<(), Fatal> {
+    if let Err(e) = subject::validate_pattern(s.pattern) {
+        return Err(fatal(conn, ErrorCode::InvalidSubject, e.to_string()));
+    }
+    if let Some(q) = s.queue {
+        if q.is_empty() || q.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(fatal(conn, ErrorCode::InvalidSubject, format!("invalid queue group name {q:?}")));
+        }
+    }
+    let mut subs = lock(&conn.subs);
+    if let Some(old) = subs.get(&s.sid) {
+        // Reusing a live sid replaces the subscription.
+        state.router.unsubscribe(conn.id, s.sid, &old.pattern, old.queue.as_deref());
+    } else if subs.len() >= state.config.max_subscriptions {
+        drop(subs);
+        let message = format!("limit exceeded: max_subscriptions = {}", state.config.max_subscriptions);
+        conn.outbox.push_frame(error_frame(ErrorCode::LimitExceeded, &message));
+        return Ok(());
+    }
+    subs.insert(
+        s.sid,
+        SubInfo { sid: s.sid, pattern: s.pattern.into(), queue: s.queue.map(Into::into) },
+    );
+    state.router.subscribe(conn, s.sid, s.pattern, s.queue);
+    Ok(())
+}
+
+async fn write_loop(conn: Arc<Conn>, mut wr: Half) {
+    let mut batch = Vec::with_capacity(1024);
+    let mut buf = Vec::with_capacity(WRITE_BATCH + 1024);
+    while conn.outbox.take_batch(&mut batch, WRITE_BATCH).await {
+        let (mut msgs, mut bytes) = (0u64, 0u64);
+        for item in batch.drain(..) {
+            match item {
+                OutItem::Frame(f) => buf.extend_from_slice(&f),
+                OutItem::Lagged { sid, dropped } => {
+                    buf.extend_from_slice(&encode(&ServerFrame::Lagged { sid, dropped }));
+                }
+                OutItem::Msg { sid, msg } => {
+                    let (Ok(subject), Ok(reply_to)) = (
+                        std::str::from_utf8(&msg.subject),
+                        msg.reply_to.as_deref().map(std::str::from_utf8).transpose(),
+                    ) else {
+                        continue; // validated on the way in; unreachable
+                    };
+                    let frame = ServerFrame::Msg(proto::Msg { sid, subject, reply_to, payload: &msg.payload });
+                    if codec::encode_into(&frame, &mut buf, u32::MAX).is_ok() {
+                        msgs += 1;
+                        bytes += msg.payload.len() as u64;
+                    }
+                }
+            }
+        }
+        if let Err(e) = wr.write_all(&buf).await {
+            tracing::debug!(id = conn.id, "write failed: {e}");
+            break;
+        }
+        conn.stats.msgs_out.fetch_add(msgs, Relaxed);
+        conn.stats.bytes_out.fetch_add(bytes, Relaxed);
+        buf.clear();
+        if buf.capacity() > 4 * WRITE_BATCH {
+            buf.shrink_to(WRITE_BATCH + 1024);
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! A connection's bounded outbound queue.
+//!
+//! Publishers' reader tasks push into it and never wait: when the queued bytes
+//! would exceed `max_pending`, the message is dropped and counted per
+//! subscription. The connection's writer task takes batches out. A `Lagged`
+//! notice for a subscription is queued in front of its next message, or as
+//! soon as the queue drains, so loss is never silent and the count is exact.
+
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+/// One published message, shared by every subscriber it is delivered to.
+#[derive(Debug)]
+pub struct Published {
+    /// Literal subject (validated UTF-8).
+    pub subject: Bytes,
+    /// Reply subject (validated UTF-8).
+    pub reply_to: Option<Bytes>,
+    /// Body.
+    pub payload: Bytes,
+}
+
+impl Published {
+    /// Bytes charged against `max_pending` while queued (a frame's worth).
+    pub fn cost(&self) -> usize {
+        self.subject.len() + self.reply_to.as_ref().map_or(0, Bytes::len) + self.payload.len() + 16
+    }
+}
+
+/// Something for the writer to send.
+#[derive(Debug)]
+pub enum OutItem {
+    /// A delivery to subscription `sid`.
+    Msg {
+        /// Subscription id.
+        sid: u64,
+        /// The shared message.
+        msg: Arc<Published>,
+    },
+    /// `dropped` messages for `sid` were lost.
+    Lagged {
+        /// Subscription id.
+        sid: u64,
+        /// How many.
+        dropped: u64,
+    },
+    /// An encoded control frame (Welcome, Ping, Pong, Error, NoResponders).
+    Frame(Bytes),
+}
+
+/// Slack above `max_pending` for control frames, which are never dropped.
+const CONTROL_SLACK: usize = 64 << 10;
+
+#[derive(Debug, Default)]
+struct State {
+    items: VecDeque<OutItem>,
+    /// Bytes charged for `items`.
+    bytes: usize,
+    /// Drops not yet reported, by sid (few entries; usually none).
+    lag: Vec<(u64, u64)>,
+    /// Messages dropped over the connection's life.
+    dropped_total: u64,
+    /// No more items are accepted; the writer exits once drained.
+    closed: bool,
+}
+
+/// The queue. One per connection, shared by the router and the writer.
+#[derive(Debug)]
+pub struct Outbox {
+    state: Mutex<State>,
+    ready: Notify,
+    max_pending: usize,
+}
+
+impl Outbox {
+    /// An empty queue bounded at `max_pending` bytes.
+    pub fn new(max_pending: usize) -> Self {
+        Self { state: Mutex::new(State::default()), ready: Notify::new(), max_pending }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a delivery unless that would pass the bound. Returns false when
+    /// it did not fit (the caller decides whom to charge the drop to).
+    pub fn try_push(&self, sid: u64, msg: &Arc<Published>) -> bool {
+        let cost = msg.cost();
+        let mut st = self.lock();
+        if st.closed {
+            return true;
+        }
+        if st.bytes + cost > self.max_pending {
+            return false;
+        }
+        if !st.lag.is_empty() {
+            if let Some(i) = st.lag.iter().position(|(s, _)| *s == sid) {
+                let (_, dropped) = st.lag.swap_remove(i);
+                st.items.push_back(OutItem::Lagged { sid, dropped });
+            }
+        }
+        let was_empty = st.items.is_empty();
+        st.items.push_back(OutItem::Msg { sid, msg: msg.clone() });
+        st.bytes += cost;
+        drop(st);
+        if was_empty {
+            self.ready.notify_one();
+        }
+        true
+    }
+
+    /// Counts one message for `sid` as dropped.
+    pub fn record_drop(&self, sid: u64) {
+        let mut st = self.lock();
+        st.dropped_total += 1;
+        match st.lag.iter_mut().find(|(s, _)| *s == sid) {
+            Some((_, n)) => *n += 1,
+            None => st.lag.push((sid, 1)),
+        }
+    }
+
+    /// Queues a control frame. Returns false if even the slack above the bound
+    /// is used up: the peer is not reading at all.
+    pub fn push_frame(&self, frame: Bytes) -> bool {
+        let mut st = self.lock();
+        if st.closed {
+            return true;
+        }
+        if st.bytes + frame.len() > self.max_pending + CONTROL_SLACK {
+            return false;
+        }
+        let was_empty = st.items.is_empty();
+        st.bytes += frame.len();
+        st.items.push_back(OutItem::Frame(frame));
+        drop(st);
+        if was_empty {
+            self.ready.notify_one();
+        }
+        true
+    }
+
+    /// Moves up to about `max_bytes` worth of items into `batch`, waiting while
+    /// the queue is empty. Returns false once the queue is closed and drained.
+    pub async fn take_batch(&self, batch: &mut Vec<OutItem>, max_bytes: usize) -> bool {
+        loop {
+            {
+                let mut st = self.lock();
+                if st.items.is_empty() && !st.lag.is_empty() {
+                    // Caught up after a gap: report it now rather than with
+                    // the next message, which may never come.
+                    let lag = std::mem::take(&mut st.lag);
+                    st.items
+                        .extend(lag.into_iter().map(|(sid, dropped)| OutItem::Lagged { sid, dropped }));
+                }
+                if !st.items.is_empty() {
+                    let mut taken = 0;
+                    while taken < max_bytes {
+                        let Some(item) = st.items.pop_front() else { break };
+                        let cost = match &item {
+                            OutItem::Msg { msg, .. } => msg.cost(),
+                            OutItem::Frame(f) => f.len(),
+                            OutItem::Lagged { .. } => 0,
+                        };
+                        st.bytes -= cost;
+                        taken += cost.max(1);
+                        batch.push(item);
+                    }
+                    return true;
+                }
+                if st.closed {
+                    return false;
+                }
+            }
+            self.ready.notified().await;
+        }
+    }
+
+    /// Stops accepting items; the writer drains what is queued, then stops.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_one();
+    }
+
+    /// Drops everything still queued (after the writer gave up).
+    pub fn clear(&self) {
+        let mut st = self.lock();
+        st.items.clear();
+        st.bytes = 0;
+    }
+
+    /// Bytes queued now.
+    pub fn pending_bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    /// Messages dropped so far.
+    pub fn dropped(&self) -> u64 {
+        self.lock().dropped_total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(n: usize) -> Arc<Published> {
+        Arc::new(Published { subject: Bytes::from_static(b"s"), reply_to: None, payload: vec![0; n].into() })
+    }
+
+    #[tokio::test]
+    async fn bound_drop_and_lag_in_order() {
+        let ob = Outbox::new(100);
+        let m = msg(40 - 17); // cost 40
+        assert!(ob.try_push(1, &m));
+        assert!(ob.try_push(1, &m));
+        assert!(!ob.try_push(1, &m));
+        ob.record_drop(1);
+        assert!(!ob.try_push(1, &m));
+        ob.record_drop(1);
+        assert_eq!(ob.pending_bytes(), 80);
+        assert_eq!(ob.dropped(), 2);
+
+        let mut batch = Vec::new();
+        assert!(ob.take_batch(&mut batch, 1 << 20).await);
+        assert_eq!(batch.len(), 2);
+        batch.clear();
+        // Queue drained with unreported drops: the notice comes out on its own.
+        assert!(ob.take_batch(&mut batch, 1 << 20).await);
+        assert!(matches!(batch[..], [OutItem::Lagged { sid: 1, dropped: 2 }]));
+        batch.clear();
+
+        // A later drop is reported in front of the next delivery.
+        ob.record_drop(1);
+        assert!(ob.try_push(1, &m));
+        assert!(ob.take_batch(&mut batch, 1 << 20).await);
+        assert!(matches!(batch[..], [OutItem::Lagged { sid: 1, dropped: 1 }, OutItem::Msg { sid: 1, .. }]));
+        ob.close();
+        batch.clear();
+        assert!(!ob.take_batch(&mut batch, 1 << 20).await);
+    }
+}

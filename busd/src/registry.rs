@@ -1,0 +1,148 @@
+//! Live connections: what `$BUS.api.list` reports and what routes point at.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc, Mutex, MutexGuard,
+    },
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use libbus::proto::api::{ConnInfo, Peer, SubInfo};
+
+use crate::outbox::Outbox;
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Counters of one connection; each is written by one task only.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Messages published (reader task).
+    pub msgs_in: AtomicU64,
+    /// Payload bytes published (reader task).
+    pub bytes_in: AtomicU64,
+    /// Messages written to the socket (writer task).
+    pub msgs_out: AtomicU64,
+    /// Payload bytes written to the socket (writer task).
+    pub bytes_out: AtomicU64,
+    /// Last frame received, Unix ms (reader task, coarse clock).
+    pub last_activity_ms: AtomicU64,
+}
+
+/// One connection after its handshake. Routes hold an `Arc` to it; it is
+/// removed from the registry and the router when the connection ends.
+#[derive(Debug)]
+pub struct Conn {
+    /// Daemon-unique id.
+    pub id: u64,
+    /// Client name from `Hello`.
+    pub name: String,
+    /// `unix` for now.
+    pub transport: &'static str,
+    /// Who is connected.
+    pub peer: Peer,
+    /// When the handshake completed.
+    pub connected_at: SystemTime,
+    /// Outbound queue, drained by the connection's writer.
+    pub outbox: Outbox,
+    /// Counters.
+    pub stats: Stats,
+    /// Subscriptions by sid (for listing and cleanup).
+    pub subs: Mutex<BTreeMap<u64, SubInfo>>,
+}
+
+impl Conn {
+    /// A snapshot for the admin API and events.
+    pub fn info(&self) -> ConnInfo {
+        ConnInfo {
+            id: self.id,
+            name: self.name.clone(),
+            transport: self.transport.into(),
+            peer: self.peer.clone(),
+            connected_at_ms: unix_ms(self.connected_at),
+            last_activity_ms: self.stats.last_activity_ms.load(Relaxed),
+            subs: lock(&self.subs).values().cloned().collect(),
+            msgs_in: self.stats.msgs_in.load(Relaxed),
+            bytes_in: self.stats.bytes_in.load(Relaxed),
+            msgs_out: self.stats.msgs_out.load(Relaxed),
+            bytes_out: self.stats.bytes_out.load(Relaxed),
+            pending_bytes: self.outbox.pending_bytes() as u64,
+            dropped: self.outbox.dropped(),
+        }
+    }
+}
+
+/// Totals of connections that have ended, so daemon totals survive them.
+#[derive(Debug, Default)]
+pub struct Totals {
+    /// Messages published.
+    pub msgs_in: AtomicU64,
+    /// Messages delivered.
+    pub msgs_out: AtomicU64,
+    /// Payload bytes published.
+    pub bytes_in: AtomicU64,
+    /// Payload bytes delivered.
+    pub bytes_out: AtomicU64,
+    /// Messages dropped.
+    pub dropped: AtomicU64,
+}
+
+/// All live connections.
+#[derive(Debug, Default)]
+pub struct Registry {
+    conns: Mutex<HashMap<u64, Arc<Conn>>>,
+    next_id: AtomicU64,
+    /// Connections accepted since start.
+    pub accepted: AtomicU64,
+    /// Totals of ended connections.
+    pub ended: Totals,
+}
+
+impl Registry {
+    /// A fresh connection id (ids start at 1).
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Relaxed) + 1
+    }
+
+    /// Adds a connection that completed its handshake.
+    pub fn insert(&self, conn: Arc<Conn>) {
+        self.accepted.fetch_add(1, Relaxed);
+        lock(&self.conns).insert(conn.id, conn);
+    }
+
+    /// Removes a connection and folds its counters into the totals.
+    pub fn remove(&self, conn: &Conn) {
+        lock(&self.conns).remove(&conn.id);
+        let t = &self.ended;
+        t.msgs_in.fetch_add(conn.stats.msgs_in.load(Relaxed), Relaxed);
+        t.msgs_out.fetch_add(conn.stats.msgs_out.load(Relaxed), Relaxed);
+        t.bytes_in.fetch_add(conn.stats.bytes_in.load(Relaxed), Relaxed);
+        t.bytes_out.fetch_add(conn.stats.bytes_out.load(Relaxed), Relaxed);
+        t.dropped.fetch_add(conn.outbox.dropped(), Relaxed);
+    }
+
+    /// Live connections, by id.
+    pub fn snapshot(&self) -> Vec<Arc<Conn>> {
+        let mut v: Vec<_> = lock(&self.conns).values().cloned().collect();
+        v.sort_by_key(|c| c.id);
+        v
+    }
+
+    /// Number of live connections.
+    pub fn len(&self) -> usize {
+        lock(&self.conns).len()
+    }
+
+    /// True when nobody is connected.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,144 @@
+//! Routing: subject → the subscribers a message goes to.
+//!
+//! The [`sublist`] trie is the index. Each connection's reader keeps a small
+//! [`RouteCache`] of recent subjects, checked against a global generation
+//! number, so a steady stream of publishes takes no lock at all; any
+//! subscription change bumps the generation and caches refill on demand.
+
+pub mod sublist;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc, RwLock,
+    },
+};
+
+use crate::{
+    outbox::Published,
+    registry::Conn,
+};
+use sublist::Sublist;
+
+/// One subscription of one connection.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The subscribing connection.
+    pub conn: Arc<Conn>,
+    /// Its subscription id.
+    pub sid: u64,
+}
+
+/// The subscribers of one subject, ready to deliver to.
+#[derive(Debug, Default)]
+pub struct Routes {
+    /// Each gets the message.
+    pub plain: Vec<Target>,
+    /// One member of each group gets the message.
+    pub groups: Vec<Vec<Target>>,
+    /// Round-robin position for choosing group members.
+    next: AtomicUsize,
+}
+
+impl Routes {
+    /// True when nothing subscribes to the subject.
+    pub fn is_empty(&self) -> bool {
+        self.plain.is_empty() && self.groups.is_empty()
+    }
+
+    /// Queues `msg` for every plain subscriber and one member per group. A
+    /// subscriber whose queue is full gets a drop counted instead; within a
+    /// group, the next member with room is tried first. Never waits.
+    pub fn deliver(&self, msg: &Arc<Published>) {
+        for t in &self.plain {
+            if !t.conn.outbox.try_push(t.sid, msg) {
+                t.conn.outbox.record_drop(t.sid);
+            }
+        }
+        for members in &self.groups {
+            let n = members.len();
+            let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+            let taken = (0..n).any(|i| {
+                let t = &members[(start + i) % n];
+                t.conn.outbox.try_push(t.sid, msg)
+            });
+            if !taken {
+                let t = &members[start];
+                t.conn.outbox.record_drop(t.sid);
+            }
+        }
+    }
+}
+
+/// Entries a reader's cache holds before it starts over.
+const CACHE_MAX: usize = 1024;
+
+/// A reader task's private cache of recent lookups.
+#[derive(Debug, Default)]
+pub struct RouteCache {
+    generation: u64,
+    routes: HashMap<Box<str>, Arc<Routes>>,
+}
+
+/// The shared subscription index.
+#[derive(Debug, Default)]
+pub struct Router {
+    list: RwLock<Sublist<Target>>,
+    /// Bumped on every change; caches older than this are stale.
+    generation: AtomicU64,
+}
+
+impl Router {
+    /// Adds subscription `sid` of `conn`.
+    pub fn subscribe(&self, conn: &Arc<Conn>, sid: u64, pattern: &str, queue: Option<&str>) {
+        let mut list = self.list.write().unwrap_or_else(|e| e.into_inner());
+        list.insert(pattern, queue, Target { conn: conn.clone(), sid });
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Removes subscription `sid` of connection `conn_id`.
+    pub fn unsubscribe(&self, conn_id: u64, sid: u64, pattern: &str, queue: Option<&str>) {
+        let mut list = self.list.write().unwrap_or_else(|e| e.into_inner());
+        list.remove(pattern, queue, |t| t.conn.id == conn_id && t.sid == sid);
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Number of subscriptions.
+    pub fn len(&self) -> usize {
+        self.list.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// True when there are no subscriptions.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The routes for `subject`, from `cache` when it is current.
+    pub fn lookup(&self, subject: &str, cache: &mut RouteCache) -> Arc<Routes> {
+        let generation = self.generation.load(Ordering::Acquire);
+        if cache.generation != generation {
+            cache.routes.clear();
+            cache.generation = generation;
+        }
+        if let Some(r) = cache.routes.get(subject) {
+            return r.clone();
+        }
+        let routes = self.lookup_uncached(subject);
+        if cache.routes.len() >= CACHE_MAX {
+            cache.routes.clear();
+        }
+        cache.routes.insert(subject.into(), routes.clone());
+        routes
+    }
+
+    /// The routes for `subject`, straight from the trie.
+    pub fn lookup_uncached(&self, subject: &str) -> Arc<Routes> {
+        let m = self.list.read().unwrap_or_else(|e| e.into_inner()).matches(subject);
+        Arc::new(Routes {
+            plain: m.plain,
+            groups: m.groups.into_iter().map(|(_, members)| members).collect(),
+            next: AtomicUsize::new(fastrand::usize(..)),
+        })
+    }
+}

@@ -1,0 +1,289 @@
+//! The subject trie: one level per token, with separate `*` and `>` children.
+//!
+//! Pure data structure, no I/O. Matching walks at most three branches per token
+//! (the literal child, `*`, `>`), so its cost depends on the subject's depth and
+//! the number of *matching* subscriptions, not on how many exist.
+
+use std::collections::HashMap;
+
+/// Subscriptions indexed by pattern. `T` identifies a subscriber.
+#[derive(Debug)]
+pub struct Sublist<T> {
+    root: Level<T>,
+    len: usize,
+}
+
+#[derive(Debug)]
+struct Level<T> {
+    literal: HashMap<Box<str>, Node<T>>,
+    star: Option<Box<Node<T>>>,
+    full: Option<Box<Node<T>>>,
+}
+
+#[derive(Debug)]
+struct Node<T> {
+    next: Level<T>,
+    plain: Vec<T>,
+    groups: Vec<(Box<str>, Vec<T>)>,
+}
+
+impl<T> Default for Level<T> {
+    fn default() -> Self {
+        Self { literal: HashMap::new(), star: None, full: None }
+    }
+}
+
+impl<T> Default for Node<T> {
+    fn default() -> Self {
+        Self { next: Level::default(), plain: Vec::new(), groups: Vec::new() }
+    }
+}
+
+impl<T> Level<T> {
+    fn is_empty(&self) -> bool {
+        self.literal.is_empty() && self.star.is_none() && self.full.is_none()
+    }
+}
+
+impl<T> Node<T> {
+    fn is_empty(&self) -> bool {
+        self.plain.is_empty() && self.groups.is_empty() && self.next.is_empty()
+    }
+}
+
+/// Everything a subject matched: plain subscribers, and the members of each
+/// queue group (merged by group name), of which one should receive it.
+#[derive(Debug)]
+pub struct Matches<T> {
+    /// Each gets a copy.
+    pub plain: Vec<T>,
+    /// One member of each group gets a copy.
+    pub groups: Vec<(Box<str>, Vec<T>)>,
+}
+
+impl<T> Default for Matches<T> {
+    fn default() -> Self {
+        Self { plain: Vec::new(), groups: Vec::new() }
+    }
+}
+
+impl<T> Matches<T> {
+    /// True when nobody matched.
+    pub fn is_empty(&self) -> bool {
+        self.plain.is_empty() && self.groups.is_empty()
+    }
+}
+
+fn split_first(s: &str) -> (&str, Option<&str>) {
+    match s.split_once('.') {
+        Some((tok, rest)) => (tok, Some(rest)),
+        None => (s, None),
+    }
+}
+
+impl<T: Clone> Sublist<T> {
+    /// An empty trie.
+    pub fn new() -> Self {
+        Self { root: Level::default(), len: 0 }
+    }
+
+    /// Number of subscriptions.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when there are no subscriptions.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Adds `item` under a validated `pattern`, in queue group `queue` if given.
+    pub fn insert(&mut self, pattern: &str, queue: Option<&str>, item: T) {
+        let node = Self::node_mut(&mut self.root, pattern);
+        match queue {
+            None => node.plain.push(item),
+            Some(q) => match node.groups.iter_mut().find(|(name, _)| &**name == q) {
+                Some((_, members)) => members.push(item),
+                None => node.groups.push((q.into(), vec![item])),
+            },
+        }
+        self.len += 1;
+    }
+
+    fn node_mut<'a>(level: &'a mut Level<T>, pattern: &str) -> &'a mut Node<T> {
+        let (tok, rest) = split_first(pattern);
+        let node: &mut Node<T> = match tok {
+            "*" => level.star.get_or_insert_with(Box::default),
+            ">" => level.full.get_or_insert_with(Box::default),
+            _ => level.literal.entry(tok.into()).or_default(),
+        };
+        match rest {
+            None => node,
+            Some(rest) => Self::node_mut(&mut node.next, rest),
+        }
+    }
+
+    /// Removes the first item under `pattern`/`queue` for which `is_it` holds,
+    /// pruning emptied nodes. Returns it, or `None` if there was none.
+    pub fn remove(&mut self, pattern: &str, queue: Option<&str>, is_it: impl Fn(&T) -> bool) -> Option<T> {
+        let removed = Self::remove_in(&mut self.root, pattern, queue, &is_it);
+        if removed.is_some() {
+            self.len -= 1;
+        }
+        removed
+    }
+
+    fn remove_in(level: &mut Level<T>, pattern: &str, queue: Option<&str>, is_it: &dyn Fn(&T) -> bool) -> Option<T> {
+        let (tok, rest) = split_first(pattern);
+        let node: &mut Node<T> = match tok {
+            "*" => level.star.as_deref_mut()?,
+            ">" => level.full.as_deref_mut()?,
+            _ => level.literal.get_mut(tok)?,
+        };
+        let removed = match rest {
+            Some(rest) => Self::remove_in(&mut node.next, rest, queue, is_it),
+            None => match queue {
+                None => {
+                    let i = node.plain.iter().position(is_it)?;
+                    Some(node.plain.swap_remove(i))
+                }
+                Some(q) => {
+                    let g = node.groups.iter().position(|(name, _)| &**name == q)?;
+                    let members = &mut node.groups[g].1;
+                    let i = members.iter().position(is_it)?;
+                    let item = members.remove(i);
+                    if members.is_empty() {
+                        node.groups.swap_remove(g);
+                    }
+                    Some(item)
+                }
+            },
+        };
+        if removed.is_some() && node.is_empty() {
+            match tok {
+                "*" => level.star = None,
+                ">" => level.full = None,
+                _ => {
+                    level.literal.remove(tok);
+                }
+            }
+        }
+        removed
+    }
+
+    /// Everything that matches the literal `subject`.
+    pub fn matches(&self, subject: &str) -> Matches<T> {
+        let mut out = Matches::default();
+        Self::collect(&self.root, subject, &mut out);
+        out
+    }
+
+    fn collect(level: &Level<T>, subject: &str, out: &mut Matches<T>) {
+        let (tok, rest) = split_first(subject);
+        if let Some(full) = &level.full {
+            // `>` takes this token and everything after it.
+            Self::add(full, out);
+        }
+        if let Some(star) = &level.star {
+            Self::visit(star, rest, out);
+        }
+        if let Some(node) = level.literal.get(tok) {
+            Self::visit(node, rest, out);
+        }
+    }
+
+    fn visit(node: &Node<T>, rest: Option<&str>, out: &mut Matches<T>) {
+        match rest {
+            None => Self::add(node, out),
+            Some(rest) => Self::collect(&node.next, rest, out),
+        }
+    }
+
+    fn add(node: &Node<T>, out: &mut Matches<T>) {
+        out.plain.extend(node.plain.iter().cloned());
+        for (name, members) in &node.groups {
+            match out.groups.iter_mut().find(|(n, _)| n == name) {
+                Some((_, all)) => all.extend(members.iter().cloned()),
+                None => out.groups.push((name.clone(), members.clone())),
+            }
+        }
+    }
+}
+
+impl<T: Clone> Default for Sublist<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use libbus::subject::matches as reference;
+
+    fn plain(list: &Sublist<u32>, subject: &str) -> Vec<u32> {
+        let mut v = list.matches(subject).plain;
+        v.sort_unstable();
+        v
+    }
+
+    #[test]
+    fn wildcard_matrix_agrees_with_reference() {
+        let patterns = ["a", "a.b", "a.*", "a.>", "*", ">", "*.b", "a.*.c", "*.*.*", "a.b.>", "b.>"];
+        let subjects = ["a", "b", "a.b", "a.c", "b.b", "a.b.c", "a.x.c", "a.b.c.d", "x.y.z"];
+        let mut list = Sublist::new();
+        for (i, p) in patterns.iter().enumerate() {
+            list.insert(p, None, i as u32);
+        }
+        for s in subjects {
+            let want: Vec<u32> = patterns
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| reference(p, s))
+                .map(|(i, _)| i as u32)
+                .collect();
+            assert_eq!(plain(&list, s), want, "subject {s}");
+        }
+    }
+
+    #[test]
+    fn remove_prunes() {
+        let mut list = Sublist::new();
+        list.insert("a.b.c", None, 1);
+        list.insert("a.*", None, 2);
+        assert_eq!(list.len(), 2);
+        assert_eq!(list.remove("a.b.c", None, |x| *x == 1), Some(1));
+        assert_eq!(list.remove("a.b.c", None, |x| *x == 1), None);
+        assert!(plain(&list, "a.b.c").is_empty());
+        assert_eq!(list.remove("a.*", None, |x| *x == 2), Some(2));
+        assert!(list.root.is_empty());
+        assert!(list.is_empty());
+    }
+
+    #[test]
+    fn queue_groups_merge_by_name() {
+        let mut list = Sublist::new();
+        list.insert("jobs.*", Some("w"), 1);
+        list.insert("jobs.>", Some("w"), 2);
+        list.insert("jobs.a", Some("other"), 3);
+        list.insert("jobs.a", None, 4);
+        let m = list.matches("jobs.a");
+        assert_eq!(m.plain, vec![4]);
+        assert_eq!(m.groups.len(), 2);
+        let w = &m.groups.iter().find(|(n, _)| &**n == "w").unwrap().1;
+        assert_eq!(w.len(), 2);
+        assert_eq!(list.remove("jobs.*", Some("w"), |x| *x == 1), Some(1));
+        assert_eq!(list.remove("jobs.*", Some("w"), |x| *x == 1), None);
+        assert_eq!(list.matches("jobs.a").groups.len(), 2);
+    }
+
+    #[test]
+    fn duplicates_are_kept_separately() {
+        let mut list = Sublist::new();
+        list.insert("a", None, 7);
+        list.insert("a", None, 7);
+        assert_eq!(plain(&list, "a"), vec![7, 7]);
+        list.remove("a", None, |x| *x == 7);
+        assert_eq!(plain(&list, "a"), vec![7]);
+    }
+}

@@ -1,0 +1,230 @@
+//! The daemon as a whole: shared state, the accept loop, shutdown, and
+//! [`Daemon`], a handle that runs one on its own thread (for tests, examples
+//! and benchmarks).
+
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc,
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use libbus::{proto::ErrorCode, Address};
+use tokio::{io::AsyncWriteExt, sync::Semaphore};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    config::Config,
+    conn,
+    listener::UnixListener,
+    registry::{unix_ms, Registry},
+    router::Router,
+    Error,
+};
+
+/// A millisecond wall clock updated by a ticker, so hot paths can stamp
+/// activity without a system call.
+#[derive(Debug)]
+pub struct Clock(AtomicU64);
+
+impl Clock {
+    /// Milliseconds since the Unix epoch, at most ~100 ms old.
+    pub fn now_ms(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+    fn tick(&self) {
+        self.0.store(unix_ms(SystemTime::now()), Relaxed);
+    }
+}
+
+/// Everything connections share.
+#[derive(Debug)]
+pub struct State {
+    /// Effective configuration.
+    pub config: Config,
+    /// Subscription index.
+    pub router: Router,
+    /// Live connections.
+    pub registry: Registry,
+    /// Cancelled when the daemon shuts down.
+    pub shutdown: CancellationToken,
+    /// Random id of this daemon instance.
+    pub server_id: String,
+    /// Start time, for uptime.
+    pub started: Instant,
+    /// Coarse wall clock.
+    pub clock: Clock,
+    /// Addresses listened on.
+    pub listen: Vec<String>,
+}
+
+/// A bound daemon, ready to [`run`](Server::run).
+#[derive(Debug)]
+pub struct Server {
+    state: Arc<State>,
+    listener: UnixListener,
+}
+
+impl Server {
+    /// Validates `config` and binds the socket. Must run inside a tokio runtime.
+    pub fn bind(config: Config) -> Result<Server, Error> {
+        config.validate().map_err(Error::Config)?;
+        let listener = UnixListener::bind(&config.socket, config.socket_mode)?;
+        let address = Address::Unix(listener.path().to_owned());
+        let state = Arc::new(State {
+            config,
+            router: Router::default(),
+            registry: Registry::default(),
+            shutdown: CancellationToken::new(),
+            server_id: format!("{:016x}", fastrand::u64(..)),
+            started: Instant::now(),
+            clock: Clock(AtomicU64::new(unix_ms(SystemTime::now()))),
+            listen: vec![address.to_string()],
+        });
+        Ok(Server { state, listener })
+    }
+
+    /// The address clients connect to.
+    pub fn address(&self) -> Address {
+        Address::Unix(self.listener.path().to_owned())
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops accepting, lets each
+    /// connection flush (bounded by `shutdown_grace`) and removes the socket file.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Server { state, listener } = self;
+        let tracker = TaskTracker::new();
+        let slots = Arc::new(Semaphore::new(state.config.max_connections));
+        let clock_state = state.clone();
+        let clock = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tick.tick().await;
+                clock_state.clock.tick();
+            }
+        });
+        tracing::info!(address = %listener.path().display(), "busd listening");
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => match slots.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            let state = state.clone();
+                            tracker.spawn(async move {
+                                conn::serve(state, stream, peer).await;
+                                drop(permit);
+                            });
+                        }
+                        Err(_) => {
+                            let max = state.config.max_connections;
+                            tracing::warn!(?peer, "refusing connection: max_connections ({max}) reached");
+                            tracker.spawn(async move {
+                                let msg = format!("limit exceeded: max_connections = {max}");
+                                let frame = conn::encode(&libbus::proto::ServerFrame::Error {
+                                    code: ErrorCode::LimitExceeded,
+                                    message: &msg,
+                                });
+                                let (_, mut wr) = libbus::transport::split(stream);
+                                let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all(&frame)).await;
+                            });
+                        }
+                    },
+                    Err(e) => {
+                        // Typically EMFILE: back off instead of spinning.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+        tracing::info!("shutting down");
+        drop(listener); // stop accepting; removes the socket file
+        state.shutdown.cancel();
+        tracker.close();
+        let grace = state.config.shutdown_grace + Duration::from_secs(1);
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            tracing::warn!("connections did not finish within shutdown_grace");
+        }
+        clock.abort();
+    }
+
+    /// The shared state (for in-process inspection).
+    pub fn state(&self) -> &Arc<State> {
+        &self.state
+    }
+}
+
+/// A daemon running on its own thread and runtime. Stopped (and its socket
+/// removed) on [`stop`](Daemon::stop) or drop.
+#[derive(Debug)]
+pub struct Daemon {
+    address: Address,
+    shutdown: CancellationToken,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Daemon {
+    /// Binds `config` and starts serving on a background thread.
+    pub fn start(config: Config) -> Result<Daemon, Error> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let thread = std::thread::Builder::new()
+            .name("busd".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("busd-worker")
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = tx.send(Err(Error::Io { what: "starting runtime".into(), source: e }));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    match Server::bind(config) {
+                        Ok(server) => {
+                            let _ = tx.send(Ok(server.address()));
+                            server.run(token).await;
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                        }
+                    }
+                });
+            })
+            .map_err(|e| Error::Io { what: "spawning the daemon thread".into(), source: e })?;
+        let address = rx
+            .recv()
+            .map_err(|_| Error::Config("daemon thread exited during startup".into()))??;
+        Ok(Daemon { address, shutdown, thread: Some(thread) })
+    }
+
+    /// The address clients connect to.
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+
+    /// Shuts down and waits for the daemon to finish.
+    pub fn stop(mut self) {
+        self.stop_inner();
+    }
+
+    fn stop_inner(&mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop_inner();
+    }
+}

@@ -1,0 +1,132 @@
+//! Framing: a 4-byte little-endian length, then a postcard body.
+//!
+//! Reading uses `tokio_util`'s `LengthDelimitedCodec`, which checks the length
+//! against the maximum *before* allocating; "not enough bytes yet" is simply
+//! `None`. Writing appends frames to a caller-owned buffer so many frames go out
+//! in one `write` call.
+
+use serde::{Deserialize, Serialize};
+use tokio_util::codec::{length_delimited::LengthDelimitedCodecError, LengthDelimitedCodec};
+
+use crate::proto::LEN_PREFIX;
+
+/// Why a frame could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// The body is larger than the frame limit.
+    #[error("frame of {len} bytes exceeds max_frame ({max})")]
+    TooLarge {
+        /// Encoded body length.
+        len: usize,
+        /// The limit.
+        max: u32,
+    },
+    /// postcard rejected the bytes.
+    #[error("malformed frame: {0}")]
+    Postcard(#[from] postcard::Error),
+}
+
+/// A decoder/encoder for length-prefixed frames with bodies of at most `max_frame` bytes.
+pub fn frame_codec(max_frame: u32) -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .little_endian()
+        .length_field_length(LEN_PREFIX)
+        .max_frame_length(max_frame as usize)
+        .new_codec()
+}
+
+/// True if `err` is the codec refusing a length prefix above the maximum.
+pub fn is_frame_too_large(err: &std::io::Error) -> bool {
+    err.get_ref()
+        .is_some_and(|e| e.is::<LengthDelimitedCodecError>())
+}
+
+/// Appends one frame (length prefix + postcard body) to `buf`.
+///
+/// On error `buf` is left as it was.
+pub fn encode_into<T: Serialize>(frame: &T, buf: &mut Vec<u8>, max_frame: u32) -> Result<(), CodecError> {
+    let start = buf.len();
+    buf.extend_from_slice(&[0; LEN_PREFIX]);
+    let taken = std::mem::take(buf);
+    match postcard::to_extend(frame, taken) {
+        Ok(out) => *buf = out,
+        Err(e) => {
+            // to_extend consumed the buffer; postcard only fails on unsupported
+            // types, which our frames never contain. Keep the contract anyway.
+            buf.truncate(start);
+            return Err(e.into());
+        }
+    }
+    let len = buf.len() - start - LEN_PREFIX;
+    if len > max_frame as usize {
+        buf.truncate(start);
+        return Err(CodecError::TooLarge { len, max: max_frame });
+    }
+    // `len <= max_frame`, a u32, so the cast is lossless.
+    buf[start..start + LEN_PREFIX].copy_from_slice(&(len as u32).to_le_bytes());
+    Ok(())
+}
+
+/// Decodes one frame body (without its length prefix).
+pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, CodecError> {
+    Ok(postcard::from_bytes(body)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::*;
+    use bytes::BytesMut;
+    use tokio_util::codec::Decoder;
+
+    #[test]
+    fn round_trip_through_codec() {
+        let frames = [
+            ClientFrame::Hello(Hello { version: 1, name: "t", role: Role::Client, auth: None }),
+            ClientFrame::Pub(Pub { subject: "a.b", reply_to: Some("_INBOX.x.1"), payload: b"hi" }),
+            ClientFrame::Sub(Sub { sid: 7, pattern: "a.*", queue: Some("q") }),
+            ClientFrame::Unsub { sid: 7 },
+            ClientFrame::Ping,
+            ClientFrame::Pong,
+        ];
+        let mut buf = Vec::new();
+        for f in &frames {
+            encode_into(f, &mut buf, DEFAULT_MAX_FRAME).unwrap();
+        }
+        let mut codec = frame_codec(DEFAULT_MAX_FRAME);
+        let mut src = BytesMut::from(&buf[..]);
+        for f in &frames {
+            let body = codec.decode(&mut src).unwrap().unwrap();
+            let got: ClientFrame = decode(&body).unwrap();
+            assert_eq!(&got, f);
+        }
+        assert!(codec.decode(&mut src).unwrap().is_none());
+    }
+
+    #[test]
+    fn oversized_length_rejected_before_allocation() {
+        let mut codec = frame_codec(1024);
+        let mut src = BytesMut::from(&u32::MAX.to_le_bytes()[..]);
+        let err = codec.decode(&mut src).unwrap_err();
+        assert!(is_frame_too_large(&err));
+        assert!(src.capacity() < 1 << 20);
+    }
+
+    #[test]
+    fn partial_frame_is_not_an_error() {
+        let mut buf = Vec::new();
+        encode_into(&ClientFrame::Ping, &mut buf, 64).unwrap();
+        let mut codec = frame_codec(64);
+        let mut src = BytesMut::from(&buf[..buf.len() - 1]);
+        assert!(codec.decode(&mut src).unwrap().is_none());
+    }
+
+    #[test]
+    fn encode_enforces_max() {
+        let mut buf = vec![9];
+        let big = [0u8; 100];
+        let f = ClientFrame::Pub(Pub { subject: "a", reply_to: None, payload: &big });
+        assert!(matches!(encode_into(&f, &mut buf, 50), Err(CodecError::TooLarge { .. })));
+        assert_eq!(buf, vec![9]);
+    }
+}

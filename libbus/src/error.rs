@@ -1,0 +1,69 @@
+//! The one error type of libbus.
+
+use std::time::Duration;
+
+use crate::{proto::ErrorCode, subject::SubjectError};
+
+/// Everything that can go wrong talking to the bus. Match on the variant.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Nothing is listening at the address.
+    #[error("no bus daemon at {address} (is busd running?)")]
+    NoDaemon {
+        /// The address tried.
+        address: String,
+        /// The underlying connect error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A request found no subscriber on its subject.
+    #[error("no responders for {subject:?}")]
+    NoResponders {
+        /// The request subject.
+        subject: String,
+    },
+    /// A request, flush, connect or handshake did not complete in time.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The connection to the daemon is gone.
+    #[error("disconnected from the bus daemon{}", reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default())]
+    Disconnected {
+        /// What the daemon said last, or what failed.
+        reason: Option<String>,
+    },
+    /// A configured limit was hit.
+    #[error("limit exceeded: {limit} = {value}")]
+    LimitExceeded {
+        /// Name of the limit, as in the daemon's configuration (`max_frame`, ...).
+        limit: &'static str,
+        /// Its value.
+        value: u64,
+    },
+    /// A subject or pattern was rejected before sending.
+    #[error(transparent)]
+    InvalidSubject(#[from] SubjectError),
+    /// The daemon refused (handshake, version, policy).
+    #[error("daemon error ({code:?}): {message}")]
+    Server {
+        /// Class of error.
+        code: ErrorCode,
+        /// The daemon's explanation.
+        message: String,
+    },
+    /// The peer broke the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// A payload could not be encoded or decoded with postcard.
+    #[error("payload encoding: {0}")]
+    Encoding(#[from] postcard::Error),
+    /// The address could not be parsed.
+    #[error("invalid address {0}")]
+    InvalidAddress(String),
+    /// Any other I/O error.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

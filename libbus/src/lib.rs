@@ -1,0 +1,68 @@
+//! # libbus
+//!
+//! The client library of **bus**, a local message bus, and the one definition
+//! of its wire protocol (which `busd` uses too).
+//!
+//! ## Layout
+//! - [`proto`]: every frame (`Hello`, `Pub`, `Sub`, `Msg`, `Lagged`, ...) and the
+//!   admin/event records ([`proto::api`]).
+//! - [`codec`]: 4-byte little-endian length + postcard body; limits checked
+//!   before allocating.
+//! - [`subject`]: subject and pattern validation (NATS conventions) and the
+//!   reference matcher.
+//! - [`addr`]: `unix:` addresses and the default socket path.
+//! - [`client`]: [`Bus`], a cheap `Clone` handle over one connection, served by a
+//!   reader task and a batching writer task.
+//! - [`Subscription`]: a `Stream` of [`Message`]s that unsubscribes on drop.
+//!
+//! ## The path of one message
+//! `bus.publish()` encodes a `Pub` frame into the connection's output buffer and
+//! wakes the writer, which sends everything buffered in one `write`. The daemon
+//! routes it and writes a `Msg` frame to each subscriber's socket; that client's
+//! reader decodes it (payload sliced from the receive buffer, no copy) and hands
+//! it to the subscription's channel.
+//!
+//! ## Example
+//! ```no_run
+//! use libbus::Bus;
+//!
+//! # async fn demo() -> libbus::Result<()> {
+//! let bus = Bus::connect_default().await?;
+//!
+//! // A service: answer requests on "echo".
+//! let mut service = bus.subscribe("echo").await?;
+//! tokio::spawn(async move {
+//!     while let Some(req) = service.next().await {
+//!         let _ = req.respond(req.payload().clone()).await;
+//!     }
+//! });
+//!
+//! // Publish / subscribe with wildcards.
+//! let mut temps = bus.subscribe("sensors.*.temp").await?;
+//! bus.publish("sensors.kitchen.temp", "21.5").await?;
+//! let msg = temps.next().await.expect("connection open");
+//! assert_eq!(msg.subject(), "sensors.kitchen.temp");
+//!
+//! // Request / reply.
+//! let reply = bus.request("echo", "hello").await?;
+//! assert_eq!(&reply.payload()[..], b"hello");
+//! bus.close().await?;
+//! # Ok(()) }
+//! ```
+
+pub mod addr;
+pub mod client;
+pub mod codec;
+pub mod error;
+pub mod message;
+pub mod proto;
+pub mod subject;
+pub mod subscription;
+pub mod transport;
+
+pub use addr::Address;
+pub use bytes::Bytes;
+pub use client::{Bus, ConnectOptions};
+pub use error::{Error, Result};
+pub use message::{Delivery, Message};
+pub use subscription::Subscription;

@@ -1,0 +1,321 @@
+//! The wire protocol: every frame the client and the daemon exchange.
+//!
+//! A frame on the socket is a 4-byte little-endian length followed by that many
+//! bytes of a postcard-encoded [`ClientFrame`] (client → daemon) or
+//! [`ServerFrame`] (daemon → client). Frames borrow their strings and payloads
+//! from the receive buffer, so decoding allocates nothing.
+//!
+//! postcard is not self-describing: variants are only ever appended, never
+//! reordered, and [`PROTOCOL_VERSION`] is bumped on any incompatible change.
+//! The handshake is `Hello` → `Welcome` (or `Error` and close); nothing else is
+//! accepted before it.
+
+use serde::{Deserialize, Serialize};
+
+/// Version spoken by this build; the daemon refuses a `Hello` with another one.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Default largest frame body, in bytes (`--max-frame`).
+pub const DEFAULT_MAX_FRAME: u32 = 1 << 20;
+
+/// Bytes of the length prefix in front of every frame.
+pub const LEN_PREFIX: usize = 4;
+
+/// What kind of peer is connecting. Only appended to.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// An application (or `bus-cli`).
+    Client,
+}
+
+/// First frame from a client.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Hello<'a> {
+    /// Must equal the daemon's [`PROTOCOL_VERSION`].
+    pub version: u16,
+    /// Free-form client name, shown by `bus-cli list`.
+    pub name: &'a str,
+    /// Kind of peer.
+    pub role: Role,
+    /// Credential for transports that need one (TCP); `None` on the Unix socket.
+    pub auth: Option<&'a str>,
+}
+
+/// Publish a message.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Pub<'a> {
+    /// Literal subject (no wildcards).
+    pub subject: &'a str,
+    /// Where responders should reply, for requests.
+    pub reply_to: Option<&'a str>,
+    /// Opaque message body.
+    #[serde(with = "serde_bytes")]
+    pub payload: &'a [u8],
+}
+
+/// Subscribe `sid` to a pattern, optionally as a member of a queue group.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Sub<'a> {
+    /// Client-chosen subscription id, echoed in every `Msg`.
+    pub sid: u64,
+    /// Subject pattern (`*` and `>` allowed).
+    pub pattern: &'a str,
+    /// Queue group: each message goes to one member of the group.
+    pub queue: Option<&'a str>,
+}
+
+/// Frames a client sends. Variants are only appended, never reordered.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum ClientFrame<'a> {
+    /// Handshake; must be the first frame.
+    #[serde(borrow)]
+    Hello(Hello<'a>),
+    /// Publish.
+    #[serde(borrow)]
+    Pub(Pub<'a>),
+    /// Subscribe.
+    #[serde(borrow)]
+    Sub(Sub<'a>),
+    /// Remove subscription `sid`.
+    Unsub {
+        /// The subscription id given in `Sub`.
+        sid: u64,
+    },
+    /// Liveness probe; the daemon answers `Pong` after processing all earlier frames.
+    Ping,
+    /// Answer to the daemon's `Ping`.
+    Pong,
+}
+
+/// Successful handshake answer.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Welcome<'a> {
+    /// Protocol version of the daemon.
+    pub version: u16,
+    /// This connection's id, as shown by `bus-cli list`.
+    pub conn_id: u64,
+    /// Random id of the daemon instance.
+    pub server_id: &'a str,
+    /// Largest frame body the daemon accepts.
+    pub max_frame: u32,
+}
+
+/// A message delivered to subscription `sid`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Msg<'a> {
+    /// The subscription this delivery is for.
+    pub sid: u64,
+    /// Subject the message was published to.
+    pub subject: &'a str,
+    /// Reply subject, for requests.
+    pub reply_to: Option<&'a str>,
+    /// Message body.
+    #[serde(with = "serde_bytes")]
+    pub payload: &'a [u8],
+}
+
+/// Machine-readable error class in an `Error` frame. Only appended to.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// Malformed or unexpected frame; the connection is closed.
+    Protocol,
+    /// Frame length above `max_frame`; the connection is closed.
+    FrameTooLarge,
+    /// `Hello.version` differs from the daemon's.
+    VersionMismatch,
+    /// No `Hello` within the handshake timeout.
+    HandshakeTimeout,
+    /// Subject or pattern failed validation.
+    InvalidSubject,
+    /// Publish under the daemon's reserved `$BUS.` prefix.
+    Reserved,
+    /// A configured limit was hit; the message names it.
+    LimitExceeded,
+    /// Not allowed by policy.
+    PermissionDenied,
+    /// The connection missed too many pings.
+    PingTimeout,
+}
+
+/// Frames the daemon sends. Variants are only appended, never reordered.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum ServerFrame<'a> {
+    /// Handshake accepted.
+    #[serde(borrow)]
+    Welcome(Welcome<'a>),
+    /// A delivery.
+    #[serde(borrow)]
+    Msg(Msg<'a>),
+    /// `dropped` messages for `sid` were discarded because this connection fell
+    /// behind; sent before the next delivery (or as soon as the queue drains).
+    Lagged {
+        /// Affected subscription.
+        sid: u64,
+        /// Messages dropped since the last notice.
+        dropped: u64,
+    },
+    /// A request to `reply_to` found no subscriber at all.
+    NoResponders {
+        /// The reply subject of the failed request.
+        reply_to: &'a str,
+    },
+    /// Something went wrong; fatal codes are followed by a close.
+    Error {
+        /// Class of error.
+        code: ErrorCode,
+        /// Human-readable explanation, naming the limit or value involved.
+        message: &'a str,
+    },
+    /// Liveness probe; answer with `Pong`.
+    Ping,
+    /// Answer to the client's `Ping`.
+    Pong,
+}
+
+/// Records returned by the admin API (`$BUS.api.*`) and lifecycle events
+/// (`$BUS.event.*`). Payloads are postcard-encoded; field order is the wire
+/// format, so fields are only appended.
+pub mod api {
+    use serde::{Deserialize, Serialize};
+
+    /// Admin request: list live connections. Reply: `Vec<ConnInfo>`.
+    pub const LIST: &str = "$BUS.api.list";
+    /// Admin request: daemon facts and totals. Reply: [`ServerInfo`].
+    pub const INFO: &str = "$BUS.api.info";
+    /// Event: a connection completed its handshake. Payload: [`ConnEvent`].
+    pub const EVENT_CONN_OPEN: &str = "$BUS.event.conn.open";
+    /// Event: a connection ended. Payload: [`ConnEvent`] with a reason.
+    pub const EVENT_CONN_CLOSE: &str = "$BUS.event.conn.close";
+
+    /// Who is on the other end of a connection.
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+    pub enum Peer {
+        /// Unix socket peer, credentials from the kernel (SO_PEERCRED).
+        Unix {
+            /// Process id.
+            pid: i32,
+            /// User id.
+            uid: u32,
+            /// Group id.
+            gid: u32,
+        },
+        /// Network peer.
+        Net {
+            /// Remote socket address.
+            addr: String,
+        },
+    }
+
+    /// One subscription of a connection.
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+    pub struct SubInfo {
+        /// Client-chosen id.
+        pub sid: u64,
+        /// Pattern.
+        pub pattern: String,
+        /// Queue group, if any.
+        pub queue: Option<String>,
+    }
+
+    /// A live connection, as `bus-cli list` shows it.
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+    pub struct ConnInfo {
+        /// Connection id.
+        pub id: u64,
+        /// Name from the client's `Hello`.
+        pub name: String,
+        /// `unix` (later: `tcp`, `tls`, `bridge`).
+        pub transport: String,
+        /// Peer identity.
+        pub peer: Peer,
+        /// Connection time, milliseconds since the Unix epoch.
+        pub connected_at_ms: u64,
+        /// Last frame received, milliseconds since the Unix epoch.
+        pub last_activity_ms: u64,
+        /// Subscriptions, by sid.
+        pub subs: Vec<SubInfo>,
+        /// Messages published by this connection.
+        pub msgs_in: u64,
+        /// Payload bytes published by this connection.
+        pub bytes_in: u64,
+        /// Messages delivered to this connection.
+        pub msgs_out: u64,
+        /// Payload bytes delivered to this connection.
+        pub bytes_out: u64,
+        /// Bytes queued for this connection, not yet written to its socket.
+        pub pending_bytes: u64,
+        /// Messages dropped because this connection fell behind.
+        pub dropped: u64,
+    }
+
+    /// Daemon facts and totals, as `bus-cli info` shows them.
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+    pub struct ServerInfo {
+        /// busd version.
+        pub version: String,
+        /// Protocol version.
+        pub protocol: u16,
+        /// Random id of this daemon instance.
+        pub server_id: String,
+        /// Listening addresses.
+        pub listen: Vec<String>,
+        /// Process id of the daemon.
+        pub pid: i32,
+        /// Milliseconds since start.
+        pub uptime_ms: u64,
+        /// Live connections.
+        pub connections: u64,
+        /// Connections accepted since start.
+        pub total_connections: u64,
+        /// Live subscriptions.
+        pub subscriptions: u64,
+        /// Messages published since start.
+        pub msgs_in: u64,
+        /// Messages delivered since start.
+        pub msgs_out: u64,
+        /// Payload bytes published since start.
+        pub bytes_in: u64,
+        /// Payload bytes delivered since start.
+        pub bytes_out: u64,
+        /// Messages dropped for slow consumers since start.
+        pub dropped: u64,
+        /// Effective limits, as (name, value) pairs.
+        pub limits: Vec<(String, u64)>,
+    }
+
+    /// Why a connection ended.
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+    pub enum CloseReason {
+        /// The client closed its end.
+        End,
+        /// A protocol or I/O error.
+        Error(String),
+        /// Handshake timeout or missed pings.
+        Timeout,
+        /// Missed pings while output was stuck behind an unread socket.
+        SlowConsumer,
+        /// The daemon is shutting down.
+        Shutdown,
+    }
+
+    impl std::fmt::Display for CloseReason {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            match self {
+                Self::End => f.write_str("end"),
+                Self::Error(e) => write!(f, "error: {e}"),
+                Self::Timeout => f.write_str("timeout"),
+                Self::SlowConsumer => f.write_str("slow consumer"),
+                Self::Shutdown => f.write_str("daemon shutdown"),
+            }
+        }
+    }
+
+    /// Payload of `$BUS.event.conn.open` / `.close`.
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+    pub struct ConnEvent {
+        /// The connection as it was at the event.
+        pub conn: ConnInfo,
+        /// Set on close.
+        pub reason: Option<CloseReason>,
+    }
+}

@@ -1,0 +1,170 @@
+//! Subjects and patterns, with NATS conventions.
+//!
+//! A *subject* is a dot-separated list of non-empty tokens (`sensors.kitchen.temp`).
+//! A *pattern* may also use wildcards as whole tokens: `*` matches exactly one token,
+//! `>` matches one or more trailing tokens and may only be the last token.
+//! Whitespace and control characters are never allowed. Subjects starting with
+//! [`RESERVED_PREFIX`] belong to the daemon.
+
+use std::fmt;
+
+/// Subjects under this prefix belong to the daemon (`$BUS.api.*`, `$BUS.event.*`).
+pub const RESERVED_PREFIX: &str = "$BUS.";
+/// Requests to the daemon's admin API are published under this prefix.
+pub const API_PREFIX: &str = "$BUS.api.";
+/// Reply subjects for request/reply live under this prefix.
+pub const INBOX_PREFIX: &str = "_INBOX.";
+
+/// Why a subject or pattern was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubjectError {
+    /// The subject is the empty string.
+    #[error("invalid subject \"\": empty")]
+    Empty,
+    /// Two dots in a row, or a leading/trailing dot.
+    #[error("invalid subject {0:?}: empty token")]
+    EmptyToken(String),
+    /// A space, tab, newline or other control character.
+    #[error("invalid subject {0:?}: whitespace or control character")]
+    Whitespace(String),
+    /// `*` or `>` in a subject that is published to.
+    #[error("invalid subject {0:?}: wildcards are only allowed in subscriptions")]
+    Wildcard(String),
+    /// `>` somewhere other than the last token of a pattern.
+    #[error("invalid pattern {0:?}: '>' must be the last token")]
+    WildcardNotLast(String),
+    /// Publishing under `$BUS.` (other than a request to `$BUS.api.*`).
+    #[error("subject {0:?} is reserved for the daemon ($BUS.)")]
+    Reserved(String),
+}
+
+fn check_tokens(s: &str, allow_wildcards: bool) -> Result<(), SubjectError> {
+    if s.is_empty() {
+        return Err(SubjectError::Empty);
+    }
+    if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(SubjectError::Whitespace(s.to_owned()));
+    }
+    let mut tokens = s.split('.').peekable();
+    while let Some(tok) = tokens.next() {
+        match tok {
+            "" => return Err(SubjectError::EmptyToken(s.to_owned())),
+            "*" | ">" if !allow_wildcards => return Err(SubjectError::Wildcard(s.to_owned())),
+            ">" if tokens.peek().is_some() => {
+                return Err(SubjectError::WildcardNotLast(s.to_owned()))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Checks a subject that a message is published to: no wildcards.
+pub fn validate_subject(s: &str) -> Result<(), SubjectError> {
+    check_tokens(s, false)
+}
+
+/// Checks a subscription pattern: wildcards allowed, `>` only last.
+pub fn validate_pattern(s: &str) -> Result<(), SubjectError> {
+    check_tokens(s, true)
+}
+
+/// Checks that a client may publish to `s`: a valid subject outside `$BUS.`,
+/// except requests to the admin API under `$BUS.api.`.
+pub fn validate_publish(s: &str) -> Result<(), SubjectError> {
+    validate_subject(s)?;
+    if s.starts_with(RESERVED_PREFIX) && !s.starts_with(API_PREFIX) {
+        return Err(SubjectError::Reserved(s.to_owned()));
+    }
+    Ok(())
+}
+
+/// Reference matcher: does `pattern` match the literal `subject`?
+///
+/// The daemon routes with a trie (`busd::router`); this linear version is the
+/// specification the trie is tested against, and what clients use locally.
+pub fn matches(pattern: &str, subject: &str) -> bool {
+    let mut pat = pattern.split('.');
+    let mut sub = subject.split('.');
+    loop {
+        match (pat.next(), sub.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(p), Some(s)) if p == s => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// A validated subject, for APIs that want to carry one around.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Subject(String);
+
+impl Subject {
+    /// Validates `s` as a publishable subject.
+    pub fn new(s: impl Into<String>) -> Result<Self, SubjectError> {
+        let s = s.into();
+        validate_subject(&s)?;
+        Ok(Self(s))
+    }
+    /// The subject as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects() {
+        assert!(validate_subject("a").is_ok());
+        assert!(validate_subject("a.b.c").is_ok());
+        assert!(validate_subject("_INBOX.x.1").is_ok());
+        assert_eq!(validate_subject(""), Err(SubjectError::Empty));
+        assert!(matches!(validate_subject("a..b"), Err(SubjectError::EmptyToken(_))));
+        assert!(matches!(validate_subject(".a"), Err(SubjectError::EmptyToken(_))));
+        assert!(matches!(validate_subject("a."), Err(SubjectError::EmptyToken(_))));
+        assert!(matches!(validate_subject("a b"), Err(SubjectError::Whitespace(_))));
+        assert!(matches!(validate_subject("a\tb"), Err(SubjectError::Whitespace(_))));
+        assert!(matches!(validate_subject("a.*"), Err(SubjectError::Wildcard(_))));
+        assert!(matches!(validate_subject("a.>"), Err(SubjectError::Wildcard(_))));
+    }
+
+    #[test]
+    fn patterns() {
+        assert!(validate_pattern("a.*.c").is_ok());
+        assert!(validate_pattern(">").is_ok());
+        assert!(validate_pattern("a.>").is_ok());
+        assert!(matches!(validate_pattern("a.>.b"), Err(SubjectError::WildcardNotLast(_))));
+        assert!(matches!(validate_pattern("a..*"), Err(SubjectError::EmptyToken(_))));
+    }
+
+    #[test]
+    fn reserved() {
+        assert!(validate_publish("$BUS.api.list").is_ok());
+        assert!(matches!(validate_publish("$BUS.event.conn.open"), Err(SubjectError::Reserved(_))));
+        assert!(matches!(validate_publish("$BUS.x"), Err(SubjectError::Reserved(_))));
+    }
+
+    #[test]
+    fn reference_matcher() {
+        assert!(matches("a.b", "a.b"));
+        assert!(!matches("a.b", "a.b.c"));
+        assert!(matches("a.*", "a.b"));
+        assert!(!matches("a.*", "a"));
+        assert!(!matches("a.*", "a.b.c"));
+        assert!(matches("a.>", "a.b.c"));
+        assert!(!matches("a.>", "a"));
+        assert!(matches(">", "a"));
+        assert!(matches("*.b.>", "x.b.c.d"));
+    }
+}
