@@ -69,17 +69,18 @@ pub async fn serve(state: Arc<State>, stream: UnixStream, peer: Peer) {
         }
     };
 
+    let connected_at = SystemTime::now();
     let conn = Arc::new(Conn {
         id: state.registry.next_id(),
         name: hello,
         transport: "unix",
         peer,
-        connected_at: SystemTime::now(),
+        connected_at,
         outbox: Outbox::new(state.config.max_pending),
         stats: Stats::default(),
         subs: Mutex::new(Default::default()),
     });
-    conn.stats.last_activity_ms.store(state.clock.now_ms(), Relaxed);
+    conn.stats.last_activity_ms.store(crate::registry::unix_ms(connected_at), Relaxed);
     conn.outbox.push_frame(encode(&ServerFrame::Welcome(proto::Welcome {
         version: proto::PROTOCOL_VERSION,
         conn_id: conn.id,

@@ -396,6 +396,11 @@ impl Bus {
     pub fn is_closed(&self) -> bool {
         lock(&self.shared.closed).is_some()
     }
+
+    /// [`Error::Disconnected`] with the reason the connection ended (if it has).
+    pub fn disconnected_error(&self) -> Error {
+        self.shared.disconnected()
+    }
 }
 
 /// Removes a request's entry when the request ends early (timeout, drop).

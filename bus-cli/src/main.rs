@@ -1,0 +1,107 @@
+//! `bus-cli`: inspect and drive a live bus. Every command is plain libbus:
+//! `list` and `info` are requests to `$BUS.api.*`, `monitor` a subscription.
+
+mod info;
+mod list;
+mod pubsub;
+mod render;
+
+use std::{process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+use libbus::{Address, Bus, ConnectOptions};
+
+/// Inspect and drive a live bus.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Daemon address (unix:/path or a path). Default: $BUS_ADDRESS, else
+    /// $XDG_RUNTIME_DIR/bus/busd.sock, else /tmp/bus-$UID/busd.sock.
+    #[arg(long, global = true, value_name = "ADDRESS")]
+    address: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Live connections: id, name, peer credentials, counters.
+    List {
+        /// Print the records as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publish one message.
+    Send {
+        /// Subject to publish to.
+        subject: String,
+        /// Payload; read from stdin when absent or "-".
+        payload: Option<String>,
+    },
+    /// Print messages matching a pattern (`*` = one token, `>` = the rest).
+    Sub {
+        /// Subject pattern.
+        pattern: String,
+        /// Join this queue group (each message goes to one member).
+        #[arg(long, value_name = "GROUP")]
+        queue: Option<String>,
+        /// Exit after this many messages.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
+    /// Send a request and print the reply.
+    Request {
+        /// Subject to send the request to.
+        subject: String,
+        /// Payload; read from stdin when absent or "-".
+        payload: Option<String>,
+        /// How long to wait for the reply (e.g. 500ms, 2s).
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "5s")]
+        timeout: Duration,
+    },
+    /// Print every message and lifecycle event as it happens.
+    Monitor,
+    /// Daemon version, uptime, socket, totals and limits.
+    Info {
+        /// Print the record as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> libbus::Result<()> {
+    let address = match cli.address {
+        Some(a) => a.parse()?,
+        None => Address::from_env()?,
+    };
+    let opts = ConnectOptions::default().name("bus-cli");
+    let bus = Bus::connect_with(&address, opts).await?;
+    let result = match cli.command {
+        Command::List { json } => list::run(&bus, json).await,
+        Command::Send { subject, payload } => pubsub::send(&bus, &subject, payload).await,
+        Command::Sub { pattern, queue, count } => pubsub::sub(&bus, &pattern, queue.as_deref(), count).await,
+        Command::Request { subject, payload, timeout } => pubsub::request(&bus, &subject, payload, timeout).await,
+        Command::Monitor => pubsub::monitor(&bus).await,
+        Command::Info { json } => info::run(&bus, &address, json).await,
+    };
+    let closed = bus.close().await;
+    result.and(closed)
+}

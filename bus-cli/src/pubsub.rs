@@ -1,0 +1,89 @@
+//! `send`, `sub`, `request` and `monitor`.
+
+use std::{io::Read, time::Duration};
+
+use libbus::{
+    proto::api::{self, ConnEvent},
+    Bus, Delivery, Message,
+};
+
+use crate::render;
+
+/// The payload argument, or stdin when it is absent or "-".
+fn payload(arg: Option<String>) -> libbus::Result<Vec<u8>> {
+    match arg.as_deref() {
+        Some(p) if p != "-" => Ok(p.as_bytes().to_vec()),
+        _ => {
+            let mut buf = Vec::new();
+            std::io::stdin().read_to_end(&mut buf)?;
+            Ok(buf)
+        }
+    }
+}
+
+pub async fn send(bus: &Bus, subject: &str, arg: Option<String>) -> libbus::Result<()> {
+    bus.publish(subject, payload(arg)?).await?;
+    bus.flush().await
+}
+
+pub async fn request(bus: &Bus, subject: &str, arg: Option<String>, timeout: Duration) -> libbus::Result<()> {
+    let reply = bus.request_with_timeout(subject, payload(arg)?, timeout).await?;
+    println!("{}", render::payload(reply.payload()));
+    Ok(())
+}
+
+pub async fn sub(bus: &Bus, pattern: &str, queue: Option<&str>, count: Option<u64>) -> libbus::Result<()> {
+    let mut sub = match queue {
+        Some(q) => bus.queue_subscribe(pattern, q).await?,
+        None => bus.subscribe(pattern).await?,
+    };
+    let mut seen = 0;
+    while count.is_none_or(|n| seen < n) {
+        match sub.next_delivery().await {
+            Some(Delivery::Message(m)) => {
+                println!("{}", line(&m));
+                seen += 1;
+            }
+            Some(Delivery::Lagged(n)) => eprintln!("warning: {n} messages dropped (this subscriber fell behind)"),
+            None => return Err(bus.disconnected_error()),
+        }
+    }
+    Ok(())
+}
+
+pub async fn monitor(bus: &Bus) -> libbus::Result<()> {
+    let mut sub = bus.subscribe(">").await?;
+    eprintln!("monitoring all subjects (Ctrl-C to stop)");
+    while let Some(d) = sub.next_delivery().await {
+        let now = humantime::format_rfc3339_millis(std::time::SystemTime::now());
+        match d {
+            Delivery::Message(m) => println!("{now} {}", line(&m)),
+            Delivery::Lagged(n) => println!("{now} !! monitor fell behind: {n} messages dropped"),
+        }
+    }
+    Err(bus.disconnected_error())
+}
+
+/// One message as a line: `subject payload`, with lifecycle events decoded.
+fn line(m: &Message) -> String {
+    let subject = m.subject();
+    if subject == api::EVENT_CONN_OPEN || subject == api::EVENT_CONN_CLOSE {
+        if let Ok(ev) = m.decode::<ConnEvent>() {
+            let c = &ev.conn;
+            let reason = ev.reason.map(|r| format!(" reason={r}")).unwrap_or_default();
+            return format!(
+                "{subject} id={} name={} peer=\"{}\" msgs_in={} msgs_out={} dropped={}{reason}",
+                c.id,
+                c.name,
+                render::peer(&c.peer),
+                c.msgs_in,
+                c.msgs_out,
+                c.dropped
+            );
+        }
+    }
+    match m.reply_to() {
+        Some(r) => format!("{subject} (reply to {r}) {}", render::payload(m.payload())),
+        None => format!("{subject} {}", render::payload(m.payload())),
+    }
+}

@@ -1,0 +1,66 @@
+//! Text rendering shared by the commands.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use libbus::proto::api::Peer;
+
+/// A payload as text, or as hex when it is not UTF-8.
+pub fn payload(p: &[u8]) -> String {
+    match std::str::from_utf8(p) {
+        Ok(s) => s.strip_suffix('\n').unwrap_or(s).to_owned(),
+        Err(_) => {
+            let hex: String = p.iter().map(|b| format!("{b:02x}")).collect();
+            format!("0x{hex}")
+        }
+    }
+}
+
+/// `pid 123 uid 1000` for Unix peers, the address for network peers.
+pub fn peer(p: &Peer) -> String {
+    match p {
+        Peer::Unix { pid, uid, .. } => format!("pid {pid} uid {uid}"),
+        Peer::Net { addr } => addr.clone(),
+    }
+}
+
+/// Time elapsed since `unix_ms`, rounded to seconds (`3m 12s`).
+pub fn age(unix_ms: u64) -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    duration(Duration::from_secs(now.saturating_sub(unix_ms) / 1000))
+}
+
+/// A duration rounded to seconds (`1h 2m 3s`).
+pub fn duration(d: Duration) -> String {
+    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+}
+
+/// Bytes in binary units (`8.0 MiB`).
+pub fn bytes(n: u64) -> String {
+    bytesize::ByteSize::b(n).to_string()
+}
+
+/// Left-aligned columns, two spaces apart.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.zip(&widths).enumerate() {
+            if i + 1 == widths.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        out.trim_end().to_owned() + "\n"
+    };
+    let mut out = line(&mut header.iter().copied());
+    for row in rows {
+        out.push_str(&line(&mut row.iter().map(String::as_str)));
+    }
+    out
+}

@@ -1,0 +1,187 @@
+//! `bus-cli` end to end: the real binary against a real daemon.
+
+use std::{
+    io::Write,
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use busd::{Config, Daemon};
+
+const CLI: &str = env!("CARGO_BIN_EXE_bus-cli");
+
+struct Bus {
+    daemon: Daemon,
+    _dir: tempfile::TempDir,
+}
+
+fn daemon() -> Bus {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(Config::with_socket(dir.path().join("busd.sock"))).unwrap();
+    Bus { daemon, _dir: dir }
+}
+
+fn cli(bus: &Bus) -> Command {
+    let mut c = Command::new(CLI);
+    c.env("BUS_ADDRESS", bus.daemon.address().to_string());
+    c
+}
+
+/// Runs with a deadline so a hung command fails the test instead of hanging it.
+fn run(mut cmd: Command) -> Output {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > Duration::from_secs(20) {
+            child.kill().unwrap();
+            panic!("bus-cli did not finish: {cmd:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    assert!(o.status.success(), "failed: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+/// Starts `bus-cli sub` and waits until the daemon lists its subscription.
+fn start_sub(bus: &Bus, args: &[&str]) -> std::process::Child {
+    let mut cmd = cli(bus);
+    cmd.arg("sub").args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let pattern = args[0];
+    let start = Instant::now();
+    loop {
+        let out = stdout(&run({
+            let mut c = cli(bus);
+            c.args(["list", "--json"]);
+            c
+        }));
+        if out.contains(&format!("\"pattern\": \"{pattern}\"")) {
+            return child;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "subscriber never appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_output(child: std::process::Child) -> Output {
+    let pid = child.id();
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(20));
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+    });
+    let out = child.wait_with_output().unwrap();
+    drop(killer);
+    out
+}
+
+#[test]
+fn send_and_sub_with_count() {
+    let bus = daemon();
+    let sub = start_sub(&bus, &["chat.*", "--count", "3"]);
+    for (subject, payload) in [("chat.lobby", "hello"), ("other.x", "skip"), ("chat.dev", "hi")] {
+        let mut c = cli(&bus);
+        c.args(["send", subject, payload]);
+        stdout(&run(c));
+    }
+    // Payload from stdin, not UTF-8: printed as hex.
+    let mut c = cli(&bus);
+    let mut child = c.args(["send", "chat.bin"]).stdin(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(&[0xff, 0x00]).unwrap();
+    assert!(child.wait().unwrap().success());
+    let out = wait_output(sub);
+    assert_eq!(stdout(&out), "chat.lobby hello\nchat.dev hi\nchat.bin 0xff00\n");
+}
+
+#[test]
+fn list_shows_connections() {
+    let bus = daemon();
+    let mut sub = start_sub(&bus, &["orders.>"]);
+    let mut c = cli(&bus);
+    c.arg("list");
+    let out = stdout(&run(c));
+    let mut lines = out.lines();
+    let header = lines.next().unwrap();
+    for col in ["ID", "NAME", "TRANSPORT", "PEER", "SUBS", "MSGS IN", "MSGS OUT", "PENDING", "DROPPED", "AGE"] {
+        assert!(header.contains(col), "{header}");
+    }
+    let sub_line = lines
+        .find(|l| l.contains(&format!("pid {} ", sub.id())))
+        .unwrap_or_else(|| panic!("subscriber's pid listed: {out}"));
+    assert!(sub_line.contains("bus-cli") && sub_line.contains("unix"), "{sub_line}");
+    sub.kill().unwrap();
+    sub.wait().unwrap();
+}
+
+#[test]
+fn request_prints_reply() {
+    let bus = daemon();
+    // A responder written with libbus, in this process.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let address = bus.daemon.address().clone();
+    let _responder = rt.block_on(async move {
+        let c = libbus::Bus::connect(&address).await.unwrap();
+        let mut s = c.subscribe("time.now").await.unwrap();
+        tokio::spawn(async move {
+            while let Some(m) = s.next().await {
+                m.respond("twelve o'clock").await.unwrap();
+            }
+        });
+        c
+    });
+    let mut c = cli(&bus);
+    c.args(["request", "time.now", "?"]);
+    assert_eq!(stdout(&run(c)), "twelve o'clock\n");
+
+    let mut c = cli(&bus);
+    c.args(["request", "nobody.home", "x", "--timeout", "2s"]);
+    let out = run(c);
+    assert!(!out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "error: no responders for \"nobody.home\"\n");
+}
+
+#[test]
+fn info_prints_version_and_limits() {
+    let bus = daemon();
+    let mut c = cli(&bus);
+    c.arg("info");
+    let out = stdout(&run(c));
+    assert!(out.starts_with(&format!("busd {}", env!("CARGO_PKG_VERSION"))), "{out}");
+    assert!(out.contains("max_pending") && out.contains("8388608"), "{out}");
+    assert!(out.contains(&bus.daemon.address().to_string()), "{out}");
+}
+
+#[test]
+fn no_daemon_is_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("nothing.sock");
+    for args in [&["list"][..], &["send", "a", "b"], &["sub", "a"], &["request", "a", "b"], &["monitor"], &["info"]] {
+        let out = run({
+            let mut c = Command::new(CLI);
+            c.env("BUS_ADDRESS", format!("unix:{}", sock.display())).args(args);
+            c
+        });
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            stderr,
+            format!("error: no bus daemon at unix:{} (is busd running?)\n", sock.display()),
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
+fn address_flag_overrides_environment() {
+    let bus = daemon();
+    let out = run({
+        let mut c = Command::new(CLI);
+        c.env("BUS_ADDRESS", "/nonexistent/busd.sock")
+            .args(["--address", &bus.daemon.address().to_string(), "list"]);
+        c
+    });
+    assert!(stdout(&out).starts_with("ID"));
+}

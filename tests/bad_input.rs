@@ -1,0 +1,194 @@
+//! Bad input on the socket: the offending connection gets an Error frame and is
+//! closed; the daemon keeps serving everyone else.
+
+use std::time::Duration;
+
+use bus_tests::{assert_serving, within, Got, Raw, TestBus};
+use libbus::proto::{self, ClientFrame, ErrorCode};
+
+/// A healthy subscriber that must keep receiving throughout.
+async fn bystander(bus: &TestBus) -> (libbus::Bus, libbus::Subscription) {
+    let c = bus.client("bystander").await;
+    let s = c.subscribe("bystander.>").await.unwrap();
+    (c, s)
+}
+
+async fn bystander_still_served(bus: &TestBus, (_c, sub): &mut (libbus::Bus, libbus::Subscription)) {
+    let p = bus.client("bystander-pub").await;
+    p.publish("bystander.ping", "ok").await.unwrap();
+    let m = within("bystander delivery", sub.next()).await.unwrap();
+    assert_eq!(&m.payload()[..], b"ok");
+    assert_serving(bus).await;
+}
+
+#[tokio::test]
+async fn random_bytes() {
+    let bus = TestBus::start();
+    let mut b = bystander(&bus).await;
+    let mut rng = fastrand::Rng::with_seed(7);
+    for round in 0..20 {
+        let mut raw = bus.raw().await;
+        let junk: Vec<u8> = (0..rng.usize(1..512)).map(|_| rng.u8(..)).collect();
+        raw.send_bytes(&junk).await;
+        // Either an immediate error (too large / malformed / not Hello), or the
+        // daemon waits for the rest of a frame: end our side to force a verdict.
+        raw.0.shutdown().await.ok();
+        let mut saw_error = false;
+        while let Some(f) = raw.next().await {
+            assert!(matches!(f, Got::Error(..)), "round {round}: unexpected {f:?}");
+            saw_error = true;
+        }
+        assert!(saw_error, "round {round}: no Error frame before close");
+    }
+    bystander_still_served(&bus, &mut b).await;
+}
+
+use tokio::io::AsyncWriteExt;
+
+#[tokio::test]
+async fn four_gib_length_before_handshake() {
+    let bus = TestBus::start();
+    let mut b = bystander(&bus).await;
+    let mut raw = bus.raw().await;
+    raw.send_bytes(&u32::MAX.to_le_bytes()).await;
+    let (code, msg) = raw.expect_error_then_close().await;
+    assert_eq!(code, ErrorCode::FrameTooLarge);
+    assert!(msg.contains("max_frame"), "{msg}");
+    bystander_still_served(&bus, &mut b).await;
+}
+
+#[tokio::test]
+async fn four_gib_length_after_handshake() {
+    let bus = TestBus::start();
+    let mut raw = bus.raw().await;
+    raw.handshake().await;
+    raw.send_bytes(&u32::MAX.to_le_bytes()).await;
+    let (code, msg) = raw.expect_error_then_close().await;
+    assert_eq!(code, ErrorCode::FrameTooLarge);
+    assert!(msg.contains("1048576"), "names the limit's value: {msg}");
+    assert_serving(&bus).await;
+}
+
+#[tokio::test]
+async fn truncated_frame() {
+    let bus = TestBus::start();
+    let mut b = bystander(&bus).await;
+    let mut raw = bus.raw().await;
+    raw.handshake().await;
+    let mut bytes = 100u32.to_le_bytes().to_vec();
+    bytes.extend_from_slice(&[1; 10]);
+    raw.send_bytes(&bytes).await;
+    raw.0.shutdown().await.unwrap();
+    let (code, msg) = raw.expect_error_then_close().await;
+    assert_eq!(code, ErrorCode::Protocol);
+    assert!(msg.contains("truncated"), "{msg}");
+    bystander_still_served(&bus, &mut b).await;
+}
+
+#[tokio::test]
+async fn frame_before_handshake() {
+    let bus = TestBus::start();
+    let mut raw = bus.raw().await;
+    raw.send(&ClientFrame::Pub(proto::Pub { subject: "a", reply_to: None, payload: b"x" })).await;
+    let (code, msg) = raw.expect_error_then_close().await;
+    assert_eq!(code, ErrorCode::Protocol);
+    assert!(msg.contains("expected Hello"), "{msg}");
+    assert_serving(&bus).await;
+}
+
+#[tokio::test]
+async fn version_mismatch() {
+    let bus = TestBus::start();
+    let mut raw = bus.raw().await;
+    raw.send(&ClientFrame::Hello(proto::Hello { version: 999, name: "old", role: proto::Role::Client, auth: None }))
+        .await;
+    let (code, msg) = raw.expect_error_then_close().await;
+    assert_eq!(code, ErrorCode::VersionMismatch);
+    assert!(msg.contains("999") && msg.contains(&proto::PROTOCOL_VERSION.to_string()), "{msg}");
+}
+
+#[tokio::test]
+async fn invalid_subject_and_pattern() {
+    let bus = TestBus::start();
+    let mut b = bystander(&bus).await;
+    for bad in ["a..b", "a b", "a.*", "", "x.>"] {
+        let mut raw = bus.raw().await;
+        raw.handshake().await;
+        raw.send(&ClientFrame::Pub(proto::Pub { subject: bad, reply_to: None, payload: b"x" })).await;
+        let (code, msg) = raw.expect_error_then_close().await;
+        assert_eq!(code, ErrorCode::InvalidSubject, "{bad:?}");
+        assert!(msg.contains("invalid subject"), "{msg}");
+    }
+    let mut raw = bus.raw().await;
+    raw.handshake().await;
+    raw.send(&ClientFrame::Sub(proto::Sub { sid: 1, pattern: "a.>.b", queue: None })).await;
+    let (code, _) = raw.expect_error_then_close().await;
+    assert_eq!(code, ErrorCode::InvalidSubject);
+    bystander_still_served(&bus, &mut b).await;
+}
+
+#[tokio::test]
+async fn reserved_subject_is_an_error_but_not_fatal() {
+    let bus = TestBus::start();
+    let mut raw = bus.raw().await;
+    raw.handshake().await;
+    raw.send(&ClientFrame::Pub(proto::Pub { subject: "$BUS.event.conn.open", reply_to: None, payload: b"" }))
+        .await;
+    match raw.next().await {
+        Some(Got::Error(ErrorCode::Reserved, msg)) => assert!(msg.contains("reserved"), "{msg}"),
+        other => panic!("expected Reserved error, got {other:?}"),
+    }
+    raw.send(&ClientFrame::Ping).await;
+    assert_eq!(raw.next().await, Some(Got::Pong));
+}
+
+#[tokio::test]
+async fn handshake_timeout() {
+    let bus = TestBus::with_config(|c| c.handshake_timeout = Duration::from_millis(200));
+    let mut raw = bus.raw().await;
+    let (code, msg) = raw.expect_error_then_close().await;
+    assert_eq!(code, ErrorCode::HandshakeTimeout);
+    assert!(msg.contains("handshake_timeout"), "{msg}");
+    assert_serving(&bus).await;
+}
+
+#[tokio::test]
+async fn silent_peer_is_pinged_then_closed() {
+    let bus = TestBus::with_config(|c| c.ping_interval = Duration::from_millis(150));
+    let mut raw = bus.raw().await;
+    raw.handshake().await;
+    let mut pings = 0;
+    loop {
+        match raw.next().await {
+            Some(Got::Ping) => pings += 1,
+            Some(Got::Error(code, msg)) => {
+                assert_eq!(code, ErrorCode::PingTimeout, "{msg}");
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(pings, 2, "closed after missing max_pings_missed (2) pings");
+    assert_eq!(raw.next().await, None);
+}
+
+#[tokio::test]
+async fn libbus_answers_pings_and_stays_connected() {
+    let bus = TestBus::with_config(|c| c.ping_interval = Duration::from_millis(100));
+    let c = bus.client("idle").await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    within("flush after idling", c.flush()).await.expect("still connected");
+}
+
+#[tokio::test]
+async fn pongs_answer_pings_in_order() {
+    let bus = TestBus::start();
+    let mut raw: Raw = bus.raw().await;
+    raw.handshake().await;
+    for _ in 0..3 {
+        raw.send(&ClientFrame::Ping).await;
+    }
+    for _ in 0..3 {
+        assert_eq!(raw.next().await, Some(Got::Pong));
+    }
+}

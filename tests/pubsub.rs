@@ -1,0 +1,167 @@
+//! Publish/subscribe through a real daemon.
+
+use std::collections::HashMap;
+
+use bus_tests::{within, TestBus};
+use libbus::{subject, Error};
+
+#[tokio::test]
+async fn round_trip() {
+    let bus = TestBus::start();
+    let a = bus.client("a").await;
+    let b = bus.client("b").await;
+    let mut sub = a.subscribe("greet.world").await.unwrap();
+    b.publish("greet.world", "hello").await.unwrap();
+    let m = within("message", sub.next()).await.unwrap();
+    assert_eq!(m.subject(), "greet.world");
+    assert_eq!(&m.payload()[..], b"hello");
+    assert_eq!(m.reply_to(), None);
+}
+
+#[tokio::test]
+async fn wildcard_matrix() {
+    let patterns = ["a", "a.b", "a.*", "a.>", "*", ">", "*.b", "a.*.c", "*.*.*", "a.b.>", "b.>"];
+    let subjects = ["a", "b", "a.b", "a.c", "b.b", "a.b.c", "a.x.c", "a.b.c.d", "x.y.z"];
+    let bus = TestBus::start();
+    let subscriber = bus.client("matrix-sub").await;
+    let publisher = bus.client("matrix-pub").await;
+    let mut subs = Vec::new();
+    for p in patterns {
+        subs.push((p, subscriber.subscribe(p).await.unwrap()));
+    }
+    for s in subjects {
+        publisher.publish(s, s).await.unwrap();
+    }
+    // A final marker every pattern except the literal ones sees; flushing then
+    // guarantees all earlier deliveries were queued.
+    publisher.flush().await.unwrap();
+    for (p, sub) in &mut subs {
+        let want: Vec<&str> = subjects.iter().copied().filter(|s| subject::matches(p, s)).collect();
+        let mut got = Vec::new();
+        for _ in 0..want.len() {
+            let m = within("matrix delivery", sub.next()).await.unwrap();
+            assert_eq!(m.subject().as_bytes(), &m.payload()[..]);
+            got.push(m.subject().to_owned());
+        }
+        assert_eq!(got, want, "pattern {p}");
+    }
+    // Nothing extra arrived: a new marker is the very next message for each.
+    publisher.publish("a.b.c", "marker").await.unwrap();
+    for (p, sub) in &mut subs {
+        if subject::matches(p, "a.b.c") {
+            let m = within("marker", sub.next()).await.unwrap();
+            assert_eq!(&m.payload()[..], b"marker", "pattern {p} got an unexpected message");
+        }
+    }
+}
+
+#[tokio::test]
+async fn queue_group_delivers_each_message_once() {
+    let bus = TestBus::start();
+    let publisher = bus.client("pub").await;
+    let mut members = Vec::new();
+    for i in 0..3 {
+        let c = bus.client(&format!("worker-{i}")).await;
+        let s = c.queue_subscribe("jobs.*", "workers").await.unwrap();
+        members.push((c, s));
+    }
+    let watcher = bus.client("watcher").await;
+    let mut all = watcher.subscribe("jobs.>").await.unwrap();
+    const N: usize = 300;
+    for i in 0..N {
+        publisher.publish("jobs.build", i.to_string()).await.unwrap();
+    }
+    publisher.flush().await.unwrap();
+    for _ in 0..N {
+        within("watcher", all.next()).await.unwrap();
+    }
+    let mut seen = HashMap::new();
+    let mut per_member = Vec::new();
+    for (c, s) in &mut members {
+        c.flush().await.unwrap();
+        let mut n = 0;
+        while let Ok(Some(m)) = tokio::time::timeout(std::time::Duration::from_millis(200), s.next()).await {
+            *seen.entry(m.payload().clone()).or_insert(0) += 1;
+            n += 1;
+        }
+        per_member.push(n);
+    }
+    assert_eq!(seen.len(), N, "every message delivered");
+    assert!(seen.values().all(|&n| n == 1), "no message delivered twice");
+    assert!(per_member.iter().all(|&n| n > 0), "every member got some: {per_member:?}");
+}
+
+#[tokio::test]
+async fn hundred_thousand_in_order() {
+    let bus = TestBus::start();
+    let a = bus.client("sink").await;
+    let b = bus.client("source").await;
+    let mut sub = a.subscribe("seq").await.unwrap();
+    const N: u64 = 100_000;
+    let producer = tokio::spawn(async move {
+        for i in 0..N {
+            b.publish("seq", i.to_le_bytes()).await.unwrap();
+        }
+        b.flush().await.unwrap();
+        b
+    });
+    for i in 0..N {
+        let m = within("sequenced message", sub.next()).await.expect("stream open");
+        let got = u64::from_le_bytes(m.payload()[..].try_into().unwrap());
+        assert_eq!(got, i, "message out of order or missing");
+    }
+    within("producer", producer).await.unwrap();
+    assert_eq!(sub.dropped(), 0);
+}
+
+#[tokio::test]
+async fn unsubscribe_on_drop() {
+    let bus = TestBus::start();
+    let a = bus.client("a").await;
+    let b = bus.client("b").await;
+    let sub = a.subscribe("gone").await.unwrap();
+    drop(sub);
+    a.flush().await.unwrap();
+    // With the subscription gone, a request finds no responders.
+    assert!(matches!(b.request("gone", "x").await, Err(Error::NoResponders { .. })));
+}
+
+#[tokio::test]
+async fn invalid_and_reserved_subjects_rejected_locally() {
+    let bus = TestBus::start();
+    let c = bus.client("c").await;
+    for bad in ["", "a..b", "a b", "a.*", "a.>", "\tx"] {
+        assert!(matches!(c.publish(bad, "x").await, Err(Error::InvalidSubject(_))), "{bad:?}");
+    }
+    assert!(matches!(c.subscribe("a.>.b").await, Err(Error::InvalidSubject(_))));
+    let err = c.publish("$BUS.event.conn.open", "x").await.unwrap_err();
+    assert!(err.to_string().contains("reserved"), "{err}");
+    // The connection is still fine.
+    c.flush().await.unwrap();
+}
+
+#[tokio::test]
+async fn payload_over_max_frame_is_a_named_limit_error() {
+    let bus = TestBus::with_config(|c| c.max_frame = 4096);
+    let c = bus.client("c").await;
+    assert_eq!(c.max_frame(), 4096);
+    let err = c.publish("big", vec![0u8; 5000]).await.unwrap_err();
+    assert!(matches!(err, Error::LimitExceeded { limit: "max_frame", value: 4096 }), "{err}");
+    c.flush().await.unwrap();
+}
+
+#[tokio::test]
+async fn typed_values_round_trip() {
+    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    struct Reading {
+        sensor: String,
+        celsius: f32,
+    }
+    let bus = TestBus::start();
+    let c = bus.client("c").await;
+    let mut sub = c.subscribe("t").await.unwrap();
+    let r = Reading { sensor: "kitchen".into(), celsius: 21.5 };
+    c.publish_value("t", &r).await.unwrap();
+    let m = within("typed", sub.next()).await.unwrap();
+    assert_eq!(m.decode::<Reading>().unwrap(), r);
+}

@@ -1,0 +1,196 @@
+//! Test harness: a real `busd` on a real socket in a temp dir, stopped and
+//! cleaned up on drop, plus a raw-socket client for protocol abuse. Every wait
+//! goes through [`within`], so no test can hang.
+
+use std::{future::Future, path::PathBuf, time::Duration};
+
+use busd::{Config, Daemon};
+use libbus::{
+    codec,
+    proto::{self, ClientFrame, ErrorCode, ServerFrame},
+    Address, Bus, ConnectOptions,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::UnixStream,
+};
+
+/// Upper bound for any single wait in a test.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Awaits `fut`, failing the test if it takes longer than [`WAIT`].
+pub async fn within<F: Future>(what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(WAIT, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {WAIT:?} waiting for {what}"),
+    }
+}
+
+/// A daemon in its own temp dir.
+pub struct TestBus {
+    daemon: Option<Daemon>,
+    dir: tempfile::TempDir,
+}
+
+impl TestBus {
+    /// A daemon with the default configuration.
+    pub fn start() -> Self {
+        Self::with_config(|_| {})
+    }
+
+    /// A daemon with the default configuration adjusted by `f`.
+    pub fn with_config(f: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Config::with_socket(dir.path().join("busd.sock"));
+        f(&mut config);
+        let daemon = Daemon::start(config).expect("daemon starts");
+        Self { daemon: Some(daemon), dir }
+    }
+
+    /// Where clients connect.
+    pub fn address(&self) -> &Address {
+        self.daemon.as_ref().expect("running").address()
+    }
+
+    /// The socket path.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("busd.sock")
+    }
+
+    /// A libbus client named `name`.
+    pub async fn client(&self, name: &str) -> Bus {
+        self.client_with(ConnectOptions::default().name(name)).await
+    }
+
+    /// A libbus client with explicit options.
+    pub async fn client_with(&self, opts: ConnectOptions) -> Bus {
+        within("connect", Bus::connect_with(self.address(), opts))
+            .await
+            .expect("connect")
+    }
+
+    /// A raw socket, no handshake.
+    pub async fn raw(&self) -> Raw {
+        let s = within("raw connect", UnixStream::connect(self.socket()))
+            .await
+            .expect("raw connect");
+        Raw(s)
+    }
+
+    /// Stops the daemon now (also done on drop).
+    pub fn stop(&mut self) {
+        if let Some(d) = self.daemon.take() {
+            d.stop();
+        }
+    }
+}
+
+impl Drop for TestBus {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A server frame, owned, for assertions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Got {
+    /// Welcome with the connection id.
+    Welcome(u64),
+    /// A delivery.
+    Msg {
+        /// sid
+        sid: u64,
+        /// subject
+        subject: String,
+        /// payload
+        payload: Vec<u8>,
+    },
+    /// Loss notice.
+    Lagged(u64, u64),
+    /// No responders for this reply subject.
+    NoResponders(String),
+    /// Error frame.
+    Error(ErrorCode, String),
+    /// Ping.
+    Ping,
+    /// Pong.
+    Pong,
+}
+
+/// A raw protocol connection for feeding the daemon bad input.
+pub struct Raw(pub UnixStream);
+
+impl Raw {
+    /// Sends raw bytes.
+    pub async fn send_bytes(&mut self, b: &[u8]) {
+        // The daemon may already have closed on us: ignore write errors.
+        let _ = self.0.write_all(b).await;
+    }
+
+    /// Sends one well-formed frame.
+    pub async fn send(&mut self, f: &ClientFrame<'_>) {
+        let mut buf = Vec::new();
+        codec::encode_into(f, &mut buf, u32::MAX).expect("encode");
+        self.send_bytes(&buf).await;
+    }
+
+    /// Sends `Hello` and expects `Welcome`.
+    pub async fn handshake(&mut self) -> u64 {
+        self.send(&ClientFrame::Hello(proto::Hello {
+            version: proto::PROTOCOL_VERSION,
+            name: "raw",
+            role: proto::Role::Client,
+            auth: None,
+        }))
+        .await;
+        match self.next().await {
+            Some(Got::Welcome(id)) => id,
+            other => panic!("expected Welcome, got {other:?}"),
+        }
+    }
+
+    /// The next frame, or `None` at end of stream.
+    pub async fn next(&mut self) -> Option<Got> {
+        within("a frame from the daemon", self.read_frame()).await
+    }
+
+    async fn read_frame(&mut self) -> Option<Got> {
+        let mut len = [0u8; 4];
+        self.0.read_exact(&mut len).await.ok()?;
+        let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+        self.0.read_exact(&mut body).await.ok()?;
+        let f: ServerFrame = codec::decode(&body).expect("daemon sends valid frames");
+        Some(match f {
+            ServerFrame::Welcome(w) => Got::Welcome(w.conn_id),
+            ServerFrame::Msg(m) => Got::Msg { sid: m.sid, subject: m.subject.into(), payload: m.payload.into() },
+            ServerFrame::Lagged { sid, dropped } => Got::Lagged(sid, dropped),
+            ServerFrame::NoResponders { reply_to } => Got::NoResponders(reply_to.into()),
+            ServerFrame::Error { code, message } => Got::Error(code, message.into()),
+            ServerFrame::Ping => Got::Ping,
+            ServerFrame::Pong => Got::Pong,
+        })
+    }
+
+    /// Expects an `Error` frame (skipping pings) followed by the end of the stream.
+    pub async fn expect_error_then_close(&mut self) -> (ErrorCode, String) {
+        let err = loop {
+            match self.next().await {
+                Some(Got::Error(code, msg)) => break (code, msg),
+                Some(Got::Ping) | Some(Got::Welcome(_)) => continue,
+                other => panic!("expected an Error frame, got {other:?}"),
+            }
+        };
+        assert_eq!(self.next().await, None, "connection should close after {err:?}");
+        err
+    }
+}
+
+/// Checks that the bus still works for ordinary clients.
+pub async fn assert_serving(bus: &TestBus) {
+    let a = bus.client("probe-sub").await;
+    let b = bus.client("probe-pub").await;
+    let mut sub = within("subscribe", a.subscribe("probe.ok")).await.expect("subscribe");
+    within("publish", b.publish("probe.ok", "still here")).await.expect("publish");
+    let m = within("probe message", sub.next()).await.expect("message");
+    assert_eq!(&m.payload()[..], b"still here");
+}
