@@ -89,7 +89,12 @@ async fn truncated_frame() {
 async fn frame_before_handshake() {
     let bus = TestBus::start();
     let mut raw = bus.raw().await;
-    raw.send(&ClientFrame::Pub(proto::Pub { subject: "a", reply_to: None, payload: b"x" })).await;
+    raw.send(&ClientFrame::Pub(proto::Pub {
+        subject: "a",
+        reply_to: None,
+        payload: b"x",
+    }))
+    .await;
     let (code, msg) = raw.expect_error_then_close().await;
     assert_eq!(code, ErrorCode::Protocol);
     assert!(msg.contains("expected Hello"), "{msg}");
@@ -100,11 +105,19 @@ async fn frame_before_handshake() {
 async fn version_mismatch() {
     let bus = TestBus::start();
     let mut raw = bus.raw().await;
-    raw.send(&ClientFrame::Hello(proto::Hello { version: 999, name: "old", role: proto::Role::Client, auth: None }))
-        .await;
+    raw.send(&ClientFrame::Hello(proto::Hello {
+        version: 999,
+        name: "old",
+        role: proto::Role::Client,
+        auth: None,
+    }))
+    .await;
     let (code, msg) = raw.expect_error_then_close().await;
     assert_eq!(code, ErrorCode::VersionMismatch);
-    assert!(msg.contains("999") && msg.contains(&proto::PROTOCOL_VERSION.to_string()), "{msg}");
+    assert!(
+        msg.contains("999") && msg.contains(&proto::PROTOCOL_VERSION.to_string()),
+        "{msg}"
+    );
 }
 
 #[tokio::test]
@@ -114,14 +127,24 @@ async fn invalid_subject_and_pattern() {
     for bad in ["a..b", "a b", "a.*", "", "x.>"] {
         let mut raw = bus.raw().await;
         raw.handshake().await;
-        raw.send(&ClientFrame::Pub(proto::Pub { subject: bad, reply_to: None, payload: b"x" })).await;
+        raw.send(&ClientFrame::Pub(proto::Pub {
+            subject: bad,
+            reply_to: None,
+            payload: b"x",
+        }))
+        .await;
         let (code, msg) = raw.expect_error_then_close().await;
         assert_eq!(code, ErrorCode::InvalidSubject, "{bad:?}");
         assert!(msg.contains("invalid subject"), "{msg}");
     }
     let mut raw = bus.raw().await;
     raw.handshake().await;
-    raw.send(&ClientFrame::Sub(proto::Sub { sid: 1, pattern: "a.>.b", queue: None })).await;
+    raw.send(&ClientFrame::Sub(proto::Sub {
+        sid: 1,
+        pattern: "a.>.b",
+        queue: None,
+    }))
+    .await;
     let (code, _) = raw.expect_error_then_close().await;
     assert_eq!(code, ErrorCode::InvalidSubject);
     bystander_still_served(&bus, &mut b).await;
@@ -132,8 +155,12 @@ async fn reserved_subject_is_an_error_but_not_fatal() {
     let bus = TestBus::start();
     let mut raw = bus.raw().await;
     raw.handshake().await;
-    raw.send(&ClientFrame::Pub(proto::Pub { subject: "$BUS.event.conn.open", reply_to: None, payload: b"" }))
-        .await;
+    raw.send(&ClientFrame::Pub(proto::Pub {
+        subject: "$BUS.event.conn.open",
+        reply_to: None,
+        payload: b"",
+    }))
+    .await;
     match raw.next().await {
         Some(Got::Error(ErrorCode::Reserved, msg)) => assert!(msg.contains("reserved"), "{msg}"),
         other => panic!("expected Reserved error, got {other:?}"),
@@ -177,7 +204,9 @@ async fn libbus_answers_pings_and_stays_connected() {
     let bus = TestBus::with_config(|c| c.ping_interval = Duration::from_millis(100));
     let c = bus.client("idle").await;
     tokio::time::sleep(Duration::from_millis(800)).await;
-    within("flush after idling", c.flush()).await.expect("still connected");
+    within("flush after idling", c.flush())
+        .await
+        .expect("still connected");
 }
 
 #[tokio::test]

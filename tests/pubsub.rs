@@ -20,8 +20,12 @@ async fn round_trip() {
 
 #[tokio::test]
 async fn wildcard_matrix() {
-    let patterns = ["a", "a.b", "a.*", "a.>", "*", ">", "*.b", "a.*.c", "*.*.*", "a.b.>", "b.>"];
-    let subjects = ["a", "b", "a.b", "a.c", "b.b", "a.b.c", "a.x.c", "a.b.c.d", "x.y.z"];
+    let patterns = [
+        "a", "a.b", "a.*", "a.>", "*", ">", "*.b", "a.*.c", "*.*.*", "a.b.>", "b.>",
+    ];
+    let subjects = [
+        "a", "b", "a.b", "a.c", "b.b", "a.b.c", "a.x.c", "a.b.c.d", "x.y.z",
+    ];
     let bus = TestBus::start();
     let subscriber = bus.client("matrix-sub").await;
     let publisher = bus.client("matrix-pub").await;
@@ -36,7 +40,11 @@ async fn wildcard_matrix() {
     // guarantees all earlier deliveries were queued.
     publisher.flush().await.unwrap();
     for (p, sub) in &mut subs {
-        let want: Vec<&str> = subjects.iter().copied().filter(|s| subject::matches(p, s)).collect();
+        let want: Vec<&str> = subjects
+            .iter()
+            .copied()
+            .filter(|s| subject::matches(p, s))
+            .collect();
         let mut got = Vec::new();
         for _ in 0..want.len() {
             let m = within("matrix delivery", sub.next()).await.unwrap();
@@ -50,7 +58,11 @@ async fn wildcard_matrix() {
     for (p, sub) in &mut subs {
         if subject::matches(p, "a.b.c") {
             let m = within("marker", sub.next()).await.unwrap();
-            assert_eq!(&m.payload()[..], b"marker", "pattern {p} got an unexpected message");
+            assert_eq!(
+                &m.payload()[..],
+                b"marker",
+                "pattern {p} got an unexpected message"
+            );
         }
     }
 }
@@ -88,7 +100,10 @@ async fn queue_group_delivers_each_message_once() {
     }
     assert_eq!(seen.len(), N, "every message delivered");
     assert!(seen.values().all(|&n| n == 1), "no message delivered twice");
-    assert!(per_member.iter().all(|&n| n > 0), "every member got some: {per_member:?}");
+    assert!(
+        per_member.iter().all(|&n| n > 0),
+        "every member got some: {per_member:?}"
+    );
 }
 
 #[tokio::test]
@@ -106,7 +121,9 @@ async fn hundred_thousand_in_order() {
         b
     });
     for i in 0..N {
-        let m = within("sequenced message", sub.next()).await.expect("stream open");
+        let m = within("sequenced message", sub.next())
+            .await
+            .expect("stream open");
         let got = u64::from_le_bytes(m.payload()[..].try_into().unwrap());
         assert_eq!(got, i, "message out of order or missing");
     }
@@ -123,7 +140,10 @@ async fn unsubscribe_on_drop() {
     drop(sub);
     a.flush().await.unwrap();
     // With the subscription gone, a request finds no responders.
-    assert!(matches!(b.request("gone", "x").await, Err(Error::NoResponders { .. })));
+    assert!(matches!(
+        b.request("gone", "x").await,
+        Err(Error::NoResponders { .. })
+    ));
 }
 
 #[tokio::test]
@@ -131,9 +151,15 @@ async fn invalid_and_reserved_subjects_rejected_locally() {
     let bus = TestBus::start();
     let c = bus.client("c").await;
     for bad in ["", "a..b", "a b", "a.*", "a.>", "\tx"] {
-        assert!(matches!(c.publish(bad, "x").await, Err(Error::InvalidSubject(_))), "{bad:?}");
+        assert!(
+            matches!(c.publish(bad, "x").await, Err(Error::InvalidSubject(_))),
+            "{bad:?}"
+        );
     }
-    assert!(matches!(c.subscribe("a.>.b").await, Err(Error::InvalidSubject(_))));
+    assert!(matches!(
+        c.subscribe("a.>.b").await,
+        Err(Error::InvalidSubject(_))
+    ));
     let err = c.publish("$BUS.event.conn.open", "x").await.unwrap_err();
     assert!(err.to_string().contains("reserved"), "{err}");
     // The connection is still fine.
@@ -146,7 +172,16 @@ async fn payload_over_max_frame_is_a_named_limit_error() {
     let c = bus.client("c").await;
     assert_eq!(c.max_frame(), 4096);
     let err = c.publish("big", vec![0u8; 5000]).await.unwrap_err();
-    assert!(matches!(err, Error::LimitExceeded { limit: "max_frame", value: 4096 }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::LimitExceeded {
+                limit: "max_frame",
+                value: 4096
+            }
+        ),
+        "{err}"
+    );
     c.flush().await.unwrap();
 }
 
@@ -160,7 +195,10 @@ async fn typed_values_round_trip() {
     let bus = TestBus::start();
     let c = bus.client("c").await;
     let mut sub = c.subscribe("t").await.unwrap();
-    let r = Reading { sensor: "kitchen".into(), celsius: 21.5 };
+    let r = Reading {
+        sensor: "kitchen".into(),
+        celsius: 21.5,
+    };
     c.publish_value("t", &r).await.unwrap();
     let m = within("typed", sub.next()).await.unwrap();
     assert_eq!(m.decode::<Reading>().unwrap(), r);

@@ -19,7 +19,9 @@ async fn request_reply() {
     });
     let client = bus.client("caller").await;
     for i in 0..50 {
-        let reply = within("reply", client.request("svc.echo", format!("{i}"))).await.unwrap();
+        let reply = within("reply", client.request("svc.echo", format!("{i}")))
+            .await
+            .unwrap();
         assert_eq!(reply.payload(), format!("echo: {i}").as_bytes());
     }
 }
@@ -56,10 +58,16 @@ async fn per_call_timeout() {
     let _sub = silent.subscribe("svc.silent").await.unwrap();
     let client = bus.client("caller").await;
     let start = Instant::now();
-    let err = within("timeout", client.request_with_timeout("svc.silent", "x", Duration::from_millis(300)))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, Error::Timeout(d) if d == Duration::from_millis(300)), "{err}");
+    let err = within(
+        "timeout",
+        client.request_with_timeout("svc.silent", "x", Duration::from_millis(300)),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, Error::Timeout(d) if d == Duration::from_millis(300)),
+        "{err}"
+    );
     assert!(start.elapsed() >= Duration::from_millis(300));
     // The connection is still usable afterwards.
     client.flush().await.unwrap();
@@ -70,15 +78,22 @@ async fn no_responders_fails_at_once() {
     let bus = TestBus::start();
     let client = bus.client("caller").await;
     // Far below the default 5 s timeout: the daemon answers "no responders".
-    let err = within("no responders", client.request("svc.nobody", "x")).await.unwrap_err();
-    assert!(matches!(&err, Error::NoResponders { subject } if subject == "svc.nobody"), "{err}");
+    let err = within("no responders", client.request("svc.nobody", "x"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::NoResponders { subject } if subject == "svc.nobody"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
 async fn unknown_admin_api_has_no_responders() {
     let bus = TestBus::start();
     let client = bus.client("caller").await;
-    let err = within("api", client.request("$BUS.api.nope", "")).await.unwrap_err();
+    let err = within("api", client.request("$BUS.api.nope", ""))
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::NoResponders { .. }), "{err}");
 }
 
@@ -90,7 +105,10 @@ async fn requests_fail_with_disconnected_when_daemon_stops() {
     let client = bus.client("caller").await;
     let pending = tokio::spawn({
         let c = client.clone();
-        async move { c.request_with_timeout("svc.slow", "x", Duration::from_secs(15)).await }
+        async move {
+            c.request_with_timeout("svc.slow", "x", Duration::from_secs(15))
+                .await
+        }
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     bus.stop();

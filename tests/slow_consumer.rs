@@ -15,7 +15,11 @@ async fn stalled_subscriber_is_bounded_and_told_exactly_what_it_lost() {
     // Small client-side buffer: once it is full the client stops reading the
     // socket, and the daemon's queue for it fills up.
     let stalled_conn = bus
-        .client_with(ConnectOptions::default().name("stalled").subscription_capacity(16))
+        .client_with(
+            ConnectOptions::default()
+                .name("stalled")
+                .subscription_capacity(16),
+        )
         .await;
     let mut stalled = stalled_conn.subscribe("load").await.unwrap();
     let fast_conn = bus.client("fast").await;
@@ -44,10 +48,24 @@ async fn stalled_subscriber_is_bounded_and_told_exactly_what_it_lost() {
     }
     assert_eq!(fast.dropped(), 0);
 
-    let conns: Vec<api::ConnInfo> = within("list", publisher.request(api::LIST, [])).await.unwrap().decode().unwrap();
-    let info = conns.iter().find(|c| c.name == "stalled").expect("stalled conn listed");
-    assert!(info.pending_bytes <= MAX_PENDING as u64, "pending {} over bound", info.pending_bytes);
-    assert!(info.dropped > 0, "{N} messages of {payload_len} B must overflow {MAX_PENDING} B");
+    let conns: Vec<api::ConnInfo> = within("list", publisher.request(api::LIST, []))
+        .await
+        .unwrap()
+        .decode()
+        .unwrap();
+    let info = conns
+        .iter()
+        .find(|c| c.name == "stalled")
+        .expect("stalled conn listed");
+    assert!(
+        info.pending_bytes <= MAX_PENDING as u64,
+        "pending {} over bound",
+        info.pending_bytes
+    );
+    assert!(
+        info.dropped > 0,
+        "{N} messages of {payload_len} B must overflow {MAX_PENDING} B"
+    );
     let dropped_by_daemon = info.dropped;
 
     // Now read: every message is either delivered (in order) or counted in a
@@ -65,7 +83,10 @@ async fn stalled_subscriber_is_bounded_and_told_exactly_what_it_lost() {
             None => panic!("connection closed"),
         }
     }
-    assert_eq!(lagged, dropped_by_daemon, "Lagged notices must match the daemon's drop count");
+    assert_eq!(
+        lagged, dropped_by_daemon,
+        "Lagged notices must match the daemon's drop count"
+    );
     assert_eq!(received + lagged, N);
     assert_eq!(stalled.dropped(), dropped_by_daemon);
 

@@ -7,10 +7,24 @@ use crate::render;
 pub async fn run(bus: &Bus, json: bool) -> libbus::Result<()> {
     let conns: Vec<api::ConnInfo> = bus.request(api::LIST, []).await?.decode()?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&conns).map_err(|e| libbus::Error::Protocol(e.to_string()))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&conns).map_err(|e| libbus::Error::Protocol(e.to_string()))?
+        );
         return Ok(());
     }
-    let header = ["ID", "NAME", "TRANSPORT", "PEER", "SUBS", "MSGS IN", "MSGS OUT", "PENDING", "DROPPED", "AGE"];
+    let header = [
+        "ID",
+        "NAME",
+        "TRANSPORT",
+        "PEER",
+        "SUBS",
+        "MSGS IN",
+        "MSGS OUT",
+        "PENDING",
+        "DROPPED",
+        "AGE",
+    ];
     let rows: Vec<Vec<String>> = conns
         .iter()
         .map(|c| {

@@ -97,8 +97,16 @@ async fn run(cli: Cli) -> libbus::Result<()> {
     let result = match cli.command {
         Command::List { json } => list::run(&bus, json).await,
         Command::Send { subject, payload } => pubsub::send(&bus, &subject, payload).await,
-        Command::Sub { pattern, queue, count } => pubsub::sub(&bus, &pattern, queue.as_deref(), count).await,
-        Command::Request { subject, payload, timeout } => pubsub::request(&bus, &subject, payload, timeout).await,
+        Command::Sub {
+            pattern,
+            queue,
+            count,
+        } => pubsub::sub(&bus, &pattern, queue.as_deref(), count).await,
+        Command::Request {
+            subject,
+            payload,
+            timeout,
+        } => pubsub::request(&bus, &subject, payload, timeout).await,
         Command::Monitor => pubsub::monitor(&bus).await,
         Command::Info { json } => info::run(&bus, &address, json).await,
     };

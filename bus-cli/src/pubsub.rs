@@ -44,7 +44,9 @@ pub async fn sub(bus: &Bus, pattern: &str, queue: Option<&str>, count: Option<u6
                 println!("{}", line(&m));
                 seen += 1;
             }
-            Some(Delivery::Lagged(n)) => eprintln!("warning: {n} messages dropped (this subscriber fell behind)"),
+            Some(Delivery::Lagged(n)) => {
+                eprintln!("warning: {n} messages dropped (this subscriber fell behind)")
+            }
             None => return Err(bus.disconnected_error()),
         }
     }

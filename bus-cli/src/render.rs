@@ -25,7 +25,9 @@ pub fn peer(p: &Peer) -> String {
 
 /// Time elapsed since `unix_ms`, rounded to seconds (`3m 12s`).
 pub fn age(unix_ms: u64) -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     duration(Duration::from_secs(now.saturating_sub(unix_ms) / 1000))
 }
 

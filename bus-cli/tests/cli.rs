@@ -2,7 +2,7 @@
 
 use std::{
     io::Write,
-    process::{Command, Output, Stdio},
+    process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
@@ -42,15 +42,55 @@ fn run(mut cmd: Command) -> Output {
 }
 
 fn stdout(o: &Output) -> String {
-    assert!(o.status.success(), "failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8(o.stdout.clone()).unwrap()
 }
 
+/// A `bus-cli sub` child process, killed and reaped on drop.
+struct SubProc(Option<Child>);
+
+impl SubProc {
+    fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, Child::id)
+    }
+
+    /// Waits (at most 20 s) for it to exit by itself and returns its output.
+    fn output(mut self) -> Output {
+        let mut child = self.0.take().expect("not yet waited");
+        let start = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if start.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("bus-cli sub did not exit");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        child.wait_with_output().unwrap()
+    }
+}
+
+impl Drop for SubProc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// Starts `bus-cli sub` and waits until the daemon lists its subscription.
-fn start_sub(bus: &Bus, args: &[&str]) -> std::process::Child {
+fn start_sub(bus: &Bus, args: &[&str]) -> SubProc {
     let mut cmd = cli(bus);
-    cmd.arg("sub").args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let child = cmd.spawn().unwrap();
+    cmd.arg("sub")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let sub = SubProc(Some(cmd.spawn().unwrap()));
     let pattern = args[0];
     let start = Instant::now();
     loop {
@@ -60,22 +100,14 @@ fn start_sub(bus: &Bus, args: &[&str]) -> std::process::Child {
             c
         }));
         if out.contains(&format!("\"pattern\": \"{pattern}\"")) {
-            return child;
+            return sub;
         }
-        assert!(start.elapsed() < Duration::from_secs(20), "subscriber never appeared");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "subscriber never appeared"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn wait_output(child: std::process::Child) -> Output {
-    let pid = child.id();
-    let killer = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(20));
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
-    });
-    let out = child.wait_with_output().unwrap();
-    drop(killer);
-    out
 }
 
 #[test]
@@ -89,31 +121,47 @@ fn send_and_sub_with_count() {
     }
     // Payload from stdin, not UTF-8: printed as hex.
     let mut c = cli(&bus);
-    let mut child = c.args(["send", "chat.bin"]).stdin(Stdio::piped()).spawn().unwrap();
+    let mut child = c
+        .args(["send", "chat.bin"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
     child.stdin.take().unwrap().write_all(&[0xff, 0x00]).unwrap();
     assert!(child.wait().unwrap().success());
-    let out = wait_output(sub);
+    let out = sub.output();
     assert_eq!(stdout(&out), "chat.lobby hello\nchat.dev hi\nchat.bin 0xff00\n");
 }
 
 #[test]
 fn list_shows_connections() {
     let bus = daemon();
-    let mut sub = start_sub(&bus, &["orders.>"]);
+    let sub = start_sub(&bus, &["orders.>"]);
     let mut c = cli(&bus);
     c.arg("list");
     let out = stdout(&run(c));
     let mut lines = out.lines();
     let header = lines.next().unwrap();
-    for col in ["ID", "NAME", "TRANSPORT", "PEER", "SUBS", "MSGS IN", "MSGS OUT", "PENDING", "DROPPED", "AGE"] {
+    for col in [
+        "ID",
+        "NAME",
+        "TRANSPORT",
+        "PEER",
+        "SUBS",
+        "MSGS IN",
+        "MSGS OUT",
+        "PENDING",
+        "DROPPED",
+        "AGE",
+    ] {
         assert!(header.contains(col), "{header}");
     }
     let sub_line = lines
         .find(|l| l.contains(&format!("pid {} ", sub.id())))
         .unwrap_or_else(|| panic!("subscriber's pid listed: {out}"));
-    assert!(sub_line.contains("bus-cli") && sub_line.contains("unix"), "{sub_line}");
-    sub.kill().unwrap();
-    sub.wait().unwrap();
+    assert!(
+        sub_line.contains("bus-cli") && sub_line.contains("unix"),
+        "{sub_line}"
+    );
 }
 
 #[test]
@@ -140,7 +188,10 @@ fn request_prints_reply() {
     c.args(["request", "nobody.home", "x", "--timeout", "2s"]);
     let out = run(c);
     assert!(!out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "error: no responders for \"nobody.home\"\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: no responders for \"nobody.home\"\n"
+    );
 }
 
 #[test]
@@ -149,7 +200,10 @@ fn info_prints_version_and_limits() {
     let mut c = cli(&bus);
     c.arg("info");
     let out = stdout(&run(c));
-    assert!(out.starts_with(&format!("busd {}", env!("CARGO_PKG_VERSION"))), "{out}");
+    assert!(
+        out.starts_with(&format!("busd {}", env!("CARGO_PKG_VERSION"))),
+        "{out}"
+    );
     assert!(out.contains("max_pending") && out.contains("8388608"), "{out}");
     assert!(out.contains(&bus.daemon.address().to_string()), "{out}");
 }
@@ -158,17 +212,28 @@ fn info_prints_version_and_limits() {
 fn no_daemon_is_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("nothing.sock");
-    for args in [&["list"][..], &["send", "a", "b"], &["sub", "a"], &["request", "a", "b"], &["monitor"], &["info"]] {
+    for args in [
+        &["list"][..],
+        &["send", "a", "b"],
+        &["sub", "a"],
+        &["request", "a", "b"],
+        &["monitor"],
+        &["info"],
+    ] {
         let out = run({
             let mut c = Command::new(CLI);
-            c.env("BUS_ADDRESS", format!("unix:{}", sock.display())).args(args);
+            c.env("BUS_ADDRESS", format!("unix:{}", sock.display()))
+                .args(args);
             c
         });
         assert!(!out.status.success(), "{args:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(
             stderr,
-            format!("error: no bus daemon at unix:{} (is busd running?)\n", sock.display()),
+            format!(
+                "error: no bus daemon at unix:{} (is busd running?)\n",
+                sock.display()
+            ),
             "{args:?}"
         );
     }
@@ -179,8 +244,11 @@ fn address_flag_overrides_environment() {
     let bus = daemon();
     let out = run({
         let mut c = Command::new(CLI);
-        c.env("BUS_ADDRESS", "/nonexistent/busd.sock")
-            .args(["--address", &bus.daemon.address().to_string(), "list"]);
+        c.env("BUS_ADDRESS", "/nonexistent/busd.sock").args([
+            "--address",
+            &bus.daemon.address().to_string(),
+            "list",
+        ]);
         c
     });
     assert!(stdout(&out).starts_with("ID"));

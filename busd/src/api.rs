@@ -25,7 +25,8 @@ pub fn handle(state: &State, conn: &Conn, subject: &str, reply_to: Option<&str>)
         }
         api::INFO => postcard::to_allocvec(&info(state)),
         _ => {
-            conn.outbox.push_frame(encode(&ServerFrame::NoResponders { reply_to }));
+            conn.outbox
+                .push_frame(encode(&ServerFrame::NoResponders { reply_to }));
             return;
         }
     };
@@ -66,7 +67,10 @@ pub fn conn_event(state: &State, subject: &'static str, conn: &Conn, reason: Opt
     if state.router.lookup_uncached(subject).is_empty() {
         return;
     }
-    let event = ConnEvent { conn: conn.info(), reason };
+    let event = ConnEvent {
+        conn: conn.info(),
+        reason,
+    };
     match postcard::to_allocvec(&event) {
         Ok(body) => publish(state, subject, body),
         Err(e) => tracing::error!("encoding {subject} event: {e}"),

@@ -55,7 +55,10 @@ impl Default for Config {
 impl Config {
     /// A default configuration listening on `socket`.
     pub fn with_socket(socket: impl Into<PathBuf>) -> Self {
-        Self { socket: socket.into(), ..Self::default() }
+        Self {
+            socket: socket.into(),
+            ..Self::default()
+        }
     }
 
     /// Checks that the values fit together.
@@ -67,7 +70,10 @@ impl Config {
             ));
         }
         if self.max_frame < 64 {
-            return Err(format!("max_frame ({}) must be at least 64 bytes", self.max_frame));
+            return Err(format!(
+                "max_frame ({}) must be at least 64 bytes",
+                self.max_frame
+            ));
         }
         if self.ping_interval.is_zero() || self.handshake_timeout.is_zero() {
             return Err("ping_interval and handshake_timeout must be greater than zero".into());

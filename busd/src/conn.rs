@@ -80,13 +80,16 @@ pub async fn serve(state: Arc<State>, stream: UnixStream, peer: Peer) {
         stats: Stats::default(),
         subs: Mutex::new(Default::default()),
     });
-    conn.stats.last_activity_ms.store(crate::registry::unix_ms(connected_at), Relaxed);
-    conn.outbox.push_frame(encode(&ServerFrame::Welcome(proto::Welcome {
-        version: proto::PROTOCOL_VERSION,
-        conn_id: conn.id,
-        server_id: &state.server_id,
-        max_frame: state.config.max_frame,
-    })));
+    conn.stats
+        .last_activity_ms
+        .store(crate::registry::unix_ms(connected_at), Relaxed);
+    conn.outbox
+        .push_frame(encode(&ServerFrame::Welcome(proto::Welcome {
+            version: proto::PROTOCOL_VERSION,
+            conn_id: conn.id,
+            server_id: &state.server_id,
+            max_frame: state.config.max_frame,
+        })));
     state.registry.insert(conn.clone());
     let writer = tokio::spawn(write_loop(conn.clone(), wr));
     tracing::info!(id = conn.id, name = %conn.name, peer = ?conn.peer, "connection open");
@@ -95,13 +98,18 @@ pub async fn serve(state: Arc<State>, stream: UnixStream, peer: Peer) {
     let Fatal(reason) = read_loop(&state, &conn, &mut frames).await;
 
     for (sid, sub) in std::mem::take(&mut *lock(&conn.subs)) {
-        state.router.unsubscribe(conn.id, sid, &sub.pattern, sub.queue.as_deref());
+        state
+            .router
+            .unsubscribe(conn.id, sid, &sub.pattern, sub.queue.as_deref());
     }
     state.registry.remove(&conn);
     conn.outbox.close();
     drop(frames);
     let mut writer = writer;
-    if tokio::time::timeout(state.config.shutdown_grace, &mut writer).await.is_err() {
+    if tokio::time::timeout(state.config.shutdown_grace, &mut writer)
+        .await
+        .is_err()
+    {
         writer.abort();
     }
     conn.outbox.clear();
@@ -117,7 +125,10 @@ async fn handshake(
     let t = state.config.handshake_timeout;
     let body = match tokio::time::timeout(t, frames.next()).await {
         Err(_) => {
-            return Err((ErrorCode::HandshakeTimeout, format!("no Hello within handshake_timeout ({t:?})")))
+            return Err((
+                ErrorCode::HandshakeTimeout,
+                format!("no Hello within handshake_timeout ({t:?})"),
+            ))
         }
         Ok(None) => return Err((ErrorCode::Protocol, "connection ended before Hello".into())),
         Ok(Some(Err(e))) => return Err(read_error(state, &e)),
@@ -157,19 +168,30 @@ fn read_error(state: &State, e: &std::io::Error) -> (ErrorCode, String) {
     if codec::is_frame_too_large(e) {
         (
             ErrorCode::FrameTooLarge,
-            format!("frame length exceeds max_frame ({} bytes)", state.config.max_frame),
+            format!(
+                "frame length exceeds max_frame ({} bytes)",
+                state.config.max_frame
+            ),
         )
     } else if e.kind() == std::io::ErrorKind::UnexpectedEof || e.to_string().contains("bytes remaining") {
-        (ErrorCode::Protocol, "truncated frame: connection ended inside a frame".into())
+        (
+            ErrorCode::Protocol,
+            "truncated frame: connection ended inside a frame".into(),
+        )
     } else {
         (ErrorCode::Protocol, format!("read error: {e}"))
     }
 }
 
-async fn read_loop(state: &State, conn: &Arc<Conn>, frames: &mut FramedRead<Half, LengthDelimitedCodec>) -> Fatal {
+async fn read_loop(
+    state: &State,
+    conn: &Arc<Conn>,
+    frames: &mut FramedRead<Half, LengthDelimitedCodec>,
+) -> Fatal {
     let cfg = &state.config;
     let mut cache = RouteCache::default();
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + cfg.ping_interval, cfg.ping_interval);
+    let mut ping =
+        tokio::time::interval_at(tokio::time::Instant::now() + cfg.ping_interval, cfg.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut missed = 0u32;
     let shutdown = state.shutdown.cancelled();
@@ -218,10 +240,17 @@ fn fatal(conn: &Conn, code: ErrorCode, message: String) -> Fatal {
     Fatal(CloseReason::Error(message))
 }
 
-fn handle_frame(state: &State, conn: &Arc<Conn>, body: &BytesMut, cache: &mut RouteCache) -> Result<(), Fatal> {
+fn handle_frame(
+    state: &State,
+    conn: &Arc<Conn>,
+    body: &BytesMut,
+    cache: &mut RouteCache,
+) -> Result<(), Fatal> {
     let frame = match codec::decode::<ClientFrame>(body) {
         Ok(f) => f,
-        Err(CodecError::Postcard(e)) => return Err(fatal(conn, ErrorCode::Protocol, format!("malformed frame: {e}"))),
+        Err(CodecError::Postcard(e)) => {
+            return Err(fatal(conn, ErrorCode::Protocol, format!("malformed frame: {e}")))
+        }
         Err(e) => return Err(fatal(conn, ErrorCode::Protocol, e.to_string())),
     };
     match frame {
@@ -229,7 +258,9 @@ fn handle_frame(state: &State, conn: &Arc<Conn>, body: &BytesMut, cache: &mut Ro
         ClientFrame::Sub(s) => subscribe(state, conn, s),
         ClientFrame::Unsub { sid } => {
             if let Some(sub) = lock(&conn.subs).remove(&sid) {
-                state.router.unsubscribe(conn.id, sid, &sub.pattern, sub.queue.as_deref());
+                state
+                    .router
+                    .unsubscribe(conn.id, sid, &sub.pattern, sub.queue.as_deref());
             }
             Ok(())
         }
@@ -256,7 +287,11 @@ fn publish(
         return Err(fatal(conn, ErrorCode::InvalidSubject, e.to_string()));
     }
     if let Some(Err(e)) = p.reply_to.map(subject::validate_subject) {
-        return Err(fatal(conn, ErrorCode::InvalidSubject, format!("reply subject: {e}")));
+        return Err(fatal(
+            conn,
+            ErrorCode::InvalidSubject,
+            format!("reply subject: {e}"),
+        ));
     }
     conn.stats.msgs_in.fetch_add(1, Relaxed);
     conn.stats.bytes_in.fetch_add(p.payload.len() as u64, Relaxed);
@@ -266,7 +301,8 @@ fn publish(
             api::handle(state, conn, p.subject, p.reply_to);
         } else {
             let e = subject::SubjectError::Reserved(p.subject.into());
-            conn.outbox.push_frame(error_frame(ErrorCode::Reserved, &e.to_string()));
+            conn.outbox
+                .push_frame(error_frame(ErrorCode::Reserved, &e.to_string()));
         }
         return Ok(());
     }
@@ -274,7 +310,8 @@ fn publish(
     let routes = state.router.lookup(p.subject, cache);
     if routes.is_empty() {
         if let Some(reply_to) = p.reply_to {
-            conn.outbox.push_frame(encode(&ServerFrame::NoResponders { reply_to }));
+            conn.outbox
+                .push_frame(encode(&ServerFrame::NoResponders { reply_to }));
         }
         return Ok(());
     }
@@ -300,22 +337,36 @@ fn subscribe(state: &State, conn: &Arc<Conn>, s: proto::Sub<'_>) -> Result<(), F
     }
     if let Some(q) = s.queue {
         if q.is_empty() || q.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(fatal(conn, ErrorCode::InvalidSubject, format!("invalid queue group name {q:?}")));
+            return Err(fatal(
+                conn,
+                ErrorCode::InvalidSubject,
+                format!("invalid queue group name {q:?}"),
+            ));
         }
     }
     let mut subs = lock(&conn.subs);
     if let Some(old) = subs.get(&s.sid) {
         // Reusing a live sid replaces the subscription.
-        state.router.unsubscribe(conn.id, s.sid, &old.pattern, old.queue.as_deref());
+        state
+            .router
+            .unsubscribe(conn.id, s.sid, &old.pattern, old.queue.as_deref());
     } else if subs.len() >= state.config.max_subscriptions {
         drop(subs);
-        let message = format!("limit exceeded: max_subscriptions = {}", state.config.max_subscriptions);
-        conn.outbox.push_frame(error_frame(ErrorCode::LimitExceeded, &message));
+        let message = format!(
+            "limit exceeded: max_subscriptions = {}",
+            state.config.max_subscriptions
+        );
+        conn.outbox
+            .push_frame(error_frame(ErrorCode::LimitExceeded, &message));
         return Ok(());
     }
     subs.insert(
         s.sid,
-        SubInfo { sid: s.sid, pattern: s.pattern.into(), queue: s.queue.map(Into::into) },
+        SubInfo {
+            sid: s.sid,
+            pattern: s.pattern.into(),
+            queue: s.queue.map(Into::into),
+        },
     );
     state.router.subscribe(conn, s.sid, s.pattern, s.queue);
     Ok(())
@@ -339,7 +390,12 @@ async fn write_loop(conn: Arc<Conn>, mut wr: Half) {
                     ) else {
                         continue; // validated on the way in; unreachable
                     };
-                    let frame = ServerFrame::Msg(proto::Msg { sid, subject, reply_to, payload: &msg.payload });
+                    let frame = ServerFrame::Msg(proto::Msg {
+                        sid,
+                        subject,
+                        reply_to,
+                        payload: &msg.payload,
+                    });
                     if codec::encode_into(&frame, &mut buf, u32::MAX).is_ok() {
                         msgs += 1;
                         bytes += msg.payload.len() as u64;

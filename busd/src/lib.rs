@@ -24,6 +24,8 @@
 //! each subscriber's `outbox::Outbox::try_push` (never waits) → that
 //! connection's writer → `libbus::codec` → socket.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod api;
 pub mod config;
 pub mod conn;

@@ -61,7 +61,9 @@ impl UnixListener {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err("inspecting")(e)),
         }
-        let name = path.to_fs_name::<GenericFilePath>().map_err(io_err("socket name"))?;
+        let name = path
+            .to_fs_name::<GenericFilePath>()
+            .map_err(io_err("socket name"))?;
         let inner = ListenerOptions::new()
             .name(name)
             .mode(mode)
@@ -73,7 +75,11 @@ impl UnixListener {
                 _ => io_err("binding")(e),
             })?;
         let meta = std::fs::symlink_metadata(path).map_err(io_err("inspecting"))?;
-        Ok(Self { inner, path: path.to_owned(), ident: (meta.dev(), meta.ino()) })
+        Ok(Self {
+            inner,
+            path: path.to_owned(),
+            ident: (meta.dev(), meta.ino()),
+        })
     }
 
     /// The socket path.
@@ -85,7 +91,11 @@ impl UnixListener {
     pub async fn accept(&self) -> io::Result<(UnixStream, Peer)> {
         let stream = self.inner.accept().await?;
         let cred = getsockopt(&stream, PeerCredentials).map_err(io::Error::from)?;
-        let peer = Peer::Unix { pid: cred.pid(), uid: cred.uid(), gid: cred.gid() };
+        let peer = Peer::Unix {
+            pid: cred.pid(),
+            uid: cred.uid(),
+            gid: cred.gid(),
+        };
         Ok((stream, peer))
     }
 }

@@ -64,8 +64,10 @@ impl Args {
             c.socket = s;
         }
         c.socket_mode = self.socket_mode;
-        c.max_frame = u32::try_from(self.max_frame).map_err(|_| "--max-frame must be below 4 GiB".to_owned())?;
-        c.max_pending = usize::try_from(self.max_pending).map_err(|_| "--max-pending is too large".to_owned())?;
+        c.max_frame =
+            u32::try_from(self.max_frame).map_err(|_| "--max-frame must be below 4 GiB".to_owned())?;
+        c.max_pending =
+            usize::try_from(self.max_pending).map_err(|_| "--max-pending is too large".to_owned())?;
         c.handshake_timeout = self.handshake_timeout;
         c.ping_interval = self.ping_interval;
         c.max_pings_missed = self.max_pings_missed;

@@ -80,7 +80,11 @@ pub struct Outbox {
 impl Outbox {
     /// An empty queue bounded at `max_pending` bytes.
     pub fn new(max_pending: usize) -> Self {
-        Self { state: Mutex::new(State::default()), ready: Notify::new(), max_pending }
+        Self {
+            state: Mutex::new(State::default()),
+            ready: Notify::new(),
+            max_pending,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -105,7 +109,10 @@ impl Outbox {
             }
         }
         let was_empty = st.items.is_empty();
-        st.items.push_back(OutItem::Msg { sid, msg: msg.clone() });
+        st.items.push_back(OutItem::Msg {
+            sid,
+            msg: msg.clone(),
+        });
         st.bytes += cost;
         drop(st);
         if was_empty {
@@ -154,8 +161,10 @@ impl Outbox {
                     // Caught up after a gap: report it now rather than with
                     // the next message, which may never come.
                     let lag = std::mem::take(&mut st.lag);
-                    st.items
-                        .extend(lag.into_iter().map(|(sid, dropped)| OutItem::Lagged { sid, dropped }));
+                    st.items.extend(
+                        lag.into_iter()
+                            .map(|(sid, dropped)| OutItem::Lagged { sid, dropped }),
+                    );
                 }
                 if !st.items.is_empty() {
                     let mut taken = 0;
@@ -209,7 +218,11 @@ mod tests {
     use super::*;
 
     fn msg(n: usize) -> Arc<Published> {
-        Arc::new(Published { subject: Bytes::from_static(b"s"), reply_to: None, payload: vec![0; n].into() })
+        Arc::new(Published {
+            subject: Bytes::from_static(b"s"),
+            reply_to: None,
+            payload: vec![0; n].into(),
+        })
     }
 
     #[tokio::test]
@@ -238,7 +251,13 @@ mod tests {
         ob.record_drop(1);
         assert!(ob.try_push(1, &m));
         assert!(ob.take_batch(&mut batch, 1 << 20).await);
-        assert!(matches!(batch[..], [OutItem::Lagged { sid: 1, dropped: 1 }, OutItem::Msg { sid: 1, .. }]));
+        assert!(matches!(
+            batch[..],
+            [
+                OutItem::Lagged { sid: 1, dropped: 1 },
+                OutItem::Msg { sid: 1, .. }
+            ]
+        ));
         ob.close();
         batch.clear();
         assert!(!ob.take_batch(&mut batch, 1 << 20).await);

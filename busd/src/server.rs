@@ -182,7 +182,10 @@ impl Daemon {
                 {
                     Ok(rt) => rt,
                     Err(e) => {
-                        let _ = tx.send(Err(Error::Io { what: "starting runtime".into(), source: e }));
+                        let _ = tx.send(Err(Error::Io {
+                            what: "starting runtime".into(),
+                            source: e,
+                        }));
                         return;
                     }
                 };
@@ -198,11 +201,18 @@ impl Daemon {
                     }
                 });
             })
-            .map_err(|e| Error::Io { what: "spawning the daemon thread".into(), source: e })?;
+            .map_err(|e| Error::Io {
+                what: "spawning the daemon thread".into(),
+                source: e,
+            })?;
         let address = rx
             .recv()
             .map_err(|_| Error::Config("daemon thread exited during startup".into()))??;
-        Ok(Daemon { address, shutdown, thread: Some(thread) })
+        Ok(Daemon {
+            address,
+            shutdown,
+            thread: Some(thread),
+        })
     }
 
     /// The address clients connect to.

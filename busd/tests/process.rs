@@ -36,7 +36,11 @@ fn spawn(socket: &Path) -> Proc {
 fn wait_listening(socket: &Path) {
     let start = Instant::now();
     while std::os::unix::net::UnixStream::connect(socket).is_err() {
-        assert!(start.elapsed() < WAIT, "busd did not start listening on {}", socket.display());
+        assert!(
+            start.elapsed() < WAIT,
+            "busd did not start listening on {}",
+            socket.display()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -102,7 +106,10 @@ fn second_daemon_on_live_socket_refuses() {
         .expect("run second busd");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("another bus daemon is already listening"), "{stderr}");
+    assert!(
+        stderr.contains("another bus daemon is already listening"),
+        "{stderr}"
+    );
     // The first daemon's socket is untouched.
     assert!(std::os::unix::net::UnixStream::connect(&socket).is_ok());
 }

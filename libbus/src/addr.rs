@@ -82,9 +82,18 @@ mod tests {
 
     #[test]
     fn parse() {
-        assert_eq!("unix:/a/b.sock".parse::<Address>().unwrap(), Address::Unix("/a/b.sock".into()));
-        assert_eq!("unix:///a/b.sock".parse::<Address>().unwrap(), Address::Unix("/a/b.sock".into()));
-        assert_eq!("/a/b.sock".parse::<Address>().unwrap(), Address::Unix("/a/b.sock".into()));
+        assert_eq!(
+            "unix:/a/b.sock".parse::<Address>().unwrap(),
+            Address::Unix("/a/b.sock".into())
+        );
+        assert_eq!(
+            "unix:///a/b.sock".parse::<Address>().unwrap(),
+            Address::Unix("/a/b.sock".into())
+        );
+        assert_eq!(
+            "/a/b.sock".parse::<Address>().unwrap(),
+            Address::Unix("/a/b.sock".into())
+        );
         assert!("unix:".parse::<Address>().is_err());
         assert!("ftp://x".parse::<Address>().is_err());
         assert_eq!(Address::Unix("/x".into()).to_string(), "unix:/x");

@@ -122,6 +122,9 @@ struct Output {
     closed: bool,
 }
 
+/// A request waiting for its reply: its subject (for errors) and where the reply goes.
+type PendingReply = (String, oneshot::Sender<Result<Message>>);
+
 /// State shared by handles, tasks, subscriptions and messages.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -141,7 +144,7 @@ pub(crate) struct Shared {
     /// Sid of the `_INBOX.<id>.>` subscription (0 = not yet made).
     inbox_sid: AtomicU64,
     inbox_prefix: String,
-    requests: Mutex<HashMap<u64, (String, oneshot::Sender<Result<Message>>)>>,
+    requests: Mutex<HashMap<u64, PendingReply>>,
     next_request: AtomicU64,
     /// Why the connection ended, once it has.
     closed: Mutex<Option<String>>,
@@ -182,7 +185,10 @@ impl Bus {
 
     async fn connect_inner(address: &Address, opts: ConnectOptions) -> Result<Bus> {
         let Address::Unix(path) = address;
-        let no_daemon = |source| Error::NoDaemon { address: address.to_string(), source };
+        let no_daemon = |source| Error::NoDaemon {
+            address: address.to_string(),
+            source,
+        };
         let stream = transport::connect_unix(path).await.map_err(no_daemon)?;
         let (rx, mut tx) = transport::split(stream);
 
@@ -203,7 +209,10 @@ impl Bus {
         let welcome = match codec::decode::<ServerFrame>(&first).map_err(codec_err)? {
             ServerFrame::Welcome(w) => w,
             ServerFrame::Error { code, message } => {
-                return Err(Error::Server { code, message: message.into() })
+                return Err(Error::Server {
+                    code,
+                    message: message.into(),
+                })
             }
             other => return Err(Error::Protocol(format!("expected Welcome, got {other:?}"))),
         };
@@ -216,7 +225,10 @@ impl Bus {
             conn_id: welcome.conn_id,
             server_id: welcome.server_id.to_owned(),
             max_frame: welcome.max_frame,
-            output: Mutex::new(Output { buf: Vec::with_capacity(64 << 10), closed: false }),
+            output: Mutex::new(Output {
+                buf: Vec::with_capacity(64 << 10),
+                closed: false,
+            }),
             output_ready: Notify::new(),
             output_space: Notify::new(),
             subs: Mutex::new(HashMap::new()),
@@ -232,7 +244,11 @@ impl Bus {
         });
         let writer = tokio::spawn(write_loop(shared.clone(), tx));
         let reader = tokio::spawn(read_loop(shared.clone(), frames));
-        let handle = Arc::new(Handle { shared: shared.clone(), reader, writer: Mutex::new(Some(writer)) });
+        let handle = Arc::new(Handle {
+            shared: shared.clone(),
+            reader,
+            writer: Mutex::new(Some(writer)),
+        });
         Ok(Bus { shared, handle })
     }
 
@@ -273,7 +289,9 @@ impl Bus {
         payload: impl AsRef<[u8]>,
     ) -> Result<()> {
         subject::validate_subject(reply_to)?;
-        self.shared.publish(subject, Some(reply_to), payload.as_ref()).await
+        self.shared
+            .publish(subject, Some(reply_to), payload.as_ref())
+            .await
     }
 
     /// Publishes a value encoded with postcard; decode it with [`Message::decode`].
@@ -301,7 +319,9 @@ impl Bus {
     /// `pattern` goes to exactly one member of the group.
     pub async fn queue_subscribe(&self, pattern: &str, group: &str) -> Result<Subscription> {
         if group.is_empty() || group.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(Error::InvalidSubject(subject::SubjectError::Whitespace(group.into())));
+            return Err(Error::InvalidSubject(subject::SubjectError::Whitespace(
+                group.into(),
+            )));
         }
         self.subscribe_inner(pattern, Some(group)).await
     }
@@ -312,7 +332,12 @@ impl Bus {
         let (tx, rx) = mpsc::channel(self.shared.opts.subscription_capacity);
         lock(&self.shared.subs).insert(sid, tx);
         // From here on, dropping `sub` unsubscribes, also on the error path.
-        let sub = Subscription { sid, rx, bus: self.clone(), dropped: 0 };
+        let sub = Subscription {
+            sid,
+            rx,
+            bus: self.clone(),
+            dropped: 0,
+        };
         self.shared
             .send_now(&ClientFrame::Sub(proto::Sub { sid, pattern, queue }))?;
         self.flush().await?;
@@ -417,20 +442,29 @@ impl Drop for PendingRequest<'_> {
 
 fn codec_err(e: CodecError) -> Error {
     match e {
-        CodecError::TooLarge { max, .. } => Error::LimitExceeded { limit: "max_frame", value: max.into() },
+        CodecError::TooLarge { max, .. } => Error::LimitExceeded {
+            limit: "max_frame",
+            value: max.into(),
+        },
         CodecError::Postcard(e) => Error::Protocol(e.to_string()),
     }
 }
 
 impl Shared {
     pub(crate) fn disconnected(&self) -> Error {
-        Error::Disconnected { reason: lock(&self.closed).clone() }
+        Error::Disconnected {
+            reason: lock(&self.closed).clone(),
+        }
     }
 
     /// Buffers a publish, waiting while the output buffer is over its bound.
     pub(crate) async fn publish(&self, subject: &str, reply_to: Option<&str>, payload: &[u8]) -> Result<()> {
         subject::validate_publish(subject)?;
-        let frame = ClientFrame::Pub(proto::Pub { subject, reply_to, payload });
+        let frame = ClientFrame::Pub(proto::Pub {
+            subject,
+            reply_to,
+            payload,
+        });
         loop {
             let space = self.output_space.notified();
             tokio::pin!(space);
@@ -498,7 +532,11 @@ impl Shared {
         }
         let sid = self.next_sid.fetch_add(1, Ordering::Relaxed);
         let pattern = format!("{}>", self.inbox_prefix);
-        let frame = ClientFrame::Sub(proto::Sub { sid, pattern: &pattern, queue: None });
+        let frame = ClientFrame::Sub(proto::Sub {
+            sid,
+            pattern: &pattern,
+            queue: None,
+        });
         codec::encode_into(&frame, &mut out.buf, self.max_frame).map_err(codec_err)?;
         self.inbox_sid.store(sid, Ordering::Release);
         drop(out);

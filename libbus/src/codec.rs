@@ -37,8 +37,7 @@ pub fn frame_codec(max_frame: u32) -> LengthDelimitedCodec {
 
 /// True if `err` is the codec refusing a length prefix above the maximum.
 pub fn is_frame_too_large(err: &std::io::Error) -> bool {
-    err.get_ref()
-        .is_some_and(|e| e.is::<LengthDelimitedCodecError>())
+    err.get_ref().is_some_and(|e| e.is::<LengthDelimitedCodecError>())
 }
 
 /// Appends one frame (length prefix + postcard body) to `buf`.
@@ -82,9 +81,22 @@ mod tests {
     #[test]
     fn round_trip_through_codec() {
         let frames = [
-            ClientFrame::Hello(Hello { version: 1, name: "t", role: Role::Client, auth: None }),
-            ClientFrame::Pub(Pub { subject: "a.b", reply_to: Some("_INBOX.x.1"), payload: b"hi" }),
-            ClientFrame::Sub(Sub { sid: 7, pattern: "a.*", queue: Some("q") }),
+            ClientFrame::Hello(Hello {
+                version: 1,
+                name: "t",
+                role: Role::Client,
+                auth: None,
+            }),
+            ClientFrame::Pub(Pub {
+                subject: "a.b",
+                reply_to: Some("_INBOX.x.1"),
+                payload: b"hi",
+            }),
+            ClientFrame::Sub(Sub {
+                sid: 7,
+                pattern: "a.*",
+                queue: Some("q"),
+            }),
             ClientFrame::Unsub { sid: 7 },
             ClientFrame::Ping,
             ClientFrame::Pong,
@@ -125,8 +137,15 @@ mod tests {
     fn encode_enforces_max() {
         let mut buf = vec![9];
         let big = [0u8; 100];
-        let f = ClientFrame::Pub(Pub { subject: "a", reply_to: None, payload: &big });
-        assert!(matches!(encode_into(&f, &mut buf, 50), Err(CodecError::TooLarge { .. })));
+        let f = ClientFrame::Pub(Pub {
+            subject: "a",
+            reply_to: None,
+            payload: &big,
+        });
+        assert!(matches!(
+            encode_into(&f, &mut buf, 50),
+            Err(CodecError::TooLarge { .. })
+        ));
         assert_eq!(buf, vec![9]);
     }
 }

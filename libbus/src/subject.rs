@@ -50,9 +50,7 @@ fn check_tokens(s: &str, allow_wildcards: bool) -> Result<(), SubjectError> {
         match tok {
             "" => return Err(SubjectError::EmptyToken(s.to_owned())),
             "*" | ">" if !allow_wildcards => return Err(SubjectError::Wildcard(s.to_owned())),
-            ">" if tokens.peek().is_some() => {
-                return Err(SubjectError::WildcardNotLast(s.to_owned()))
-            }
+            ">" if tokens.peek().is_some() => return Err(SubjectError::WildcardNotLast(s.to_owned())),
             _ => {}
         }
     }
@@ -130,11 +128,20 @@ mod tests {
         assert!(validate_subject("a.b.c").is_ok());
         assert!(validate_subject("_INBOX.x.1").is_ok());
         assert_eq!(validate_subject(""), Err(SubjectError::Empty));
-        assert!(matches!(validate_subject("a..b"), Err(SubjectError::EmptyToken(_))));
+        assert!(matches!(
+            validate_subject("a..b"),
+            Err(SubjectError::EmptyToken(_))
+        ));
         assert!(matches!(validate_subject(".a"), Err(SubjectError::EmptyToken(_))));
         assert!(matches!(validate_subject("a."), Err(SubjectError::EmptyToken(_))));
-        assert!(matches!(validate_subject("a b"), Err(SubjectError::Whitespace(_))));
-        assert!(matches!(validate_subject("a\tb"), Err(SubjectError::Whitespace(_))));
+        assert!(matches!(
+            validate_subject("a b"),
+            Err(SubjectError::Whitespace(_))
+        ));
+        assert!(matches!(
+            validate_subject("a\tb"),
+            Err(SubjectError::Whitespace(_))
+        ));
         assert!(matches!(validate_subject("a.*"), Err(SubjectError::Wildcard(_))));
         assert!(matches!(validate_subject("a.>"), Err(SubjectError::Wildcard(_))));
     }
@@ -144,15 +151,27 @@ mod tests {
         assert!(validate_pattern("a.*.c").is_ok());
         assert!(validate_pattern(">").is_ok());
         assert!(validate_pattern("a.>").is_ok());
-        assert!(matches!(validate_pattern("a.>.b"), Err(SubjectError::WildcardNotLast(_))));
-        assert!(matches!(validate_pattern("a..*"), Err(SubjectError::EmptyToken(_))));
+        assert!(matches!(
+            validate_pattern("a.>.b"),
+            Err(SubjectError::WildcardNotLast(_))
+        ));
+        assert!(matches!(
+            validate_pattern("a..*"),
+            Err(SubjectError::EmptyToken(_))
+        ));
     }
 
     #[test]
     fn reserved() {
         assert!(validate_publish("$BUS.api.list").is_ok());
-        assert!(matches!(validate_publish("$BUS.event.conn.open"), Err(SubjectError::Reserved(_))));
-        assert!(matches!(validate_publish("$BUS.x"), Err(SubjectError::Reserved(_))));
+        assert!(matches!(
+            validate_publish("$BUS.event.conn.open"),
+            Err(SubjectError::Reserved(_))
+        ));
+        assert!(matches!(
+            validate_publish("$BUS.x"),
+            Err(SubjectError::Reserved(_))
+        ));
     }
 
     #[test]

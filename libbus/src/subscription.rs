@@ -57,7 +57,11 @@ impl Subscription {
                 Poll::Ready(Some(Delivery::Message(m))) => return Poll::Ready(Some(m)),
                 Poll::Ready(Some(Delivery::Lagged(n))) => {
                     self.dropped += n;
-                    tracing::warn!(sid = self.sid, dropped = n, "subscription lagged: messages dropped");
+                    tracing::warn!(
+                        sid = self.sid,
+                        dropped = n,
+                        "subscription lagged: messages dropped"
+                    );
                 }
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending => return Poll::Pending,

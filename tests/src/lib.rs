@@ -44,7 +44,10 @@ impl TestBus {
         let mut config = Config::with_socket(dir.path().join("busd.sock"));
         f(&mut config);
         let daemon = Daemon::start(config).expect("daemon starts");
-        Self { daemon: Some(daemon), dir }
+        Self {
+            daemon: Some(daemon),
+            dir,
+        }
     }
 
     /// Where clients connect.
@@ -162,7 +165,11 @@ impl Raw {
         let f: ServerFrame = codec::decode(&body).expect("daemon sends valid frames");
         Some(match f {
             ServerFrame::Welcome(w) => Got::Welcome(w.conn_id),
-            ServerFrame::Msg(m) => Got::Msg { sid: m.sid, subject: m.subject.into(), payload: m.payload.into() },
+            ServerFrame::Msg(m) => Got::Msg {
+                sid: m.sid,
+                subject: m.subject.into(),
+                payload: m.payload.into(),
+            },
             ServerFrame::Lagged { sid, dropped } => Got::Lagged(sid, dropped),
             ServerFrame::NoResponders { reply_to } => Got::NoResponders(reply_to.into()),
             ServerFrame::Error { code, message } => Got::Error(code, message.into()),
@@ -189,8 +196,12 @@ impl Raw {
 pub async fn assert_serving(bus: &TestBus) {
     let a = bus.client("probe-sub").await;
     let b = bus.client("probe-pub").await;
-    let mut sub = within("subscribe", a.subscribe("probe.ok")).await.expect("subscribe");
-    within("publish", b.publish("probe.ok", "still here")).await.expect("publish");
+    let mut sub = within("subscribe", a.subscribe("probe.ok"))
+        .await
+        .expect("subscribe");
+    within("publish", b.publish("probe.ok", "still here"))
+        .await
+        .expect("publish");
     let m = within("probe message", sub.next()).await.expect("message");
     assert_eq!(&m.payload()[..], b"still here");
 }

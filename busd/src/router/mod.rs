@@ -15,10 +15,7 @@ use std::{
     },
 };
 
-use crate::{
-    outbox::Published,
-    registry::Conn,
-};
+use crate::{outbox::Published, registry::Conn};
 use sublist::Sublist;
 
 /// One subscription of one connection.
@@ -93,7 +90,14 @@ impl Router {
     /// Adds subscription `sid` of `conn`.
     pub fn subscribe(&self, conn: &Arc<Conn>, sid: u64, pattern: &str, queue: Option<&str>) {
         let mut list = self.list.write().unwrap_or_else(|e| e.into_inner());
-        list.insert(pattern, queue, Target { conn: conn.clone(), sid });
+        list.insert(
+            pattern,
+            queue,
+            Target {
+                conn: conn.clone(),
+                sid,
+            },
+        );
         self.generation.fetch_add(1, Ordering::Release);
     }
 
@@ -134,7 +138,11 @@ impl Router {
 
     /// The routes for `subject`, straight from the trie.
     pub fn lookup_uncached(&self, subject: &str) -> Arc<Routes> {
-        let m = self.list.read().unwrap_or_else(|e| e.into_inner()).matches(subject);
+        let m = self
+            .list
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .matches(subject);
         Arc::new(Routes {
             plain: m.plain,
             groups: m.groups.into_iter().map(|(_, members)| members).collect(),

@@ -29,13 +29,21 @@ struct Node<T> {
 
 impl<T> Default for Level<T> {
     fn default() -> Self {
-        Self { literal: HashMap::new(), star: None, full: None }
+        Self {
+            literal: HashMap::new(),
+            star: None,
+            full: None,
+        }
     }
 }
 
 impl<T> Default for Node<T> {
     fn default() -> Self {
-        Self { next: Level::default(), plain: Vec::new(), groups: Vec::new() }
+        Self {
+            next: Level::default(),
+            plain: Vec::new(),
+            groups: Vec::new(),
+        }
     }
 }
 
@@ -63,7 +71,10 @@ pub struct Matches<T> {
 
 impl<T> Default for Matches<T> {
     fn default() -> Self {
-        Self { plain: Vec::new(), groups: Vec::new() }
+        Self {
+            plain: Vec::new(),
+            groups: Vec::new(),
+        }
     }
 }
 
@@ -84,7 +95,10 @@ fn split_first(s: &str) -> (&str, Option<&str>) {
 impl<T: Clone> Sublist<T> {
     /// An empty trie.
     pub fn new() -> Self {
-        Self { root: Level::default(), len: 0 }
+        Self {
+            root: Level::default(),
+            len: 0,
+        }
     }
 
     /// Number of subscriptions.
@@ -133,7 +147,12 @@ impl<T: Clone> Sublist<T> {
         removed
     }
 
-    fn remove_in(level: &mut Level<T>, pattern: &str, queue: Option<&str>, is_it: &dyn Fn(&T) -> bool) -> Option<T> {
+    fn remove_in(
+        level: &mut Level<T>,
+        pattern: &str,
+        queue: Option<&str>,
+        is_it: &dyn Fn(&T) -> bool,
+    ) -> Option<T> {
         let (tok, rest) = split_first(pattern);
         let node: &mut Node<T> = match tok {
             "*" => level.star.as_deref_mut()?,
@@ -229,8 +248,12 @@ mod tests {
 
     #[test]
     fn wildcard_matrix_agrees_with_reference() {
-        let patterns = ["a", "a.b", "a.*", "a.>", "*", ">", "*.b", "a.*.c", "*.*.*", "a.b.>", "b.>"];
-        let subjects = ["a", "b", "a.b", "a.c", "b.b", "a.b.c", "a.x.c", "a.b.c.d", "x.y.z"];
+        let patterns = [
+            "a", "a.b", "a.*", "a.>", "*", ">", "*.b", "a.*.c", "*.*.*", "a.b.>", "b.>",
+        ];
+        let subjects = [
+            "a", "b", "a.b", "a.c", "b.b", "a.b.c", "a.x.c", "a.b.c.d", "x.y.z",
+        ];
         let mut list = Sublist::new();
         for (i, p) in patterns.iter().enumerate() {
             list.insert(p, None, i as u32);
