@@ -15,12 +15,18 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 async fn main() -> libbus::Result<()> {
     let mut args = std::env::args().skip(1);
     let room = args.next().unwrap_or_else(|| "lobby".into());
-    let nick = args.next().unwrap_or_else(|| format!("user{}", std::process::id()));
+    let nick = args
+        .next()
+        .unwrap_or_else(|| format!("user{}", std::process::id()));
     let subject = format!("chat.{room}");
 
     // The client name carries room and nick, so others see who joins and leaves.
     let name = format!("chat:{room}:{nick}");
-    let bus = Bus::connect_with(&libbus::Address::from_env()?, ConnectOptions::default().name(&name)).await?;
+    let bus = Bus::connect_with(
+        &libbus::Address::from_env()?,
+        ConnectOptions::default().name(&name),
+    )
+    .await?;
     let mut messages = bus.subscribe(&subject).await?;
     let mut events = bus.subscribe("$BUS.event.conn.>").await?;
     bus.publish(&subject, format!("* {nick} is here")).await?;

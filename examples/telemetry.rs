@@ -29,21 +29,28 @@ async fn main() -> libbus::Result<()> {
         Some("publish") => {
             let host = args.get(1).cloned().unwrap_or_else(|| "host1".into());
             let rounds: u64 = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(u64::MAX);
-            let bus = Bus::connect_with(&address, ConnectOptions::default().name(format!("telemetry:{host}"))).await?;
+            let bus = Bus::connect_with(
+                &address,
+                ConnectOptions::default().name(format!("telemetry:{host}")),
+            )
+            .await?;
             for round in 0..rounds {
                 let unix_ms = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as u64);
                 let cpu = 20.0 + (round % 10) as f64 * 3.0;
                 let mem = 512.0 + (round % 7) as f64 * 16.0;
-                bus.publish_value(&format!("telemetry.{host}.cpu"), &Sample { value: cpu, unix_ms }).await?;
-                bus.publish_value(&format!("telemetry.{host}.mem"), &Sample { value: mem, unix_ms }).await?;
+                bus.publish_value(&format!("telemetry.{host}.cpu"), &Sample { value: cpu, unix_ms })
+                    .await?;
+                bus.publish_value(&format!("telemetry.{host}.mem"), &Sample { value: mem, unix_ms })
+                    .await?;
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             bus.close().await
         }
         Some("aggregate") => {
-            let bus = Bus::connect_with(&address, ConnectOptions::default().name("telemetry:aggregator")).await?;
+            let bus =
+                Bus::connect_with(&address, ConnectOptions::default().name("telemetry:aggregator")).await?;
             let mut samples = bus.subscribe("telemetry.>").await?;
             let mut window: BTreeMap<String, (f64, u64)> = BTreeMap::new();
             let mut tick = tokio::time::interval(Duration::from_secs(2));

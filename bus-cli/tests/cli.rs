@@ -253,3 +253,45 @@ fn address_flag_overrides_environment() {
     });
     assert!(stdout(&out).starts_with("ID"));
 }
+
+#[test]
+fn monitor_shows_messages_and_lifecycle_events() {
+    let bus = daemon();
+    let mut cmd = cli(&bus);
+    cmd.arg("monitor").stdout(Stdio::piped()).stderr(Stdio::piped());
+    let monitor = SubProc(Some(cmd.spawn().unwrap()));
+    // Wait until its `>` subscription is live.
+    let start = Instant::now();
+    while !stdout(&run({
+        let mut c = cli(&bus);
+        c.args(["list", "--json"]);
+        c
+    }))
+    .contains("\"pattern\": \">\"")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "monitor never subscribed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut c = cli(&bus);
+    c.args(["send", "audit.login", "alice"]);
+    stdout(&run(c));
+    // Give the monitor a moment to print, then stop it and read what it wrote.
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = monitor.id();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = monitor.output();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(" audit.login alice\n"), "{text}");
+    assert!(text.contains("$BUS.event.conn.open id="), "{text}");
+    assert!(
+        text.contains("$BUS.event.conn.close id=") && text.contains("reason=end"),
+        "{text}"
+    );
+}
