@@ -24,7 +24,7 @@ use libbus::{
     transport::{self, Half, UnixStream},
 };
 use tokio::io::AsyncWriteExt;
-use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
+use tokio_util::codec::FramedRead;
 
 use crate::{
     api,
@@ -120,7 +120,7 @@ pub async fn serve(state: Arc<State>, stream: UnixStream, peer: Peer) {
 /// Reads and checks `Hello`. Returns the client name, or the error to send.
 async fn handshake(
     state: &State,
-    frames: &mut FramedRead<Half, LengthDelimitedCodec>,
+    frames: &mut FramedRead<Half, codec::FrameCodec>,
 ) -> Result<String, (ErrorCode, String)> {
     let t = state.config.handshake_timeout;
     let body = match tokio::time::timeout(t, frames.next()).await {
@@ -186,7 +186,7 @@ fn read_error(state: &State, e: &std::io::Error) -> (ErrorCode, String) {
 async fn read_loop(
     state: &State,
     conn: &Arc<Conn>,
-    frames: &mut FramedRead<Half, LengthDelimitedCodec>,
+    frames: &mut FramedRead<Half, codec::FrameCodec>,
 ) -> Fatal {
     let cfg = &state.config;
     let mut cache = RouteCache::default();

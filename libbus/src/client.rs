@@ -23,7 +23,7 @@ use tokio::{
     sync::{mpsc, oneshot, Notify},
     task::JoinHandle,
 };
-use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
+use tokio_util::codec::FramedRead;
 
 use crate::{
     codec::{self, CodecError},
@@ -219,7 +219,7 @@ impl Bus {
         // A delivery carries the published frame plus a sid: allow some slack.
         frames
             .decoder_mut()
-            .set_max_frame_length(welcome.max_frame as usize + 64);
+            .set_max_frame(welcome.max_frame as usize + 64);
 
         let shared = Arc::new(Shared {
             conn_id: welcome.conn_id,
@@ -637,7 +637,7 @@ async fn write_loop(shared: Arc<Shared>, mut tx: Half) {
     // The socket closes when the reader's half is dropped too.
 }
 
-async fn read_loop(shared: Arc<Shared>, mut frames: FramedRead<Half, LengthDelimitedCodec>) {
+async fn read_loop(shared: Arc<Shared>, mut frames: FramedRead<Half, codec::FrameCodec>) {
     let reason = loop {
         let frame = match frames.next().await {
             None => break "daemon closed the connection".to_owned(),

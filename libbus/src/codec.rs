@@ -5,8 +5,9 @@
 //! `None`. Writing appends frames to a caller-owned buffer so many frames go out
 //! in one `write` call.
 
+use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
-use tokio_util::codec::{length_delimited::LengthDelimitedCodecError, LengthDelimitedCodec};
+use tokio_util::codec::{length_delimited::LengthDelimitedCodecError, Decoder, LengthDelimitedCodec};
 
 use crate::proto::LEN_PREFIX;
 
@@ -26,18 +27,59 @@ pub enum CodecError {
     Postcard(#[from] postcard::Error),
 }
 
-/// A decoder/encoder for length-prefixed frames with bodies of at most `max_frame` bytes.
-pub fn frame_codec(max_frame: u32) -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder()
-        .little_endian()
-        .length_field_length(LEN_PREFIX)
-        .max_frame_length(max_frame as usize)
-        .new_codec()
+/// The peer closed its side in the middle of a frame.
+#[derive(Debug, thiserror::Error)]
+#[error("truncated frame: connection ended inside a frame")]
+pub struct Truncated;
+
+/// Decoder for length-prefixed frames with bodies of at most `max_frame`
+/// bytes: `LengthDelimitedCodec`, plus a typed [`Truncated`] error at EOF.
+#[derive(Debug)]
+pub struct FrameCodec(LengthDelimitedCodec);
+
+impl FrameCodec {
+    /// Changes the largest accepted body.
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.0.set_max_frame_length(max_frame);
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = BytesMut;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, std::io::Error> {
+        self.0.decode(src)
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, std::io::Error> {
+        match self.decode(src)? {
+            Some(frame) => Ok(Some(frame)),
+            None if src.is_empty() => Ok(None),
+            None => Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, Truncated)),
+        }
+    }
+}
+
+/// A decoder for frames with bodies of at most `max_frame` bytes.
+pub fn frame_codec(max_frame: u32) -> FrameCodec {
+    FrameCodec(
+        LengthDelimitedCodec::builder()
+            .little_endian()
+            .length_field_length(LEN_PREFIX)
+            .max_frame_length(max_frame as usize)
+            .new_codec(),
+    )
 }
 
 /// True if `err` is the codec refusing a length prefix above the maximum.
 pub fn is_frame_too_large(err: &std::io::Error) -> bool {
     err.get_ref().is_some_and(|e| e.is::<LengthDelimitedCodecError>())
+}
+
+/// True if `err` is the stream ending inside a frame.
+pub fn is_truncated(err: &std::io::Error) -> bool {
+    err.get_ref().is_some_and(|e| e.is::<Truncated>())
 }
 
 /// Appends one frame (length prefix + postcard body) to `buf`.
@@ -75,8 +117,6 @@ pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, CodecError> {
 mod tests {
     use super::*;
     use crate::proto::*;
-    use bytes::BytesMut;
-    use tokio_util::codec::Decoder;
 
     #[test]
     fn round_trip_through_codec() {
@@ -131,6 +171,16 @@ mod tests {
         let mut codec = frame_codec(64);
         let mut src = BytesMut::from(&buf[..buf.len() - 1]);
         assert!(codec.decode(&mut src).unwrap().is_none());
+    }
+
+    #[test]
+    fn eof_inside_a_frame_is_truncated() {
+        let mut codec = frame_codec(64);
+        let mut src = BytesMut::from(&[10, 0, 0, 0, 1, 2][..]);
+        let err = codec.decode_eof(&mut src).unwrap_err();
+        assert!(is_truncated(&err));
+        let mut empty = BytesMut::new();
+        assert!(codec.decode_eof(&mut empty).unwrap().is_none());
     }
 
     #[test]
