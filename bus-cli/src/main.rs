@@ -1,6 +1,7 @@
 //! `bus-cli`: inspect and drive a live bus. Every command is plain libbus:
 //! `list` and `info` are requests to `$BUS.api.*`, `monitor` a subscription.
 
+mod bench;
 mod info;
 mod list;
 mod pubsub;
@@ -61,6 +62,10 @@ enum Command {
     },
     /// Print every message and lifecycle event as it happens.
     Monitor,
+    /// Measure throughput and latency, optionally against a raw-socket baseline.
+    ///
+    /// Starts its own daemon in-process unless --address is given.
+    Bench(bench::BenchArgs),
     /// Daemon version, uptime, socket, totals and limits.
     Info {
         /// Print the record as JSON.
@@ -71,7 +76,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the runtime: {e}");
@@ -88,6 +97,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> libbus::Result<()> {
+    if let Command::Bench(args) = cli.command {
+        let address = cli.address.map(|a| a.parse()).transpose()?;
+        return bench::run(args, address).await;
+    }
     let address = match cli.address {
         Some(a) => a.parse()?,
         None => Address::from_env()?,
@@ -109,6 +122,7 @@ async fn run(cli: Cli) -> libbus::Result<()> {
         } => pubsub::request(&bus, &subject, payload, timeout).await,
         Command::Monitor => pubsub::monitor(&bus).await,
         Command::Info { json } => info::run(&bus, &address, json).await,
+        Command::Bench(_) => Ok(()), // handled above, without a connection of its own
     };
     let closed = bus.close().await;
     result.and(closed)

@@ -1,0 +1,96 @@
+//! The physical-limit reference: the same frames over a raw Unix socket
+//! between two threads, no daemon. One stream through a 64 KiB buffered writer
+//! read as fast as the reader drains it, and one frame bounced back and forth.
+
+use std::{
+    io::{BufReader, BufWriter, Read, Write},
+    os::unix::net::UnixStream,
+    time::{Duration, Instant},
+};
+
+use hdrhistogram::Histogram;
+
+use super::Latency;
+
+const BUF: usize = 64 << 10;
+
+/// Reads one length-prefixed frame into `body`; false at end of stream.
+fn read_frame(r: &mut impl Read, body: &mut Vec<u8>) -> std::io::Result<bool> {
+    let mut len = [0u8; 4];
+    if let Err(e) = r.read_exact(&mut len) {
+        return if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            Ok(false)
+        } else {
+            Err(e)
+        };
+    }
+    body.resize(u32::from_le_bytes(len) as usize, 0);
+    r.read_exact(body)?;
+    Ok(true)
+}
+
+/// Streams `count` copies of `frame` (length prefix included) from one thread
+/// to another; returns the elapsed time until the reader has them all.
+pub fn stream(frame: &[u8], count: u64) -> std::io::Result<Duration> {
+    let (tx, rx) = UnixStream::pair()?;
+    let start = Instant::now();
+    let reader = std::thread::spawn(move || -> std::io::Result<u64> {
+        let mut r = BufReader::with_capacity(BUF, rx);
+        let mut body = Vec::new();
+        let mut n = 0;
+        while read_frame(&mut r, &mut body)? {
+            n += 1;
+        }
+        Ok(n)
+    });
+    {
+        let mut w = BufWriter::with_capacity(BUF, tx);
+        for _ in 0..count {
+            w.write_all(frame)?;
+        }
+        w.flush()?;
+    }
+    let got = reader
+        .join()
+        .map_err(|_| std::io::Error::other("reader thread panicked"))??;
+    if got != count {
+        return Err(std::io::Error::other(format!(
+            "raw stream delivered {got} of {count} frames"
+        )));
+    }
+    Ok(start.elapsed())
+}
+
+/// Bounces `frame` between two threads `count` times; returns the round trips.
+pub fn ping_pong(frame: &[u8], count: u64) -> std::io::Result<(Duration, Latency)> {
+    let (a, b) = UnixStream::pair()?;
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut r = BufReader::with_capacity(BUF, b.try_clone()?);
+        let mut w = b;
+        let mut body = Vec::new();
+        while read_frame(&mut r, &mut body)? {
+            w.write_all(&(body.len() as u32).to_le_bytes())?;
+            w.write_all(&body)?;
+        }
+        Ok(())
+    });
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(std::io::Error::other)?;
+    let mut r = BufReader::with_capacity(BUF, a.try_clone()?);
+    let mut w = a;
+    let mut body = Vec::new();
+    let start = Instant::now();
+    for _ in 0..count {
+        let t = Instant::now();
+        w.write_all(frame)?;
+        if !read_frame(&mut r, &mut body)? {
+            return Err(std::io::Error::other("echo thread closed early"));
+        }
+        let _ = hist.record(t.elapsed().as_nanos().max(1) as u64);
+    }
+    let elapsed = start.elapsed();
+    drop(w);
+    drop(r);
+    echo.join()
+        .map_err(|_| std::io::Error::other("echo thread panicked"))??;
+    Ok((elapsed, Latency::from(&hist)))
+}

@@ -1,0 +1,276 @@
+//! `bus-cli bench`: throughput and latency of the bus, side by side with a raw
+//! Unix-socket baseline measured in the same run (`--baseline`).
+//!
+//! Modes: `pubsub` (P publishers → S subscribers on one subject), `fanout`
+//! (1 → N), `reqrep` (request/reply, sequential per requester), `routing`
+//! (1 → 1 publish rate with K extra non-matching subscriptions vs with none).
+//! By default it starts its own daemon in-process; `--address` measures an
+//! external `busd` (the honest mode: the daemon in its own process).
+
+mod baseline;
+mod workload;
+
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use hdrhistogram::Histogram;
+use libbus::{codec, proto};
+use serde::Serialize;
+
+/// What to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// P publishers → S subscribers on one subject.
+    Pubsub,
+    /// 1 publisher → N subscribers (`--subs`).
+    Fanout,
+    /// Request/reply with a responder service; `--requesters` run concurrently.
+    Reqrep,
+    /// Publish rate with `--subscriptions` non-matching subscriptions vs with none.
+    Routing,
+}
+
+/// Flags of `bus-cli bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Workload.
+    #[arg(value_enum)]
+    pub mode: Mode,
+    /// Payload bytes per message.
+    #[arg(long, default_value_t = 128)]
+    pub size: usize,
+    /// Messages (requests in reqrep) in total.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub msgs: u64,
+    /// Run for this long instead of a message count (e.g. 5s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Publishers (pubsub).
+    #[arg(long, default_value_t = 1)]
+    pub pubs: usize,
+    /// Subscribers (pubsub, fanout).
+    #[arg(long)]
+    pub subs: Option<usize>,
+    /// Concurrent requesters (reqrep).
+    #[arg(long, default_value_t = 1)]
+    pub requesters: usize,
+    /// Non-matching subscriptions to add (routing).
+    #[arg(long, default_value_t = 100_000)]
+    pub subscriptions: usize,
+    /// Also measure the raw Unix-socket baseline and print ratios.
+    #[arg(long)]
+    pub baseline: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Latency percentiles, in microseconds.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Latency {
+    /// Median.
+    pub p50_us: f64,
+    /// 90th percentile.
+    pub p90_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// 99.9th percentile.
+    pub p999_us: f64,
+    /// Samples.
+    pub samples: u64,
+}
+
+impl From<&Histogram<u64>> for Latency {
+    fn from(h: &Histogram<u64>) -> Self {
+        let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        Latency {
+            p50_us: us(0.5),
+            p90_us: us(0.9),
+            p99_us: us(0.99),
+            p999_us: us(0.999),
+            samples: h.len(),
+        }
+    }
+}
+
+/// A rate: messages and megabytes (10^6 bytes of payload) per second.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Rate {
+    /// Messages per second.
+    pub msgs_per_s: f64,
+    /// Payload megabytes per second.
+    pub mb_per_s: f64,
+}
+
+impl Rate {
+    fn new(msgs: u64, size: usize, elapsed: Duration) -> Self {
+        let s = elapsed.as_secs_f64().max(1e-9);
+        Rate {
+            msgs_per_s: msgs as f64 / s,
+            mb_per_s: (msgs as f64 * size as f64) / s / 1e6,
+        }
+    }
+}
+
+/// Everything one run measured.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    /// Workload.
+    pub mode: Option<Mode>,
+    /// Where the daemon ran.
+    pub daemon: String,
+    /// Payload size.
+    pub size: usize,
+    /// Publishers / subscribers / requesters.
+    pub pubs: usize,
+    /// Subscribers.
+    pub subs: usize,
+    /// Messages published (or requests made).
+    pub sent: u64,
+    /// Messages delivered, all subscribers together.
+    pub delivered: u64,
+    /// Messages the daemon reported dropped (Lagged) to the subscribers.
+    pub dropped: u64,
+    /// Publisher-side rate, all publishers together.
+    pub publish: Option<Rate>,
+    /// Subscriber-side rate, all subscribers together.
+    pub deliver: Option<Rate>,
+    /// Round-trip latency (reqrep).
+    pub latency: Option<Latency>,
+    /// Requests per second (reqrep).
+    pub requests_per_s: Option<f64>,
+    /// Routing mode: publish rate with no extra subscriptions.
+    pub rate_without_extra_subs: Option<Rate>,
+    /// Routing mode: extra non-matching subscriptions.
+    pub extra_subscriptions: Option<usize>,
+    /// Raw-socket stream of the same frames.
+    pub baseline_stream: Option<Rate>,
+    /// Raw-socket ping-pong of the same frame.
+    pub baseline_pingpong: Option<Latency>,
+    /// Bus figure ÷ baseline figure.
+    pub ratios: Vec<(String, f64)>,
+}
+
+/// The bytes of one `Pub` frame as the bus would carry it, length prefix included.
+fn frame_bytes(size: usize) -> Vec<u8> {
+    let payload = vec![0u8; size];
+    let frame = proto::ClientFrame::Pub(proto::Pub {
+        subject: workload::SUBJECT,
+        reply_to: None,
+        payload: &payload,
+    });
+    let mut buf = Vec::new();
+    // u32::MAX: the baseline is not bound by the daemon's max_frame.
+    let _ = codec::encode_into(&frame, &mut buf, u32::MAX);
+    buf
+}
+
+/// Runs the benchmark and prints the report.
+pub async fn run(args: BenchArgs, address: Option<libbus::Address>) -> libbus::Result<()> {
+    let mut report = workload::run(&args, address).await?;
+    if args.baseline {
+        let frame = frame_bytes(args.size);
+        let msgs = args.msgs.min(20_000_000);
+        let elapsed = tokio::task::spawn_blocking(move || baseline::stream(&frame, msgs))
+            .await
+            .map_err(|e| libbus::Error::Protocol(e.to_string()))??;
+        let stream = Rate::new(msgs, args.size, elapsed);
+        report.baseline_stream = Some(stream);
+        if let Some(d) = report.deliver {
+            report.ratios.push((
+                "deliver_msgs_per_s / raw_stream".into(),
+                d.msgs_per_s / stream.msgs_per_s,
+            ));
+            report.ratios.push((
+                "deliver_mb_per_s / raw_stream".into(),
+                d.mb_per_s / stream.mb_per_s,
+            ));
+        }
+        if let Some(r) = report.rate_without_extra_subs {
+            report.ratios.push((
+                "publish_with_none / raw_stream".into(),
+                r.msgs_per_s / stream.msgs_per_s,
+            ));
+        }
+        let frame = frame_bytes(args.size);
+        let rounds = args.msgs.clamp(1, 200_000);
+        let (_, pp) = tokio::task::spawn_blocking(move || baseline::ping_pong(&frame, rounds))
+            .await
+            .map_err(|e| libbus::Error::Protocol(e.to_string()))??;
+        report.baseline_pingpong = Some(pp);
+        if let Some(l) = report.latency {
+            report
+                .ratios
+                .push(("reqrep_p50 / raw_pingpong_p50".into(), l.p50_us / pp.p50_us));
+            report
+                .ratios
+                .push(("reqrep_p99 / raw_pingpong_p99".into(), l.p99_us / pp.p99_us));
+        }
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| libbus::Error::Protocol(e.to_string()))?
+        );
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+fn print_rate(label: &str, r: &Rate) {
+    println!(
+        "{label:<28} {:>14.0} msgs/s {:>10.1} MB/s",
+        r.msgs_per_s, r.mb_per_s
+    );
+}
+
+fn print_latency(label: &str, l: &Latency) {
+    println!(
+        "{label:<28} p50 {:>8.1} µs  p90 {:>8.1} µs  p99 {:>8.1} µs  p99.9 {:>8.1} µs  ({} samples)",
+        l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.samples
+    );
+}
+
+fn print_report(r: &Report) {
+    let mode = r
+        .mode
+        .map(|m| format!("{m:?}").to_lowercase())
+        .unwrap_or_default();
+    println!(
+        "bench {mode}: {} B payloads, {} pub(s), {} sub(s), daemon {}",
+        r.size, r.pubs, r.subs, r.daemon
+    );
+    println!(
+        "sent {}, delivered {}, dropped {}",
+        r.sent, r.delivered, r.dropped
+    );
+    if let Some(x) = &r.publish {
+        print_rate("publish", x);
+    }
+    if let Some(x) = &r.deliver {
+        print_rate("deliver (all subscribers)", x);
+    }
+    if let Some(x) = &r.rate_without_extra_subs {
+        print_rate("publish, no extra subs", x);
+    }
+    if let Some(n) = r.extra_subscriptions {
+        println!("extra subscriptions          {n}");
+    }
+    if let Some(x) = r.requests_per_s {
+        println!("{:<28} {x:>14.0} req/s", "requests");
+    }
+    if let Some(x) = &r.latency {
+        print_latency("round trip", x);
+    }
+    if let Some(x) = &r.baseline_stream {
+        print_rate("raw unix stream (baseline)", x);
+    }
+    if let Some(x) = &r.baseline_pingpong {
+        print_latency("raw ping-pong (baseline)", x);
+    }
+    for (name, v) in &r.ratios {
+        println!("ratio {name:<38} {v:>6.3}x");
+    }
+}

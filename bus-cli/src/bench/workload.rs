@@ -1,0 +1,327 @@
+//! The bus side of `bus-cli bench`: workloads over libbus against an
+//! in-process or external daemon.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use libbus::{proto::api, Address, Bus, ConnectOptions, Delivery, Error, Result};
+
+use super::{BenchArgs, Latency, Mode, Rate, Report};
+
+/// Subject of pubsub and fanout runs.
+pub const SUBJECT: &str = "bench.pubsub";
+/// Upper bound on any one benchmark phase.
+const PHASE_LIMIT: Duration = Duration::from_secs(300);
+
+fn io_err(e: impl std::fmt::Display) -> Error {
+    Error::Io(std::io::Error::other(e.to_string()))
+}
+
+async fn connect(address: &Address, name: String) -> Result<Bus> {
+    Bus::connect_with(address, ConnectOptions::default().name(name)).await
+}
+
+/// Runs the chosen workload against `address`, or an in-process daemon.
+pub async fn run(args: &BenchArgs, address: Option<Address>) -> Result<Report> {
+    let (_daemon, _dir, address, desc) = match address {
+        Some(a) => (None, None, a.clone(), format!("external at {a}")),
+        None => {
+            let dir = tempfile::tempdir()?;
+            let mut config = busd::Config::with_socket(dir.path().join("busd.sock"));
+            config.max_subscriptions = usize::MAX;
+            let daemon = busd::Daemon::start(config).map_err(io_err)?;
+            let a = daemon.address().clone();
+            (Some(daemon), Some(dir), a, "in-process".to_owned())
+        }
+    };
+    let probe = connect(&address, "bench-probe".into()).await?;
+    let info: api::ServerInfo = probe.request(api::INFO, []).await?.decode()?;
+    let limit = |name: &str| info.limits.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
+    let max_pending = limit("max_pending").unwrap_or(8 << 20);
+    let max_subs = limit("max_subscriptions").unwrap_or(10_000).max(1);
+    probe.close().await?;
+
+    let mut report = Report {
+        mode: Some(args.mode),
+        daemon: desc,
+        size: args.size,
+        ..Report::default()
+    };
+    match args.mode {
+        Mode::Pubsub | Mode::Fanout => {
+            let pubs = if args.mode == Mode::Fanout {
+                1
+            } else {
+                args.pubs.max(1)
+            };
+            let subs = args
+                .subs
+                .unwrap_or(if args.mode == Mode::Fanout { 4 } else { 1 })
+                .max(1);
+            pubsub(&address, pubs, subs, args, max_pending, &[SUBJECT], &mut report).await?;
+        }
+        Mode::Reqrep => reqrep(&address, args, &mut report).await?,
+        Mode::Routing => routing(&address, args, max_pending, max_subs, &mut report).await?,
+    }
+    Ok(report)
+}
+
+fn progress(total: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    if let Ok(style) = ProgressStyle::with_template("{msg} [{elapsed_precise}] {wide_bar} {pos}/{len}") {
+        bar.set_style(style);
+    }
+    bar.set_message(what.to_owned());
+    bar
+}
+
+/// P publishers → S subscribers; publishers cycle through `subjects`, which
+/// the subscribers' pattern must all match. Publishers keep at most half of
+/// `max_pending` in flight per subscriber, so a run measures the sustained
+/// rate with zero loss rather than the daemon's drop rate.
+async fn pubsub(
+    address: &Address,
+    pubs: usize,
+    subs: usize,
+    args: &BenchArgs,
+    max_pending: u64,
+    subjects: &[&'static str],
+    report: &mut Report,
+) -> Result<()> {
+    let pattern = if subjects.len() == 1 {
+        subjects[0].to_owned()
+    } else {
+        "bench.routing.*".to_owned()
+    };
+    let frame_cost = (args.size + 64) as u64;
+    let window = (max_pending / 2 / frame_cost).max(16);
+
+    let received: Vec<Arc<AtomicU64>> = (0..subs).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let sent = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let mut sub_tasks = Vec::new();
+    let start_gate = Arc::new(tokio::sync::Barrier::new(subs + pubs + 1));
+    for (i, counter) in received.iter().enumerate() {
+        let bus = connect(address, format!("bench-sub-{i}")).await?;
+        let mut sub = bus.subscribe(&pattern).await?;
+        let (counter, sent, done, gate) = (counter.clone(), sent.clone(), done.clone(), start_gate.clone());
+        sub_tasks.push(tokio::spawn(async move {
+            gate.wait().await;
+            let (mut lagged, mut last) = (0u64, Instant::now());
+            let deadline = Instant::now() + PHASE_LIMIT;
+            while Instant::now() < deadline {
+                if done.load(Relaxed) && counter.load(Relaxed) + lagged >= sent.load(Relaxed) {
+                    break;
+                }
+                match tokio::time::timeout(Duration::from_millis(200), sub.next_delivery()).await {
+                    Ok(Some(Delivery::Message(_))) => {
+                        counter.fetch_add(1, Relaxed);
+                        last = Instant::now();
+                    }
+                    Ok(Some(Delivery::Lagged(n))) => lagged += n,
+                    Ok(None) => break,
+                    Err(_) => {}
+                }
+            }
+            drop(bus);
+            (lagged, last)
+        }));
+    }
+
+    let per_pub = args.msgs / pubs as u64;
+    let payload = libbus::Bytes::from(vec![0u8; args.size]);
+    let mut pub_tasks = Vec::new();
+    for i in 0..pubs {
+        let bus = connect(address, format!("bench-pub-{i}")).await?;
+        let (sent, gate, received) = (sent.clone(), start_gate.clone(), received.clone());
+        let (payload, subjects) = (payload.clone(), subjects.to_vec());
+        let duration = args.duration;
+        pub_tasks.push(tokio::spawn(async move {
+            gate.wait().await;
+            let start = Instant::now();
+            let deadline = start + duration.unwrap_or(PHASE_LIMIT);
+            let mut n = 0u64;
+            while (duration.is_some() || n < per_pub) && Instant::now() < deadline {
+                bus.publish(subjects[n as usize % subjects.len()], &payload)
+                    .await?;
+                n += 1;
+                if n % 256 == 0 {
+                    let total = sent.fetch_add(256, Relaxed) + 256;
+                    // Flow control: stay within the subscribers' bound.
+                    loop {
+                        let slowest = received.iter().map(|c| c.load(Relaxed)).min().unwrap_or(0);
+                        if total.saturating_sub(slowest) <= window || Instant::now() >= deadline {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+            }
+            sent.fetch_add(n % 256, Relaxed);
+            bus.flush().await?;
+            Ok::<_, Error>((n, start.elapsed()))
+        }));
+    }
+
+    let total_expected = if args.duration.is_some() {
+        0
+    } else {
+        per_pub * pubs as u64 * subs as u64
+    };
+    let bar = progress(total_expected, "delivered");
+    let ticker = {
+        let (bar, received) = (bar.clone(), received.clone());
+        tokio::spawn(async move {
+            loop {
+                bar.set_position(received.iter().map(|c| c.load(Relaxed)).sum());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    start_gate.wait().await;
+    let start = Instant::now();
+    let mut published = 0;
+    let mut pub_elapsed = Duration::ZERO;
+    for t in pub_tasks {
+        let (n, e) = t.await.map_err(io_err)??;
+        published += n;
+        pub_elapsed = pub_elapsed.max(e);
+    }
+    done.store(true, Relaxed);
+    let mut lagged = 0;
+    let mut last = start;
+    for t in sub_tasks {
+        let (l, at) = t.await.map_err(io_err)?;
+        lagged += l;
+        last = last.max(at);
+    }
+    ticker.abort();
+    bar.finish_and_clear();
+    let delivered: u64 = received.iter().map(|c| c.load(Relaxed)).sum();
+    report.pubs = pubs;
+    report.subs = subs;
+    report.sent = published;
+    report.delivered = delivered;
+    report.dropped = lagged;
+    report.publish = Some(Rate::new(published, args.size, pub_elapsed));
+    report.deliver = Some(Rate::new(delivered, args.size, last.duration_since(start)));
+    Ok(())
+}
+
+/// Request/reply: one responder, `--requesters` concurrent sequential requesters.
+async fn reqrep(address: &Address, args: &BenchArgs, report: &mut Report) -> Result<()> {
+    let responder = connect(address, "bench-responder".into()).await?;
+    let mut requests = responder.subscribe("bench.echo").await?;
+    let serve = tokio::spawn(async move {
+        while let Some(m) = requests.next().await {
+            if m.respond(m.payload().clone()).await.is_err() {
+                break;
+            }
+        }
+    });
+    let requesters = args.requesters.max(1);
+    let per = (args.msgs / requesters as u64).max(1);
+    let payload = libbus::Bytes::from(vec![0u8; args.size]);
+    let bar = progress(
+        if args.duration.is_some() {
+            0
+        } else {
+            per * requesters as u64
+        },
+        "requests",
+    );
+    let mut tasks = Vec::new();
+    let start = Instant::now();
+    for i in 0..requesters {
+        let bus = connect(address, format!("bench-requester-{i}")).await?;
+        let (payload, bar, duration) = (payload.clone(), bar.clone(), args.duration);
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).map_err(io_err)?;
+            let deadline = Instant::now() + duration.unwrap_or(PHASE_LIMIT);
+            let mut n = 0u64;
+            while (duration.is_some() || n < per) && Instant::now() < deadline {
+                let t = Instant::now();
+                bus.request("bench.echo", &payload).await?;
+                let _ = hist.record(t.elapsed().as_nanos().max(1) as u64);
+                n += 1;
+                if n % 1024 == 0 {
+                    bar.inc(1024);
+                }
+            }
+            Ok::<_, Error>(hist)
+        }));
+    }
+    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).map_err(io_err)?;
+    for t in tasks {
+        let h = t.await.map_err(io_err)??;
+        all.add(&h).map_err(io_err)?;
+    }
+    let elapsed = start.elapsed();
+    bar.finish_and_clear();
+    serve.abort();
+    report.pubs = requesters;
+    report.subs = 1;
+    report.sent = all.len();
+    report.delivered = all.len();
+    report.requests_per_s = Some(all.len() as f64 / elapsed.as_secs_f64());
+    report.latency = Some(Latency::from(&all));
+    Ok(())
+}
+
+/// 1 → 1 publish rate over 4096 distinct subjects (more than a reader's route
+/// cache holds, so the trie is consulted), without and then with
+/// `--subscriptions` extra non-matching subscriptions.
+async fn routing(
+    address: &Address,
+    args: &BenchArgs,
+    max_pending: u64,
+    max_subs: u64,
+    report: &mut Report,
+) -> Result<()> {
+    let subjects: Vec<&'static str> = (0..4096)
+        .map(|i| &*Box::leak(format!("bench.routing.{i}").into_boxed_str()))
+        .collect();
+    let mut without = Report::default();
+    pubsub(address, 1, 1, args, max_pending, &subjects, &mut without).await?;
+
+    let extra = args.subscriptions;
+    let per_conn = (max_subs as usize).min(50_000);
+    let mut holders = Vec::new();
+    let mut tasks = Vec::new();
+    for c in 0..extra.div_ceil(per_conn) {
+        let bus = connect(address, format!("bench-noise-{c}")).await?;
+        let range = c * per_conn..((c + 1) * per_conn).min(extra);
+        let b = bus.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut subs = Vec::with_capacity(range.len());
+            for i in range {
+                subs.push(b.subscribe(&format!("bench.routing.{i}.x")).await?);
+            }
+            Ok::<_, Error>(subs)
+        }));
+        holders.push(bus);
+    }
+    let mut kept = Vec::new();
+    for t in tasks {
+        kept.push(t.await.map_err(io_err)??);
+    }
+    pubsub(address, 1, 1, args, max_pending, &subjects, report).await?;
+    report.rate_without_extra_subs = without.publish;
+    report.extra_subscriptions = Some(extra);
+    if let (Some(with), Some(wo)) = (report.publish, without.publish) {
+        report.ratios.push((
+            "publish_with_extra / publish_without".into(),
+            with.msgs_per_s / wo.msgs_per_s,
+        ));
+    }
+    drop(kept);
+    drop(holders);
+    Ok(())
+}
