@@ -3,9 +3,8 @@
 //! Both go through the normal router, so `bus-cli list` is just a request and
 //! `bus-cli monitor` just a subscription: one mechanism.
 
-use std::sync::{atomic::Ordering::Relaxed, Arc};
+use std::sync::atomic::Ordering::Relaxed;
 
-use bytes::Bytes;
 use libbus::proto::{
     api::{self, CloseReason, ConnEvent, ServerInfo},
     ServerFrame,
@@ -80,10 +79,5 @@ pub fn conn_event(state: &State, subject: &'static str, conn: &Conn, reason: Opt
 /// Routes a message from the daemon itself.
 fn publish(state: &State, subject: &str, body: Vec<u8>) {
     let routes = state.router.lookup_uncached(subject);
-    let msg = Arc::new(Published {
-        subject: Bytes::copy_from_slice(subject.as_bytes()),
-        reply_to: None,
-        payload: body.into(),
-    });
-    routes.deliver(&msg);
+    routes.deliver(&Published::from_daemon(subject, &body));
 }

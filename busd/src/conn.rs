@@ -283,9 +283,6 @@ fn publish(
     p: proto::Pub<'_>,
     cache: &mut RouteCache,
 ) -> Result<(), Fatal> {
-    if let Err(e) = subject::validate_subject(p.subject) {
-        return Err(fatal(conn, ErrorCode::InvalidSubject, e.to_string()));
-    }
     if let Some(Err(e)) = p.reply_to.map(subject::validate_subject) {
         return Err(fatal(
             conn,
@@ -296,18 +293,26 @@ fn publish(
     conn.stats.msgs_in.fetch_add(1, Relaxed);
     conn.stats.bytes_in.fetch_add(p.payload.len() as u64, Relaxed);
 
-    if p.subject.starts_with(subject::RESERVED_PREFIX) {
-        if p.subject.starts_with(subject::API_PREFIX) {
-            api::handle(state, conn, p.subject, p.reply_to);
-        } else {
-            let e = subject::SubjectError::Reserved(p.subject.into());
-            conn.outbox
-                .push_frame(error_frame(ErrorCode::Reserved, &e.to_string()));
+    // A cached subject was validated (and found unreserved) when it was cached.
+    let routes = match state.router.cached(p.subject, cache) {
+        Some(routes) => routes,
+        None => {
+            if let Err(e) = subject::validate_subject(p.subject) {
+                return Err(fatal(conn, ErrorCode::InvalidSubject, e.to_string()));
+            }
+            if p.subject.starts_with(subject::RESERVED_PREFIX) {
+                if p.subject.starts_with(subject::API_PREFIX) {
+                    api::handle(state, conn, p.subject, p.reply_to);
+                } else {
+                    let e = subject::SubjectError::Reserved(p.subject.into());
+                    conn.outbox
+                        .push_frame(error_frame(ErrorCode::Reserved, &e.to_string()));
+                }
+                return Ok(());
+            }
+            state.router.lookup(p.subject, cache)
         }
-        return Ok(());
-    }
-
-    let routes = state.router.lookup(p.subject, cache);
+    };
     if routes.is_empty() {
         if let Some(reply_to) = p.reply_to {
             conn.outbox
@@ -315,19 +320,9 @@ fn publish(
         }
         return Ok(());
     }
-    // One exact-size copy of the frame, shared by every delivery: queued
+    // One exact-size copy of the frame body, shared by every delivery: queued
     // messages never pin the (larger) receive buffer.
-    let owned = Bytes::copy_from_slice(body);
-    let part = |s: &[u8]| {
-        let start = s.as_ptr() as usize - body.as_ptr() as usize;
-        owned.slice(start..start + s.len())
-    };
-    let msg = Arc::new(Published {
-        subject: part(p.subject.as_bytes()),
-        reply_to: p.reply_to.map(|r| part(r.as_bytes())),
-        payload: part(p.payload),
-    });
-    routes.deliver(&msg);
+    routes.deliver(&Published::new(body, p.payload.len()));
     Ok(())
 }
 
@@ -384,22 +379,9 @@ async fn write_loop(conn: Arc<Conn>, mut wr: Half) {
                     buf.extend_from_slice(&encode(&ServerFrame::Lagged { sid, dropped }));
                 }
                 OutItem::Msg { sid, msg } => {
-                    let (Ok(subject), Ok(reply_to)) = (
-                        std::str::from_utf8(&msg.subject),
-                        msg.reply_to.as_deref().map(std::str::from_utf8).transpose(),
-                    ) else {
-                        continue; // validated on the way in; unreachable
-                    };
-                    let frame = ServerFrame::Msg(proto::Msg {
-                        sid,
-                        subject,
-                        reply_to,
-                        payload: &msg.payload,
-                    });
-                    if codec::encode_into(&frame, &mut buf, u32::MAX).is_ok() {
-                        msgs += 1;
-                        bytes += msg.payload.len() as u64;
-                    }
+                    proto::encode_msg_from_pub(&msg.body, sid, &mut buf);
+                    msgs += 1;
+                    bytes += u64::from(msg.payload_len);
                 }
             }
         }

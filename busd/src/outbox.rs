@@ -14,21 +14,47 @@ use std::{
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-/// One published message, shared by every subscriber it is delivered to.
-#[derive(Debug)]
+/// One published message: an exact-size copy of its validated `Pub` frame
+/// body, shared (one allocation, reference-counted) by every subscriber it is
+/// delivered to. The writer turns it into a `Msg` frame by splicing in the
+/// subscription id ([`libbus::proto::encode_msg_from_pub`]).
+#[derive(Debug, Clone)]
 pub struct Published {
-    /// Literal subject (validated UTF-8).
-    pub subject: Bytes,
-    /// Reply subject (validated UTF-8).
-    pub reply_to: Option<Bytes>,
-    /// Body.
-    pub payload: Bytes,
+    /// The `Pub` frame body, without length prefix.
+    pub body: Arc<[u8]>,
+    /// Payload bytes within `body`, for the byte counters.
+    pub payload_len: u32,
 }
 
 impl Published {
-    /// Bytes charged against `max_pending` while queued (a frame's worth).
+    /// Copies a validated `Pub` body.
+    pub fn new(body: &[u8], payload_len: usize) -> Self {
+        Self {
+            body: body.into(),
+            payload_len: payload_len as u32,
+        }
+    }
+
+    /// Encodes a message from the daemon itself (events, API replies).
+    pub fn from_daemon(subject: &str, payload: &[u8]) -> Self {
+        let mut frame = Vec::new();
+        let p = libbus::proto::ClientFrame::Pub(libbus::proto::Pub {
+            subject,
+            reply_to: None,
+            payload,
+        });
+        if let Err(e) = libbus::codec::encode_into(&p, &mut frame, u32::MAX) {
+            tracing::error!("encoding a daemon message on {subject}: {e}");
+        }
+        Self::new(
+            frame.get(libbus::proto::LEN_PREFIX..).unwrap_or_default(),
+            payload.len(),
+        )
+    }
+
+    /// Bytes charged against `max_pending` while queued: the frame it becomes.
     pub fn cost(&self) -> usize {
-        self.subject.len() + self.reply_to.as_ref().map_or(0, Bytes::len) + self.payload.len() + 16
+        self.body.len() + 16
     }
 }
 
@@ -40,7 +66,7 @@ pub enum OutItem {
         /// Subscription id.
         sid: u64,
         /// The shared message.
-        msg: Arc<Published>,
+        msg: Published,
     },
     /// `dropped` messages for `sid` were lost.
     Lagged {
@@ -93,7 +119,7 @@ impl Outbox {
 
     /// Queues a delivery unless that would pass the bound. Returns false when
     /// it did not fit (the caller decides whom to charge the drop to).
-    pub fn try_push(&self, sid: u64, msg: &Arc<Published>) -> bool {
+    pub fn try_push(&self, sid: u64, msg: &Published) -> bool {
         let cost = msg.cost();
         let mut st = self.lock();
         if st.closed {
@@ -217,18 +243,14 @@ impl Outbox {
 mod tests {
     use super::*;
 
-    fn msg(n: usize) -> Arc<Published> {
-        Arc::new(Published {
-            subject: Bytes::from_static(b"s"),
-            reply_to: None,
-            payload: vec![0; n].into(),
-        })
+    fn msg(n: usize) -> Published {
+        Published::new(&vec![0; n], n)
     }
 
     #[tokio::test]
     async fn bound_drop_and_lag_in_order() {
         let ob = Outbox::new(100);
-        let m = msg(40 - 17); // cost 40
+        let m = msg(40 - 16); // cost 40
         assert!(ob.try_push(1, &m));
         assert!(ob.try_push(1, &m));
         assert!(!ob.try_push(1, &m));

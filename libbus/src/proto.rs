@@ -319,3 +319,72 @@ pub mod api {
         pub reason: Option<CloseReason>,
     }
 }
+
+/// Appends a complete `ServerFrame::Msg` frame (length prefix included) for
+/// subscription `sid`, built from the body of a `ClientFrame::Pub` frame.
+///
+/// `Msg { sid, subject, reply_to, payload }` is `Pub { subject, reply_to,
+/// payload }` with `sid` in front, and both are variant 1 of their enums, so a
+/// delivery is the publish body with the sid's varint spliced in after the tag:
+/// the daemon never decodes or re-encodes a message per subscriber. The
+/// `msg_from_pub_matches_postcard` test pins this to postcard's own encoding.
+///
+/// `pub_body` must be a `Pub` body (first byte [`PUB_TAG`]); anything else is
+/// appended as given, and the receiving client rejects it.
+pub fn encode_msg_from_pub(pub_body: &[u8], sid: u64, out: &mut Vec<u8>) {
+    let mut varint = [0u8; 10];
+    let sid_bytes: &[u8] = match postcard::to_slice(&sid, &mut varint) {
+        Ok(b) => b,
+        Err(_) => &[], // 10 bytes always hold a u64 varint
+    };
+    let rest = pub_body.get(1..).unwrap_or_default();
+    let len = 1 + sid_bytes.len() + rest.len();
+    out.reserve(LEN_PREFIX + len);
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    out.push(MSG_TAG);
+    out.extend_from_slice(sid_bytes);
+    out.extend_from_slice(rest);
+}
+
+/// postcard's variant index of `ClientFrame::Pub`.
+pub const PUB_TAG: u8 = 1;
+/// postcard's variant index of `ServerFrame::Msg`.
+pub const MSG_TAG: u8 = 1;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec;
+
+    #[test]
+    fn msg_from_pub_matches_postcard() {
+        let long = vec![7u8; 300];
+        let cases: [(&str, Option<&str>, &[u8], u64); 4] = [
+            ("a", None, b"", 1),
+            ("sensors.kitchen.temp", Some("_INBOX.ab.1"), b"21.5", 300),
+            ("x.y", None, &long, u64::MAX),
+            ("ünïcode.subject", Some("r"), b"\0\xff", 127),
+        ];
+        for (subject, reply_to, payload, sid) in cases {
+            let mut pub_frame = Vec::new();
+            let p = ClientFrame::Pub(Pub {
+                subject,
+                reply_to,
+                payload,
+            });
+            codec::encode_into(&p, &mut pub_frame, u32::MAX).unwrap();
+            assert_eq!(pub_frame[LEN_PREFIX], PUB_TAG);
+            let mut spliced = Vec::new();
+            encode_msg_from_pub(&pub_frame[LEN_PREFIX..], sid, &mut spliced);
+            let mut expected = Vec::new();
+            let m = ServerFrame::Msg(Msg {
+                sid,
+                subject,
+                reply_to,
+                payload,
+            });
+            codec::encode_into(&m, &mut expected, u32::MAX).unwrap();
+            assert_eq!(spliced, expected, "{subject} sid {sid}");
+        }
+    }
+}

@@ -47,7 +47,7 @@ impl Routes {
     /// Queues `msg` for every plain subscriber and one member per group. A
     /// subscriber whose queue is full gets a drop counted instead; within a
     /// group, the next member with room is tried first. Never waits.
-    pub fn deliver(&self, msg: &Arc<Published>) {
+    pub fn deliver(&self, msg: &Published) {
         for t in &self.plain {
             if !t.conn.outbox.try_push(t.sid, msg) {
                 t.conn.outbox.record_drop(t.sid);
@@ -118,15 +118,23 @@ impl Router {
         self.len() == 0
     }
 
-    /// The routes for `subject`, from `cache` when it is current.
-    pub fn lookup(&self, subject: &str, cache: &mut RouteCache) -> Arc<Routes> {
+    /// The routes for `subject` if `cache` holds them and is current. Only
+    /// subjects that passed validation are ever cached, so a hit also means
+    /// the subject is valid.
+    pub fn cached(&self, subject: &str, cache: &mut RouteCache) -> Option<Arc<Routes>> {
         let generation = self.generation.load(Ordering::Acquire);
         if cache.generation != generation {
             cache.routes.clear();
             cache.generation = generation;
+            return None;
         }
-        if let Some(r) = cache.routes.get(subject) {
-            return r.clone();
+        cache.routes.get(subject).cloned()
+    }
+
+    /// The routes for a validated `subject`, from the trie, remembered in `cache`.
+    pub fn lookup(&self, subject: &str, cache: &mut RouteCache) -> Arc<Routes> {
+        if let Some(r) = self.cached(subject, cache) {
+            return r;
         }
         let routes = self.lookup_uncached(subject);
         if cache.routes.len() >= CACHE_MAX {
