@@ -466,10 +466,14 @@ impl Shared {
             payload,
         });
         loop {
+            // Register for "space" only when there is none, so the common path
+            // is one short lock.
             let space = self.output_space.notified();
             tokio::pin!(space);
-            space.as_mut().enable();
-            {
+            for attempt in 0..2 {
+                if attempt == 1 {
+                    space.as_mut().enable();
+                }
                 let mut out = lock(&self.output);
                 if out.closed {
                     drop(out);
@@ -654,7 +658,8 @@ async fn read_loop(shared: Arc<Shared>, mut frames: FramedRead<Half, codec::Fram
                     subject: frame.slice_ref(m.subject.as_bytes()),
                     reply_to: m.reply_to.map(|r| frame.slice_ref(r.as_bytes())),
                     payload: frame.slice_ref(m.payload),
-                    shared: Some(shared.clone()),
+                    // Only requests can be answered; others skip the refcount.
+                    shared: m.reply_to.map(|_| shared.clone()),
                 };
                 if m.sid == shared.inbox_sid.load(Ordering::Acquire) {
                     shared.complete_request(m.subject, |_| Ok(msg));

@@ -114,20 +114,36 @@ async fn pubsub(
         let (counter, sent, done, gate) = (counter.clone(), sent.clone(), done.clone(), start_gate.clone());
         sub_tasks.push(tokio::spawn(async move {
             gate.wait().await;
-            let (mut lagged, mut last) = (0u64, Instant::now());
+            let mut lagged = 0u64;
+            let mut last = Instant::now();
             let deadline = Instant::now() + PHASE_LIMIT;
-            while Instant::now() < deadline {
-                if done.load(Relaxed) && counter.load(Relaxed) + lagged >= sent.load(Relaxed) {
-                    break;
-                }
-                match tokio::time::timeout(Duration::from_millis(200), sub.next_delivery()).await {
-                    Ok(Some(Delivery::Message(_))) => {
-                        counter.fetch_add(1, Relaxed);
-                        last = Instant::now();
+            // One timer for the idle checks: no clock read per message.
+            let idle = tokio::time::sleep(Duration::from_millis(200));
+            tokio::pin!(idle);
+            let finished =
+                |lagged: u64| done.load(Relaxed) && counter.load(Relaxed) + lagged >= sent.load(Relaxed);
+            loop {
+                tokio::select! {
+                    d = sub.next_delivery() => match d {
+                        Some(Delivery::Message(_)) => {
+                            counter.fetch_add(1, Relaxed);
+                        }
+                        Some(Delivery::Lagged(n)) => lagged += n,
+                        None => break,
+                    },
+                    _ = &mut idle => {
+                        let now = Instant::now();
+                        if finished(lagged) || now >= deadline {
+                            break;
+                        }
+                        idle.as_mut().reset(tokio::time::Instant::from_std(now + Duration::from_millis(1)));
+                        continue;
                     }
-                    Ok(Some(Delivery::Lagged(n))) => lagged += n,
-                    Ok(None) => break,
-                    Err(_) => {}
+                }
+                // Exact completion check (two atomic loads) after each delivery.
+                if finished(lagged) {
+                    last = Instant::now();
+                    break;
                 }
             }
             drop(bus);
