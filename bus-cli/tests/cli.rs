@@ -295,3 +295,58 @@ fn monitor_shows_messages_and_lifecycle_events() {
         "{text}"
     );
 }
+
+/// The benchmark runs end to end and accounts for every message. Only counts
+/// are checked, never timings.
+#[test]
+fn bench_smoke() {
+    let bus = daemon();
+    for args in [
+        &["bench", "pubsub", "--msgs", "5000", "--subs", "2", "--json"][..],
+        &[
+            "bench", "fanout", "--msgs", "2000", "--subs", "3", "--size", "1024", "--json",
+        ],
+        &[
+            "bench",
+            "reqrep",
+            "--msgs",
+            "300",
+            "--requesters",
+            "2",
+            "--baseline",
+            "--json",
+        ],
+        &[
+            "bench",
+            "routing",
+            "--msgs",
+            "4096",
+            "--subscriptions",
+            "2000",
+            "--json",
+        ],
+    ] {
+        let out = run({
+            let mut c = cli(&bus);
+            c.args(["--address", &bus.daemon.address().to_string()])
+                .args(args);
+            c
+        });
+        let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        let (sent, delivered) = (
+            report["sent"].as_u64().unwrap(),
+            report["delivered"].as_u64().unwrap(),
+        );
+        let subs = report["subs"].as_u64().unwrap();
+        assert!(sent > 0, "{args:?}: {report}");
+        assert_eq!(
+            delivered + report["dropped"].as_u64().unwrap(),
+            sent * subs,
+            "{args:?}: {report}"
+        );
+        if args.contains(&"--baseline") {
+            assert!(report["baseline_pingpong"]["p50_us"].as_f64().unwrap() > 0.0);
+            assert!(!report["ratios"].as_array().unwrap().is_empty());
+        }
+    }
+}
