@@ -61,6 +61,21 @@ pub fn stream(frame: &[u8], count: u64) -> std::io::Result<Duration> {
     Ok(start.elapsed())
 }
 
+/// Runs [`stream`] with growing counts until one run lasts at least `min`
+/// (at most 2^30 frames). Returns the frame count and elapsed time.
+pub fn stream_for(frame: &[u8], min: Duration) -> std::io::Result<(u64, Duration)> {
+    let mut count = 100_000;
+    loop {
+        let elapsed = stream(frame, count)?;
+        if elapsed >= min || count >= 1 << 30 {
+            return Ok((count, elapsed));
+        }
+        // Aim past `min` next time, growing at least 2x.
+        let scale = (min.as_secs_f64() * 1.5 / elapsed.as_secs_f64().max(1e-6)).max(2.0);
+        count = ((count as f64 * scale) as u64).min(1 << 30);
+    }
+}
+
 /// Bounces `frame` between two threads `count` times; returns the round trips.
 pub fn ping_pong(frame: &[u8], count: u64) -> std::io::Result<(Duration, Latency)> {
     let (a, b) = UnixStream::pair()?;

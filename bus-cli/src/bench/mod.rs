@@ -152,6 +152,9 @@ pub struct Report {
     pub ratios: Vec<(String, f64)>,
 }
 
+/// The raw stream runs at least this long, so it is a stable reference.
+const MIN_BASELINE: Duration = Duration::from_millis(500);
+
 /// The bytes of one `Pub` frame as the bus would carry it, length prefix included.
 fn frame_bytes(size: usize) -> Vec<u8> {
     let payload = vec![0u8; size];
@@ -171,8 +174,7 @@ pub async fn run(args: BenchArgs, address: Option<libbus::Address>) -> libbus::R
     let mut report = workload::run(&args, address).await?;
     if args.baseline {
         let frame = frame_bytes(args.size);
-        let msgs = args.msgs.min(20_000_000);
-        let elapsed = tokio::task::spawn_blocking(move || baseline::stream(&frame, msgs))
+        let (msgs, elapsed) = tokio::task::spawn_blocking(move || baseline::stream_for(&frame, MIN_BASELINE))
             .await
             .map_err(|e| libbus::Error::Protocol(e.to_string()))??;
         let stream = Rate::new(msgs, args.size, elapsed);

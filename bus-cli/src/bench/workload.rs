@@ -102,20 +102,23 @@ async fn pubsub(
     };
     let frame_cost = (args.size + 64) as u64;
     let window = (max_pending / 2 / frame_cost).max(16);
+    let check_every = (window / 4).clamp(1, 256);
 
-    let received: Vec<Arc<AtomicU64>> = (0..subs).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    // Per subscriber: messages received plus messages reported lost (Lagged),
+    // i.e. how far through the stream it is.
+    let accounted: Vec<Arc<AtomicU64>> = (0..subs).map(|_| Arc::new(AtomicU64::new(0))).collect();
     let sent = Arc::new(AtomicU64::new(0));
     let (done_tx, done_rx) = tokio::sync::watch::channel(false);
     let mut sub_tasks = Vec::new();
     let start_gate = Arc::new(tokio::sync::Barrier::new(subs + pubs + 1));
-    for (i, counter) in received.iter().enumerate() {
+    for (i, counter) in accounted.iter().enumerate() {
         let bus = connect(address, format!("bench-sub-{i}")).await?;
         let mut sub = bus.subscribe(&pattern).await?;
         let (counter, sent, gate) = (counter.clone(), sent.clone(), start_gate.clone());
         let mut done_rx = done_rx.clone();
         sub_tasks.push(tokio::spawn(async move {
             gate.wait().await;
-            let mut lagged = 0u64;
+            let (mut lagged, mut received) = (0u64, 0u64);
             // No timers while messages flow: tokio reads the clock on every
             // worker park while one is armed, which would distort the figures.
             let mut publishers_done = false;
@@ -123,9 +126,13 @@ async fn pubsub(
                 tokio::select! {
                     d = sub.next_delivery() => match d {
                         Some(Delivery::Message(_)) => {
+                            received += 1;
                             counter.fetch_add(1, Relaxed);
                         }
-                        Some(Delivery::Lagged(n)) => lagged += n,
+                        Some(Delivery::Lagged(n)) => {
+                            lagged += n;
+                            counter.fetch_add(n, Relaxed);
+                        }
                         None => break,
                     },
                     changed = done_rx.changed(), if !publishers_done => match changed {
@@ -133,13 +140,13 @@ async fn pubsub(
                         Err(_) => break,
                     },
                 }
-                if publishers_done && counter.load(Relaxed) + lagged >= sent.load(Relaxed) {
+                if publishers_done && counter.load(Relaxed) >= sent.load(Relaxed) {
                     break;
                 }
             }
             let last = Instant::now();
             drop(bus);
-            (lagged, last)
+            (received, lagged, last)
         }));
     }
 
@@ -148,7 +155,7 @@ async fn pubsub(
     let mut pub_tasks = Vec::new();
     for i in 0..pubs {
         let bus = connect(address, format!("bench-pub-{i}")).await?;
-        let (sent, gate, received) = (sent.clone(), start_gate.clone(), received.clone());
+        let (sent, gate, accounted) = (sent.clone(), start_gate.clone(), accounted.clone());
         let (payload, subjects) = (payload.clone(), subjects.to_vec());
         let duration = args.duration;
         pub_tasks.push(tokio::spawn(async move {
@@ -160,11 +167,11 @@ async fn pubsub(
                 bus.publish(subjects[n as usize % subjects.len()], &payload)
                     .await?;
                 n += 1;
-                if n % 256 == 0 {
-                    let total = sent.fetch_add(256, Relaxed) + 256;
+                if n % check_every == 0 {
+                    let total = sent.fetch_add(check_every, Relaxed) + check_every;
                     // Flow control: stay within the subscribers' bound.
                     loop {
-                        let slowest = received.iter().map(|c| c.load(Relaxed)).min().unwrap_or(0);
+                        let slowest = accounted.iter().map(|c| c.load(Relaxed)).min().unwrap_or(0);
                         if total.saturating_sub(slowest) <= window || Instant::now() >= deadline {
                             break;
                         }
@@ -172,7 +179,7 @@ async fn pubsub(
                     }
                 }
             }
-            sent.fetch_add(n % 256, Relaxed);
+            sent.fetch_add(n % check_every, Relaxed);
             bus.flush().await?;
             Ok::<_, Error>((n, start.elapsed()))
         }));
@@ -185,10 +192,10 @@ async fn pubsub(
     };
     let bar = progress(total_expected, "delivered");
     let ticker = {
-        let (bar, received) = (bar.clone(), received.clone());
+        let (bar, accounted) = (bar.clone(), accounted.clone());
         tokio::spawn(async move {
             loop {
-                bar.set_position(received.iter().map(|c| c.load(Relaxed)).sum());
+                bar.set_position(accounted.iter().map(|c| c.load(Relaxed)).sum());
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         })
@@ -203,21 +210,21 @@ async fn pubsub(
         pub_elapsed = pub_elapsed.max(e);
     }
     let _ = done_tx.send(true);
-    let mut lagged = 0;
+    let (mut delivered, mut lagged) = (0, 0);
     let mut last = start;
     for t in sub_tasks {
         // Every message is either delivered or reported in a Lagged notice, so
         // subscribers finish; the timeout only guards against a broken daemon.
-        let (l, at) = tokio::time::timeout(PHASE_LIMIT, t)
+        let (r, l, at) = tokio::time::timeout(PHASE_LIMIT, t)
             .await
             .map_err(|_| io_err("subscribers did not finish"))?
             .map_err(io_err)?;
+        delivered += r;
         lagged += l;
         last = last.max(at);
     }
     ticker.abort();
     bar.finish_and_clear();
-    let delivered: u64 = received.iter().map(|c| c.load(Relaxed)).sum();
     report.pubs = pubs;
     report.subs = subs;
     report.sent = published;
