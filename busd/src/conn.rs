@@ -97,11 +97,12 @@ pub async fn serve(state: Arc<State>, stream: UnixStream, peer: Peer) {
 
     let Fatal(reason) = read_loop(&state, &conn, &mut frames).await;
 
-    for (sid, sub) in std::mem::take(&mut *lock(&conn.subs)) {
-        state
-            .router
-            .unsubscribe(conn.id, sid, &sub.pattern, sub.queue.as_deref());
-    }
+    let subs = std::mem::take(&mut *lock(&conn.subs));
+    state.router.unsubscribe_all(
+        conn.id,
+        subs.iter()
+            .map(|(sid, s)| (*sid, s.pattern.as_str(), s.queue.as_deref())),
+    );
     state.registry.remove(&conn);
     conn.outbox.close();
     drop(frames);

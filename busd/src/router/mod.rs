@@ -108,6 +108,19 @@ impl Router {
         self.generation.fetch_add(1, Ordering::Release);
     }
 
+    /// Removes all of a closing connection's subscriptions under one lock.
+    pub fn unsubscribe_all<'a>(
+        &self,
+        conn_id: u64,
+        subs: impl IntoIterator<Item = (u64, &'a str, Option<&'a str>)>,
+    ) {
+        let mut list = self.list.write().unwrap_or_else(|e| e.into_inner());
+        for (sid, pattern, queue) in subs {
+            list.remove(pattern, queue, |t| t.conn.id == conn_id && t.sid == sid);
+        }
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
     /// Number of subscriptions.
     pub fn len(&self) -> usize {
         self.list.read().unwrap_or_else(|e| e.into_inner()).len()

@@ -184,6 +184,10 @@ impl<T: Clone> Sublist<T> {
                 ">" => level.full = None,
                 _ => {
                     level.literal.remove(tok);
+                    // Give memory back after a burst of subscriptions ends.
+                    if level.literal.capacity() > 64 && level.literal.len() < level.literal.capacity() / 4 {
+                        level.literal.shrink_to_fit();
+                    }
                 }
             }
         }
