@@ -84,14 +84,26 @@ impl Drop for SubProc {
 }
 
 /// Starts `bus-cli sub` and waits until the daemon lists its subscription.
-fn start_sub(bus: &Bus, args: &[&str]) -> SubProc {
+/// Starts `bus-cli` with `args` (a subscribing command) and waits until the
+/// daemon lists a subscription to `pattern`.
+fn start_listed(bus: &Bus, args: &[&str], pattern: &str) -> SubProc {
     let mut cmd = cli(bus);
-    cmd.arg("sub")
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let sub = SubProc(Some(cmd.spawn().unwrap()));
-    let pattern = args[0];
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let proc = SubProc(Some(cmd.spawn().unwrap()));
+    wait_listed(bus, pattern);
+    proc
+}
+
+/// Starts `bus-cli sub` and waits until the daemon lists its subscription.
+fn start_sub(bus: &Bus, args: &[&str]) -> SubProc {
+    let mut full = vec!["sub"];
+    full.extend_from_slice(args);
+    start_listed(bus, &full, args[0])
+}
+
+/// Polls `bus-cli list --json` (for at most 20 s) until some connection
+/// subscribes to `pattern`.
+fn wait_listed(bus: &Bus, pattern: &str) {
     let start = Instant::now();
     loop {
         let out = stdout(&run({
@@ -100,11 +112,11 @@ fn start_sub(bus: &Bus, args: &[&str]) -> SubProc {
             c
         }));
         if out.contains(&format!("\"pattern\": \"{pattern}\"")) {
-            return sub;
+            return;
         }
         assert!(
             start.elapsed() < Duration::from_secs(20),
-            "subscriber never appeared"
+            "no subscription to {pattern} appeared"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -257,24 +269,7 @@ fn address_flag_overrides_environment() {
 #[test]
 fn monitor_shows_messages_and_lifecycle_events() {
     let bus = daemon();
-    let mut cmd = cli(&bus);
-    cmd.arg("monitor").stdout(Stdio::piped()).stderr(Stdio::piped());
-    let monitor = SubProc(Some(cmd.spawn().unwrap()));
-    // Wait until its `>` subscription is live.
-    let start = Instant::now();
-    while !stdout(&run({
-        let mut c = cli(&bus);
-        c.args(["list", "--json"]);
-        c
-    }))
-    .contains("\"pattern\": \">\"")
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "monitor never subscribed"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let monitor = start_listed(&bus, &["monitor"], ">");
     let mut c = cli(&bus);
     c.args(["send", "audit.login", "alice"]);
     stdout(&run(c));
