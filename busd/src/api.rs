@@ -63,15 +63,16 @@ pub fn info(state: &State) -> ServerInfo {
 
 /// Publishes `$BUS.event.conn.open` / `.close` for `conn`, if anyone listens.
 pub fn conn_event(state: &State, subject: &'static str, conn: &Conn, reason: Option<CloseReason>) {
-    if state.router.lookup_uncached(subject).is_empty() {
-        return;
+    let routes = state.router.lookup_uncached(subject);
+    if routes.is_empty() {
+        return; // nobody listens: skip building the event
     }
     let event = ConnEvent {
         conn: conn.info(),
         reason,
     };
     match postcard::to_allocvec(&event) {
-        Ok(body) => publish(state, subject, body),
+        Ok(body) => routes.deliver(&Published::from_daemon(subject, &body)),
         Err(e) => tracing::error!("encoding {subject} event: {e}"),
     }
 }
