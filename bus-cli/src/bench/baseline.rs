@@ -61,12 +61,65 @@ pub fn stream(frame: &[u8], count: u64) -> std::io::Result<Duration> {
     Ok(start.elapsed())
 }
 
-/// Runs [`stream`] with growing counts until one run lasts at least `min`
+/// Like [`stream`], but through a relay thread that forwards the bytes
+/// unparsed (writer → relay → reader): two socket transits per frame, as
+/// through any broker, with no work done in between. The floor of a brokered
+/// path on this machine.
+pub fn relay(frame: &[u8], count: u64) -> std::io::Result<Duration> {
+    let (tx, relay_in) = UnixStream::pair()?;
+    let (mut relay_out, rx) = UnixStream::pair()?;
+    let start = Instant::now();
+    let relay = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut r = relay_in;
+        let mut buf = vec![0u8; BUF];
+        loop {
+            let n = r.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            relay_out.write_all(&buf[..n])?;
+        }
+    });
+    let reader = std::thread::spawn(move || -> std::io::Result<u64> {
+        let mut r = BufReader::with_capacity(BUF, rx);
+        let mut body = Vec::new();
+        let mut n = 0;
+        while read_frame(&mut r, &mut body)? {
+            n += 1;
+        }
+        Ok(n)
+    });
+    {
+        let mut w = BufWriter::with_capacity(BUF, tx);
+        for _ in 0..count {
+            w.write_all(frame)?;
+        }
+        w.flush()?;
+    }
+    relay
+        .join()
+        .map_err(|_| std::io::Error::other("relay thread panicked"))??;
+    let got = reader
+        .join()
+        .map_err(|_| std::io::Error::other("reader thread panicked"))??;
+    if got != count {
+        return Err(std::io::Error::other(format!(
+            "relay delivered {got} of {count} frames"
+        )));
+    }
+    Ok(start.elapsed())
+}
+
+/// Runs `run` (a stream) with growing counts until one run lasts at least `min`
 /// (at most 2^30 frames). Returns the frame count and elapsed time.
-pub fn stream_for(frame: &[u8], min: Duration) -> std::io::Result<(u64, Duration)> {
+pub fn long_enough(
+    run: fn(&[u8], u64) -> std::io::Result<Duration>,
+    frame: &[u8],
+    min: Duration,
+) -> std::io::Result<(u64, Duration)> {
     let mut count = 100_000;
     loop {
-        let elapsed = stream(frame, count)?;
+        let elapsed = run(frame, count)?;
         if elapsed >= min || count >= 1 << 30 {
             return Ok((count, elapsed));
         }

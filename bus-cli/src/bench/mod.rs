@@ -4,6 +4,8 @@
 //! Modes: `pubsub` (P publishers → S subscribers on one subject), `fanout`
 //! (1 → N), `reqrep` (request/reply, sequential per requester), `routing`
 //! (1 → 1 publish rate with K extra non-matching subscriptions vs with none).
+//! `--baseline` adds a raw stream, a raw relay (the same bytes forwarded by a
+//! thread, the floor of any broker) and a raw ping-pong.
 //! By default it starts its own daemon in-process; `--address` measures an
 //! external `busd` (the honest mode: the daemon in its own process).
 
@@ -146,6 +148,8 @@ pub struct Report {
     pub extra_subscriptions: Option<usize>,
     /// Raw-socket stream of the same frames.
     pub baseline_stream: Option<Rate>,
+    /// The same frames through a forwarding thread: the floor of any broker.
+    pub baseline_relay: Option<Rate>,
     /// Raw-socket ping-pong of the same frame.
     pub baseline_pingpong: Option<Latency>,
     /// Bus figure ÷ baseline figure.
@@ -173,12 +177,27 @@ fn frame_bytes(size: usize) -> Vec<u8> {
 pub async fn run(args: BenchArgs, address: Option<libbus::Address>) -> libbus::Result<()> {
     let mut report = workload::run(&args, address).await?;
     if args.baseline {
-        let frame = frame_bytes(args.size);
-        let (msgs, elapsed) = tokio::task::spawn_blocking(move || baseline::stream_for(&frame, MIN_BASELINE))
-            .await
-            .map_err(|e| libbus::Error::Protocol(e.to_string()))??;
-        let stream = Rate::new(msgs, args.size, elapsed);
+        let measure = |run: fn(&[u8], u64) -> std::io::Result<Duration>| {
+            let frame = frame_bytes(args.size);
+            let size = args.size;
+            async move {
+                let (msgs, elapsed) =
+                    tokio::task::spawn_blocking(move || baseline::long_enough(run, &frame, MIN_BASELINE))
+                        .await
+                        .map_err(|e| libbus::Error::Protocol(e.to_string()))??;
+                Ok::<_, libbus::Error>(Rate::new(msgs, size, elapsed))
+            }
+        };
+        let stream = measure(baseline::stream).await?;
+        let relay = measure(baseline::relay).await?;
         report.baseline_stream = Some(stream);
+        report.baseline_relay = Some(relay);
+        if let Some(d) = report.deliver {
+            report.ratios.push((
+                "deliver_msgs_per_s / raw_relay".into(),
+                d.msgs_per_s / relay.msgs_per_s,
+            ));
+        }
         if let Some(d) = report.deliver {
             report.ratios.push((
                 "deliver_msgs_per_s / raw_stream".into(),
@@ -268,6 +287,9 @@ fn print_report(r: &Report) {
     }
     if let Some(x) = &r.baseline_stream {
         print_rate("raw unix stream (baseline)", x);
+    }
+    if let Some(x) = &r.baseline_relay {
+        print_rate("raw relay (baseline)", x);
     }
     if let Some(x) = &r.baseline_pingpong {
         print_latency("raw ping-pong (baseline)", x);
