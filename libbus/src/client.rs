@@ -122,6 +122,14 @@ struct Output {
     closed: bool,
 }
 
+/// Deliveries handed to a subscription at once: the reader groups what one
+/// socket read brought in, so a busy subscription costs one channel send per
+/// read rather than per message.
+pub(crate) type Batch = Vec<Delivery>;
+
+/// Largest batch; also bounded by the subscription's capacity.
+const MAX_BATCH: usize = 256;
+
 /// A request waiting for its reply: its subject (for errors) and where the reply goes.
 type PendingReply = (String, oneshot::Sender<Result<Message>>);
 
@@ -137,7 +145,7 @@ pub(crate) struct Shared {
     output_ready: Notify,
     /// Wakes publishers waiting for buffer space.
     output_space: Notify,
-    subs: Mutex<HashMap<u64, mpsc::Sender<Delivery>>>,
+    subs: Mutex<HashMap<u64, mpsc::Sender<Batch>>>,
     next_sid: AtomicU64,
     /// Flushes waiting for their `Pong`, in send order. Locked inside `output`.
     pongs: Mutex<VecDeque<oneshot::Sender<()>>>,
@@ -329,12 +337,13 @@ impl Bus {
     async fn subscribe_inner(&self, pattern: &str, queue: Option<&str>) -> Result<Subscription> {
         subject::validate_pattern(pattern)?;
         let sid = self.shared.next_sid.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(self.shared.opts.subscription_capacity);
+        let (tx, rx) = mpsc::channel(self.shared.batches_per_subscription());
         lock(&self.shared.subs).insert(sid, tx);
         // From here on, dropping `sub` unsubscribes, also on the error path.
         let sub = Subscription {
             sid,
             rx,
+            buffered: Vec::new().into_iter(),
             bus: self.clone(),
             dropped: 0,
         };
@@ -585,13 +594,31 @@ impl Shared {
         }
     }
 
-    async fn deliver(&self, sid: u64, d: Delivery) {
+    /// Deliveries per batch: at most `MAX_BATCH` and the subscription capacity.
+    fn batch_size(&self) -> usize {
+        self.opts.subscription_capacity.clamp(1, MAX_BATCH)
+    }
+
+    /// Channel slots per subscription, so that about `subscription_capacity`
+    /// deliveries are buffered in all.
+    fn batches_per_subscription(&self) -> usize {
+        (self.opts.subscription_capacity / self.batch_size()).max(1)
+    }
+
+    /// Hands each pending batch to its subscription, in order.
+    async fn deliver_all(&self, pending: &mut Vec<(u64, Batch)>) {
+        for (sid, batch) in pending.drain(..) {
+            self.deliver(sid, batch).await;
+        }
+    }
+
+    async fn deliver(&self, sid: u64, batch: Batch) {
         let blocked = {
             let subs = lock(&self.subs);
             let Some(tx) = subs.get(&sid) else { return };
-            match tx.try_send(d) {
+            match tx.try_send(batch) {
                 Ok(()) => return,
-                Err(mpsc::error::TrySendError::Full(d)) => (tx.clone(), d),
+                Err(mpsc::error::TrySendError::Full(b)) => (tx.clone(), b),
                 Err(mpsc::error::TrySendError::Closed(_)) => return,
             }
         };
@@ -641,8 +668,38 @@ async fn write_loop(shared: Arc<Shared>, mut tx: Half) {
     // The socket closes when the reader's half is dropped too.
 }
 
+/// True if `buf` holds at least one complete frame.
+fn frame_buffered(buf: &[u8]) -> bool {
+    match buf.get(..proto::LEN_PREFIX) {
+        Some(len) => {
+            let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+            buf.len() >= proto::LEN_PREFIX + len
+        }
+        None => false,
+    }
+}
+
+/// Adds `d` to the pending batch of `sid`; true if that batch is now full.
+fn add_pending(pending: &mut Vec<(u64, Batch)>, sid: u64, d: Delivery, max: usize) -> bool {
+    let i = match pending.iter().position(|(s, _)| *s == sid) {
+        Some(i) => i,
+        None => {
+            pending.push((sid, Vec::with_capacity(8)));
+            pending.len() - 1
+        }
+    };
+    pending[i].1.push(d);
+    pending[i].1.len() >= max
+}
+
 async fn read_loop(shared: Arc<Shared>, mut frames: FramedRead<Half, codec::FrameCodec>) {
+    let max_batch = shared.batch_size();
+    let mut pending: Vec<(u64, Batch)> = Vec::new();
     let reason = loop {
+        // Hand over what this read brought in before waiting on the socket.
+        if !pending.is_empty() && !frame_buffered(frames.read_buffer()) {
+            shared.deliver_all(&mut pending).await;
+        }
         let frame = match frames.next().await {
             None => break "daemon closed the connection".to_owned(),
             Some(Err(e)) => break format!("read failed: {e}"),
@@ -663,12 +720,14 @@ async fn read_loop(shared: Arc<Shared>, mut frames: FramedRead<Half, codec::Fram
                 };
                 if m.sid == shared.inbox_sid.load(Ordering::Acquire) {
                     shared.complete_request(m.subject, |_| Ok(msg));
-                } else {
-                    shared.deliver(m.sid, Delivery::Message(msg)).await;
+                } else if add_pending(&mut pending, m.sid, Delivery::Message(msg), max_batch) {
+                    shared.deliver_all(&mut pending).await;
                 }
             }
             ServerFrame::Lagged { sid, dropped } => {
-                shared.deliver(sid, Delivery::Lagged(dropped)).await;
+                if add_pending(&mut pending, sid, Delivery::Lagged(dropped), max_batch) {
+                    shared.deliver_all(&mut pending).await;
+                }
             }
             ServerFrame::NoResponders { reply_to } => {
                 shared.complete_request(reply_to, |subject| Err(Error::NoResponders { subject }));
@@ -696,5 +755,14 @@ async fn read_loop(shared: Arc<Shared>, mut frames: FramedRead<Half, codec::Fram
         Some(err) => format!("{reason}: {err}"),
         None => reason,
     };
+    // What arrived before the end is still handed over, without waiting.
+    {
+        let subs = lock(&shared.subs);
+        for (sid, batch) in pending.drain(..) {
+            if let Some(tx) = subs.get(&sid) {
+                let _ = tx.try_send(batch);
+            }
+        }
+    }
     shared.fail(reason);
 }

@@ -7,7 +7,7 @@ use std::{
 
 use tokio::sync::mpsc;
 
-use crate::{Bus, Delivery, Message};
+use crate::{client::Batch, Bus, Delivery, Message};
 
 /// Messages matching one pattern, in the order the daemon delivered them.
 ///
@@ -15,13 +15,15 @@ use crate::{Bus, Delivery, Message};
 /// also shows [`Delivery::Lagged`] notices, which the stream only counts in
 /// [`dropped`](Self::dropped). Dropping it unsubscribes (no task is spawned).
 ///
-/// While a subscription's buffer (`ConnectOptions::subscription_capacity`) is
-/// full, the connection stops reading: the daemon then queues for it up to its
+/// Deliveries arrive in batches (one per socket read). While a subscription's
+/// buffer (about `ConnectOptions::subscription_capacity` deliveries) is full, the connection stops reading: the daemon then queues for it up to its
 /// `max_pending` bound and drops (and reports) beyond that.
 #[derive(Debug)]
 pub struct Subscription {
     pub(crate) sid: u64,
-    pub(crate) rx: mpsc::Receiver<Delivery>,
+    pub(crate) rx: mpsc::Receiver<Batch>,
+    /// The rest of the last batch received.
+    pub(crate) buffered: std::vec::IntoIter<Delivery>,
     pub(crate) bus: Bus,
     pub(crate) dropped: u64,
 }
@@ -44,19 +46,30 @@ impl Subscription {
 
     /// The next message or loss notice; `None` once the connection is closed.
     pub async fn next_delivery(&mut self) -> Option<Delivery> {
-        let d = self.rx.recv().await;
-        if let Some(Delivery::Lagged(n)) = d {
-            self.dropped += n;
+        std::future::poll_fn(|cx| self.poll_delivery(cx)).await
+    }
+
+    fn poll_delivery(&mut self, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+        loop {
+            if let Some(d) = self.buffered.next() {
+                if let Delivery::Lagged(n) = d {
+                    self.dropped += n;
+                }
+                return Poll::Ready(Some(d));
+            }
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(batch)) => self.buffered = batch.into_iter(),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
         }
-        d
     }
 
     fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
         loop {
-            match self.rx.poll_recv(cx) {
+            match self.poll_delivery(cx) {
                 Poll::Ready(Some(Delivery::Message(m))) => return Poll::Ready(Some(m)),
                 Poll::Ready(Some(Delivery::Lagged(n))) => {
-                    self.dropped += n;
                     tracing::warn!(
                         sid = self.sid,
                         dropped = n,
