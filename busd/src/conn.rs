@@ -377,7 +377,8 @@ async fn write_loop(conn: Arc<Conn>, mut wr: Half) {
             match item {
                 OutItem::Frame(f) => buf.extend_from_slice(&f),
                 OutItem::Lagged { sid, dropped } => {
-                    buf.extend_from_slice(&encode(&ServerFrame::Lagged { sid, dropped }));
+                    // A small frame of plain integers: encoding cannot fail.
+                    let _ = codec::encode_into(&ServerFrame::Lagged { sid, dropped }, &mut buf, u32::MAX);
                 }
                 OutItem::Msg { sid, msg } => {
                     proto::encode_msg_from_pub(&msg.body, sid, &mut buf);

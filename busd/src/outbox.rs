@@ -79,6 +79,17 @@ pub enum OutItem {
     Frame(Bytes),
 }
 
+impl OutItem {
+    /// Bytes charged against `max_pending` while queued.
+    fn cost(&self) -> usize {
+        match self {
+            OutItem::Msg { msg, .. } => msg.cost(),
+            OutItem::Frame(f) => f.len(),
+            OutItem::Lagged { .. } => 0,
+        }
+    }
+}
+
 /// Slack above `max_pending` for control frames, which are never dropped.
 const CONTROL_SLACK: usize = 64 << 10;
 
@@ -196,11 +207,7 @@ impl Outbox {
                     let mut taken = 0;
                     while taken < max_bytes {
                         let Some(item) = st.items.pop_front() else { break };
-                        let cost = match &item {
-                            OutItem::Msg { msg, .. } => msg.cost(),
-                            OutItem::Frame(f) => f.len(),
-                            OutItem::Lagged { .. } => 0,
-                        };
+                        let cost = item.cost();
                         st.bytes -= cost;
                         taken += cost.max(1);
                         batch.push(item);

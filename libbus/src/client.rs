@@ -475,44 +475,45 @@ impl Shared {
             payload,
         });
         loop {
-            // Register for "space" only when there is none, so the common path
-            // is one short lock.
+            if self.buffer(&frame, true)? {
+                return Ok(());
+            }
+            // Full: register for "space", then look again so a wake-up that
+            // came in between is not lost.
             let space = self.output_space.notified();
             tokio::pin!(space);
-            for attempt in 0..2 {
-                if attempt == 1 {
-                    space.as_mut().enable();
-                }
-                let mut out = lock(&self.output);
-                if out.closed {
-                    drop(out);
-                    return Err(self.disconnected());
-                }
-                if out.buf.len() < self.opts.max_write_buffer {
-                    let was_empty = out.buf.is_empty();
-                    codec::encode_into(&frame, &mut out.buf, self.max_frame).map_err(codec_err)?;
-                    drop(out);
-                    if was_empty {
-                        self.output_ready.notify_one();
-                    }
-                    return Ok(());
-                }
+            space.as_mut().enable();
+            if self.buffer(&frame, true)? {
+                return Ok(());
             }
             space.await;
         }
     }
 
-    /// Buffers a small control frame without waiting for space.
-    fn send_now(&self, frame: &ClientFrame<'_>) -> Result<()> {
+    /// Encodes `frame` into the output buffer and wakes the writer. With
+    /// `bounded`, returns `Ok(false)` instead when the buffer is full.
+    fn buffer(&self, frame: &ClientFrame<'_>, bounded: bool) -> Result<bool> {
         let mut out = lock(&self.output);
         if out.closed {
             drop(out);
             return Err(self.disconnected());
         }
+        if bounded && out.buf.len() >= self.opts.max_write_buffer {
+            return Ok(false);
+        }
+        let was_empty = out.buf.is_empty();
         codec::encode_into(frame, &mut out.buf, self.max_frame).map_err(codec_err)?;
         drop(out);
-        self.output_ready.notify_one();
-        Ok(())
+        // The writer only waits once it has found the buffer empty.
+        if was_empty {
+            self.output_ready.notify_one();
+        }
+        Ok(true)
+    }
+
+    /// Buffers a small control frame without waiting for space.
+    fn send_now(&self, frame: &ClientFrame<'_>) -> Result<()> {
+        self.buffer(frame, false).map(|_| ())
     }
 
     /// Buffers a `Ping` and registers for its `Pong`.

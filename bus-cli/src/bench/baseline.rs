@@ -29,12 +29,9 @@ fn read_frame(r: &mut impl Read, body: &mut Vec<u8>) -> std::io::Result<bool> {
     Ok(true)
 }
 
-/// Streams `count` copies of `frame` (length prefix included) from one thread
-/// to another; returns the elapsed time until the reader has them all.
-pub fn stream(frame: &[u8], count: u64) -> std::io::Result<Duration> {
-    let (tx, rx) = UnixStream::pair()?;
-    let start = Instant::now();
-    let reader = std::thread::spawn(move || -> std::io::Result<u64> {
+/// Counts the frames arriving on `rx` until end of stream, on a new thread.
+fn spawn_counter(rx: UnixStream) -> std::thread::JoinHandle<std::io::Result<u64>> {
+    std::thread::spawn(move || {
         let mut r = BufReader::with_capacity(BUF, rx);
         let mut body = Vec::new();
         let mut n = 0;
@@ -42,22 +39,41 @@ pub fn stream(frame: &[u8], count: u64) -> std::io::Result<Duration> {
             n += 1;
         }
         Ok(n)
-    });
-    {
-        let mut w = BufWriter::with_capacity(BUF, tx);
-        for _ in 0..count {
-            w.write_all(frame)?;
-        }
-        w.flush()?;
+    })
+}
+
+/// Writes `count` copies of `frame` through a 64 KiB buffer, then closes `tx`.
+fn write_frames(tx: UnixStream, frame: &[u8], count: u64) -> std::io::Result<()> {
+    let mut w = BufWriter::with_capacity(BUF, tx);
+    for _ in 0..count {
+        w.write_all(frame)?;
     }
-    let got = reader
-        .join()
-        .map_err(|_| std::io::Error::other("reader thread panicked"))??;
-    if got != count {
-        return Err(std::io::Error::other(format!(
-            "raw stream delivered {got} of {count} frames"
-        )));
+    w.flush()
+}
+
+fn join<T>(h: std::thread::JoinHandle<std::io::Result<T>>, what: &str) -> std::io::Result<T> {
+    h.join()
+        .map_err(|_| std::io::Error::other(format!("{what} thread panicked")))?
+}
+
+fn check_count(got: u64, count: u64, what: &str) -> std::io::Result<()> {
+    if got == count {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "{what} delivered {got} of {count} frames"
+        )))
     }
+}
+
+/// Streams `count` copies of `frame` (length prefix included) from one thread
+/// to another; returns the elapsed time until the reader has them all.
+pub fn stream(frame: &[u8], count: u64) -> std::io::Result<Duration> {
+    let (tx, rx) = UnixStream::pair()?;
+    let start = Instant::now();
+    let reader = spawn_counter(rx);
+    write_frames(tx, frame, count)?;
+    check_count(join(reader, "reader")?, count, "raw stream")?;
     Ok(start.elapsed())
 }
 
@@ -66,47 +82,23 @@ pub fn stream(frame: &[u8], count: u64) -> std::io::Result<Duration> {
 /// through any broker, with no work done in between. The floor of a brokered
 /// path on this machine.
 pub fn relay(frame: &[u8], count: u64) -> std::io::Result<Duration> {
-    let (tx, relay_in) = UnixStream::pair()?;
+    let (tx, mut relay_in) = UnixStream::pair()?;
     let (mut relay_out, rx) = UnixStream::pair()?;
     let start = Instant::now();
     let relay = std::thread::spawn(move || -> std::io::Result<()> {
-        let mut r = relay_in;
         let mut buf = vec![0u8; BUF];
         loop {
-            let n = r.read(&mut buf)?;
+            let n = relay_in.read(&mut buf)?;
             if n == 0 {
                 return Ok(());
             }
             relay_out.write_all(&buf[..n])?;
         }
     });
-    let reader = std::thread::spawn(move || -> std::io::Result<u64> {
-        let mut r = BufReader::with_capacity(BUF, rx);
-        let mut body = Vec::new();
-        let mut n = 0;
-        while read_frame(&mut r, &mut body)? {
-            n += 1;
-        }
-        Ok(n)
-    });
-    {
-        let mut w = BufWriter::with_capacity(BUF, tx);
-        for _ in 0..count {
-            w.write_all(frame)?;
-        }
-        w.flush()?;
-    }
-    relay
-        .join()
-        .map_err(|_| std::io::Error::other("relay thread panicked"))??;
-    let got = reader
-        .join()
-        .map_err(|_| std::io::Error::other("reader thread panicked"))??;
-    if got != count {
-        return Err(std::io::Error::other(format!(
-            "relay delivered {got} of {count} frames"
-        )));
-    }
+    let reader = spawn_counter(rx);
+    write_frames(tx, frame, count)?;
+    join(relay, "relay")?;
+    check_count(join(reader, "reader")?, count, "relay")?;
     Ok(start.elapsed())
 }
 
@@ -158,7 +150,6 @@ pub fn ping_pong(frame: &[u8], count: u64) -> std::io::Result<(Duration, Latency
     let elapsed = start.elapsed();
     drop(w);
     drop(r);
-    echo.join()
-        .map_err(|_| std::io::Error::other("echo thread panicked"))??;
+    join(echo, "echo")?;
     Ok((elapsed, Latency::from(&hist)))
 }

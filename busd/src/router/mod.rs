@@ -103,12 +103,11 @@ impl Router {
 
     /// Removes subscription `sid` of connection `conn_id`.
     pub fn unsubscribe(&self, conn_id: u64, sid: u64, pattern: &str, queue: Option<&str>) {
-        let mut list = self.list.write().unwrap_or_else(|e| e.into_inner());
-        list.remove(pattern, queue, |t| t.conn.id == conn_id && t.sid == sid);
-        self.generation.fetch_add(1, Ordering::Release);
+        self.unsubscribe_all(conn_id, [(sid, pattern, queue)]);
     }
 
-    /// Removes all of a closing connection's subscriptions under one lock.
+    /// Removes several of a connection's subscriptions under one lock (all of
+    /// them when it closes).
     pub fn unsubscribe_all<'a>(
         &self,
         conn_id: u64,
