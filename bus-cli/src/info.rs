@@ -39,6 +39,7 @@ pub async fn run(bus: &Bus, address: &Address, json: bool) -> libbus::Result<()>
         render::bytes(info.bytes_in),
         render::bytes(info.bytes_out)
     );
+    println!("memory:        {} resident", render::bytes(info.rss_bytes));
     println!("limits:");
     for (name, value) in &info.limits {
         println!("  {name:<22} {value}");

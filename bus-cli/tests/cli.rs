@@ -296,6 +296,16 @@ fn monitor_shows_messages_and_lifecycle_events() {
 #[test]
 fn bench_smoke() {
     let bus = daemon();
+    // conns: holds idle connections and reports the daemon's RSS.
+    let out = run({
+        let mut c = cli(&bus);
+        c.args(["--address", &bus.daemon.address().to_string()])
+            .args(["bench", "conns", "--conns", "50", "--json"]);
+        c
+    });
+    let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert!(report["rss_before"].as_u64().unwrap() > 0, "{report}");
+    assert!(report["rss_per_conn"].as_f64().is_some(), "{report}");
     for args in [
         &["bench", "pubsub", "--msgs", "5000", "--subs", "2", "--json"][..],
         &[

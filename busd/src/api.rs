@@ -58,7 +58,20 @@ pub fn info(state: &State) -> ServerInfo {
         bytes_out: sum(|c| c.stats.bytes_out.load(Relaxed), &t.bytes_out),
         dropped: sum(|c| c.outbox.dropped(), &t.dropped),
         limits: state.config.limits(),
+        rss_bytes: rss_bytes(),
     }
+}
+
+/// Resident set size of this process, from `/proc/self/status` (0 if unavailable).
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
 }
 
 /// Publishes `$BUS.event.conn.open` / `.close` for `conn`, if anyone listens.

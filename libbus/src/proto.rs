@@ -281,6 +281,8 @@ pub mod api {
         pub dropped: u64,
         /// Effective limits, as (name, value) pairs.
         pub limits: Vec<(String, u64)>,
+        /// Resident memory of the daemon process, in bytes (0 if unknown).
+        pub rss_bytes: u64,
     }
 
     /// Why a connection ended.

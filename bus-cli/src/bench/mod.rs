@@ -31,6 +31,8 @@ pub enum Mode {
     Reqrep,
     /// Publish rate with `--subscriptions` non-matching subscriptions vs with none.
     Routing,
+    /// Daemon memory per idle connection, holding `--conns` connections.
+    Conns,
 }
 
 /// Flags of `bus-cli bench`.
@@ -60,6 +62,9 @@ pub struct BenchArgs {
     /// Non-matching subscriptions to add (routing).
     #[arg(long, default_value_t = 100_000)]
     pub subscriptions: usize,
+    /// Idle connections to hold (conns).
+    #[arg(long, default_value_t = 1000)]
+    pub conns: usize,
     /// Also measure the raw Unix-socket baseline and print ratios.
     #[arg(long)]
     pub baseline: bool,
@@ -152,6 +157,12 @@ pub struct Report {
     pub baseline_relay: Option<Rate>,
     /// Raw-socket ping-pong of the same frame.
     pub baseline_pingpong: Option<Latency>,
+    /// Conns mode: daemon RSS before opening the idle connections, bytes.
+    pub rss_before: Option<u64>,
+    /// Conns mode: daemon RSS with all of them open, bytes.
+    pub rss_after: Option<u64>,
+    /// Conns mode: (rss_after - rss_before) / connections, bytes.
+    pub rss_per_conn: Option<f64>,
     /// Bus figure ÷ baseline figure.
     pub ratios: Vec<(String, f64)>,
 }
@@ -293,6 +304,12 @@ fn print_report(r: &Report) {
     }
     if let Some(x) = &r.baseline_pingpong {
         print_latency("raw ping-pong (baseline)", x);
+    }
+    if let (Some(before), Some(after), Some(per)) = (r.rss_before, r.rss_after, r.rss_per_conn) {
+        println!(
+            "daemon RSS {} -> {} with {} idle connections: {per:.0} bytes per connection",
+            before, after, r.subs
+        );
     }
     for (name, v) in &r.ratios {
         println!("ratio {name:<38} {v:>6.3}x");

@@ -69,6 +69,7 @@ pub async fn run(args: &BenchArgs, address: Option<Address>) -> Result<Report> {
         }
         Mode::Reqrep => reqrep(&address, args, &mut report).await?,
         Mode::Routing => routing(&address, args, max_pending, max_subs, &mut report).await?,
+        Mode::Conns => conns(&address, args.conns, &mut report).await?,
     }
     Ok(report)
 }
@@ -346,5 +347,29 @@ async fn routing(
     }
     drop(kept);
     drop(holders);
+    Ok(())
+}
+
+/// Daemon RSS (from `$BUS.api.info`) before and while holding `n` idle,
+/// handshaken connections. Memory shared with the daemon's own process makes
+/// this meaningful only against an external daemon.
+async fn conns(address: &Address, n: usize, report: &mut Report) -> Result<()> {
+    let probe = connect(address, "bench-probe".into()).await?;
+    let rss = |info: api::ServerInfo| info.rss_bytes;
+    let before = rss(probe.request(api::INFO, []).await?.decode()?);
+    let bar = progress(n as u64, "connections");
+    let mut held = Vec::with_capacity(n);
+    for i in 0..n {
+        held.push(connect(address, format!("bench-idle-{i}")).await?);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    probe.flush().await?;
+    let after = rss(probe.request(api::INFO, []).await?.decode()?);
+    report.subs = n;
+    report.rss_before = Some(before);
+    report.rss_after = Some(after);
+    report.rss_per_conn = Some(after.saturating_sub(before) as f64 / n.max(1) as f64);
+    drop(held);
     Ok(())
 }
