@@ -40,9 +40,33 @@ pub async fn run(bus: &Bus, address: &Address, json: bool) -> libbus::Result<()>
         render::bytes(info.bytes_out)
     );
     println!("memory:        {} resident", render::bytes(info.rss_bytes));
-    println!("limits:");
+    println!("limits:                    value    refused");
     for (name, value) in &info.limits {
-        println!("  {name:<22} {value}");
+        let base = name.trim_end_matches("_ms");
+        let refused = info
+            .refused
+            .iter()
+            .find(|(n, _)| n == base)
+            .map_or(0, |(_, c)| *c);
+        println!("  {name:<24} {value:>8} {refused:>10}");
     }
+    let denied = info
+        .refused
+        .iter()
+        .find(|(n, _)| n == "permission_denied")
+        .map_or(0, |(_, c)| *c);
+    println!("  {:<24} {:>8} {denied:>10}", "permission_denied", "-");
     Ok(())
+}
+
+/// `bus-cli kick ID`: a request on `$BUS.api.kick`.
+pub async fn kick(bus: &Bus, id: u64) -> libbus::Result<()> {
+    let reply: api::AdminReply = bus.request_value(api::KICK, &id).await?;
+    match reply {
+        Ok(done) => {
+            println!("{done}");
+            Ok(())
+        }
+        Err((code, message)) => Err(libbus::Error::Server { code, message }),
+    }
 }

@@ -72,6 +72,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Close another connection (by its ID from `list`). Only the daemon's
+    /// user and root may.
+    Kick {
+        /// Connection id.
+        id: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -105,7 +111,12 @@ async fn run(cli: Cli) -> libbus::Result<()> {
         Some(a) => a.parse()?,
         None => Address::from_env()?,
     };
-    let opts = ConnectOptions::default().name("bus-cli");
+    // Long-running commands ride out a daemon restart; one-shot ones fail fast.
+    let long_running = matches!(cli.command, Command::Sub { .. } | Command::Monitor);
+    let mut opts = ConnectOptions::default().name("bus-cli");
+    if !long_running {
+        opts = opts.reconnect(None);
+    }
     let bus = Bus::connect_with(&address, opts).await?;
     let result = match cli.command {
         Command::List { json } => list::run(&bus, json).await,
@@ -122,6 +133,7 @@ async fn run(cli: Cli) -> libbus::Result<()> {
         } => pubsub::request(&bus, &subject, payload, timeout).await,
         Command::Monitor => pubsub::monitor(&bus).await,
         Command::Info { json } => info::run(&bus, &address, json).await,
+        Command::Kick { id } => info::kick(&bus, id).await,
         Command::Bench(_) => Ok(()), // handled above, without a connection of its own
     };
     let closed = bus.close().await;

@@ -7,13 +7,13 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use libbus::proto::{
     api::{self, CloseReason, ConnEvent, ServerInfo},
-    ServerFrame,
+    ErrorCode, ServerFrame,
 };
 
 use crate::{conn::encode, outbox::Published, registry::Conn, server::State};
 
 /// Answers a request published to `$BUS.api.<name>`.
-pub fn handle(state: &State, conn: &Conn, subject: &str, reply_to: Option<&str>) {
+pub fn handle(state: &State, conn: &Conn, subject: &str, reply_to: Option<&str>, payload: &[u8]) {
     let Some(reply_to) = reply_to else {
         return; // not a request: nothing to answer
     };
@@ -23,6 +23,7 @@ pub fn handle(state: &State, conn: &Conn, subject: &str, reply_to: Option<&str>)
             postcard::to_allocvec(&list)
         }
         api::INFO => postcard::to_allocvec(&info(state)),
+        api::KICK => postcard::to_allocvec(&kick(state, conn, payload)),
         _ => {
             conn.outbox
                 .push_frame(encode(&ServerFrame::NoResponders { reply_to }));
@@ -59,7 +60,25 @@ pub fn info(state: &State) -> ServerInfo {
         dropped: sum(|c| c.outbox.dropped(), &t.dropped),
         limits: state.config.limits(),
         rss_bytes: rss_bytes(),
+        refused: state.policy.refused.snapshot(),
     }
+}
+
+/// `$BUS.api.kick`: closes the connection named by `payload`.
+fn kick(state: &State, conn: &Conn, payload: &[u8]) -> api::AdminReply {
+    let denied = |m| (ErrorCode::PermissionDenied, m);
+    state.policy.check_admin(&conn.peer).map_err(denied)?;
+    let id: u64 = postcard::from_bytes(payload).map_err(|e| {
+        let m = format!("kick needs a connection id (postcard u64): {e}");
+        (ErrorCode::Protocol, m)
+    })?;
+    let target = state
+        .registry
+        .get(id)
+        .ok_or_else(|| (ErrorCode::Protocol, format!("no connection with id {id}")))?;
+    tracing::info!(id, name = %target.name, by = conn.id, "kicking connection");
+    target.kick.request(conn.id);
+    Ok(format!("closed connection {id} ({})", target.name))
 }
 
 /// Resident set size of this process, from `/proc/self/status` (0 if unavailable).

@@ -1,34 +1,61 @@
 //! Every setting of the daemon, with its default. `Config::default()` is the
 //! embedded default configuration that `busd` runs with when given no flags.
+//!
+//! The same names are used everywhere: as TOML keys in `busd --config FILE`,
+//! as flags (`max_frame` is `--max-frame`), in `busd --print-config` and in
+//! the `limits` of `bus-cli info`. Sizes are written as integers or strings
+//! like `"8MiB"`, durations as strings like `"30s"`.
 
 use std::{path::PathBuf, time::Duration};
 
-/// Daemon configuration. Each limit is named as in `busd --help` and in the
-/// `limits` of `bus-cli info`.
-#[derive(Debug, Clone)]
+use serde::{Deserialize, Serialize};
+
+/// Daemon configuration. Precedence: defaults, then the config file, then flags.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Unix socket path. Default: `$XDG_RUNTIME_DIR/bus/busd.sock`, else
     /// `/tmp/bus-$UID/busd.sock` (`$BUS_ADDRESS` if it names a `unix:` path).
     pub socket: PathBuf,
-    /// Permission bits of the socket file. Default `0o600` (owner only).
+    /// Permission bits of the socket file. Default `0o600` (owner only). The
+    /// access policy (`allow_uid`, `allow_gid`) is checked in addition.
+    #[serde(with = "octal")]
     pub socket_mode: u32,
     /// `max_frame`: largest frame body accepted, in bytes. Default 1 MiB.
+    #[serde(with = "size")]
     pub max_frame: u32,
     /// `max_pending`: bytes queued per connection before new messages for it
     /// are dropped (and reported with `Lagged`). Default 8 MiB.
+    #[serde(with = "size")]
     pub max_pending: usize,
     /// `handshake_timeout`: time a new connection has to send `Hello`. Default 5 s.
+    #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
     /// `ping_interval`: a connection silent this long is pinged. Default 30 s.
+    #[serde(with = "humantime_serde")]
     pub ping_interval: Duration,
     /// `max_pings_missed`: pings left unanswered before the connection is closed. Default 2.
     pub max_pings_missed: u32,
     /// `max_connections`: live connections at once. Default 10,000.
     pub max_connections: usize,
+    /// `max_connections_per_uid`: live connections of one Unix user. Default
+    /// 10,000 (one user may use every slot; lower it when other users are allowed).
+    pub max_connections_per_uid: usize,
     /// `max_subscriptions`: subscriptions per connection. Default 10,000.
     pub max_subscriptions: usize,
+    /// `max_subject_len`: bytes in a subject or pattern. Default 1024.
+    pub max_subject_len: usize,
+    /// `max_subject_tokens`: dot-separated tokens in a subject or pattern. Default 64.
+    pub max_subject_tokens: usize,
     /// `shutdown_grace`: how long connections may flush on shutdown or close. Default 2 s.
+    #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// `allow_uid`: Unix users allowed to connect besides the daemon's own
+    /// user and root. Default: none.
+    pub allow_uid: Vec<u32>,
+    /// `allow_gid`: Unix groups (the peer's primary group, from `SO_PEERCRED`)
+    /// whose members may connect. Default: none.
+    pub allow_gid: Vec<u32>,
 }
 
 impl Default for Config {
@@ -46,8 +73,13 @@ impl Default for Config {
             ping_interval: Duration::from_secs(30),
             max_pings_missed: 2,
             max_connections: 10_000,
+            max_connections_per_uid: 10_000,
             max_subscriptions: 10_000,
+            max_subject_len: 1024,
+            max_subject_tokens: 64,
             shutdown_grace: Duration::from_secs(2),
+            allow_uid: Vec::new(),
+            allow_gid: Vec::new(),
         }
     }
 }
@@ -59,6 +91,17 @@ impl Config {
             socket: socket.into(),
             ..Self::default()
         }
+    }
+
+    /// Parses a TOML config file's text. Missing keys keep their defaults;
+    /// unknown keys are an error (a typo must not silently do nothing).
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// The configuration as TOML, in the config file's format.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
     }
 
     /// Checks that the values fit together.
@@ -75,11 +118,24 @@ impl Config {
                 self.max_frame
             ));
         }
+        if self.socket_mode > 0o777 {
+            return Err(format!(
+                "socket_mode ({:o}) is not a permission mode",
+                self.socket_mode
+            ));
+        }
         if self.ping_interval.is_zero() || self.handshake_timeout.is_zero() {
             return Err("ping_interval and handshake_timeout must be greater than zero".into());
         }
-        if self.max_connections == 0 {
-            return Err("max_connections must be at least 1".into());
+        for (name, v) in [
+            ("max_connections", self.max_connections),
+            ("max_connections_per_uid", self.max_connections_per_uid),
+            ("max_subject_len", self.max_subject_len),
+            ("max_subject_tokens", self.max_subject_tokens),
+        ] {
+            if v == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
         }
         Ok(())
     }
@@ -91,11 +147,106 @@ impl Config {
             ("max_frame".into(), self.max_frame.into()),
             ("max_pending".into(), self.max_pending as u64),
             ("max_connections".into(), self.max_connections as u64),
+            (
+                "max_connections_per_uid".into(),
+                self.max_connections_per_uid as u64,
+            ),
             ("max_subscriptions".into(), self.max_subscriptions as u64),
+            ("max_subject_len".into(), self.max_subject_len as u64),
+            ("max_subject_tokens".into(), self.max_subject_tokens as u64),
             ("max_pings_missed".into(), self.max_pings_missed.into()),
             ("handshake_timeout_ms".into(), ms(self.handshake_timeout)),
             ("ping_interval_ms".into(), ms(self.ping_interval)),
             ("shutdown_grace_ms".into(), ms(self.shutdown_grace)),
         ]
+    }
+}
+
+/// Sizes: read as an integer or a string like `"8MiB"`, written as an integer.
+mod size {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<T: Copy + TryInto<u64>, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64((*v).try_into().unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, T: TryFrom<u64>, D: Deserializer<'de>>(d: D) -> Result<T, D::Error> {
+        let v = bytesize::ByteSize::deserialize(d)?.as_u64();
+        T::try_from(v).map_err(|_| D::Error::custom(format!("{v} bytes is too large")))
+    }
+}
+
+/// Permission modes: read as an integer (TOML `0o600`) or an octal string
+/// (`"600"`, `"0o600"`), written as a string like `"0o600"`.
+mod octal {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &u32, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("0o{v:o}"))
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Mode {
+        Int(u32),
+        Str(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        match Mode::deserialize(d)? {
+            Mode::Int(v) => Ok(v),
+            Mode::Str(s) => super::parse_mode(&s).map_err(D::Error::custom),
+        }
+    }
+}
+
+/// Parses an octal permission mode like `600` or `0o600`.
+pub fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{s:?} is not an octal permission mode like 600"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_round_trip_of_the_defaults() {
+        let c = Config::default();
+        assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
+    }
+
+    #[test]
+    fn file_values_are_parsed_in_their_human_forms() {
+        let c = Config::from_toml(
+            r#"
+            socket = "/tmp/x.sock"
+            socket_mode = 0o660
+            max_frame = "64KiB"
+            max_pending = 1048576
+            ping_interval = "1m 30s"
+            allow_uid = [1000, 1001]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.socket, PathBuf::from("/tmp/x.sock"));
+        assert_eq!(c.socket_mode, 0o660);
+        assert_eq!(c.max_frame, 64 << 10);
+        assert_eq!(c.max_pending, 1 << 20);
+        assert_eq!(c.ping_interval, Duration::from_secs(90));
+        assert_eq!(c.allow_uid, vec![1000, 1001]);
+        assert_eq!(c.max_subscriptions, Config::default().max_subscriptions);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let e = Config::from_toml("max_frames = 10").unwrap_err();
+        assert!(e.contains("max_frames"), "{e}");
+        let e = Config::from_toml("max_frame = \"lots\"").unwrap_err();
+        assert!(e.contains("max_frame"), "{e}");
+        let e = Config::from_toml("socket_mode = \"999\"").unwrap_err();
+        assert!(e.contains("octal"), "{e}");
     }
 }

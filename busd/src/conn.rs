@@ -29,6 +29,7 @@ use tokio_util::codec::FramedRead;
 use crate::{
     api,
     outbox::{OutItem, Outbox, Published},
+    policy::UidSlot,
     registry::{lock, Conn, Stats},
     router::RouteCache,
     server::State,
@@ -59,7 +60,10 @@ pub async fn serve(state: Arc<State>, stream: UnixStream, peer: Peer) {
     let (rd, mut wr) = transport::split(stream);
     let mut frames = FramedRead::new(rd, codec::frame_codec(state.config.max_frame));
 
-    let hello = match handshake(&state, &mut frames).await {
+    let admitted = handshake(&state, &mut frames)
+        .await
+        .and_then(|name| admit(&state, &peer).map(|slot| (name, slot)));
+    let (hello, _uid_slot) = match admitted {
         Ok(h) => h,
         Err((code, message)) => {
             tracing::debug!(?peer, message, "handshake refused");
@@ -79,6 +83,7 @@ pub async fn serve(state: Arc<State>, stream: UnixStream, peer: Peer) {
         outbox: Outbox::new(state.config.max_pending),
         stats: Stats::default(),
         subs: Mutex::new(Default::default()),
+        kick: Default::default(),
     });
     conn.stats
         .last_activity_ms
@@ -118,6 +123,19 @@ pub async fn serve(state: Arc<State>, stream: UnixStream, peer: Peer) {
     api::conn_event(&state, proto::api::EVENT_CONN_CLOSE, &conn, Some(reason));
 }
 
+/// Applies the access policy and the per-uid quota to a peer that sent a
+/// valid `Hello`. The slot is held for the life of the connection.
+fn admit(state: &State, peer: &Peer) -> Result<UidSlot, (ErrorCode, String)> {
+    state
+        .policy
+        .check_connect(peer)
+        .map_err(|m| (ErrorCode::PermissionDenied, m))?;
+    state
+        .policy
+        .acquire_slot(peer)
+        .map_err(|m| (ErrorCode::LimitExceeded, m))
+}
+
 /// Reads and checks `Hello`. Returns the client name, or the error to send.
 async fn handshake(
     state: &State,
@@ -126,10 +144,11 @@ async fn handshake(
     let t = state.config.handshake_timeout;
     let body = match tokio::time::timeout(t, frames.next()).await {
         Err(_) => {
+            state.policy.refused.count("handshake_timeout");
             return Err((
                 ErrorCode::HandshakeTimeout,
                 format!("no Hello within handshake_timeout ({t:?})"),
-            ))
+            ));
         }
         Ok(None) => return Err((ErrorCode::Protocol, "connection ended before Hello".into())),
         Ok(Some(Err(e))) => return Err(read_error(state, &e)),
@@ -167,6 +186,7 @@ fn frame_name(f: &ClientFrame<'_>) -> &'static str {
 /// Classifies a read error from the frame decoder.
 fn read_error(state: &State, e: &std::io::Error) -> (ErrorCode, String) {
     if codec::is_frame_too_large(e) {
+        state.policy.refused.count("max_frame");
         (
             ErrorCode::FrameTooLarge,
             format!(
@@ -215,12 +235,18 @@ async fn read_loop(
                 }
             },
             _ = &mut shutdown => return Fatal(CloseReason::Shutdown),
+            by = conn.kick.requested() => {
+                let message = format!("connection closed by an administrator (request from connection {by})");
+                conn.outbox.push_frame(error_frame(ErrorCode::Kicked, &message));
+                return Fatal(CloseReason::Kicked { by });
+            }
             _ = ping.tick() => {
                 let idle_ms = state.clock.now_ms().saturating_sub(conn.stats.last_activity_ms.load(Relaxed));
                 if u128::from(idle_ms) + 50 < cfg.ping_interval.as_millis() {
                     continue;
                 }
                 if missed >= cfg.max_pings_missed {
+                    state.policy.refused.count("max_pings_missed");
                     let reason = if conn.outbox.pending_bytes() > 0 { CloseReason::SlowConsumer } else { CloseReason::Timeout };
                     let message = format!("no answer to {missed} pings (ping_interval {:?})", cfg.ping_interval);
                     conn.outbox.push_frame(error_frame(ErrorCode::PingTimeout, &message));
@@ -284,12 +310,19 @@ fn publish(
     p: proto::Pub<'_>,
     cache: &mut RouteCache,
 ) -> Result<(), Fatal> {
-    if let Some(Err(e)) = p.reply_to.map(subject::validate_subject) {
-        return Err(fatal(
-            conn,
-            ErrorCode::InvalidSubject,
-            format!("reply subject: {e}"),
-        ));
+    if let Some(reply_to) = p.reply_to {
+        if let Err(e) = subject::validate_subject(reply_to) {
+            return Err(fatal(
+                conn,
+                ErrorCode::InvalidSubject,
+                format!("reply subject: {e}"),
+            ));
+        }
+        if let Err(message) = subject_limits(state, "reply subject", reply_to) {
+            conn.outbox
+                .push_frame(error_frame(ErrorCode::LimitExceeded, &message));
+            return Ok(());
+        }
     }
     conn.stats.msgs_in.fetch_add(1, Relaxed);
     conn.stats.bytes_in.fetch_add(p.payload.len() as u64, Relaxed);
@@ -301,9 +334,14 @@ fn publish(
             if let Err(e) = subject::validate_subject(p.subject) {
                 return Err(fatal(conn, ErrorCode::InvalidSubject, e.to_string()));
             }
+            if let Err(message) = subject_limits(state, "subject", p.subject) {
+                conn.outbox
+                    .push_frame(error_frame(ErrorCode::LimitExceeded, &message));
+                return Ok(());
+            }
             if p.subject.starts_with(subject::RESERVED_PREFIX) {
                 if p.subject.starts_with(subject::API_PREFIX) {
-                    api::handle(state, conn, p.subject, p.reply_to);
+                    api::handle(state, conn, p.subject, p.reply_to, p.payload);
                 } else {
                     let e = subject::SubjectError::Reserved(p.subject.into());
                     conn.outbox
@@ -340,6 +378,17 @@ fn subscribe(state: &State, conn: &Arc<Conn>, s: proto::Sub<'_>) -> Result<(), F
             ));
         }
     }
+    let refuse = |message: String| {
+        conn.outbox.push_frame(encode(&ServerFrame::SubRefused {
+            sid: s.sid,
+            code: ErrorCode::LimitExceeded,
+            message: &message,
+        }));
+        Ok(())
+    };
+    if let Err(message) = subject_limits(state, "pattern", s.pattern) {
+        return refuse(message);
+    }
     let mut subs = lock(&conn.subs);
     if let Some(old) = subs.get(&s.sid) {
         // Reusing a live sid replaces the subscription.
@@ -348,13 +397,11 @@ fn subscribe(state: &State, conn: &Arc<Conn>, s: proto::Sub<'_>) -> Result<(), F
             .unsubscribe(conn.id, s.sid, &old.pattern, old.queue.as_deref());
     } else if subs.len() >= state.config.max_subscriptions {
         drop(subs);
-        let message = format!(
+        state.policy.refused.count("max_subscriptions");
+        return refuse(format!(
             "limit exceeded: max_subscriptions = {}",
             state.config.max_subscriptions
-        );
-        conn.outbox
-            .push_frame(error_frame(ErrorCode::LimitExceeded, &message));
-        return Ok(());
+        ));
     }
     subs.insert(
         s.sid,
@@ -366,6 +413,24 @@ fn subscribe(state: &State, conn: &Arc<Conn>, s: proto::Sub<'_>) -> Result<(), F
     );
     state.router.subscribe(conn, s.sid, s.pattern, s.queue);
     Ok(())
+}
+
+/// Checks `max_subject_len` and `max_subject_tokens` for a subject or pattern
+/// (already validated); the error names the limit and its value.
+fn subject_limits(state: &State, what: &str, s: &str) -> Result<(), String> {
+    let cfg = &state.config;
+    let (limit, max) = if s.len() > cfg.max_subject_len {
+        ("max_subject_len", cfg.max_subject_len)
+    } else if s.bytes().filter(|&b| b == b'.').count() >= cfg.max_subject_tokens {
+        ("max_subject_tokens", cfg.max_subject_tokens)
+    } else {
+        return Ok(());
+    };
+    state.policy.refused.count(limit);
+    Err(format!(
+        "limit exceeded: {limit} = {max} ({what} of {} bytes)",
+        s.len()
+    ))
 }
 
 async fn write_loop(conn: Arc<Conn>, mut wr: Half) {

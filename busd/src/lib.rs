@@ -16,6 +16,7 @@
 //! - [`outbox`]: each connection's bounded queue; drops are counted and
 //!   reported with `Lagged`.
 //! - [`registry`]: live connections and their counters.
+//! - [`policy`]: who may connect and administer, per-uid quotas, refusal counters.
 //! - [`api`]: `$BUS.api.*` requests and `$BUS.event.*` events.
 //!
 //! ## The path of one message
@@ -31,6 +32,7 @@ pub mod config;
 pub mod conn;
 pub mod listener;
 pub mod outbox;
+pub mod policy;
 pub mod registry;
 pub mod router;
 pub mod server;

@@ -10,70 +10,105 @@ use tokio_util::sync::CancellationToken;
 ///
 /// With no flags it runs the embedded default configuration on the default
 /// socket ($BUS_ADDRESS, else $XDG_RUNTIME_DIR/bus/busd.sock, else
-/// /tmp/bus-$UID/busd.sock). Logs go to stderr; set RUST_LOG (e.g. debug).
+/// /tmp/bus-$UID/busd.sock). Settings come from the defaults, then
+/// --config FILE (TOML, same names with underscores), then flags.
+/// Logs go to stderr; set RUST_LOG (e.g. debug).
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
+    /// TOML file with settings (see --print-config for every key).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
     /// Unix socket path to listen on.
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
-    /// Permission bits of the socket file, in octal.
-    #[arg(long, value_name = "MODE", value_parser = parse_mode, default_value = "600")]
-    socket_mode: u32,
-    /// Largest frame accepted (e.g. 1MiB, 65536).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "1MiB")]
-    max_frame: u64,
-    /// Bytes queued per connection before its messages are dropped (and reported).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "8MiB")]
-    max_pending: u64,
-    /// Time a new connection has to complete the handshake.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "5s")]
-    handshake_timeout: Duration,
-    /// Ping connections silent for this long; close after --max-pings-missed.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "30s")]
-    ping_interval: Duration,
-    /// Unanswered pings before a connection is closed.
-    #[arg(long, value_name = "N", default_value_t = 2)]
-    max_pings_missed: u32,
-    /// Live connections at once.
-    #[arg(long, value_name = "N", default_value_t = 10_000)]
-    max_connections: usize,
-    /// Subscriptions per connection.
-    #[arg(long, value_name = "N", default_value_t = 10_000)]
-    max_subscriptions: usize,
-    /// How long connections may flush on shutdown.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "2s")]
-    shutdown_grace: Duration,
+    /// Permission bits of the socket file, in octal [default: 600].
+    #[arg(long, value_name = "MODE", value_parser = busd::config::parse_mode)]
+    socket_mode: Option<u32>,
+    /// Largest frame accepted (e.g. 1MiB, 65536) [default: 1MiB].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_frame: Option<u64>,
+    /// Bytes queued per connection before its messages are dropped (and reported) [default: 8MiB].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_pending: Option<u64>,
+    /// Time a new connection has to complete the handshake [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    handshake_timeout: Option<Duration>,
+    /// Ping connections silent for this long; close after --max-pings-missed [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    ping_interval: Option<Duration>,
+    /// Unanswered pings before a connection is closed [default: 2].
+    #[arg(long, value_name = "N")]
+    max_pings_missed: Option<u32>,
+    /// Live connections at once [default: 10000].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Live connections of one Unix user [default: 10000].
+    #[arg(long, value_name = "N")]
+    max_connections_per_uid: Option<usize>,
+    /// Subscriptions per connection [default: 10000].
+    #[arg(long, value_name = "N")]
+    max_subscriptions: Option<usize>,
+    /// Bytes in a subject or pattern [default: 1024].
+    #[arg(long, value_name = "N")]
+    max_subject_len: Option<usize>,
+    /// Dot-separated tokens in a subject or pattern [default: 64].
+    #[arg(long, value_name = "N")]
+    max_subject_tokens: Option<usize>,
+    /// How long connections may flush on shutdown [default: 2s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    shutdown_grace: Option<Duration>,
+    /// Also let this Unix user connect (repeatable; the daemon's user and root always may).
+    #[arg(long, value_name = "UID")]
+    allow_uid: Vec<u32>,
+    /// Also let members of this primary group connect (repeatable).
+    #[arg(long, value_name = "GID")]
+    allow_gid: Vec<u32>,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
     s.parse::<bytesize::ByteSize>().map(|b| b.as_u64())
 }
 
-fn parse_mode(s: &str) -> Result<u32, String> {
-    u32::from_str_radix(s.trim_start_matches("0o"), 8)
-        .ok()
-        .filter(|m| *m <= 0o777)
-        .ok_or_else(|| format!("{s:?} is not an octal permission mode like 600"))
-}
-
 impl Args {
+    /// Defaults, then the config file, then flags.
     fn into_config(self) -> Result<Config, String> {
-        let mut c = Config::default();
-        if let Some(s) = self.socket {
-            c.socket = s;
+        let mut c = match &self.config {
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+                Config::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        fn set<T>(slot: &mut T, flag: Option<T>) {
+            if let Some(v) = flag {
+                *slot = v;
+            }
         }
-        c.socket_mode = self.socket_mode;
-        c.max_frame =
-            u32::try_from(self.max_frame).map_err(|_| "--max-frame must be below 4 GiB".to_owned())?;
-        c.max_pending =
-            usize::try_from(self.max_pending).map_err(|_| "--max-pending is too large".to_owned())?;
-        c.handshake_timeout = self.handshake_timeout;
-        c.ping_interval = self.ping_interval;
-        c.max_pings_missed = self.max_pings_missed;
-        c.max_connections = self.max_connections;
-        c.max_subscriptions = self.max_subscriptions;
-        c.shutdown_grace = self.shutdown_grace;
+        set(&mut c.socket, self.socket);
+        set(&mut c.socket_mode, self.socket_mode);
+        if let Some(v) = self.max_frame {
+            c.max_frame = u32::try_from(v).map_err(|_| "--max-frame must be below 4 GiB".to_owned())?;
+        }
+        if let Some(v) = self.max_pending {
+            c.max_pending = usize::try_from(v).map_err(|_| "--max-pending is too large".to_owned())?;
+        }
+        set(&mut c.handshake_timeout, self.handshake_timeout);
+        set(&mut c.ping_interval, self.ping_interval);
+        set(&mut c.max_pings_missed, self.max_pings_missed);
+        set(&mut c.max_connections, self.max_connections);
+        set(&mut c.max_connections_per_uid, self.max_connections_per_uid);
+        set(&mut c.max_subscriptions, self.max_subscriptions);
+        set(&mut c.max_subject_len, self.max_subject_len);
+        set(&mut c.max_subject_tokens, self.max_subject_tokens);
+        set(&mut c.shutdown_grace, self.shutdown_grace);
+        c.allow_uid.extend(self.allow_uid);
+        c.allow_gid.extend(self.allow_gid);
+        c.validate()?;
         Ok(c)
     }
 }
@@ -87,6 +122,7 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    let print_config = args.print_config;
     let config = match args.into_config() {
         Ok(c) => c,
         Err(e) => {
@@ -94,6 +130,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if print_config {
+        print!("{}", config.to_toml());
+        return ExitCode::SUCCESS;
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

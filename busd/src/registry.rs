@@ -57,6 +57,30 @@ pub struct Conn {
     pub stats: Stats,
     /// Subscriptions by sid (for listing and cleanup).
     pub subs: Mutex<BTreeMap<u64, SubInfo>>,
+    /// Set by an administrator's kick; the reader closes the connection.
+    pub kick: Kick,
+}
+
+/// A request to close a connection, with the id of the connection that asked.
+#[derive(Debug, Default)]
+pub struct Kick {
+    by: AtomicU64,
+    notify: tokio::sync::Notify,
+}
+
+impl Kick {
+    /// Asks the connection's reader to close it.
+    pub fn request(&self, by: u64) {
+        self.by.store(by, Relaxed);
+        // notify_one keeps a permit if the reader is not waiting right now.
+        self.notify.notify_one();
+    }
+
+    /// Completes once a kick was requested; yields who asked.
+    pub async fn requested(&self) -> u64 {
+        self.notify.notified().await;
+        self.by.load(Relaxed)
+    }
 }
 
 impl Conn {
@@ -127,6 +151,11 @@ impl Registry {
         t.bytes_in.fetch_add(conn.stats.bytes_in.load(Relaxed), Relaxed);
         t.bytes_out.fetch_add(conn.stats.bytes_out.load(Relaxed), Relaxed);
         t.dropped.fetch_add(conn.outbox.dropped(), Relaxed);
+    }
+
+    /// The live connection with this id.
+    pub fn get(&self, id: u64) -> Option<Arc<Conn>> {
+        lock(&self.conns).get(&id).cloned()
     }
 
     /// Live connections, by id.

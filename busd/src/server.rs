@@ -18,6 +18,7 @@ use crate::{
     config::Config,
     conn,
     listener::UnixListener,
+    policy::Policy,
     registry::{unix_ms, Registry},
     router::Router,
     Error,
@@ -57,6 +58,8 @@ pub struct State {
     pub clock: Clock,
     /// Addresses listened on.
     pub listen: Vec<String>,
+    /// Access policy, per-uid quotas and refusal counters.
+    pub policy: Arc<Policy>,
 }
 
 /// A bound daemon, ready to [`run`](Server::run).
@@ -72,7 +75,9 @@ impl Server {
         config.validate().map_err(Error::Config)?;
         let listener = UnixListener::bind(&config.socket, config.socket_mode)?;
         let address = Address::Unix(listener.path().to_owned());
+        let policy = Arc::new(Policy::new(&config, nix::unistd::geteuid().as_raw()));
         let state = Arc::new(State {
+            policy,
             config,
             router: Router::default(),
             registry: Registry::default(),
@@ -119,6 +124,7 @@ impl Server {
                         }
                         Err(_) => {
                             let max = state.config.max_connections;
+                            state.policy.refused.count("max_connections");
                             tracing::warn!(?peer, "refusing connection: max_connections ({max}) reached");
                             tracker.spawn(async move {
                                 let msg = format!("limit exceeded: max_connections = {max}");

@@ -1,35 +1,37 @@
-//! The client: a cheap-to-clone [`Bus`] handle over one daemon connection.
+//! The client: a cheap-to-clone [`Bus`] handle over a self-healing daemon
+//! connection.
 //!
-//! Two tasks own the socket. The writer drains one shared output buffer: every
-//! call encodes its frame straight into that buffer (under a short std mutex)
-//! and wakes the writer, so many frames leave in one `write`. The reader
-//! decodes frames and routes them: messages to their subscription's channel,
-//! replies to the waiting request, `Pong`s to waiting flushes, and it answers
-//! the daemon's `Ping`s itself.
+//! Every call encodes its frame straight into one shared output buffer (under
+//! a short std mutex) and wakes the writer task, so many frames leave in one
+//! `write`. The driver task reads frames and routes them: messages to their
+//! subscription's channel, replies to the waiting request, `Pong`s to waiting
+//! flushes, and it answers the daemon's `Ping`s itself. When the link fails it
+//! reconnects ([`crate::session`]); the buffer, the subscriptions and the
+//! `Bus` handles survive.
 
 use std::{
     collections::{HashMap, VecDeque},
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU32, AtomicU64, Ordering},
         Arc, Mutex, MutexGuard,
     },
     time::Duration,
 };
 
-use futures_util::StreamExt;
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::{
-    io::AsyncWriteExt,
-    sync::{mpsc, oneshot, Notify},
+    sync::{broadcast, mpsc, oneshot, Notify},
     task::JoinHandle,
 };
 use tokio_util::codec::FramedRead;
 
 use crate::{
     codec::{self, CodecError},
-    proto::{self, ClientFrame, ServerFrame},
+    events::{Event, Events},
+    proto::{self, ClientFrame, ErrorCode},
+    session::{self, Link, Reconnect},
     subject,
-    transport::{self, Half},
+    transport::Half,
     Address, Delivery, Error, Message, Result, Subscription,
 };
 
@@ -39,7 +41,7 @@ use crate::{
 pub struct ConnectOptions {
     /// Name shown by `bus-cli list`. Default: the program's file name.
     pub name: String,
-    /// Bound on connecting plus the handshake. Default 5 s.
+    /// Bound on connecting plus the handshake (also per reconnect attempt). Default 5 s.
     pub connect_timeout: Duration,
     /// Default bound on [`Bus::request`] and [`Bus::flush`]. Default 5 s.
     pub request_timeout: Duration,
@@ -49,6 +51,13 @@ pub struct ConnectOptions {
     /// Bytes of unsent frames after which `publish` waits for the socket.
     /// Default 8 MiB.
     pub max_write_buffer: usize,
+    /// How to reconnect after the link fails; `None` closes the `Bus`
+    /// instead. Default: [`Reconnect::default`].
+    pub reconnect: Option<Reconnect>,
+    /// `reconnect_buffer`: bytes of publishes held while disconnected (sent
+    /// after reconnecting); beyond it `publish` fails with
+    /// [`Error::LimitExceeded`]. Default 8 MiB.
+    pub reconnect_buffer: usize,
 }
 
 impl Default for ConnectOptions {
@@ -67,6 +76,8 @@ impl Default for ConnectOptions {
             request_timeout: Duration::from_secs(5),
             subscription_capacity: 8192,
             max_write_buffer: 8 << 20,
+            reconnect: Some(Reconnect::default()),
+            reconnect_buffer: 8 << 20,
         }
     }
 }
@@ -87,39 +98,55 @@ impl ConnectOptions {
         self.subscription_capacity = n.max(1);
         self
     }
+    /// Sets the reconnection policy; `None` disables reconnecting.
+    pub fn reconnect(mut self, policy: Option<Reconnect>) -> Self {
+        self.reconnect = policy;
+        self
+    }
+    /// Sets the bound on publishes buffered while disconnected.
+    pub fn reconnect_buffer(mut self, bytes: usize) -> Self {
+        self.reconnect_buffer = bytes;
+        self
+    }
 }
 
 /// A connection to the bus. Clone it freely: clones share the connection,
 /// which closes when the last clone (and the last [`Subscription`]) is dropped
 /// or on [`Bus::close`].
+///
+/// If the daemon goes away, the `Bus` reconnects (see
+/// [`ConnectOptions::reconnect`]): subscriptions are re-established and carry
+/// on, publishes are buffered meanwhile, in-flight requests fail with
+/// [`Error::Disconnected`]. [`Bus::events`] reports each step.
 #[derive(Clone, Debug)]
 pub struct Bus {
     pub(crate) shared: Arc<Shared>,
     handle: Arc<Handle>,
 }
 
-/// Owns the tasks; dropping it ends the connection.
+/// Owns the driver task; dropping it ends the connection.
 #[derive(Debug)]
 struct Handle {
     shared: Arc<Shared>,
-    reader: JoinHandle<()>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    driver: JoinHandle<()>,
 }
 
 impl Drop for Handle {
     fn drop(&mut self) {
         // The writer sends what is buffered, then drops its half (EOF for the daemon).
         self.shared.close_output(None);
-        self.reader.abort();
+        self.driver.abort();
     }
 }
 
-/// Frames waiting for the writer.
+/// Frames waiting for the writer, and the link state.
 #[derive(Debug, Default)]
-struct Output {
-    buf: Vec<u8>,
+pub(crate) struct Output {
+    pub buf: Vec<u8>,
     /// No more frames are accepted; the writer exits once `buf` is sent.
-    closed: bool,
+    pub closed: bool,
+    /// A link is up (else frames wait for the next one).
+    pub connected: bool,
 }
 
 /// Deliveries handed to a subscription at once: the reader groups what one
@@ -133,34 +160,51 @@ const MAX_BATCH: usize = 256;
 /// A request waiting for its reply: its subject (for errors) and where the reply goes.
 type PendingReply = (String, oneshot::Sender<Result<Message>>);
 
+/// A live subscription: where its deliveries go, and what to re-send after a
+/// reconnect.
+#[derive(Debug)]
+pub(crate) struct SubEntry {
+    tx: mpsc::Sender<Batch>,
+    pattern: String,
+    queue: Option<String>,
+}
+
 /// State shared by handles, tasks, subscriptions and messages.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    opts: ConnectOptions,
-    conn_id: u64,
-    server_id: String,
-    max_frame: u32,
-    output: Mutex<Output>,
+    pub opts: ConnectOptions,
+    pub address: Address,
+    conn_id: AtomicU64,
+    max_frame: AtomicU32,
+    server_id: Mutex<String>,
+    pub output: Mutex<Output>,
     /// Wakes the writer: frames were added, or output closed.
-    output_ready: Notify,
+    pub output_ready: Notify,
     /// Wakes publishers waiting for buffer space.
-    output_space: Notify,
-    subs: Mutex<HashMap<u64, mpsc::Sender<Batch>>>,
+    pub output_space: Notify,
+    /// The current link's writer task.
+    writer: Mutex<Option<JoinHandle<()>>>,
+    subs: Mutex<HashMap<u64, SubEntry>>,
+    /// Subscribes waiting for the daemon's verdict: `Some` once refused.
+    refused: Mutex<HashMap<u64, Option<Error>>>,
     next_sid: AtomicU64,
     /// Flushes waiting for their `Pong`, in send order. Locked inside `output`.
     pongs: Mutex<VecDeque<oneshot::Sender<()>>>,
     /// Sid of the `_INBOX.<id>.>` subscription (0 = not yet made).
-    inbox_sid: AtomicU64,
+    pub inbox_sid: AtomicU64,
     inbox_prefix: String,
     requests: Mutex<HashMap<u64, PendingReply>>,
     next_request: AtomicU64,
-    /// Why the connection ended, once it has.
+    /// Why the connection ended for good, once it has.
     closed: Mutex<Option<String>>,
-    /// The daemon's last `Error` message, reported when it then closes.
-    last_error: Mutex<Option<String>>,
+    /// Why the current link is down, while reconnecting.
+    down: Mutex<Option<String>>,
+    /// The daemon's last `Error`, reported when it then closes.
+    pub last_error: Mutex<Option<(ErrorCode, String)>>,
+    events: broadcast::Sender<Event>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A poisoned lock only means another thread panicked mid-update of plain
     // data; the data is still usable.
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -183,63 +227,28 @@ impl Bus {
         Self::connect(&Address::from_env()?).await
     }
 
-    /// Connects with explicit options.
+    /// Connects with explicit options. The first connection is not retried:
+    /// with no daemon this fails at once with [`Error::NoDaemon`].
     pub async fn connect_with(address: &Address, opts: ConnectOptions) -> Result<Bus> {
         let t = opts.connect_timeout;
-        tokio::time::timeout(t, Self::connect_inner(address, opts))
+        let link = tokio::time::timeout(t, session::open(address, &opts.name))
             .await
-            .map_err(|_| Error::Timeout(t))?
-    }
-
-    async fn connect_inner(address: &Address, opts: ConnectOptions) -> Result<Bus> {
-        let Address::Unix(path) = address;
-        let no_daemon = |source| Error::NoDaemon {
-            address: address.to_string(),
-            source,
-        };
-        let stream = transport::connect_unix(path).await.map_err(no_daemon)?;
-        let (rx, mut tx) = transport::split(stream);
-
-        let mut buf = Vec::new();
-        let hello = ClientFrame::Hello(proto::Hello {
-            version: proto::PROTOCOL_VERSION,
-            name: &opts.name,
-            role: proto::Role::Client,
-            auth: None,
-        });
-        codec::encode_into(&hello, &mut buf, proto::DEFAULT_MAX_FRAME).map_err(codec_err)?;
-        tx.write_all(&buf).await?;
-
-        let mut frames = FramedRead::new(rx, codec::frame_codec(proto::DEFAULT_MAX_FRAME));
-        let first = frames.next().await.ok_or(Error::Disconnected {
-            reason: Some("daemon closed the connection during the handshake".into()),
-        })??;
-        let welcome = match codec::decode::<ServerFrame>(&first).map_err(codec_err)? {
-            ServerFrame::Welcome(w) => w,
-            ServerFrame::Error { code, message } => {
-                return Err(Error::Server {
-                    code,
-                    message: message.into(),
-                })
-            }
-            other => return Err(Error::Protocol(format!("expected Welcome, got {other:?}"))),
-        };
-        // A delivery carries the published frame plus a sid: allow some slack.
-        frames
-            .decoder_mut()
-            .set_max_frame(welcome.max_frame as usize + 64);
-
+            .map_err(|_| Error::Timeout(t))??;
         let shared = Arc::new(Shared {
-            conn_id: welcome.conn_id,
-            server_id: welcome.server_id.to_owned(),
-            max_frame: welcome.max_frame,
+            conn_id: AtomicU64::new(link.conn_id),
+            max_frame: AtomicU32::new(link.max_frame),
+            server_id: Mutex::new(String::new()),
+            address: address.clone(),
             output: Mutex::new(Output {
                 buf: Vec::with_capacity(64 << 10),
                 closed: false,
+                connected: false,
             }),
             output_ready: Notify::new(),
             output_space: Notify::new(),
+            writer: Mutex::new(None),
             subs: Mutex::new(HashMap::new()),
+            refused: Mutex::new(HashMap::new()),
             next_sid: AtomicU64::new(1),
             pongs: Mutex::new(VecDeque::new()),
             inbox_sid: AtomicU64::new(0),
@@ -247,38 +256,77 @@ impl Bus {
             requests: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
             closed: Mutex::new(None),
+            down: Mutex::new(None),
             last_error: Mutex::new(None),
+            events: broadcast::channel(256).0,
             opts,
         });
-        let writer = tokio::spawn(write_loop(shared.clone(), tx));
-        let reader = tokio::spawn(read_loop(shared.clone(), frames));
+        let frames = shared.start_link(link, None);
+        let driver = tokio::spawn(session::drive(shared.clone(), frames));
         let handle = Arc::new(Handle {
             shared: shared.clone(),
-            reader,
-            writer: Mutex::new(Some(writer)),
+            driver,
         });
         Ok(Bus { shared, handle })
     }
 
-    /// This connection's id in the daemon (the ID column of `bus-cli list`).
+    /// This connection's id in the daemon (the ID column of `bus-cli list`);
+    /// changes when the `Bus` reconnects.
     pub fn conn_id(&self) -> u64 {
-        self.shared.conn_id
+        self.shared.conn_id.load(Ordering::Relaxed)
     }
 
-    /// The daemon instance's random id.
-    pub fn server_id(&self) -> &str {
-        &self.shared.server_id
+    /// The daemon instance's random id (changes if the daemon restarted).
+    pub fn server_id(&self) -> String {
+        lock(&self.shared.server_id).clone()
     }
 
     /// Largest frame the daemon accepts; bigger publishes fail with
     /// [`Error::LimitExceeded`].
     pub fn max_frame(&self) -> u32 {
-        self.shared.max_frame
+        self.shared.max_frame.load(Ordering::Relaxed)
+    }
+
+    /// Connection events: the current state first, then every change.
+    ///
+    /// ```no_run
+    /// # async fn f(bus: libbus::Bus) {
+    /// let mut events = bus.events();
+    /// while let Some(e) = events.next().await {
+    ///     eprintln!("bus: {e:?}");
+    /// }
+    /// # }
+    /// ```
+    pub fn events(&self) -> Events {
+        let out = lock(&self.shared.output);
+        // Under the output lock no state change is in progress, so the
+        // current state and the change stream line up.
+        let current = if out.closed {
+            Event::Closed {
+                reason: lock(&self.shared.closed).clone().unwrap_or_default(),
+            }
+        } else if out.connected {
+            Event::Connected {
+                conn_id: self.conn_id(),
+            }
+        } else {
+            Event::Disconnected {
+                reason: lock(&self.shared.down).clone().unwrap_or_default(),
+            }
+        };
+        Events::new(current, self.shared.events.subscribe())
+    }
+
+    /// True while a link to the daemon is up.
+    pub fn is_connected(&self) -> bool {
+        let out = lock(&self.shared.output);
+        out.connected && !out.closed
     }
 
     /// Publishes `payload` to `subject`. Returns once the frame is buffered;
     /// waits only while the output buffer is full. Use [`flush`](Self::flush)
-    /// to wait until the daemon has routed it.
+    /// to wait until the daemon has routed it. While disconnected, publishes
+    /// are held (up to `reconnect_buffer` bytes) and sent after reconnecting.
     ///
     /// ```no_run
     /// # async fn f(bus: libbus::Bus) -> libbus::Result<()> {
@@ -309,7 +357,8 @@ impl Bus {
 
     /// Subscribes to `pattern` (`*` = one token, `>` = the rest). Returns after
     /// the daemon has registered it, so messages published afterwards by anyone
-    /// are delivered.
+    /// are delivered. Fails with [`Error::Server`] if the daemon refuses it
+    /// (e.g. `max_subscriptions`).
     ///
     /// ```no_run
     /// # async fn f(bus: libbus::Bus) -> libbus::Result<()> {
@@ -336,9 +385,16 @@ impl Bus {
 
     async fn subscribe_inner(&self, pattern: &str, queue: Option<&str>) -> Result<Subscription> {
         subject::validate_pattern(pattern)?;
-        let sid = self.shared.next_sid.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(self.shared.batches_per_subscription());
-        lock(&self.shared.subs).insert(sid, tx);
+        let shared = &self.shared;
+        let sid = shared.next_sid.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(shared.batches_per_subscription());
+        let entry = SubEntry {
+            tx,
+            pattern: pattern.to_owned(),
+            queue: queue.map(ToOwned::to_owned),
+        };
+        lock(&shared.subs).insert(sid, entry);
+        lock(&shared.refused).insert(sid, None);
         // From here on, dropping `sub` unsubscribes, also on the error path.
         let sub = Subscription {
             sid,
@@ -347,15 +403,23 @@ impl Bus {
             bus: self.clone(),
             dropped: 0,
         };
-        self.shared
-            .send_now(&ClientFrame::Sub(proto::Sub { sid, pattern, queue }))?;
-        self.flush().await?;
-        Ok(sub)
+        let sent = shared.send_now(&ClientFrame::Sub(proto::Sub { sid, pattern, queue }));
+        // The daemon answers a refusal before the flush's Pong.
+        let flushed = match sent {
+            Ok(()) => self.flush().await,
+            Err(e) => Err(e),
+        };
+        let refusal = lock(&shared.refused).remove(&sid).flatten();
+        match (refusal, flushed) {
+            (Some(e), _) | (None, Err(e)) => Err(e),
+            (None, Ok(())) => Ok(sub),
+        }
     }
 
     /// Sends a request and waits for the first reply, up to the default
     /// request timeout. Fails at once with [`Error::NoResponders`] when nothing
-    /// subscribes to `subject`, else with [`Error::Timeout`].
+    /// subscribes to `subject`, with [`Error::Disconnected`] if the link is
+    /// down or fails before the reply, else with [`Error::Timeout`].
     ///
     /// ```no_run
     /// # async fn f(bus: libbus::Bus) -> libbus::Result<()> {
@@ -382,6 +446,10 @@ impl Bus {
         let (tx, rx) = oneshot::channel();
         lock(&shared.requests).insert(n, (subject.to_owned(), tx));
         let _pending = PendingRequest { shared, n };
+        // Registered first: a link lost from here on fails this request.
+        if !self.is_connected() {
+            return Err(shared.disconnected());
+        }
         shared.publish(subject, Some(&reply_to), payload.as_ref()).await?;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(result)) => result,
@@ -402,7 +470,9 @@ impl Bus {
     }
 
     /// Waits until the daemon has processed everything sent so far (a
-    /// `Ping`/`Pong` round trip), bounded by the request timeout.
+    /// `Ping`/`Pong` round trip), bounded by the request timeout. While
+    /// disconnected it waits for the next link; it fails with
+    /// [`Error::Disconnected`] if its link is lost.
     pub async fn flush(&self) -> Result<()> {
         let rx = self.shared.send_ping()?;
         let t = self.shared.opts.request_timeout;
@@ -416,19 +486,23 @@ impl Bus {
     /// Flushes, then ends the connection. Other clones see
     /// [`Error::Disconnected`] afterwards.
     pub async fn close(&self) -> Result<()> {
-        let flushed = self.flush().await;
+        let flushed = if self.is_connected() {
+            self.flush().await
+        } else {
+            Ok(())
+        };
         self.shared.close_output(Some("closed by the client".into()));
-        let writer = lock(&self.handle.writer).take();
+        let writer = lock(&self.shared.writer).take();
         if let Some(w) = writer {
             let _ = tokio::time::timeout(self.shared.opts.request_timeout, w).await;
         }
-        self.handle.reader.abort();
+        self.handle.driver.abort();
         flushed
     }
 
-    /// True once the connection has ended.
+    /// True once the connection has ended for good.
     pub fn is_closed(&self) -> bool {
-        lock(&self.shared.closed).is_some()
+        self.shared.is_closed()
     }
 
     /// [`Error::Disconnected`] with the reason the connection ended (if it has).
@@ -449,7 +523,7 @@ impl Drop for PendingRequest<'_> {
     }
 }
 
-fn codec_err(e: CodecError) -> Error {
+pub(crate) fn codec_err(e: CodecError) -> Error {
     match e {
         CodecError::TooLarge { max, .. } => Error::LimitExceeded {
             limit: "max_frame",
@@ -459,11 +533,145 @@ fn codec_err(e: CodecError) -> Error {
     }
 }
 
-impl Shared {
-    pub(crate) fn disconnected(&self) -> Error {
-        Error::Disconnected {
-            reason: lock(&self.closed).clone(),
+/// Keeps only the `Pub` frames of `buf`: control frames of a lost link are
+/// stale (their subscriptions are re-sent, their pings were failed).
+fn keep_publishes(buf: &mut Vec<u8>) {
+    let mut kept = Vec::with_capacity(buf.len());
+    let mut rest = &buf[..];
+    while let Some(len) = rest.get(..proto::LEN_PREFIX) {
+        let n = proto::LEN_PREFIX + u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let Some(frame) = rest.get(..n) else { break };
+        if frame.get(proto::LEN_PREFIX) == Some(&proto::PUB_TAG) {
+            kept.extend_from_slice(frame);
         }
+        rest = &rest[n..];
+    }
+    *buf = kept;
+}
+
+impl Shared {
+    pub(crate) fn is_closed(&self) -> bool {
+        lock(&self.closed).is_some()
+    }
+
+    pub(crate) fn disconnected(&self) -> Error {
+        let reason = lock(&self.closed).clone().or_else(|| lock(&self.down).clone());
+        Error::Disconnected { reason }
+    }
+
+    fn emit(&self, event: Event) {
+        // No receivers is fine: nobody asked for events.
+        let _ = self.events.send(event);
+    }
+
+    /// Takes a handshaken link into use: records its identity, spawns its
+    /// writer and returns its reader. After a reconnect (`resubscribe` set to
+    /// the attempt count), every live subscription is sent again, ahead of
+    /// whatever was buffered meanwhile.
+    pub(crate) fn start_link(
+        self: &Arc<Self>,
+        link: Link,
+        attempts: Option<u32>,
+    ) -> FramedRead<Half, codec::FrameCodec> {
+        let Link {
+            frames,
+            writer,
+            conn_id,
+            server_id,
+            max_frame,
+        } = link;
+        self.conn_id.store(conn_id, Ordering::Relaxed);
+        self.max_frame.store(max_frame, Ordering::Relaxed);
+        *lock(&self.server_id) = server_id;
+        {
+            let mut out = lock(&self.output);
+            if attempts.is_some() {
+                let mut preamble = Vec::new();
+                self.encode_subscriptions(&mut preamble, max_frame);
+                preamble.extend_from_slice(&out.buf);
+                out.buf = preamble;
+            }
+            out.connected = true;
+            *lock(&self.down) = None;
+            self.emit(match attempts {
+                Some(attempts) => Event::Reconnected { conn_id, attempts },
+                None => Event::Connected { conn_id },
+            });
+        }
+        let task = tokio::spawn(session::write_loop(self.clone(), writer));
+        *lock(&self.writer) = Some(task);
+        self.output_ready.notify_one();
+        frames
+    }
+
+    /// `Sub` frames for every live subscription and the request inbox.
+    fn encode_subscriptions(&self, buf: &mut Vec<u8>, max_frame: u32) {
+        let subs = lock(&self.subs);
+        let mut sids: Vec<_> = subs.keys().copied().collect();
+        sids.sort_unstable();
+        let inbox = self.inbox_sid.load(Ordering::Acquire);
+        let inbox_pattern = format!("{}>", self.inbox_prefix);
+        let all = sids
+            .iter()
+            .filter_map(|sid| {
+                subs.get(sid)
+                    .map(|e| (*sid, e.pattern.as_str(), e.queue.as_deref()))
+            })
+            .chain((inbox != 0).then_some((inbox, inbox_pattern.as_str(), None)));
+        for (sid, pattern, queue) in all {
+            let frame = ClientFrame::Sub(proto::Sub { sid, pattern, queue });
+            if let Err(e) = codec::encode_into(&frame, buf, max_frame) {
+                tracing::warn!(sid, pattern, "cannot re-send subscription: {e}");
+            }
+        }
+    }
+
+    /// After a successful reconnect: resume with `link`. `None` if the bus
+    /// was closed meanwhile.
+    pub(crate) fn resume(
+        self: &Arc<Self>,
+        link: Link,
+        attempts: u32,
+    ) -> Option<FramedRead<Half, codec::FrameCodec>> {
+        if self.is_closed() {
+            return None;
+        }
+        tracing::info!(conn_id = link.conn_id, attempts, "bus connection re-established");
+        Some(self.start_link(link, Some(attempts)))
+    }
+
+    /// Stops the current link's writer (the link has failed).
+    pub(crate) async fn stop_writer(&self) {
+        let writer = lock(&self.writer).take();
+        if let Some(w) = writer {
+            w.abort();
+            let _ = w.await;
+        }
+    }
+
+    /// The link failed and a reconnect follows: fail what waited on this
+    /// link, keep what can be re-sent. False if the bus is closed.
+    pub(crate) fn lose(&self, reason: &str) -> bool {
+        let pending: Vec<_> = {
+            let mut out = lock(&self.output);
+            if out.closed {
+                return false;
+            }
+            out.connected = false;
+            keep_publishes(&mut out.buf);
+            *lock(&self.down) = Some(reason.to_owned());
+            lock(&self.pongs).clear();
+            self.emit(Event::Disconnected {
+                reason: reason.to_owned(),
+            });
+            lock(&self.requests).drain().collect()
+        };
+        for (_, (_, tx)) in pending {
+            let _ = tx.send(Err(self.disconnected()));
+        }
+        // Publishers waiting for space now see the disconnected bound.
+        self.output_space.notify_waiters();
+        true
     }
 
     /// Buffers a publish, waiting while the output buffer is over its bound.
@@ -491,28 +699,38 @@ impl Shared {
     }
 
     /// Encodes `frame` into the output buffer and wakes the writer. With
-    /// `bounded`, returns `Ok(false)` instead when the buffer is full.
+    /// `bounded`, returns `Ok(false)` instead when the buffer is full, or
+    /// (while disconnected) fails when `reconnect_buffer` would be exceeded.
     fn buffer(&self, frame: &ClientFrame<'_>, bounded: bool) -> Result<bool> {
         let mut out = lock(&self.output);
         if out.closed {
             drop(out);
             return Err(self.disconnected());
         }
-        if bounded && out.buf.len() >= self.opts.max_write_buffer {
+        if bounded && out.connected && out.buf.len() >= self.opts.max_write_buffer {
             return Ok(false);
         }
         let was_empty = out.buf.is_empty();
-        codec::encode_into(frame, &mut out.buf, self.max_frame).map_err(codec_err)?;
+        let before = out.buf.len();
+        codec::encode_into(frame, &mut out.buf, self.max_frame.load(Ordering::Relaxed)).map_err(codec_err)?;
+        if bounded && !out.connected && out.buf.len() > self.opts.reconnect_buffer {
+            out.buf.truncate(before);
+            return Err(Error::LimitExceeded {
+                limit: "reconnect_buffer",
+                value: self.opts.reconnect_buffer as u64,
+            });
+        }
+        let connected = out.connected;
         drop(out);
         // The writer only waits once it has found the buffer empty.
-        if was_empty {
+        if was_empty && connected {
             self.output_ready.notify_one();
         }
         Ok(true)
     }
 
     /// Buffers a small control frame without waiting for space.
-    fn send_now(&self, frame: &ClientFrame<'_>) -> Result<()> {
+    pub(crate) fn send_now(&self, frame: &ClientFrame<'_>) -> Result<()> {
         self.buffer(frame, false).map(|_| ())
     }
 
@@ -524,11 +742,18 @@ impl Shared {
             drop(out);
             return Err(self.disconnected());
         }
-        codec::encode_into(&ClientFrame::Ping, &mut out.buf, self.max_frame).map_err(codec_err)?;
+        let max_frame = self.max_frame.load(Ordering::Relaxed);
+        codec::encode_into(&ClientFrame::Ping, &mut out.buf, max_frame).map_err(codec_err)?;
         lock(&self.pongs).push_back(tx);
         drop(out);
         self.output_ready.notify_one();
         Ok(rx)
+    }
+
+    pub(crate) fn pong(&self) {
+        if let Some(tx) = lock(&self.pongs).pop_front() {
+            let _ = tx.send(());
+        }
     }
 
     fn ensure_inbox(&self) -> Result<()> {
@@ -551,7 +776,8 @@ impl Shared {
             pattern: &pattern,
             queue: None,
         });
-        codec::encode_into(&frame, &mut out.buf, self.max_frame).map_err(codec_err)?;
+        let max_frame = self.max_frame.load(Ordering::Relaxed);
+        codec::encode_into(&frame, &mut out.buf, max_frame).map_err(codec_err)?;
         self.inbox_sid.store(sid, Ordering::Release);
         drop(out);
         self.output_ready.notify_one();
@@ -565,28 +791,50 @@ impl Shared {
         }
     }
 
+    /// The daemon refused subscription `sid`: end it, and tell the waiting
+    /// `subscribe` call (if any) why.
+    pub(crate) fn sub_refused(&self, sid: u64, code: ErrorCode, message: &str) {
+        tracing::warn!(sid, ?code, message, "subscription refused by the daemon");
+        lock(&self.subs).remove(&sid);
+        if let Some(slot) = lock(&self.refused).get_mut(&sid) {
+            *slot = Some(Error::Server {
+                code,
+                message: message.to_owned(),
+            });
+        }
+    }
+
+    /// The daemon dropped `dropped` messages for `sid`: tell the event stream.
+    pub(crate) fn lagged(&self, sid: u64, dropped: u64) {
+        let subject = lock(&self.subs).get(&sid).map(|e| e.pattern.clone());
+        if let Some(subject) = subject {
+            self.emit(Event::Lagged { subject, dropped });
+        }
+    }
+
     /// Stops accepting frames; the writer exits after sending what is buffered.
     /// With a reason, also marks the connection as ended.
-    fn close_output(&self, reason: Option<String>) {
-        lock(&self.output).closed = true;
+    pub(crate) fn close_output(&self, reason: Option<String>) {
+        let mut out = lock(&self.output);
+        out.closed = true;
         let mut closed = lock(&self.closed);
         if closed.is_none() {
-            *closed = Some(reason.unwrap_or_else(|| "closed by the client".into()));
+            let reason = reason.unwrap_or_else(|| "closed by the client".into());
+            self.emit(Event::Closed {
+                reason: reason.clone(),
+            });
+            *closed = Some(reason);
         }
         drop(closed);
+        drop(out);
         self.output_ready.notify_one();
         self.output_space.notify_waiters();
     }
 
-    /// The connection ended: wake and fail everyone waiting on it.
-    fn fail(&self, reason: String) {
-        {
-            let mut closed = lock(&self.closed);
-            if closed.is_none() {
-                *closed = Some(reason);
-            }
-        }
-        self.close_output(None);
+    /// The connection ended for good: wake and fail everyone waiting on it.
+    pub(crate) fn fail(&self, reason: String) {
+        tracing::debug!(%reason, "bus connection closed");
+        self.close_output(Some(reason));
         lock(&self.subs).clear();
         lock(&self.pongs).clear();
         let pending: Vec<_> = lock(&self.requests).drain().collect();
@@ -596,7 +844,7 @@ impl Shared {
     }
 
     /// Deliveries per batch: at most `MAX_BATCH` and the subscription capacity.
-    fn batch_size(&self) -> usize {
+    pub(crate) fn batch_size(&self) -> usize {
         self.opts.subscription_capacity.clamp(1, MAX_BATCH)
     }
 
@@ -607,19 +855,29 @@ impl Shared {
     }
 
     /// Hands each pending batch to its subscription, in order.
-    async fn deliver_all(&self, pending: &mut Vec<(u64, Batch)>) {
+    pub(crate) async fn deliver_all(&self, pending: &mut Vec<(u64, Batch)>) {
         for (sid, batch) in pending.drain(..) {
             self.deliver(sid, batch).await;
+        }
+    }
+
+    /// Hands over what can be handed over without waiting (the link ended).
+    pub(crate) fn deliver_now(&self, pending: &mut Vec<(u64, Batch)>) {
+        let subs = lock(&self.subs);
+        for (sid, batch) in pending.drain(..) {
+            if let Some(e) = subs.get(&sid) {
+                let _ = e.tx.try_send(batch);
+            }
         }
     }
 
     async fn deliver(&self, sid: u64, batch: Batch) {
         let blocked = {
             let subs = lock(&self.subs);
-            let Some(tx) = subs.get(&sid) else { return };
-            match tx.try_send(batch) {
+            let Some(e) = subs.get(&sid) else { return };
+            match e.tx.try_send(batch) {
                 Ok(()) => return,
-                Err(mpsc::error::TrySendError::Full(b)) => (tx.clone(), b),
+                Err(mpsc::error::TrySendError::Full(b)) => (e.tx.clone(), b),
                 Err(mpsc::error::TrySendError::Closed(_)) => return,
             }
         };
@@ -628,7 +886,11 @@ impl Shared {
         let _ = blocked.0.send(blocked.1).await;
     }
 
-    fn complete_request(&self, reply_subject: &str, result: impl FnOnce(String) -> Result<Message>) {
+    pub(crate) fn complete_request(
+        &self,
+        reply_subject: &str,
+        result: impl FnOnce(String) -> Result<Message>,
+    ) {
         let Some(n) = reply_subject
             .strip_prefix(self.inbox_prefix.as_str())
             .and_then(|t| t.parse::<u64>().ok())
@@ -641,129 +903,53 @@ impl Shared {
     }
 }
 
-async fn write_loop(shared: Arc<Shared>, mut tx: Half) {
-    let mut batch = Vec::with_capacity(64 << 10);
-    loop {
-        let closed = {
-            let mut out = lock(&shared.output);
-            std::mem::swap(&mut out.buf, &mut batch);
-            out.closed
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keep_publishes_drops_control_frames_only() {
+        let mut buf = Vec::new();
+        let frames = [
+            ClientFrame::Ping,
+            ClientFrame::Pub(proto::Pub {
+                subject: "a",
+                reply_to: None,
+                payload: b"1",
+            }),
+            ClientFrame::Sub(proto::Sub {
+                sid: 1,
+                pattern: "x",
+                queue: None,
+            }),
+            ClientFrame::Unsub { sid: 1 },
+            ClientFrame::Pub(proto::Pub {
+                subject: "b",
+                reply_to: Some("r"),
+                payload: b"2",
+            }),
+            ClientFrame::Pong,
+        ];
+        for f in &frames {
+            codec::encode_into(f, &mut buf, u32::MAX).unwrap();
+        }
+        keep_publishes(&mut buf);
+        let mut expected = Vec::new();
+        codec::encode_into(&frames[1], &mut expected, u32::MAX).unwrap();
+        codec::encode_into(&frames[4], &mut expected, u32::MAX).unwrap();
+        assert_eq!(buf, expected);
+    }
+
+    #[test]
+    fn backoff_doubles_to_the_cap_with_jitter() {
+        let r = Reconnect {
+            initial_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(2),
+            max_attempts: None,
         };
-        if batch.is_empty() {
-            if closed {
-                break;
-            }
-            shared.output_ready.notified().await;
-            continue;
-        }
-        shared.output_space.notify_waiters();
-        if let Err(e) = tx.write_all(&batch).await {
-            shared.fail(format!("write failed: {e}"));
-            break;
-        }
-        batch.clear();
-        if batch.capacity() > 4 << 20 {
-            batch.shrink_to(64 << 10);
+        for (n, full) in [(0, 100), (1, 200), (3, 800), (5, 2000), (40, 2000)] {
+            let d = r.delay(n).as_millis();
+            assert!(d >= full / 2 && d <= full, "attempt {n}: {d} ms");
         }
     }
-    // The socket closes when the reader's half is dropped too.
-}
-
-/// True if `buf` holds at least one complete frame.
-fn frame_buffered(buf: &[u8]) -> bool {
-    match buf.get(..proto::LEN_PREFIX) {
-        Some(len) => {
-            let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
-            buf.len() >= proto::LEN_PREFIX + len
-        }
-        None => false,
-    }
-}
-
-/// Adds `d` to the pending batch of `sid`; true if that batch is now full.
-fn add_pending(pending: &mut Vec<(u64, Batch)>, sid: u64, d: Delivery, max: usize) -> bool {
-    let i = match pending.iter().position(|(s, _)| *s == sid) {
-        Some(i) => i,
-        None => {
-            pending.push((sid, Vec::with_capacity(8)));
-            pending.len() - 1
-        }
-    };
-    pending[i].1.push(d);
-    pending[i].1.len() >= max
-}
-
-async fn read_loop(shared: Arc<Shared>, mut frames: FramedRead<Half, codec::FrameCodec>) {
-    let max_batch = shared.batch_size();
-    let mut pending: Vec<(u64, Batch)> = Vec::new();
-    let reason = loop {
-        // Hand over what this read brought in before waiting on the socket.
-        if !pending.is_empty() && !frame_buffered(frames.read_buffer()) {
-            shared.deliver_all(&mut pending).await;
-        }
-        let frame = match frames.next().await {
-            None => break "daemon closed the connection".to_owned(),
-            Some(Err(e)) => break format!("read failed: {e}"),
-            Some(Ok(f)) => f.freeze(),
-        };
-        let decoded = match codec::decode::<ServerFrame>(&frame) {
-            Ok(f) => f,
-            Err(e) => break format!("bad frame from daemon: {e}"),
-        };
-        match decoded {
-            ServerFrame::Msg(m) => {
-                let msg = Message {
-                    subject: frame.slice_ref(m.subject.as_bytes()),
-                    reply_to: m.reply_to.map(|r| frame.slice_ref(r.as_bytes())),
-                    payload: frame.slice_ref(m.payload),
-                    // Only requests can be answered; others skip the refcount.
-                    shared: m.reply_to.map(|_| shared.clone()),
-                };
-                if m.sid == shared.inbox_sid.load(Ordering::Acquire) {
-                    shared.complete_request(m.subject, |_| Ok(msg));
-                } else if add_pending(&mut pending, m.sid, Delivery::Message(msg), max_batch) {
-                    shared.deliver_all(&mut pending).await;
-                }
-            }
-            ServerFrame::Lagged { sid, dropped } => {
-                if add_pending(&mut pending, sid, Delivery::Lagged(dropped), max_batch) {
-                    shared.deliver_all(&mut pending).await;
-                }
-            }
-            ServerFrame::NoResponders { reply_to } => {
-                shared.complete_request(reply_to, |subject| Err(Error::NoResponders { subject }));
-            }
-            ServerFrame::Ping => {
-                if shared.send_now(&ClientFrame::Pong).is_err() {
-                    break "connection closed".into();
-                }
-            }
-            ServerFrame::Pong => {
-                if let Some(tx) = lock(&shared.pongs).pop_front() {
-                    let _ = tx.send(());
-                }
-            }
-            ServerFrame::Error { code, message } => {
-                // Fatal errors are followed by a close; keep reading until then
-                // and report the message as the reason.
-                tracing::warn!(?code, message, "bus daemon reported an error");
-                *lock(&shared.last_error) = Some(message.to_owned());
-            }
-            ServerFrame::Welcome(_) => break "unexpected Welcome from daemon".into(),
-        }
-    };
-    let reason = match lock(&shared.last_error).take() {
-        Some(err) => format!("{reason}: {err}"),
-        None => reason,
-    };
-    // What arrived before the end is still handed over, without waiting.
-    {
-        let subs = lock(&shared.subs);
-        for (sid, batch) in pending.drain(..) {
-            if let Some(tx) = subs.get(&sid) {
-                let _ = tx.try_send(batch);
-            }
-        }
-    }
-    shared.fail(reason);
 }

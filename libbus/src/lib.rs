@@ -12,7 +12,9 @@
 //!   reference matcher.
 //! - [`addr`]: `unix:` addresses and the default socket path.
 //! - [`client`]: [`Bus`], a cheap `Clone` handle over one connection, served by a
-//!   reader task and a batching writer task.
+//!   driver (reader) task and a batching writer task.
+//! - [`session`]: the handshake, each link's reader and writer, and
+//!   reconnecting with backoff ([`Reconnect`]); [`events`] reports it.
 //! - [`Subscription`]: a `Stream` of [`Message`]s that unsubscribes on drop.
 //!
 //! ## The path of one message
@@ -56,8 +58,10 @@ pub mod addr;
 pub mod client;
 pub mod codec;
 pub mod error;
+pub mod events;
 pub mod message;
 pub mod proto;
+pub mod session;
 pub mod subject;
 pub mod subscription;
 pub mod transport;
@@ -66,5 +70,7 @@ pub use addr::Address;
 pub use bytes::Bytes;
 pub use client::{Bus, ConnectOptions};
 pub use error::{Error, Result};
+pub use events::{Event, Events};
 pub use message::{Delivery, Message};
+pub use session::Reconnect;
 pub use subscription::Subscription;

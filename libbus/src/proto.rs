@@ -13,7 +13,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Version spoken by this build; the daemon refuses a `Hello` with another one.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Default largest frame body, in bytes (`--max-frame`).
 pub const DEFAULT_MAX_FRAME: u32 = 1 << 20;
@@ -135,6 +135,18 @@ pub enum ErrorCode {
     PermissionDenied,
     /// The connection missed too many pings.
     PingTimeout,
+    /// An administrator closed the connection (`bus-cli kick`).
+    Kicked,
+}
+
+impl ErrorCode {
+    /// True for refusals that retrying cannot fix (a reconnecting client gives up).
+    pub fn is_permanent(self) -> bool {
+        matches!(
+            self,
+            Self::VersionMismatch | Self::PermissionDenied | Self::Kicked
+        )
+    }
 }
 
 /// Frames the daemon sends. Variants are only appended, never reordered.
@@ -170,6 +182,16 @@ pub enum ServerFrame<'a> {
     Ping,
     /// Answer to the client's `Ping`.
     Pong,
+    /// `Sub` for `sid` was refused (a limit, an invalid pattern); the
+    /// connection stays open and the subscription does not exist.
+    SubRefused {
+        /// The refused subscription id.
+        sid: u64,
+        /// Class of error.
+        code: ErrorCode,
+        /// Explanation naming the limit and its value.
+        message: &'a str,
+    },
 }
 
 /// Records returned by the admin API (`$BUS.api.*`) and lifecycle events
@@ -182,6 +204,14 @@ pub mod api {
     pub const LIST: &str = "$BUS.api.list";
     /// Admin request: daemon facts and totals. Reply: [`ServerInfo`].
     pub const INFO: &str = "$BUS.api.info";
+    /// Admin request: close the connection whose id is the payload (a
+    /// postcard `u64`). Only the daemon's own user and root may. Reply:
+    /// [`AdminReply`].
+    pub const KICK: &str = "$BUS.api.kick";
+
+    /// Reply to a state-changing admin request: what was done, or the error
+    /// class and why not.
+    pub type AdminReply = Result<String, (super::ErrorCode, String)>;
     /// Event: a connection completed its handshake. Payload: [`ConnEvent`].
     pub const EVENT_CONN_OPEN: &str = "$BUS.event.conn.open";
     /// Event: a connection ended. Payload: [`ConnEvent`] with a reason.
@@ -283,6 +313,9 @@ pub mod api {
         pub limits: Vec<(String, u64)>,
         /// Resident memory of the daemon process, in bytes (0 if unknown).
         pub rss_bytes: u64,
+        /// Times each limit or policy refused something since start, as
+        /// (limit name, count); `permission_denied` counts policy refusals.
+        pub refused: Vec<(String, u64)>,
     }
 
     /// Why a connection ended.
@@ -298,6 +331,11 @@ pub mod api {
         SlowConsumer,
         /// The daemon is shutting down.
         Shutdown,
+        /// Closed by an administrator's `$BUS.api.kick` from connection `by`.
+        Kicked {
+            /// Connection id that sent the kick.
+            by: u64,
+        },
     }
 
     impl std::fmt::Display for CloseReason {
@@ -308,6 +346,7 @@ pub mod api {
                 Self::Timeout => f.write_str("timeout"),
                 Self::SlowConsumer => f.write_str("slow consumer"),
                 Self::Shutdown => f.write_str("daemon shutdown"),
+                Self::Kicked { by } => write!(f, "kicked by connection {by}"),
             }
         }
     }

@@ -25,6 +25,17 @@ pub fn split(stream: UnixStream) -> (Half, Half) {
     (Half(s.clone()), Half(s))
 }
 
+impl Half {
+    /// Shuts down both directions of the socket, so the other half's pending
+    /// read ends too (used when a write fails).
+    pub fn shutdown_both(&self) {
+        use std::os::fd::{AsFd, AsRawFd};
+        let fd = self.0.as_fd().as_raw_fd();
+        // Fails only if the socket is already disconnected, which is the goal.
+        let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
+    }
+}
+
 /// Connects to a Unix socket path through interprocess.
 pub async fn connect_unix(path: &std::path::Path) -> io::Result<UnixStream> {
     let name = path.to_fs_name::<GenericFilePath>()?;

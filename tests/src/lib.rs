@@ -118,6 +118,8 @@ pub enum Got {
     Ping,
     /// Pong.
     Pong,
+    /// A refused subscription.
+    SubRefused(u64, ErrorCode, String),
 }
 
 /// A raw protocol connection for feeding the daemon bad input.
@@ -175,6 +177,7 @@ impl Raw {
             ServerFrame::Error { code, message } => Got::Error(code, message.into()),
             ServerFrame::Ping => Got::Ping,
             ServerFrame::Pong => Got::Pong,
+            ServerFrame::SubRefused { sid, code, message } => Got::SubRefused(sid, code, message.into()),
         })
     }
 

@@ -1,0 +1,299 @@
+//! One [`Bus`](crate::Bus)'s life on the socket: the handshake, the reader
+//! and writer of each link, and the driver that reconnects when a link fails.
+//!
+//! The driver task runs the reader of the current link; the writer is its own
+//! task, so reading and writing proceed in parallel. When a link fails the
+//! driver stops its writer, marks the bus disconnected (in-flight requests
+//! fail, publishes keep buffering up to `reconnect_buffer`), reconnects with
+//! exponential backoff and jitter, re-sends every live subscription ahead of
+//! what was buffered, and starts the next link.
+
+use std::{
+    sync::{atomic::Ordering, Arc},
+    time::Duration,
+};
+
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio_util::codec::FramedRead;
+
+use crate::{
+    client::{lock, Batch, Shared},
+    codec::{self},
+    proto::{self, ClientFrame, ServerFrame},
+    transport::{self, Half},
+    Address, Delivery, Error, Message, Result,
+};
+
+/// A handshaken connection, ready to run.
+pub(crate) struct Link {
+    pub frames: FramedRead<Half, codec::FrameCodec>,
+    pub writer: Half,
+    pub conn_id: u64,
+    pub server_id: String,
+    pub max_frame: u32,
+}
+
+/// Connects to `address` and completes the handshake (unbounded; callers
+/// apply `connect_timeout`).
+pub(crate) async fn open(address: &Address, name: &str) -> Result<Link> {
+    let Address::Unix(path) = address;
+    let stream = transport::connect_unix(path)
+        .await
+        .map_err(|source| Error::NoDaemon {
+            address: address.to_string(),
+            source,
+        })?;
+    let (rx, mut tx) = transport::split(stream);
+
+    let mut buf = Vec::new();
+    let hello = ClientFrame::Hello(proto::Hello {
+        version: proto::PROTOCOL_VERSION,
+        name,
+        role: proto::Role::Client,
+        auth: None,
+    });
+    codec::encode_into(&hello, &mut buf, proto::DEFAULT_MAX_FRAME).map_err(crate::client::codec_err)?;
+    tx.write_all(&buf).await?;
+
+    let mut frames = FramedRead::new(rx, codec::frame_codec(proto::DEFAULT_MAX_FRAME));
+    let first = frames.next().await.ok_or(Error::Disconnected {
+        reason: Some("daemon closed the connection during the handshake".into()),
+    })??;
+    let welcome = match codec::decode::<ServerFrame>(&first).map_err(crate::client::codec_err)? {
+        ServerFrame::Welcome(w) => w,
+        ServerFrame::Error { code, message } => {
+            return Err(Error::Server {
+                code,
+                message: message.into(),
+            })
+        }
+        other => return Err(Error::Protocol(format!("expected Welcome, got {other:?}"))),
+    };
+    // A delivery carries the published frame plus a sid: allow some slack.
+    frames
+        .decoder_mut()
+        .set_max_frame(welcome.max_frame as usize + 64);
+    Ok(Link {
+        conn_id: welcome.conn_id,
+        server_id: welcome.server_id.to_owned(),
+        max_frame: welcome.max_frame,
+        frames,
+        writer: tx,
+    })
+}
+
+/// Reconnection policy. Delays double from `initial_delay` up to
+/// `max_delay`; each wait is drawn uniformly from [delay/2, delay] so that
+/// many clients do not reconnect in lockstep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reconnect {
+    /// First delay. Default 50 ms.
+    pub initial_delay: Duration,
+    /// Largest delay. Default 1 s (a local daemon restarts fast; a failed
+    /// connect to a Unix socket costs one system call).
+    pub max_delay: Duration,
+    /// Give up (and close the `Bus`) after this many failed attempts in a
+    /// row. Default: never.
+    pub max_attempts: Option<u32>,
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Self {
+            initial_delay: Duration::from_millis(50),
+            max_delay: Duration::from_secs(1),
+            max_attempts: None,
+        }
+    }
+}
+
+impl Reconnect {
+    /// The wait before attempt `n` (0-based), with jitter.
+    pub fn delay(&self, n: u32) -> Duration {
+        let exp = self
+            .initial_delay
+            .saturating_mul(1u32.checked_shl(n.min(31)).unwrap_or(u32::MAX))
+            .min(self.max_delay);
+        let half = exp / 2;
+        half + half.mul_f64(fastrand::f64())
+    }
+}
+
+/// Runs links until the bus closes: the driver task.
+pub(crate) async fn drive(shared: Arc<Shared>, first: FramedRead<Half, codec::FrameCodec>) {
+    let mut frames = first;
+    loop {
+        let reason = read_loop(&shared, frames).await;
+        shared.stop_writer().await;
+        let permanent = lock(&shared.last_error)
+            .as_ref()
+            .is_some_and(|(code, _)| code.is_permanent());
+        let reason = match lock(&shared.last_error).take() {
+            Some((_, err)) => format!("{reason}: {err}"),
+            None => reason,
+        };
+        let Some(policy) = shared.opts.reconnect.clone().filter(|_| !permanent) else {
+            shared.fail(reason);
+            return;
+        };
+        if !shared.lose(&reason) {
+            return; // closed by the application meanwhile
+        }
+        tracing::warn!(%reason, "bus connection lost; reconnecting");
+        match reconnect(&shared, &policy).await {
+            Some(next) => frames = next,
+            None => return,
+        }
+    }
+}
+
+/// Tries to connect again until it works, the bus is closed, or the policy
+/// gives up. Returns the new link's reader.
+async fn reconnect(shared: &Arc<Shared>, policy: &Reconnect) -> Option<FramedRead<Half, codec::FrameCodec>> {
+    let mut attempts = 0u32;
+    loop {
+        tokio::time::sleep(policy.delay(attempts)).await;
+        if shared.is_closed() {
+            return None;
+        }
+        attempts += 1;
+        let t = shared.opts.connect_timeout;
+        let result = match tokio::time::timeout(t, open(&shared.address, &shared.opts.name)).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout(t)),
+        };
+        match result {
+            Ok(link) => return shared.resume(link, attempts),
+            Err(Error::Server { code, message }) if code.is_permanent() => {
+                shared.fail(format!("reconnect refused: {message}"));
+                return None;
+            }
+            Err(e) => {
+                tracing::debug!(attempts, "reconnect failed: {e}");
+                if policy.max_attempts.is_some_and(|max| attempts >= max) {
+                    shared.fail(format!("gave up reconnecting after {attempts} attempts: {e}"));
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Sends the shared output buffer over one link until the buffer is closed
+/// and empty, or writing fails (then the socket is shut down so the reader
+/// ends the link too).
+pub(crate) async fn write_loop(shared: Arc<Shared>, mut tx: Half) {
+    let mut batch = Vec::with_capacity(64 << 10);
+    loop {
+        let closed = {
+            let mut out = lock(&shared.output);
+            std::mem::swap(&mut out.buf, &mut batch);
+            out.closed
+        };
+        if batch.is_empty() {
+            if closed {
+                break;
+            }
+            shared.output_ready.notified().await;
+            continue;
+        }
+        shared.output_space.notify_waiters();
+        if let Err(e) = tx.write_all(&batch).await {
+            tracing::debug!("bus write failed: {e}");
+            tx.shutdown_both();
+            break;
+        }
+        batch.clear();
+        if batch.capacity() > 4 << 20 {
+            batch.shrink_to(64 << 10);
+        }
+    }
+}
+
+/// True if `buf` holds at least one complete frame.
+fn frame_buffered(buf: &[u8]) -> bool {
+    match buf.get(..proto::LEN_PREFIX) {
+        Some(len) => {
+            let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+            buf.len() >= proto::LEN_PREFIX + len
+        }
+        None => false,
+    }
+}
+
+/// Adds `d` to the pending batch of `sid`; true if that batch is now full.
+fn add_pending(pending: &mut Vec<(u64, Batch)>, sid: u64, d: Delivery, max: usize) -> bool {
+    let i = match pending.iter().position(|(s, _)| *s == sid) {
+        Some(i) => i,
+        None => {
+            pending.push((sid, Vec::with_capacity(8)));
+            pending.len() - 1
+        }
+    };
+    pending[i].1.push(d);
+    pending[i].1.len() >= max
+}
+
+/// Reads one link until it ends; returns why.
+async fn read_loop(shared: &Arc<Shared>, mut frames: FramedRead<Half, codec::FrameCodec>) -> String {
+    let max_batch = shared.batch_size();
+    let mut pending: Vec<(u64, Batch)> = Vec::new();
+    let reason = loop {
+        // Hand over what this read brought in before waiting on the socket.
+        if !pending.is_empty() && !frame_buffered(frames.read_buffer()) {
+            shared.deliver_all(&mut pending).await;
+        }
+        let frame = match frames.next().await {
+            None => break "daemon closed the connection".to_owned(),
+            Some(Err(e)) => break format!("read failed: {e}"),
+            Some(Ok(f)) => f.freeze(),
+        };
+        let decoded = match codec::decode::<ServerFrame>(&frame) {
+            Ok(f) => f,
+            Err(e) => break format!("bad frame from daemon: {e}"),
+        };
+        match decoded {
+            ServerFrame::Msg(m) => {
+                let msg = Message {
+                    subject: frame.slice_ref(m.subject.as_bytes()),
+                    reply_to: m.reply_to.map(|r| frame.slice_ref(r.as_bytes())),
+                    payload: frame.slice_ref(m.payload),
+                    // Only requests can be answered; others skip the refcount.
+                    shared: m.reply_to.map(|_| shared.clone()),
+                };
+                if m.sid == shared.inbox_sid.load(Ordering::Acquire) {
+                    shared.complete_request(m.subject, |_| Ok(msg));
+                } else if add_pending(&mut pending, m.sid, Delivery::Message(msg), max_batch) {
+                    shared.deliver_all(&mut pending).await;
+                }
+            }
+            ServerFrame::Lagged { sid, dropped } => {
+                shared.lagged(sid, dropped);
+                if add_pending(&mut pending, sid, Delivery::Lagged(dropped), max_batch) {
+                    shared.deliver_all(&mut pending).await;
+                }
+            }
+            ServerFrame::NoResponders { reply_to } => {
+                shared.complete_request(reply_to, |subject| Err(Error::NoResponders { subject }));
+            }
+            ServerFrame::SubRefused { sid, code, message } => shared.sub_refused(sid, code, message),
+            ServerFrame::Ping => {
+                if shared.send_now(&ClientFrame::Pong).is_err() {
+                    break "connection closed".into();
+                }
+            }
+            ServerFrame::Pong => shared.pong(),
+            ServerFrame::Error { code, message } => {
+                // Fatal errors are followed by a close; keep reading until then
+                // and report the message as the reason.
+                tracing::warn!(?code, message, "bus daemon reported an error");
+                *lock(&shared.last_error) = Some((code, message.to_owned()));
+            }
+            ServerFrame::Welcome(_) => break "unexpected Welcome from daemon".into(),
+        }
+    };
+    // What arrived before the end is still handed over, without waiting.
+    shared.deliver_now(&mut pending);
+    reason
+}
