@@ -154,7 +154,13 @@ async fn handshake(
         Ok(Some(Err(e))) => return Err(read_error(state, &e)),
         Ok(Some(Ok(body))) => body,
     };
-    match codec::decode::<ClientFrame>(&body) {
+    check_hello(&body)
+}
+
+/// The handshake's verdict on the first frame body: the client name, or the
+/// error code and message to refuse with. Pure, so it can be fuzzed.
+pub fn check_hello(body: &[u8]) -> Result<String, (ErrorCode, String)> {
+    match codec::decode::<ClientFrame>(body) {
         Ok(ClientFrame::Hello(h)) if h.version == proto::PROTOCOL_VERSION => Ok(h.name.to_owned()),
         Ok(ClientFrame::Hello(h)) => Err((
             ErrorCode::VersionMismatch,

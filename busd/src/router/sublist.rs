@@ -313,4 +313,67 @@ mod tests {
         list.remove("a", None, |x| *x == 7);
         assert_eq!(plain(&list, "a"), vec![7]);
     }
+
+    fn pattern() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        (
+            prop::collection::vec(prop_oneof!["a", "b", Just("*".to_owned())], 0..4),
+            any::<bool>(),
+        )
+            .prop_map(|(mut t, tail)| {
+                if tail || t.is_empty() {
+                    t.push(">".into());
+                }
+                t.join(".")
+            })
+    }
+
+    proptest::proptest! {
+        /// The trie agrees with the reference matcher on random patterns,
+        /// queue groups and subjects, also after removing some of them.
+        #[test]
+        fn trie_agrees_with_reference(
+            subs in proptest::collection::vec((pattern(), proptest::option::of("[xy]")), 0..24),
+            subjects in proptest::collection::vec("[ab](\\.[abc]){0,4}", 1..8),
+            remove_every in 1usize..4,
+        ) {
+            let mut list = Sublist::new();
+            for (i, (p, q)) in subs.iter().enumerate() {
+                list.insert(p, q.as_deref(), i as u32);
+            }
+            let mut live: Vec<bool> = vec![true; subs.len()];
+            for (i, (p, q)) in subs.iter().enumerate().step_by(remove_every).skip(1) {
+                proptest::prop_assert_eq!(list.remove(p, q.as_deref(), |x| *x == i as u32), Some(i as u32));
+                live[i] = false;
+            }
+            proptest::prop_assert_eq!(list.len(), live.iter().filter(|l| **l).count());
+            for s in &subjects {
+                let m = list.matches(s);
+                let mut plain = m.plain.clone();
+                plain.sort_unstable();
+                let mut groups: Vec<(String, Vec<u32>)> = m
+                    .groups
+                    .iter()
+                    .map(|(g, v)| {
+                        let mut v = v.clone();
+                        v.sort_unstable();
+                        (g.to_string(), v)
+                    })
+                    .collect();
+                groups.sort();
+                let mut want_plain = Vec::new();
+                let mut want_groups: std::collections::BTreeMap<String, Vec<u32>> = Default::default();
+                for (i, (p, q)) in subs.iter().enumerate() {
+                    if live[i] && reference(p, s) {
+                        match q {
+                            None => want_plain.push(i as u32),
+                            Some(g) => want_groups.entry(g.clone()).or_default().push(i as u32),
+                        }
+                    }
+                }
+                proptest::prop_assert_eq!(&plain, &want_plain, "subject {}", s);
+                proptest::prop_assert_eq!(groups, want_groups.into_iter().collect::<Vec<_>>(), "subject {}", s);
+            }
+        }
+    }
 }
