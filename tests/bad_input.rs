@@ -221,3 +221,104 @@ async fn pongs_answer_pings_in_order() {
         assert_eq!(raw.next().await, Some(Got::Pong));
     }
 }
+
+#[tokio::test]
+async fn unknown_frame_tags() {
+    let bus = TestBus::start();
+    let mut b = bystander(&bus).await;
+    // Tags past the last ClientFrame variant, before and after the handshake.
+    for (tag, handshake) in [(6u8, false), (6, true), (42, true), (255, true), (0x80, true)] {
+        let mut raw = bus.raw().await;
+        if handshake {
+            raw.handshake().await;
+        }
+        raw.send_bytes(&[1, 0, 0, 0, tag]).await;
+        let (code, msg) = raw.expect_error_then_close().await;
+        assert_eq!(code, ErrorCode::Protocol, "tag {tag}: {msg}");
+    }
+    bystander_still_served(&bus, &mut b).await;
+}
+
+#[tokio::test]
+async fn invalid_utf8_in_subjects() {
+    let bus = TestBus::start();
+    let mut b = bystander(&bus).await;
+    // Pub { subject: [ff fe], reply_to: None, payload: [] } and
+    // Sub { sid: 1, pattern: [c3 28], queue: None }, encoded by hand.
+    for body in [&[1u8, 2, 0xff, 0xfe, 0, 0][..], &[2, 1, 2, 0xc3, 0x28, 0]] {
+        let mut raw = bus.raw().await;
+        raw.handshake().await;
+        let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(body);
+        raw.send_bytes(&frame).await;
+        let (code, msg) = raw.expect_error_then_close().await;
+        assert_eq!(code, ErrorCode::Protocol, "{msg}");
+        assert!(msg.contains("malformed frame"), "{msg}");
+    }
+    bystander_still_served(&bus, &mut b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_that_stops_reading_is_dropped_as_slow_consumer() {
+    let bus = TestBus::with_config(|c| {
+        c.max_pending = 256 << 10;
+        c.max_frame = 64 << 10;
+        c.ping_interval = Duration::from_millis(200);
+    });
+    let watcher = bus.client("watcher").await;
+    let mut closes = watcher.subscribe(proto::api::EVENT_CONN_CLOSE).await.unwrap();
+    let fast_conn = bus.client("fast").await;
+    let mut fast = fast_conn.subscribe("flood").await.unwrap();
+
+    // Subscribes, then never reads again (not even pings).
+    let mut stuck = bus.raw().await;
+    let stuck_id = stuck.handshake().await;
+    stuck
+        .send(&ClientFrame::Sub(proto::Sub {
+            sid: 1,
+            pattern: "flood",
+            queue: None,
+        }))
+        .await;
+
+    let publisher = bus.client("publisher").await;
+    const N: usize = 4000;
+    let payload = vec![7u8; 4096]; // 16 MB in all: far past max_pending and the socket buffer
+                                   // Chunks well under max_pending, each consumed by the fast subscriber
+                                   // before the next: the fast one must lose nothing.
+    for chunk in 0..N / 32 {
+        for _ in 0..32 {
+            publisher.publish("flood", &payload).await.unwrap();
+        }
+        for i in 0..32 {
+            let m = within("fast delivery", fast.next())
+                .await
+                .expect("fast subscriber served");
+            assert_eq!(m.payload().len(), 4096, "chunk {chunk} message {i}");
+        }
+    }
+    assert_eq!(fast.dropped(), 0);
+
+    let ev: proto::api::ConnEvent = loop {
+        let ev: proto::api::ConnEvent = within("close event", closes.next())
+            .await
+            .unwrap()
+            .decode()
+            .unwrap();
+        if ev.conn.id == stuck_id {
+            break ev;
+        }
+    };
+    assert_eq!(ev.reason, Some(proto::api::CloseReason::SlowConsumer));
+    assert!(
+        ev.conn.dropped > 0,
+        "messages beyond max_pending were dropped and counted"
+    );
+    assert!(
+        ev.conn.pending_bytes <= 256 << 10,
+        "queue stayed bounded: {}",
+        ev.conn.pending_bytes
+    );
+    drop(stuck);
+    assert_serving(&bus).await;
+}

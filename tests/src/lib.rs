@@ -29,6 +29,7 @@ pub async fn within<F: Future>(what: &str, fut: F) -> F::Output {
 /// A daemon in its own temp dir.
 pub struct TestBus {
     daemon: Option<Daemon>,
+    config: Config,
     dir: tempfile::TempDir,
 }
 
@@ -43,16 +44,23 @@ impl TestBus {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = Config::with_socket(dir.path().join("busd.sock"));
         f(&mut config);
-        let daemon = Daemon::start(config).expect("daemon starts");
+        let daemon = Daemon::start(config.clone()).expect("daemon starts");
         Self {
             daemon: Some(daemon),
+            config,
             dir,
         }
     }
 
-    /// Where clients connect.
-    pub fn address(&self) -> &Address {
-        self.daemon.as_ref().expect("running").address()
+    /// Starts the daemon again (same configuration, same socket) after [`stop`](Self::stop).
+    pub fn restart(&mut self) {
+        assert!(self.daemon.is_none(), "stop the daemon first");
+        self.daemon = Some(Daemon::start(self.config.clone()).expect("daemon restarts"));
+    }
+
+    /// Where clients connect (also while the daemon is stopped).
+    pub fn address(&self) -> Address {
+        Address::Unix(self.socket())
     }
 
     /// The socket path.
@@ -67,7 +75,7 @@ impl TestBus {
 
     /// A libbus client with explicit options.
     pub async fn client_with(&self, opts: ConnectOptions) -> Bus {
-        within("connect", Bus::connect_with(self.address(), opts))
+        within("connect", Bus::connect_with(&self.address(), opts))
             .await
             .expect("connect")
     }

@@ -1,0 +1,194 @@
+//! Limits and admin policy: each refusal names its limit and value, leaves the
+//! connection (and everyone else) working, and is counted in `$BUS.api.info`.
+
+use bus_tests::{assert_serving, within, Got, TestBus};
+use libbus::{
+    proto::{self, api, ClientFrame, ErrorCode},
+    Bus, ConnectOptions, Error, Event,
+};
+
+async fn info(bus: &Bus) -> api::ServerInfo {
+    within("info", bus.request(api::INFO, []))
+        .await
+        .unwrap()
+        .decode()
+        .unwrap()
+}
+
+fn refused(info: &api::ServerInfo, limit: &str) -> u64 {
+    info.refused
+        .iter()
+        .find(|(n, _)| n == limit)
+        .map_or(0, |(_, c)| *c)
+}
+
+#[tokio::test]
+async fn ten_thousand_subscriptions_hit_the_limit_cleanly() {
+    let bus = TestBus::start(); // default max_subscriptions = 10,000
+    let client = bus.client("greedy").await;
+    let mut subs = Vec::with_capacity(10_000);
+    for i in 0..10_000 {
+        subs.push(
+            client
+                .subscribe(&format!("s.{i}"))
+                .await
+                .expect("within the limit"),
+        );
+    }
+    match client.subscribe("s.one-too-many").await {
+        Err(Error::Server { code, message }) => {
+            assert_eq!(code, ErrorCode::LimitExceeded);
+            assert_eq!(message, "limit exceeded: max_subscriptions = 10000");
+        }
+        other => panic!("expected a limit error, got {other:?}"),
+    }
+    // The connection and its subscriptions still work.
+    client.publish("s.9999", "still").await.unwrap();
+    let m = within("msg", subs[9999].next()).await.unwrap();
+    assert_eq!(&m.payload()[..], b"still");
+    // Dropping one frees a slot.
+    subs.pop();
+    client.subscribe("s.again").await.expect("a slot was freed");
+    assert_eq!(refused(&info(&client).await, "max_subscriptions"), 1);
+    assert_serving(&bus).await;
+}
+
+#[tokio::test]
+async fn subject_length_and_token_limits() {
+    let bus = TestBus::with_config(|c| {
+        c.max_subject_len = 32;
+        c.max_subject_tokens = 4;
+    });
+    let client = bus.client("wordy").await;
+    let mut events = client.events();
+    assert!(matches!(
+        within("event", events.next()).await,
+        Some(Event::Connected { .. })
+    ));
+
+    match client.subscribe("a.b.c.d.e").await {
+        Err(Error::Server { code, message }) => {
+            assert_eq!(code, ErrorCode::LimitExceeded);
+            assert!(
+                message.starts_with("limit exceeded: max_subject_tokens = 4"),
+                "{message}"
+            );
+        }
+        other => panic!("expected a limit error, got {other:?}"),
+    }
+    let long = "x".repeat(33);
+    match client.subscribe(&long).await {
+        Err(Error::Server { message, .. }) => {
+            assert!(
+                message.starts_with("limit exceeded: max_subject_len = 32"),
+                "{message}"
+            )
+        }
+        other => panic!("expected a limit error, got {other:?}"),
+    }
+    // A publish over the limit is refused (not routed); the connection stays.
+    let mut ok = client.subscribe("a.b.c.d").await.unwrap();
+    let mut raw = bus.raw().await;
+    raw.handshake().await;
+    raw.send(&ClientFrame::Pub(proto::Pub {
+        subject: &long,
+        reply_to: None,
+        payload: b"",
+    }))
+    .await;
+    match raw.next().await {
+        Some(Got::Error(ErrorCode::LimitExceeded, m)) => {
+            assert!(m.contains("max_subject_len = 32"), "{m}")
+        }
+        other => panic!("expected a limit error, got {other:?}"),
+    }
+    raw.send(&ClientFrame::Ping).await;
+    assert_eq!(raw.next().await, Some(Got::Pong), "still connected");
+    client.publish("a.b.c.d", "fits").await.unwrap();
+    assert_eq!(&within("msg", ok.next()).await.unwrap().payload()[..], b"fits");
+
+    let i = info(&client).await;
+    assert_eq!(refused(&i, "max_subject_tokens"), 1);
+    assert_eq!(refused(&i, "max_subject_len"), 2);
+    assert!(i.limits.contains(&("max_subject_len".into(), 32)));
+}
+
+#[tokio::test]
+async fn per_uid_connection_limit() {
+    // Every test client runs as the same uid.
+    let bus = TestBus::with_config(|c| c.max_connections_per_uid = 2);
+    let a = bus.client("a").await;
+    let _b = bus.client("b").await;
+    let third = Bus::connect_with(&bus.address(), ConnectOptions::default().name("c")).await;
+    match third {
+        Err(Error::Server { code, message }) => {
+            assert_eq!(code, ErrorCode::LimitExceeded);
+            assert!(
+                message.starts_with("limit exceeded: max_connections_per_uid = 2"),
+                "{message}"
+            );
+        }
+        other => panic!("expected a limit error, got {other:?}"),
+    }
+    assert_eq!(refused(&info(&a).await, "max_connections_per_uid"), 1);
+    // A slot frees when a connection ends.
+    a.close().await.unwrap();
+    let c = within("connect", async {
+        // The daemon releases the slot when it sees the close; retry briefly.
+        for _ in 0..100 {
+            match Bus::connect(&bus.address()).await {
+                Ok(c) => return c,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        }
+        panic!("slot never freed");
+    })
+    .await;
+    c.flush().await.unwrap();
+}
+
+#[tokio::test]
+async fn kick_closes_a_connection_for_good() {
+    let bus = TestBus::start();
+    let admin = bus.client("admin").await; // same uid as the daemon: allowed
+    let victim = bus.client("victim").await;
+    let mut events = victim.events();
+    assert!(matches!(
+        within("event", events.next()).await,
+        Some(Event::Connected { .. })
+    ));
+    let mut sub = victim.subscribe("x").await.unwrap();
+    let mut monitor = admin.subscribe(api::EVENT_CONN_CLOSE).await.unwrap();
+
+    let reply: api::AdminReply = admin.request_value(api::KICK, &victim.conn_id()).await.unwrap();
+    assert_eq!(
+        reply,
+        Ok(format!("closed connection {} (victim)", victim.conn_id()))
+    );
+
+    // The victim is told why and does not reconnect.
+    loop {
+        match within("event", events.next()).await {
+            Some(Event::Closed { reason }) => {
+                assert!(reason.contains("closed by an administrator"), "{reason}");
+                break;
+            }
+            Some(Event::Lagged { .. }) => {}
+            other => panic!("expected Closed, got {other:?}"),
+        }
+    }
+    assert!(within("sub end", sub.next()).await.is_none());
+    let ev: api::ConnEvent = within("close event", monitor.next())
+        .await
+        .unwrap()
+        .decode()
+        .unwrap();
+    assert_eq!(ev.conn.name, "victim");
+    assert_eq!(ev.reason, Some(api::CloseReason::Kicked { by: admin.conn_id() }));
+
+    let missing: api::AdminReply = admin.request_value(api::KICK, &999_999u64).await.unwrap();
+    assert_eq!(
+        missing,
+        Err((ErrorCode::Protocol, "no connection with id 999999".into()))
+    );
+}
