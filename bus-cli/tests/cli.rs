@@ -8,7 +8,9 @@ use std::{
 
 use busd::{Config, Daemon};
 
-const CLI: &str = env!("CARGO_BIN_EXE_bus-cli");
+mod common;
+
+use common::{run, stdout, CLI};
 
 struct Bus {
     daemon: Daemon,
@@ -25,29 +27,6 @@ fn cli(bus: &Bus) -> Command {
     let mut c = Command::new(CLI);
     c.env("BUS_ADDRESS", bus.daemon.address().to_string());
     c
-}
-
-/// Runs with a deadline so a hung command fails the test instead of hanging it.
-fn run(mut cmd: Command) -> Output {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > Duration::from_secs(20) {
-            child.kill().unwrap();
-            panic!("bus-cli did not finish: {cmd:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.wait_with_output().unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout.clone()).unwrap()
 }
 
 /// A `bus-cli sub` child process, killed and reaped on drop.

@@ -1,13 +1,13 @@
 //! The Unix socket: safe creation, the stale-file check, peer credentials.
 //!
 //! The directory is created 0700; the socket gets its mode (0600 by default)
-//! through `fchmod` before `bind`, so it is never reachable with wider
-//! permissions. An existing socket file is probed with a connect: if a daemon
+//! through `fchmod` before `bind` (narrowed by the umask), then exactly its
+//! mode after `bind`, so it is never reachable with wider permissions. An existing socket file is probed with a connect: if a daemon
 //! answers, we refuse to start; if nothing listens, the stale file is replaced.
 
 use std::{
     io,
-    os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt},
+    os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
@@ -74,6 +74,11 @@ impl UnixListener {
                 io::ErrorKind::AddrInUse => Error::AlreadyRunning(path.to_owned()),
                 _ => io_err("binding")(e),
             })?;
+        // The kernel applies the umask to the file bind() creates, so the
+        // fchmod above can only narrow the mode; set the exact mode now. Until
+        // here the file had at most `mode`'s bits, never more.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(io_err("setting the mode of"))?;
         let meta = std::fs::symlink_metadata(path).map_err(io_err("inspecting"))?;
         Ok(Self {
             inner,

@@ -72,6 +72,28 @@ fn socket_and_directory_permissions() {
 }
 
 #[test]
+fn socket_mode_is_exact_whatever_the_umask() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("busd.sock");
+    // The test process's umask (typically 022) would turn 666 into 644.
+    let child = Command::new(BUSD)
+        .arg("--socket")
+        .arg(&socket)
+        .args(["--socket-mode", "666"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn busd");
+    let _d = Proc(child);
+    wait_listening(&socket);
+    assert_eq!(
+        std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777,
+        0o666
+    );
+}
+
+#[test]
 fn sigterm_removes_socket_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("busd.sock");
