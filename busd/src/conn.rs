@@ -458,12 +458,14 @@ async fn write_loop(conn: Arc<Conn>, mut wr: Half) {
                 }
             }
         }
+        // Counted before the write, so that a client that has seen a Pong
+        // also sees every delivery written ahead of it in the counters.
+        conn.stats.msgs_out.fetch_add(msgs, Relaxed);
+        conn.stats.bytes_out.fetch_add(bytes, Relaxed);
         if let Err(e) = wr.write_all(&buf).await {
             tracing::debug!(id = conn.id, "write failed: {e}");
             break;
         }
-        conn.stats.msgs_out.fetch_add(msgs, Relaxed);
-        conn.stats.bytes_out.fetch_add(bytes, Relaxed);
         buf.clear();
         if buf.capacity() > 4 * WRITE_BATCH {
             buf.shrink_to(WRITE_BATCH + 1024);

@@ -29,7 +29,7 @@ pub struct Stats {
     pub msgs_in: AtomicU64,
     /// Payload bytes published (reader task).
     pub bytes_in: AtomicU64,
-    /// Messages written to the socket (writer task).
+    /// Messages handed to the socket (writer task; counted as each batch is written).
     pub msgs_out: AtomicU64,
     /// Payload bytes written to the socket (writer task).
     pub bytes_out: AtomicU64,
