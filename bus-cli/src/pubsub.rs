@@ -4,7 +4,7 @@ use std::{io::Read, time::Duration};
 
 use libbus::{
     proto::api::{self, ConnEvent},
-    Bus, Delivery, Message,
+    Bus, Delivery, Event, Message,
 };
 
 use crate::render;
@@ -37,6 +37,7 @@ pub async fn sub(bus: &Bus, pattern: &str, queue: Option<&str>, count: Option<u6
         Some(q) => bus.queue_subscribe(pattern, q).await?,
         None => bus.subscribe(pattern).await?,
     };
+    report_link_changes(bus);
     let mut seen = 0;
     while count.is_none_or(|n| seen < n) {
         match sub.next_delivery().await {
@@ -56,6 +57,7 @@ pub async fn sub(bus: &Bus, pattern: &str, queue: Option<&str>, count: Option<u6
 pub async fn monitor(bus: &Bus) -> libbus::Result<()> {
     let mut sub = bus.subscribe(">").await?;
     eprintln!("monitoring all subjects (Ctrl-C to stop)");
+    report_link_changes(bus);
     while let Some(d) = sub.next_delivery().await {
         let now = humantime::format_rfc3339_millis(std::time::SystemTime::now());
         match d {
@@ -64,6 +66,23 @@ pub async fn monitor(bus: &Bus) -> libbus::Result<()> {
         }
     }
     Err(bus.disconnected_error())
+}
+
+/// Tells the user on stderr when the daemon goes away and comes back (the
+/// subscription carries on after a reconnect).
+fn report_link_changes(bus: &Bus) {
+    let mut events = bus.events();
+    tokio::spawn(async move {
+        while let Some(e) = events.next().await {
+            match e {
+                Event::Disconnected { reason } => eprintln!("bus-cli: {reason}; reconnecting"),
+                Event::Reconnected { attempts, .. } => {
+                    eprintln!("bus-cli: reconnected after {attempts} attempt(s)")
+                }
+                _ => {}
+            }
+        }
+    });
 }
 
 /// One message as a line: `subject payload`, with lifecycle events decoded.
