@@ -192,3 +192,28 @@ async fn kick_closes_a_connection_for_good() {
         Err((ErrorCode::Protocol, "no connection with id 999999".into()))
     );
 }
+
+#[tokio::test]
+async fn max_connections_refuses_with_the_limit_named() {
+    let bus = TestBus::with_config(|c| c.max_connections = 2);
+    let a = bus.client("a").await;
+    let _b = bus.client("b").await;
+    for _ in 0..3 {
+        match Bus::connect_with(&bus.address(), ConnectOptions::default().name("c")).await {
+            Err(Error::Server { code, message }) => {
+                assert_eq!(code, ErrorCode::LimitExceeded);
+                assert_eq!(message, "limit exceeded: max_connections = 2");
+            }
+            other => panic!("expected a limit error, got {other:?}"),
+        }
+    }
+    assert_eq!(refused(&info(&a).await, "max_connections"), 3);
+    assert_serving_with(&a).await;
+}
+
+/// The bus still routes for an existing client.
+async fn assert_serving_with(client: &Bus) {
+    let mut sub = client.subscribe("still.serving").await.unwrap();
+    client.publish("still.serving", "yes").await.unwrap();
+    assert_eq!(&within("msg", sub.next()).await.unwrap().payload()[..], b"yes");
+}

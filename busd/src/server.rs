@@ -11,7 +11,10 @@ use std::{
 };
 
 use libbus::{proto::ErrorCode, Address};
-use tokio::{io::AsyncWriteExt, sync::Semaphore};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    sync::Semaphore,
+};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
@@ -126,15 +129,8 @@ impl Server {
                             let max = state.config.max_connections;
                             state.policy.refused.count("max_connections");
                             tracing::warn!(?peer, "refusing connection: max_connections ({max}) reached");
-                            tracker.spawn(async move {
-                                let msg = format!("limit exceeded: max_connections = {max}");
-                                let frame = conn::encode(&libbus::proto::ServerFrame::Error {
-                                    code: ErrorCode::LimitExceeded,
-                                    message: &msg,
-                                });
-                                let (_, mut wr) = libbus::transport::split(stream);
-                                let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all(&frame)).await;
-                            });
+                            let msg = format!("limit exceeded: max_connections = {max}");
+                            tracker.spawn(refuse(stream, ErrorCode::LimitExceeded, msg));
                         }
                     },
                     Err(e) => {
@@ -160,6 +156,29 @@ impl Server {
     pub fn state(&self) -> &Arc<State> {
         &self.state
     }
+}
+
+/// Sends `Error` to a connection refused before its handshake, then reads
+/// (and discards) what it sent for a moment before closing, so the client's
+/// `Hello` does not meet a closed socket (a broken pipe instead of the reason).
+/// Bounded: one second, 64 KiB.
+async fn refuse(stream: libbus::transport::UnixStream, code: ErrorCode, message: String) {
+    let frame = conn::encode(&libbus::proto::ServerFrame::Error {
+        code,
+        message: &message,
+    });
+    let (mut rd, mut wr) = libbus::transport::split(stream);
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        wr.write_all(&frame).await?;
+        let mut sink = [0u8; 4096];
+        for _ in 0..16 {
+            if rd.read(&mut sink).await? == 0 {
+                break;
+            }
+        }
+        std::io::Result::Ok(())
+    })
+    .await;
 }
 
 /// A daemon running on its own thread and runtime. Stopped (and its socket

@@ -54,9 +54,22 @@ pub(crate) async fn open(address: &Address, name: &str) -> Result<Link> {
         auth: None,
     });
     codec::encode_into(&hello, &mut buf, proto::DEFAULT_MAX_FRAME).map_err(crate::client::codec_err)?;
-    tx.write_all(&buf).await?;
+    let written = tx.write_all(&buf).await;
 
     let mut frames = FramedRead::new(rx, codec::frame_codec(proto::DEFAULT_MAX_FRAME));
+    if let Err(e) = written {
+        // A daemon that refuses at once (max_connections) may have closed
+        // before our Hello arrived; its Error frame says why.
+        if let Ok(Some(Ok(frame))) = tokio::time::timeout(Duration::from_millis(200), frames.next()).await {
+            if let Ok(ServerFrame::Error { code, message }) = codec::decode::<ServerFrame>(&frame) {
+                return Err(Error::Server {
+                    code,
+                    message: message.into(),
+                });
+            }
+        }
+        return Err(e.into());
+    }
     let first = frames.next().await.ok_or(Error::Disconnected {
         reason: Some("daemon closed the connection during the handshake".into()),
     })??;
