@@ -195,3 +195,18 @@ async fn gives_up_after_max_attempts() {
         other => panic!("expected Closed, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn close_ends_subscriptions_and_events() {
+    let bus = TestBus::start();
+    let client = bus.client("closer").await;
+    let mut events = client.events();
+    next_event(&mut events).await;
+    let mut sub = client.subscribe("x").await.unwrap();
+    client.close().await.unwrap();
+    assert!(within("end of subscription", sub.next()).await.is_none());
+    match next_event(&mut events).await {
+        Event::Closed { reason } => assert_eq!(reason, "closed by the client"),
+        other => panic!("expected Closed, got {other:?}"),
+    }
+}

@@ -497,6 +497,8 @@ impl Bus {
             let _ = tokio::time::timeout(self.shared.opts.request_timeout, w).await;
         }
         self.handle.driver.abort();
+        // End subscriptions and fail waiters (the driver no longer will).
+        self.shared.fail("closed by the client".into());
         flushed
     }
 
@@ -806,6 +808,9 @@ impl Shared {
 
     /// The daemon dropped `dropped` messages for `sid`: tell the event stream.
     pub(crate) fn lagged(&self, sid: u64, dropped: u64) {
+        if self.events.receiver_count() == 0 {
+            return;
+        }
         let subject = lock(&self.subs).get(&sid).map(|e| e.pattern.clone());
         if let Some(subject) = subject {
             self.emit(Event::Lagged { subject, dropped });
