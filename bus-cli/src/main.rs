@@ -20,6 +20,10 @@ struct Cli {
     /// $XDG_RUNTIME_DIR/bus/busd.sock, else /tmp/bus-$UID/busd.sock.
     #[arg(long, global = true, value_name = "ADDRESS")]
     address: Option<String>,
+    /// CA certificate (PEM) that a tls:// daemon's certificate must chain to.
+    /// The token for tcp:// and tls:// comes from $BUS_TOKEN.
+    #[arg(long, global = true, value_name = "PEM", env = "BUS_CA")]
+    ca: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -114,6 +118,9 @@ async fn run(cli: Cli) -> libbus::Result<()> {
     // Long-running commands ride out a daemon restart; one-shot ones fail fast.
     let long_running = matches!(cli.command, Command::Sub { .. } | Command::Monitor);
     let mut opts = ConnectOptions::default().name("bus-cli");
+    if let Some(ca) = cli.ca {
+        opts = opts.ca_file(ca);
+    }
     if !long_running {
         opts = opts.reconnect(None);
     }

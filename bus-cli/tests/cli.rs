@@ -334,3 +334,31 @@ fn bench_smoke() {
         }
     }
 }
+
+#[test]
+fn every_command_works_over_tcp_with_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::with_socket(dir.path().join("busd.sock"));
+    config.tcp = Some("127.0.0.1:0".into());
+    config.token = Some("tok".into());
+    let daemon = Daemon::start(config).unwrap();
+    let tcp = daemon.tcp_address().unwrap().to_string();
+    let remote = |args: &[&str]| {
+        let mut c = Command::new(CLI);
+        c.arg("--address").arg(&tcp).args(args).env("BUS_TOKEN", "tok");
+        c
+    };
+    let out = stdout(&run(remote(&["list"])));
+    assert!(out.contains(" tcp "), "{out}");
+    assert!(out.contains("127.0.0.1:"), "{out}");
+    stdout(&run(remote(&["send", "x.y", "over tcp"])));
+    let info = stdout(&run(remote(&["info"])));
+    assert!(info.contains(&tcp), "info lists the TCP address: {info}");
+    let denied = run({
+        let mut c = remote(&["list"]);
+        c.env("BUS_TOKEN", "nope");
+        c
+    });
+    assert!(!denied.status.success());
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("authentication failed"));
+}

@@ -109,6 +109,23 @@ pub fn conn_event(state: &State, subject: &'static str, conn: &Conn, reason: Opt
     }
 }
 
+/// Publishes `$BUS.event.conn.refused`, if anyone listens.
+pub fn refused_event(state: &State, peer: &api::Peer, transport: &str, reason: &str) {
+    let routes = state.router.lookup_uncached(api::EVENT_CONN_REFUSED);
+    if routes.is_empty() {
+        return;
+    }
+    let event = api::RefusedEvent {
+        peer: peer.clone(),
+        transport: transport.into(),
+        reason: reason.into(),
+    };
+    match postcard::to_allocvec(&event) {
+        Ok(body) => routes.deliver(&Published::from_daemon(api::EVENT_CONN_REFUSED, &body)),
+        Err(e) => tracing::error!("encoding a refused event: {e}"),
+    }
+}
+
 /// Routes a message from the daemon itself.
 fn publish(state: &State, subject: &str, body: Vec<u8>) {
     let routes = state.router.lookup_uncached(subject);

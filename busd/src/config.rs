@@ -56,6 +56,21 @@ pub struct Config {
     /// `allow_gid`: Unix groups (the peer's primary group, from `SO_PEERCRED`)
     /// whose members may connect. Default: none.
     pub allow_gid: Vec<u32>,
+    /// `tcp`: also listen on TCP at this address (e.g. `0.0.0.0:7420`; port 0
+    /// picks a free one). Default: off.
+    pub tcp: Option<String>,
+    /// `tcp_insecure`: allow TCP without a token. Default false.
+    pub tcp_insecure: bool,
+    /// `token_file`: file whose first line is the shared token network peers
+    /// must present. `BUS_TOKEN` takes precedence.
+    pub token_file: Option<PathBuf>,
+    /// The token itself (from `BUS_TOKEN`, or set in-process); never printed.
+    #[serde(skip)]
+    pub token: Option<String>,
+    /// `tls_cert`: PEM certificate chain; with `tls_key`, TCP speaks TLS.
+    pub tls_cert: Option<PathBuf>,
+    /// `tls_key`: PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -80,6 +95,12 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(2),
             allow_uid: Vec::new(),
             allow_gid: Vec::new(),
+            tcp: None,
+            tcp_insecure: false,
+            token_file: None,
+            token: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }

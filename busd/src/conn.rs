@@ -21,7 +21,7 @@ use libbus::{
         ClientFrame, ErrorCode, ServerFrame,
     },
     subject,
-    transport::{self, Half, UnixStream},
+    transport::{Reader, Writer},
 };
 use tokio::io::AsyncWriteExt;
 use tokio_util::codec::FramedRead;
@@ -56,19 +56,25 @@ fn error_frame(code: ErrorCode, message: &str) -> Bytes {
 struct Fatal(CloseReason);
 
 /// Serves one accepted connection to the end.
-pub async fn serve(state: Arc<State>, stream: UnixStream, peer: Peer) {
-    let (rd, mut wr) = transport::split(stream);
+pub async fn serve(state: Arc<State>, rd: Reader, mut wr: Writer, peer: Peer, transport: &'static str) {
     let mut frames = FramedRead::new(rd, codec::frame_codec(state.config.max_frame));
 
     let admitted = handshake(&state, &mut frames)
         .await
-        .and_then(|name| admit(&state, &peer).map(|slot| (name, slot)));
+        .and_then(|(name, auth)| admit(&state, &peer, transport, auth.as_deref()).map(|slot| (name, slot)));
     let (hello, _uid_slot) = match admitted {
         Ok(h) => h,
         Err((code, message)) => {
             tracing::debug!(?peer, message, "handshake refused");
             // Best effort: the peer may already be gone.
+            if matches!(
+                code,
+                ErrorCode::PermissionDenied | ErrorCode::AuthenticationFailed
+            ) {
+                api::refused_event(&state, &peer, transport, &message);
+            }
             let _ = wr.write_all(&error_frame(code, &message)).await;
+            let _ = wr.flush().await;
             return;
         }
     };
@@ -77,7 +83,7 @@ pub async fn serve(state: Arc<State>, stream: UnixStream, peer: Peer) {
     let conn = Arc::new(Conn {
         id: state.registry.next_id(),
         name: hello,
-        transport: "unix",
+        transport,
         peer,
         connected_at,
         outbox: Outbox::new(state.config.max_pending),
@@ -125,7 +131,20 @@ pub async fn serve(state: Arc<State>, stream: UnixStream, peer: Peer) {
 
 /// Applies the access policy and the per-uid quota to a peer that sent a
 /// valid `Hello`. The slot is held for the life of the connection.
-fn admit(state: &State, peer: &Peer) -> Result<UidSlot, (ErrorCode, String)> {
+fn admit(
+    state: &State,
+    peer: &Peer,
+    transport: &str,
+    auth: Option<&str>,
+) -> Result<UidSlot, (ErrorCode, String)> {
+    if transport != "unix" {
+        if let Some(token) = &state.token {
+            if !crate::tcp::token_matches(token, auth) {
+                state.policy.refused.count("auth_failed");
+                return Err((ErrorCode::AuthenticationFailed, "authentication failed".into()));
+            }
+        }
+    }
     state
         .policy
         .check_connect(peer)
@@ -136,11 +155,12 @@ fn admit(state: &State, peer: &Peer) -> Result<UidSlot, (ErrorCode, String)> {
         .map_err(|m| (ErrorCode::LimitExceeded, m))
 }
 
-/// Reads and checks `Hello`. Returns the client name, or the error to send.
+/// Reads and checks `Hello`. Returns the client name and credential, or the
+/// error to send.
 async fn handshake(
     state: &State,
-    frames: &mut FramedRead<Half, codec::FrameCodec>,
-) -> Result<String, (ErrorCode, String)> {
+    frames: &mut FramedRead<Reader, codec::FrameCodec>,
+) -> Result<(String, Option<String>), (ErrorCode, String)> {
     let t = state.config.handshake_timeout;
     let body = match tokio::time::timeout(t, frames.next()).await {
         Err(_) => {
@@ -157,11 +177,14 @@ async fn handshake(
     check_hello(&body)
 }
 
-/// The handshake's verdict on the first frame body: the client name, or the
-/// error code and message to refuse with. Pure, so it can be fuzzed.
-pub fn check_hello(body: &[u8]) -> Result<String, (ErrorCode, String)> {
+/// The handshake's verdict on the first frame body: the client name and the
+/// credential it presented, or the error code and message to refuse with.
+/// Pure, so it can be fuzzed.
+pub fn check_hello(body: &[u8]) -> Result<(String, Option<String>), (ErrorCode, String)> {
     match codec::decode::<ClientFrame>(body) {
-        Ok(ClientFrame::Hello(h)) if h.version == proto::PROTOCOL_VERSION => Ok(h.name.to_owned()),
+        Ok(ClientFrame::Hello(h)) if h.version == proto::PROTOCOL_VERSION => {
+            Ok((h.name.to_owned(), h.auth.map(ToOwned::to_owned)))
+        }
         Ok(ClientFrame::Hello(h)) => Err((
             ErrorCode::VersionMismatch,
             format!(
@@ -213,7 +236,7 @@ fn read_error(state: &State, e: &std::io::Error) -> (ErrorCode, String) {
 async fn read_loop(
     state: &State,
     conn: &Arc<Conn>,
-    frames: &mut FramedRead<Half, codec::FrameCodec>,
+    frames: &mut FramedRead<Reader, codec::FrameCodec>,
 ) -> Fatal {
     let cfg = &state.config;
     let mut cache = RouteCache::default();
@@ -421,6 +444,12 @@ fn subscribe(state: &State, conn: &Arc<Conn>, s: proto::Sub<'_>) -> Result<(), F
     Ok(())
 }
 
+/// Writes one batch and flushes it (a no-op on raw sockets; TLS buffers).
+async fn write_batch(wr: &mut Writer, buf: &[u8]) -> std::io::Result<()> {
+    wr.write_all(buf).await?;
+    wr.flush().await
+}
+
 /// Checks `max_subject_len` and `max_subject_tokens` for a subject or pattern
 /// (already validated); the error names the limit and its value.
 fn subject_limits(state: &State, what: &str, s: &str) -> Result<(), String> {
@@ -439,7 +468,7 @@ fn subject_limits(state: &State, what: &str, s: &str) -> Result<(), String> {
     ))
 }
 
-async fn write_loop(conn: Arc<Conn>, mut wr: Half) {
+async fn write_loop(conn: Arc<Conn>, mut wr: Writer) {
     let mut batch = Vec::with_capacity(1024);
     let mut buf = Vec::with_capacity(WRITE_BATCH + 1024);
     while conn.outbox.take_batch(&mut batch, WRITE_BATCH).await {
@@ -462,7 +491,7 @@ async fn write_loop(conn: Arc<Conn>, mut wr: Half) {
         // also sees every delivery written ahead of it in the counters.
         conn.stats.msgs_out.fetch_add(msgs, Relaxed);
         conn.stats.bytes_out.fetch_add(bytes, Relaxed);
-        if let Err(e) = wr.write_all(&buf).await {
+        if let Err(e) = write_batch(&mut wr, &buf).await {
             tracing::debug!(id = conn.id, "write failed: {e}");
             break;
         }

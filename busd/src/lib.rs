@@ -10,6 +10,7 @@
 //!   check) and kernel peer credentials.
 //! - [`server`]: shared [`State`](server::State), the accept loop, shutdown, and
 //!   [`Daemon`] for running one in-process.
+//! - [`tcp`]: the optional TCP/TLS listener for remote clients, and the token.
 //! - [`conn`]: one connection: handshake, reader loop, writer loop, keep-alive.
 //! - [`router`]: the subject trie ([`router::sublist`], pure) and per-reader
 //!   route caches.
@@ -36,6 +37,7 @@ pub mod policy;
 pub mod registry;
 pub mod router;
 pub mod server;
+pub mod tcp;
 
 use std::path::PathBuf;
 

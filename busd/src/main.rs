@@ -67,6 +67,21 @@ struct Args {
     /// Also let members of this primary group connect (repeatable).
     #[arg(long, value_name = "GID")]
     allow_gid: Vec<u32>,
+    /// Also listen on TCP (e.g. 0.0.0.0:7420; port 0 picks one, shown by `bus-cli info`).
+    #[arg(long, value_name = "ADDR")]
+    tcp: Option<String>,
+    /// File whose first line is the token network peers must present ($BUS_TOKEN wins).
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
+    /// Allow TCP without a token (logs a warning).
+    #[arg(long)]
+    tcp_insecure: bool,
+    /// PEM certificate chain: TCP speaks TLS (with --tls-key).
+    #[arg(long, value_name = "PEM")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "PEM")]
+    tls_key: Option<PathBuf>,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -108,6 +123,14 @@ impl Args {
         set(&mut c.shutdown_grace, self.shutdown_grace);
         c.allow_uid.extend(self.allow_uid);
         c.allow_gid.extend(self.allow_gid);
+        set(&mut c.tcp, self.tcp.map(Some));
+        set(&mut c.token_file, self.token_file.map(Some));
+        c.tcp_insecure |= self.tcp_insecure;
+        set(&mut c.tls_cert, self.tls_cert.map(Some));
+        set(&mut c.tls_key, self.tls_key.map(Some));
+        c.token = std::env::var(libbus::client::ENV_TOKEN)
+            .ok()
+            .filter(|t| !t.is_empty());
         c.validate()?;
         Ok(c)
     }

@@ -10,7 +10,11 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use libbus::{proto::ErrorCode, Address};
+use libbus::{
+    proto::{api::Peer, ErrorCode},
+    transport::{Reader, Writer},
+    Address,
+};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     sync::Semaphore,
@@ -24,6 +28,7 @@ use crate::{
     policy::Policy,
     registry::{unix_ms, Registry},
     router::Router,
+    tcp::{self, TcpEndpoint},
     Error,
 };
 
@@ -63,6 +68,8 @@ pub struct State {
     pub listen: Vec<String>,
     /// Access policy, per-uid quotas and refusal counters.
     pub policy: Arc<Policy>,
+    /// The token network peers must present (`None`: TCP off or insecure).
+    pub token: Option<String>,
 }
 
 /// A bound daemon, ready to [`run`](Server::run).
@@ -70,14 +77,29 @@ pub struct State {
 pub struct Server {
     state: Arc<State>,
     listener: UnixListener,
+    tcp: Option<TcpEndpoint>,
 }
 
 impl Server {
     /// Validates `config` and binds the socket. Must run inside a tokio runtime.
     pub fn bind(config: Config) -> Result<Server, Error> {
         config.validate().map_err(Error::Config)?;
+        let token = tcp::load_token(&config)?;
+        if config.tcp.is_some() && token.is_none() && !config.tcp_insecure {
+            return Err(Error::Config(
+                "--tcp needs a token (--token-file or BUS_TOKEN), or --tcp-insecure to accept anyone".into(),
+            ));
+        }
         let listener = UnixListener::bind(&config.socket, config.socket_mode)?;
+        let tcp = TcpEndpoint::bind(&config)?;
         let address = Address::Unix(listener.path().to_owned());
+        let mut listen = vec![address.to_string()];
+        if let Some(t) = &tcp {
+            if token.is_none() {
+                tracing::warn!(address = %t.address, "TCP without a token (--tcp-insecure): anyone who can reach it may connect");
+            }
+            listen.push(t.address.clone());
+        }
         let policy = Arc::new(Policy::new(&config, nix::unistd::geteuid().as_raw()));
         let state = Arc::new(State {
             policy,
@@ -88,9 +110,10 @@ impl Server {
             server_id: format!("{:016x}", fastrand::u64(..)),
             started: Instant::now(),
             clock: Clock(AtomicU64::new(unix_ms(SystemTime::now()))),
-            listen: vec![address.to_string()],
+            listen,
+            token,
         });
-        Ok(Server { state, listener })
+        Ok(Server { state, listener, tcp })
     }
 
     /// The address clients connect to.
@@ -98,10 +121,15 @@ impl Server {
         Address::Unix(self.listener.path().to_owned())
     }
 
+    /// The TCP (or TLS) address, with the bound port, if `tcp` is set.
+    pub fn tcp_address(&self) -> Option<Address> {
+        self.tcp.as_ref().and_then(|t| t.address.parse().ok())
+    }
+
     /// Serves until `shutdown` is cancelled, then stops accepting, lets each
     /// connection flush (bounded by `shutdown_grace`) and removes the socket file.
     pub async fn run(self, shutdown: CancellationToken) {
-        let Server { state, listener } = self;
+        let Server { state, listener, tcp } = self;
         let tracker = TaskTracker::new();
         let slots = Arc::new(Semaphore::new(state.config.max_connections));
         let clock_state = state.clone();
@@ -113,33 +141,70 @@ impl Server {
             }
         });
         tracing::info!(address = %listener.path().display(), "busd listening");
+        if let Some(t) = &tcp {
+            tracing::info!(address = %t.address, "busd listening");
+        }
+        let acceptor = tcp.as_ref().map(TcpEndpoint::acceptor);
         loop {
-            tokio::select! {
+            let incoming = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => match slots.clone().try_acquire_owned() {
-                        Ok(permit) => {
-                            let state = state.clone();
-                            tracker.spawn(async move {
-                                conn::serve(state, stream, peer).await;
-                                drop(permit);
-                            });
-                        }
-                        Err(_) => {
-                            let max = state.config.max_connections;
-                            state.policy.refused.count("max_connections");
-                            tracing::warn!(?peer, "refusing connection: max_connections ({max}) reached");
-                            let msg = format!("limit exceeded: max_connections = {max}");
-                            tracker.spawn(refuse(stream, ErrorCode::LimitExceeded, msg));
-                        }
-                    },
-                    Err(e) => {
-                        // Typically EMFILE: back off instead of spinning.
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
+                accepted = listener.accept() => accepted.map(|(stream, peer)| {
+                    let (r, w) = libbus::transport::split_unix(stream);
+                    Incoming::Ready(r, w, peer)
+                }),
+                accepted = accept_tcp(tcp.as_ref()) => accepted.map(|(stream, addr)| Incoming::Tcp(stream, addr)),
+            };
+            let incoming = match incoming {
+                Ok(i) => i,
+                Err(e) => {
+                    // Typically EMFILE: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let permit = slots.clone().try_acquire_owned().ok();
+            if permit.is_none() {
+                state.policy.refused.count("max_connections");
+                tracing::warn!(
+                    "refusing a connection: max_connections ({}) reached",
+                    state.config.max_connections
+                );
             }
+            let state = state.clone();
+            let acceptor = acceptor.clone();
+            tracker.spawn(async move {
+                let (r, w, peer, transport) = match incoming {
+                    Incoming::Ready(r, w, peer) => (r, w, peer, "unix"),
+                    Incoming::Tcp(stream, addr) => {
+                        let Some(acceptor) = acceptor else { return };
+                        let peer = Peer::Net {
+                            addr: addr.to_string(),
+                        };
+                        match acceptor.establish(stream, state.config.handshake_timeout).await {
+                            Ok((r, w)) => (r, w, peer, acceptor.transport()),
+                            Err(e) => {
+                                tracing::debug!(%addr, "TLS/TCP setup failed: {e}");
+                                state.policy.refused.count("tls_handshake");
+                                return;
+                            }
+                        }
+                    }
+                };
+                match permit {
+                    Some(permit) => {
+                        conn::serve(state, r, w, peer, transport).await;
+                        drop(permit);
+                    }
+                    None => {
+                        let msg = format!(
+                            "limit exceeded: max_connections = {}",
+                            state.config.max_connections
+                        );
+                        refuse(r, w, ErrorCode::LimitExceeded, msg).await;
+                    }
+                }
+            });
         }
         tracing::info!("shutting down");
         drop(listener); // stop accepting; removes the socket file
@@ -162,14 +227,14 @@ impl Server {
 /// (and discards) what it sent for a moment before closing, so the client's
 /// `Hello` does not meet a closed socket (a broken pipe instead of the reason).
 /// Bounded: one second, 64 KiB.
-async fn refuse(stream: libbus::transport::UnixStream, code: ErrorCode, message: String) {
+async fn refuse(mut rd: Reader, mut wr: Writer, code: ErrorCode, message: String) {
     let frame = conn::encode(&libbus::proto::ServerFrame::Error {
         code,
         message: &message,
     });
-    let (mut rd, mut wr) = libbus::transport::split(stream);
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         wr.write_all(&frame).await?;
+        wr.flush().await?;
         let mut sink = [0u8; 4096];
         for _ in 0..16 {
             if rd.read(&mut sink).await? == 0 {
@@ -181,11 +246,30 @@ async fn refuse(stream: libbus::transport::UnixStream, code: ErrorCode, message:
     .await;
 }
 
+/// An accepted connection, before its handshake.
+enum Incoming {
+    /// A Unix stream, with kernel credentials.
+    Ready(Reader, Writer, Peer),
+    /// A TCP stream, still to be set up (options, TLS).
+    Tcp(tokio::net::TcpStream, std::net::SocketAddr),
+}
+
+/// The next TCP connection, or never when TCP is off.
+async fn accept_tcp(
+    tcp: Option<&TcpEndpoint>,
+) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    match tcp {
+        Some(t) => t.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A daemon running on its own thread and runtime. Stopped (and its socket
 /// removed) on [`stop`](Daemon::stop) or drop.
 #[derive(Debug)]
 pub struct Daemon {
     address: Address,
+    tcp_address: Option<Address>,
     shutdown: CancellationToken,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -217,7 +301,7 @@ impl Daemon {
                 rt.block_on(async move {
                     match Server::bind(config) {
                         Ok(server) => {
-                            let _ = tx.send(Ok(server.address()));
+                            let _ = tx.send(Ok((server.address(), server.tcp_address())));
                             server.run(token).await;
                         }
                         Err(e) => {
@@ -230,11 +314,12 @@ impl Daemon {
                 what: "spawning the daemon thread".into(),
                 source: e,
             })?;
-        let address = rx
+        let (address, tcp_address) = rx
             .recv()
             .map_err(|_| Error::Config("daemon thread exited during startup".into()))??;
         Ok(Daemon {
             address,
+            tcp_address,
             shutdown,
             thread: Some(thread),
         })
@@ -243,6 +328,11 @@ impl Daemon {
     /// The address clients connect to.
     pub fn address(&self) -> &Address {
         &self.address
+    }
+
+    /// The TCP (or TLS) address with its bound port, if `tcp` is set.
+    pub fn tcp_address(&self) -> Option<&Address> {
+        self.tcp_address.as_ref()
     }
 
     /// Shuts down and waits for the daemon to finish.

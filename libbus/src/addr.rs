@@ -1,6 +1,8 @@
 //! Bus addresses and the default socket path.
 //!
-//! `unix:/path/to.sock` or a bare path name a Unix socket. The default is
+//! `unix:/path/to.sock` or a bare path name a Unix socket; `tcp://host:port`
+//! and `tls://host:port` a remote daemon (token from `BUS_TOKEN`, CA for TLS
+//! from `BUS_CA`). The default is
 //! `$BUS_ADDRESS`, else `$XDG_RUNTIME_DIR/bus/busd.sock`, else
 //! `/tmp/bus-$UID/busd.sock`; `busd` and `bus-cli` share it, so `busd &` then
 //! `bus-cli list` just works.
@@ -18,6 +20,11 @@ pub const ENV_ADDRESS: &str = "BUS_ADDRESS";
 pub enum Address {
     /// A Unix domain socket at this path.
     Unix(PathBuf),
+    /// A daemon's TCP listener, `host:port`.
+    Tcp(String),
+    /// A daemon's TLS listener, `host:port` (the host is the name checked in
+    /// its certificate).
+    Tls(String),
 }
 
 impl Address {
@@ -33,6 +40,7 @@ impl Address {
     pub fn unix_path(&self) -> Option<&std::path::Path> {
         match self {
             Address::Unix(p) => Some(p),
+            Address::Tcp(_) | Address::Tls(_) => None,
         }
     }
 }
@@ -56,10 +64,24 @@ impl FromStr for Address {
             }
             return Ok(Address::Unix(path.into()));
         }
-        if let Some((scheme, _)) = s.split_once("://") {
-            return Err(Error::InvalidAddress(format!(
-                "{s:?}: transport {scheme:?} is not supported (use unix:/path/to.sock)"
-            )));
+        if let Some((scheme, rest)) = s.split_once("://") {
+            let host_port = || -> Result<String, Error> {
+                match rest.rsplit_once(':') {
+                    Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                        Ok(rest.to_owned())
+                    }
+                    _ => Err(Error::InvalidAddress(format!(
+                        "{s:?}: expected {scheme}://host:port"
+                    ))),
+                }
+            };
+            return match scheme {
+                "tcp" => Ok(Address::Tcp(host_port()?)),
+                "tls" => Ok(Address::Tls(host_port()?)),
+                _ => Err(Error::InvalidAddress(format!(
+                    "{s:?}: transport {scheme:?} is not supported (use unix:/path, tcp://host:port or tls://host:port)"
+                ))),
+            };
         }
         if s.is_empty() {
             return Err(Error::InvalidAddress("empty address".into()));
@@ -72,6 +94,8 @@ impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Address::Unix(p) => write!(f, "unix:{}", p.display()),
+            Address::Tcp(a) => write!(f, "tcp://{a}"),
+            Address::Tls(a) => write!(f, "tls://{a}"),
         }
     }
 }
@@ -96,6 +120,20 @@ mod tests {
         );
         assert!("unix:".parse::<Address>().is_err());
         assert!("ftp://x".parse::<Address>().is_err());
+        assert_eq!(
+            "tcp://127.0.0.1:7420".parse::<Address>().unwrap(),
+            Address::Tcp("127.0.0.1:7420".into())
+        );
+        assert_eq!(
+            "tls://bus.example:7420".parse::<Address>().unwrap().to_string(),
+            "tls://bus.example:7420"
+        );
+        assert_eq!(
+            "tcp://[::1]:9".parse::<Address>().unwrap(),
+            Address::Tcp("[::1]:9".into())
+        );
+        assert!("tcp://nohost".parse::<Address>().is_err());
+        assert!("tcp://:80".parse::<Address>().is_err());
         assert_eq!(Address::Unix("/x".into()).to_string(), "unix:/x");
     }
 }

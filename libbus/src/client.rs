@@ -31,7 +31,7 @@ use crate::{
     proto::{self, ClientFrame, ErrorCode},
     session::{self, Link, Reconnect},
     subject,
-    transport::Half,
+    transport::Reader,
     Address, Delivery, Error, Message, Result, Subscription,
 };
 
@@ -58,6 +58,20 @@ pub struct ConnectOptions {
     /// after reconnecting); beyond it `publish` fails with
     /// [`Error::LimitExceeded`]. Default 8 MiB.
     pub reconnect_buffer: usize,
+    /// Token for `tcp://` and `tls://` daemons. Default: `$BUS_TOKEN`.
+    pub token: Option<String>,
+    /// PEM file of the CA that signed a `tls://` daemon's certificate.
+    /// Default: `$BUS_CA`.
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+/// Environment variable with the token for TCP and TLS daemons.
+pub const ENV_TOKEN: &str = "BUS_TOKEN";
+/// Environment variable naming the CA file (PEM) for `tls://` daemons.
+pub const ENV_CA: &str = "BUS_CA";
+
+fn env_nonempty(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
 impl Default for ConnectOptions {
@@ -78,6 +92,8 @@ impl Default for ConnectOptions {
             max_write_buffer: 8 << 20,
             reconnect: Some(Reconnect::default()),
             reconnect_buffer: 8 << 20,
+            token: env_nonempty(ENV_TOKEN),
+            ca_file: env_nonempty(ENV_CA).map(Into::into),
         }
     }
 }
@@ -101,6 +117,16 @@ impl ConnectOptions {
     /// Sets the reconnection policy; `None` disables reconnecting.
     pub fn reconnect(mut self, policy: Option<Reconnect>) -> Self {
         self.reconnect = policy;
+        self
+    }
+    /// Sets the token for TCP and TLS daemons.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+    /// Sets the CA file (PEM) that `tls://` daemons are verified against.
+    pub fn ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.ca_file = Some(path.into());
         self
     }
     /// Sets the bound on publishes buffered while disconnected.
@@ -231,7 +257,7 @@ impl Bus {
     /// with no daemon this fails at once with [`Error::NoDaemon`].
     pub async fn connect_with(address: &Address, opts: ConnectOptions) -> Result<Bus> {
         let t = opts.connect_timeout;
-        let link = tokio::time::timeout(t, session::open(address, &opts.name))
+        let link = tokio::time::timeout(t, session::open(address, &opts))
             .await
             .map_err(|_| Error::Timeout(t))??;
         let shared = Arc::new(Shared {
@@ -574,7 +600,7 @@ impl Shared {
         self: &Arc<Self>,
         link: Link,
         attempts: Option<u32>,
-    ) -> FramedRead<Half, codec::FrameCodec> {
+    ) -> FramedRead<Reader, codec::FrameCodec> {
         let Link {
             frames,
             writer,
@@ -634,7 +660,7 @@ impl Shared {
         self: &Arc<Self>,
         link: Link,
         attempts: u32,
-    ) -> Option<FramedRead<Half, codec::FrameCodec>> {
+    ) -> Option<FramedRead<Reader, codec::FrameCodec>> {
         if self.is_closed() {
             return None;
         }

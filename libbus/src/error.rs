@@ -60,6 +60,10 @@ pub enum Error {
     /// The address could not be parsed.
     #[error("invalid address {0}")]
     InvalidAddress(String),
+    /// The TLS handshake failed (e.g. the daemon's certificate is not
+    /// signed by the configured CA).
+    #[error("TLS: {0}")]
+    Tls(String),
     /// Any other I/O error.
     #[error(transparent)]
     Io(#[from] std::io::Error),

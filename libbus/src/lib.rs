@@ -10,7 +10,8 @@
 //!   before allocating.
 //! - [`subject`]: subject and pattern validation (NATS conventions) and the
 //!   reference matcher.
-//! - [`addr`]: `unix:` addresses and the default socket path.
+//! - [`addr`]: `unix:`, `tcp://` and `tls://` addresses and the default socket path.
+//! - [`transport`]: Unix, TCP and TLS streams split into reader and writer; [`tls`]: rustls setup.
 //! - [`client`]: [`Bus`], a cheap `Clone` handle over one connection, served by a
 //!   driver (reader) task and a batching writer task.
 //! - [`session`]: the handshake, each link's reader and writer, and
@@ -64,6 +65,7 @@ pub mod proto;
 pub mod session;
 pub mod subject;
 pub mod subscription;
+pub mod tls;
 pub mod transport;
 
 pub use addr::Address;

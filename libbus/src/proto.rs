@@ -137,6 +137,8 @@ pub enum ErrorCode {
     PingTimeout,
     /// An administrator closed the connection (`bus-cli kick`).
     Kicked,
+    /// A network peer presented a wrong or no token.
+    AuthenticationFailed,
 }
 
 impl ErrorCode {
@@ -144,7 +146,7 @@ impl ErrorCode {
     pub fn is_permanent(self) -> bool {
         matches!(
             self,
-            Self::VersionMismatch | Self::PermissionDenied | Self::Kicked
+            Self::VersionMismatch | Self::PermissionDenied | Self::Kicked | Self::AuthenticationFailed
         )
     }
 }
@@ -216,6 +218,20 @@ pub mod api {
     pub const EVENT_CONN_OPEN: &str = "$BUS.event.conn.open";
     /// Event: a connection ended. Payload: [`ConnEvent`] with a reason.
     pub const EVENT_CONN_CLOSE: &str = "$BUS.event.conn.close";
+    /// Event: a connection was refused at its handshake (wrong token,
+    /// access policy). Payload: [`RefusedEvent`].
+    pub const EVENT_CONN_REFUSED: &str = "$BUS.event.conn.refused";
+
+    /// Payload of `$BUS.event.conn.refused`.
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+    pub struct RefusedEvent {
+        /// Who tried.
+        pub peer: Peer,
+        /// `unix`, `tcp` or `tls`.
+        pub transport: String,
+        /// What they were told.
+        pub reason: String,
+    }
 
     /// Who is on the other end of a connection.
     #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

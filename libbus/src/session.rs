@@ -9,52 +9,92 @@
 //! what was buffered, and starts the next link.
 
 use std::{
+    os::fd::AsRawFd,
     sync::{atomic::Ordering, Arc},
     time::Duration,
 };
 
 use futures_util::StreamExt;
-use tokio::io::AsyncWriteExt;
+use rustls::pki_types::ServerName;
+use tokio::{io::AsyncWriteExt, net::TcpStream};
 use tokio_util::codec::FramedRead;
 
 use crate::{
     client::{lock, Batch, Shared},
     codec::{self},
     proto::{self, ClientFrame, ServerFrame},
-    transport::{self, Half},
-    Address, Delivery, Error, Message, Result,
+    transport::{self, Reader, Writer},
+    Address, ConnectOptions, Delivery, Error, Message, Result,
 };
 
 /// A handshaken connection, ready to run.
 pub(crate) struct Link {
-    pub frames: FramedRead<Half, codec::FrameCodec>,
-    pub writer: Half,
+    pub frames: FramedRead<Reader, codec::FrameCodec>,
+    pub writer: Writer,
     pub conn_id: u64,
     pub server_id: String,
     pub max_frame: u32,
 }
 
+/// Opens the byte stream to `address`: a Unix socket, TCP, or TLS over TCP.
+pub(crate) async fn connect(address: &Address, opts: &ConnectOptions) -> Result<(Reader, Writer)> {
+    let no_daemon = |source| Error::NoDaemon {
+        address: address.to_string(),
+        source,
+    };
+    match address {
+        Address::Unix(path) => Ok(transport::split_unix(
+            transport::connect_unix(path).await.map_err(no_daemon)?,
+        )),
+        Address::Tcp(host_port) => {
+            let tcp = TcpStream::connect(host_port.as_str()).await.map_err(no_daemon)?;
+            transport::configure_tcp(&tcp)?;
+            Ok(transport::split_tcp(tcp))
+        }
+        Address::Tls(host_port) => {
+            let ca = opts.ca_file.as_deref().ok_or_else(|| {
+                Error::InvalidAddress(format!(
+                    "{address}: TLS needs the CA that signed the daemon's certificate (set {} or ConnectOptions::ca_file)",
+                    crate::client::ENV_CA
+                ))
+            })?;
+            let host = host_port
+                .rsplit_once(':')
+                .map_or(host_port.as_str(), |(h, _)| h)
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            let name = ServerName::try_from(host.to_owned())
+                .map_err(|e| Error::InvalidAddress(format!("{address}: {e}")))?;
+            let tcp = TcpStream::connect(host_port.as_str()).await.map_err(no_daemon)?;
+            transport::configure_tcp(&tcp)?;
+            let fd = tcp.as_raw_fd();
+            let tls = tokio_rustls::TlsConnector::from(crate::tls::client_config(ca)?)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| Error::Tls(e.to_string()))?;
+            Ok(transport::split_layered(tls, fd))
+        }
+    }
+}
+
 /// Connects to `address` and completes the handshake (unbounded; callers
 /// apply `connect_timeout`).
-pub(crate) async fn open(address: &Address, name: &str) -> Result<Link> {
-    let Address::Unix(path) = address;
-    let stream = transport::connect_unix(path)
-        .await
-        .map_err(|source| Error::NoDaemon {
-            address: address.to_string(),
-            source,
-        })?;
-    let (rx, mut tx) = transport::split(stream);
-
+pub(crate) async fn open(address: &Address, opts: &ConnectOptions) -> Result<Link> {
+    let (rx, mut tx) = connect(address, opts).await?;
+    let name = opts.name.as_str();
     let mut buf = Vec::new();
     let hello = ClientFrame::Hello(proto::Hello {
         version: proto::PROTOCOL_VERSION,
         name,
         role: proto::Role::Client,
-        auth: None,
+        auth: opts.token.as_deref(),
     });
     codec::encode_into(&hello, &mut buf, proto::DEFAULT_MAX_FRAME).map_err(crate::client::codec_err)?;
-    let written = tx.write_all(&buf).await;
+    let written = async {
+        tx.write_all(&buf).await?;
+        tx.flush().await
+    }
+    .await;
 
     let mut frames = FramedRead::new(rx, codec::frame_codec(proto::DEFAULT_MAX_FRAME));
     if let Err(e) = written {
@@ -134,7 +174,7 @@ impl Reconnect {
 }
 
 /// Runs links until the bus closes: the driver task.
-pub(crate) async fn drive(shared: Arc<Shared>, first: FramedRead<Half, codec::FrameCodec>) {
+pub(crate) async fn drive(shared: Arc<Shared>, first: FramedRead<Reader, codec::FrameCodec>) {
     let mut frames = first;
     loop {
         let reason = read_loop(&shared, frames).await;
@@ -163,7 +203,10 @@ pub(crate) async fn drive(shared: Arc<Shared>, first: FramedRead<Half, codec::Fr
 
 /// Tries to connect again until it works, the bus is closed, or the policy
 /// gives up. Returns the new link's reader.
-async fn reconnect(shared: &Arc<Shared>, policy: &Reconnect) -> Option<FramedRead<Half, codec::FrameCodec>> {
+async fn reconnect(
+    shared: &Arc<Shared>,
+    policy: &Reconnect,
+) -> Option<FramedRead<Reader, codec::FrameCodec>> {
     let mut attempts = 0u32;
     loop {
         tokio::time::sleep(policy.delay(attempts)).await;
@@ -172,7 +215,7 @@ async fn reconnect(shared: &Arc<Shared>, policy: &Reconnect) -> Option<FramedRea
         }
         attempts += 1;
         let t = shared.opts.connect_timeout;
-        let result = match tokio::time::timeout(t, open(&shared.address, &shared.opts.name)).await {
+        let result = match tokio::time::timeout(t, open(&shared.address, &shared.opts)).await {
             Ok(r) => r,
             Err(_) => Err(Error::Timeout(t)),
         };
@@ -196,7 +239,7 @@ async fn reconnect(shared: &Arc<Shared>, policy: &Reconnect) -> Option<FramedRea
 /// Sends the shared output buffer over one link until the buffer is closed
 /// and empty, or writing fails (then the socket is shut down so the reader
 /// ends the link too).
-pub(crate) async fn write_loop(shared: Arc<Shared>, mut tx: Half) {
+pub(crate) async fn write_loop(shared: Arc<Shared>, mut tx: Writer) {
     let mut batch = Vec::with_capacity(64 << 10);
     loop {
         let closed = {
@@ -212,7 +255,7 @@ pub(crate) async fn write_loop(shared: Arc<Shared>, mut tx: Half) {
             continue;
         }
         shared.output_space.notify_waiters();
-        if let Err(e) = tx.write_all(&batch).await {
+        if let Err(e) = write_batch(&mut tx, &batch).await {
             tracing::debug!("bus write failed: {e}");
             tx.shutdown_both();
             break;
@@ -222,6 +265,12 @@ pub(crate) async fn write_loop(shared: Arc<Shared>, mut tx: Half) {
             batch.shrink_to(64 << 10);
         }
     }
+}
+
+/// Writes one batch and flushes it (a no-op on raw sockets; TLS buffers).
+async fn write_batch(tx: &mut Writer, batch: &[u8]) -> std::io::Result<()> {
+    tx.write_all(batch).await?;
+    tx.flush().await
 }
 
 /// True if `buf` holds at least one complete frame.
@@ -249,7 +298,7 @@ fn add_pending(pending: &mut Vec<(u64, Batch)>, sid: u64, d: Delivery, max: usiz
 }
 
 /// Reads one link until it ends; returns why.
-async fn read_loop(shared: &Arc<Shared>, mut frames: FramedRead<Half, codec::FrameCodec>) -> String {
+async fn read_loop(shared: &Arc<Shared>, mut frames: FramedRead<Reader, codec::FrameCodec>) -> String {
     let max_batch = shared.batch_size();
     let mut pending: Vec<(u64, Batch)> = Vec::new();
     let reason = loop {

@@ -1,54 +1,65 @@
-//! Socket plumbing shared by the client and the daemon.
+//! Byte streams under the protocol, shared by the client and the daemon:
+//! Unix sockets, TCP, and TLS over TCP (rustls), each split into a
+//! [`Reader`] and a [`Writer`] so that a reader task and a writer task can
+//! own one each.
 //!
-//! interprocess implements `AsyncRead`/`AsyncWrite` for `&Stream`, so a reader
-//! task and a writer task share one stream through an `Arc` instead of
-//! splitting it. The socket closes when both halves are dropped.
+//! interprocess implements `AsyncRead`/`AsyncWrite` for `&Stream`, so a Unix
+//! stream is shared through an `Arc` (no lock); TCP uses tokio's owned halves
+//! (no lock); TLS keeps one session, so its halves share it through
+//! `tokio::io::split`.
 
 use std::{
     io,
+    os::fd::{AsFd, AsRawFd, RawFd},
+    path::Path,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
+    time::Duration,
 };
 
 use interprocess::local_socket::{tokio::prelude::*, ConnectOptions, GenericFilePath};
 pub use interprocess::os::unix::uds_local_socket::tokio::Stream as UnixStream;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+};
 
-/// One direction of a shared Unix stream.
-#[derive(Debug, Clone)]
-pub struct Half(Arc<UnixStream>);
+/// How often an idle TCP connection is probed by the kernel (keep-alive).
+pub const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
 
-/// Splits `stream` into a read half and a write half.
-pub fn split(stream: UnixStream) -> (Half, Half) {
-    let s = Arc::new(stream);
-    (Half(s.clone()), Half(s))
+/// The receiving side of a connection.
+pub struct Reader(Box<dyn AsyncRead + Send + Unpin>);
+
+/// The sending side of a connection.
+pub struct Writer {
+    inner: Box<dyn AsyncWrite + Send + Unpin>,
+    /// The socket, for shutting down both directions; open while `inner` lives.
+    fd: RawFd,
 }
 
-impl Half {
-    /// Shuts down both directions of the socket, so the other half's pending
-    /// read ends too (used when a write fails).
-    pub fn shutdown_both(&self) {
-        use std::os::fd::{AsFd, AsRawFd};
-        let fd = self.0.as_fd().as_raw_fd();
-        // Fails only if the socket is already disconnected, which is the goal.
-        let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reader")
     }
 }
 
-/// Connects to a Unix socket path through interprocess.
-pub async fn connect_unix(path: &std::path::Path) -> io::Result<UnixStream> {
-    let name = path.to_fs_name::<GenericFilePath>()?;
-    ConnectOptions::new().name(name).connect_tokio_as().await
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer").field("fd", &self.fd).finish()
+    }
 }
 
-impl AsyncRead for Half {
+/// Shares a Unix stream between the two halves.
+struct SharedUnix(Arc<UnixStream>);
+
+impl AsyncRead for SharedUnix {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut &*self.0).poll_read(cx, buf)
     }
 }
 
-impl AsyncWrite for Half {
+impl AsyncWrite for SharedUnix {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut &*self.0).poll_write(cx, buf)
     }
@@ -57,5 +68,92 @@ impl AsyncWrite for Half {
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut &*self.0).poll_shutdown(cx)
+    }
+}
+
+/// Splits a Unix stream.
+pub fn split_unix(stream: UnixStream) -> (Reader, Writer) {
+    let fd = stream.as_fd().as_raw_fd();
+    let s = Arc::new(stream);
+    (
+        Reader(Box::new(SharedUnix(s.clone()))),
+        Writer {
+            inner: Box::new(SharedUnix(s)),
+            fd,
+        },
+    )
+}
+
+/// Splits a TCP stream (after [`configure_tcp`]).
+pub fn split_tcp(stream: TcpStream) -> (Reader, Writer) {
+    let fd = stream.as_raw_fd();
+    let (r, w) = stream.into_split();
+    (
+        Reader(Box::new(r)),
+        Writer {
+            inner: Box::new(w),
+            fd,
+        },
+    )
+}
+
+/// Splits a stream layered over the socket `fd` (TLS).
+pub fn split_layered<S>(stream: S, fd: RawFd) -> (Reader, Writer)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (r, w) = tokio::io::split(stream);
+    (
+        Reader(Box::new(r)),
+        Writer {
+            inner: Box::new(w),
+            fd,
+        },
+    )
+}
+
+/// Sets TCP_NODELAY (frames are already batched) and kernel keep-alive.
+pub fn configure_tcp(stream: &TcpStream) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(TCP_KEEPALIVE)
+        .with_interval(TCP_KEEPALIVE / 3);
+    socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
+}
+
+/// Connects to a Unix socket path through interprocess.
+pub async fn connect_unix(path: &Path) -> io::Result<UnixStream> {
+    let name = path.to_fs_name::<GenericFilePath>()?;
+    ConnectOptions::new().name(name).connect_tokio_as().await
+}
+
+impl Writer {
+    /// Shuts down both directions of the socket, so the reader's pending read
+    /// ends too (used when a write fails).
+    pub fn shutdown_both(&self) {
+        // Fails only if the socket is already disconnected, which is the goal.
+        let _ = nix::sys::socket::shutdown(self.fd, nix::sys::socket::Shutdown::Both);
+    }
+}
+
+impl AsyncRead for Reader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Writer {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

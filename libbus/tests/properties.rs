@@ -31,6 +31,7 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
         Just(ErrorCode::PermissionDenied),
         Just(ErrorCode::PingTimeout),
         Just(ErrorCode::Kicked),
+        Just(ErrorCode::AuthenticationFailed),
     ]
 }
 

@@ -63,6 +63,14 @@ impl TestBus {
         Address::Unix(self.socket())
     }
 
+    /// The TCP or TLS address (with the bound port), if the config set `tcp`.
+    pub fn tcp_address(&self) -> Address {
+        self.daemon
+            .as_ref()
+            .and_then(|d| d.tcp_address().cloned())
+            .expect("daemon listens on TCP")
+    }
+
     /// The socket path.
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("busd.sock")
@@ -215,4 +223,43 @@ pub async fn assert_serving(bus: &TestBus) {
         .expect("publish");
     let m = within("probe message", sub.next()).await.expect("message");
     assert_eq!(&m.payload()[..], b"still here");
+}
+
+/// A throwaway PKI generated at run time: a CA, and a server certificate it
+/// signed for `localhost` and `127.0.0.1`. Nothing secret is committed.
+pub struct TestPki {
+    /// The CA certificate (PEM) clients trust.
+    pub ca: PathBuf,
+    /// The server's certificate (PEM).
+    pub cert: PathBuf,
+    /// The server's private key (PEM).
+    pub key: PathBuf,
+}
+
+impl TestPki {
+    /// Writes `ca.pem`, `cert.pem` and `key.pem` into `dir`, with a CA named `ca_name`.
+    pub fn generate(dir: &std::path::Path, ca_name: &str) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(DnType::CommonName, ca_name);
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_cert = ca_params.self_signed(&ca_key).expect("CA cert");
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate().expect("server key");
+        let params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).expect("params");
+        let cert = params.signed_by(&key, &issuer).expect("server cert");
+        let write = |name: &str, pem: String| {
+            let p = dir.join(name);
+            std::fs::write(&p, pem).expect("write PEM");
+            p
+        };
+        Self {
+            ca: write(&format!("{ca_name}-ca.pem"), ca_cert.pem()),
+            cert: write(&format!("{ca_name}-cert.pem"), cert.pem()),
+            key: write(&format!("{ca_name}-key.pem"), key.serialize_pem()),
+        }
+    }
 }

@@ -1,0 +1,146 @@
+//! The optional TCP listener (`--tcp ADDR`), plain or TLS (`--tls-cert`,
+//! `--tls-key`), for remote clients. Network peers must present the shared
+//! token in their `Hello` (checked in constant time by [`token_matches`]).
+
+use std::{io, net::SocketAddr, os::fd::AsRawFd, time::Duration};
+
+use libbus::transport::{self, Reader, Writer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use crate::{config::Config, Error};
+
+/// A bound TCP listener.
+pub struct TcpEndpoint {
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    /// `tcp://IP:PORT` or `tls://IP:PORT`, with the port actually bound.
+    pub address: String,
+}
+
+impl std::fmt::Debug for TcpEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpEndpoint")
+            .field("address", &self.address)
+            .finish()
+    }
+}
+
+impl TcpEndpoint {
+    /// Binds `config.tcp` if set. Must run inside a tokio runtime.
+    pub fn bind(config: &Config) -> Result<Option<TcpEndpoint>, Error> {
+        let Some(addr) = &config.tcp else {
+            return Ok(None);
+        };
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsAcceptor::from(
+                libbus::tls::server_config(cert, key).map_err(|e| Error::Config(e.to_string()))?,
+            )),
+            (None, None) => None,
+            _ => return Err(Error::Config("--tls-cert and --tls-key go together".into())),
+        };
+        let io_err = |what: &str| {
+            let what = format!("{what} {addr}");
+            move |source| Error::Io { what, source }
+        };
+        let std = std::net::TcpListener::bind(addr.as_str()).map_err(io_err("binding TCP"))?;
+        std.set_nonblocking(true).map_err(io_err("configuring"))?;
+        let listener = TcpListener::from_std(std).map_err(io_err("registering"))?;
+        let local = listener
+            .local_addr()
+            .map_err(io_err("reading the bound address of"))?;
+        let scheme = if tls.is_some() { "tls" } else { "tcp" };
+        Ok(Some(TcpEndpoint {
+            listener,
+            tls,
+            address: format!("{scheme}://{local}"),
+        }))
+    }
+
+    /// The next TCP connection (before any TLS handshake).
+    pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
+        self.listener.accept().await
+    }
+
+    /// A handle for finishing accepted connections in their own tasks.
+    pub fn acceptor(&self) -> Acceptor {
+        Acceptor(self.tls.clone())
+    }
+}
+
+/// Finishes an accepted TCP connection: socket options and, for TLS, the
+/// TLS handshake (bounded by `timeout`).
+#[derive(Clone)]
+pub struct Acceptor(Option<TlsAcceptor>);
+
+impl Acceptor {
+    /// The transport name shown by `bus-cli list`.
+    pub fn transport(&self) -> &'static str {
+        if self.0.is_some() {
+            "tls"
+        } else {
+            "tcp"
+        }
+    }
+
+    /// Turns an accepted stream into a reader and writer.
+    pub async fn establish(&self, stream: TcpStream, timeout: Duration) -> io::Result<(Reader, Writer)> {
+        transport::configure_tcp(&stream)?;
+        match &self.0 {
+            None => Ok(transport::split_tcp(stream)),
+            Some(tls) => {
+                let fd = stream.as_raw_fd();
+                let accepted = tokio::time::timeout(timeout, tls.accept(stream))
+                    .await
+                    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+                Ok(transport::split_layered(accepted, fd))
+            }
+        }
+    }
+}
+
+/// Compares a presented token with the expected one in constant time.
+pub fn token_matches(expected: &str, presented: Option<&str>) -> bool {
+    use subtle::ConstantTimeEq;
+    let presented = presented.unwrap_or("").as_bytes();
+    // ct_eq on slices of different lengths is false without comparing bytes;
+    // the length of a token is not the secret.
+    bool::from(expected.as_bytes().ct_eq(presented))
+}
+
+/// The token: `config.token` (set from `BUS_TOKEN`), else the first line of
+/// `config.token_file`.
+pub fn load_token(config: &Config) -> Result<Option<String>, Error> {
+    if let Some(t) = config.token.clone().filter(|t| !t.is_empty()) {
+        return Ok(Some(t));
+    }
+    let Some(path) = &config.token_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        what: format!("reading the token file {}", path.display()),
+        source,
+    })?;
+    let token = text.lines().next().unwrap_or("").trim().to_owned();
+    if token.is_empty() {
+        return Err(Error::Config(format!(
+            "the token file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(Some(token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_exactly() {
+        assert!(token_matches("s3cret", Some("s3cret")));
+        assert!(!token_matches("s3cret", Some("s3cres")));
+        assert!(!token_matches("s3cret", Some("s3cret ")));
+        assert!(!token_matches("s3cret", None));
+        assert!(!token_matches("s3cret", Some("")));
+    }
+}
