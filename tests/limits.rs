@@ -1,19 +1,11 @@
 //! Limits and admin policy: each refusal names its limit and value, leaves the
 //! connection (and everyone else) working, and is counted in `$BUS.api.info`.
 
-use bus_tests::{assert_serving, within, Got, TestBus};
+use bus_tests::{assert_serving, server_info, within, Got, TestBus};
 use libbus::{
     proto::{self, api, ClientFrame, ErrorCode},
     Bus, ConnectOptions, Error, Event,
 };
-
-async fn info(bus: &Bus) -> api::ServerInfo {
-    within("info", bus.request(api::INFO, []))
-        .await
-        .unwrap()
-        .decode()
-        .unwrap()
-}
 
 fn refused(info: &api::ServerInfo, limit: &str) -> u64 {
     info.refused
@@ -49,7 +41,7 @@ async fn ten_thousand_subscriptions_hit_the_limit_cleanly() {
     // Dropping one frees a slot.
     subs.pop();
     client.subscribe("s.again").await.expect("a slot was freed");
-    assert_eq!(refused(&info(&client).await, "max_subscriptions"), 1);
+    assert_eq!(refused(&server_info(&client).await, "max_subscriptions"), 1);
     assert_serving(&bus).await;
 }
 
@@ -107,7 +99,7 @@ async fn subject_length_and_token_limits() {
     client.publish("a.b.c.d", "fits").await.unwrap();
     assert_eq!(&within("msg", ok.next()).await.unwrap().payload()[..], b"fits");
 
-    let i = info(&client).await;
+    let i = server_info(&client).await;
     assert_eq!(refused(&i, "max_subject_tokens"), 1);
     assert_eq!(refused(&i, "max_subject_len"), 2);
     assert!(i.limits.contains(&("max_subject_len".into(), 32)));
@@ -130,7 +122,7 @@ async fn per_uid_connection_limit() {
         }
         other => panic!("expected a limit error, got {other:?}"),
     }
-    assert_eq!(refused(&info(&a).await, "max_connections_per_uid"), 1);
+    assert_eq!(refused(&server_info(&a).await, "max_connections_per_uid"), 1);
     // A slot frees when a connection ends.
     a.close().await.unwrap();
     let c = within("connect", async {
@@ -207,7 +199,7 @@ async fn max_connections_refuses_with_the_limit_named() {
             other => panic!("expected a limit error, got {other:?}"),
         }
     }
-    assert_eq!(refused(&info(&a).await, "max_connections"), 3);
+    assert_eq!(refused(&server_info(&a).await, "max_connections"), 3);
     assert_serving_with(&a).await;
 }
 

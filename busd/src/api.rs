@@ -61,6 +61,8 @@ pub fn info(state: &State) -> ServerInfo {
         limits: state.config.limits(),
         rss_bytes: rss_bytes(),
         refused: state.policy.refused.snapshot(),
+        node_id: state.cluster.node_id.clone(),
+        bridges: state.cluster.bridges(),
     }
 }
 

@@ -71,6 +71,29 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     /// `tls_key`: PEM private key for `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// `node_id`: this daemon's name among bridged daemons. Default: the host
+    /// name and a hash of the socket path (stable across restarts).
+    pub node_id: Option<String>,
+    /// `bridge`: daemons to bridge with (`tcp://host:port`, `tls://host:port`),
+    /// dialed with this daemon's token and kept connected. Default: none.
+    pub bridge: Vec<String>,
+    /// `bridge_ca`: CA (PEM) for `tls://` bridges. Default: `$BUS_CA`.
+    pub bridge_ca: Option<PathBuf>,
+    /// `bridge_buffer`: bytes of messages held per bridge link while it is
+    /// down; beyond it they are dropped and counted. Default 8 MiB.
+    #[serde(with = "size")]
+    pub bridge_buffer: usize,
+    /// `bridge_hold`: how long held messages wait, after the link is back,
+    /// for the other side to want them again (it may have restarted), and how
+    /// long an accepted link that went away is remembered. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub bridge_hold: Duration,
+    /// `link_ping_interval`: bridge keep-alive. Default 1 s.
+    #[serde(with = "humantime_serde")]
+    pub link_ping_interval: Duration,
+    /// `link_timeout`: a bridge link silent this long is down. Default 3 s.
+    #[serde(with = "humantime_serde")]
+    pub link_timeout: Duration,
 }
 
 impl Default for Config {
@@ -101,6 +124,13 @@ impl Default for Config {
             token: None,
             tls_cert: None,
             tls_key: None,
+            node_id: None,
+            bridge: Vec::new(),
+            bridge_ca: None,
+            bridge_buffer: 8 << 20,
+            bridge_hold: Duration::from_secs(10),
+            link_ping_interval: Duration::from_secs(1),
+            link_timeout: Duration::from_secs(3),
         }
     }
 }
@@ -179,7 +209,24 @@ impl Config {
             ("handshake_timeout_ms".into(), ms(self.handshake_timeout)),
             ("ping_interval_ms".into(), ms(self.ping_interval)),
             ("shutdown_grace_ms".into(), ms(self.shutdown_grace)),
+            ("bridge_buffer".into(), self.bridge_buffer as u64),
+            ("bridge_hold_ms".into(), ms(self.bridge_hold)),
         ]
+    }
+
+    /// `node_id`, or the default: host name plus a hash of the socket path.
+    pub fn effective_node_id(&self) -> String {
+        if let Some(id) = self.node_id.clone().filter(|s| !s.is_empty()) {
+            return id;
+        }
+        use std::hash::{Hash, Hasher};
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "localhost".into());
+        // DefaultHasher::new() has fixed keys: the same path gives the same id.
+        let mut h = std::hash::DefaultHasher::new();
+        self.socket.hash(&mut h);
+        format!("{host}-{:08x}", h.finish() as u32)
     }
 }
 

@@ -61,7 +61,7 @@ pub async fn serve(state: Arc<State>, rd: Reader, mut wr: Writer, peer: Peer, tr
 
     let admitted = handshake(&state, &mut frames)
         .await
-        .and_then(|(name, auth)| admit(&state, &peer, transport, auth.as_deref()).map(|slot| (name, slot)));
+        .and_then(|h| admit(&state, &peer, transport, h.auth.as_deref()).map(|slot| (h, slot)));
     let (hello, _uid_slot) = match admitted {
         Ok(h) => h,
         Err((code, message)) => {
@@ -79,10 +79,31 @@ pub async fn serve(state: Arc<State>, rd: Reader, mut wr: Writer, peer: Peer, tr
         }
     };
 
+    if hello.role == proto::Role::Bridge {
+        let welcome = encode(&ServerFrame::Welcome(proto::Welcome {
+            version: proto::PROTOCOL_VERSION,
+            conn_id: 0,
+            server_id: &state.cluster.node_id,
+            max_frame: state.config.max_frame,
+        }));
+        if wr.write_all(&welcome).await.is_err() || wr.flush().await.is_err() {
+            return;
+        }
+        frames
+            .decoder_mut()
+            .set_max_frame(crate::cluster::link::link_max_frame(&state) as usize);
+        let peer = match &peer {
+            Peer::Net { addr } => addr.clone(),
+            Peer::Unix { pid, uid, .. } => format!("unix pid {pid} uid {uid}"),
+        };
+        crate::cluster::link::accept(state, frames, wr, hello.name, peer).await;
+        return;
+    }
+
     let connected_at = SystemTime::now();
     let conn = Arc::new(Conn {
         id: state.registry.next_id(),
-        name: hello,
+        name: hello.name,
         transport,
         peer,
         connected_at,
@@ -155,12 +176,22 @@ fn admit(
         .map_err(|m| (ErrorCode::LimitExceeded, m))
 }
 
-/// Reads and checks `Hello`. Returns the client name and credential, or the
-/// error to send.
+/// What a valid `Hello` said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HelloInfo {
+    /// Client name (for a bridge: the remote node id).
+    pub name: String,
+    /// Credential presented (network transports).
+    pub auth: Option<String>,
+    /// Client or bridge.
+    pub role: proto::Role,
+}
+
+/// Reads and checks `Hello`. Returns what it said, or the error to send.
 async fn handshake(
     state: &State,
     frames: &mut FramedRead<Reader, codec::FrameCodec>,
-) -> Result<(String, Option<String>), (ErrorCode, String)> {
+) -> Result<HelloInfo, (ErrorCode, String)> {
     let t = state.config.handshake_timeout;
     let body = match tokio::time::timeout(t, frames.next()).await {
         Err(_) => {
@@ -177,14 +208,15 @@ async fn handshake(
     check_hello(&body)
 }
 
-/// The handshake's verdict on the first frame body: the client name and the
-/// credential it presented, or the error code and message to refuse with.
-/// Pure, so it can be fuzzed.
-pub fn check_hello(body: &[u8]) -> Result<(String, Option<String>), (ErrorCode, String)> {
+/// The handshake's verdict on the first frame body: what the `Hello` said,
+/// or the error code and message to refuse with. Pure, so it can be fuzzed.
+pub fn check_hello(body: &[u8]) -> Result<HelloInfo, (ErrorCode, String)> {
     match codec::decode::<ClientFrame>(body) {
-        Ok(ClientFrame::Hello(h)) if h.version == proto::PROTOCOL_VERSION => {
-            Ok((h.name.to_owned(), h.auth.map(ToOwned::to_owned)))
-        }
+        Ok(ClientFrame::Hello(h)) if h.version == proto::PROTOCOL_VERSION => Ok(HelloInfo {
+            name: h.name.to_owned(),
+            auth: h.auth.map(ToOwned::to_owned),
+            role: h.role,
+        }),
         Ok(ClientFrame::Hello(h)) => Err((
             ErrorCode::VersionMismatch,
             format!(
@@ -381,16 +413,21 @@ fn publish(
             state.router.lookup(p.subject, cache)
         }
     };
-    if routes.is_empty() {
+    if !routes.is_empty() {
+        // One exact-size copy of the frame body, shared by every delivery:
+        // queued messages never pin the (larger) receive buffer.
+        routes.deliver(&Published::new(body, p.payload.len()));
+    }
+    let remote = state.cluster.is_active()
+        && state
+            .cluster
+            .publish(state, p.subject, p.reply_to, p.payload, &routes);
+    if routes.is_empty() && !remote {
         if let Some(reply_to) = p.reply_to {
             conn.outbox
                 .push_frame(encode(&ServerFrame::NoResponders { reply_to }));
         }
-        return Ok(());
     }
-    // One exact-size copy of the frame body, shared by every delivery: queued
-    // messages never pin the (larger) receive buffer.
-    routes.deliver(&Published::new(body, p.payload.len()));
     Ok(())
 }
 

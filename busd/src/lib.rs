@@ -29,6 +29,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod listener;

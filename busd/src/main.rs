@@ -82,6 +82,18 @@ struct Args {
     /// PEM private key of --tls-cert.
     #[arg(long, value_name = "PEM")]
     tls_key: Option<PathBuf>,
+    /// Bridge with the daemon at this address (tcp://host:port or tls://host:port; repeatable).
+    #[arg(long, value_name = "ADDRESS")]
+    bridge: Vec<String>,
+    /// Bytes held per bridge link while it is down [default: 8MiB].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    bridge_buffer: Option<u64>,
+    /// CA (PEM) for tls:// bridges [default: $BUS_CA].
+    #[arg(long, value_name = "PEM")]
+    bridge_ca: Option<PathBuf>,
+    /// This daemon's node id among bridged daemons [default: hostname-<hash of socket path>].
+    #[arg(long, value_name = "ID")]
+    node_id: Option<String>,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -128,6 +140,12 @@ impl Args {
         c.tcp_insecure |= self.tcp_insecure;
         set(&mut c.tls_cert, self.tls_cert.map(Some));
         set(&mut c.tls_key, self.tls_key.map(Some));
+        c.bridge.extend(self.bridge);
+        if let Some(v) = self.bridge_buffer {
+            c.bridge_buffer = usize::try_from(v).map_err(|_| "--bridge-buffer is too large".to_owned())?;
+        }
+        set(&mut c.bridge_ca, self.bridge_ca.map(Some));
+        set(&mut c.node_id, self.node_id.map(Some));
         c.token = std::env::var(libbus::client::ENV_TOKEN)
             .ok()
             .filter(|t| !t.is_empty());

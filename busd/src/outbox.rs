@@ -37,10 +37,16 @@ impl Published {
 
     /// Encodes a message from the daemon itself (events, API replies).
     pub fn from_daemon(subject: &str, payload: &[u8]) -> Self {
+        Self::encode(subject, None, payload)
+    }
+
+    /// Encodes a message that did not arrive as a `Pub` frame (from the
+    /// daemon itself, or over a bridge).
+    pub fn encode(subject: &str, reply_to: Option<&str>, payload: &[u8]) -> Self {
         let mut frame = Vec::new();
         let p = libbus::proto::ClientFrame::Pub(libbus::proto::Pub {
             subject,
-            reply_to: None,
+            reply_to,
             payload,
         });
         if let Err(e) = libbus::codec::encode_into(&p, &mut frame, u32::MAX) {

@@ -22,6 +22,7 @@ use tokio::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
+    cluster::Cluster,
     config::Config,
     conn,
     listener::UnixListener,
@@ -70,6 +71,8 @@ pub struct State {
     pub policy: Arc<Policy>,
     /// The token network peers must present (`None`: TCP off or insecure).
     pub token: Option<String>,
+    /// Bridge links and cross-daemon routing.
+    pub cluster: Cluster,
 }
 
 /// A bound daemon, ready to [`run`](Server::run).
@@ -101,6 +104,7 @@ impl Server {
             listen.push(t.address.clone());
         }
         let policy = Arc::new(Policy::new(&config, nix::unistd::geteuid().as_raw()));
+        let node_id = config.effective_node_id();
         let state = Arc::new(State {
             policy,
             config,
@@ -112,6 +116,7 @@ impl Server {
             clock: Clock(AtomicU64::new(unix_ms(SystemTime::now()))),
             listen,
             token,
+            cluster: Cluster::new(node_id),
         });
         Ok(Server { state, listener, tcp })
     }
@@ -138,8 +143,11 @@ impl Server {
             loop {
                 tick.tick().await;
                 clock_state.clock.tick();
+                // Interest changes reach bridged daemons even without traffic.
+                clock_state.cluster.announce_if_changed(&clock_state);
             }
         });
+        crate::cluster::link::start_dialers(&state, &tracker);
         tracing::info!(address = %listener.path().display(), "busd listening");
         if let Some(t) = &tcp {
             tracing::info!(address = %t.address, "busd listening");

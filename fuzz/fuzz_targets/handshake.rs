@@ -22,15 +22,16 @@ fuzz_target!(|data: &[u8]| {
         _ => return, // needs more bytes, or refused by the frame splitter
     };
     match busd::conn::check_hello(&first) {
-        Ok((name, auth)) => {
+        Ok(hello) => {
             let Ok(ClientFrame::Hello(h)) = codec::decode::<ClientFrame>(&first) else {
                 panic!("accepted something that is not a Hello");
             };
             assert_eq!(h.version, proto::PROTOCOL_VERSION);
-            assert_eq!(h.name, name);
-            assert_eq!(h.auth, auth.as_deref());
+            assert_eq!(h.name, hello.name);
+            assert_eq!(h.auth, hello.auth.as_deref());
+            assert_eq!(h.role, hello.role);
             // The token check never panics, whatever was presented.
-            let _ = busd::tcp::token_matches("expected-token", auth.as_deref());
+            let _ = busd::tcp::token_matches("expected-token", hello.auth.as_deref());
         }
         Err((_, message)) => {
             assert!(!message.is_empty());

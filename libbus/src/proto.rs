@@ -26,6 +26,9 @@ pub const LEN_PREFIX: usize = 4;
 pub enum Role {
     /// An application (or `bus-cli`).
     Client,
+    /// Another daemon opening a bridge link; `Hello.name` is its node id.
+    /// After `Welcome` both sides speak [`link::LinkFrame`].
+    Bridge,
 }
 
 /// First frame from a client.
@@ -332,7 +335,37 @@ pub mod api {
         /// Times each limit or policy refused something since start, as
         /// (limit name, count); `permission_denied` counts policy refusals.
         pub refused: Vec<(String, u64)>,
+        /// This daemon's node id (bridging).
+        pub node_id: String,
+        /// Bridge links, configured or accepted.
+        pub bridges: Vec<BridgeInfo>,
     }
+
+    /// One bridge link to another daemon.
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+    pub struct BridgeInfo {
+        /// The remote daemon's node id (empty until first connected).
+        pub node: String,
+        /// The remote address this side dials, or the peer address it accepted.
+        pub address: String,
+        /// `up`, `connecting` or `down`.
+        pub state: String,
+        /// True if this side dials (`--bridge`), false if it accepted.
+        pub outbound: bool,
+        /// Messages received over the link.
+        pub msgs_in: u64,
+        /// Messages sent over the link.
+        pub msgs_out: u64,
+        /// Bytes of messages waiting for the link (held while it is down).
+        pub buffered_bytes: u64,
+        /// Messages dropped for this link (buffer full or held too long).
+        pub dropped: u64,
+    }
+
+    /// Event: a bridge link came up. Payload: [`BridgeInfo`].
+    pub const EVENT_BRIDGE_UP: &str = "$BUS.event.bridge.up";
+    /// Event: a bridge link went down. Payload: [`BridgeInfo`].
+    pub const EVENT_BRIDGE_DOWN: &str = "$BUS.event.bridge.down";
 
     /// Why a connection ended.
     #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -374,6 +407,74 @@ pub mod api {
         pub conn: ConnInfo,
         /// Set on close.
         pub reason: Option<CloseReason>,
+    }
+}
+
+/// The bridge protocol between daemons, spoken after a `Hello` with
+/// [`Role::Bridge`] was welcomed. Both directions use [`LinkFrame`].
+///
+/// Each daemon floods a versioned [`NodeState`] (its links and the subject
+/// interest of its local subscribers) to every node; each keeps the newest
+/// state per node, so all agree on the topology and on who wants what.
+/// A message travels from its origin along the shortest-path tree rooted at
+/// the origin (computed identically everywhere), and only into subtrees with
+/// interest: no loops and no duplicates in any topology.
+pub mod link {
+    use serde::{Deserialize, Serialize};
+
+    /// A subscription interest: a pattern, optionally in a queue group.
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub struct Interest {
+        /// Subject pattern.
+        pub pattern: String,
+        /// Queue group.
+        pub queue: Option<String>,
+    }
+
+    /// What one node announces about itself; a newer `version` replaces an older one.
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+    pub struct NodeState {
+        /// Node id.
+        pub node: String,
+        /// Increases with every change (microseconds since the epoch, so it
+        /// also increases across restarts).
+        pub version: u64,
+        /// Node ids this node has bridge links with.
+        pub links: Vec<String>,
+        /// Distinct interests of its local subscribers.
+        pub interest: Vec<Interest>,
+    }
+
+    /// A message crossing a link.
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+    pub struct Routed<'a> {
+        /// Node where it was published (the root of its routing tree).
+        pub origin: &'a str,
+        /// Subject.
+        pub subject: &'a str,
+        /// Reply subject, for requests.
+        pub reply_to: Option<&'a str>,
+        /// Body.
+        #[serde(with = "serde_bytes")]
+        pub payload: &'a [u8],
+        /// Queue groups without a member at the origin: (group, the node
+        /// whose member gets it). Other nodes' members of these groups skip it.
+        #[serde(borrow)]
+        pub queue_targets: Vec<(&'a str, &'a str)>,
+    }
+
+    /// Frames on a bridge link, in both directions. Only appended to.
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+    pub enum LinkFrame<'a> {
+        /// A node's state (flooded).
+        State(NodeState),
+        /// A routed message.
+        #[serde(borrow)]
+        Msg(Routed<'a>),
+        /// Liveness probe.
+        Ping,
+        /// Answer to `Ping`.
+        Pong,
     }
 }
 

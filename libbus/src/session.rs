@@ -36,8 +36,9 @@ pub(crate) struct Link {
     pub max_frame: u32,
 }
 
-/// Opens the byte stream to `address`: a Unix socket, TCP, or TLS over TCP.
-pub(crate) async fn connect(address: &Address, opts: &ConnectOptions) -> Result<(Reader, Writer)> {
+/// Opens the byte stream to `address`: a Unix socket, TCP, or TLS over TCP
+/// (with `opts.ca_file`). No handshake yet. busd's bridge dialer uses it too.
+pub async fn connect(address: &Address, opts: &ConnectOptions) -> Result<(Reader, Writer)> {
     let no_daemon = |source| Error::NoDaemon {
         address: address.to_string(),
         source,

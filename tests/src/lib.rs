@@ -263,3 +263,12 @@ impl TestPki {
         }
     }
 }
+
+/// `$BUS.api.info` through `bus`.
+pub async fn server_info(bus: &Bus) -> libbus::proto::api::ServerInfo {
+    within("info", bus.request(libbus::proto::api::INFO, []))
+        .await
+        .expect("info request")
+        .decode()
+        .expect("info decodes")
+}

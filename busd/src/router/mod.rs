@@ -8,12 +8,14 @@
 pub mod sublist;
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
-        Arc, RwLock,
+        Arc, Mutex, RwLock,
     },
 };
+
+use libbus::{proto::link::Interest, subject::RESERVED_PREFIX};
 
 use crate::{outbox::Published, registry::Conn};
 use sublist::Sublist;
@@ -32,8 +34,8 @@ pub struct Target {
 pub struct Routes {
     /// Each gets the message.
     pub plain: Vec<Target>,
-    /// One member of each group gets the message.
-    pub groups: Vec<Vec<Target>>,
+    /// One member of each group gets the message: (group name, members).
+    pub groups: Vec<(Box<str>, Vec<Target>)>,
     /// Round-robin position for choosing group members.
     next: AtomicUsize,
 }
@@ -48,12 +50,21 @@ impl Routes {
     /// subscriber whose queue is full gets a drop counted instead; within a
     /// group, the next member with room is tried first. Never waits.
     pub fn deliver(&self, msg: &Published) {
+        self.deliver_filtered(msg, |_| true);
+    }
+
+    /// [`deliver`](Self::deliver), but only to the groups `group_here` accepts
+    /// (a message from another node names the node whose member gets it).
+    pub fn deliver_filtered(&self, msg: &Published, group_here: impl Fn(&str) -> bool) {
         for t in &self.plain {
             if !t.conn.outbox.try_push(t.sid, msg) {
                 t.conn.outbox.record_drop(t.sid);
             }
         }
-        for members in &self.groups {
+        for (group, members) in &self.groups {
+            if !group_here(group) {
+                continue;
+            }
             let n = members.len();
             let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
             let taken = (0..n).any(|i| {
@@ -84,6 +95,11 @@ pub struct Router {
     list: RwLock<Sublist<Target>>,
     /// Bumped on every change; caches older than this are stale.
     generation: AtomicU64,
+    /// Distinct (pattern, queue) of local subscriptions, with counts: the
+    /// interest this daemon announces to bridged daemons.
+    interest: Mutex<BTreeMap<Interest, usize>>,
+    /// Bumped when the set of distinct interests changes.
+    interest_version: AtomicU64,
 }
 
 impl Router {
@@ -99,6 +115,19 @@ impl Router {
             },
         );
         self.generation.fetch_add(1, Ordering::Release);
+        drop(list);
+        if !pattern.starts_with(RESERVED_PREFIX) {
+            let key = Interest {
+                pattern: pattern.into(),
+                queue: queue.map(Into::into),
+            };
+            let mut interest = self.interest.lock().unwrap_or_else(|e| e.into_inner());
+            let n = interest.entry(key).or_insert(0);
+            *n += 1;
+            if *n == 1 {
+                self.interest_version.fetch_add(1, Ordering::Release);
+            }
+        }
     }
 
     /// Removes subscription `sid` of connection `conn_id`.
@@ -114,10 +143,44 @@ impl Router {
         subs: impl IntoIterator<Item = (u64, &'a str, Option<&'a str>)>,
     ) {
         let mut list = self.list.write().unwrap_or_else(|e| e.into_inner());
+        let mut interest = self.interest.lock().unwrap_or_else(|e| e.into_inner());
+        let mut changed = false;
         for (sid, pattern, queue) in subs {
-            list.remove(pattern, queue, |t| t.conn.id == conn_id && t.sid == sid);
+            if list
+                .remove(pattern, queue, |t| t.conn.id == conn_id && t.sid == sid)
+                .is_none()
+            {
+                continue;
+            }
+            let key = Interest {
+                pattern: pattern.into(),
+                queue: queue.map(Into::into),
+            };
+            if let Some(n) = interest.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    interest.remove(&key);
+                    changed = true;
+                }
+            }
         }
         self.generation.fetch_add(1, Ordering::Release);
+        if changed {
+            self.interest_version.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// The distinct interests of local subscribers (outside `$BUS.`), and
+    /// the version of that set.
+    pub fn interest(&self) -> (u64, Vec<Interest>) {
+        let interest = self.interest.lock().unwrap_or_else(|e| e.into_inner());
+        let version = self.interest_version.load(Ordering::Acquire);
+        (version, interest.keys().cloned().collect())
+    }
+
+    /// Changes whenever [`interest`](Self::interest) would.
+    pub fn interest_version(&self) -> u64 {
+        self.interest_version.load(Ordering::Acquire)
     }
 
     /// Number of subscriptions.
@@ -165,7 +228,7 @@ impl Router {
             .matches(subject);
         Arc::new(Routes {
             plain: m.plain,
-            groups: m.groups.into_iter().map(|(_, members)| members).collect(),
+            groups: m.groups,
             next: AtomicUsize::new(fastrand::usize(..)),
         })
     }

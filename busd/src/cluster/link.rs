@@ -1,0 +1,475 @@
+//! One bridge link to another daemon: its queue (which holds messages while
+//! the link is down, up to `bridge_buffer`), its sessions (a connection
+//! each), and for `--bridge` links the dialer that reconnects with backoff.
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use libbus::{
+    codec,
+    proto::{
+        self,
+        api::{self, BridgeInfo},
+        link::LinkFrame,
+        ClientFrame, ServerFrame,
+    },
+    transport::{Reader, Writer},
+    Address, ConnectOptions, Reconnect,
+};
+use tokio::io::AsyncWriteExt;
+use tokio_util::codec::FramedRead;
+
+use super::encode;
+use crate::{outbox::Published, registry::lock, server::State};
+
+/// Bytes the writer gathers before one `write` call.
+const WRITE_BATCH: usize = 64 << 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Connecting,
+    Up,
+    Down,
+}
+
+/// A message waiting in a link's queue.
+#[derive(Debug)]
+struct Held {
+    frame: Bytes,
+    origin: String,
+    subject: Box<str>,
+    targets: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<Held>,
+    bytes: usize,
+}
+
+/// One bridge link.
+#[derive(Debug)]
+pub struct Link {
+    /// The address this side dials (`--bridge`), or `None` if accepted.
+    pub dial: Option<Address>,
+    node: Mutex<String>,
+    peer: Mutex<String>,
+    status: Mutex<Status>,
+    down_since: Mutex<Option<Instant>>,
+    queue: Mutex<Queue>,
+    control: Mutex<Vec<Bytes>>,
+    ready: tokio::sync::Notify,
+    max_bytes: usize,
+    msgs_in: AtomicU64,
+    msgs_out: AtomicU64,
+    dropped: AtomicU64,
+    /// The other side's own state has arrived on the current connection, so
+    /// routing reflects it as it is now (not as before a restart).
+    synced: AtomicBool,
+}
+
+impl Link {
+    fn new(dial: Option<Address>, node: String, peer: String, max_bytes: usize) -> Arc<Self> {
+        Arc::new(Self {
+            status: Mutex::new(if dial.is_some() {
+                Status::Connecting
+            } else {
+                Status::Down
+            }),
+            dial,
+            node: Mutex::new(node),
+            peer: Mutex::new(peer),
+            down_since: Mutex::new(None),
+            queue: Mutex::new(Queue::default()),
+            control: Mutex::new(Vec::new()),
+            ready: tokio::sync::Notify::new(),
+            max_bytes,
+            msgs_in: AtomicU64::new(0),
+            msgs_out: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            synced: AtomicBool::new(false),
+        })
+    }
+
+    /// The remote node id ("" until first connected).
+    pub fn node(&self) -> String {
+        lock(&self.node).clone()
+    }
+
+    /// Whether routing should count this link: up, or configured (we keep
+    /// dialing it), or accepted and down for less than `bridge_hold`
+    /// (messages for it are held meanwhile).
+    pub fn in_topology(&self) -> bool {
+        !lock(&self.node).is_empty()
+    }
+
+    fn is_up(&self) -> bool {
+        *lock(&self.status) == Status::Up
+    }
+
+    /// Queues a state or keep-alive frame, sent before any message; dropped
+    /// while the link is down (a full sync follows the reconnect).
+    pub fn send_control(&self, frame: Bytes) {
+        if self.is_up() {
+            lock(&self.control).push(frame);
+            self.ready.notify_one();
+        }
+    }
+
+    /// Queues a message; held while the link is down, dropped (and counted)
+    /// beyond `bridge_buffer`.
+    pub fn send_msg(&self, frame: Bytes, origin: &str, subject: &str, targets: &[(&str, &str)]) {
+        let mut q = lock(&self.queue);
+        if q.bytes + frame.len() > self.max_bytes {
+            drop(q);
+            self.dropped.fetch_add(1, Relaxed);
+            return;
+        }
+        q.bytes += frame.len();
+        q.items.push_back(Held {
+            frame,
+            origin: origin.to_owned(),
+            subject: subject.into(),
+            targets: targets.iter().map(|(_, n)| (*n).to_owned()).collect(),
+        });
+        drop(q);
+        self.ready.notify_one();
+    }
+
+    /// A snapshot for `bus-cli list` / `info` and events.
+    pub fn info(&self) -> BridgeInfo {
+        let q = lock(&self.queue);
+        BridgeInfo {
+            node: self.node(),
+            address: match &self.dial {
+                Some(a) => a.to_string(),
+                None => lock(&self.peer).clone(),
+            },
+            state: match *lock(&self.status) {
+                Status::Up => "up",
+                Status::Connecting => "connecting",
+                Status::Down => "down",
+            }
+            .into(),
+            outbound: self.dial.is_some(),
+            msgs_in: self.msgs_in.load(Relaxed),
+            msgs_out: self.msgs_out.load(Relaxed),
+            buffered_bytes: q.bytes as u64,
+            dropped: self.dropped.load(Relaxed),
+        }
+    }
+
+    fn set_status(&self, status: Status) {
+        *lock(&self.status) = status;
+        *lock(&self.down_since) = (status != Status::Up).then(Instant::now);
+        if status != Status::Up {
+            lock(&self.control).clear();
+        }
+    }
+
+    /// Drops everything held (the link is gone for good), counting it.
+    fn drop_held(&self) {
+        let mut q = lock(&self.queue);
+        self.dropped.fetch_add(q.items.len() as u64, Relaxed);
+        q.items.clear();
+        q.bytes = 0;
+    }
+}
+
+/// Starts the dialer of every `--bridge` address.
+pub fn start_dialers(state: &Arc<State>, tracker: &tokio_util::task::TaskTracker) {
+    for address in &state.config.bridge {
+        let address: Address = match address.parse() {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(address, "bad --bridge address: {e}");
+                continue;
+            }
+        };
+        let link = Link::new(
+            Some(address),
+            String::new(),
+            String::new(),
+            state.config.bridge_buffer,
+        );
+        state.cluster.add_link(link.clone());
+        tracker.spawn(dial_loop(state.clone(), link));
+    }
+}
+
+/// Keeps one outbound link connected: connect, handshake, run, back off, again.
+async fn dial_loop(state: Arc<State>, link: Arc<Link>) {
+    let Some(address) = link.dial.clone() else { return };
+    let backoff = Reconnect {
+        initial_delay: Duration::from_millis(100),
+        max_delay: Duration::from_secs(10),
+        max_attempts: None,
+    };
+    let mut failures = 0u32;
+    loop {
+        if state.shutdown.is_cancelled() {
+            return;
+        }
+        match dial(&state, &address).await {
+            Ok((frames, writer, node)) => {
+                failures = 0;
+                run_session(&state, &link, frames, writer, node, address.to_string()).await;
+            }
+            Err(e) => {
+                tracing::debug!(%address, "bridge connect failed: {e}");
+                failures = failures.saturating_add(1);
+            }
+        }
+        if *lock(&link.status) != Status::Down {
+            link.set_status(Status::Connecting);
+        }
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff.delay(failures)) => {}
+        }
+    }
+}
+
+type Frames = FramedRead<Reader, codec::FrameCodec>;
+
+/// Connects and completes the bridge handshake; returns the remote node id.
+async fn dial(state: &State, address: &Address) -> libbus::Result<(Frames, Writer, String)> {
+    let mut opts = ConnectOptions::default();
+    opts.token = state.token.clone();
+    opts.ca_file = state.config.bridge_ca.clone().or(opts.ca_file);
+    let t = state.config.handshake_timeout;
+    let fut = async {
+        let (rx, mut tx) = libbus::session::connect(address, &opts).await?;
+        let mut buf = Vec::new();
+        let hello = ClientFrame::Hello(proto::Hello {
+            version: proto::PROTOCOL_VERSION,
+            name: &state.cluster.node_id,
+            role: proto::Role::Bridge,
+            auth: opts.token.as_deref(),
+        });
+        codec::encode_into(&hello, &mut buf, u32::MAX).map_err(|e| libbus::Error::Protocol(e.to_string()))?;
+        tx.write_all(&buf).await?;
+        tx.flush().await?;
+        let mut frames = FramedRead::new(rx, codec::frame_codec(link_max_frame(state)));
+        let first = frames.next().await.ok_or(libbus::Error::Disconnected {
+            reason: Some("closed during the bridge handshake".into()),
+        })??;
+        match codec::decode::<ServerFrame>(&first).map_err(|e| libbus::Error::Protocol(e.to_string()))? {
+            ServerFrame::Welcome(w) => Ok((frames, tx, w.server_id.to_owned())),
+            ServerFrame::Error { code, message } => Err(libbus::Error::Server {
+                code,
+                message: message.into(),
+            }),
+            other => Err(libbus::Error::Protocol(format!(
+                "expected Welcome, got {other:?}"
+            ))),
+        }
+    };
+    tokio::time::timeout(t, fut)
+        .await
+        .map_err(|_| libbus::Error::Timeout(t))?
+}
+
+/// Largest link frame: a message (up to `max_frame`) plus routing fields,
+/// or a node state (which lists every interest).
+pub fn link_max_frame(state: &State) -> u32 {
+    state.config.max_frame.max(16 << 20).saturating_add(64 << 10)
+}
+
+/// An accepted bridge connection from `node` (after `Welcome`): resumes the
+/// link it had (and what it held), or makes a new one.
+pub async fn accept(state: Arc<State>, frames: Frames, writer: Writer, node: String, peer: String) {
+    if node == state.cluster.node_id {
+        tracing::warn!(peer, "refusing a bridge from our own node id");
+        return;
+    }
+    let link = match state.cluster.link_to(&node) {
+        Some(l) if l.is_up() => {
+            tracing::warn!(node, peer, "refusing a second bridge link to the same node");
+            return;
+        }
+        Some(l) => l,
+        None => {
+            let l = Link::new(None, node.clone(), peer.clone(), state.config.bridge_buffer);
+            state.cluster.add_link(l.clone());
+            l
+        }
+    };
+    run_session(&state, &link, frames, writer, node, peer).await;
+    if link.dial.is_none() {
+        // Hold what is queued for a while; forget the link if it stays away.
+        let hold = state.config.bridge_hold;
+        tokio::select! {
+            _ = state.shutdown.cancelled() => {}
+            _ = tokio::time::sleep(hold) => {
+                if !link.is_up() && lock(&link.down_since).is_some_and(|t| t.elapsed() >= hold) {
+                    tracing::info!(node = %link.node(), "bridge link gone for good; dropping what it held");
+                    link.drop_held();
+                    state.cluster.remove_link(&state, &link);
+                }
+            }
+        }
+    }
+}
+
+/// Runs one connection of `link` until it fails.
+async fn run_session(
+    state: &Arc<State>,
+    link: &Arc<Link>,
+    frames: Frames,
+    writer: Writer,
+    node: String,
+    peer: String,
+) {
+    *lock(&link.node) = node.clone();
+    *lock(&link.peer) = peer;
+    link.synced.store(false, Relaxed);
+    link.set_status(Status::Up);
+    state.cluster.sync_link(state, link);
+    tracing::info!(node, address = %link.info().address, "bridge link up");
+    bridge_event(state, api::EVENT_BRIDGE_UP, link);
+
+    let writer_task = tokio::spawn(write_loop(state.clone(), link.clone(), writer));
+    let reason = read_loop(state, link, frames).await;
+    writer_task.abort();
+    let _ = writer_task.await;
+
+    link.set_status(Status::Down);
+    state.cluster.topology_changed(state);
+    tracing::warn!(node, %reason, "bridge link down");
+    bridge_event(state, api::EVENT_BRIDGE_DOWN, link);
+}
+
+fn bridge_event(state: &State, subject: &'static str, link: &Link) {
+    let routes = state.router.lookup_uncached(subject);
+    if routes.is_empty() {
+        return;
+    }
+    match postcard::to_allocvec(&link.info()) {
+        Ok(body) => routes.deliver(&Published::from_daemon(subject, &body)),
+        Err(e) => tracing::error!("encoding a bridge event: {e}"),
+    }
+}
+
+async fn read_loop(state: &Arc<State>, link: &Arc<Link>, mut frames: Frames) -> String {
+    let ping_every = state.config.link_ping_interval;
+    let timeout = state.config.link_timeout;
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    let mut last_heard = Instant::now();
+    let shutdown = state.shutdown.cancelled();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            frame = frames.next() => {
+                let body = match frame {
+                    None => return "closed by the other side".into(),
+                    Some(Err(e)) => return format!("read failed: {e}"),
+                    Some(Ok(b)) => b,
+                };
+                last_heard = Instant::now();
+                match codec::decode::<LinkFrame>(&body) {
+                    Ok(LinkFrame::State(s)) => {
+                        let own = s.node == link.node();
+                        state.cluster.merge(state, link, s);
+                        if own && !link.synced.swap(true, Relaxed) {
+                            link.ready.notify_one();
+                        }
+                    }
+                    Ok(LinkFrame::Msg(m)) => {
+                        link.msgs_in.fetch_add(1, Relaxed);
+                        state.cluster.receive(state, link, m);
+                    }
+                    Ok(LinkFrame::Ping) => link.send_control(encode(&LinkFrame::Pong)),
+                    Ok(LinkFrame::Pong) => {}
+                    Err(e) => return format!("bad frame: {e}"),
+                }
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() >= timeout {
+                    return format!("nothing heard for {timeout:?}");
+                }
+                link.send_control(encode(&LinkFrame::Ping));
+            }
+            _ = &mut shutdown => return "daemon shutdown".into(),
+        }
+    }
+}
+
+/// Sends control frames first, then messages. Messages that were held while
+/// the link was down go only once the other side (after its restart, say)
+/// wants them again, or are dropped after `bridge_hold`.
+async fn write_loop(state: Arc<State>, link: Arc<Link>, mut wr: Writer) {
+    let mut backlog = lock(&link.queue).items.len();
+    let deadline = tokio::time::Instant::now() + state.config.bridge_hold;
+    let mut changed = state.cluster.changed.subscribe();
+    let mut buf: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
+    loop {
+        for f in std::mem::take(&mut *lock(&link.control)) {
+            buf.extend_from_slice(&f);
+        }
+        let mut waiting_for_interest = false;
+        {
+            let mut q = lock(&link.queue);
+            let mut sent = 0u64;
+            while buf.len() < WRITE_BATCH {
+                let Some(head) = q.items.front() else { break };
+                if backlog > 0 {
+                    // Held messages wait for the other side's current state.
+                    let wanted = link.synced.load(Relaxed)
+                        && state
+                            .cluster
+                            .still_wanted(&link, &head.origin, &head.subject, &head.targets);
+                    if !wanted {
+                        if tokio::time::Instant::now() < deadline {
+                            waiting_for_interest = true;
+                            break;
+                        }
+                        // Held too long with nobody left wanting it.
+                        let held = q.items.pop_front();
+                        q.bytes -= held.map_or(0, |h| h.frame.len());
+                        link.dropped.fetch_add(1, Relaxed);
+                        backlog -= 1;
+                        continue;
+                    }
+                    backlog -= 1;
+                }
+                let Some(item) = q.items.pop_front() else { break };
+                q.bytes -= item.frame.len();
+                buf.extend_from_slice(&item.frame);
+                sent += 1;
+            }
+            link.msgs_out.fetch_add(sent, Relaxed);
+        }
+        if !buf.is_empty() {
+            if let Err(e) = async {
+                wr.write_all(&buf).await?;
+                wr.flush().await
+            }
+            .await
+            {
+                tracing::debug!("bridge write failed: {e}");
+                wr.shutdown_both();
+                return;
+            }
+            buf.clear();
+            continue;
+        }
+        if waiting_for_interest {
+            tokio::select! {
+                _ = changed.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = link.ready.notified() => {}
+            }
+        } else {
+            link.ready.notified().await;
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! Bridging daemons: links to other busd nodes, the flooded link-state
+//! database, and routing of messages across links.
+//!
+//! Every node announces a versioned [`NodeState`] (its links and the distinct
+//! interests of its local subscribers); states are flooded over every link
+//! and the newest per node wins, so all nodes converge on the same topology
+//! and interest. A message published here goes to the local subscribers and,
+//! along the shortest-path tree rooted here ([`routing`]), to the links whose
+//! subtree has interest. A message arriving over a link is delivered locally
+//! and passed on along the same tree. Queue groups prefer a local member; the
+//! origin otherwise names one node whose member gets the message.
+//!
+//! State changes are announced before the next message is forwarded, and
+//! links are FIFO, so a new subscription (a request's reply inbox, say) is
+//! known along a path before messages that depend on it.
+
+pub mod link;
+pub mod routing;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+        Arc, Mutex,
+    },
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+use libbus::proto::{
+    api::BridgeInfo,
+    link::{LinkFrame, NodeState, Routed},
+};
+
+use crate::{outbox::Published, registry::lock, router::Routes, server::State};
+use link::Link;
+use routing::Routing;
+
+/// The bridging side of one daemon.
+#[derive(Debug)]
+pub struct Cluster {
+    /// This daemon's node id.
+    pub node_id: String,
+    /// True once any bridge link exists (skips all bridging work otherwise).
+    active: AtomicBool,
+    inner: Mutex<Inner>,
+    /// Interest version last announced.
+    announced_interest: AtomicU64,
+    /// Bumped whenever routing may have changed; link writers holding a
+    /// backlog wait on it.
+    pub changed: tokio::sync::watch::Sender<u64>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Newest state of every other node.
+    states: HashMap<String, NodeState>,
+    /// Our last announced state.
+    own: Option<NodeState>,
+    links: Vec<Arc<Link>>,
+    routing: Option<Arc<Routing>>,
+    /// Round robin per queue group, for choosing a remote member's node.
+    rr: HashMap<Box<str>, usize>,
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// The node ids of our links that count for routing.
+fn topology_links(inner: &Inner) -> Vec<String> {
+    inner
+        .links
+        .iter()
+        .filter(|l| l.in_topology())
+        .map(|l| l.node())
+        .collect()
+}
+
+/// Encodes a link frame with its length prefix.
+pub fn encode(frame: &LinkFrame<'_>) -> Bytes {
+    let mut buf = Vec::new();
+    if let Err(e) = libbus::codec::encode_into(frame, &mut buf, u32::MAX) {
+        tracing::error!("encoding a link frame: {e}");
+    }
+    buf.into()
+}
+
+impl Cluster {
+    /// A cluster member named `node_id`.
+    pub fn new(node_id: String) -> Self {
+        Self {
+            node_id,
+            active: AtomicBool::new(false),
+            inner: Mutex::new(Inner::default()),
+            announced_interest: AtomicU64::new(u64::MAX),
+            changed: tokio::sync::watch::channel(0).0,
+        }
+    }
+
+    /// True if this daemon has any bridge link.
+    pub fn is_active(&self) -> bool {
+        self.active.load(Relaxed)
+    }
+
+    /// Adds a link (configured or accepted).
+    pub fn add_link(&self, link: Arc<Link>) {
+        lock(&self.inner).links.push(link);
+        self.active.store(true, Relaxed);
+    }
+
+    /// The link to `node`, if any.
+    pub fn link_to(&self, node: &str) -> Option<Arc<Link>> {
+        lock(&self.inner).links.iter().find(|l| l.node() == node).cloned()
+    }
+
+    /// Forgets an accepted link that stayed down past its hold time.
+    pub fn remove_link(&self, state: &State, link: &Arc<Link>) {
+        lock(&self.inner).links.retain(|l| !Arc::ptr_eq(l, link));
+        self.topology_changed(state);
+    }
+
+    /// Snapshots of every link, for `bus-cli info` and `list`.
+    pub fn bridges(&self) -> Vec<BridgeInfo> {
+        // Not under the cluster lock: a link's writer holds its queue lock
+        // while asking the cluster about routes.
+        let links = lock(&self.inner).links.clone();
+        links.iter().map(|l| l.info()).collect()
+    }
+
+    fn routing(&self, inner: &mut Inner) -> Arc<Routing> {
+        if let Some(r) = &inner.routing {
+            return r.clone();
+        }
+        let r = Arc::new(Routing::new(&self.node_id, &topology_links(inner), &inner.states));
+        inner.routing = Some(r.clone());
+        r
+    }
+
+    /// Current routing (recomputed after changes).
+    pub fn current_routing(&self) -> Arc<Routing> {
+        let mut inner = lock(&self.inner);
+        self.routing(&mut inner)
+    }
+
+    fn invalidate(&self, inner: &mut Inner) {
+        inner.routing = None;
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// Our links changed (up, down, added, removed): re-announce.
+    pub fn topology_changed(&self, state: &State) {
+        let mut inner = lock(&self.inner);
+        self.invalidate(&mut inner);
+        self.announce(state, &mut inner);
+    }
+
+    /// Announces our state if the local interest changed since last time.
+    /// Called before forwarding any message and by a ticker.
+    pub fn announce_if_changed(&self, state: &State) {
+        if !self.is_active() || self.announced_interest.load(Relaxed) == state.router.interest_version() {
+            return;
+        }
+        let mut inner = lock(&self.inner);
+        self.announce(state, &mut inner);
+    }
+
+    /// Builds a new own state and queues it on every up link.
+    fn announce(&self, state: &State, inner: &mut Inner) {
+        let (iv, interest) = state.router.interest();
+        let links = topology_links(inner);
+        let prev = inner.own.as_ref().map_or(0, |s| s.version);
+        let own = NodeState {
+            node: self.node_id.clone(),
+            version: now_us().max(prev + 1),
+            links,
+            interest,
+        };
+        let frame = encode(&LinkFrame::State(own.clone()));
+        for l in &inner.links {
+            l.send_control(frame.clone());
+        }
+        inner.own = Some(own);
+        self.announced_interest.store(iv, Relaxed);
+    }
+
+    /// A link came up: send it our state and everything we know.
+    pub fn sync_link(&self, state: &State, link: &Link) {
+        let mut inner = lock(&self.inner);
+        self.invalidate(&mut inner);
+        self.announce(state, &mut inner);
+        for s in inner.states.values() {
+            link.send_control(encode(&LinkFrame::State(s.clone())));
+        }
+    }
+
+    /// A node state arrived over `from`: keep it if newer and flood it on.
+    pub fn merge(&self, state: &State, from: &Link, incoming: NodeState) {
+        let mut inner = lock(&self.inner);
+        if incoming.node == self.node_id {
+            // An old state of ours (from before a restart): outdo it.
+            if inner.own.as_ref().is_none_or(|o| o.version <= incoming.version) {
+                let bumped = NodeState {
+                    version: incoming.version + 1,
+                    ..inner.own.clone().unwrap_or(incoming)
+                };
+                inner.own = Some(bumped);
+                self.announce(state, &mut inner);
+            }
+            return;
+        }
+        if inner
+            .states
+            .get(&incoming.node)
+            .is_some_and(|known| known.version >= incoming.version)
+        {
+            return;
+        }
+        let frame = encode(&LinkFrame::State(incoming.clone()));
+        for l in &inner.links {
+            if !std::ptr::eq(Arc::as_ptr(l), from) {
+                l.send_control(frame.clone());
+            }
+        }
+        inner.states.insert(incoming.node.clone(), incoming);
+        self.invalidate(&mut inner);
+    }
+
+    /// A message was published here. Forwards it to the links whose
+    /// subtrees want it; returns true if any remote node wants it.
+    pub fn publish(
+        &self,
+        state: &State,
+        subject: &str,
+        reply_to: Option<&str>,
+        payload: &[u8],
+        local: &Routes,
+    ) -> bool {
+        if !self.is_active() {
+            return false;
+        }
+        self.announce_if_changed(state);
+        let routing = self.current_routing();
+        let (plain, groups) = routing.interested(subject);
+        if plain.is_empty() && groups.is_empty() {
+            return false;
+        }
+        // Queue groups with a member here are served here (local preferred);
+        // for the others, one node is named, in turn.
+        let mut targets: Vec<(Box<str>, String)> = Vec::new();
+        {
+            let mut inner = lock(&self.inner);
+            for (group, nodes) in groups {
+                if local.groups.iter().any(|(g, _)| *g == group) || nodes.is_empty() {
+                    continue;
+                }
+                let n = inner.rr.entry(group.clone()).or_insert(0);
+                let node = nodes[*n % nodes.len()].clone();
+                *n = n.wrapping_add(1);
+                targets.push((group, node));
+            }
+        }
+        if plain.is_empty() && targets.is_empty() {
+            return !local.groups.is_empty();
+        }
+        let routed = Routed {
+            origin: &self.node_id,
+            subject,
+            reply_to,
+            payload,
+            queue_targets: targets.iter().map(|(g, n)| (&**g, n.as_str())).collect(),
+        };
+        self.forward(&routing, &routed, &plain, None);
+        true
+    }
+
+    /// Sends `routed` to our children in its origin's tree whose subtree
+    /// holds an interested node (`plain` or a queue target).
+    fn forward(&self, routing: &Routing, routed: &Routed<'_>, plain: &[String], from: Option<&Link>) {
+        let children = routing.children(routed.origin);
+        let mut frame: Option<Bytes> = None;
+        for (child, subtree) in children.iter() {
+            let wanted = plain.iter().any(|n| subtree.contains(n))
+                || routed.queue_targets.iter().any(|(_, n)| subtree.contains(*n));
+            if !wanted {
+                continue;
+            }
+            let Some(link) = self.link_to(child) else { continue };
+            if from.is_some_and(|f| std::ptr::eq(f, Arc::as_ptr(&link))) {
+                continue; // never back where it came from
+            }
+            let frame = frame.get_or_insert_with(|| encode(&LinkFrame::Msg(routed.clone())));
+            link.send_msg(
+                frame.clone(),
+                routed.origin,
+                routed.subject,
+                &routed.queue_targets,
+            );
+        }
+    }
+
+    /// True if `link`'s subtree (for a message from `origin` on `subject`,
+    /// with these queue targets) still wants it: used to release messages
+    /// held while the link was down.
+    pub fn still_wanted(&self, link: &Link, origin: &str, subject: &str, targets: &[String]) -> bool {
+        let routing = self.current_routing();
+        let node = link.node();
+        let children = routing.children(origin);
+        let Some((_, subtree)) = children.iter().find(|(c, _)| *c == node) else {
+            return false;
+        };
+        let (plain, _) = routing.interested(subject);
+        plain.iter().any(|n| subtree.contains(n)) || targets.iter().any(|n| subtree.contains(n))
+    }
+
+    /// A message arrived over `from`: deliver it here and pass it on.
+    pub fn receive(&self, state: &State, from: &Link, routed: Routed<'_>) {
+        if libbus::subject::validate_subject(routed.subject).is_err()
+            || routed.subject.starts_with(libbus::subject::RESERVED_PREFIX)
+        {
+            tracing::warn!(
+                subject = routed.subject,
+                "dropping an invalid subject from a bridge"
+            );
+            return;
+        }
+        let local = state.router.lookup_uncached(routed.subject);
+        if !local.is_empty() {
+            let me = self.node_id.as_str();
+            let msg = Published::encode(routed.subject, routed.reply_to, routed.payload);
+            local.deliver_filtered(&msg, |group| {
+                routed.queue_targets.iter().any(|(g, n)| *g == group && *n == me)
+            });
+        }
+        self.announce_if_changed(state);
+        let routing = self.current_routing();
+        let (plain, _) = routing.interested(routed.subject);
+        self.forward(&routing, &routed, &plain, Some(from));
+    }
+}

@@ -1,0 +1,297 @@
+//! Bridged daemons on loopback: every topology delivers each message exactly
+//! once to each subscriber; request/reply, "no responders" and queue groups
+//! work across hosts; interest is withdrawn; a restarted node gets what was
+//! held for it, in order.
+
+use std::{collections::HashMap, time::Duration};
+
+use bus_tests::{server_info, within, TestBus};
+use libbus::{Bus, Error, Subscription};
+
+const TOKEN: &str = "bridge-token";
+
+/// A daemon named `node` listening on TCP, bridged to `peers`.
+fn node(node: &str, peers: &[&TestBus]) -> TestBus {
+    let bridges: Vec<String> = peers.iter().map(|p| p.tcp_address().to_string()).collect();
+    let node = node.to_owned();
+    TestBus::with_config(move |c| {
+        c.node_id = Some(node);
+        c.tcp = Some("127.0.0.1:0".into());
+        c.token = Some(TOKEN.into());
+        c.bridge = bridges;
+        c.link_ping_interval = Duration::from_millis(100);
+        c.link_timeout = Duration::from_millis(600);
+        c.bridge_hold = Duration::from_secs(10);
+    })
+}
+
+/// Waits until every node answers `ping.<name>` from `from`: routes and
+/// interest have converged (subscriptions made before the responders are
+/// known too, since they were announced no later).
+async fn converge(from: &Bus, names: &[&str], responders: &[&Bus]) {
+    let mut keep = Vec::new();
+    for (name, bus) in names.iter().zip(responders) {
+        let mut sub = bus.subscribe(&format!("ping.{name}")).await.unwrap();
+        keep.push(tokio::spawn(async move {
+            while let Some(m) = sub.next().await {
+                let _ = m.respond("pong").await;
+            }
+        }));
+    }
+    for name in names {
+        within("convergence", async {
+            loop {
+                match from
+                    .request_with_timeout(&format!("ping.{name}"), "", Duration::from_millis(500))
+                    .await
+                {
+                    Ok(_) => break,
+                    Err(Error::NoResponders { .. } | Error::Timeout(_)) => {
+                        tokio::time::sleep(Duration::from_millis(20)).await
+                    }
+                    Err(e) => panic!("ping {name}: {e}"),
+                }
+            }
+        })
+        .await;
+    }
+    for k in keep {
+        k.abort();
+    }
+}
+
+/// Receives exactly `n` numbered messages (0..n, each once), then checks
+/// that nothing more arrives.
+async fn expect_exactly(sub: &mut Subscription, n: u64, who: &str) {
+    let mut seen: HashMap<u64, usize> = HashMap::new();
+    for _ in 0..n {
+        let m = within("bridged delivery", sub.next()).await.expect("open");
+        let seq: u64 = m.decode().unwrap();
+        *seen.entry(seq).or_default() += 1;
+    }
+    assert_eq!(seen.len() as u64, n, "{who}: some messages missing or duplicated");
+    assert!(seen.values().all(|c| *c == 1), "{who}: duplicates");
+    let extra = tokio::time::timeout(Duration::from_millis(300), sub.next()).await;
+    assert!(
+        extra.is_err(),
+        "{who}: a duplicate arrived late: {:?}",
+        extra.ok().flatten().map(|m| m.subject().to_owned())
+    );
+}
+
+async fn publish_numbered(bus: &Bus, subject: &str, n: u64) {
+    for i in 0..n {
+        bus.publish_value(subject, &i).await.unwrap();
+    }
+    bus.flush().await.unwrap();
+}
+
+/// Subscribes one client per node to `data.>`, converges, publishes from
+/// each node in turn, and checks exactly-once everywhere.
+async fn exactly_once(nodes: &[(&str, &TestBus)]) {
+    let mut clients = Vec::new();
+    let mut subs = Vec::new();
+    for (name, bus) in nodes {
+        let c = bus.client(&format!("sub-{name}")).await;
+        subs.push(c.subscribe("data.>").await.unwrap());
+        clients.push(c);
+    }
+    let names: Vec<&str> = nodes.iter().map(|(n, _)| *n).collect();
+    let refs: Vec<&Bus> = clients.iter().collect();
+    for from in &clients {
+        converge(from, &names, &refs).await;
+    }
+    for (i, from) in clients.iter().enumerate() {
+        publish_numbered(from, &format!("data.from.{}", names[i]), 200).await;
+        for (j, sub) in subs.iter_mut().enumerate() {
+            expect_exactly(sub, 200, &format!("{} from {}", names[j], names[i])).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_delivers_exactly_once() {
+    let b = node("b", &[]);
+    let a = node("a", &[&b]);
+    let c = node("c", &[&b]);
+    exactly_once(&[("a", &a), ("b", &b), ("c", &c)]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triangle_delivers_exactly_once() {
+    let a = node("a", &[]);
+    let b = node("b", &[&a]);
+    let c = node("c", &[&a, &b]);
+    exactly_once(&[("a", &a), ("b", &b), ("c", &c)]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn star_delivers_exactly_once() {
+    let hub = node("hub", &[]);
+    let x = node("x", &[&hub]);
+    let y = node("y", &[&hub]);
+    let z = node("z", &[&hub]);
+    exactly_once(&[("hub", &hub), ("x", &x), ("y", &y), ("z", &z)]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_reply_and_no_responders_across_a_chain() {
+    let b = node("b", &[]);
+    let a = node("a", &[&b]);
+    let c = node("c", &[&b]);
+    let asker = a.client("asker").await;
+    let server = c.client("server").await;
+    let mut svc = server.subscribe("svc.time").await.unwrap();
+    tokio::spawn(async move {
+        while let Some(req) = svc.next().await {
+            let _ = req
+                .respond(format!("answer to {}", String::from_utf8_lossy(req.payload())))
+                .await;
+        }
+    });
+    converge(&asker, &["c"], &[&server]).await;
+    for i in 0..50 {
+        let reply = within("request", asker.request("svc.time", format!("q{i}")))
+            .await
+            .unwrap();
+        assert_eq!(reply.payload(), format!("answer to q{i}").as_bytes());
+    }
+    // Nobody anywhere: fails at once, not after the timeout.
+    let started = std::time::Instant::now();
+    let r = asker
+        .request_with_timeout("svc.nobody", "?", Duration::from_secs(10))
+        .await;
+    assert!(matches!(r, Err(Error::NoResponders { .. })), "{r:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_group_across_hosts_once_overall_preferring_local() {
+    let b = node("b", &[]);
+    let a = node("a", &[&b]);
+    let c = node("c", &[&b]);
+    let mut members = Vec::new();
+    let mut clients = Vec::new();
+    for (name, bus) in [("a", &a), ("c1", &c), ("c2", &c)] {
+        let cl = bus.client(name).await;
+        members.push((name, cl.queue_subscribe("work.>", "workers").await.unwrap()));
+        clients.push(cl);
+    }
+    let pb = b.client("publisher-b").await;
+    let pa = a.client("publisher-a").await;
+    converge(&pb, &["a", "c"], &[&clients[0], &clients[1]]).await;
+
+    // From b (no local member): each message to exactly one member overall.
+    publish_numbered(&pb, "work.job", 300).await;
+    let mut seen: HashMap<u64, usize> = HashMap::new();
+    let mut per_member = Vec::new();
+    for (name, sub) in members.iter_mut() {
+        let mut n = 0;
+        while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), sub.next()).await {
+            *seen.entry(m.decode::<u64>().unwrap()).or_default() += 1;
+            n += 1;
+        }
+        per_member.push((*name, n));
+    }
+    assert_eq!(seen.len(), 300, "every job delivered: {per_member:?}");
+    assert!(seen.values().all(|c| *c == 1), "no job twice: {per_member:?}");
+    assert!(
+        per_member.iter().filter(|(_, n)| *n > 0).count() >= 2,
+        "spread over hosts: {per_member:?}"
+    );
+
+    // From a (a local member): all stay local.
+    publish_numbered(&pa, "work.local", 100).await;
+    expect_exactly(&mut members[0].1, 100, "a's member").await;
+    for (name, sub) in members.iter_mut().skip(1) {
+        let got = tokio::time::timeout(Duration::from_millis(300), sub.next()).await;
+        assert!(got.is_err(), "{name} got a job that had a local member");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_traffic_crosses_a_link_without_interest() {
+    let b = node("b", &[]);
+    let a = node("a", &[&b]);
+    let pa = a.client("publisher").await;
+    let cb = b.client("subscriber").await;
+    let sub = cb.subscribe("w.>").await.unwrap();
+    converge(&pa, &["b"], &[&cb]).await;
+    publish_numbered(&pa, "w.x", 10).await;
+    drop(sub); // withdraws the interest
+    cb.flush().await.unwrap();
+    // Wait until a no longer knows of any w.> interest: the link's counter stops.
+    let out = || async { server_info(&pa).await.bridges[0].msgs_out };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = out().await;
+    publish_numbered(&pa, "w.y", 100).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(out().await, before, "messages crossed a link with no interest");
+    // Unrelated subjects never cross either.
+    publish_numbered(&pa, "other", 100).await;
+    assert_eq!(out().await, before);
+    let i = server_info(&pa).await;
+    assert_eq!(i.node_id, "a");
+    assert_eq!(i.bridges[0].node, "b");
+    assert_eq!(i.bridges[0].state, "up");
+    assert!(i.bridges[0].outbound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_node_gets_held_messages_in_order() {
+    let b = node("b", &[]);
+    let a = node("a", &[&b]);
+    let mut c = node("c", &[&b]);
+    let pa = a.client("publisher").await;
+    let watcher = b.client("watcher").await;
+    let sub_conn = c.client("subscriber").await;
+    let mut sub = sub_conn.subscribe("held.>").await.unwrap();
+    converge(&pa, &["c"], &[&sub_conn]).await;
+
+    c.stop();
+    // b notices the link is down.
+    within("link down at b", async {
+        loop {
+            let i = server_info(&watcher).await;
+            if i.bridges.iter().any(|l| l.node == "c" && l.state == "down") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    publish_numbered(&pa, "held.x", 300).await;
+    within("held at b", async {
+        loop {
+            let i = server_info(&watcher).await;
+            if i.bridges.iter().any(|l| l.node == "c" && l.buffered_bytes > 0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+
+    c.restart();
+    // The subscriber reconnects to the new c and resubscribes; b releases
+    // what it held once c wants it again.
+    let mut next = 0u64;
+    while next < 300 {
+        let m = within("held delivery", sub.next()).await.expect("open");
+        let seq: u64 = m.decode().unwrap();
+        assert_eq!(seq, next, "in order, no gaps, no duplicates");
+        next += 1;
+    }
+    let extra = tokio::time::timeout(Duration::from_millis(300), sub.next()).await;
+    assert!(extra.is_err(), "a duplicate arrived");
+    let link = server_info(&watcher)
+        .await
+        .bridges
+        .into_iter()
+        .find(|l| l.node == "c")
+        .unwrap();
+    assert_eq!(
+        (link.state.as_str(), link.buffered_bytes, link.dropped),
+        ("up", 0, 0)
+    );
+}
