@@ -40,6 +40,19 @@ pub async fn run(bus: &Bus, address: &Address, json: bool) -> libbus::Result<()>
         render::bytes(info.bytes_out)
     );
     println!("memory:        {} resident", render::bytes(info.rss_bytes));
+    println!("node id:       {}", info.node_id);
+    if info.bridges.is_empty() {
+        println!("bridges:       none");
+    } else {
+        println!("bridges:");
+        for b in &info.bridges {
+            let row = crate::list::bridge_row(b);
+            println!(
+                "  {} {} ({}, {}), {} in, {} out, {} buffered, {} dropped",
+                row[0], row[2], row[3], row[4], row[5], row[6], row[7], row[8]
+            );
+        }
+    }
     println!("limits:                    value    refused");
     for (name, value) in &info.limits {
         let base = name.trim_end_matches("_ms");

@@ -43,5 +43,44 @@ pub async fn run(bus: &Bus, json: bool) -> libbus::Result<()> {
         })
         .collect();
     print!("{}", render::table(&header, &rows));
+
+    // Bridge links come from $BUS.api.info (the JSON above stays a list of
+    // connections; `bus-cli info --json` has the bridges).
+    let info: api::ServerInfo = bus.request(api::INFO, []).await?.decode()?;
+    if !info.bridges.is_empty() {
+        println!();
+        let header = [
+            "NODE",
+            "TRANSPORT",
+            "ADDRESS",
+            "DIRECTION",
+            "STATE",
+            "MSGS IN",
+            "MSGS OUT",
+            "BUFFERED",
+            "DROPPED",
+        ];
+        let rows: Vec<Vec<String>> = info.bridges.iter().map(bridge_row).collect();
+        print!("{}", render::table(&header, &rows));
+    }
     Ok(())
+}
+
+/// One bridge link as a table row.
+pub fn bridge_row(b: &api::BridgeInfo) -> Vec<String> {
+    vec![
+        if b.node.is_empty() {
+            "?".into()
+        } else {
+            b.node.clone()
+        },
+        "bridge".into(),
+        b.address.clone(),
+        if b.outbound { "out" } else { "in" }.into(),
+        b.state.clone(),
+        b.msgs_in.to_string(),
+        b.msgs_out.to_string(),
+        render::bytes(b.buffered_bytes),
+        b.dropped.to_string(),
+    ]
 }

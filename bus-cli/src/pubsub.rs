@@ -103,6 +103,24 @@ fn line(m: &Message) -> String {
             );
         }
     }
+    if subject == api::EVENT_BRIDGE_UP || subject == api::EVENT_BRIDGE_DOWN {
+        if let Ok(b) = m.decode::<api::BridgeInfo>() {
+            return format!(
+                "{subject} node={} address={} state={} buffered={} dropped={}",
+                b.node, b.address, b.state, b.buffered_bytes, b.dropped
+            );
+        }
+    }
+    if subject == api::EVENT_CONN_REFUSED {
+        if let Ok(r) = m.decode::<api::RefusedEvent>() {
+            return format!(
+                "{subject} peer=\"{}\" transport={} reason=\"{}\"",
+                render::peer(&r.peer),
+                r.transport,
+                r.reason
+            );
+        }
+    }
     match m.reply_to() {
         Some(r) => format!("{subject} (reply to {r}) {}", render::payload(m.payload())),
         None => format!("{subject} {}", render::payload(m.payload())),

@@ -1,4 +1,5 @@
-//! Arbitrary bytes through the frame splitter and both frame decoders: no
+//! Arbitrary bytes through the frame splitter and every frame decoder
+//! (client, server, bridge link): no
 //! panic, no allocation beyond the limit, and every frame that decodes
 //! re-encodes to something that decodes to the same value.
 #![no_main]
@@ -6,7 +7,7 @@
 use bytes::BytesMut;
 use libbus::{
     codec,
-    proto::{ClientFrame, ServerFrame, LEN_PREFIX},
+    proto::{link::LinkFrame, ClientFrame, ServerFrame, LEN_PREFIX},
 };
 use libfuzzer_sys::fuzz_target;
 use tokio_util::codec::Decoder;
@@ -39,6 +40,7 @@ fuzz_target!(|data: &[u8]| {
                 assert!(frame.len() <= MAX_FRAME as usize);
                 round_trip!(ClientFrame, &frame);
                 round_trip!(ServerFrame, &frame);
+                round_trip!(LinkFrame, &frame);
             }
             Ok(None) => break,
             Err(e) => {

@@ -94,6 +94,35 @@ proptest! {
     }
 
     #[test]
+    fn link_frames_round_trip(
+        kind in 0u8..4, a in text(), b in text(), opt in proptest::option::of(text()),
+        n in any::<u64>(), payload in bytes(),
+        links in prop::collection::vec(text(), 0..4),
+        targets in prop::collection::vec((text(), text()), 0..3),
+    ) {
+        use libbus::proto::link::{Interest, LinkFrame, NodeState, Routed};
+        let frame = match kind {
+            0 => LinkFrame::State(NodeState {
+                node: a.clone(),
+                version: n,
+                links: links.clone(),
+                interest: vec![Interest { pattern: b.clone(), queue: opt.clone() }],
+            }),
+            1 => LinkFrame::Msg(Routed {
+                origin: &a,
+                subject: &b,
+                reply_to: opt.as_deref(),
+                payload: &payload,
+                queue_targets: targets.iter().map(|(g, n)| (g.as_str(), n.as_str())).collect(),
+            }),
+            2 => LinkFrame::Ping,
+            _ => LinkFrame::Pong,
+        };
+        let mut wire = Vec::new();
+        prop_assert_eq!(through_the_wire(&frame, &mut wire), frame);
+    }
+
+    #[test]
     fn deliveries_spliced_from_publishes_decode_as_msg(
         a in text(), opt in proptest::option::of(text()), sid in any::<u64>(), payload in bytes(),
     ) {
@@ -121,6 +150,7 @@ proptest! {
                     let _ = codec::decode::<ServerFrame>(&body);
                     let _ = codec::decode::<api::ServerInfo>(&body);
                     let _ = codec::decode::<Vec<api::ConnInfo>>(&body);
+                    let _ = codec::decode::<proto::link::LinkFrame>(&body);
                 }
                 Ok(None) | Err(_) => break,
             }

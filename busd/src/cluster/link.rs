@@ -218,6 +218,7 @@ async fn dial_loop(state: Arc<State>, link: Arc<Link>) {
         if state.shutdown.is_cancelled() {
             return;
         }
+        link.set_status(Status::Connecting);
         match dial(&state, &address).await {
             Ok((frames, writer, node)) => {
                 failures = 0;
@@ -226,10 +227,8 @@ async fn dial_loop(state: Arc<State>, link: Arc<Link>) {
             Err(e) => {
                 tracing::debug!(%address, "bridge connect failed: {e}");
                 failures = failures.saturating_add(1);
+                link.set_status(Status::Down);
             }
-        }
-        if *lock(&link.status) != Status::Down {
-            link.set_status(Status::Connecting);
         }
         tokio::select! {
             _ = state.shutdown.cancelled() => return,
