@@ -295,3 +295,92 @@ async fn restarted_node_gets_held_messages_in_order() {
         ("up", 0, 0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_bridge_with_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = bus_tests::TestPki::generate(dir.path(), "cluster");
+    let (cert, key, ca) = (pki.cert.clone(), pki.key.clone(), pki.ca.clone());
+    let a = TestBus::with_config(move |c| {
+        c.node_id = Some("a".into());
+        c.tcp = Some("127.0.0.1:0".into());
+        c.token = Some(TOKEN.into());
+        c.tls_cert = Some(cert);
+        c.tls_key = Some(key);
+        c.link_ping_interval = Duration::from_millis(100);
+        c.link_timeout = Duration::from_millis(600);
+    });
+    let libbus::Address::Tls(host_port) = a.tcp_address() else {
+        panic!("expected tls://")
+    };
+    let port = host_port.rsplit_once(':').unwrap().1.to_owned();
+    let watcher = a.client("watcher").await;
+    let mut events = watcher.subscribe("$BUS.event.bridge.>").await.unwrap();
+    let mut b = TestBus::with_config(move |c| {
+        c.node_id = Some("b".into());
+        c.token = Some(TOKEN.into());
+        c.bridge = vec![format!("tls://localhost:{port}")];
+        c.bridge_ca = Some(ca);
+        c.link_ping_interval = Duration::from_millis(100);
+        c.link_timeout = Duration::from_millis(600);
+    });
+    let up: libbus::proto::api::BridgeInfo = within("bridge.up", events.next())
+        .await
+        .unwrap()
+        .decode()
+        .unwrap();
+    assert_eq!(
+        (up.node.as_str(), up.state.as_str(), up.outbound),
+        ("b", "up", false)
+    );
+
+    let sub_conn = a.client("sub").await;
+    let mut sub = sub_conn.subscribe("secure.>").await.unwrap();
+    let pb = b.client("pub").await;
+    converge(&pb, &["a"], &[&sub_conn]).await;
+    publish_numbered(&pb, "secure.x", 50).await;
+    expect_exactly(&mut sub, 50, "a over TLS").await;
+
+    b.stop();
+    let m = within("bridge.down", events.next()).await.unwrap();
+    assert_eq!(m.subject(), libbus::proto::api::EVENT_BRIDGE_DOWN);
+    let down: libbus::proto::api::BridgeInfo = m.decode().unwrap();
+    assert_eq!((down.node.as_str(), down.state.as_str()), ("b", "down"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_messages_beyond_bridge_buffer_are_dropped_and_counted() {
+    let a = node("a", &[]);
+    let b = TestBus::with_config({
+        let peer = a.tcp_address().to_string();
+        move |c| {
+            c.node_id = Some("b".into());
+            c.token = Some(TOKEN.into());
+            c.bridge = vec![peer];
+            c.bridge_buffer = 16 << 10;
+            c.link_ping_interval = Duration::from_millis(100);
+            c.link_timeout = Duration::from_millis(600);
+        }
+    });
+    let mut a = a;
+    let sub_conn = a.client("sub").await;
+    let _sub = sub_conn.subscribe("big.>").await.unwrap();
+    let pb = b.client("pub").await;
+    converge(&pb, &["a"], &[&sub_conn]).await;
+    a.stop();
+    within("link down", async {
+        while server_info(&pb).await.bridges[0].state == "up" {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let payload = vec![7u8; 1000];
+    for _ in 0..50 {
+        pb.publish("big.x", &payload).await.unwrap();
+    }
+    pb.flush().await.unwrap();
+    let link = server_info(&pb).await.bridges.remove(0);
+    assert!(link.buffered_bytes <= 16 << 10, "{link:?}");
+    assert!(link.buffered_bytes > 10 << 10, "held up to the bound: {link:?}");
+    assert!(link.dropped >= 30, "the rest dropped and counted: {link:?}");
+}

@@ -215,6 +215,7 @@ impl Server {
             });
         }
         tracing::info!("shutting down");
+        state.cluster.close();
         drop(listener); // stop accepting; removes the socket file
         state.shutdown.cancel();
         tracker.close();

@@ -1,11 +1,11 @@
 //! Faults and load against the `busd` binary in its own process: kill -9 and
-//! restart under traffic, 10,000 idle connections, a stalled subscriber among
+//! restart under traffic (alone, and as the end of a bridged chain whose
+//! middle holds messages for it), 10,000 idle connections, a stalled subscriber among
 //! fast ones, and a million-message soak. Memory is read from the daemon's
 //! own `$BUS.api.info` (`rss_bytes`). Timing and memory figures are printed
 //! (`cargo test -- --nocapture`); only stable properties are asserted.
 
 use std::{
-    future::Future,
     io::{Read, Write},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -22,15 +22,8 @@ use libbus::{
     Address, Bus, ConnectOptions, Event,
 };
 
-const BUSD: &str = env!("CARGO_BIN_EXE_busd");
-const WAIT: Duration = Duration::from_secs(30);
-
-async fn within<F: Future>(what: &str, fut: F) -> F::Output {
-    match tokio::time::timeout(WAIT, fut).await {
-        Ok(v) => v,
-        Err(_) => panic!("timed out after {WAIT:?} waiting for {what}"),
-    }
-}
+mod common;
+use common::{info, until_answered, within, BUSD, WAIT};
 
 /// A busd child process on a socket in its own temp dir; killed on drop.
 struct Daemon {
@@ -97,14 +90,6 @@ fn wait_listening(socket: &Path) {
         assert!(start.elapsed() < WAIT, "busd did not start listening");
         std::thread::sleep(Duration::from_millis(5));
     }
-}
-
-async fn info(bus: &Bus) -> api::ServerInfo {
-    within("info", bus.request(api::INFO, []))
-        .await
-        .expect("info")
-        .decode()
-        .expect("decode info")
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -206,6 +191,114 @@ async fn kill_9_and_restart_under_traffic_clients_heal() {
         }
     }
     ticker.abort();
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// The bridge link `node`, as `watcher`'s daemon sees it.
+async fn bridge_to(watcher: &Bus, node: &str) -> Option<api::BridgeInfo> {
+    info(watcher).await.bridges.into_iter().find(|b| b.node == node)
+}
+
+/// Polls `bridge_to(watcher, node)` until `done` holds (bounded by WAIT).
+async fn wait_bridge(watcher: &Bus, node: &str, what: &str, done: impl Fn(&api::BridgeInfo) -> bool) {
+    within(what, async {
+        loop {
+            if bridge_to(watcher, node).await.is_some_and(|b| done(&b)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+/// A chain a - b - c of busd processes; c (with a subscriber on it) is
+/// killed with SIGKILL, a publishes meanwhile, and c is restarted: b held
+/// what c wanted and delivers it, in order and once, when c is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_one_daemon_of_a_chain_the_link_heals_and_held_messages_arrive() {
+    let cfg = tempfile::tempdir().expect("temp dir");
+    let token = cfg.path().join("token");
+    std::fs::write(&token, "chain-token\n").expect("token");
+    let config = cfg.path().join("busd.toml");
+    std::fs::write(
+        &config,
+        "link_ping_interval = \"100ms\"\nlink_timeout = \"600ms\"\nbridge_hold = \"20s\"\n",
+    )
+    .expect("config");
+    let common = |node: &'static str| -> Vec<String> {
+        vec![
+            "--config".into(),
+            config.display().to_string(),
+            "--token-file".into(),
+            token.display().to_string(),
+            "--node-id".into(),
+            node.into(),
+        ]
+    };
+
+    let mut b_args = common("b");
+    b_args.extend(["--tcp".into(), "127.0.0.1:0".into()]);
+    let b = Daemon::start(&strs(&b_args));
+    let watcher = Bus::connect_with(&b.address(), ConnectOptions::default().name("watcher"))
+        .await
+        .expect("connect b");
+    let b_tcp = info(&watcher)
+        .await
+        .listen
+        .into_iter()
+        .find(|l| l.starts_with("tcp://"))
+        .expect("b listens on TCP");
+    let mut a_args = common("a");
+    a_args.extend(["--bridge".into(), b_tcp.clone()]);
+    let a = Daemon::start(&strs(&a_args));
+    let mut c_args = common("c");
+    c_args.extend(["--bridge".into(), b_tcp]);
+    let mut c = Daemon::start(&strs(&c_args));
+
+    let sub_conn = Bus::connect_with(&c.address(), ConnectOptions::default().name("subscriber"))
+        .await
+        .expect("connect c");
+    let mut sub = sub_conn.subscribe("held.>").await.expect("subscribe");
+    let mut ping = sub_conn.subscribe("ping.c").await.expect("subscribe");
+    tokio::spawn(async move {
+        while let Some(m) = ping.next().await {
+            let _ = m.respond("pong").await;
+        }
+    });
+    let publisher = Bus::connect_with(&a.address(), ConnectOptions::default().name("publisher"))
+        .await
+        .expect("connect a");
+    until_answered(&publisher, "ping.c").await;
+
+    c.kill_9();
+    wait_bridge(&watcher, "c", "b sees the link to c down", |l| l.state == "down").await;
+    for seq in 0u64..300 {
+        publisher.publish_value("held.x", &seq).await.expect("publish");
+    }
+    wait_bridge(&watcher, "c", "b holds messages for c", |l| l.buffered_bytes > 0).await;
+
+    c.restart();
+    let restarted = Instant::now();
+    for expected in 0u64..300 {
+        let m = within("held delivery", sub.next()).await.expect("open");
+        let seq: u64 = m.decode().expect("seq");
+        assert_eq!(seq, expected, "in order, no gaps, no duplicates");
+    }
+    println!(
+        "held messages delivered {:?} after c restarted",
+        restarted.elapsed()
+    );
+    let extra = tokio::time::timeout(Duration::from_millis(300), sub.next()).await;
+    assert!(extra.is_err(), "a duplicate arrived");
+    let link = bridge_to(&watcher, "c").await.expect("link to c");
+    assert_eq!(
+        (link.state.as_str(), link.buffered_bytes, link.dropped),
+        ("up", 0, 0)
+    );
 }
 
 /// Raises the soft open-file limit so that `n` descriptors fit, in this

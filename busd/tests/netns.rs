@@ -11,17 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use libbus::{proto::api, Address, Bus, ConnectOptions, Error};
+use libbus::{proto::api, Address, Bus, ConnectOptions};
 
-const BUSD: &str = env!("CARGO_BIN_EXE_busd");
-const WAIT: Duration = Duration::from_secs(30);
-
-async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
-    match tokio::time::timeout(WAIT, fut).await {
-        Ok(v) => v,
-        Err(_) => panic!("timed out after {WAIT:?} waiting for {what}"),
-    }
-}
+mod common;
+use common::{until_answered, within, BUSD, WAIT};
 
 fn ip(args: &[&str]) -> Result<(), String> {
     let out = Command::new("ip")
@@ -189,21 +182,7 @@ async fn link_cut_between_namespaces_holds_and_delivers_in_order() {
         .await
         .expect("connect b");
     // Converged once b can reach a's responder across the veth.
-    within("bridge convergence", async {
-        loop {
-            match publisher
-                .request_with_timeout("ready", "", Duration::from_millis(500))
-                .await
-            {
-                Ok(_) => break,
-                Err(Error::NoResponders { .. } | Error::Timeout(_)) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await
-                }
-                Err(e) => panic!("{e}"),
-            }
-        }
-    })
-    .await;
+    until_answered(&publisher, "ready").await;
     for i in 0u64..50 {
         publisher
             .publish_value("cross.before", &i)

@@ -7,8 +7,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-const BUSD: &str = env!("CARGO_BIN_EXE_busd");
-const WAIT: Duration = Duration::from_secs(20);
+mod common;
+use common::{BUSD, WAIT};
 
 /// A busd child process, killed on drop.
 struct Proc(Child);

@@ -43,6 +43,9 @@ pub struct Cluster {
     pub node_id: String,
     /// True once any bridge link exists (skips all bridging work otherwise).
     active: AtomicBool,
+    /// Set when the daemon starts shutting down: its clients leaving must
+    /// not read as interest withdrawn, so peers hold messages for it.
+    closing: AtomicBool,
     inner: Mutex<Inner>,
     /// Interest version last announced.
     announced_interest: AtomicU64,
@@ -94,6 +97,7 @@ impl Cluster {
         Self {
             node_id,
             active: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
             inner: Mutex::new(Inner::default()),
             announced_interest: AtomicU64::new(u64::MAX),
             changed: tokio::sync::watch::channel(0).0,
@@ -167,8 +171,18 @@ impl Cluster {
         self.announce(state, &mut inner);
     }
 
+    /// Stops announcing: called as shutdown begins, so to the other nodes a
+    /// restart (planned or a crash) looks the same: the link drops with our
+    /// interest still known, and they hold messages for us (`bridge_hold`).
+    pub fn close(&self) {
+        self.closing.store(true, Relaxed);
+    }
+
     /// Builds a new own state and queues it on every up link.
     fn announce(&self, state: &State, inner: &mut Inner) {
+        if self.closing.load(Relaxed) {
+            return;
+        }
         let (iv, interest) = state.router.interest();
         let links = topology_links(inner);
         let prev = inner.own.as_ref().map_or(0, |s| s.version);
