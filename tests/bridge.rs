@@ -384,3 +384,50 @@ async fn held_messages_beyond_bridge_buffer_are_dropped_and_counted() {
     assert!(link.buffered_bytes > 10 << 10, "held up to the bound: {link:?}");
     assert!(link.dropped >= 30, "the rest dropped and counted: {link:?}");
 }
+
+/// A leaf with no listener and no token of its own bridges to a hub with the
+/// hub's token from `bridge_token_file`; a leaf presenting a wrong token is
+/// refused (counted as `auth_failed` at the hub) and its link never comes up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_token_file_authenticates_to_the_remote_side() {
+    let hub = node("hub", &[]);
+    let files = tempfile::tempdir().unwrap();
+    let (good, bad) = (files.path().join("good"), files.path().join("bad"));
+    std::fs::write(&good, format!("{TOKEN}\n")).unwrap();
+    std::fs::write(&bad, "not-the-token\n").unwrap();
+    let leaf = |name: &'static str, token_file: std::path::PathBuf| {
+        let hub_addr = hub.tcp_address().to_string();
+        TestBus::with_config(move |c| {
+            c.node_id = Some(name.into());
+            c.bridge = vec![hub_addr];
+            c.bridge_token_file = Some(token_file);
+        })
+    };
+    let good_leaf = leaf("good-leaf", good);
+    let bad_leaf = leaf("bad-leaf", bad);
+
+    let at_hub = hub.client("watcher").await;
+    let mut sub = at_hub.subscribe("leaf.>").await.unwrap();
+    let at_leaf = good_leaf.client("publisher").await;
+    converge(&at_leaf, &["hub"], &[&at_hub]).await;
+    at_leaf.publish("leaf.hello", "hi").await.unwrap();
+    let m = within("message from the leaf", sub.next()).await.unwrap();
+    assert_eq!(&m.payload()[..], b"hi");
+
+    within("the hub refuses the wrong token", async {
+        loop {
+            let refused = server_info(&at_hub).await.refused;
+            if refused.iter().any(|(k, n)| k == "auth_failed" && *n > 0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let at_bad = bad_leaf.client("watcher").await;
+    let links = server_info(&at_bad).await.bridges;
+    assert_eq!(links.len(), 1);
+    assert_ne!(links[0].state, "up", "{links:?}");
+    let hub_links = server_info(&at_hub).await.bridges;
+    assert!(hub_links.iter().all(|l| l.node != "bad-leaf"), "{hub_links:?}");
+}

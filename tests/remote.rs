@@ -208,7 +208,10 @@ async fn tls_client_verifies_the_daemon() {
     // Without a CA, tls:// is refused up front.
     let mut opts = ConnectOptions::default().token(TOKEN);
     opts.ca_file = None;
-    assert!(matches!(remote(&addr, opts).await, Err(Error::InvalidAddress(_))));
+    match remote(&addr, opts).await {
+        Err(Error::Tls(m)) => assert!(m.contains("needs the CA"), "{m}"),
+        other => panic!("expected a TLS error naming the missing CA, got {other:?}"),
+    }
     // Plain TCP to a TLS port does not get in either.
     let plain: Address = format!("tcp://127.0.0.1:{port}").parse().unwrap();
     assert!(

@@ -63,12 +63,25 @@ pub async fn run(bus: &Bus, address: &Address, json: bool) -> libbus::Result<()>
             .map_or(0, |(_, c)| *c);
         println!("  {name:<24} {value:>8} {refused:>10}");
     }
-    let denied = info
-        .refused
-        .iter()
-        .find(|(n, _)| n == "permission_denied")
-        .map_or(0, |(_, c)| *c);
-    println!("  {:<24} {:>8} {denied:>10}", "permission_denied", "-");
+    // Refusals that are not limits: always the policy and token checks, then
+    // any other counter the daemon reports.
+    let is_limit = |n: &str| info.limits.iter().any(|(l, _)| l.trim_end_matches("_ms") == n);
+    let mut others: Vec<(&str, u64)> = ["permission_denied", "auth_failed"]
+        .into_iter()
+        .map(|n| (n, 0))
+        .collect();
+    for (name, count) in &info.refused {
+        if is_limit(name) {
+            continue;
+        }
+        match others.iter_mut().find(|(n, _)| n == name) {
+            Some(slot) => slot.1 = *count,
+            None => others.push((name, *count)),
+        }
+    }
+    for (name, count) in others {
+        println!("  {name:<24} {:>8} {count:>10}", "-");
+    }
     Ok(())
 }
 

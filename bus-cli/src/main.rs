@@ -16,7 +16,7 @@ use libbus::{Address, Bus, ConnectOptions};
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
-    /// Daemon address (unix:/path or a path). Default: $BUS_ADDRESS, else
+    /// Daemon address (unix:/path or a path, tcp://host:port, tls://host:port). Default: $BUS_ADDRESS, else
     /// $XDG_RUNTIME_DIR/bus/busd.sock, else /tmp/bus-$UID/busd.sock.
     #[arg(long, global = true, value_name = "ADDRESS")]
     address: Option<String>,

@@ -361,4 +361,14 @@ fn every_command_works_over_tcp_with_a_token() {
     });
     assert!(!denied.status.success());
     assert!(String::from_utf8_lossy(&denied.stderr).contains("authentication failed"));
+    // Counted, and shown by `bus-cli info` among the refusals.
+    let info = stdout(&run(remote(&["info"])));
+    let line = info
+        .lines()
+        .find(|l| l.trim_start().starts_with("auth_failed"))
+        .unwrap_or_else(|| panic!("no auth_failed line: {info}"));
+    assert_eq!(
+        line.split_whitespace().collect::<Vec<_>>(),
+        ["auth_failed", "-", "1"]
+    );
 }

@@ -75,10 +75,15 @@ pub struct Config {
     /// name and a hash of the socket path (stable across restarts).
     pub node_id: Option<String>,
     /// `bridge`: daemons to bridge with (`tcp://host:port`, `tls://host:port`),
-    /// dialed with this daemon's token and kept connected. Default: none.
+    /// dialed with `bridge_token_file` (else this daemon's token) and kept
+    /// connected. Default: none.
     pub bridge: Vec<String>,
     /// `bridge_ca`: CA (PEM) for `tls://` bridges. Default: `$BUS_CA`.
     pub bridge_ca: Option<PathBuf>,
+    /// `bridge_token_file`: file whose first line is the token presented to
+    /// the daemons this one bridges to. Default: this daemon's own token
+    /// (`token_file` / `BUS_TOKEN`), for a cluster sharing one token.
+    pub bridge_token_file: Option<PathBuf>,
     /// `bridge_buffer`: bytes of messages held per bridge link while it is
     /// down; beyond it they are dropped and counted. Default 8 MiB.
     #[serde(with = "size")]
@@ -127,6 +132,7 @@ impl Default for Config {
             node_id: None,
             bridge: Vec::new(),
             bridge_ca: None,
+            bridge_token_file: None,
             bridge_buffer: 8 << 20,
             bridge_hold: Duration::from_secs(10),
             link_ping_interval: Duration::from_secs(1),
@@ -178,6 +184,12 @@ impl Config {
         if self.ping_interval.is_zero() || self.handshake_timeout.is_zero() {
             return Err("ping_interval and handshake_timeout must be greater than zero".into());
         }
+        if self.link_ping_interval.is_zero() || self.link_timeout < self.link_ping_interval {
+            return Err(format!(
+                "link_ping_interval ({:?}) must be greater than zero and at most link_timeout ({:?})",
+                self.link_ping_interval, self.link_timeout
+            ));
+        }
         for (name, v) in [
             ("max_connections", self.max_connections),
             ("max_connections_per_uid", self.max_connections_per_uid),
@@ -211,6 +223,8 @@ impl Config {
             ("shutdown_grace_ms".into(), ms(self.shutdown_grace)),
             ("bridge_buffer".into(), self.bridge_buffer as u64),
             ("bridge_hold_ms".into(), ms(self.bridge_hold)),
+            ("link_ping_interval_ms".into(), ms(self.link_ping_interval)),
+            ("link_timeout_ms".into(), ms(self.link_timeout)),
         ]
     }
 

@@ -88,6 +88,18 @@ struct Args {
     /// Bytes held per bridge link while it is down [default: 8MiB].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     bridge_buffer: Option<u64>,
+    /// How long messages held for a bridge link wait for the other side to want them again [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    bridge_hold: Option<Duration>,
+    /// Bridge keep-alive interval [default: 1s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    link_ping_interval: Option<Duration>,
+    /// A bridge link silent this long is down [default: 3s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    link_timeout: Option<Duration>,
+    /// File whose first line is the token presented to bridged daemons [default: this daemon's token].
+    #[arg(long, value_name = "PATH")]
+    bridge_token_file: Option<PathBuf>,
     /// CA (PEM) for tls:// bridges [default: $BUS_CA].
     #[arg(long, value_name = "PEM")]
     bridge_ca: Option<PathBuf>,
@@ -145,6 +157,10 @@ impl Args {
             c.bridge_buffer = usize::try_from(v).map_err(|_| "--bridge-buffer is too large".to_owned())?;
         }
         set(&mut c.bridge_ca, self.bridge_ca.map(Some));
+        set(&mut c.bridge_token_file, self.bridge_token_file.map(Some));
+        set(&mut c.bridge_hold, self.bridge_hold);
+        set(&mut c.link_ping_interval, self.link_ping_interval);
+        set(&mut c.link_timeout, self.link_timeout);
         set(&mut c.node_id, self.node_id.map(Some));
         c.token = std::env::var(libbus::client::ENV_TOKEN)
             .ok()

@@ -71,6 +71,8 @@ pub struct State {
     pub policy: Arc<Policy>,
     /// The token network peers must present (`None`: TCP off or insecure).
     pub token: Option<String>,
+    /// The token this daemon presents when it dials a bridge.
+    pub bridge_token: Option<String>,
     /// Bridge links and cross-daemon routing.
     pub cluster: Cluster,
 }
@@ -88,6 +90,7 @@ impl Server {
     pub fn bind(config: Config) -> Result<Server, Error> {
         config.validate().map_err(Error::Config)?;
         let token = tcp::load_token(&config)?;
+        let bridge_token = tcp::load_bridge_token(&config, token.as_deref())?;
         if config.tcp.is_some() && token.is_none() && !config.tcp_insecure {
             return Err(Error::Config(
                 "--tcp needs a token (--token-file or BUS_TOKEN), or --tcp-insecure to accept anyone".into(),
@@ -116,6 +119,7 @@ impl Server {
             clock: Clock(AtomicU64::new(unix_ms(SystemTime::now()))),
             listen,
             token,
+            bridge_token,
             cluster: Cluster::new(node_id),
         });
         Ok(Server { state, listener, tcp })

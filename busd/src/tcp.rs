@@ -114,9 +114,23 @@ pub fn load_token(config: &Config) -> Result<Option<String>, Error> {
     if let Some(t) = config.token.clone().filter(|t| !t.is_empty()) {
         return Ok(Some(t));
     }
-    let Some(path) = &config.token_file else {
-        return Ok(None);
-    };
+    match &config.token_file {
+        Some(path) => read_token_file(path).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The token bridges present: the first line of `config.bridge_token_file`,
+/// else the daemon's own token (`own`).
+pub fn load_bridge_token(config: &Config, own: Option<&str>) -> Result<Option<String>, Error> {
+    match &config.bridge_token_file {
+        Some(path) => read_token_file(path).map(Some),
+        None => Ok(own.map(ToOwned::to_owned)),
+    }
+}
+
+/// The first line of a token file, trimmed; an empty one is an error.
+fn read_token_file(path: &std::path::Path) -> Result<String, Error> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
         what: format!("reading the token file {}", path.display()),
         source,
@@ -128,7 +142,7 @@ pub fn load_token(config: &Config) -> Result<Option<String>, Error> {
             path.display()
         )));
     }
-    Ok(Some(token))
+    Ok(token)
 }
 
 #[cfg(test)]

@@ -187,4 +187,12 @@ fn bad_flag_values_are_clear_errors() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("max_pending"));
+    let out = Command::new(BUSD)
+        .arg("--socket")
+        .arg(dir.path().join("s"))
+        .args(["--link-ping-interval", "0s"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("link_ping_interval"));
 }

@@ -54,8 +54,8 @@ pub async fn connect(address: &Address, opts: &ConnectOptions) -> Result<(Reader
         }
         Address::Tls(host_port) => {
             let ca = opts.ca_file.as_deref().ok_or_else(|| {
-                Error::InvalidAddress(format!(
-                    "{address}: TLS needs the CA that signed the daemon's certificate (set {} or ConnectOptions::ca_file)",
+                Error::Tls(format!(
+                    "{address} needs the CA that signed the daemon's certificate (set {}, bus-cli --ca, or ConnectOptions::ca_file)",
                     crate::client::ENV_CA
                 ))
             })?;

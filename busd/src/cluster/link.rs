@@ -225,8 +225,12 @@ async fn dial_loop(state: Arc<State>, link: Arc<Link>) {
                 run_session(&state, &link, frames, writer, node, address.to_string()).await;
             }
             Err(e) => {
-                tracing::debug!(%address, "bridge connect failed: {e}");
                 failures = failures.saturating_add(1);
+                if failures % 10 == 1 {
+                    tracing::warn!(%address, failures, "bridge connect failed: {e}");
+                } else {
+                    tracing::debug!(%address, failures, "bridge connect failed: {e}");
+                }
                 link.set_status(Status::Down);
             }
         }
@@ -242,7 +246,7 @@ type Frames = FramedRead<Reader, codec::FrameCodec>;
 /// Connects and completes the bridge handshake; returns the remote node id.
 async fn dial(state: &State, address: &Address) -> libbus::Result<(Frames, Writer, String)> {
     let mut opts = ConnectOptions::default();
-    opts.token = state.token.clone();
+    opts.token = state.bridge_token.clone();
     opts.ca_file = state.config.bridge_ca.clone().or(opts.ca_file);
     let t = state.config.handshake_timeout;
     let fut = async {
