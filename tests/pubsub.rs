@@ -14,7 +14,7 @@ async fn round_trip() {
     b.publish("greet.world", "hello").await.unwrap();
     let m = within("message", sub.next()).await.unwrap();
     assert_eq!(m.subject(), "greet.world");
-    assert_eq!(&m.payload()[..], b"hello");
+    assert_eq!(m.payload(), b"hello");
     assert_eq!(m.reply_to(), None);
 }
 
@@ -48,7 +48,7 @@ async fn wildcard_matrix() {
         let mut got = Vec::new();
         for _ in 0..want.len() {
             let m = within("matrix delivery", sub.next()).await.unwrap();
-            assert_eq!(m.subject().as_bytes(), &m.payload()[..]);
+            assert_eq!(m.subject().as_bytes(), m.payload());
             got.push(m.subject().to_owned());
         }
         assert_eq!(got, want, "pattern {p}");
@@ -58,11 +58,7 @@ async fn wildcard_matrix() {
     for (p, sub) in &mut subs {
         if subject::matches(p, "a.b.c") {
             let m = within("marker", sub.next()).await.unwrap();
-            assert_eq!(
-                &m.payload()[..],
-                b"marker",
-                "pattern {p} got an unexpected message"
-            );
+            assert_eq!(m.payload(), b"marker", "pattern {p} got an unexpected message");
         }
     }
 }
@@ -93,7 +89,7 @@ async fn queue_group_delivers_each_message_once() {
         c.flush().await.unwrap();
         let mut n = 0;
         while let Ok(Some(m)) = tokio::time::timeout(std::time::Duration::from_millis(200), s.next()).await {
-            *seen.entry(m.payload().clone()).or_insert(0) += 1;
+            *seen.entry(m.payload_bytes()).or_insert(0) += 1;
             n += 1;
         }
         per_member.push(n);
@@ -124,7 +120,7 @@ async fn hundred_thousand_in_order() {
         let m = within("sequenced message", sub.next())
             .await
             .expect("stream open");
-        let got = u64::from_le_bytes(m.payload()[..].try_into().unwrap());
+        let got = u64::from_le_bytes(m.payload().try_into().unwrap());
         assert_eq!(got, i, "message out of order or missing");
     }
     within("producer", producer).await.unwrap();

@@ -26,7 +26,7 @@ async fn resubscribes_and_sends_buffered_publishes_after_restart() {
     let mut sub = client.subscribe("jobs.>").await.unwrap();
     let mut queue = client.queue_subscribe("work", "pool").await.unwrap();
     client.publish("jobs.1", "before").await.unwrap();
-    assert_eq!(&within("msg", sub.next()).await.unwrap().payload()[..], b"before");
+    assert_eq!(within("msg", sub.next()).await.unwrap().payload(), b"before");
     let old_server = client.server_id();
 
     bus.stop();
@@ -58,14 +58,14 @@ async fn resubscribes_and_sends_buffered_publishes_after_restart() {
         assert_eq!(m.payload(), format!("during {i}").as_bytes());
     }
     assert_eq!(
-        &within("queue msg", queue.next()).await.unwrap().payload()[..],
+        within("queue msg", queue.next()).await.unwrap().payload(),
         b"queued work"
     );
 
     // And traffic from other clients reaches the re-established subscription.
     let other = bus.client("other").await;
     other.publish("jobs.3", "after").await.unwrap();
-    assert_eq!(&within("msg", sub.next()).await.unwrap().payload()[..], b"after");
+    assert_eq!(within("msg", sub.next()).await.unwrap().payload(), b"after");
     // Requests work again too (the reply inbox was re-sent).
     let responder = bus.client("responder").await;
     let mut svc = responder.subscribe("svc").await.unwrap();
@@ -75,7 +75,7 @@ async fn resubscribes_and_sends_buffered_publishes_after_restart() {
         }
     });
     let reply = within("request", client.request("svc", "ping")).await.unwrap();
-    assert_eq!(&reply.payload()[..], b"pong");
+    assert_eq!(reply.payload(), b"pong");
 }
 
 #[tokio::test]

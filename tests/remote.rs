@@ -31,10 +31,10 @@ async fn exercise(local: &Bus, remote: &Bus) {
     let mut at_local = local.subscribe("answer").await.unwrap();
     local.publish("greet.remote", "hello over there").await.unwrap();
     let m = within("remote delivery", at_remote.next()).await.unwrap();
-    assert_eq!(&m.payload()[..], b"hello over there");
+    assert_eq!(m.payload(), b"hello over there");
     remote.publish("answer", "hello back").await.unwrap();
     let m = within("local delivery", at_local.next()).await.unwrap();
-    assert_eq!(&m.payload()[..], b"hello back");
+    assert_eq!(m.payload(), b"hello back");
 
     let mut svc = local.subscribe("svc.upper").await.unwrap();
     tokio::spawn(async move {
@@ -46,7 +46,7 @@ async fn exercise(local: &Bus, remote: &Bus) {
     let reply = within("request", remote.request("svc.upper", "shout"))
         .await
         .unwrap();
-    assert_eq!(&reply.payload()[..], b"SHOUT");
+    assert_eq!(reply.payload(), b"SHOUT");
     assert!(matches!(
         remote.request("nobody.home", "hi").await,
         Err(Error::NoResponders { .. })
@@ -132,11 +132,7 @@ async fn wrong_or_missing_token_is_refused_before_anything_else() {
     );
     local.publish("secret", "control").await.unwrap();
     let m = within("spy", spy.next()).await.unwrap();
-    assert_eq!(
-        &m.payload()[..],
-        b"control",
-        "the sneaky publish was never routed"
-    );
+    assert_eq!(m.payload(), b"control", "the sneaky publish was never routed");
 
     let info: api::ServerInfo = local.request(api::INFO, []).await.unwrap().decode().unwrap();
     assert!(

@@ -93,5 +93,5 @@ async fn stalled_subscriber_is_bounded_and_told_exactly_what_it_lost() {
     // After the gap it receives new messages normally.
     publisher.publish("load", vec![1u8; 8]).await.unwrap();
     let next = within("message after catching up", stalled.next()).await.unwrap();
-    assert_eq!(&next.payload()[..], &[1u8; 8]);
+    assert_eq!(next.payload(), &[1u8; 8]);
 }

@@ -506,8 +506,9 @@ fn subject_limits(state: &State, what: &str, s: &str) -> Result<(), String> {
 }
 
 async fn write_loop(conn: Arc<Conn>, mut wr: Writer) {
-    let mut batch = Vec::with_capacity(1024);
-    let mut buf = Vec::with_capacity(WRITE_BATCH + 1024);
+    // Grown on first use: an idle connection holds no write buffers.
+    let mut batch = Vec::new();
+    let mut buf = Vec::new();
     while conn.outbox.take_batch(&mut batch, WRITE_BATCH).await {
         let (mut msgs, mut bytes) = (0u64, 0u64);
         for item in batch.drain(..) {

@@ -6,6 +6,13 @@ use busd::{Config, Server};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
+/// mimalloc: every published message is one allocation made by the
+/// publisher's reader and freed by the subscribers' writers, often on another
+/// thread; glibc malloc spent ~15% of the daemon's time on that in
+/// `bus-cli bench pubsub` (perf), mimalloc a fraction of it.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The bus daemon: routes messages between local processes over a Unix socket.
 ///
 /// With no flags it runs the embedded default configuration on the default

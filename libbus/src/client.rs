@@ -740,7 +740,12 @@ impl Shared {
         }
         let was_empty = out.buf.is_empty();
         let before = out.buf.len();
-        codec::encode_into(frame, &mut out.buf, self.max_frame.load(Ordering::Relaxed)).map_err(codec_err)?;
+        let max_frame = self.max_frame.load(Ordering::Relaxed);
+        match frame {
+            ClientFrame::Pub(p) => codec::encode_pub(p, &mut out.buf, max_frame),
+            other => codec::encode_into(other, &mut out.buf, max_frame),
+        }
+        .map_err(codec_err)?;
         if bounded && !out.connected && out.buf.len() > self.opts.reconnect_buffer {
             out.buf.truncate(before);
             return Err(Error::LimitExceeded {

@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
 use tokio_util::codec::{length_delimited::LengthDelimitedCodecError, Decoder, LengthDelimitedCodec};
 
-use crate::proto::LEN_PREFIX;
+use crate::proto::{self, LEN_PREFIX};
 
 /// Why a frame could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +106,51 @@ pub fn encode_into<T: Serialize>(frame: &T, buf: &mut Vec<u8>, max_frame: u32) -
     // `len <= max_frame`, a u32, so the cast is lossless.
     buf[start..start + LEN_PREFIX].copy_from_slice(&(len as u32).to_le_bytes());
     Ok(())
+}
+
+/// Appends a `ClientFrame::Pub` frame to `buf`, byte for byte what
+/// [`encode_into`] writes (the `pub_encoding_matches_postcard` property test
+/// pins this), without going through serde: publishing is the hot path.
+///
+/// On error `buf` is left as it was.
+pub fn encode_pub(p: &proto::Pub<'_>, buf: &mut Vec<u8>, max_frame: u32) -> Result<(), CodecError> {
+    let reply_len = p.reply_to.map_or(0, |r| VARINT_MAX + r.len());
+    let len_bound = 1 + 2 * VARINT_MAX + p.subject.len() + 1 + reply_len + p.payload.len();
+    buf.reserve(LEN_PREFIX + len_bound);
+    let start = buf.len();
+    buf.extend_from_slice(&[0; LEN_PREFIX]);
+    buf.push(proto::PUB_TAG);
+    push_bytes(buf, p.subject.as_bytes());
+    match p.reply_to {
+        None => buf.push(0),
+        Some(r) => {
+            buf.push(1);
+            push_bytes(buf, r.as_bytes());
+        }
+    }
+    push_bytes(buf, p.payload);
+    let len = buf.len() - start - LEN_PREFIX;
+    if len > max_frame as usize {
+        buf.truncate(start);
+        return Err(CodecError::TooLarge { len, max: max_frame });
+    }
+    // `len <= max_frame`, a u32, so the cast is lossless.
+    buf[start..start + LEN_PREFIX].copy_from_slice(&(len as u32).to_le_bytes());
+    Ok(())
+}
+
+/// Longest varint of a `u64`.
+const VARINT_MAX: usize = 10;
+
+/// postcard's encoding of a byte string or `str`: varint length, then bytes.
+fn push_bytes(buf: &mut Vec<u8>, bytes: &[u8]) {
+    let mut n = bytes.len() as u64;
+    while n >= 0x80 {
+        buf.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    buf.push(n as u8);
+    buf.extend_from_slice(bytes);
 }
 
 /// Decodes one frame body (without its length prefix).

@@ -36,7 +36,7 @@
 //! let mut service = bus.subscribe("echo").await?;
 //! tokio::spawn(async move {
 //!     while let Some(req) = service.next().await {
-//!         let _ = req.respond(req.payload().clone()).await;
+//!         let _ = req.respond(req.payload()).await;
 //!     }
 //! });
 //!
@@ -48,7 +48,7 @@
 //!
 //! // Request / reply.
 //! let reply = bus.request("echo", "hello").await?;
-//! assert_eq!(&reply.payload()[..], b"hello");
+//! assert_eq!(reply.payload(), b"hello");
 //! bus.close().await?;
 //! # Ok(()) }
 //! ```

@@ -9,47 +9,110 @@ use crate::{client::Shared, Error, Result};
 
 /// A message received on a subscription, or a reply to a request.
 ///
-/// Subject, reply subject and payload share the receive buffer: no copy.
+/// Subject, reply subject and payload are ranges of the received frame,
+/// which is shared with the receive buffer: no copy, and one reference count
+/// per message.
 #[derive(Clone)]
 pub struct Message {
-    pub(crate) subject: Bytes,
-    pub(crate) reply_to: Option<Bytes>,
-    pub(crate) payload: Bytes,
+    frame: Bytes,
+    subject: Span,
+    reply_to: Option<Span>,
+    payload: Span,
     /// Connection to respond on; `None` for messages that cannot be answered.
-    pub(crate) shared: Option<Arc<Shared>>,
+    shared: Option<Arc<Shared>>,
 }
 
-fn as_str(b: &Bytes) -> &str {
-    // The bytes were checked to be UTF-8 when the frame was decoded, so this
-    // never yields the fallback.
-    std::str::from_utf8(b).unwrap_or_default()
+/// Where a message's fields lie in its frame (see [`Message::locate`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Parts {
+    subject: Span,
+    reply_to: Option<Span>,
+    payload: Span,
+}
+
+/// A range of a message's frame.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start: u32,
+    end: u32,
+}
+
+impl Span {
+    /// Where `part` (borrowed from `frame`) lies in it.
+    fn of(frame: &[u8], part: &[u8]) -> Span {
+        let start = (part.as_ptr() as usize).wrapping_sub(frame.as_ptr() as usize);
+        debug_assert!(start + part.len() <= frame.len(), "part is not within the frame");
+        Span {
+            start: start as u32,
+            end: (start + part.len()) as u32,
+        }
+    }
+
+    fn get(self, frame: &[u8]) -> &[u8] {
+        frame
+            .get(self.start as usize..self.end as usize)
+            .unwrap_or_default()
+    }
 }
 
 impl Message {
+    /// Where a decoded message's `subject`, `reply_to` and `payload`
+    /// (borrowed from `frame`) lie in it.
+    pub(crate) fn locate(frame: &[u8], subject: &str, reply_to: Option<&str>, payload: &[u8]) -> Parts {
+        Parts {
+            subject: Span::of(frame, subject.as_bytes()),
+            reply_to: reply_to.map(|r| Span::of(frame, r.as_bytes())),
+            payload: Span::of(frame, payload),
+        }
+    }
+
+    /// The message made of `frame` and the [`Parts`] located in it.
+    pub(crate) fn new(frame: Bytes, parts: Parts, shared: Option<Arc<Shared>>) -> Self {
+        Self {
+            frame,
+            subject: parts.subject,
+            reply_to: parts.reply_to,
+            payload: parts.payload,
+            shared,
+        }
+    }
+
+    fn text(&self, span: Span) -> &str {
+        // Checked to be UTF-8 when the frame was decoded, so this never
+        // yields the fallback.
+        std::str::from_utf8(span.get(&self.frame)).unwrap_or_default()
+    }
+
     /// Subject the message was published to.
     pub fn subject(&self) -> &str {
-        as_str(&self.subject)
+        self.text(self.subject)
     }
 
     /// Reply subject, set when the message is a request.
     pub fn reply_to(&self) -> Option<&str> {
-        self.reply_to.as_ref().map(as_str)
+        self.reply_to.map(|r| self.text(r))
     }
 
     /// The message body.
-    pub fn payload(&self) -> &Bytes {
-        &self.payload
+    pub fn payload(&self) -> &[u8] {
+        self.payload.get(&self.frame)
     }
 
-    /// Takes the body out of the message.
+    /// The message body as [`Bytes`]: a shared slice of the frame, no copy.
+    pub fn payload_bytes(&self) -> Bytes {
+        self.frame
+            .slice(self.payload.start as usize..self.payload.end as usize)
+    }
+
+    /// Takes the body out of the message (no copy).
     pub fn into_payload(self) -> Bytes {
-        self.payload
+        self.payload_bytes()
     }
 
     /// Decodes a postcard-encoded body (the counterpart of
     /// [`Bus::publish_value`](crate::Bus::publish_value)).
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
-        Ok(postcard::from_bytes(&self.payload)?)
+        Ok(postcard::from_bytes(self.payload())?)
     }
 
     /// Answers a request: publishes `payload` to this message's reply subject.
@@ -76,7 +139,7 @@ impl fmt::Debug for Message {
         f.debug_struct("Message")
             .field("subject", &self.subject())
             .field("reply_to", &self.reply_to())
-            .field("payload_len", &self.payload.len())
+            .field("payload_len", &self.payload().len())
             .finish()
     }
 }

@@ -318,17 +318,19 @@ async fn read_loop(shared: &Arc<Shared>, mut frames: FramedRead<Reader, codec::F
         };
         match decoded {
             ServerFrame::Msg(m) => {
-                let msg = Message {
-                    subject: frame.slice_ref(m.subject.as_bytes()),
-                    reply_to: m.reply_to.map(|r| frame.slice_ref(r.as_bytes())),
-                    payload: frame.slice_ref(m.payload),
-                    // Only requests can be answered; others skip the refcount.
-                    shared: m.reply_to.map(|_| shared.clone()),
-                };
+                // Only requests can be answered; others skip the refcount.
+                let answer_on = m.reply_to.map(|_| shared.clone());
+                let parts = Message::locate(&frame, m.subject, m.reply_to, m.payload);
                 if m.sid == shared.inbox_sid.load(Ordering::Acquire) {
+                    let msg = Message::new(frame.clone(), parts, answer_on);
                     shared.complete_request(m.subject, |_| Ok(msg));
-                } else if add_pending(&mut pending, m.sid, Delivery::Message(msg), max_batch) {
-                    shared.deliver_all(&mut pending).await;
+                } else {
+                    // The frame moves into the message: no extra reference.
+                    let sid = m.sid;
+                    let msg = Message::new(frame, parts, answer_on);
+                    if add_pending(&mut pending, sid, Delivery::Message(msg), max_batch) {
+                        shared.deliver_all(&mut pending).await;
+                    }
                 }
             }
             ServerFrame::Lagged { sid, dropped } => {

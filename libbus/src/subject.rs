@@ -39,6 +39,37 @@ pub enum SubjectError {
 }
 
 fn check_tokens(s: &str, allow_wildcards: bool) -> Result<(), SubjectError> {
+    if valid_printable_ascii(s.as_bytes(), allow_wildcards) {
+        return Ok(());
+    }
+    check_tokens_slow(s, allow_wildcards)
+}
+
+/// The common case in one pass over the bytes: true if `b` is a valid
+/// subject (or pattern) made of printable ASCII. Anything else, valid or
+/// not, is left to [`check_tokens_slow`], which names the problem.
+fn valid_printable_ascii(b: &[u8], allow_wildcards: bool) -> bool {
+    let mut start = 0;
+    for i in 0..=b.len() {
+        let c = b.get(i).copied().unwrap_or(b'.');
+        if c != b'.' {
+            if !(0x21..=0x7e).contains(&c) {
+                return false;
+            }
+            continue;
+        }
+        match &b[start..i] {
+            [] => return false,
+            [b'*'] if !allow_wildcards => return false,
+            [b'>'] if !allow_wildcards || i != b.len() => return false,
+            _ => {}
+        }
+        start = i + 1;
+    }
+    true
+}
+
+fn check_tokens_slow(s: &str, allow_wildcards: bool) -> Result<(), SubjectError> {
     if s.is_empty() {
         return Err(SubjectError::Empty);
     }

@@ -123,6 +123,18 @@ proptest! {
     }
 
     #[test]
+    fn pub_encoding_matches_postcard(
+        a in text(), opt in proptest::option::of(text()), payload in bytes(), max in prop_oneof![any::<u32>(), 0u32..300],
+    ) {
+        let p = proto::Pub { subject: &a, reply_to: opt.as_deref(), payload: &payload };
+        let (mut generic, mut direct) = (vec![9u8], vec![9u8]);
+        let g = codec::encode_into(&ClientFrame::Pub(p.clone()), &mut generic, max);
+        let d = codec::encode_pub(&p, &mut direct, max);
+        prop_assert_eq!(g.is_ok(), d.is_ok());
+        prop_assert_eq!(generic, direct);
+    }
+
+    #[test]
     fn deliveries_spliced_from_publishes_decode_as_msg(
         a in text(), opt in proptest::option::of(text()), sid in any::<u64>(), payload in bytes(),
     ) {

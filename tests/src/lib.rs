@@ -222,7 +222,7 @@ pub async fn assert_serving(bus: &TestBus) {
         .await
         .expect("publish");
     let m = within("probe message", sub.next()).await.expect("message");
-    assert_eq!(&m.payload()[..], b"still here");
+    assert_eq!(m.payload(), b"still here");
 }
 
 /// A throwaway PKI generated at run time: a CA, and a server certificate it

@@ -245,7 +245,7 @@ async fn reqrep(address: &Address, args: &BenchArgs, report: &mut Report) -> Res
     let mut requests = responder.subscribe("bench.echo").await?;
     let serve = tokio::spawn(async move {
         while let Some(m) = requests.next().await {
-            if m.respond(m.payload().clone()).await.is_err() {
+            if m.respond(m.payload()).await.is_err() {
                 break;
             }
         }
