@@ -98,14 +98,7 @@ pub fn encode_into<T: Serialize>(frame: &T, buf: &mut Vec<u8>, max_frame: u32) -
             return Err(e.into());
         }
     }
-    let len = buf.len() - start - LEN_PREFIX;
-    if len > max_frame as usize {
-        buf.truncate(start);
-        return Err(CodecError::TooLarge { len, max: max_frame });
-    }
-    // `len <= max_frame`, a u32, so the cast is lossless.
-    buf[start..start + LEN_PREFIX].copy_from_slice(&(len as u32).to_le_bytes());
-    Ok(())
+    finish_frame(buf, start, max_frame)
 }
 
 /// Appends a `ClientFrame::Pub` frame to `buf`, byte for byte what
@@ -129,6 +122,12 @@ pub fn encode_pub(p: &proto::Pub<'_>, buf: &mut Vec<u8>, max_frame: u32) -> Resu
         }
     }
     push_bytes(buf, p.payload);
+    finish_frame(buf, start, max_frame)
+}
+
+/// Fills in the length prefix of the frame that starts at `start`, or
+/// removes the frame if its body exceeds `max_frame`.
+fn finish_frame(buf: &mut Vec<u8>, start: usize, max_frame: u32) -> Result<(), CodecError> {
     let len = buf.len() - start - LEN_PREFIX;
     if len > max_frame as usize {
         buf.truncate(start);
