@@ -95,3 +95,31 @@ async fn stalled_subscriber_is_bounded_and_told_exactly_what_it_lost() {
     let next = within("message after catching up", stalled.next()).await.unwrap();
     assert_eq!(next.payload(), &[1u8; 8]);
 }
+
+/// `subscription_capacity` counts deliveries, however they arrive: messages
+/// trickling in one per socket read (each its own batch) fill it only after
+/// that many messages, and until then the connection keeps reading (here: a
+/// flush's Pong gets through while the subscription is not being read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_capacity_counts_deliveries_not_reads() {
+    let bus = TestBus::start();
+    let idle_conn = bus
+        .client_with(ConnectOptions::default().name("idle").subscription_capacity(1000))
+        .await;
+    let mut idle = idle_conn.subscribe("trickle").await.unwrap();
+    let publisher = bus.client("publisher").await;
+    for i in 0u64..300 {
+        publisher.publish_value("trickle", &i).await.unwrap();
+        // One message per daemon write, so (nearly always) one per read.
+        within("publisher flush", publisher.flush()).await.unwrap();
+    }
+    // 300 unread deliveries are well under the capacity: the connection
+    // still reads, so its own flush completes.
+    within("flush with unread deliveries", idle_conn.flush())
+        .await
+        .expect("the connection kept reading");
+    for i in 0u64..300 {
+        let m = within("message", idle.next()).await.expect("open");
+        assert_eq!(m.decode::<u64>().unwrap(), i);
+    }
+}

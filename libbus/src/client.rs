@@ -20,7 +20,7 @@ use std::{
 
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::{
-    sync::{broadcast, mpsc, oneshot, Notify},
+    sync::{broadcast, mpsc, oneshot, Notify, Semaphore, TryAcquireError},
     task::JoinHandle,
 };
 use tokio_util::codec::FramedRead;
@@ -190,7 +190,10 @@ type PendingReply = (String, oneshot::Sender<Result<Message>>);
 /// reconnect.
 #[derive(Debug)]
 pub(crate) struct SubEntry {
-    tx: mpsc::Sender<Batch>,
+    tx: mpsc::UnboundedSender<Batch>,
+    /// Deliveries the subscription may still take: `subscription_capacity`
+    /// permits, taken per delivery handed over, returned as it consumes them.
+    space: Arc<Semaphore>,
     pattern: String,
     queue: Option<String>,
 }
@@ -413,9 +416,11 @@ impl Bus {
         subject::validate_pattern(pattern)?;
         let shared = &self.shared;
         let sid = shared.next_sid.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(shared.batches_per_subscription());
+        let (tx, rx) = mpsc::unbounded_channel();
+        let space = Arc::new(Semaphore::new(shared.opts.subscription_capacity.max(1)));
         let entry = SubEntry {
             tx,
+            space: space.clone(),
             pattern: pattern.to_owned(),
             queue: queue.map(ToOwned::to_owned),
         };
@@ -425,6 +430,8 @@ impl Bus {
         let sub = Subscription {
             sid,
             rx,
+            space,
+            taken: 0,
             buffered: Vec::new().into_iter(),
             bus: self.clone(),
             dropped: 0,
@@ -884,12 +891,6 @@ impl Shared {
         self.opts.subscription_capacity.clamp(1, MAX_BATCH)
     }
 
-    /// Channel slots per subscription, so that about `subscription_capacity`
-    /// deliveries are buffered in all.
-    fn batches_per_subscription(&self) -> usize {
-        (self.opts.subscription_capacity / self.batch_size()).max(1)
-    }
-
     /// Hands each pending batch to its subscription, in order.
     pub(crate) async fn deliver_all(&self, pending: &mut Vec<(u64, Batch)>) {
         for (sid, batch) in pending.drain(..) {
@@ -902,24 +903,41 @@ impl Shared {
         let subs = lock(&self.subs);
         for (sid, batch) in pending.drain(..) {
             if let Some(e) = subs.get(&sid) {
-                let _ = e.tx.try_send(batch);
+                if let Ok(permits) = e.space.try_acquire_many(batch.len() as u32) {
+                    permits.forget();
+                    let _ = e.tx.send(batch);
+                }
             }
         }
     }
 
     async fn deliver(&self, sid: u64, batch: Batch) {
-        let blocked = {
+        // A batch holds at most `batch_size()` <= `subscription_capacity`
+        // deliveries, so it always fits once the subscriber has caught up.
+        let n = batch.len() as u32;
+        let (tx, space) = {
             let subs = lock(&self.subs);
             let Some(e) = subs.get(&sid) else { return };
-            match e.tx.try_send(batch) {
-                Ok(()) => return,
-                Err(mpsc::error::TrySendError::Full(b)) => (e.tx.clone(), b),
-                Err(mpsc::error::TrySendError::Closed(_)) => return,
+            let room = match e.space.try_acquire_many(n) {
+                Ok(permits) => {
+                    permits.forget();
+                    true
+                }
+                Err(TryAcquireError::Closed) => return,
+                Err(TryAcquireError::NoPermits) => false,
+            };
+            if room {
+                let _ = e.tx.send(batch);
+                return;
             }
+            (e.tx.clone(), e.space.clone())
         };
         // The subscriber is behind: stop reading until it catches up, so the
         // daemon's bounded queue (not our memory) absorbs the burst.
-        let _ = blocked.0.send(blocked.1).await;
+        let room = space.acquire_many(n).await.map(|permits| permits.forget());
+        if room.is_ok() {
+            let _ = tx.send(batch);
+        }
     }
 
     pub(crate) fn complete_request(

@@ -5,7 +5,9 @@ use std::{
     task::{Context, Poll},
 };
 
-use tokio::sync::mpsc;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, Semaphore};
 
 use crate::{client::Batch, Bus, Delivery, Message};
 
@@ -15,13 +17,18 @@ use crate::{client::Batch, Bus, Delivery, Message};
 /// also shows [`Delivery::Lagged`] notices, which the stream only counts in
 /// [`dropped`](Self::dropped). Dropping it unsubscribes (no task is spawned).
 ///
-/// Deliveries arrive in batches (one per socket read). While a subscription's
-/// buffer (about `ConnectOptions::subscription_capacity` deliveries) is full, the connection stops reading: the daemon then queues for it up to its
-/// `max_pending` bound and drops (and reports) beyond that.
+/// Deliveries arrive in batches (one per socket read). While a subscription
+/// holds `ConnectOptions::subscription_capacity` deliveries it has not
+/// consumed, the connection stops reading: the daemon then queues for it up
+/// to its `max_pending` bound and drops (and reports) beyond that.
 #[derive(Debug)]
 pub struct Subscription {
     pub(crate) sid: u64,
-    pub(crate) rx: mpsc::Receiver<Batch>,
+    pub(crate) rx: mpsc::UnboundedReceiver<Batch>,
+    /// Room for deliveries (see `SubEntry::space`).
+    pub(crate) space: Arc<Semaphore>,
+    /// Permits taken for `buffered`, returned once it is consumed.
+    pub(crate) taken: usize,
     /// The rest of the last batch received.
     pub(crate) buffered: std::vec::IntoIter<Delivery>,
     pub(crate) bus: Bus,
@@ -55,10 +62,17 @@ impl Subscription {
                 if let Delivery::Lagged(n) = d {
                     self.dropped += n;
                 }
+                if self.buffered.len() == 0 {
+                    // The batch is consumed: make room for the next ones.
+                    self.space.add_permits(std::mem::take(&mut self.taken));
+                }
                 return Poll::Ready(Some(d));
             }
             match self.rx.poll_recv(cx) {
-                Poll::Ready(Some(batch)) => self.buffered = batch.into_iter(),
+                Poll::Ready(Some(batch)) => {
+                    self.taken = batch.len();
+                    self.buffered = batch.into_iter();
+                }
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending => return Poll::Pending,
             }
@@ -93,6 +107,8 @@ impl futures_core::Stream for Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        // A reader waiting for room gives up on this subscription.
+        self.space.close();
         self.bus.shared.unsubscribe(self.sid);
     }
 }

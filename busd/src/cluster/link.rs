@@ -5,7 +5,7 @@
 use std::{
     collections::VecDeque,
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicU64, Ordering::Relaxed},
         Arc, Mutex,
     },
     time::{Duration, Instant},
@@ -47,12 +47,21 @@ struct Held {
     origin: String,
     subject: Box<str>,
     targets: Vec<String>,
+    /// The sync epoch it was routed under (`None`: the link was down, or up
+    /// but the other side's current state had not arrived yet).
+    epoch: Option<u64>,
 }
 
 #[derive(Debug, Default)]
 struct Queue {
     items: VecDeque<Held>,
     bytes: usize,
+    /// Set while the link is up and the other side's own state has arrived
+    /// on this connection, so routing reflects it as it is now (not as it
+    /// was before a restart); a new number for every such connection.
+    synced: Option<u64>,
+    /// Last epoch handed out.
+    epochs: u64,
 }
 
 /// One bridge link.
@@ -71,9 +80,6 @@ pub struct Link {
     msgs_in: AtomicU64,
     msgs_out: AtomicU64,
     dropped: AtomicU64,
-    /// The other side's own state has arrived on the current connection, so
-    /// routing reflects it as it is now (not as before a restart).
-    synced: AtomicBool,
 }
 
 impl Link {
@@ -95,7 +101,6 @@ impl Link {
             msgs_in: AtomicU64::new(0),
             msgs_out: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
-            synced: AtomicBool::new(false),
         })
     }
 
@@ -134,11 +139,13 @@ impl Link {
             return;
         }
         q.bytes += frame.len();
+        let epoch = q.synced;
         q.items.push_back(Held {
             frame,
             origin: origin.to_owned(),
             subject: subject.into(),
             targets: targets.iter().map(|(_, n)| (*n).to_owned()).collect(),
+            epoch,
         });
         drop(q);
         self.ready.notify_one();
@@ -168,6 +175,7 @@ impl Link {
     }
 
     fn set_status(&self, status: Status) {
+        lock(&self.queue).synced = None;
         *lock(&self.status) = status;
         *lock(&self.down_since) = (status != Status::Up).then(Instant::now);
         if status != Status::Up {
@@ -334,7 +342,6 @@ async fn run_session(
 ) {
     *lock(&link.node) = node.clone();
     *lock(&link.peer) = peer;
-    link.synced.store(false, Relaxed);
     link.set_status(Status::Up);
     state.cluster.sync_link(state, link);
     tracing::info!(node, address = %link.info().address, "bridge link up");
@@ -382,8 +389,14 @@ async fn read_loop(state: &Arc<State>, link: &Arc<Link>, mut frames: Frames) -> 
                     Ok(LinkFrame::State(s)) => {
                         let own = s.node == link.node();
                         state.cluster.merge(state, link, s);
-                        if own && !link.synced.swap(true, Relaxed) {
-                            link.ready.notify_one();
+                        if own {
+                            let mut q = lock(&link.queue);
+                            if q.synced.is_none() {
+                                q.epochs += 1;
+                                q.synced = Some(q.epochs);
+                                drop(q);
+                                link.ready.notify_one();
+                            }
                         }
                     }
                     Ok(LinkFrame::Msg(m)) => {
@@ -406,11 +419,12 @@ async fn read_loop(state: &Arc<State>, link: &Arc<Link>, mut frames: Frames) -> 
     }
 }
 
-/// Sends control frames first, then messages. Messages that were held while
-/// the link was down go only once the other side (after its restart, say)
-/// wants them again, or are dropped after `bridge_hold`.
+/// Sends control frames first, then messages. Messages routed before the
+/// other side's current state arrived on this connection (held while the link
+/// was down, or queued since it came back) go only once that state wants
+/// them (after a restart its subscribers may take a moment to return), or
+/// are dropped after `bridge_hold`; in order either way.
 async fn write_loop(state: Arc<State>, link: Arc<Link>, mut wr: Writer) {
-    let mut backlog = lock(&link.queue).items.len();
     let deadline = tokio::time::Instant::now() + state.config.bridge_hold;
     let mut changed = state.cluster.changed.subscribe();
     let mut buf: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
@@ -424,9 +438,11 @@ async fn write_loop(state: Arc<State>, link: Arc<Link>, mut wr: Writer) {
             let mut sent = 0u64;
             while buf.len() < WRITE_BATCH {
                 let Some(head) = q.items.front() else { break };
-                if backlog > 0 {
-                    // Held messages wait for the other side's current state.
-                    let wanted = link.synced.load(Relaxed)
+                // A message routed before the other side's current state was
+                // known (held while down, or queued before it arrived) goes
+                // only if that state wants it; in order, so it waits.
+                if head.epoch.is_none() || head.epoch != q.synced {
+                    let wanted = q.synced.is_some()
                         && state
                             .cluster
                             .still_wanted(&link, &head.origin, &head.subject, &head.targets);
@@ -439,10 +455,8 @@ async fn write_loop(state: Arc<State>, link: Arc<Link>, mut wr: Writer) {
                         let held = q.items.pop_front();
                         q.bytes -= held.map_or(0, |h| h.frame.len());
                         link.dropped.fetch_add(1, Relaxed);
-                        backlog -= 1;
                         continue;
                     }
-                    backlog -= 1;
                 }
                 let Some(item) = q.items.pop_front() else { break };
                 q.bytes -= item.frame.len();
