@@ -31,7 +31,7 @@ use crate::{
     outbox::{OutItem, Outbox, Published},
     policy::UidSlot,
     registry::{lock, Conn, Stats},
-    router::RouteCache,
+    router::{Deliveries, RouteCache},
     server::State,
 };
 
@@ -273,6 +273,19 @@ async fn read_loop(
     conn: &Arc<Conn>,
     frames: &mut FramedRead<Reader, codec::FrameCodec>,
 ) -> Fatal {
+    let mut pending = Deliveries::default();
+    let end = read_frames(state, conn, frames, &mut pending).await;
+    // Publishes accepted before the end are still delivered.
+    pending.deliver();
+    end
+}
+
+async fn read_frames(
+    state: &State,
+    conn: &Arc<Conn>,
+    frames: &mut FramedRead<Reader, codec::FrameCodec>,
+    pending: &mut Deliveries,
+) -> Fatal {
     let cfg = &state.config;
     let mut cache = RouteCache::default();
     let mut ping =
@@ -293,8 +306,12 @@ async fn read_loop(
                 Some(Ok(body)) => {
                     missed = 0;
                     conn.stats.last_activity_ms.store(state.clock.now_ms(), Relaxed);
-                    if let Err(f) = handle_frame(state, conn, &body, &mut cache) {
+                    if let Err(f) = handle_frame(state, conn, &body, &mut cache, pending) {
                         return f;
+                    }
+                    // Deliver what this read brought in before waiting for more.
+                    if !codec::frame_buffered(frames.read_buffer()) {
+                        pending.deliver();
                     }
                 }
             },
@@ -336,6 +353,7 @@ fn handle_frame(
     conn: &Arc<Conn>,
     body: &BytesMut,
     cache: &mut RouteCache,
+    pending: &mut Deliveries,
 ) -> Result<(), Fatal> {
     let frame = match codec::decode::<ClientFrame>(body) {
         Ok(f) => f,
@@ -344,8 +362,12 @@ fn handle_frame(
         }
         Err(e) => return Err(fatal(conn, ErrorCode::Protocol, e.to_string())),
     };
+    if !matches!(frame, ClientFrame::Pub(_)) {
+        // Everything published before this frame is queued before its effects.
+        pending.deliver();
+    }
     match frame {
-        ClientFrame::Pub(p) => publish(state, conn, body, p, cache),
+        ClientFrame::Pub(p) => publish(state, conn, body, p, cache, pending),
         ClientFrame::Sub(s) => subscribe(state, conn, s),
         ClientFrame::Unsub { sid } => {
             if let Some(sub) = lock(&conn.subs).remove(&sid) {
@@ -373,6 +395,7 @@ fn publish(
     body: &BytesMut,
     p: proto::Pub<'_>,
     cache: &mut RouteCache,
+    pending: &mut Deliveries,
 ) -> Result<(), Fatal> {
     if let Some(reply_to) = p.reply_to {
         if let Err(e) = subject::validate_subject(reply_to) {
@@ -405,6 +428,7 @@ fn publish(
             }
             if p.subject.starts_with(subject::RESERVED_PREFIX) {
                 if p.subject.starts_with(subject::API_PREFIX) {
+                    pending.deliver();
                     api::handle(state, conn, p.subject, p.reply_to, p.payload);
                 } else {
                     let e = subject::SubjectError::Reserved(p.subject.into());
@@ -419,7 +443,7 @@ fn publish(
     if !routes.is_empty() {
         // One exact-size copy of the frame body, shared by every delivery:
         // queued messages never pin the (larger) receive buffer.
-        routes.deliver(&Published::new(body, p.payload.len()));
+        pending.push(routes.clone(), Published::new(body, p.payload.len()));
     }
     let remote = state.cluster.is_active()
         && state

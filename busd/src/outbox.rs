@@ -164,6 +164,41 @@ impl Outbox {
         true
     }
 
+    /// [`try_push`](Self::try_push) for several messages to `sid` under one
+    /// lock; those that do not fit are counted as dropped.
+    pub fn push_many<'a>(&self, sid: u64, msgs: impl Iterator<Item = &'a Published>) {
+        let mut st = self.lock();
+        if st.closed {
+            return;
+        }
+        let was_empty = st.items.is_empty();
+        for msg in msgs {
+            let cost = msg.cost();
+            if st.bytes + cost > self.max_pending {
+                st.dropped_total += 1;
+                match st.lag.iter_mut().find(|(s, _)| *s == sid) {
+                    Some((_, n)) => *n += 1,
+                    None => st.lag.push((sid, 1)),
+                }
+                continue;
+            }
+            if let Some(i) = st.lag.iter().position(|(s, _)| *s == sid) {
+                let (_, dropped) = st.lag.swap_remove(i);
+                st.items.push_back(OutItem::Lagged { sid, dropped });
+            }
+            st.items.push_back(OutItem::Msg {
+                sid,
+                msg: msg.clone(),
+            });
+            st.bytes += cost;
+        }
+        let notify = was_empty && !st.items.is_empty();
+        drop(st);
+        if notify {
+            self.ready.notify_one();
+        }
+    }
+
     /// Counts one message for `sid` as dropped.
     pub fn record_drop(&self, sid: u64) {
         let mut st = self.lock();
@@ -296,5 +331,31 @@ mod tests {
         ob.close();
         batch.clear();
         assert!(!ob.take_batch(&mut batch, 1 << 20).await);
+    }
+
+    #[tokio::test]
+    async fn push_many_matches_one_at_a_time() {
+        let m = msg(40 - 16); // cost 40
+        let ob = Outbox::new(100);
+        // Two fit, three are dropped and counted.
+        ob.push_many(7, std::iter::repeat_n(&m, 5));
+        assert_eq!((ob.pending_bytes(), ob.dropped()), (80, 3));
+        let mut batch = Vec::new();
+        assert!(ob.take_batch(&mut batch, 1 << 20).await);
+        assert!(matches!(
+            batch[..],
+            [OutItem::Msg { sid: 7, .. }, OutItem::Msg { sid: 7, .. }]
+        ));
+        batch.clear();
+        // The loss is reported ahead of the next message that fits.
+        ob.push_many(7, std::iter::once(&m));
+        assert!(ob.take_batch(&mut batch, 1 << 20).await);
+        assert!(matches!(
+            batch[..],
+            [
+                OutItem::Lagged { sid: 7, dropped: 3 },
+                OutItem::Msg { sid: 7, .. }
+            ]
+        ));
     }
 }

@@ -152,6 +152,18 @@ fn push_bytes(buf: &mut Vec<u8>, bytes: &[u8]) {
     buf.extend_from_slice(bytes);
 }
 
+/// True if `buf` (a receive buffer) holds at least one complete frame, so
+/// the next read returns without waiting for the socket.
+pub fn frame_buffered(buf: &[u8]) -> bool {
+    match buf.get(..LEN_PREFIX) {
+        Some(len) => {
+            let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+            buf.len() >= LEN_PREFIX + len
+        }
+        None => false,
+    }
+}
+
 /// Decodes one frame body (without its length prefix).
 pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, CodecError> {
     Ok(postcard::from_bytes(body)?)

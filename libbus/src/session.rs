@@ -274,17 +274,6 @@ async fn write_batch(tx: &mut Writer, batch: &[u8]) -> std::io::Result<()> {
     tx.flush().await
 }
 
-/// True if `buf` holds at least one complete frame.
-fn frame_buffered(buf: &[u8]) -> bool {
-    match buf.get(..proto::LEN_PREFIX) {
-        Some(len) => {
-            let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
-            buf.len() >= proto::LEN_PREFIX + len
-        }
-        None => false,
-    }
-}
-
 /// Adds `d` to the pending batch of `sid`; true if that batch is now full.
 fn add_pending(pending: &mut Vec<(u64, Batch)>, sid: u64, d: Delivery, max: usize) -> bool {
     let i = match pending.iter().position(|(s, _)| *s == sid) {
@@ -304,7 +293,7 @@ async fn read_loop(shared: &Arc<Shared>, mut frames: FramedRead<Reader, codec::F
     let mut pending: Vec<(u64, Batch)> = Vec::new();
     let reason = loop {
         // Hand over what this read brought in before waiting on the socket.
-        if !pending.is_empty() && !frame_buffered(frames.read_buffer()) {
+        if !pending.is_empty() && !codec::frame_buffered(frames.read_buffer()) {
             shared.deliver_all(&mut pending).await;
         }
         let frame = match frames.next().await {

@@ -53,6 +53,19 @@ impl Routes {
         self.deliver_filtered(msg, |_| true);
     }
 
+    /// [`deliver`](Self::deliver) for a run of messages: each plain
+    /// subscriber's queue is locked once for all of them.
+    fn deliver_run<'a>(&self, msgs: impl Iterator<Item = &'a Published> + Clone) {
+        for t in &self.plain {
+            t.conn.outbox.push_many(t.sid, msgs.clone());
+        }
+        if !self.groups.is_empty() {
+            for msg in msgs {
+                self.deliver_groups(msg, |_| true);
+            }
+        }
+    }
+
     /// [`deliver`](Self::deliver), but only to the groups `group_here` accepts
     /// (a message from another node names the node whose member gets it).
     pub fn deliver_filtered(&self, msg: &Published, group_here: impl Fn(&str) -> bool) {
@@ -61,6 +74,11 @@ impl Routes {
                 t.conn.outbox.record_drop(t.sid);
             }
         }
+        self.deliver_groups(msg, group_here);
+    }
+
+    /// Queues `msg` for one member of each group `group_here` accepts.
+    fn deliver_groups(&self, msg: &Published, group_here: impl Fn(&str) -> bool) {
         for (group, members) in &self.groups {
             if !group_here(group) {
                 continue;
@@ -76,6 +94,41 @@ impl Routes {
                 t.conn.outbox.record_drop(t.sid);
             }
         }
+    }
+}
+
+/// Publishes a reader has routed but not yet queued: delivered together, so
+/// that a run of messages to the same subscribers takes each subscriber's
+/// queue lock once rather than once per message. The reader delivers them
+/// before it handles any other kind of frame and before it waits for input,
+/// so effects stay in the order the frames came in.
+#[derive(Debug, Default)]
+pub struct Deliveries {
+    items: Vec<(Arc<Routes>, Published)>,
+}
+
+/// Publishes a reader gathers before delivering them.
+const DELIVERIES_MAX: usize = 256;
+
+impl Deliveries {
+    /// Adds a message for `routes`; delivers everything once enough gathered.
+    pub fn push(&mut self, routes: Arc<Routes>, msg: Published) {
+        self.items.push((routes, msg));
+        if self.items.len() >= DELIVERIES_MAX {
+            self.deliver();
+        }
+    }
+
+    /// Queues everything gathered, in order.
+    pub fn deliver(&mut self) {
+        let mut rest = &self.items[..];
+        while let Some((routes, _)) = rest.first() {
+            let run = rest.iter().take_while(|(r, _)| Arc::ptr_eq(r, routes)).count();
+            let (same, after) = rest.split_at(run);
+            routes.deliver_run(same.iter().map(|(_, m)| m));
+            rest = after;
+        }
+        self.items.clear();
     }
 }
 
