@@ -17,6 +17,12 @@ async fn next_event(events: &mut libbus::Events) -> Event {
     }
 }
 
+/// Stops the daemon and waits for the client's `Disconnected` event.
+async fn stop_and_see_disconnect(bus: &mut TestBus, events: &mut libbus::Events) {
+    bus.stop();
+    assert!(matches!(next_event(events).await, Event::Disconnected { .. }));
+}
+
 #[tokio::test]
 async fn resubscribes_and_sends_buffered_publishes_after_restart() {
     let mut bus = TestBus::start();
@@ -29,11 +35,7 @@ async fn resubscribes_and_sends_buffered_publishes_after_restart() {
     assert_eq!(within("msg", sub.next()).await.unwrap().payload(), b"before");
     let old_server = client.server_id();
 
-    bus.stop();
-    assert!(matches!(
-        next_event(&mut events).await,
-        Event::Disconnected { .. }
-    ));
+    stop_and_see_disconnect(&mut bus, &mut events).await;
     assert!(!client.is_connected());
     // Publishes while the daemon is gone are held and sent after reconnecting,
     // behind the re-sent subscriptions, so this subscriber gets them.
@@ -112,11 +114,7 @@ async fn publishes_beyond_the_reconnect_buffer_are_a_limit_error() {
         .await;
     let mut events = client.events();
     next_event(&mut events).await;
-    bus.stop();
-    assert!(matches!(
-        next_event(&mut events).await,
-        Event::Disconnected { .. }
-    ));
+    stop_and_see_disconnect(&mut bus, &mut events).await;
     let payload = [0u8; 100];
     let mut accepted = 0;
     let err = loop {
@@ -185,11 +183,7 @@ async fn gives_up_after_max_attempts() {
         .await;
     let mut events = client.events();
     next_event(&mut events).await;
-    bus.stop();
-    assert!(matches!(
-        next_event(&mut events).await,
-        Event::Disconnected { .. }
-    ));
+    stop_and_see_disconnect(&mut bus, &mut events).await;
     match next_event(&mut events).await {
         Event::Closed { reason } => assert!(reason.contains("after 3 attempts"), "{reason}"),
         other => panic!("expected Closed, got {other:?}"),

@@ -440,16 +440,15 @@ fn publish(
             state.router.lookup(p.subject, cache)
         }
     };
-    if !routes.is_empty() {
-        // One exact-size copy of the frame body, shared by every delivery:
-        // queued messages never pin the (larger) receive buffer.
-        pending.push(routes.clone(), Published::new(body, p.payload.len()));
-    }
     let remote = state.cluster.is_active()
         && state
             .cluster
             .publish(state, p.subject, p.reply_to, p.payload, &routes);
-    if routes.is_empty() && !remote {
+    if !routes.is_empty() {
+        // One exact-size copy of the frame body, shared by every delivery:
+        // queued messages never pin the (larger) receive buffer.
+        pending.push(routes, Published::new(body, p.payload.len()));
+    } else if !remote {
         if let Some(reply_to) = p.reply_to {
             conn.outbox
                 .push_frame(encode(&ServerFrame::NoResponders { reply_to }));

@@ -112,6 +112,36 @@ struct State {
     closed: bool,
 }
 
+impl State {
+    /// Queues `msg` for `sid` (after any unreported loss of `sid`) if it fits
+    /// under `max_pending`; false if it does not.
+    fn push_msg(&mut self, sid: u64, msg: &Published, max_pending: usize) -> bool {
+        let cost = msg.cost();
+        if self.bytes + cost > max_pending {
+            return false;
+        }
+        if let Some(i) = self.lag.iter().position(|(s, _)| *s == sid) {
+            let (_, dropped) = self.lag.swap_remove(i);
+            self.items.push_back(OutItem::Lagged { sid, dropped });
+        }
+        self.items.push_back(OutItem::Msg {
+            sid,
+            msg: msg.clone(),
+        });
+        self.bytes += cost;
+        true
+    }
+
+    /// Counts one message for `sid` as dropped, to be reported.
+    fn count_drop(&mut self, sid: u64) {
+        self.dropped_total += 1;
+        match self.lag.iter_mut().find(|(s, _)| *s == sid) {
+            Some((_, n)) => *n += 1,
+            None => self.lag.push((sid, 1)),
+        }
+    }
+}
+
 /// The queue. One per connection, shared by the router and the writer.
 #[derive(Debug)]
 pub struct Outbox {
@@ -137,31 +167,17 @@ impl Outbox {
     /// Queues a delivery unless that would pass the bound. Returns false when
     /// it did not fit (the caller decides whom to charge the drop to).
     pub fn try_push(&self, sid: u64, msg: &Published) -> bool {
-        let cost = msg.cost();
         let mut st = self.lock();
         if st.closed {
             return true;
         }
-        if st.bytes + cost > self.max_pending {
-            return false;
-        }
-        if !st.lag.is_empty() {
-            if let Some(i) = st.lag.iter().position(|(s, _)| *s == sid) {
-                let (_, dropped) = st.lag.swap_remove(i);
-                st.items.push_back(OutItem::Lagged { sid, dropped });
-            }
-        }
         let was_empty = st.items.is_empty();
-        st.items.push_back(OutItem::Msg {
-            sid,
-            msg: msg.clone(),
-        });
-        st.bytes += cost;
+        let fits = st.push_msg(sid, msg, self.max_pending);
         drop(st);
-        if was_empty {
+        if fits && was_empty {
             self.ready.notify_one();
         }
-        true
+        fits
     }
 
     /// [`try_push`](Self::try_push) for several messages to `sid` under one
@@ -173,24 +189,9 @@ impl Outbox {
         }
         let was_empty = st.items.is_empty();
         for msg in msgs {
-            let cost = msg.cost();
-            if st.bytes + cost > self.max_pending {
-                st.dropped_total += 1;
-                match st.lag.iter_mut().find(|(s, _)| *s == sid) {
-                    Some((_, n)) => *n += 1,
-                    None => st.lag.push((sid, 1)),
-                }
-                continue;
+            if !st.push_msg(sid, msg, self.max_pending) {
+                st.count_drop(sid);
             }
-            if let Some(i) = st.lag.iter().position(|(s, _)| *s == sid) {
-                let (_, dropped) = st.lag.swap_remove(i);
-                st.items.push_back(OutItem::Lagged { sid, dropped });
-            }
-            st.items.push_back(OutItem::Msg {
-                sid,
-                msg: msg.clone(),
-            });
-            st.bytes += cost;
         }
         let notify = was_empty && !st.items.is_empty();
         drop(st);
@@ -201,12 +202,7 @@ impl Outbox {
 
     /// Counts one message for `sid` as dropped.
     pub fn record_drop(&self, sid: u64) {
-        let mut st = self.lock();
-        st.dropped_total += 1;
-        match st.lag.iter_mut().find(|(s, _)| *s == sid) {
-            Some((_, n)) => *n += 1,
-            None => st.lag.push((sid, 1)),
-        }
+        self.lock().count_drop(sid);
     }
 
     /// Queues a control frame. Returns false if even the slack above the bound

@@ -43,10 +43,9 @@ enum Status {
 /// A message waiting in a link's queue.
 #[derive(Debug)]
 struct Held {
+    /// The encoded `LinkFrame::Msg` (its routing fields are read back from
+    /// it in the rare case it has to be checked again).
     frame: Bytes,
-    origin: String,
-    subject: Box<str>,
-    targets: Vec<String>,
     /// The sync epoch it was routed under (`None`: the link was down, or up
     /// but the other side's current state had not arrived yet).
     epoch: Option<u64>,
@@ -131,7 +130,7 @@ impl Link {
 
     /// Queues a message; held while the link is down, dropped (and counted)
     /// beyond `bridge_buffer`.
-    pub fn send_msg(&self, frame: Bytes, origin: &str, subject: &str, targets: &[(&str, &str)]) {
+    pub fn send_msg(&self, frame: Bytes) {
         let mut q = lock(&self.queue);
         if q.bytes + frame.len() > self.max_bytes {
             drop(q);
@@ -140,13 +139,7 @@ impl Link {
         }
         q.bytes += frame.len();
         let epoch = q.synced;
-        q.items.push_back(Held {
-            frame,
-            origin: origin.to_owned(),
-            subject: subject.into(),
-            targets: targets.iter().map(|(_, n)| (*n).to_owned()).collect(),
-            epoch,
-        });
+        q.items.push_back(Held { frame, epoch });
         drop(q);
         self.ready.notify_one();
     }
@@ -442,10 +435,7 @@ async fn write_loop(state: Arc<State>, link: Arc<Link>, mut wr: Writer) {
                 // known (held while down, or queued before it arrived) goes
                 // only if that state wants it; in order, so it waits.
                 if head.epoch.is_none() || head.epoch != q.synced {
-                    let wanted = q.synced.is_some()
-                        && state
-                            .cluster
-                            .still_wanted(&link, &head.origin, &head.subject, &head.targets);
+                    let wanted = q.synced.is_some() && state.cluster.still_wanted(&link, &head.frame);
                     if !wanted {
                         if tokio::time::Instant::now() < deadline {
                             waiting_for_interest = true;

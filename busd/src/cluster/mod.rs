@@ -264,7 +264,7 @@ impl Cluster {
         // Queue groups with a member here are served here (local preferred);
         // for the others, one node is named, in turn.
         let mut targets: Vec<(Box<str>, String)> = Vec::new();
-        {
+        if !groups.is_empty() {
             let mut inner = lock(&self.inner);
             for (group, nodes) in groups {
                 if local.groups.iter().any(|(g, _)| *g == group) || nodes.is_empty() {
@@ -277,7 +277,8 @@ impl Cluster {
             }
         }
         if plain.is_empty() && targets.is_empty() {
-            return !local.groups.is_empty();
+            // Remote interest, but only in groups served here.
+            return true;
         }
         let routed = Routed {
             origin: &self.node_id,
@@ -306,27 +307,27 @@ impl Cluster {
                 continue; // never back where it came from
             }
             let frame = frame.get_or_insert_with(|| encode(&LinkFrame::Msg(routed.clone())));
-            link.send_msg(
-                frame.clone(),
-                routed.origin,
-                routed.subject,
-                &routed.queue_targets,
-            );
+            link.send_msg(frame.clone());
         }
     }
 
-    /// True if `link`'s subtree (for a message from `origin` on `subject`,
-    /// with these queue targets) still wants it: used to release messages
-    /// held while the link was down.
-    pub fn still_wanted(&self, link: &Link, origin: &str, subject: &str, targets: &[String]) -> bool {
+    /// True if `link`'s subtree still wants the message encoded in `frame`
+    /// (a `LinkFrame::Msg` with its length prefix), judged by its origin,
+    /// subject and queue targets: used to release messages held while the
+    /// link was down or routed before the other side's state arrived.
+    pub fn still_wanted(&self, link: &Link, frame: &[u8]) -> bool {
+        let body = frame.get(libbus::proto::LEN_PREFIX..).unwrap_or_default();
+        let Ok(LinkFrame::Msg(m)) = libbus::codec::decode::<LinkFrame>(body) else {
+            return false;
+        };
         let routing = self.current_routing();
         let node = link.node();
-        let children = routing.children(origin);
+        let children = routing.children(m.origin);
         let Some((_, subtree)) = children.iter().find(|(c, _)| *c == node) else {
             return false;
         };
-        let (plain, _) = routing.interested(subject);
-        plain.iter().any(|n| subtree.contains(n)) || targets.iter().any(|n| subtree.contains(n))
+        let (plain, _) = routing.interested(m.subject);
+        plain.iter().any(|n| subtree.contains(n)) || m.queue_targets.iter().any(|(_, n)| subtree.contains(*n))
     }
 
     /// A message arrived over `from`: deliver it here and pass it on.
