@@ -190,6 +190,17 @@ impl Config {
                 self.link_ping_interval, self.link_timeout
             ));
         }
+        for address in &self.bridge {
+            match address.parse::<libbus::Address>() {
+                Ok(libbus::Address::Tcp(_) | libbus::Address::Tls(_)) => {}
+                Ok(_) => {
+                    return Err(format!(
+                        "bridge address {address:?} must be tcp://host:port or tls://host:port"
+                    ))
+                }
+                Err(e) => return Err(format!("bridge address: {e}")),
+            }
+        }
         for (name, v) in [
             ("max_connections", self.max_connections),
             ("max_connections_per_uid", self.max_connections_per_uid),

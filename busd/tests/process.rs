@@ -195,4 +195,12 @@ fn bad_flag_values_are_clear_errors() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("link_ping_interval"));
+    let out = Command::new(BUSD)
+        .arg("--socket")
+        .arg(dir.path().join("s"))
+        .args(["--bridge", "nonsense"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must be tcp://host:port or tls://host:port"));
 }

@@ -60,8 +60,9 @@ pub enum Error {
     /// The address could not be parsed.
     #[error("invalid address {0}")]
     InvalidAddress(String),
-    /// The TLS handshake failed (e.g. the daemon's certificate is not
-    /// signed by the configured CA).
+    /// TLS could not be set up: a certificate, key or CA file could not be
+    /// read, no CA was given for `tls://`, or the handshake failed (e.g. the
+    /// daemon's certificate is not signed by the configured CA).
     #[error("TLS: {0}")]
     Tls(String),
     /// Any other I/O error.

@@ -15,23 +15,20 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 fn tls_err(what: String) -> impl FnOnce(rustls::Error) -> Error {
-    move |e| Error::InvalidAddress(format!("{what}: {e}"))
+    move |e| Error::Tls(format!("{what}: {e}"))
 }
 
 /// Reads every certificate in a PEM file.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     let bad = |e: rustls::pki_types::pem::Error| {
-        Error::InvalidAddress(format!("reading certificates from {}: {e}", path.display()))
+        Error::Tls(format!("reading certificates from {}: {e}", path.display()))
     };
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(bad)?
         .collect::<Result<Vec<_>, _>>()
         .map_err(bad)?;
     if certs.is_empty() {
-        return Err(Error::InvalidAddress(format!(
-            "no certificate in {}",
-            path.display()
-        )));
+        return Err(Error::Tls(format!("no certificate in {}", path.display())));
     }
     Ok(certs)
 }
@@ -39,7 +36,7 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
 /// Reads the private key in a PEM file.
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
     PrivateKeyDer::from_pem_file(path)
-        .map_err(|e| Error::InvalidAddress(format!("reading a private key from {}: {e}", path.display())))
+        .map_err(|e| Error::Tls(format!("reading a private key from {}: {e}", path.display())))
 }
 
 /// A client configuration trusting exactly the CA certificates in `ca_file`.

@@ -188,12 +188,9 @@ impl Link {
 /// Starts the dialer of every `--bridge` address.
 pub fn start_dialers(state: &Arc<State>, tracker: &tokio_util::task::TaskTracker) {
     for address in &state.config.bridge {
-        let address: Address = match address.parse() {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::error!(address, "bad --bridge address: {e}");
-                continue;
-            }
+        // Checked by `Config::validate`.
+        let Ok(address) = address.parse::<Address>() else {
+            continue;
         };
         let link = Link::new(
             Some(address),
