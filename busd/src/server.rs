@@ -96,6 +96,12 @@ impl Server {
                 "--tcp needs a token (--token-file or BUS_TOKEN), or --tcp-insecure to accept anyone".into(),
             ));
         }
+        let tls_bridge = config.bridge.iter().any(|b| b.starts_with("tls://"));
+        if tls_bridge && config.bridge_ca.is_none() && libbus::ConnectOptions::default().ca_file.is_none() {
+            return Err(Error::Config(
+                "a tls:// bridge needs the CA of the remote daemon's certificate: --bridge-ca PEM (or BUS_CA)".into(),
+            ));
+        }
         let listener = UnixListener::bind(&config.socket, config.socket_mode)?;
         let tcp = TcpEndpoint::bind(&config)?;
         let address = Address::Unix(listener.path().to_owned());

@@ -203,4 +203,13 @@ fn bad_flag_values_are_clear_errors() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("must be tcp://host:port or tls://host:port"));
+    let out = Command::new(BUSD)
+        .arg("--socket")
+        .arg(dir.path().join("s"))
+        .args(["--bridge", "tls://127.0.0.1:1"])
+        .env_remove("BUS_CA")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--bridge-ca"));
 }
