@@ -26,7 +26,7 @@ pub fn handle(state: &State, conn: &Conn, subject: &str, reply_to: Option<&str>,
         api::KICK => postcard::to_allocvec(&kick(state, conn, payload)),
         _ => {
             conn.outbox
-                .push_frame(encode(&ServerFrame::NoResponders { reply_to }));
+                .push_frame(&encode(&ServerFrame::NoResponders { reply_to }));
             return;
         }
     };
@@ -106,7 +106,7 @@ pub fn conn_event(state: &State, subject: &'static str, conn: &Conn, reason: Opt
         reason,
     };
     match postcard::to_allocvec(&event) {
-        Ok(body) => routes.deliver(&Published::from_daemon(subject, &body)),
+        Ok(body) => routes.deliver(Published::from_daemon(subject, &body).frame()),
         Err(e) => tracing::error!("encoding {subject} event: {e}"),
     }
 }
@@ -123,7 +123,7 @@ pub fn refused_event(state: &State, peer: &api::Peer, transport: &str, reason: &
         reason: reason.into(),
     };
     match postcard::to_allocvec(&event) {
-        Ok(body) => routes.deliver(&Published::from_daemon(api::EVENT_CONN_REFUSED, &body)),
+        Ok(body) => routes.deliver(Published::from_daemon(api::EVENT_CONN_REFUSED, &body).frame()),
         Err(e) => tracing::error!("encoding a refused event: {e}"),
     }
 }
@@ -131,5 +131,5 @@ pub fn refused_event(state: &State, peer: &api::Peer, transport: &str, reason: &
 /// Routes a message from the daemon itself.
 fn publish(state: &State, subject: &str, body: Vec<u8>) {
     let routes = state.router.lookup_uncached(subject);
-    routes.deliver(&Published::from_daemon(subject, &body));
+    routes.deliver(Published::from_daemon(subject, &body).frame());
 }

@@ -1,9 +1,10 @@
 //! One client connection: handshake, then a reader loop (this task) and a
 //! writer loop (a second task), until either side ends it.
 //!
-//! Reader: frame → decode → validate → route → each subscriber's outbox
-//! (`try_push`, never waits). Writer: outbox batch → encode many frames into
-//! one buffer → one `write`. A frame error gets an `Error` frame naming the
+//! Reader: one `read` of up to 64 KiB → every complete frame in it, parsed in
+//! place → decode → validate → route → each subscriber's outbox (the frame is
+//! encoded straight into it; never waits). Writer: takes the outbox's whole
+//! buffer → one `write`. A frame error gets an `Error` frame naming the
 //! problem, then the connection closes; other connections are unaffected.
 
 use std::{
@@ -11,7 +12,7 @@ use std::{
     time::SystemTime,
 };
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::StreamExt;
 use libbus::{
     codec::{self, CodecError},
@@ -23,22 +24,22 @@ use libbus::{
     subject,
     transport::{Reader, Writer},
 };
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::codec::FramedRead;
 
 use crate::{
     api,
-    outbox::{OutItem, Outbox, Published},
+    outbox::{Frames, Outbox, PubFrame},
     policy::UidSlot,
     registry::{lock, Conn, Stats},
     router::{Deliveries, RouteCache},
     server::State,
 };
 
-/// Bytes the writer gathers before one `write` call.
-const WRITE_BATCH: usize = 64 << 10;
-/// Initial capacity of a connection's read buffer (the most one read takes in).
+/// Room a connection's read buffer offers each read (more for a larger frame).
 const READ_BUFFER: usize = 64 << 10;
+/// Below this much free room, the read buffer is topped up to `READ_BUFFER`.
+const READ_MIN_ROOM: usize = 4 << 10;
 
 /// Encodes a daemon frame on its own (for control frames).
 pub(crate) fn encode(frame: &ServerFrame<'_>) -> Bytes {
@@ -119,7 +120,7 @@ pub async fn serve(state: Arc<State>, rd: Reader, mut wr: Writer, peer: Peer, tr
         .last_activity_ms
         .store(crate::registry::unix_ms(connected_at), Relaxed);
     conn.outbox
-        .push_frame(encode(&ServerFrame::Welcome(proto::Welcome {
+        .push_frame(&encode(&ServerFrame::Welcome(proto::Welcome {
             version: proto::PROTOCOL_VERSION,
             conn_id: conn.id,
             server_id: &state.server_id,
@@ -130,7 +131,11 @@ pub async fn serve(state: Arc<State>, rd: Reader, mut wr: Writer, peer: Peer, tr
     tracing::info!(id = conn.id, name = %conn.name, peer = ?conn.peer, "connection open");
     api::conn_event(&state, proto::api::EVENT_CONN_OPEN, &conn, None);
 
-    let Fatal(reason) = read_loop(&state, &conn, &mut frames).await;
+    // From here on frames are parsed in place; keep what the handshake's
+    // read brought in beyond the Hello.
+    let buf = std::mem::take(frames.read_buffer_mut());
+    let mut rd = frames.into_inner();
+    let Fatal(reason) = read_loop(&state, &conn, &mut rd, buf).await;
 
     let subs = std::mem::take(&mut *lock(&conn.subs));
     state.router.unsubscribe_all(
@@ -140,7 +145,7 @@ pub async fn serve(state: Arc<State>, rd: Reader, mut wr: Writer, peer: Peer, tr
     );
     state.registry.remove(&conn);
     conn.outbox.close();
-    drop(frames);
+    drop(rd);
     let mut writer = writer;
     if tokio::time::timeout(state.config.shutdown_grace, &mut writer)
         .await
@@ -247,45 +252,37 @@ fn frame_name(f: &ClientFrame<'_>) -> &'static str {
     }
 }
 
-/// Classifies a read error from the frame decoder.
+/// Classifies a read error from the handshake's frame decoder.
 fn read_error(state: &State, e: &std::io::Error) -> (ErrorCode, String) {
     if codec::is_frame_too_large(e) {
-        state.policy.refused.count("max_frame");
-        (
-            ErrorCode::FrameTooLarge,
-            format!(
-                "frame length exceeds max_frame ({} bytes)",
-                state.config.max_frame
-            ),
-        )
+        too_large(state)
     } else if e.kind() == std::io::ErrorKind::UnexpectedEof || e.to_string().contains("bytes remaining") {
-        (
-            ErrorCode::Protocol,
-            "truncated frame: connection ended inside a frame".into(),
-        )
+        truncated()
     } else {
         (ErrorCode::Protocol, format!("read error: {e}"))
     }
 }
 
-async fn read_loop(
-    state: &State,
-    conn: &Arc<Conn>,
-    frames: &mut FramedRead<Reader, codec::FrameCodec>,
-) -> Fatal {
-    let mut pending = Deliveries::default();
-    let end = read_frames(state, conn, frames, &mut pending).await;
-    // Publishes accepted before the end are still delivered.
-    pending.deliver();
-    end
+fn too_large(state: &State) -> (ErrorCode, String) {
+    state.policy.refused.count("max_frame");
+    (
+        ErrorCode::FrameTooLarge,
+        format!(
+            "frame length exceeds max_frame ({} bytes)",
+            state.config.max_frame
+        ),
+    )
 }
 
-async fn read_frames(
-    state: &State,
-    conn: &Arc<Conn>,
-    frames: &mut FramedRead<Reader, codec::FrameCodec>,
-    pending: &mut Deliveries,
-) -> Fatal {
+fn truncated() -> (ErrorCode, String) {
+    (
+        ErrorCode::Protocol,
+        "truncated frame: connection ended inside a frame".into(),
+    )
+}
+
+/// Reads and handles frames until the connection ends; returns why.
+async fn read_loop(state: &State, conn: &Arc<Conn>, rd: &mut Reader, mut buf: BytesMut) -> Fatal {
     let cfg = &state.config;
     let mut cache = RouteCache::default();
     let mut ping =
@@ -295,30 +292,36 @@ async fn read_frames(
     let shutdown = state.shutdown.cancelled();
     tokio::pin!(shutdown);
     loop {
+        let needed = match handle_frames(state, conn, &buf, &mut cache) {
+            Ok((used, needed)) => {
+                buf.advance(used);
+                needed
+            }
+            Err(f) => return f,
+        };
+        // Room for the rest of a large frame, or for a good-sized read.
+        let room = needed.saturating_sub(buf.len()).max(READ_MIN_ROOM);
+        if buf.capacity() - buf.len() < room {
+            buf.reserve(room.max(READ_BUFFER));
+        }
         tokio::select! {
             biased;
-            frame = frames.next() => match frame {
-                None => return Fatal(CloseReason::End),
-                Some(Err(e)) => {
-                    let (code, message) = read_error(state, &e);
+            read = rd.read_buf(&mut buf) => match read {
+                Ok(0) if buf.is_empty() => return Fatal(CloseReason::End),
+                Ok(0) => {
+                    let (code, message) = truncated();
                     return fatal(conn, code, message);
                 }
-                Some(Ok(body)) => {
+                Ok(_) => {
                     missed = 0;
                     conn.stats.last_activity_ms.store(state.clock.now_ms(), Relaxed);
-                    if let Err(f) = handle_frame(state, conn, &body, &mut cache, pending) {
-                        return f;
-                    }
-                    // Deliver what this read brought in before waiting for more.
-                    if !codec::frame_buffered(frames.read_buffer()) {
-                        pending.deliver();
-                    }
                 }
+                Err(e) => return fatal(conn, ErrorCode::Protocol, format!("read error: {e}")),
             },
             _ = &mut shutdown => return Fatal(CloseReason::Shutdown),
             by = conn.kick.requested() => {
                 let message = format!("connection closed by an administrator (request from connection {by})");
-                conn.outbox.push_frame(error_frame(ErrorCode::Kicked, &message));
+                conn.outbox.push_frame(&error_frame(ErrorCode::Kicked, &message));
                 return Fatal(CloseReason::Kicked { by });
             }
             _ = ping.tick() => {
@@ -330,11 +333,11 @@ async fn read_frames(
                     state.policy.refused.count("max_pings_missed");
                     let reason = if conn.outbox.pending_bytes() > 0 { CloseReason::SlowConsumer } else { CloseReason::Timeout };
                     let message = format!("no answer to {missed} pings (ping_interval {:?})", cfg.ping_interval);
-                    conn.outbox.push_frame(error_frame(ErrorCode::PingTimeout, &message));
+                    conn.outbox.push_frame(&error_frame(ErrorCode::PingTimeout, &message));
                     return Fatal(reason);
                 }
                 missed += 1;
-                if !conn.outbox.push_frame(encode(&ServerFrame::Ping)) {
+                if !conn.outbox.push_frame(&encode(&ServerFrame::Ping)) {
                     return Fatal(CloseReason::SlowConsumer);
                 }
             }
@@ -342,18 +345,50 @@ async fn read_frames(
     }
 }
 
+/// Handles every complete frame at the front of `buf`, in place. Returns the
+/// bytes used and the size the buffer must reach for the next frame.
+/// Publishes are delivered together once the frames are handled (or before
+/// the first frame of another kind); those accepted before a fatal frame are
+/// still delivered.
+fn handle_frames(
+    state: &State,
+    conn: &Arc<Conn>,
+    buf: &[u8],
+    cache: &mut RouteCache,
+) -> Result<(usize, usize), Fatal> {
+    let mut pending = Deliveries::default();
+    let mut used = 0;
+    let result = loop {
+        match codec::next_frame(&buf[used..], state.config.max_frame) {
+            Ok(codec::Next::Frame(body)) => {
+                used += proto::LEN_PREFIX + body.len();
+                if let Err(f) = handle_frame(state, conn, body, cache, &mut pending) {
+                    break Err(f);
+                }
+            }
+            Ok(codec::Next::Incomplete { needed }) => break Ok((used, needed)),
+            Err(_) => {
+                let (code, message) = too_large(state);
+                break Err(fatal(conn, code, message));
+            }
+        }
+    };
+    pending.deliver();
+    result
+}
+
 /// Queues an `Error` frame and ends the connection with it as the reason.
 fn fatal(conn: &Conn, code: ErrorCode, message: String) -> Fatal {
-    conn.outbox.push_frame(error_frame(code, &message));
+    conn.outbox.push_frame(&error_frame(code, &message));
     Fatal(CloseReason::Error(message))
 }
 
-fn handle_frame(
+fn handle_frame<'a>(
     state: &State,
     conn: &Arc<Conn>,
-    body: &BytesMut,
+    body: &'a [u8],
     cache: &mut RouteCache,
-    pending: &mut Deliveries,
+    pending: &mut Deliveries<'a>,
 ) -> Result<(), Fatal> {
     let frame = match codec::decode::<ClientFrame>(body) {
         Ok(f) => f,
@@ -378,7 +413,7 @@ fn handle_frame(
             Ok(())
         }
         ClientFrame::Ping => {
-            if conn.outbox.push_frame(encode(&ServerFrame::Pong)) {
+            if conn.outbox.push_frame(&encode(&ServerFrame::Pong)) {
                 Ok(())
             } else {
                 Err(Fatal(CloseReason::SlowConsumer))
@@ -389,13 +424,13 @@ fn handle_frame(
     }
 }
 
-fn publish(
+fn publish<'a>(
     state: &State,
     conn: &Conn,
-    body: &BytesMut,
+    body: &'a [u8],
     p: proto::Pub<'_>,
     cache: &mut RouteCache,
-    pending: &mut Deliveries,
+    pending: &mut Deliveries<'a>,
 ) -> Result<(), Fatal> {
     if let Some(reply_to) = p.reply_to {
         if let Err(e) = subject::validate_subject(reply_to) {
@@ -407,7 +442,7 @@ fn publish(
         }
         if let Err(message) = subject_limits(state, "reply subject", reply_to) {
             conn.outbox
-                .push_frame(error_frame(ErrorCode::LimitExceeded, &message));
+                .push_frame(&error_frame(ErrorCode::LimitExceeded, &message));
             return Ok(());
         }
     }
@@ -423,7 +458,7 @@ fn publish(
             }
             if let Err(message) = subject_limits(state, "subject", p.subject) {
                 conn.outbox
-                    .push_frame(error_frame(ErrorCode::LimitExceeded, &message));
+                    .push_frame(&error_frame(ErrorCode::LimitExceeded, &message));
                 return Ok(());
             }
             if p.subject.starts_with(subject::RESERVED_PREFIX) {
@@ -433,7 +468,7 @@ fn publish(
                 } else {
                     let e = subject::SubjectError::Reserved(p.subject.into());
                     conn.outbox
-                        .push_frame(error_frame(ErrorCode::Reserved, &e.to_string()));
+                        .push_frame(&error_frame(ErrorCode::Reserved, &e.to_string()));
                 }
                 return Ok(());
             }
@@ -445,13 +480,13 @@ fn publish(
             .cluster
             .publish(state, p.subject, p.reply_to, p.payload, &routes);
     if !routes.is_empty() {
-        // One exact-size copy of the frame body, shared by every delivery:
-        // queued messages never pin the (larger) receive buffer.
-        pending.push(routes, Published::new(body, p.payload.len()));
+        // Each subscriber's outbox gets its own copy, encoded from the
+        // receive buffer: nothing is allocated per message.
+        pending.push(routes, PubFrame::new(body, p.payload.len()));
     } else if !remote {
         if let Some(reply_to) = p.reply_to {
             conn.outbox
-                .push_frame(encode(&ServerFrame::NoResponders { reply_to }));
+                .push_frame(&encode(&ServerFrame::NoResponders { reply_to }));
         }
     }
     Ok(())
@@ -471,7 +506,7 @@ fn subscribe(state: &State, conn: &Arc<Conn>, s: proto::Sub<'_>) -> Result<(), F
         }
     }
     let refuse = |message: String| {
-        conn.outbox.push_frame(encode(&ServerFrame::SubRefused {
+        conn.outbox.push_frame(&encode(&ServerFrame::SubRefused {
             sid: s.sid,
             code: ErrorCode::LimitExceeded,
             message: &message,
@@ -507,9 +542,10 @@ fn subscribe(state: &State, conn: &Arc<Conn>, s: proto::Sub<'_>) -> Result<(), F
     Ok(())
 }
 
-/// Writes one batch and flushes it (a no-op on raw sockets; TLS buffers).
-async fn write_batch(wr: &mut Writer, buf: &[u8]) -> std::io::Result<()> {
-    wr.write_all(buf).await?;
+/// Writes one batch (vectored) and flushes it (a no-op on raw sockets; TLS
+/// buffers).
+async fn write_batch(wr: &mut Writer, batch: &mut Frames) -> std::io::Result<()> {
+    wr.write_all_buf(batch).await?;
     wr.flush().await
 }
 
@@ -532,36 +568,17 @@ fn subject_limits(state: &State, what: &str, s: &str) -> Result<(), String> {
 }
 
 async fn write_loop(conn: Arc<Conn>, mut wr: Writer) {
-    // Grown on first use: an idle connection holds no write buffers.
-    let mut batch = Vec::new();
-    let mut buf = Vec::new();
-    while conn.outbox.take_batch(&mut batch, WRITE_BATCH).await {
-        let (mut msgs, mut bytes) = (0u64, 0u64);
-        for item in batch.drain(..) {
-            match item {
-                OutItem::Frame(f) => buf.extend_from_slice(&f),
-                OutItem::Lagged { sid, dropped } => {
-                    // A small frame of plain integers: encoding cannot fail.
-                    let _ = codec::encode_into(&ServerFrame::Lagged { sid, dropped }, &mut buf, u32::MAX);
-                }
-                OutItem::Msg { sid, msg } => {
-                    proto::encode_msg_from_pub(&msg.body, sid, &mut buf);
-                    msgs += 1;
-                    bytes += u64::from(msg.payload_len);
-                }
-            }
-        }
+    // Swapped with the outbox's queue: empty when taken, empty when written.
+    let mut batch = Frames::default();
+    while let Some(taken) = conn.outbox.take(&mut batch).await {
         // Counted before the write, so that a client that has seen a Pong
         // also sees every delivery written ahead of it in the counters.
-        conn.stats.msgs_out.fetch_add(msgs, Relaxed);
-        conn.stats.bytes_out.fetch_add(bytes, Relaxed);
-        if let Err(e) = write_batch(&mut wr, &buf).await {
+        conn.stats.msgs_out.fetch_add(taken.msgs, Relaxed);
+        conn.stats.bytes_out.fetch_add(taken.bytes, Relaxed);
+        if let Err(e) = write_batch(&mut wr, &mut batch).await {
             tracing::debug!(id = conn.id, "write failed: {e}");
             break;
         }
-        buf.clear();
-        if buf.capacity() > 4 * WRITE_BATCH {
-            buf.shrink_to(WRITE_BATCH + 1024);
-        }
+        conn.outbox.sent();
     }
 }

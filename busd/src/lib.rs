@@ -21,10 +21,11 @@
 //! - [`api`]: `$BUS.api.*` requests and `$BUS.event.*` events.
 //!
 //! ## The path of one message
-//! `conn` reader → `libbus::codec` (length check, postcard decode) →
-//! `router::Router::lookup` (cached trie match) → `router::Routes::deliver` →
-//! each subscriber's `outbox::Outbox::try_push` (never waits) → that
-//! connection's writer → `libbus::codec` → socket.
+//! `conn` reader (frames parsed in place: `libbus::codec::next_frame`, postcard
+//! decode) → `router::Router::lookup` (cached trie match) →
+//! `router::Routes::deliver` → each subscriber's `outbox::Outbox` (the `Msg`
+//! frame is encoded into it; never waits) → that connection's writer (the
+//! whole queue, vectored writes) → socket.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 

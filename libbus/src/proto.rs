@@ -490,18 +490,32 @@ pub mod link {
 /// `pub_body` must be a `Pub` body (first byte [`PUB_TAG`]); anything else is
 /// appended as given, and the receiving client rejects it.
 pub fn encode_msg_from_pub(pub_body: &[u8], sid: u64, out: &mut Vec<u8>) {
-    let mut varint = [0u8; 10];
-    let sid_bytes: &[u8] = match postcard::to_slice(&sid, &mut varint) {
-        Ok(b) => b,
-        Err(_) => &[], // 10 bytes always hold a u64 varint
-    };
+    let (varint, n) = varint_u64(sid);
     let rest = pub_body.get(1..).unwrap_or_default();
-    let len = 1 + sid_bytes.len() + rest.len();
+    let len = 1 + n + rest.len();
     out.reserve(LEN_PREFIX + len);
     out.extend_from_slice(&(len as u32).to_le_bytes());
     out.push(MSG_TAG);
-    out.extend_from_slice(sid_bytes);
+    out.extend_from_slice(&varint[..n]);
     out.extend_from_slice(rest);
+}
+
+/// Bytes [`encode_msg_from_pub`] appends for `pub_body` and `sid`.
+pub fn msg_from_pub_len(pub_body: &[u8], sid: u64) -> usize {
+    LEN_PREFIX + 1 + varint_u64(sid).1 + pub_body.len().saturating_sub(1)
+}
+
+/// postcard's varint encoding of `v` (LEB128): the bytes and how many are used.
+fn varint_u64(mut v: u64) -> ([u8; 10], usize) {
+    let mut out = [0u8; 10];
+    let mut n = 0;
+    while v >= 0x80 {
+        out[n] = (v as u8) | 0x80;
+        v >>= 7;
+        n += 1;
+    }
+    out[n] = v as u8;
+    (out, n + 1)
 }
 
 /// postcard's variant index of `ClientFrame::Pub`.
@@ -534,6 +548,7 @@ mod tests {
             assert_eq!(pub_frame[LEN_PREFIX], PUB_TAG);
             let mut spliced = Vec::new();
             encode_msg_from_pub(&pub_frame[LEN_PREFIX..], sid, &mut spliced);
+            assert_eq!(spliced.len(), msg_from_pub_len(&pub_frame[LEN_PREFIX..], sid));
             let mut expected = Vec::new();
             let m = ServerFrame::Msg(Msg {
                 sid,

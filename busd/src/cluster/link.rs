@@ -354,7 +354,7 @@ fn bridge_event(state: &State, subject: &'static str, link: &Link) {
         return;
     }
     match postcard::to_allocvec(&link.info()) {
-        Ok(body) => routes.deliver(&Published::from_daemon(subject, &body)),
+        Ok(body) => routes.deliver(Published::from_daemon(subject, &body).frame()),
         Err(e) => tracing::error!("encoding a bridge event: {e}"),
     }
 }

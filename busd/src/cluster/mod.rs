@@ -345,7 +345,7 @@ impl Cluster {
         if !local.is_empty() {
             let me = self.node_id.as_str();
             let msg = Published::encode(routed.subject, routed.reply_to, routed.payload);
-            local.deliver_filtered(&msg, |group| {
+            local.deliver_filtered(msg.frame(), |group| {
                 routed.queue_targets.iter().any(|(g, n)| *g == group && *n == me)
             });
         }

@@ -17,7 +17,7 @@ use std::{
 
 use libbus::{proto::link::Interest, subject::RESERVED_PREFIX};
 
-use crate::{outbox::Published, registry::Conn};
+use crate::{outbox::PubFrame, registry::Conn};
 use sublist::Sublist;
 
 /// One subscription of one connection.
@@ -49,13 +49,13 @@ impl Routes {
     /// Queues `msg` for every plain subscriber and one member per group. A
     /// subscriber whose queue is full gets a drop counted instead; within a
     /// group, the next member with room is tried first. Never waits.
-    pub fn deliver(&self, msg: &Published) {
+    pub fn deliver(&self, msg: PubFrame<'_>) {
         self.deliver_filtered(msg, |_| true);
     }
 
     /// [`deliver`](Self::deliver) for a run of messages: each plain
     /// subscriber's queue is locked once for all of them.
-    fn deliver_run<'a>(&self, msgs: impl Iterator<Item = &'a Published> + Clone) {
+    fn deliver_run<'a>(&self, msgs: impl Iterator<Item = PubFrame<'a>> + Clone) {
         for t in &self.plain {
             t.conn.outbox.push_many(t.sid, msgs.clone());
         }
@@ -68,7 +68,7 @@ impl Routes {
 
     /// [`deliver`](Self::deliver), but only to the groups `group_here` accepts
     /// (a message from another node names the node whose member gets it).
-    pub fn deliver_filtered(&self, msg: &Published, group_here: impl Fn(&str) -> bool) {
+    pub fn deliver_filtered(&self, msg: PubFrame<'_>, group_here: impl Fn(&str) -> bool) {
         for t in &self.plain {
             if !t.conn.outbox.try_push(t.sid, msg) {
                 t.conn.outbox.record_drop(t.sid);
@@ -78,7 +78,7 @@ impl Routes {
     }
 
     /// Queues `msg` for one member of each group `group_here` accepts.
-    fn deliver_groups(&self, msg: &Published, group_here: impl Fn(&str) -> bool) {
+    fn deliver_groups(&self, msg: PubFrame<'_>, group_here: impl Fn(&str) -> bool) {
         for (group, members) in &self.groups {
             if !group_here(group) {
                 continue;
@@ -103,16 +103,16 @@ impl Routes {
 /// before it handles any other kind of frame and before it waits for input,
 /// so effects stay in the order the frames came in.
 #[derive(Debug, Default)]
-pub struct Deliveries {
-    items: Vec<(Arc<Routes>, Published)>,
+pub struct Deliveries<'a> {
+    items: Vec<(Arc<Routes>, PubFrame<'a>)>,
 }
 
 /// Publishes a reader gathers before delivering them.
 const DELIVERIES_MAX: usize = 256;
 
-impl Deliveries {
+impl<'a> Deliveries<'a> {
     /// Adds a message for `routes`; delivers everything once enough gathered.
-    pub fn push(&mut self, routes: Arc<Routes>, msg: Published) {
+    pub fn push(&mut self, routes: Arc<Routes>, msg: PubFrame<'a>) {
         self.items.push((routes, msg));
         if self.items.len() >= DELIVERIES_MAX {
             self.deliver();
@@ -125,7 +125,7 @@ impl Deliveries {
         while let Some((routes, _)) = rest.first() {
             let run = rest.iter().take_while(|(r, _)| Arc::ptr_eq(r, routes)).count();
             let (same, after) = rest.split_at(run);
-            routes.deliver_run(same.iter().map(|(_, m)| m));
+            routes.deliver_run(same.iter().map(|(_, m)| *m));
             rest = after;
         }
         self.items.clear();
