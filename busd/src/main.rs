@@ -206,6 +206,13 @@ fn main() -> ExitCode {
         }
     };
     rt.block_on(async move {
+        // Handlers first: once the socket is bound a client (or a test) may
+        // see the daemon and signal it at once.
+        let shutdown = CancellationToken::new();
+        if let Err(e) = watch_signals(shutdown.clone()) {
+            eprintln!("busd: error: installing signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
         let server = match Server::bind(config) {
             Ok(s) => s,
             Err(e) => {
@@ -213,11 +220,6 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let shutdown = CancellationToken::new();
-        if let Err(e) = watch_signals(shutdown.clone()) {
-            eprintln!("busd: error: installing signal handlers: {e}");
-            return ExitCode::FAILURE;
-        }
         server.run(shutdown).await;
         ExitCode::SUCCESS
     })
