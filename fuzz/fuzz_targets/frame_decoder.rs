@@ -34,16 +34,26 @@ macro_rules! round_trip {
 fuzz_target!(|data: &[u8]| {
     let mut codec = codec::frame_codec(MAX_FRAME);
     let mut buf = BytesMut::from(data);
+    // The in-place splitter (daemon and client hot paths) must agree with
+    // tokio-util's codec frame by frame, including where it refuses.
+    let mut at = 0;
     loop {
+        let in_place = codec::next_frame(&data[at..], MAX_FRAME);
         match codec.decode(&mut buf) {
             Ok(Some(frame)) => {
+                assert_eq!(in_place.ok(), Some(codec::Next::Frame(&frame[..])));
+                at += LEN_PREFIX + frame.len();
                 assert!(frame.len() <= MAX_FRAME as usize);
                 round_trip!(ClientFrame, &frame);
                 round_trip!(ServerFrame, &frame);
                 round_trip!(LinkFrame, &frame);
             }
-            Ok(None) => break,
+            Ok(None) => {
+                assert!(matches!(in_place, Ok(codec::Next::Incomplete { .. })));
+                break;
+            }
             Err(e) => {
+                assert!(in_place.is_err());
                 assert!(codec::is_frame_too_large(&e) || !e.to_string().is_empty());
                 return;
             }

@@ -23,16 +23,13 @@ use tokio::{
     sync::{broadcast, mpsc, oneshot, Notify, Semaphore, TryAcquireError},
     task::JoinHandle,
 };
-use tokio_util::codec::FramedRead;
 
 use crate::{
     codec::{self, CodecError},
     events::{Event, Events},
     proto::{self, ClientFrame, ErrorCode},
     session::{self, Link, Reconnect},
-    subject,
-    transport::Reader,
-    Address, Delivery, Error, Message, Result, Subscription,
+    subject, Address, Delivery, Error, Message, Result, Subscription,
 };
 
 /// Tunables for one connection. `ConnectOptions::default()` is what
@@ -603,11 +600,7 @@ impl Shared {
     /// writer and returns its reader. After a reconnect (`resubscribe` set to
     /// the attempt count), every live subscription is sent again, ahead of
     /// whatever was buffered meanwhile.
-    pub(crate) fn start_link(
-        self: &Arc<Self>,
-        link: Link,
-        attempts: Option<u32>,
-    ) -> FramedRead<Reader, codec::FrameCodec> {
+    pub(crate) fn start_link(self: &Arc<Self>, link: Link, attempts: Option<u32>) -> session::Frames {
         let Link {
             frames,
             writer,
@@ -663,11 +656,7 @@ impl Shared {
 
     /// After a successful reconnect: resume with `link`. `None` if the bus
     /// was closed meanwhile.
-    pub(crate) fn resume(
-        self: &Arc<Self>,
-        link: Link,
-        attempts: u32,
-    ) -> Option<FramedRead<Reader, codec::FrameCodec>> {
+    pub(crate) fn resume(self: &Arc<Self>, link: Link, attempts: u32) -> Option<session::Frames> {
         if self.is_closed() {
             return None;
         }

@@ -1,12 +1,15 @@
 //! Framing: a 4-byte little-endian length, then a postcard body.
 //!
-//! Reading uses `tokio_util`'s `LengthDelimitedCodec`, which checks the length
-//! against the maximum *before* allocating; "not enough bytes yet" is simply
-//! `None`. Writing appends frames to a caller-owned buffer so many frames go out
-//! in one `write` call.
+//! Reading checks each length against the maximum *before* allocating for the
+//! frame; "not enough bytes yet" is simply not an error. The hot paths read
+//! many frames per system call and walk them in place ([`next_frame`],
+//! [`FrameReader`]); [`FrameCodec`] (`tokio_util`'s `LengthDelimitedCodec`)
+//! serves the bridge links. Writing appends frames to a caller-owned buffer so
+//! many frames go out in one `write` call.
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::codec::{length_delimited::LengthDelimitedCodecError, Decoder, LengthDelimitedCodec};
 
 use crate::proto::{self, LEN_PREFIX};
@@ -72,9 +75,12 @@ pub fn frame_codec(max_frame: u32) -> FrameCodec {
     )
 }
 
-/// True if `err` is the codec refusing a length prefix above the maximum.
+/// True if `err` is a reader refusing a length prefix above the maximum.
 pub fn is_frame_too_large(err: &std::io::Error) -> bool {
-    err.get_ref().is_some_and(|e| e.is::<LengthDelimitedCodecError>())
+    err.get_ref().is_some_and(|e| {
+        e.is::<LengthDelimitedCodecError>()
+            || matches!(e.downcast_ref::<CodecError>(), Some(CodecError::TooLarge { .. }))
+    })
 }
 
 /// True if `err` is the stream ending inside a frame.
@@ -152,18 +158,6 @@ fn push_bytes(buf: &mut Vec<u8>, bytes: &[u8]) {
     buf.extend_from_slice(bytes);
 }
 
-/// True if `buf` (a receive buffer) holds at least one complete frame, so
-/// the next read returns without waiting for the socket.
-pub fn frame_buffered(buf: &[u8]) -> bool {
-    match buf.get(..LEN_PREFIX) {
-        Some(len) => {
-            let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
-            buf.len() >= LEN_PREFIX + len
-        }
-        None => false,
-    }
-}
-
 /// What the front of a receive buffer holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next<'a> {
@@ -199,6 +193,100 @@ pub fn next_frame(buf: &[u8], max_frame: u32) -> Result<Next<'_>, CodecError> {
     match buf.get(LEN_PREFIX..end) {
         Some(body) => Ok(Next::Frame(body)),
         None => Ok(Next::Incomplete { needed: end }),
+    }
+}
+
+/// Smallest room offered to one read of a [`FrameReader`].
+const READ_ROOM: usize = 8 << 10;
+
+/// Reads length-prefixed frames: every read takes in as much as the socket
+/// has (at least 8 KiB of room, more for a larger frame), and all the whole
+/// frames it completed come out together as one shared chunk, walked with
+/// [`next_frame`]. Each frame handed on from a chunk costs one reference
+/// count, not a split of the receive buffer.
+#[derive(Debug)]
+pub struct FrameReader<R> {
+    io: R,
+    buf: BytesMut,
+    max_frame: u32,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// Frames with bodies of at most `max_frame` bytes from `io`.
+    pub fn new(io: R, max_frame: u32) -> Self {
+        Self {
+            io,
+            buf: BytesMut::new(),
+            max_frame,
+        }
+    }
+
+    /// Changes the largest accepted body.
+    pub fn set_max_frame(&mut self, max_frame: u32) {
+        self.max_frame = max_frame;
+    }
+
+    /// The whole frames at the front of the buffer (with their length
+    /// prefixes), reading once if there is none yet; `Ok(None)` when the
+    /// peer closed between frames. Errors: I/O, a frame over the maximum
+    /// ([`is_frame_too_large`]), the stream ending inside a frame
+    /// ([`is_truncated`]). Cancel-safe.
+    pub async fn read_frames(&mut self) -> std::io::Result<Option<Bytes>> {
+        loop {
+            let mut used = 0;
+            let needed = loop {
+                match next_frame(&self.buf[used..], self.max_frame) {
+                    Ok(Next::Frame(body)) => used += LEN_PREFIX + body.len(),
+                    Ok(Next::Incomplete { needed }) => break used + needed,
+                    Err(e) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+                }
+            };
+            if used > 0 {
+                return Ok(Some(self.buf.split_to(used).freeze()));
+            }
+            if !self.fill(needed).await? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// The next frame's body alone (for handshakes: what follows stays
+    /// buffered); `Ok(None)` when the peer closed between frames.
+    pub async fn read_frame(&mut self) -> std::io::Result<Option<Bytes>> {
+        loop {
+            match next_frame(&self.buf, self.max_frame) {
+                Ok(Next::Frame(body)) => {
+                    let len = body.len();
+                    let mut frame = self.buf.split_to(LEN_PREFIX + len);
+                    return Ok(Some(frame.split_off(LEN_PREFIX).freeze()));
+                }
+                Ok(Next::Incomplete { needed }) => {
+                    if !self.fill(needed).await? {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+            }
+        }
+    }
+
+    /// Reads once, with room for `needed` bytes in all. False at a clean end.
+    async fn fill(&mut self, needed: usize) -> std::io::Result<bool> {
+        let room = needed.saturating_sub(self.buf.len()).max(READ_ROOM);
+        self.buf.reserve(room);
+        if self.io.read_buf(&mut self.buf).await? > 0 {
+            Ok(true)
+        } else if self.buf.is_empty() {
+            Ok(false)
+        } else {
+            Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, Truncated))
+        }
+    }
+
+    /// The underlying reader and whatever is buffered beyond the last frame
+    /// returned.
+    pub fn into_parts(self) -> (R, BytesMut) {
+        (self.io, self.buf)
     }
 }
 
@@ -302,6 +390,36 @@ mod tests {
             next_frame(&u32::MAX.to_le_bytes(), 64),
             Err(CodecError::TooLarge { max: 64, .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn frame_reader_chunks_frames_and_reports_errors() {
+        let mut wire = Vec::new();
+        encode_into(&ClientFrame::Ping, &mut wire, 64).unwrap();
+        encode_into(&ClientFrame::Unsub { sid: 9 }, &mut wire, 64).unwrap();
+        encode_into(&ClientFrame::Pong, &mut wire, 64).unwrap();
+        let mut r = FrameReader::new(&wire[..], 64);
+        // One frame alone, then the rest as one chunk, then a clean end.
+        let first = r.read_frame().await.unwrap().unwrap();
+        assert_eq!(decode::<ClientFrame>(&first).unwrap(), ClientFrame::Ping);
+        let chunk = r.read_frames().await.unwrap().unwrap();
+        let mut at = 0;
+        let mut got = Vec::new();
+        while let Next::Frame(body) = next_frame(&chunk[at..], 64).unwrap() {
+            got.push(decode::<ClientFrame>(body).unwrap());
+            at += LEN_PREFIX + body.len();
+        }
+        assert_eq!(got, [ClientFrame::Unsub { sid: 9 }, ClientFrame::Pong]);
+        assert!(r.read_frames().await.unwrap().is_none());
+
+        let cut = &wire[..wire.len() - 1];
+        let mut r = FrameReader::new(cut, 64);
+        r.read_frames().await.unwrap().unwrap();
+        assert!(is_truncated(&r.read_frames().await.unwrap_err()));
+
+        let huge = u32::MAX.to_le_bytes();
+        let mut r = FrameReader::new(&huge[..], 64);
+        assert!(is_frame_too_large(&r.read_frames().await.unwrap_err()));
     }
 
     #[test]

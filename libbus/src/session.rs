@@ -14,22 +14,23 @@ use std::{
     time::Duration,
 };
 
-use futures_util::StreamExt;
 use rustls::pki_types::ServerName;
 use tokio::{io::AsyncWriteExt, net::TcpStream};
-use tokio_util::codec::FramedRead;
 
 use crate::{
     client::{lock, Batch, Shared},
-    codec::{self},
+    codec::{self, Next},
     proto::{self, ClientFrame, ServerFrame},
     transport::{self, Reader, Writer},
     Address, ConnectOptions, Delivery, Error, Message, Result,
 };
 
+/// The reading side of a link.
+pub(crate) type Frames = codec::FrameReader<Reader>;
+
 /// A handshaken connection, ready to run.
 pub(crate) struct Link {
-    pub frames: FramedRead<Reader, codec::FrameCodec>,
+    pub frames: Frames,
     pub writer: Writer,
     pub conn_id: u64,
     pub server_id: String,
@@ -97,11 +98,13 @@ pub(crate) async fn open(address: &Address, opts: &ConnectOptions) -> Result<Lin
     }
     .await;
 
-    let mut frames = FramedRead::new(rx, codec::frame_codec(proto::DEFAULT_MAX_FRAME));
+    let mut frames = Frames::new(rx, proto::DEFAULT_MAX_FRAME);
     if let Err(e) = written {
         // A daemon that refuses at once (max_connections) may have closed
         // before our Hello arrived; its Error frame says why.
-        if let Ok(Some(Ok(frame))) = tokio::time::timeout(Duration::from_millis(200), frames.next()).await {
+        if let Ok(Ok(Some(frame))) =
+            tokio::time::timeout(Duration::from_millis(200), frames.read_frame()).await
+        {
             if let Ok(ServerFrame::Error { code, message }) = codec::decode::<ServerFrame>(&frame) {
                 return Err(Error::Server {
                     code,
@@ -111,9 +114,9 @@ pub(crate) async fn open(address: &Address, opts: &ConnectOptions) -> Result<Lin
         }
         return Err(e.into());
     }
-    let first = frames.next().await.ok_or(Error::Disconnected {
+    let first = frames.read_frame().await?.ok_or(Error::Disconnected {
         reason: Some("daemon closed the connection during the handshake".into()),
-    })??;
+    })?;
     let welcome = match codec::decode::<ServerFrame>(&first).map_err(crate::client::codec_err)? {
         ServerFrame::Welcome(w) => w,
         ServerFrame::Error { code, message } => {
@@ -125,9 +128,7 @@ pub(crate) async fn open(address: &Address, opts: &ConnectOptions) -> Result<Lin
         other => return Err(Error::Protocol(format!("expected Welcome, got {other:?}"))),
     };
     // A delivery carries the published frame plus a sid: allow some slack.
-    frames
-        .decoder_mut()
-        .set_max_frame(welcome.max_frame as usize + 64);
+    frames.set_max_frame(welcome.max_frame.saturating_add(64));
     Ok(Link {
         conn_id: welcome.conn_id,
         server_id: welcome.server_id.to_owned(),
@@ -175,7 +176,7 @@ impl Reconnect {
 }
 
 /// Runs links until the bus closes: the driver task.
-pub(crate) async fn drive(shared: Arc<Shared>, first: FramedRead<Reader, codec::FrameCodec>) {
+pub(crate) async fn drive(shared: Arc<Shared>, first: Frames) {
     let mut frames = first;
     loop {
         let reason = read_loop(&shared, frames).await;
@@ -204,10 +205,7 @@ pub(crate) async fn drive(shared: Arc<Shared>, first: FramedRead<Reader, codec::
 
 /// Tries to connect again until it works, the bus is closed, or the policy
 /// gives up. Returns the new link's reader.
-async fn reconnect(
-    shared: &Arc<Shared>,
-    policy: &Reconnect,
-) -> Option<FramedRead<Reader, codec::FrameCodec>> {
+async fn reconnect(shared: &Arc<Shared>, policy: &Reconnect) -> Option<Frames> {
     let mut attempts = 0u32;
     loop {
         tokio::time::sleep(policy.delay(attempts)).await;
@@ -291,66 +289,80 @@ fn add_pending(pending: &mut Vec<(u64, Batch)>, sid: u64, d: Delivery, max: usiz
 }
 
 /// Reads one link until it ends; returns why.
-async fn read_loop(shared: &Arc<Shared>, mut frames: FramedRead<Reader, codec::FrameCodec>) -> String {
+async fn read_loop(shared: &Arc<Shared>, mut frames: Frames) -> String {
     let max_batch = shared.batch_size();
     let mut pending: Vec<(u64, Batch)> = Vec::new();
-    let reason = loop {
-        // Hand over what this read brought in before waiting on the socket.
-        if !pending.is_empty() && !codec::frame_buffered(frames.read_buffer()) {
+    let reason = 'link: loop {
+        // Hand over what the last read brought in before waiting on the socket.
+        if !pending.is_empty() {
             shared.deliver_all(&mut pending).await;
         }
-        let frame = match frames.next().await {
-            None => break "daemon closed the connection".to_owned(),
-            Some(Err(e)) => break format!("read failed: {e}"),
-            Some(Ok(f)) => f.freeze(),
+        let chunk = match frames.read_frames().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break "daemon closed the connection".to_owned(),
+            Err(e) => break format!("read failed: {e}"),
         };
-        let decoded = match codec::decode::<ServerFrame>(&frame) {
-            Ok(f) => f,
-            Err(e) => break format!("bad frame from daemon: {e}"),
-        };
-        match decoded {
-            ServerFrame::Msg(m) => {
-                // Only requests can be answered; others skip the refcount.
-                let answer_on = m.reply_to.map(|_| shared.clone());
-                let parts = Message::locate(&frame, m.subject, m.reply_to, m.payload);
-                if m.sid == shared.inbox_sid.load(Ordering::Acquire) {
-                    let msg = Message::new(frame.clone(), parts, answer_on);
-                    shared.complete_request(m.subject, |_| Ok(msg));
-                } else {
-                    // The frame moves into the message: no extra reference.
-                    let sid = m.sid;
-                    let msg = Message::new(frame, parts, answer_on);
-                    if add_pending(&mut pending, sid, Delivery::Message(msg), max_batch) {
-                        shared.deliver_all(&mut pending).await;
-                    }
-                }
+        let mut at = 0;
+        while let Ok(Next::Frame(body)) = codec::next_frame(&chunk[at..], u32::MAX) {
+            at += proto::LEN_PREFIX + body.len();
+            if let Err(reason) = handle_frame(shared, &chunk, body, &mut pending, max_batch).await {
+                break 'link reason;
             }
-            ServerFrame::Lagged { sid, dropped } => {
-                shared.lagged(sid, dropped);
-                if add_pending(&mut pending, sid, Delivery::Lagged(dropped), max_batch) {
-                    shared.deliver_all(&mut pending).await;
-                }
-            }
-            ServerFrame::NoResponders { reply_to } => {
-                shared.complete_request(reply_to, |subject| Err(Error::NoResponders { subject }));
-            }
-            ServerFrame::SubRefused { sid, code, message } => shared.sub_refused(sid, code, message),
-            ServerFrame::Ping => {
-                if shared.send_now(&ClientFrame::Pong).is_err() {
-                    break "connection closed".into();
-                }
-            }
-            ServerFrame::Pong => shared.pong(),
-            ServerFrame::Error { code, message } => {
-                // Fatal errors are followed by a close; keep reading until then
-                // and report the message as the reason.
-                tracing::warn!(?code, message, "bus daemon reported an error");
-                *lock(&shared.last_error) = Some((code, message.to_owned()));
-            }
-            ServerFrame::Welcome(_) => break "unexpected Welcome from daemon".into(),
         }
     };
     // What arrived before the end is still handed over, without waiting.
     shared.deliver_now(&mut pending);
     reason
+}
+
+/// Handles one frame `body` of the received `chunk`; `Err` ends the link.
+async fn handle_frame(
+    shared: &Arc<Shared>,
+    chunk: &bytes::Bytes,
+    body: &[u8],
+    pending: &mut Vec<(u64, Batch)>,
+    max_batch: usize,
+) -> std::result::Result<(), String> {
+    let decoded = match codec::decode::<ServerFrame>(body) {
+        Ok(f) => f,
+        Err(e) => return Err(format!("bad frame from daemon: {e}")),
+    };
+    match decoded {
+        ServerFrame::Msg(m) => {
+            // Only requests can be answered; others skip the refcount.
+            let answer_on = m.reply_to.map(|_| shared.clone());
+            let parts = Message::locate(body, m.subject, m.reply_to, m.payload);
+            // The message shares the chunk: one reference count, no copy.
+            let msg = Message::new(chunk.slice_ref(body), parts, answer_on);
+            if m.sid == shared.inbox_sid.load(Ordering::Acquire) {
+                shared.complete_request(m.subject, |_| Ok(msg));
+            } else if add_pending(pending, m.sid, Delivery::Message(msg), max_batch) {
+                shared.deliver_all(pending).await;
+            }
+        }
+        ServerFrame::Lagged { sid, dropped } => {
+            shared.lagged(sid, dropped);
+            if add_pending(pending, sid, Delivery::Lagged(dropped), max_batch) {
+                shared.deliver_all(pending).await;
+            }
+        }
+        ServerFrame::NoResponders { reply_to } => {
+            shared.complete_request(reply_to, |subject| Err(Error::NoResponders { subject }));
+        }
+        ServerFrame::SubRefused { sid, code, message } => shared.sub_refused(sid, code, message),
+        ServerFrame::Ping => {
+            if shared.send_now(&ClientFrame::Pong).is_err() {
+                return Err("connection closed".into());
+            }
+        }
+        ServerFrame::Pong => shared.pong(),
+        ServerFrame::Error { code, message } => {
+            // Fatal errors are followed by a close; keep reading until then
+            // and report the message as the reason.
+            tracing::warn!(?code, message, "bus daemon reported an error");
+            *lock(&shared.last_error) = Some((code, message.to_owned()));
+        }
+        ServerFrame::Welcome(_) => return Err("unexpected Welcome from daemon".into()),
+    }
+    Ok(())
 }
