@@ -328,9 +328,16 @@ fn bench_smoke() {
             sent * subs,
             "{args:?}: {report}"
         );
+        if args[1] != "routing" {
+            // CPU per message, for the daemon and for the bench's clients.
+            assert!(report["cpu_daemon_ns_per_msg"].as_f64().is_some(), "{report}");
+            assert!(report["cpu_clients_ns_per_msg"].as_f64().is_some(), "{report}");
+        }
         if args.contains(&"--baseline") {
             assert!(report["baseline_pingpong"]["p50_us"].as_f64().unwrap() > 0.0);
             assert!(!report["ratios"].as_array().unwrap().is_empty());
+            // The raw stream runs for at least 500 ms: its CPU time shows.
+            assert!(report["baseline_stream_cpu_ns_per_msg"].as_f64().unwrap() > 0.0);
         }
     }
 }

@@ -63,6 +63,7 @@ pub fn info(state: &State) -> ServerInfo {
         refused: state.policy.refused.snapshot(),
         node_id: state.cluster.node_id.clone(),
         bridges: state.cluster.bridges(),
+        cpu_us: cpu_time_us(),
     }
 }
 
@@ -81,6 +82,16 @@ fn kick(state: &State, conn: &Conn, payload: &[u8]) -> api::AdminReply {
     tracing::info!(id, name = %target.name, by = conn.id, "kicking connection");
     target.kick.request(conn.id);
     Ok(format!("closed connection {id} ({})", target.name))
+}
+
+/// CPU time (user + system) this process has used, in microseconds (0 if
+/// unavailable).
+pub fn cpu_time_us() -> u64 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    getrusage(UsageWho::RUSAGE_SELF).map_or(0, |u| {
+        let us = |t: nix::sys::time::TimeVal| t.tv_sec() as u64 * 1_000_000 + t.tv_usec() as u64;
+        us(u.user_time()) + us(u.system_time())
+    })
 }
 
 /// Resident set size of this process, from `/proc/self/status` (0 if unavailable).

@@ -339,6 +339,10 @@ pub mod api {
         pub node_id: String,
         /// Bridge links, configured or accepted.
         pub bridges: Vec<BridgeInfo>,
+        /// CPU time the daemon process has used since start, user + system,
+        /// in microseconds (0 if unknown). `bus-cli bench` divides its growth
+        /// by the messages a run delivered.
+        pub cpu_us: u64,
     }
 
     /// One bridge link to another daemon.

@@ -157,6 +157,16 @@ pub struct Report {
     pub baseline_relay: Option<Rate>,
     /// Raw-socket ping-pong of the same frame.
     pub baseline_pingpong: Option<Latency>,
+    /// CPU time (user + system) the external daemon used per delivered
+    /// message (per request in reqrep), ns.
+    pub cpu_daemon_ns_per_msg: Option<f64>,
+    /// CPU time this process (publishers, subscribers, requesters; and the
+    /// daemon when in-process) used per delivered message or request, ns.
+    pub cpu_clients_ns_per_msg: Option<f64>,
+    /// CPU time of the raw stream (both ends) per frame, ns.
+    pub baseline_stream_cpu_ns_per_msg: Option<f64>,
+    /// CPU time of the raw relay (all three threads) per frame, ns.
+    pub baseline_relay_cpu_ns_per_msg: Option<f64>,
     /// Conns mode: daemon RSS before opening the idle connections, bytes.
     pub rss_before: Option<u64>,
     /// Conns mode: daemon RSS with all of them open, bytes.
@@ -188,21 +198,26 @@ fn frame_bytes(size: usize) -> Vec<u8> {
 pub async fn run(args: BenchArgs, address: Option<libbus::Address>) -> libbus::Result<()> {
     let mut report = workload::run(&args, address).await?;
     if args.baseline {
+        // Rate, and this process's CPU time per frame (nothing else runs).
         let measure = |run: fn(&[u8], u64) -> std::io::Result<Duration>| {
             let frame = frame_bytes(args.size);
             let size = args.size;
             async move {
+                let cpu = busd::api::cpu_time_us();
                 let (msgs, elapsed) =
                     tokio::task::spawn_blocking(move || baseline::long_enough(run, &frame, MIN_BASELINE))
                         .await
                         .map_err(|e| libbus::Error::Protocol(e.to_string()))??;
-                Ok::<_, libbus::Error>(Rate::new(msgs, size, elapsed))
+                let cpu_ns = busd::api::cpu_time_us().saturating_sub(cpu) as f64 * 1000.0;
+                Ok::<_, libbus::Error>((Rate::new(msgs, size, elapsed), cpu_ns / msgs.max(1) as f64))
             }
         };
-        let stream = measure(baseline::stream).await?;
-        let relay = measure(baseline::relay).await?;
+        let (stream, stream_cpu) = measure(baseline::stream).await?;
+        let (relay, relay_cpu) = measure(baseline::relay).await?;
         report.baseline_stream = Some(stream);
         report.baseline_relay = Some(relay);
+        report.baseline_stream_cpu_ns_per_msg = Some(stream_cpu);
+        report.baseline_relay_cpu_ns_per_msg = Some(relay_cpu);
         if let Some(d) = report.deliver {
             report.ratios.push((
                 "deliver_msgs_per_s / raw_relay".into(),
@@ -304,6 +319,17 @@ fn print_report(r: &Report) {
     }
     if let Some(x) = &r.baseline_pingpong {
         print_latency("raw ping-pong (baseline)", x);
+    }
+    let cpu = [
+        ("cpu per msg: daemon", r.cpu_daemon_ns_per_msg),
+        ("cpu per msg: bench clients", r.cpu_clients_ns_per_msg),
+        ("cpu per msg: raw stream", r.baseline_stream_cpu_ns_per_msg),
+        ("cpu per msg: raw relay", r.baseline_relay_cpu_ns_per_msg),
+    ];
+    for (label, ns) in cpu {
+        if let Some(ns) = ns {
+            println!("{label:<28} {ns:>14.0} ns (user + system)");
+        }
     }
     if let (Some(before), Some(after), Some(per)) = (r.rss_before, r.rss_after, r.rss_per_conn) {
         println!(

@@ -46,7 +46,7 @@ pub async fn run(args: &BenchArgs, address: Option<Address>) -> Result<Report> {
     let limit = |name: &str| info.limits.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
     let max_pending = limit("max_pending").unwrap_or(8 << 20);
     let max_subs = limit("max_subscriptions").unwrap_or(10_000).max(1);
-    probe.close().await?;
+    let cpu_before = (info.cpu_us, busd::api::cpu_time_us());
 
     let mut report = Report {
         mode: Some(args.mode),
@@ -71,6 +71,22 @@ pub async fn run(args: &BenchArgs, address: Option<Address>) -> Result<Report> {
         Mode::Routing => routing(&address, args, max_pending, max_subs, &mut report).await?,
         Mode::Conns => conns(&address, args.conns, &mut report).await?,
     }
+    if matches!(args.mode, Mode::Pubsub | Mode::Fanout | Mode::Reqrep) {
+        let info: api::ServerInfo = probe.request(api::INFO, []).await?.decode()?;
+        let own = busd::api::cpu_time_us().saturating_sub(cpu_before.1);
+        let messages = if args.mode == Mode::Reqrep {
+            report.sent
+        } else {
+            report.delivered
+        };
+        let per_msg = |us: u64| us as f64 * 1000.0 / messages.max(1) as f64;
+        // In-process, the daemon's time is part of this process's.
+        if _daemon.is_none() {
+            report.cpu_daemon_ns_per_msg = Some(per_msg(info.cpu_us.saturating_sub(cpu_before.0)));
+        }
+        report.cpu_clients_ns_per_msg = Some(per_msg(own));
+    }
+    probe.close().await?;
     Ok(report)
 }
 
