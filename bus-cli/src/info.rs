@@ -9,51 +9,65 @@ use crate::render;
 pub async fn run(bus: &Bus, address: &Address, json: bool) -> libbus::Result<()> {
     let info: api::ServerInfo = bus.request(api::INFO, []).await?.decode()?;
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&info).map_err(|e| libbus::Error::Protocol(e.to_string()))?
         );
         return Ok(());
     }
-    println!(
+    outln!(
         "busd {} (protocol {}), server id {}, pid {}",
-        info.version, info.protocol, info.server_id, info.pid
+        info.version,
+        info.protocol,
+        info.server_id,
+        info.pid
     );
-    println!("address:       {address}");
-    println!("listening on:  {}", info.listen.join(", "));
-    println!(
+    outln!("address:       {address}");
+    outln!("listening on:  {}", info.listen.join(", "));
+    outln!(
         "uptime:        {}",
         render::duration(Duration::from_millis(info.uptime_ms))
     );
-    println!(
+    outln!(
         "connections:   {} live, {} since start",
-        info.connections, info.total_connections
+        info.connections,
+        info.total_connections
     );
-    println!("subscriptions: {}", info.subscriptions);
-    println!(
+    outln!("subscriptions: {}", info.subscriptions);
+    outln!(
         "messages:      {} in, {} out, {} dropped",
-        info.msgs_in, info.msgs_out, info.dropped
+        info.msgs_in,
+        info.msgs_out,
+        info.dropped
     );
-    println!(
+    outln!(
         "bytes:         {} in, {} out",
         render::bytes(info.bytes_in),
         render::bytes(info.bytes_out)
     );
-    println!("memory:        {} resident", render::bytes(info.rss_bytes));
-    println!("node id:       {}", info.node_id);
+    outln!("memory:        {} resident", render::bytes(info.rss_bytes));
+    outln!("cpu time:      {:.2} s (user + system)", info.cpu_us as f64 / 1e6);
+    outln!("node id:       {}", info.node_id);
     if info.bridges.is_empty() {
-        println!("bridges:       none");
+        outln!("bridges:       none");
     } else {
-        println!("bridges:");
+        outln!("bridges:");
         for b in &info.bridges {
             let row = crate::list::bridge_row(b);
-            println!(
+            outln!(
                 "  {} {} ({}, {}), {} in, {} out, {} buffered, {} dropped",
-                row[0], row[2], row[3], row[4], row[5], row[6], row[7], row[8]
+                row[0],
+                row[2],
+                row[3],
+                row[4],
+                row[5],
+                row[6],
+                row[7],
+                row[8]
             );
         }
     }
-    println!("limits:                    value    refused");
+    outln!("limits:                    value    refused");
     for (name, value) in &info.limits {
         let base = name.trim_end_matches("_ms");
         let refused = info
@@ -61,7 +75,7 @@ pub async fn run(bus: &Bus, address: &Address, json: bool) -> libbus::Result<()>
             .iter()
             .find(|(n, _)| n == base)
             .map_or(0, |(_, c)| *c);
-        println!("  {name:<24} {value:>8} {refused:>10}");
+        outln!("  {name:<24} {value:>8} {refused:>10}");
     }
     // Refusals that are not limits: always the policy and token checks, then
     // any other counter the daemon reports.
@@ -80,7 +94,7 @@ pub async fn run(bus: &Bus, address: &Address, json: bool) -> libbus::Result<()>
         }
     }
     for (name, count) in others {
-        println!("  {name:<24} {:>8} {count:>10}", "-");
+        outln!("  {name:<24} {:>8} {count:>10}", "-");
     }
     Ok(())
 }
@@ -90,7 +104,7 @@ pub async fn kick(bus: &Bus, id: u64) -> libbus::Result<()> {
     let reply: api::AdminReply = bus.request_value(api::KICK, &id).await?;
     match reply {
         Ok(done) => {
-            println!("{done}");
+            outln!("{done}");
             Ok(())
         }
         Err((code, message)) => Err(libbus::Error::Server { code, message }),

@@ -7,7 +7,7 @@ use crate::render;
 pub async fn run(bus: &Bus, json: bool) -> libbus::Result<()> {
     let conns: Vec<api::ConnInfo> = bus.request(api::LIST, []).await?.decode()?;
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&conns).map_err(|e| libbus::Error::Protocol(e.to_string()))?
         );
@@ -42,13 +42,13 @@ pub async fn run(bus: &Bus, json: bool) -> libbus::Result<()> {
             ]
         })
         .collect();
-    print!("{}", render::table(&header, &rows));
+    out!("{}", render::table(&header, &rows));
 
     // Bridge links come from $BUS.api.info (the JSON above stays a list of
     // connections; `bus-cli info --json` has the bridges).
     let info: api::ServerInfo = bus.request(api::INFO, []).await?.decode()?;
     if !info.bridges.is_empty() {
-        println!();
+        outln!();
         let header = [
             "NODE",
             "TRANSPORT",
@@ -61,7 +61,7 @@ pub async fn run(bus: &Bus, json: bool) -> libbus::Result<()> {
             "DROPPED",
         ];
         let rows: Vec<Vec<String>> = info.bridges.iter().map(bridge_row).collect();
-        print!("{}", render::table(&header, &rows));
+        out!("{}", render::table(&header, &rows));
     }
     Ok(())
 }

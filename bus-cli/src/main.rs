@@ -1,6 +1,25 @@
 //! `bus-cli`: inspect and drive a live bus. Every command is plain libbus:
 //! `list` and `info` are requests to `$BUS.api.*`, `monitor` a subscription.
 
+/// `println!` for command output: when stdout's reader has gone away
+/// (`bus-cli sub x | head -1`), the process ends quietly instead of
+/// panicking on the failed write.
+macro_rules! outln {
+    () => {
+        $crate::render::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::render::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` counterpart of [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::render::write_stdout(format_args!($($arg)*))
+    };
+}
+
 mod bench;
 mod info;
 mod list;

@@ -28,7 +28,7 @@ pub async fn send(bus: &Bus, subject: &str, arg: Option<String>) -> libbus::Resu
 
 pub async fn request(bus: &Bus, subject: &str, arg: Option<String>, timeout: Duration) -> libbus::Result<()> {
     let reply = bus.request_with_timeout(subject, payload(arg)?, timeout).await?;
-    println!("{}", render::payload(reply.payload()));
+    outln!("{}", render::payload(reply.payload()));
     Ok(())
 }
 
@@ -42,7 +42,7 @@ pub async fn sub(bus: &Bus, pattern: &str, queue: Option<&str>, count: Option<u6
     while count.is_none_or(|n| seen < n) {
         match sub.next_delivery().await {
             Some(Delivery::Message(m)) => {
-                println!("{}", line(&m));
+                outln!("{}", line(&m));
                 seen += 1;
             }
             Some(Delivery::Lagged(n)) => {
@@ -61,8 +61,8 @@ pub async fn monitor(bus: &Bus) -> libbus::Result<()> {
     while let Some(d) = sub.next_delivery().await {
         let now = humantime::format_rfc3339_millis(std::time::SystemTime::now());
         match d {
-            Delivery::Message(m) => println!("{now} {}", line(&m)),
-            Delivery::Lagged(n) => println!("{now} !! monitor fell behind: {n} messages dropped"),
+            Delivery::Message(m) => outln!("{now} {}", line(&m)),
+            Delivery::Lagged(n) => outln!("{now} !! monitor fell behind: {n} messages dropped"),
         }
     }
     Err(bus.disconnected_error())

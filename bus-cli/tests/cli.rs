@@ -379,3 +379,24 @@ fn every_command_works_over_tcp_with_a_token() {
         ["auth_failed", "-", "1"]
     );
 }
+
+/// `bus-cli info | head -1` and the like: when the reader of stdout is gone,
+/// the command ends quietly and successfully instead of panicking.
+#[test]
+fn closed_stdout_ends_quietly() {
+    let bus = daemon();
+    for args in [&["info"][..], &["list"]] {
+        let mut child = cli(&bus)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Close the read end before the command writes anything.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {:?} {stderr}", out.status);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

@@ -256,7 +256,7 @@ pub async fn run(args: BenchArgs, address: Option<libbus::Address>) -> libbus::R
         }
     }
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&report).map_err(|e| libbus::Error::Protocol(e.to_string()))?
         );
@@ -267,16 +267,21 @@ pub async fn run(args: BenchArgs, address: Option<libbus::Address>) -> libbus::R
 }
 
 fn print_rate(label: &str, r: &Rate) {
-    println!(
+    outln!(
         "{label:<28} {:>14.0} msgs/s {:>10.1} MB/s",
-        r.msgs_per_s, r.mb_per_s
+        r.msgs_per_s,
+        r.mb_per_s
     );
 }
 
 fn print_latency(label: &str, l: &Latency) {
-    println!(
+    outln!(
         "{label:<28} p50 {:>8.1} µs  p90 {:>8.1} µs  p99 {:>8.1} µs  p99.9 {:>8.1} µs  ({} samples)",
-        l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.samples
+        l.p50_us,
+        l.p90_us,
+        l.p99_us,
+        l.p999_us,
+        l.samples
     );
 }
 
@@ -285,13 +290,18 @@ fn print_report(r: &Report) {
         .mode
         .map(|m| format!("{m:?}").to_lowercase())
         .unwrap_or_default();
-    println!(
+    outln!(
         "bench {mode}: {} B payloads, {} pub(s), {} sub(s), daemon {}",
-        r.size, r.pubs, r.subs, r.daemon
+        r.size,
+        r.pubs,
+        r.subs,
+        r.daemon
     );
-    println!(
+    outln!(
         "sent {}, delivered {}, dropped {}",
-        r.sent, r.delivered, r.dropped
+        r.sent,
+        r.delivered,
+        r.dropped
     );
     if let Some(x) = &r.publish {
         print_rate("publish", x);
@@ -303,10 +313,10 @@ fn print_report(r: &Report) {
         print_rate("publish, no extra subs", x);
     }
     if let Some(n) = r.extra_subscriptions {
-        println!("extra subscriptions          {n}");
+        outln!("extra subscriptions          {n}");
     }
     if let Some(x) = r.requests_per_s {
-        println!("{:<28} {x:>14.0} req/s", "requests");
+        outln!("{:<28} {x:>14.0} req/s", "requests");
     }
     if let Some(x) = &r.latency {
         print_latency("round trip", x);
@@ -328,16 +338,18 @@ fn print_report(r: &Report) {
     ];
     for (label, ns) in cpu {
         if let Some(ns) = ns {
-            println!("{label:<28} {ns:>14.0} ns (user + system)");
+            outln!("{label:<28} {ns:>14.0} ns (user + system)");
         }
     }
     if let (Some(before), Some(after), Some(per)) = (r.rss_before, r.rss_after, r.rss_per_conn) {
-        println!(
+        outln!(
             "daemon RSS {} -> {} with {} idle connections: {per:.0} bytes per connection",
-            before, after, r.subs
+            before,
+            after,
+            r.subs
         );
     }
     for (name, v) in &r.ratios {
-        println!("ratio {name:<38} {v:>6.3}x");
+        outln!("ratio {name:<38} {v:>6.3}x");
     }
 }
