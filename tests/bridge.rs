@@ -277,7 +277,9 @@ async fn restarted_node_gets_held_messages_in_order() {
     // what it held once c wants it again.
     let mut next = 0u64;
     while next < 300 {
-        let m = within("held delivery", sub.next()).await.expect("open");
+        let m = within(&format!("held delivery {next}"), sub.next())
+            .await
+            .expect("open");
         let seq: u64 = m.decode().unwrap();
         assert_eq!(seq, next, "in order, no gaps, no duplicates");
         next += 1;

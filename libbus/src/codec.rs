@@ -290,6 +290,63 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 }
 
+/// Decodes a frame body from the daemon: a `Msg` (the hot path) is read
+/// directly, anything else, or a `Msg` in an unusual but valid encoding, goes
+/// through postcard. The `msg_decoding_matches_postcard` property test pins
+/// the direct path to postcard's result.
+pub fn decode_server_frame(body: &[u8]) -> Result<proto::ServerFrame<'_>, CodecError> {
+    match decode_msg(body) {
+        Some(m) => Ok(proto::ServerFrame::Msg(m)),
+        None => decode(body),
+    }
+}
+
+/// The `Msg` in `body` if it is one in postcard's plain encoding; `None`
+/// when postcard has to decide.
+fn decode_msg(body: &[u8]) -> Option<proto::Msg<'_>> {
+    let (&tag, rest) = body.split_first()?;
+    if tag != proto::MSG_TAG {
+        return None;
+    }
+    let (sid, rest) = take_varint(rest)?;
+    let (subject, rest) = take_bytes(rest)?;
+    let subject = std::str::from_utf8(subject).ok()?;
+    let (reply_to, rest) = match rest.split_first()? {
+        (0, rest) => (None, rest),
+        (1, rest) => {
+            let (r, rest) = take_bytes(rest)?;
+            (Some(std::str::from_utf8(r).ok()?), rest)
+        }
+        _ => return None,
+    };
+    let (payload, _) = take_bytes(rest)?;
+    Some(proto::Msg {
+        sid,
+        subject,
+        reply_to,
+        payload,
+    })
+}
+
+/// A varint of at most 9 bytes (up to 2^63 - 1); longer ones go to postcard.
+fn take_varint(b: &[u8]) -> Option<(u64, &[u8])> {
+    let mut v = 0u64;
+    for (i, &byte) in b.iter().take(VARINT_MAX - 1).enumerate() {
+        v |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((v, &b[i + 1..]));
+        }
+    }
+    None
+}
+
+/// A length-prefixed byte string.
+fn take_bytes(b: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (len, rest) = take_varint(b)?;
+    let len = usize::try_from(len).ok()?;
+    (len <= rest.len()).then(|| rest.split_at(len))
+}
+
 /// Decodes one frame body (without its length prefix).
 pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, CodecError> {
     Ok(postcard::from_bytes(body)?)

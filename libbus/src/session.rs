@@ -275,17 +275,25 @@ async fn write_batch(tx: &mut Writer, batch: &[u8]) -> std::io::Result<()> {
     tx.flush().await
 }
 
+/// How deliveries are gathered: at most `max` per batch; a new batch is
+/// sized for the `expected` deliveries still in this read.
+#[derive(Debug, Clone, Copy)]
+struct Batching {
+    max: usize,
+    expected: usize,
+}
+
 /// Adds `d` to the pending batch of `sid`; true if that batch is now full.
-fn add_pending(pending: &mut Vec<(u64, Batch)>, sid: u64, d: Delivery, max: usize) -> bool {
+fn add_pending(pending: &mut Vec<(u64, Batch)>, sid: u64, d: Delivery, b: Batching) -> bool {
     let i = match pending.iter().position(|(s, _)| *s == sid) {
         Some(i) => i,
         None => {
-            pending.push((sid, Vec::with_capacity(8)));
+            pending.push((sid, Vec::with_capacity(b.expected.clamp(1, b.max))));
             pending.len() - 1
         }
     };
     pending[i].1.push(d);
-    pending[i].1.len() >= max
+    pending[i].1.len() >= b.max
 }
 
 /// Reads one link until it ends; returns why.
@@ -304,8 +312,15 @@ async fn read_loop(shared: &Arc<Shared>, mut frames: Frames) -> String {
         };
         let mut at = 0;
         while let Ok(Next::Frame(body)) = codec::next_frame(&chunk[at..], u32::MAX) {
-            at += proto::LEN_PREFIX + body.len();
-            if let Err(reason) = handle_frame(shared, &chunk, body, &mut pending, max_batch).await {
+            let len = proto::LEN_PREFIX + body.len();
+            // Frames like this one still in the chunk (a stream is uniform).
+            let expected = (chunk.len() - at) / len;
+            at += len;
+            let batching = Batching {
+                max: max_batch,
+                expected,
+            };
+            if let Err(reason) = handle_frame(shared, &chunk, body, &mut pending, batching).await {
                 break 'link reason;
             }
         }
@@ -321,9 +336,9 @@ async fn handle_frame(
     chunk: &bytes::Bytes,
     body: &[u8],
     pending: &mut Vec<(u64, Batch)>,
-    max_batch: usize,
+    batching: Batching,
 ) -> std::result::Result<(), String> {
-    let decoded = match codec::decode::<ServerFrame>(body) {
+    let decoded = match codec::decode_server_frame(body) {
         Ok(f) => f,
         Err(e) => return Err(format!("bad frame from daemon: {e}")),
     };
@@ -336,13 +351,13 @@ async fn handle_frame(
             let msg = Message::new(chunk.slice_ref(body), parts, answer_on);
             if m.sid == shared.inbox_sid.load(Ordering::Acquire) {
                 shared.complete_request(m.subject, |_| Ok(msg));
-            } else if add_pending(pending, m.sid, Delivery::Message(msg), max_batch) {
+            } else if add_pending(pending, m.sid, Delivery::Message(msg), batching) {
                 shared.deliver_all(pending).await;
             }
         }
         ServerFrame::Lagged { sid, dropped } => {
             shared.lagged(sid, dropped);
-            if add_pending(pending, sid, Delivery::Lagged(dropped), max_batch) {
+            if add_pending(pending, sid, Delivery::Lagged(dropped), batching) {
                 shared.deliver_all(pending).await;
             }
         }

@@ -135,6 +135,34 @@ proptest! {
     }
 
     #[test]
+    fn msg_decoding_matches_postcard(
+        a in text(), opt in proptest::option::of(text()), sid in any::<u64>(), payload in bytes(),
+        noise in prop::collection::vec(any::<u8>(), 0..64), cut in any::<prop::sample::Index>(),
+        flip in any::<prop::sample::Index>(),
+    ) {
+        let msg = ServerFrame::Msg(proto::Msg { sid, subject: &a, reply_to: opt.as_deref(), payload: &payload });
+        let mut wire = Vec::new();
+        codec::encode_into(&msg, &mut wire, u32::MAX).unwrap();
+        let body = &wire[proto::LEN_PREFIX..];
+        prop_assert_eq!(codec::decode_server_frame(body).unwrap(), msg);
+        // Damaged, cut short, or followed by bytes postcard ignores: the
+        // direct path agrees with postcard on success and on failure.
+        let mut damaged = body.to_vec();
+        let i = flip.index(damaged.len());
+        damaged[i] ^= noise.first().copied().unwrap_or(0x80);
+        let mut trailing = body.to_vec();
+        trailing.extend_from_slice(&noise);
+        for b in [&damaged[..], &body[..cut.index(body.len() + 1)], &trailing[..], &noise[..]] {
+            let direct = codec::decode_server_frame(b);
+            let generic = codec::decode::<ServerFrame>(b);
+            prop_assert_eq!(direct.is_ok(), generic.is_ok(), "{:?}", b);
+            if let (Ok(d), Ok(g)) = (direct, generic) {
+                prop_assert_eq!(d, g);
+            }
+        }
+    }
+
+    #[test]
     fn deliveries_spliced_from_publishes_decode_as_msg(
         a in text(), opt in proptest::option::of(text()), sid in any::<u64>(), payload in bytes(),
     ) {
