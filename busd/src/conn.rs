@@ -12,8 +12,7 @@ use std::{
     time::SystemTime,
 };
 
-use bytes::{Buf, Bytes, BytesMut};
-use futures_util::StreamExt;
+use bytes::Bytes;
 use libbus::{
     codec::{self, CodecError},
     proto::{
@@ -24,22 +23,22 @@ use libbus::{
     subject,
     transport::{Reader, Writer},
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_util::codec::FramedRead;
+use tokio::io::AsyncWriteExt;
 
 use crate::{
     api,
     outbox::{Frames, Outbox, PubFrame},
     policy::UidSlot,
     registry::{lock, Conn, Stats},
-    router::{Deliveries, RouteCache},
+    router::{Deliveries, RouteCache, Routes},
     server::State,
 };
 
 /// Room a connection's read buffer offers each read (more for a larger frame).
 const READ_BUFFER: usize = 64 << 10;
-/// Below this much free room, the read buffer is topped up to `READ_BUFFER`.
-const READ_MIN_ROOM: usize = 4 << 10;
+
+/// The reading side of a connection (client or bridge).
+pub(crate) type Incoming = codec::FrameReader<Reader>;
 
 /// Encodes a daemon frame on its own (for control frames).
 pub(crate) fn encode(frame: &ServerFrame<'_>) -> Bytes {
@@ -61,7 +60,7 @@ struct Fatal(CloseReason);
 /// Serves one accepted connection to the end.
 pub async fn serve(state: Arc<State>, rd: Reader, mut wr: Writer, peer: Peer, transport: &'static str) {
     // Reads of up to 64 KiB: a fast publisher is drained in few syscalls.
-    let mut frames = FramedRead::with_capacity(rd, codec::frame_codec(state.config.max_frame), READ_BUFFER);
+    let mut frames = Incoming::new(rd, state.config.max_frame).with_read_room(READ_BUFFER);
 
     let admitted = handshake(&state, &mut frames)
         .await
@@ -93,9 +92,7 @@ pub async fn serve(state: Arc<State>, rd: Reader, mut wr: Writer, peer: Peer, tr
         if wr.write_all(&welcome).await.is_err() || wr.flush().await.is_err() {
             return;
         }
-        frames
-            .decoder_mut()
-            .set_max_frame(crate::cluster::link::link_max_frame(&state) as usize);
+        frames.set_max_frame(crate::cluster::link::link_max_frame(&state));
         let peer = match &peer {
             Peer::Net { addr } => addr.clone(),
             Peer::Unix { pid, uid, .. } => format!("unix pid {pid} uid {uid}"),
@@ -131,11 +128,7 @@ pub async fn serve(state: Arc<State>, rd: Reader, mut wr: Writer, peer: Peer, tr
     tracing::info!(id = conn.id, name = %conn.name, peer = ?conn.peer, "connection open");
     api::conn_event(&state, proto::api::EVENT_CONN_OPEN, &conn, None);
 
-    // From here on frames are parsed in place; keep what the handshake's
-    // read brought in beyond the Hello.
-    let buf = std::mem::take(frames.read_buffer_mut());
-    let mut rd = frames.into_inner();
-    let Fatal(reason) = read_loop(&state, &conn, &mut rd, buf).await;
+    let Fatal(reason) = read_loop(&state, &conn, &mut frames).await;
 
     let subs = std::mem::take(&mut *lock(&conn.subs));
     state.router.unsubscribe_all(
@@ -145,7 +138,7 @@ pub async fn serve(state: Arc<State>, rd: Reader, mut wr: Writer, peer: Peer, tr
     );
     state.registry.remove(&conn);
     conn.outbox.close();
-    drop(rd);
+    drop(frames);
     let mut writer = writer;
     if tokio::time::timeout(state.config.shutdown_grace, &mut writer)
         .await
@@ -196,12 +189,9 @@ pub struct HelloInfo {
 }
 
 /// Reads and checks `Hello`. Returns what it said, or the error to send.
-async fn handshake(
-    state: &State,
-    frames: &mut FramedRead<Reader, codec::FrameCodec>,
-) -> Result<HelloInfo, (ErrorCode, String)> {
+async fn handshake(state: &State, frames: &mut Incoming) -> Result<HelloInfo, (ErrorCode, String)> {
     let t = state.config.handshake_timeout;
-    let body = match tokio::time::timeout(t, frames.next()).await {
+    let body = match tokio::time::timeout(t, frames.read_frame()).await {
         Err(_) => {
             state.policy.refused.count("handshake_timeout");
             return Err((
@@ -209,9 +199,9 @@ async fn handshake(
                 format!("no Hello within handshake_timeout ({t:?})"),
             ));
         }
-        Ok(None) => return Err((ErrorCode::Protocol, "connection ended before Hello".into())),
-        Ok(Some(Err(e))) => return Err(read_error(state, &e)),
-        Ok(Some(Ok(body))) => body,
+        Ok(Ok(None)) => return Err((ErrorCode::Protocol, "connection ended before Hello".into())),
+        Ok(Err(e)) => return Err(read_error(state, &e)),
+        Ok(Ok(Some(body))) => body,
     };
     check_hello(&body)
 }
@@ -252,37 +242,30 @@ fn frame_name(f: &ClientFrame<'_>) -> &'static str {
     }
 }
 
-/// Classifies a read error from the handshake's frame decoder.
+/// Classifies a read error: a frame over `max_frame`, the peer closing
+/// inside a frame, or the socket failing.
 fn read_error(state: &State, e: &std::io::Error) -> (ErrorCode, String) {
     if codec::is_frame_too_large(e) {
-        too_large(state)
-    } else if e.kind() == std::io::ErrorKind::UnexpectedEof || e.to_string().contains("bytes remaining") {
-        truncated()
+        state.policy.refused.count("max_frame");
+        (
+            ErrorCode::FrameTooLarge,
+            format!(
+                "frame length exceeds max_frame ({} bytes)",
+                state.config.max_frame
+            ),
+        )
+    } else if codec::is_truncated(e) {
+        (
+            ErrorCode::Protocol,
+            "truncated frame: connection ended inside a frame".into(),
+        )
     } else {
         (ErrorCode::Protocol, format!("read error: {e}"))
     }
 }
 
-fn too_large(state: &State) -> (ErrorCode, String) {
-    state.policy.refused.count("max_frame");
-    (
-        ErrorCode::FrameTooLarge,
-        format!(
-            "frame length exceeds max_frame ({} bytes)",
-            state.config.max_frame
-        ),
-    )
-}
-
-fn truncated() -> (ErrorCode, String) {
-    (
-        ErrorCode::Protocol,
-        "truncated frame: connection ended inside a frame".into(),
-    )
-}
-
 /// Reads and handles frames until the connection ends; returns why.
-async fn read_loop(state: &State, conn: &Arc<Conn>, rd: &mut Reader, mut buf: BytesMut) -> Fatal {
+async fn read_loop(state: &State, conn: &Arc<Conn>, frames: &mut Incoming) -> Fatal {
     let cfg = &state.config;
     let mut cache = RouteCache::default();
     let mut ping =
@@ -292,31 +275,21 @@ async fn read_loop(state: &State, conn: &Arc<Conn>, rd: &mut Reader, mut buf: By
     let shutdown = state.shutdown.cancelled();
     tokio::pin!(shutdown);
     loop {
-        let needed = match handle_frames(state, conn, &buf, &mut cache) {
-            Ok((used, needed)) => {
-                buf.advance(used);
-                needed
-            }
-            Err(f) => return f,
-        };
-        // Room for the rest of a large frame, or for a good-sized read.
-        let room = needed.saturating_sub(buf.len()).max(READ_MIN_ROOM);
-        if buf.capacity() - buf.len() < room {
-            buf.reserve(room.max(READ_BUFFER));
-        }
         tokio::select! {
             biased;
-            read = rd.read_buf(&mut buf) => match read {
-                Ok(0) if buf.is_empty() => return Fatal(CloseReason::End),
-                Ok(0) => {
-                    let (code, message) = truncated();
-                    return fatal(conn, code, message);
-                }
-                Ok(_) => {
+            read = frames.read_frames() => match read {
+                Ok(Some(chunk)) => {
                     missed = 0;
                     conn.stats.last_activity_ms.store(state.clock.now_ms(), Relaxed);
+                    if let Err(f) = handle_frames(state, conn, &chunk, &mut cache) {
+                        return f;
+                    }
                 }
-                Err(e) => return fatal(conn, ErrorCode::Protocol, format!("read error: {e}")),
+                Ok(None) => return Fatal(CloseReason::End),
+                Err(e) => {
+                    let (code, message) = read_error(state, &e);
+                    return fatal(conn, code, message);
+                }
             },
             _ = &mut shutdown => return Fatal(CloseReason::Shutdown),
             by = conn.kick.requested() => {
@@ -345,34 +318,20 @@ async fn read_loop(state: &State, conn: &Arc<Conn>, rd: &mut Reader, mut buf: By
     }
 }
 
-/// Handles every complete frame at the front of `buf`, in place. Returns the
-/// bytes used and the size the buffer must reach for the next frame.
-/// Publishes are delivered together once the frames are handled (or before
-/// the first frame of another kind); those accepted before a fatal frame are
-/// still delivered.
-fn handle_frames(
-    state: &State,
-    conn: &Arc<Conn>,
-    buf: &[u8],
-    cache: &mut RouteCache,
-) -> Result<(usize, usize), Fatal> {
+/// Handles the whole frames of one read, in place. Publishes are delivered
+/// together once the frames are handled (or before the first frame of
+/// another kind); those accepted before a fatal frame are still delivered.
+fn handle_frames(state: &State, conn: &Arc<Conn>, chunk: &[u8], cache: &mut RouteCache) -> Result<(), Fatal> {
     let mut pending = Deliveries::default();
-    let mut used = 0;
-    let result = loop {
-        match codec::next_frame(&buf[used..], state.config.max_frame) {
-            Ok(codec::Next::Frame(body)) => {
-                used += proto::LEN_PREFIX + body.len();
-                if let Err(f) = handle_frame(state, conn, body, cache, &mut pending) {
-                    break Err(f);
-                }
-            }
-            Ok(codec::Next::Incomplete { needed }) => break Ok((used, needed)),
-            Err(_) => {
-                let (code, message) = too_large(state);
-                break Err(fatal(conn, code, message));
-            }
+    let mut at = 0;
+    let mut result = Ok(());
+    while let Ok(codec::Next::Frame(body)) = codec::next_frame(&chunk[at..], u32::MAX) {
+        at += proto::LEN_PREFIX + body.len();
+        result = handle_frame(state, conn, body, cache, &mut pending);
+        if result.is_err() {
+            break;
         }
-    };
+    }
     pending.deliver();
     result
 }
@@ -450,35 +409,48 @@ fn publish<'a>(
     conn.stats.bytes_in.fetch_add(p.payload.len() as u64, Relaxed);
 
     // A cached subject was validated (and found unreserved) when it was cached.
-    let routes = match state.router.cached(p.subject, cache) {
-        Some(routes) => routes,
-        None => {
-            if let Err(e) = subject::validate_subject(p.subject) {
-                return Err(fatal(conn, ErrorCode::InvalidSubject, e.to_string()));
-            }
-            if let Err(message) = subject_limits(state, "subject", p.subject) {
-                conn.outbox
-                    .push_frame(&error_frame(ErrorCode::LimitExceeded, &message));
-                return Ok(());
-            }
-            if p.subject.starts_with(subject::RESERVED_PREFIX) {
-                if p.subject.starts_with(subject::API_PREFIX) {
-                    pending.deliver();
-                    api::handle(state, conn, p.subject, p.reply_to, p.payload);
-                } else {
-                    let e = subject::SubjectError::Reserved(p.subject.into());
-                    conn.outbox
-                        .push_frame(&error_frame(ErrorCode::Reserved, &e.to_string()));
-                }
-                return Ok(());
-            }
-            state.router.lookup(p.subject, cache)
+    if let Some(routes) = state.router.cached(p.subject, cache) {
+        route(state, conn, body, &p, routes, pending);
+        return Ok(());
+    }
+    if let Err(e) = subject::validate_subject(p.subject) {
+        return Err(fatal(conn, ErrorCode::InvalidSubject, e.to_string()));
+    }
+    if let Err(message) = subject_limits(state, "subject", p.subject) {
+        conn.outbox
+            .push_frame(&error_frame(ErrorCode::LimitExceeded, &message));
+        return Ok(());
+    }
+    if p.subject.starts_with(subject::RESERVED_PREFIX) {
+        if p.subject.starts_with(subject::API_PREFIX) {
+            pending.deliver();
+            api::handle(state, conn, p.subject, p.reply_to, p.payload);
+        } else {
+            let e = subject::SubjectError::Reserved(p.subject.into());
+            conn.outbox
+                .push_frame(&error_frame(ErrorCode::Reserved, &e.to_string()));
         }
-    };
+        return Ok(());
+    }
+    let routes = state.router.lookup(p.subject, cache);
+    route(state, conn, body, &p, &routes, pending);
+    Ok(())
+}
+
+/// Sends a valid publish on: to the bridges that want it, and to the local
+/// subscribers (`routes`); a request nobody anywhere takes gets `NoResponders`.
+fn route<'a>(
+    state: &State,
+    conn: &Conn,
+    body: &'a [u8],
+    p: &proto::Pub<'_>,
+    routes: &Arc<Routes>,
+    pending: &mut Deliveries<'a>,
+) {
     let remote = state.cluster.is_active()
         && state
             .cluster
-            .publish(state, p.subject, p.reply_to, p.payload, &routes);
+            .publish(state, p.subject, p.reply_to, p.payload, routes);
     if !routes.is_empty() {
         // Each subscriber's outbox gets its own copy, encoded from the
         // receive buffer: nothing is allocated per message.
@@ -489,7 +461,6 @@ fn publish<'a>(
                 .push_frame(&encode(&ServerFrame::NoResponders { reply_to }));
         }
     }
-    Ok(())
 }
 
 fn subscribe(state: &State, conn: &Arc<Conn>, s: proto::Sub<'_>) -> Result<(), Fatal> {

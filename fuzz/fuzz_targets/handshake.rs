@@ -5,25 +5,22 @@
 //! same decoding and subject checks as the connection's reader.
 #![no_main]
 
-use bytes::BytesMut;
 use libbus::{
-    codec,
-    proto::{self, ClientFrame},
+    codec::{self, Next},
+    proto::{self, ClientFrame, LEN_PREFIX},
     subject,
 };
 use libfuzzer_sys::fuzz_target;
-use tokio_util::codec::Decoder;
 
 fuzz_target!(|data: &[u8]| {
-    let mut codec = codec::frame_codec(4096);
-    let mut buf = BytesMut::from(data);
-    let first = match codec.decode(&mut buf) {
-        Ok(Some(f)) => f,
+    let first = match codec::next_frame(data, 4096) {
+        Ok(Next::Frame(f)) => f,
         _ => return, // needs more bytes, or refused by the frame splitter
     };
-    match busd::conn::check_hello(&first) {
+    let mut at = LEN_PREFIX + first.len();
+    match busd::conn::check_hello(first) {
         Ok(hello) => {
-            let Ok(ClientFrame::Hello(h)) = codec::decode::<ClientFrame>(&first) else {
+            let Ok(ClientFrame::Hello(h)) = codec::decode::<ClientFrame>(first) else {
                 panic!("accepted something that is not a Hello");
             };
             assert_eq!(h.version, proto::PROTOCOL_VERSION);
@@ -38,8 +35,9 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
     }
-    while let Ok(Some(frame)) = codec.decode(&mut buf) {
-        match codec::decode::<ClientFrame>(&frame) {
+    while let Ok(Next::Frame(frame)) = codec::next_frame(&data[at..], 4096) {
+        at += LEN_PREFIX + frame.len();
+        match codec::decode::<ClientFrame>(frame) {
             Ok(ClientFrame::Pub(p)) => {
                 if subject::validate_subject(p.subject).is_ok() {
                     assert!(!p.subject.is_empty());

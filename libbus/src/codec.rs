@@ -1,16 +1,14 @@
 //! Framing: a 4-byte little-endian length, then a postcard body.
 //!
 //! Reading checks each length against the maximum *before* allocating for the
-//! frame; "not enough bytes yet" is simply not an error. The hot paths read
-//! many frames per system call and walk them in place ([`next_frame`],
-//! [`FrameReader`]); [`FrameCodec`] (`tokio_util`'s `LengthDelimitedCodec`)
-//! serves the bridge links. Writing appends frames to a caller-owned buffer so
-//! many frames go out in one `write` call.
+//! frame; "not enough bytes yet" is simply not an error. Readers (client,
+//! daemon, bridge links) take many frames per system call and walk them in
+//! place ([`next_frame`], [`FrameReader`]). Writing appends frames to a
+//! caller-owned buffer so many frames go out in one `write` call.
 
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio_util::codec::{length_delimited::LengthDelimitedCodecError, Decoder, LengthDelimitedCodec};
 
 use crate::proto::{self, LEN_PREFIX};
 
@@ -35,52 +33,10 @@ pub enum CodecError {
 #[error("truncated frame: connection ended inside a frame")]
 pub struct Truncated;
 
-/// Decoder for length-prefixed frames with bodies of at most `max_frame`
-/// bytes: `LengthDelimitedCodec`, plus a typed [`Truncated`] error at EOF.
-#[derive(Debug)]
-pub struct FrameCodec(LengthDelimitedCodec);
-
-impl FrameCodec {
-    /// Changes the largest accepted body.
-    pub fn set_max_frame(&mut self, max_frame: usize) {
-        self.0.set_max_frame_length(max_frame);
-    }
-}
-
-impl Decoder for FrameCodec {
-    type Item = BytesMut;
-    type Error = std::io::Error;
-
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, std::io::Error> {
-        self.0.decode(src)
-    }
-
-    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, std::io::Error> {
-        match self.decode(src)? {
-            Some(frame) => Ok(Some(frame)),
-            None if src.is_empty() => Ok(None),
-            None => Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, Truncated)),
-        }
-    }
-}
-
-/// A decoder for frames with bodies of at most `max_frame` bytes.
-pub fn frame_codec(max_frame: u32) -> FrameCodec {
-    FrameCodec(
-        LengthDelimitedCodec::builder()
-            .little_endian()
-            .length_field_length(LEN_PREFIX)
-            .max_frame_length(max_frame as usize)
-            .new_codec(),
-    )
-}
-
 /// True if `err` is a reader refusing a length prefix above the maximum.
 pub fn is_frame_too_large(err: &std::io::Error) -> bool {
-    err.get_ref().is_some_and(|e| {
-        e.is::<LengthDelimitedCodecError>()
-            || matches!(e.downcast_ref::<CodecError>(), Some(CodecError::TooLarge { .. }))
-    })
+    err.get_ref()
+        .is_some_and(|e| matches!(e.downcast_ref::<CodecError>(), Some(CodecError::TooLarge { .. })))
 }
 
 /// True if `err` is the stream ending inside a frame.
@@ -176,8 +132,8 @@ pub enum Next<'a> {
 ///
 /// The daemon and the client read many frames per system call and walk the
 /// buffer with this, instead of splitting each frame off into its own
-/// reference-counted buffer (`FrameCodec`), which profiles showed to be a
-/// per-message cost on both sides.
+/// reference-counted buffer (as `tokio_util`'s `LengthDelimitedCodec` does),
+/// which profiles showed to be a per-message cost on both sides.
 pub fn next_frame(buf: &[u8], max_frame: u32) -> Result<Next<'_>, CodecError> {
     let Some(prefix) = buf.first_chunk::<LEN_PREFIX>() else {
         return Ok(Next::Incomplete { needed: LEN_PREFIX });
@@ -196,11 +152,11 @@ pub fn next_frame(buf: &[u8], max_frame: u32) -> Result<Next<'_>, CodecError> {
     }
 }
 
-/// Smallest room offered to one read of a [`FrameReader`].
+/// Default smallest room offered to one read of a [`FrameReader`].
 const READ_ROOM: usize = 8 << 10;
 
 /// Reads length-prefixed frames: every read takes in as much as the socket
-/// has (at least 8 KiB of room, more for a larger frame), and all the whole
+/// has (at least 8 KiB of room by default, more for a larger frame), and all the whole
 /// frames it completed come out together as one shared chunk, walked with
 /// [`next_frame`]. Each frame handed on from a chunk costs one reference
 /// count, not a split of the receive buffer.
@@ -209,6 +165,7 @@ pub struct FrameReader<R> {
     io: R,
     buf: BytesMut,
     max_frame: u32,
+    read_room: usize,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -218,7 +175,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             io,
             buf: BytesMut::new(),
             max_frame,
+            read_room: READ_ROOM,
         }
+    }
+
+    /// Offers each read at least `room` bytes (default 8 KiB). The daemon
+    /// takes 64 KiB at a time, so a fast publisher is drained in few reads.
+    pub fn with_read_room(mut self, room: usize) -> Self {
+        self.read_room = room.max(LEN_PREFIX);
+        self
     }
 
     /// Changes the largest accepted body.
@@ -272,7 +237,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// Reads once, with room for `needed` bytes in all. False at a clean end.
     async fn fill(&mut self, needed: usize) -> std::io::Result<bool> {
-        let room = needed.saturating_sub(self.buf.len()).max(READ_ROOM);
+        let room = needed.saturating_sub(self.buf.len()).max(self.read_room);
         self.buf.reserve(room);
         if self.io.read_buf(&mut self.buf).await? > 0 {
             Ok(true)
@@ -281,12 +246,6 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         } else {
             Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, Truncated))
         }
-    }
-
-    /// The underlying reader and whatever is buffered beyond the last frame
-    /// returned.
-    pub fn into_parts(self) -> (R, BytesMut) {
-        (self.io, self.buf)
     }
 }
 
@@ -357,8 +316,8 @@ mod tests {
     use super::*;
     use crate::proto::*;
 
-    #[test]
-    fn round_trip_through_codec() {
+    #[tokio::test]
+    async fn round_trip_through_codec() {
         let frames = [
             ClientFrame::Hello(Hello {
                 version: 1,
@@ -384,42 +343,41 @@ mod tests {
         for f in &frames {
             encode_into(f, &mut buf, DEFAULT_MAX_FRAME).unwrap();
         }
-        let mut codec = frame_codec(DEFAULT_MAX_FRAME);
-        let mut src = BytesMut::from(&buf[..]);
+        let mut r = FrameReader::new(&buf[..], DEFAULT_MAX_FRAME);
         for f in &frames {
-            let body = codec.decode(&mut src).unwrap().unwrap();
+            let body = r.read_frame().await.unwrap().unwrap();
             let got: ClientFrame = decode(&body).unwrap();
             assert_eq!(&got, f);
         }
-        assert!(codec.decode(&mut src).unwrap().is_none());
+        assert!(r.read_frame().await.unwrap().is_none());
     }
 
-    #[test]
-    fn oversized_length_rejected_before_allocation() {
-        let mut codec = frame_codec(1024);
-        let mut src = BytesMut::from(&u32::MAX.to_le_bytes()[..]);
-        let err = codec.decode(&mut src).unwrap_err();
+    #[tokio::test]
+    async fn oversized_length_rejected_before_allocation() {
+        let huge = u32::MAX.to_le_bytes();
+        let mut r = FrameReader::new(&huge[..], 1024);
+        let err = r.read_frame().await.unwrap_err();
         assert!(is_frame_too_large(&err));
-        assert!(src.capacity() < 1 << 20);
+        assert!(r.buf.capacity() < 1 << 20);
     }
 
     #[test]
     fn partial_frame_is_not_an_error() {
         let mut buf = Vec::new();
         encode_into(&ClientFrame::Ping, &mut buf, 64).unwrap();
-        let mut codec = frame_codec(64);
-        let mut src = BytesMut::from(&buf[..buf.len() - 1]);
-        assert!(codec.decode(&mut src).unwrap().is_none());
+        assert!(matches!(
+            next_frame(&buf[..buf.len() - 1], 64),
+            Ok(Next::Incomplete { .. })
+        ));
     }
 
-    #[test]
-    fn eof_inside_a_frame_is_truncated() {
-        let mut codec = frame_codec(64);
-        let mut src = BytesMut::from(&[10, 0, 0, 0, 1, 2][..]);
-        let err = codec.decode_eof(&mut src).unwrap_err();
+    #[tokio::test]
+    async fn eof_inside_a_frame_is_truncated() {
+        let cut = [10, 0, 0, 0, 1, 2];
+        let err = FrameReader::new(&cut[..], 64).read_frame().await.unwrap_err();
         assert!(is_truncated(&err));
-        let mut empty = BytesMut::new();
-        assert!(codec.decode_eof(&mut empty).unwrap().is_none());
+        let empty: &[u8] = &[];
+        assert!(FrameReader::new(empty, 64).read_frame().await.unwrap().is_none());
     }
 
     #[test]

@@ -2,14 +2,12 @@
 //! bytes never panic the decoder, and subject validation and wildcard
 //! matching agree with simple reference implementations.
 
-use bytes::BytesMut;
 use libbus::{
     codec,
     proto::{self, api, ClientFrame, ErrorCode, ServerFrame},
     subject,
 };
 use proptest::prelude::*;
-use tokio_util::codec::Decoder;
 
 fn text() -> impl Strategy<Value = String> {
     prop_oneof!["[a-z.*>]{0,12}", any::<String>(), Just(String::new()),]
@@ -35,19 +33,17 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
     ]
 }
 
-/// Encodes `frame`, splits it off a buffer with the frame codec, decodes it.
+/// Encodes `frame`, finds it in the buffer with the frame splitter, decodes it.
 fn through_the_wire<'a, T>(frame: &T, wire: &'a mut Vec<u8>) -> T
 where
     T: serde::Serialize + serde::Deserialize<'a>,
 {
     codec::encode_into(frame, wire, u32::MAX).expect("encodes");
-    let mut buf = BytesMut::from(&wire[..]);
-    let body = codec::frame_codec(u32::MAX)
-        .decode(&mut buf)
-        .expect("valid framing")
-        .expect("one whole frame");
-    assert!(buf.is_empty(), "exactly one frame");
-    assert_eq!(&body[..], &wire[proto::LEN_PREFIX..]);
+    let Ok(codec::Next::Frame(body)) = codec::next_frame(wire, u32::MAX) else {
+        panic!("one whole frame");
+    };
+    assert_eq!(proto::LEN_PREFIX + body.len(), wire.len(), "exactly one frame");
+    assert_eq!(body, &wire[proto::LEN_PREFIX..]);
     codec::decode(&wire[proto::LEN_PREFIX..]).expect("decodes")
 }
 
@@ -179,20 +175,20 @@ proptest! {
 
     #[test]
     fn arbitrary_bytes_never_panic_the_decoder(data in prop::collection::vec(any::<u8>(), 0..2048), max in 0u32..4096) {
-        let mut c = codec::frame_codec(max);
-        let mut buf = BytesMut::from(&data[..]);
+        let mut at = 0;
         // Each successful step consumes at least the 4-byte prefix: bounded.
         for _ in 0..=data.len() / 4 {
-            match c.decode(&mut buf) {
-                Ok(Some(body)) => {
+            match codec::next_frame(&data[at..], max) {
+                Ok(codec::Next::Frame(body)) => {
+                    at += proto::LEN_PREFIX + body.len();
                     prop_assert!(body.len() <= max as usize);
-                    let _ = codec::decode::<ClientFrame>(&body);
-                    let _ = codec::decode::<ServerFrame>(&body);
-                    let _ = codec::decode::<api::ServerInfo>(&body);
-                    let _ = codec::decode::<Vec<api::ConnInfo>>(&body);
-                    let _ = codec::decode::<proto::link::LinkFrame>(&body);
+                    let _ = codec::decode::<ClientFrame>(body);
+                    let _ = codec::decode::<ServerFrame>(body);
+                    let _ = codec::decode::<api::ServerInfo>(body);
+                    let _ = codec::decode::<Vec<api::ConnInfo>>(body);
+                    let _ = codec::decode::<proto::link::LinkFrame>(body);
                 }
-                Ok(None) | Err(_) => break,
+                Ok(codec::Next::Incomplete { .. }) | Err(_) => break,
             }
         }
         // Whole input as a body, too (no framing).

@@ -12,7 +12,6 @@ use std::{
 };
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use libbus::{
     codec,
     proto::{
@@ -21,11 +20,10 @@ use libbus::{
         link::LinkFrame,
         ClientFrame, ServerFrame,
     },
-    transport::{Reader, Writer},
+    transport::Writer,
     Address, ConnectOptions, Reconnect,
 };
 use tokio::io::AsyncWriteExt;
-use tokio_util::codec::FramedRead;
 
 use super::encode;
 use crate::{outbox::Published, registry::lock, server::State};
@@ -239,7 +237,7 @@ async fn dial_loop(state: Arc<State>, link: Arc<Link>) {
     }
 }
 
-type Frames = FramedRead<Reader, codec::FrameCodec>;
+type Frames = crate::conn::Incoming;
 
 /// Connects and completes the bridge handshake; returns the remote node id.
 async fn dial(state: &State, address: &Address) -> libbus::Result<(Frames, Writer, String)> {
@@ -259,10 +257,10 @@ async fn dial(state: &State, address: &Address) -> libbus::Result<(Frames, Write
         codec::encode_into(&hello, &mut buf, u32::MAX).map_err(|e| libbus::Error::Protocol(e.to_string()))?;
         tx.write_all(&buf).await?;
         tx.flush().await?;
-        let mut frames = FramedRead::new(rx, codec::frame_codec(link_max_frame(state)));
-        let first = frames.next().await.ok_or(libbus::Error::Disconnected {
+        let mut frames = Frames::new(rx, link_max_frame(state));
+        let first = frames.read_frame().await?.ok_or(libbus::Error::Disconnected {
             reason: Some("closed during the bridge handshake".into()),
-        })??;
+        })?;
         match codec::decode::<ServerFrame>(&first).map_err(|e| libbus::Error::Protocol(e.to_string()))? {
             ServerFrame::Welcome(w) => Ok((frames, tx, w.server_id.to_owned())),
             ServerFrame::Error { code, message } => Err(libbus::Error::Server {
@@ -368,11 +366,11 @@ async fn read_loop(state: &Arc<State>, link: &Arc<Link>, mut frames: Frames) -> 
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            frame = frames.next() => {
+            frame = frames.read_frame() => {
                 let body = match frame {
-                    None => return "closed by the other side".into(),
-                    Some(Err(e)) => return format!("read failed: {e}"),
-                    Some(Ok(b)) => b,
+                    Ok(None) => return "closed by the other side".into(),
+                    Err(e) => return format!("read failed: {e}"),
+                    Ok(Some(b)) => b,
                 };
                 last_heard = Instant::now();
                 match codec::decode::<LinkFrame>(&body) {

@@ -104,31 +104,38 @@ impl Routes {
 /// so effects stay in the order the frames came in.
 #[derive(Debug, Default)]
 pub struct Deliveries<'a> {
-    items: Vec<(Arc<Routes>, PubFrame<'a>)>,
+    /// Runs of consecutive messages with the same routes: (routes, count).
+    runs: Vec<(Arc<Routes>, usize)>,
+    /// The messages, in order.
+    msgs: Vec<PubFrame<'a>>,
 }
 
 /// Publishes a reader gathers before delivering them.
 const DELIVERIES_MAX: usize = 256;
 
 impl<'a> Deliveries<'a> {
-    /// Adds a message for `routes`; delivers everything once enough gathered.
-    pub fn push(&mut self, routes: Arc<Routes>, msg: PubFrame<'a>) {
-        self.items.push((routes, msg));
-        if self.items.len() >= DELIVERIES_MAX {
+    /// Adds a message for `routes` (shared only when a new run starts);
+    /// delivers everything once enough gathered.
+    pub fn push(&mut self, routes: &Arc<Routes>, msg: PubFrame<'a>) {
+        match self.runs.last_mut() {
+            Some((r, n)) if Arc::ptr_eq(r, routes) => *n += 1,
+            _ => self.runs.push((routes.clone(), 1)),
+        }
+        self.msgs.push(msg);
+        if self.msgs.len() >= DELIVERIES_MAX {
             self.deliver();
         }
     }
 
     /// Queues everything gathered, in order.
     pub fn deliver(&mut self) {
-        let mut rest = &self.items[..];
-        while let Some((routes, _)) = rest.first() {
-            let run = rest.iter().take_while(|(r, _)| Arc::ptr_eq(r, routes)).count();
-            let (same, after) = rest.split_at(run);
-            routes.deliver_run(same.iter().map(|(_, m)| *m));
+        let mut rest = &self.msgs[..];
+        for (routes, n) in self.runs.drain(..) {
+            let (run, after) = rest.split_at(n);
+            routes.deliver_run(run.iter().copied());
             rest = after;
         }
-        self.items.clear();
+        self.msgs.clear();
     }
 }
 
@@ -253,21 +260,19 @@ impl Router {
     /// The routes for `subject` if `cache` holds them and is current. Only
     /// subjects that passed validation are ever cached, so a hit also means
     /// the subject is valid.
-    pub fn cached(&self, subject: &str, cache: &mut RouteCache) -> Option<Arc<Routes>> {
+    pub fn cached<'c>(&self, subject: &str, cache: &'c mut RouteCache) -> Option<&'c Arc<Routes>> {
         let generation = self.generation.load(Ordering::Acquire);
         if cache.generation != generation {
             cache.routes.clear();
             cache.generation = generation;
             return None;
         }
-        cache.routes.get(subject).cloned()
+        cache.routes.get(subject)
     }
 
-    /// The routes for a validated `subject`, from the trie, remembered in `cache`.
+    /// The routes for a validated `subject` that [`cached`](Self::cached)
+    /// did not have: from the trie, remembered in `cache`.
     pub fn lookup(&self, subject: &str, cache: &mut RouteCache) -> Arc<Routes> {
-        if let Some(r) = self.cached(subject, cache) {
-            return r;
-        }
         let routes = self.lookup_uncached(subject);
         if cache.routes.len() >= CACHE_MAX {
             cache.routes.clear();
