@@ -400,3 +400,20 @@ fn closed_stdout_ends_quietly() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+/// A bench count of zero is refused up front, naming the flag, rather than
+/// running an empty or silently adjusted workload.
+#[test]
+fn bench_refuses_zero_counts() {
+    for (args, flag) in [
+        (&["bench", "pubsub", "--msgs", "0"][..], "--msgs"),
+        (&["bench", "pubsub", "--pubs", "0"], "--pubs"),
+        (&["bench", "fanout", "--subs", "0"], "--subs"),
+        (&["bench", "reqrep", "--requesters", "0"], "--requesters"),
+    ] {
+        let out = Command::new(CLI).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr.contains(flag), "{args:?}: {stderr}");
+    }
+}

@@ -45,25 +45,25 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 128)]
     pub size: usize,
     /// Messages (requests in reqrep) in total.
-    #[arg(long, default_value_t = 1_000_000)]
+    #[arg(long, default_value_t = 1_000_000, value_parser = at_least_one::<u64>())]
     pub msgs: u64,
     /// Run for this long instead of a message count (e.g. 5s).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
     /// Publishers (pubsub).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = at_least_one::<usize>())]
     pub pubs: usize,
     /// Subscribers (pubsub, fanout).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one::<usize>())]
     pub subs: Option<usize>,
     /// Concurrent requesters (reqrep).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = at_least_one::<usize>())]
     pub requesters: usize,
     /// Non-matching subscriptions to add (routing).
     #[arg(long, default_value_t = 100_000)]
     pub subscriptions: usize,
     /// Idle connections to hold (conns).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = at_least_one::<usize>())]
     pub conns: usize,
     /// Also measure the raw Unix-socket baseline and print ratios.
     #[arg(long)]
@@ -71,6 +71,14 @@ pub struct BenchArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// A count flag that must be 1 or more (clap says so, naming the flag).
+fn at_least_one<T>() -> clap::builder::RangedU64ValueParser<T>
+where
+    T: TryFrom<u64> + Clone + Send + Sync + 'static,
+{
+    clap::builder::RangedU64ValueParser::new().range(1..)
 }
 
 /// Latency percentiles, in microseconds.
