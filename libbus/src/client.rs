@@ -27,9 +27,10 @@ use tokio::{
 use crate::{
     codec::{self, CodecError},
     events::{Event, Events},
+    message::Found,
     proto::{self, ClientFrame, ErrorCode},
     session::{self, Link, Reconnect},
-    subject, Address, Delivery, Error, Message, Result, Subscription,
+    subject, Address, Error, Message, Result, Subscription,
 };
 
 /// Tunables for one connection. `ConnectOptions::default()` is what
@@ -48,6 +49,12 @@ pub struct ConnectOptions {
     /// Bytes of unsent frames after which `publish` waits for the socket.
     /// Default 8 MiB.
     pub max_write_buffer: usize,
+    /// Room offered to each read of the socket, in bytes (more for a larger
+    /// frame). Received messages share the buffer of the read they arrived
+    /// in. Default 64 KiB: a busy subscriber takes in about 400 messages of
+    /// 128 B per system call (8 KiB cost it about a quarter more CPU per
+    /// message).
+    pub read_buffer: usize,
     /// How to reconnect after the link fails; `None` closes the `Bus`
     /// instead. Default: [`Reconnect::default`].
     pub reconnect: Option<Reconnect>,
@@ -87,6 +94,7 @@ impl Default for ConnectOptions {
             request_timeout: Duration::from_secs(5),
             subscription_capacity: 8192,
             max_write_buffer: 8 << 20,
+            read_buffer: 64 << 10,
             reconnect: Some(Reconnect::default()),
             reconnect_buffer: 8 << 20,
             token: env_nonempty(ENV_TOKEN),
@@ -175,7 +183,24 @@ pub(crate) struct Output {
 /// Deliveries handed to a subscription at once: the reader groups what one
 /// socket read brought in, so a busy subscription costs one channel send per
 /// read rather than per message.
-pub(crate) type Batch = Vec<Delivery>;
+#[derive(Debug)]
+pub(crate) enum Batch {
+    /// Messages located in one received chunk; the subscription builds each
+    /// [`Message`] as it is taken.
+    Messages { chunk: bytes::Bytes, found: Vec<Found> },
+    /// The daemon dropped this many messages.
+    Lagged(u64),
+}
+
+impl Batch {
+    /// Deliveries in the batch (each takes one unit of subscription capacity).
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Batch::Messages { found, .. } => found.len(),
+            Batch::Lagged(_) => 1,
+        }
+    }
+}
 
 /// Largest batch; also bounded by the subscription's capacity.
 const MAX_BATCH: usize = 256;
@@ -429,7 +454,8 @@ impl Bus {
             rx,
             space,
             taken: 0,
-            buffered: Vec::new().into_iter(),
+            chunk: bytes::Bytes::new(),
+            found: Vec::new().into_iter(),
             bus: self.clone(),
             dropped: 0,
         };

@@ -263,28 +263,66 @@ pub fn decode_server_frame(body: &[u8]) -> Result<proto::ServerFrame<'_>, CodecE
 /// The `Msg` in `body` if it is one in postcard's plain encoding; `None`
 /// when postcard has to decide.
 fn decode_msg(body: &[u8]) -> Option<proto::Msg<'_>> {
+    let m = raw_msg(body)?;
+    Some(proto::Msg {
+        sid: m.sid,
+        subject: std::str::from_utf8(m.subject).ok()?,
+        reply_to: match m.reply_to {
+            Some(r) => Some(std::str::from_utf8(r).ok()?),
+            None => None,
+        },
+        payload: m.payload,
+    })
+}
+
+/// A `Msg` frame's fields as byte slices of its body (see [`raw_msg`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawMsg<'a> {
+    /// The subscription the delivery is for.
+    pub sid: u64,
+    /// The subject, checked to be UTF-8.
+    pub subject: &'a [u8],
+    /// The reply subject, checked to be UTF-8.
+    pub reply_to: Option<&'a [u8]>,
+    /// The payload.
+    pub payload: &'a [u8],
+}
+
+/// The `Msg` in `body` if it is one in postcard's plain encoding, without
+/// building `&str`s: the client's receive path keeps only where the fields
+/// lie, and [`Message`](crate::Message) makes the `&str` when asked. `None`
+/// for anything else, which [`decode_server_frame`] (postcard) then decides.
+pub fn raw_msg(body: &[u8]) -> Option<RawMsg<'_>> {
     let (&tag, rest) = body.split_first()?;
     if tag != proto::MSG_TAG {
         return None;
     }
     let (sid, rest) = take_varint(rest)?;
     let (subject, rest) = take_bytes(rest)?;
-    let subject = std::str::from_utf8(subject).ok()?;
     let (reply_to, rest) = match rest.split_first()? {
         (0, rest) => (None, rest),
         (1, rest) => {
             let (r, rest) = take_bytes(rest)?;
-            (Some(std::str::from_utf8(r).ok()?), rest)
+            (Some(r), rest)
         }
         _ => return None,
     };
     let (payload, _) = take_bytes(rest)?;
-    Some(proto::Msg {
+    if !is_utf8(subject) || !reply_to.is_none_or(is_utf8) {
+        return None;
+    }
+    Some(RawMsg {
         sid,
         subject,
         reply_to,
         payload,
     })
+}
+
+/// UTF-8 check with an ASCII fast path: subjects are nearly always ASCII,
+/// and for short strings `is_ascii` costs a fraction of `str::from_utf8`.
+fn is_utf8(b: &[u8]) -> bool {
+    b.is_ascii() || std::str::from_utf8(b).is_ok()
 }
 
 /// A varint of at most 9 bytes (up to 2^63 - 1); longer ones go to postcard.

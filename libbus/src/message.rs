@@ -30,6 +30,36 @@ pub(crate) struct Parts {
     payload: Span,
 }
 
+/// A message the reader found in a received chunk: where its frame body
+/// lies in the chunk, and its parts. The subscription turns it into a
+/// [`Message`] ([`Message::found_in`]) when the application takes it, so the
+/// reference count on the chunk is taken and dropped on the consumer's
+/// thread.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Found {
+    start: usize,
+    end: usize,
+    parts: Parts,
+}
+
+impl Found {
+    /// The message whose frame body is `chunk[start..end]`.
+    pub(crate) fn new(start: usize, end: usize, parts: Parts) -> Self {
+        Self { start, end, parts }
+    }
+
+    /// True if the message can be answered (it has a reply subject).
+    pub(crate) fn is_request(&self) -> bool {
+        self.parts.reply_to.is_some()
+    }
+
+    /// The message's subject, read from the `chunk` it was found in.
+    pub(crate) fn subject_in<'a>(&self, chunk: &'a [u8]) -> &'a str {
+        let frame = chunk.get(self.start..self.end).unwrap_or_default();
+        std::str::from_utf8(self.parts.subject.get(frame)).unwrap_or_default()
+    }
+}
+
 /// A range of a message's frame.
 #[derive(Debug, Clone, Copy)]
 struct Span {
@@ -58,10 +88,10 @@ impl Span {
 impl Message {
     /// Where a decoded message's `subject`, `reply_to` and `payload`
     /// (borrowed from `frame`) lie in it.
-    pub(crate) fn locate(frame: &[u8], subject: &str, reply_to: Option<&str>, payload: &[u8]) -> Parts {
+    pub(crate) fn locate(frame: &[u8], subject: &[u8], reply_to: Option<&[u8]>, payload: &[u8]) -> Parts {
         Parts {
-            subject: Span::of(frame, subject.as_bytes()),
-            reply_to: reply_to.map(|r| Span::of(frame, r.as_bytes())),
+            subject: Span::of(frame, subject),
+            reply_to: reply_to.map(|r| Span::of(frame, r)),
             payload: Span::of(frame, payload),
         }
     }
@@ -75,6 +105,11 @@ impl Message {
             payload: parts.payload,
             shared,
         }
+    }
+
+    /// The message `found` in `chunk`: a shared slice of it, no copy.
+    pub(crate) fn found_in(chunk: &Bytes, found: Found, shared: Option<Arc<Shared>>) -> Self {
+        Self::new(chunk.slice(found.start..found.end), found.parts, shared)
     }
 
     fn text(&self, span: Span) -> &str {

@@ -14,15 +14,17 @@ use std::{
     time::Duration,
 };
 
+use bytes::Bytes;
 use rustls::pki_types::ServerName;
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 
 use crate::{
     client::{lock, Batch, Shared},
     codec::{self, Next},
+    message::Found,
     proto::{self, ClientFrame, ServerFrame},
     transport::{self, Reader, Writer},
-    Address, ConnectOptions, Delivery, Error, Message, Result,
+    Address, ConnectOptions, Error, Message, Result,
 };
 
 /// The reading side of a link.
@@ -98,7 +100,7 @@ pub(crate) async fn open(address: &Address, opts: &ConnectOptions) -> Result<Lin
     }
     .await;
 
-    let mut frames = Frames::new(rx, proto::DEFAULT_MAX_FRAME);
+    let mut frames = Frames::new(rx, proto::DEFAULT_MAX_FRAME).with_read_room(opts.read_buffer);
     if let Err(e) = written {
         // A daemon that refuses at once (max_connections) may have closed
         // before our Hello arrived; its Error frame says why.
@@ -283,23 +285,35 @@ struct Batching {
     expected: usize,
 }
 
-/// Adds `d` to the pending batch of `sid`; true if that batch is now full.
-fn add_pending(pending: &mut Vec<(u64, Batch)>, sid: u64, d: Delivery, b: Batching) -> bool {
-    let i = match pending.iter().position(|(s, _)| *s == sid) {
-        Some(i) => i,
-        None => {
-            pending.push((sid, Vec::with_capacity(b.expected.clamp(1, b.max))));
-            pending.len() - 1
-        }
-    };
-    pending[i].1.push(d);
-    pending[i].1.len() >= b.max
+/// Deliveries gathered from one read, per subscription, in arrival order.
+type Pending = Vec<(u64, Batch)>;
+
+/// Adds message `found` (in `chunk`) to the pending batch of `sid`; true if
+/// that batch is now full.
+fn add_message(pending: &mut Pending, sid: u64, chunk: &Bytes, found: Found, b: Batching) -> bool {
+    // The latest batch of `sid`, unless a loss notice came after it.
+    if let Some((_, Batch::Messages { found: list, .. })) = pending.iter_mut().rev().find(|(s, _)| *s == sid)
+    {
+        list.push(found);
+        return list.len() >= b.max;
+    }
+    let mut list = Vec::with_capacity(b.expected.clamp(1, b.max));
+    list.push(found);
+    let full = list.len() >= b.max;
+    pending.push((
+        sid,
+        Batch::Messages {
+            chunk: chunk.clone(),
+            found: list,
+        },
+    ));
+    full
 }
 
 /// Reads one link until it ends; returns why.
 async fn read_loop(shared: &Arc<Shared>, mut frames: Frames) -> String {
     let max_batch = shared.batch_size();
-    let mut pending: Vec<(u64, Batch)> = Vec::new();
+    let mut pending = Pending::new();
     let reason = 'link: loop {
         // Hand over what the last read brought in before waiting on the socket.
         if !pending.is_empty() {
@@ -312,16 +326,18 @@ async fn read_loop(shared: &Arc<Shared>, mut frames: Frames) -> String {
         };
         let mut at = 0;
         while let Ok(Next::Frame(body)) = codec::next_frame(&chunk[at..], u32::MAX) {
-            let len = proto::LEN_PREFIX + body.len();
             // Frames like this one still in the chunk (a stream is uniform).
-            let expected = (chunk.len() - at) / len;
-            at += len;
+            let expected = (chunk.len() - at) / (proto::LEN_PREFIX + body.len());
+            let start = at + proto::LEN_PREFIX;
+            at = start + body.len();
             let batching = Batching {
                 max: max_batch,
                 expected,
             };
-            if let Err(reason) = handle_frame(shared, &chunk, body, &mut pending, batching).await {
-                break 'link reason;
+            match handle_frame(shared, &chunk, start, body, &mut pending, batching) {
+                Ok(false) => {}
+                Ok(true) => shared.deliver_all(&mut pending).await,
+                Err(reason) => break 'link reason,
             }
         }
     };
@@ -330,36 +346,43 @@ async fn read_loop(shared: &Arc<Shared>, mut frames: Frames) -> String {
     reason
 }
 
-/// Handles one frame `body` of the received `chunk`; `Err` ends the link.
-async fn handle_frame(
+/// Handles one frame `body`, which starts at `start` in the received
+/// `chunk`. `Ok(true)`: a batch is full, hand the pending ones over before
+/// going on. `Err` ends the link.
+fn handle_frame(
     shared: &Arc<Shared>,
-    chunk: &bytes::Bytes,
+    chunk: &Bytes,
+    start: usize,
     body: &[u8],
-    pending: &mut Vec<(u64, Batch)>,
+    pending: &mut Pending,
     batching: Batching,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<bool, String> {
+    // The hot path: a delivery, located without building a `ServerFrame`.
+    let at = |msg: codec::RawMsg<'_>| {
+        let parts = Message::locate(body, msg.subject, msg.reply_to, msg.payload);
+        (msg.sid, Found::new(start, start + body.len(), parts))
+    };
+    if let Some(msg) = codec::raw_msg(body) {
+        let (sid, found) = at(msg);
+        return Ok(on_msg(shared, chunk, sid, found, pending, batching));
+    }
     let decoded = match codec::decode_server_frame(body) {
         Ok(f) => f,
         Err(e) => return Err(format!("bad frame from daemon: {e}")),
     };
     match decoded {
         ServerFrame::Msg(m) => {
-            // Only requests can be answered; others skip the refcount.
-            let answer_on = m.reply_to.map(|_| shared.clone());
-            let parts = Message::locate(body, m.subject, m.reply_to, m.payload);
-            // The message shares the chunk: one reference count, no copy.
-            let msg = Message::new(chunk.slice_ref(body), parts, answer_on);
-            if m.sid == shared.inbox_sid.load(Ordering::Acquire) {
-                shared.complete_request(m.subject, |_| Ok(msg));
-            } else if add_pending(pending, m.sid, Delivery::Message(msg), batching) {
-                shared.deliver_all(pending).await;
-            }
+            let (sid, found) = at(codec::RawMsg {
+                sid: m.sid,
+                subject: m.subject.as_bytes(),
+                reply_to: m.reply_to.map(str::as_bytes),
+                payload: m.payload,
+            });
+            return Ok(on_msg(shared, chunk, sid, found, pending, batching));
         }
         ServerFrame::Lagged { sid, dropped } => {
             shared.lagged(sid, dropped);
-            if add_pending(pending, sid, Delivery::Lagged(dropped), batching) {
-                shared.deliver_all(pending).await;
-            }
+            pending.push((sid, Batch::Lagged(dropped)));
         }
         ServerFrame::NoResponders { reply_to } => {
             shared.complete_request(reply_to, |subject| Err(Error::NoResponders { subject }));
@@ -379,5 +402,26 @@ async fn handle_frame(
         }
         ServerFrame::Welcome(_) => return Err("unexpected Welcome from daemon".into()),
     }
-    Ok(())
+    Ok(false)
+}
+
+/// A delivery `found` in `chunk` for subscription `sid`: a reply completes
+/// its request, anything else joins the subscription's pending batch. True
+/// if that batch is now full.
+fn on_msg(
+    shared: &Arc<Shared>,
+    chunk: &Bytes,
+    sid: u64,
+    found: Found,
+    pending: &mut Pending,
+    batching: Batching,
+) -> bool {
+    if sid != shared.inbox_sid.load(Ordering::Acquire) {
+        return add_message(pending, sid, chunk, found, batching);
+    }
+    // A reply: the message shares the chunk, no copy.
+    let answer_on = found.is_request().then(|| shared.clone());
+    let msg = Message::found_in(chunk, found, answer_on);
+    shared.complete_request(found.subject_in(chunk), |_| Ok(msg));
+    false
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::{client::Batch, Bus, Delivery, Message};
+use crate::{client::Batch, message::Found, Bus, Delivery, Message};
 
 /// Messages matching one pattern, in the order the daemon delivered them.
 ///
@@ -27,10 +27,12 @@ pub struct Subscription {
     pub(crate) rx: mpsc::UnboundedReceiver<Batch>,
     /// Room for deliveries (see `SubEntry::space`).
     pub(crate) space: Arc<Semaphore>,
-    /// Permits taken for `buffered`, returned once it is consumed.
+    /// Permits taken for `found`, returned once it is consumed.
     pub(crate) taken: usize,
-    /// The rest of the last batch received.
-    pub(crate) buffered: std::vec::IntoIter<Delivery>,
+    /// The chunk the messages of the last batch lie in (empty once consumed).
+    pub(crate) chunk: bytes::Bytes,
+    /// The messages of the last batch not yet taken.
+    pub(crate) found: std::vec::IntoIter<Found>,
     pub(crate) bus: Bus,
     pub(crate) dropped: u64,
 }
@@ -58,20 +60,28 @@ impl Subscription {
 
     fn poll_delivery(&mut self, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
         loop {
-            if let Some(d) = self.buffered.next() {
-                if let Delivery::Lagged(n) = d {
-                    self.dropped += n;
-                }
-                if self.buffered.len() == 0 {
-                    // The batch is consumed: make room for the next ones.
+            if let Some(found) = self.found.next() {
+                // Only requests can be answered; others skip the refcount.
+                let answer_on = found.is_request().then(|| self.bus.shared.clone());
+                let msg = Message::found_in(&self.chunk, found, answer_on);
+                if self.found.len() == 0 {
+                    // The batch is consumed: let go of its chunk (the reader
+                    // can reuse it) and make room for the next ones.
+                    self.chunk = bytes::Bytes::new();
                     self.space.add_permits(std::mem::take(&mut self.taken));
                 }
-                return Poll::Ready(Some(d));
+                return Poll::Ready(Some(Delivery::Message(msg)));
             }
             match self.rx.poll_recv(cx) {
-                Poll::Ready(Some(batch)) => {
-                    self.taken = batch.len();
-                    self.buffered = batch.into_iter();
+                Poll::Ready(Some(Batch::Messages { chunk, found })) => {
+                    self.taken = found.len();
+                    self.chunk = chunk;
+                    self.found = found.into_iter();
+                }
+                Poll::Ready(Some(Batch::Lagged(n))) => {
+                    self.dropped += n;
+                    self.space.add_permits(1);
+                    return Poll::Ready(Some(Delivery::Lagged(n)));
                 }
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending => return Poll::Pending,

@@ -141,6 +141,9 @@ proptest! {
         codec::encode_into(&msg, &mut wire, u32::MAX).unwrap();
         let body = &wire[proto::LEN_PREFIX..];
         prop_assert_eq!(codec::decode_server_frame(body).unwrap(), msg);
+        // The client's receive path reads plain encodings without postcard
+        // (sids from 2^63 take a 10-byte varint, left to postcard).
+        prop_assert_eq!(codec::raw_msg(body).is_some(), sid < 1 << 63);
         // Damaged, cut short, or followed by bytes postcard ignores: the
         // direct path agrees with postcard on success and on failure.
         let mut damaged = body.to_vec();
@@ -152,6 +155,17 @@ proptest! {
             let direct = codec::decode_server_frame(b);
             let generic = codec::decode::<ServerFrame>(b);
             prop_assert_eq!(direct.is_ok(), generic.is_ok(), "{:?}", b);
+            // Whatever the raw path accepts, postcard decodes to the same Msg
+            // (UTF-8 checks included); what it leaves, the reader hands to postcard.
+            if let Some(raw) = codec::raw_msg(b) {
+                let Ok(ServerFrame::Msg(m)) = &generic else {
+                    return Err(TestCaseError::fail(format!("raw path accepted {b:?}")));
+                };
+                prop_assert_eq!(
+                    (raw.sid, raw.subject, raw.reply_to, raw.payload),
+                    (m.sid, m.subject.as_bytes(), m.reply_to.map(str::as_bytes), m.payload)
+                );
+            }
             if let (Ok(d), Ok(g)) = (direct, generic) {
                 prop_assert_eq!(d, g);
             }
