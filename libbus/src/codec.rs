@@ -298,16 +298,7 @@ pub fn raw_msg(body: &[u8]) -> Option<RawMsg<'_>> {
         return None;
     }
     let (sid, rest) = take_varint(rest)?;
-    let (subject, rest) = take_bytes(rest)?;
-    let (reply_to, rest) = match rest.split_first()? {
-        (0, rest) => (None, rest),
-        (1, rest) => {
-            let (r, rest) = take_bytes(rest)?;
-            (Some(r), rest)
-        }
-        _ => return None,
-    };
-    let (payload, _) = take_bytes(rest)?;
+    let (subject, reply_to, payload) = take_message(rest)?;
     if !is_utf8(subject) || !reply_to.is_none_or(is_utf8) {
         return None;
     }
@@ -317,6 +308,52 @@ pub fn raw_msg(body: &[u8]) -> Option<RawMsg<'_>> {
         reply_to,
         payload,
     })
+}
+
+/// A `Pub` frame's fields as byte slices of its body (see [`raw_pub`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawPub<'a> {
+    /// The subject, **not** checked to be UTF-8.
+    pub subject: &'a [u8],
+    /// The reply subject, **not** checked to be UTF-8.
+    pub reply_to: Option<&'a [u8]>,
+    /// The payload.
+    pub payload: &'a [u8],
+}
+
+/// The `Pub` in `body` if it is one in postcard's plain encoding, its
+/// subjects left unchecked: the daemon's hot path only compares the subject
+/// with ones it validated before, and hands everything else to postcard
+/// ([`decode`]). `None` for anything else.
+pub fn raw_pub(body: &[u8]) -> Option<RawPub<'_>> {
+    let (&tag, rest) = body.split_first()?;
+    if tag != proto::PUB_TAG {
+        return None;
+    }
+    let (subject, reply_to, payload) = take_message(rest)?;
+    Some(RawPub {
+        subject,
+        reply_to,
+        payload,
+    })
+}
+
+/// The fields `Pub` and `Msg` share, in order: subject, optional reply
+/// subject, payload (postcard: byte strings, an option tag of 0 or 1).
+type MessageFields<'a> = (&'a [u8], Option<&'a [u8]>, &'a [u8]);
+
+fn take_message(b: &[u8]) -> Option<MessageFields<'_>> {
+    let (subject, rest) = take_bytes(b)?;
+    let (reply_to, rest) = match rest.split_first()? {
+        (0, rest) => (None, rest),
+        (1, rest) => {
+            let (r, rest) = take_bytes(rest)?;
+            (Some(r), rest)
+        }
+        _ => return None,
+    };
+    let (payload, _) = take_bytes(rest)?;
+    Some((subject, reply_to, payload))
 }
 
 /// UTF-8 check with an ASCII fast path: subjects are nearly always ASCII,

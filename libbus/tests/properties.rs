@@ -47,6 +47,21 @@ where
     codec::decode(&wire[proto::LEN_PREFIX..]).expect("decodes")
 }
 
+/// `body` with one byte flipped, cut short, followed by `noise`, and `noise` alone.
+fn variants(body: &[u8], noise: &[u8], cut: prop::sample::Index, flip: prop::sample::Index) -> [Vec<u8>; 4] {
+    let mut damaged = body.to_vec();
+    let i = flip.index(damaged.len());
+    damaged[i] ^= noise.first().copied().unwrap_or(0x80);
+    let mut trailing = body.to_vec();
+    trailing.extend_from_slice(noise);
+    [
+        damaged,
+        body[..cut.index(body.len() + 1)].to_vec(),
+        trailing,
+        noise.to_vec(),
+    ]
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -146,12 +161,7 @@ proptest! {
         prop_assert_eq!(codec::raw_msg(body).is_some(), sid < 1 << 63);
         // Damaged, cut short, or followed by bytes postcard ignores: the
         // direct path agrees with postcard on success and on failure.
-        let mut damaged = body.to_vec();
-        let i = flip.index(damaged.len());
-        damaged[i] ^= noise.first().copied().unwrap_or(0x80);
-        let mut trailing = body.to_vec();
-        trailing.extend_from_slice(&noise);
-        for b in [&damaged[..], &body[..cut.index(body.len() + 1)], &trailing[..], &noise[..]] {
+        for b in &variants(body, &noise, cut, flip) {
             let direct = codec::decode_server_frame(b);
             let generic = codec::decode::<ServerFrame>(b);
             prop_assert_eq!(direct.is_ok(), generic.is_ok(), "{:?}", b);
@@ -168,6 +178,40 @@ proptest! {
             }
             if let (Ok(d), Ok(g)) = (direct, generic) {
                 prop_assert_eq!(d, g);
+            }
+        }
+    }
+
+    #[test]
+    fn raw_pub_agrees_with_postcard(
+        a in text(), opt in proptest::option::of(text()), payload in bytes(),
+        noise in prop::collection::vec(any::<u8>(), 0..64), cut in any::<prop::sample::Index>(),
+        flip in any::<prop::sample::Index>(),
+    ) {
+        let frame = ClientFrame::Pub(proto::Pub { subject: &a, reply_to: opt.as_deref(), payload: &payload });
+        let mut wire = Vec::new();
+        codec::encode_into(&frame, &mut wire, u32::MAX).unwrap();
+        let body = &wire[proto::LEN_PREFIX..];
+        let raw = codec::raw_pub(body).unwrap();
+        prop_assert_eq!(
+            (raw.subject, raw.reply_to, raw.payload),
+            (a.as_bytes(), opt.as_deref().map(str::as_bytes), &payload[..])
+        );
+        // On damaged, cut or padded frames: whatever the raw path accepts
+        // with UTF-8 subjects, postcard decodes to the same Pub.
+        for b in &variants(body, &noise, cut, flip) {
+            let Some(raw) = codec::raw_pub(b) else { continue };
+            let utf8 = std::str::from_utf8(raw.subject).is_ok()
+                && raw.reply_to.is_none_or(|r| std::str::from_utf8(r).is_ok());
+            let generic = codec::decode::<ClientFrame>(b);
+            prop_assert_eq!(utf8, generic.is_ok(), "{:?}", b);
+            if let Ok(ClientFrame::Pub(p)) = generic {
+                prop_assert_eq!(
+                    (raw.subject, raw.reply_to, raw.payload),
+                    (p.subject.as_bytes(), p.reply_to.map(str::as_bytes), p.payload)
+                );
+            } else if utf8 {
+                return Err(TestCaseError::fail(format!("raw path accepted {b:?}")));
             }
         }
     }

@@ -150,7 +150,9 @@ const CACHE_MAX: usize = 1024;
 #[derive(Debug, Default)]
 pub struct RouteCache {
     generation: u64,
-    routes: HashMap<Box<str>, Arc<Routes>, foldhash::fast::RandomState>,
+    /// Keyed by the subject's bytes, so the hot path can look a subject up
+    /// straight from the frame, before (or instead of) checking its UTF-8.
+    routes: HashMap<Box<[u8]>, Arc<Routes>, foldhash::fast::RandomState>,
 }
 
 /// The shared subscription index.
@@ -260,7 +262,7 @@ impl Router {
     /// The routes for `subject` if `cache` holds them and is current. Only
     /// subjects that passed validation are ever cached, so a hit also means
     /// the subject is valid.
-    pub fn cached<'c>(&self, subject: &str, cache: &'c mut RouteCache) -> Option<&'c Arc<Routes>> {
+    pub fn cached<'c>(&self, subject: &[u8], cache: &'c mut RouteCache) -> Option<&'c Arc<Routes>> {
         let generation = self.generation.load(Ordering::Acquire);
         if cache.generation != generation {
             cache.routes.clear();
@@ -277,7 +279,7 @@ impl Router {
         if cache.routes.len() >= CACHE_MAX {
             cache.routes.clear();
         }
-        cache.routes.insert(subject.into(), routes.clone());
+        cache.routes.insert(subject.as_bytes().into(), routes.clone());
         routes
     }
 
