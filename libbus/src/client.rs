@@ -178,6 +178,9 @@ pub(crate) struct Output {
     pub closed: bool,
     /// A link is up (else frames wait for the next one).
     pub connected: bool,
+    /// The subject of the last publish, which passed validation (empty:
+    /// none yet): a stream of publishes to one subject checks it once.
+    pub last_subject: Vec<u8>,
 }
 
 /// Deliveries handed to a subscription at once: the reader groups what one
@@ -292,8 +295,7 @@ impl Bus {
             address: address.clone(),
             output: Mutex::new(Output {
                 buf: Vec::with_capacity(64 << 10),
-                closed: false,
-                connected: false,
+                ..Output::default()
             }),
             output_ready: Notify::new(),
             output_space: Notify::new(),
@@ -726,7 +728,6 @@ impl Shared {
 
     /// Buffers a publish, waiting while the output buffer is over its bound.
     pub(crate) async fn publish(&self, subject: &str, reply_to: Option<&str>, payload: &[u8]) -> Result<()> {
-        subject::validate_publish(subject)?;
         let frame = ClientFrame::Pub(proto::Pub {
             subject,
             reply_to,
@@ -753,6 +754,14 @@ impl Shared {
     /// (while disconnected) fails when `reconnect_buffer` would be exceeded.
     fn buffer(&self, frame: &ClientFrame<'_>, bounded: bool) -> Result<bool> {
         let mut out = lock(&self.output);
+        if let ClientFrame::Pub(p) = frame {
+            // Empty means none yet (an empty subject is never valid).
+            if out.last_subject.is_empty() || out.last_subject != p.subject.as_bytes() {
+                subject::validate_publish(p.subject)?;
+                out.last_subject.clear();
+                out.last_subject.extend_from_slice(p.subject.as_bytes());
+            }
+        }
         if out.closed {
             drop(out);
             return Err(self.disconnected());
