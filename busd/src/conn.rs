@@ -322,7 +322,7 @@ async fn read_loop(state: &State, conn: &Arc<Conn>, frames: &mut Incoming) -> Fa
 /// together once the frames are handled (or before the first frame of
 /// another kind); those accepted before a fatal frame are still delivered.
 fn handle_frames(state: &State, conn: &Arc<Conn>, chunk: &[u8], cache: &mut RouteCache) -> Result<(), Fatal> {
-    let mut pending = Deliveries::default();
+    let mut pending = Pending::default();
     let mut at = 0;
     let mut result = Ok(());
     while let Ok(codec::Next::Frame(body)) = codec::next_frame(&chunk[at..], u32::MAX) {
@@ -332,8 +332,36 @@ fn handle_frames(state: &State, conn: &Arc<Conn>, chunk: &[u8], cache: &mut Rout
             break;
         }
     }
-    pending.deliver();
+    pending.settle(&conn.stats);
     result
+}
+
+/// What handling one read accumulates: the deliveries of its publishes,
+/// queued together, and their counts, added to the connection's stats
+/// together (two atomic adds per read rather than per message).
+#[derive(Default)]
+struct Pending<'a> {
+    deliveries: Deliveries<'a>,
+    msgs: u64,
+    bytes: u64,
+}
+
+impl<'a> Pending<'a> {
+    /// Counts one accepted publish of `payload` bytes.
+    fn count(&mut self, payload: usize) {
+        self.msgs += 1;
+        self.bytes += payload as u64;
+    }
+
+    /// Delivers and counts what was published so far: at the end of the
+    /// read, and before a frame of another kind takes effect.
+    fn settle(&mut self, stats: &Stats) {
+        self.deliveries.deliver();
+        if self.msgs > 0 {
+            stats.msgs_in.fetch_add(std::mem::take(&mut self.msgs), Relaxed);
+            stats.bytes_in.fetch_add(std::mem::take(&mut self.bytes), Relaxed);
+        }
+    }
 }
 
 /// Queues an `Error` frame and ends the connection with it as the reason.
@@ -347,9 +375,9 @@ fn handle_frame<'a>(
     conn: &Arc<Conn>,
     body: &'a [u8],
     cache: &mut RouteCache,
-    pending: &mut Deliveries<'a>,
+    pending: &mut Pending<'a>,
 ) -> Result<(), Fatal> {
-    if publish_cached(state, conn, body, cache, pending) {
+    if publish_cached(state, body, cache, pending) {
         return Ok(());
     }
     let frame = match codec::decode::<ClientFrame>(body) {
@@ -361,7 +389,7 @@ fn handle_frame<'a>(
     };
     if !matches!(frame, ClientFrame::Pub(_)) {
         // Everything published before this frame is queued before its effects.
-        pending.deliver();
+        pending.settle(&conn.stats);
     }
     match frame {
         ClientFrame::Pub(p) => publish(state, conn, body, p, cache, pending),
@@ -392,7 +420,7 @@ fn publish<'a>(
     body: &'a [u8],
     p: proto::Pub<'_>,
     cache: &mut RouteCache,
-    pending: &mut Deliveries<'a>,
+    pending: &mut Pending<'a>,
 ) -> Result<(), Fatal> {
     if let Some(reply_to) = p.reply_to {
         if let Err(e) = subject::validate_subject(reply_to) {
@@ -408,8 +436,7 @@ fn publish<'a>(
             return Ok(());
         }
     }
-    conn.stats.msgs_in.fetch_add(1, Relaxed);
-    conn.stats.bytes_in.fetch_add(p.payload.len() as u64, Relaxed);
+    pending.count(p.payload.len());
 
     // A cached subject was validated (and found unreserved) when it was cached.
     if let Some(routes) = state.router.cached(p.subject.as_bytes(), cache) {
@@ -426,7 +453,7 @@ fn publish<'a>(
     }
     if p.subject.starts_with(subject::RESERVED_PREFIX) {
         if p.subject.starts_with(subject::API_PREFIX) {
-            pending.deliver();
+            pending.settle(&conn.stats);
             api::handle(state, conn, p.subject, p.reply_to, p.payload);
         } else {
             let e = subject::SubjectError::Reserved(p.subject.into());
@@ -447,10 +474,9 @@ fn publish<'a>(
 /// path then decodes it.
 fn publish_cached<'a>(
     state: &State,
-    conn: &Conn,
     body: &'a [u8],
     cache: &mut RouteCache,
-    pending: &mut Deliveries<'a>,
+    pending: &mut Pending<'a>,
 ) -> bool {
     let Some(p) = codec::raw_pub(body).filter(|p| p.reply_to.is_none()) else {
         return false;
@@ -461,10 +487,11 @@ fn publish_cached<'a>(
     let Some(routes) = state.router.cached(p.subject, cache) else {
         return false;
     };
-    conn.stats.msgs_in.fetch_add(1, Relaxed);
-    conn.stats.bytes_in.fetch_add(p.payload.len() as u64, Relaxed);
+    pending.count(p.payload.len());
     if !routes.is_empty() {
-        pending.push(routes, PubFrame::new(body, p.payload.len()));
+        pending
+            .deliveries
+            .push(routes, PubFrame::new(body, p.payload.len()));
     }
     true
 }
@@ -477,7 +504,7 @@ fn route<'a>(
     body: &'a [u8],
     p: &proto::Pub<'_>,
     routes: &Arc<Routes>,
-    pending: &mut Deliveries<'a>,
+    pending: &mut Pending<'a>,
 ) {
     let remote = state.cluster.is_active()
         && state
@@ -486,7 +513,9 @@ fn route<'a>(
     if !routes.is_empty() {
         // Each subscriber's outbox gets its own copy, encoded from the
         // receive buffer: nothing is allocated per message.
-        pending.push(routes, PubFrame::new(body, p.payload.len()));
+        pending
+            .deliveries
+            .push(routes, PubFrame::new(body, p.payload.len()));
     } else if !remote {
         if let Some(reply_to) = p.reply_to {
             conn.outbox
