@@ -133,10 +133,13 @@ async fn pubsub(
     let (done_tx, done_rx) = tokio::sync::watch::channel(false);
     let mut sub_tasks = Vec::new();
     let start_gate = Arc::new(tokio::sync::Barrier::new(subs + pubs + 1));
+    // Subscribers' progress reports wake publishers waiting on flow control.
+    let progressed = Arc::new(tokio::sync::Notify::new());
     for (i, counter) in accounted.iter().enumerate() {
         let bus = connect(address, format!("bench-sub-{i}")).await?;
         let mut sub = bus.subscribe(&pattern).await?;
         let (counter, sent, gate) = (counter.clone(), sent.clone(), start_gate.clone());
+        let progress = progressed.clone();
         let mut done_rx = done_rx.clone();
         sub_tasks.push(tokio::spawn(async move {
             gate.wait().await;
@@ -156,11 +159,13 @@ async fn pubsub(
                             received += 1;
                             if received % report_every == 0 {
                                 counter.store(received + lagged, Relaxed);
+                                progress.notify_waiters();
                             }
                         }
                         Some(Delivery::Lagged(n)) => {
                             lagged += n;
                             counter.store(received + lagged, Relaxed);
+                            progress.notify_waiters();
                         }
                         None => break,
                     },
@@ -188,6 +193,7 @@ async fn pubsub(
     for i in 0..pubs {
         let bus = connect(address, format!("bench-pub-{i}")).await?;
         let (sent, gate, accounted) = (sent.clone(), start_gate.clone(), accounted.clone());
+        let progress = progressed.clone();
         let (payload, subjects) = (payload.clone(), subjects.to_vec());
         let duration = args.duration;
         pub_tasks.push(tokio::spawn(async move {
@@ -204,13 +210,19 @@ async fn pubsub(
                     // The clock is read here, not per message.
                     past_deadline = Instant::now() >= deadline;
                     let total = sent.fetch_add(check_every, Relaxed) + check_every;
-                    // Flow control: stay within the subscribers' bound.
+                    // Flow control: stay within the subscribers' bound,
+                    // woken by their progress reports (a fixed sleep left
+                    // the pipeline idle in bursts).
                     loop {
+                        let progressed = progress.notified();
+                        tokio::pin!(progressed);
+                        progressed.as_mut().enable();
                         let slowest = accounted.iter().map(|c| c.load(Relaxed)).min().unwrap_or(0);
                         if total.saturating_sub(slowest) <= window || Instant::now() >= deadline {
                             break;
                         }
-                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        // Bounded: a subscriber that died wakes nobody.
+                        let _ = tokio::time::timeout(Duration::from_millis(10), progressed).await;
                     }
                 }
             }
