@@ -15,7 +15,9 @@ pub struct Sublist<T> {
 
 #[derive(Debug)]
 struct Level<T> {
-    literal: HashMap<Box<str>, Node<T>>,
+    /// foldhash, like the route cache: a level can hold many thousands of
+    /// tokens, and each uncached lookup hashes one token per level.
+    literal: HashMap<Box<str>, Node<T>, foldhash::fast::RandomState>,
     star: Option<Box<Node<T>>>,
     full: Option<Box<Node<T>>>,
 }
@@ -30,7 +32,7 @@ struct Node<T> {
 impl<T> Default for Level<T> {
     fn default() -> Self {
         Self {
-            literal: HashMap::new(),
+            literal: HashMap::default(),
             star: None,
             full: None,
         }
