@@ -22,8 +22,9 @@
 //! `bus.publish()` encodes a `Pub` frame into the connection's output buffer and
 //! wakes the writer, which sends everything buffered in one `write`. The daemon
 //! routes it and writes a `Msg` frame to each subscriber's socket; that client's
-//! reader decodes it (payload sliced from the receive buffer, no copy) and hands
-//! it to the subscription's channel.
+//! reader locates it in the receive buffer and hands the read's messages to
+//! the subscription's channel in one batch; the [`Subscription`] makes each
+//! [`Message`] (a slice of the buffer, no copy) as the application takes it.
 //!
 //! ## Example
 //! ```no_run
