@@ -96,7 +96,7 @@ const FIRST_CHUNK: usize = 1 << 10;
 /// Largest chunk (a larger frame gets a chunk of its own size).
 const CHUNK: usize = 64 << 10;
 
-/// Encoded frames in order, in chunks of up to [`CHUNK`] bytes, so that a
+/// Encoded frames in order, in chunks of up to 64 KiB (`CHUNK`), so that a
 /// long queue grows without reallocating and copying what it holds, and never
 /// holds more than one partly used chunk beyond its contents. As a [`Buf`] it
 /// is what the writer sends (several chunks per `writev`).

@@ -415,9 +415,9 @@ pub mod api {
 }
 
 /// The bridge protocol between daemons, spoken after a `Hello` with
-/// [`Role::Bridge`] was welcomed. Both directions use [`LinkFrame`].
+/// [`Role::Bridge`] was welcomed. Both directions use [`LinkFrame`](link::LinkFrame).
 ///
-/// Each daemon floods a versioned [`NodeState`] (its links and the subject
+/// Each daemon floods a versioned [`NodeState`](link::NodeState) (its links and the subject
 /// interest of its local subscribers) to every node; each keeps the newest
 /// state per node, so all agree on the topology and on who wants what.
 /// A message travels from its origin along the shortest-path tree rooted at
