@@ -132,6 +132,9 @@ async fn pubsub(
     let sent = Arc::new(AtomicU64::new(0));
     let (done_tx, done_rx) = tokio::sync::watch::channel(false);
     let mut sub_tasks = Vec::new();
+    let per_pub = args.msgs / pubs as u64;
+    // What each subscriber gets, when the run is a message count.
+    let expected = args.duration.is_none().then_some(per_pub * pubs as u64);
     let start_gate = Arc::new(tokio::sync::Barrier::new(subs + pubs + 1));
     // Subscribers' progress reports wake publishers waiting on flow control.
     let progressed = Arc::new(tokio::sync::Notify::new());
@@ -151,7 +154,31 @@ async fn pubsub(
             // delivery is ready: the measuring loop costs the bus little.
             let done = done_rx.changed();
             tokio::pin!(done);
-            loop {
+            // With a message count, each subscriber knows when it has all
+            // (every message is delivered or reported lost): it runs the
+            // plain loop an application would, nothing else polled.
+            if let Some(expected) = expected {
+                while received + lagged < expected {
+                    match sub.next_delivery().await {
+                        Some(Delivery::Message(_)) => {
+                            received += 1;
+                            if received % report_every == 0 {
+                                counter.store(received + lagged, Relaxed);
+                                progress.notify_waiters();
+                            }
+                        }
+                        Some(Delivery::Lagged(n)) => {
+                            lagged += n;
+                            counter.store(received + lagged, Relaxed);
+                            progress.notify_waiters();
+                        }
+                        None => break,
+                    }
+                }
+                counter.store(received + lagged, Relaxed);
+                publishers_done = true;
+            }
+            while !publishers_done || received + lagged < sent.load(Relaxed) {
                 tokio::select! {
                     biased;
                     d = sub.next_delivery() => match d {
@@ -176,9 +203,6 @@ async fn pubsub(
                 }
                 if publishers_done {
                     counter.store(received + lagged, Relaxed);
-                    if received + lagged >= sent.load(Relaxed) {
-                        break;
-                    }
                 }
             }
             let last = Instant::now();
@@ -187,7 +211,6 @@ async fn pubsub(
         }));
     }
 
-    let per_pub = args.msgs / pubs as u64;
     let payload = libbus::Bytes::from(vec![0u8; args.size]);
     let mut pub_tasks = Vec::new();
     for i in 0..pubs {
