@@ -11,7 +11,10 @@ use crate::{client::Shared, Error, Result};
 ///
 /// Subject, reply subject and payload are ranges of the received frame,
 /// which is shared with the receive buffer: no copy, and one reference count
-/// per message.
+/// per message. So a `Message` keeps the whole buffer of the read it came in
+/// alive (up to [`ConnectOptions::read_buffer`](crate::ConnectOptions::read_buffer),
+/// 64 KiB by default): to keep messages for long, keep a copy of what you
+/// need (`msg.payload().to_vec()`) instead.
 #[derive(Clone)]
 pub struct Message {
     frame: Bytes,
