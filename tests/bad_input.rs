@@ -244,12 +244,23 @@ async fn invalid_utf8_in_subjects() {
     let bus = TestBus::start();
     let mut b = bystander(&bus).await;
     // Pub { subject: [ff fe], reply_to: None, payload: [] } and
-    // Sub { sid: 1, pattern: [c3 28], queue: None }, encoded by hand.
-    for body in [&[1u8, 2, 0xff, 0xfe, 0, 0][..], &[2, 1, 2, 0xc3, 0x28, 0]] {
+    // Sub { sid: 1, pattern: [c3 28], queue: None }, encoded by hand; the
+    // bad Pub again after valid publishes on the same connection (which
+    // take busd's fast path for subjects it has seen).
+    let valid: &[u8] = &[1, 2, b'o', b'k', 0, 0];
+    let bad_pub: &[u8] = &[1, 2, 0xff, 0xfe, 0, 0];
+    for bodies in [
+        &[bad_pub][..],
+        &[&[2, 1, 2, 0xc3, 0x28, 0][..]],
+        &[valid, valid, bad_pub],
+    ] {
         let mut raw = bus.raw().await;
         raw.handshake().await;
-        let mut frame = (body.len() as u32).to_le_bytes().to_vec();
-        frame.extend_from_slice(body);
+        let mut frame = Vec::new();
+        for body in bodies {
+            frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            frame.extend_from_slice(body);
+        }
         raw.send_bytes(&frame).await;
         let (code, msg) = raw.expect_error_then_close().await;
         assert_eq!(code, ErrorCode::Protocol, "{msg}");

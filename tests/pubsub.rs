@@ -127,6 +127,47 @@ async fn hundred_thousand_in_order() {
     assert_eq!(sub.dropped(), 0);
 }
 
+/// A publisher that keeps publishing to one subject takes busd's fast path
+/// (the subject's routes cached per connection); subscriptions made and
+/// removed meanwhile still change who gets what, from the next publish on.
+#[tokio::test]
+async fn routes_follow_subscriptions_on_a_busy_subject() {
+    let bus = TestBus::start();
+    let publisher = bus.client("publisher").await;
+    let a = bus.client("a").await;
+    let b = bus.client("b").await;
+    // Cached with nobody subscribed.
+    for _ in 0..3 {
+        publisher.publish("news", "nobody").await.unwrap();
+    }
+    publisher.flush().await.unwrap();
+    let mut sub_a = a.subscribe("news").await.unwrap();
+    publisher.publish("news", "1").await.unwrap();
+    assert_eq!(within("a", sub_a.next()).await.unwrap().payload(), b"1");
+    let mut sub_b = b.subscribe("*").await.unwrap();
+    publisher.publish("news", "2").await.unwrap();
+    // "2" is routed (to a too) before a unsubscribes.
+    publisher.flush().await.unwrap();
+    drop(sub_a);
+    a.flush().await.unwrap();
+    publisher.publish("news", "3").await.unwrap();
+    publisher.flush().await.unwrap();
+    let mut got_b = Vec::new();
+    for _ in 0..2 {
+        got_b.push(within("b", sub_b.next()).await.unwrap().payload().to_vec());
+    }
+    assert_eq!(got_b, [&b"2"[..], b"3"]);
+    // The daemon sent a "1" and "2" only: "3" came after the unsubscribe.
+    let conns: Vec<libbus::proto::api::ConnInfo> =
+        within("list", publisher.request(libbus::proto::api::LIST, []))
+            .await
+            .unwrap()
+            .decode()
+            .unwrap();
+    let a_info = conns.iter().find(|c| c.id == a.conn_id()).unwrap();
+    assert_eq!(a_info.msgs_out, 2, "{a_info:?}");
+}
+
 #[tokio::test]
 async fn unsubscribe_on_drop() {
     let bus = TestBus::start();
