@@ -34,7 +34,8 @@ macro_rules! round_trip {
 fuzz_target!(|data: &[u8]| {
     // tokio-util's codec is the independent reference: the in-place splitter
     // (every reader of the bus) must agree with it frame by frame, including
-    // where it refuses, and decoding a direct Msg must agree with postcard.
+    // where it refuses, and the direct Msg and Pub readers must agree with
+    // postcard.
     let mut reference = LengthDelimitedCodec::builder()
         .little_endian()
         .length_field_length(LEN_PREFIX)
@@ -53,6 +54,20 @@ fuzz_target!(|data: &[u8]| {
                     codec::decode_server_frame(&frame).ok(),
                     codec::decode::<ServerFrame>(&frame).ok()
                 );
+                // busd's fast path reads a Pub without postcard and without
+                // checking UTF-8: where the subjects are UTF-8, it must agree
+                // with postcard exactly.
+                if let Some(raw) = codec::raw_pub(&frame) {
+                    let utf8 = std::str::from_utf8(raw.subject).is_ok()
+                        && raw.reply_to.is_none_or(|r| std::str::from_utf8(r).is_ok());
+                    match codec::decode::<ClientFrame>(&frame) {
+                        Ok(ClientFrame::Pub(p)) => assert_eq!(
+                            (raw.subject, raw.reply_to, raw.payload),
+                            (p.subject.as_bytes(), p.reply_to.map(str::as_bytes), p.payload)
+                        ),
+                        _ => assert!(!utf8, "raw_pub accepted what postcard refuses"),
+                    }
+                }
                 round_trip!(ClientFrame, &frame);
                 round_trip!(ServerFrame, &frame);
                 round_trip!(LinkFrame, &frame);
