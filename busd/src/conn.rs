@@ -3,9 +3,11 @@
 //!
 //! Reader: one `read` of up to 64 KiB → every complete frame in it, parsed in
 //! place → decode → validate → route → each subscriber's outbox (the frame is
-//! encoded straight into it; never waits). Writer: takes the outbox's whole
-//! buffer → one `write`. A frame error gets an `Error` frame naming the
-//! problem, then the connection closes; other connections are unaffected.
+//! encoded straight into it; never waits). A publish to a subject whose routes
+//! the connection has cached skips decode and validation (`publish_cached`).
+//! Writer: takes the outbox's whole buffer → one `write`. A frame error gets
+//! an `Error` frame naming the problem, then the connection closes; other
+//! connections are unaffected.
 
 use std::{
     sync::{atomic::Ordering::Relaxed, Arc, Mutex},
