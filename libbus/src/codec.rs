@@ -267,10 +267,7 @@ fn decode_msg(body: &[u8]) -> Option<proto::Msg<'_>> {
     Some(proto::Msg {
         sid: m.sid,
         subject: std::str::from_utf8(m.subject).ok()?,
-        reply_to: match m.reply_to {
-            Some(r) => Some(std::str::from_utf8(r).ok()?),
-            None => None,
-        },
+        reply_to: m.reply_to.map(std::str::from_utf8).transpose().ok()?,
         payload: m.payload,
     })
 }

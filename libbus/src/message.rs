@@ -51,11 +51,6 @@ impl Found {
         Self { start, end, parts }
     }
 
-    /// True if the message can be answered (it has a reply subject).
-    pub(crate) fn is_request(&self) -> bool {
-        self.parts.reply_to.is_some()
-    }
-
     /// The message's subject, read from the `chunk` it was found in.
     pub(crate) fn subject_in<'a>(&self, chunk: &'a [u8]) -> &'a str {
         let frame = chunk.get(self.start..self.end).unwrap_or_default();
@@ -110,9 +105,12 @@ impl Message {
         }
     }
 
-    /// The message `found` in `chunk`: a shared slice of it, no copy.
-    pub(crate) fn found_in(chunk: &Bytes, found: Found, shared: Option<Arc<Shared>>) -> Self {
-        Self::new(chunk.slice(found.start..found.end), found.parts, shared)
+    /// The message `found` in `chunk`: a shared slice of it, no copy. A
+    /// request keeps the connection `on` to answer it; other messages skip
+    /// that reference count.
+    pub(crate) fn found_in(chunk: &Bytes, found: Found, on: &Arc<Shared>) -> Self {
+        let answer_on = found.parts.reply_to.is_some().then(|| on.clone());
+        Self::new(chunk.slice(found.start..found.end), found.parts, answer_on)
     }
 
     fn text(&self, span: Span) -> &str {

@@ -431,8 +431,7 @@ fn on_msg(
         return add_message(pending, sid, chunk, found, batching);
     }
     // A reply: the message shares the chunk, no copy.
-    let answer_on = found.is_request().then(|| shared.clone());
-    let msg = Message::found_in(chunk, found, answer_on);
+    let msg = Message::found_in(chunk, found, shared);
     shared.complete_request(found.subject_in(chunk), |_| Ok(msg));
     false
 }

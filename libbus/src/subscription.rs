@@ -61,9 +61,7 @@ impl Subscription {
     fn poll_delivery(&mut self, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
         loop {
             if let Some(found) = self.found.next() {
-                // Only requests can be answered; others skip the refcount.
-                let answer_on = found.is_request().then(|| self.bus.shared.clone());
-                let msg = Message::found_in(&self.chunk, found, answer_on);
+                let msg = Message::found_in(&self.chunk, found, &self.bus.shared);
                 if self.found.len() == 0 {
                     // The batch is consumed: let go of its chunk (the reader
                     // can reuse it) and make room for the next ones.

@@ -99,6 +99,48 @@ fn progress(total: u64, what: &str) -> ProgressBar {
     bar
 }
 
+/// One subscriber's count: messages received plus messages reported lost,
+/// i.e. how far through the stream it is, published to `counter` every
+/// `report_every` messages (an atomic per message would be a cost of the
+/// bench, not of the bus) and on every loss notice, waking publishers that
+/// wait on flow control.
+struct Tally {
+    counter: Arc<AtomicU64>,
+    progress: Arc<tokio::sync::Notify>,
+    report_every: u64,
+    received: u64,
+    lagged: u64,
+}
+
+impl Tally {
+    fn accounted(&self) -> u64 {
+        self.received + self.lagged
+    }
+
+    /// Counts one delivery; false once the subscription has ended.
+    fn record(&mut self, d: Option<Delivery>) -> bool {
+        match d {
+            Some(Delivery::Message(_)) => {
+                self.received += 1;
+                if self.received % self.report_every == 0 {
+                    self.report();
+                }
+            }
+            Some(Delivery::Lagged(n)) => {
+                self.lagged += n;
+                self.report();
+            }
+            None => return false,
+        }
+        true
+    }
+
+    fn report(&self) {
+        self.counter.store(self.accounted(), Relaxed);
+        self.progress.notify_waiters();
+    }
+}
+
 /// P publishers → S subscribers; publishers cycle through `subjects`, which
 /// the subscribers' pattern must all match. Publishers keep at most half of
 /// `max_pending` in flight per subscriber, so a run measures the sustained
@@ -146,65 +188,44 @@ async fn pubsub(
         let mut done_rx = done_rx.clone();
         sub_tasks.push(tokio::spawn(async move {
             gate.wait().await;
-            let (mut lagged, mut received) = (0u64, 0u64);
-            // Finishes on the publishers' "done" signal plus its own count:
-            // no polling timer, no clock read per message.
-            let mut publishers_done = false;
-            // One registration for the whole run, polled only when no
-            // delivery is ready: the measuring loop costs the bus little.
-            let done = done_rx.changed();
-            tokio::pin!(done);
-            // With a message count, each subscriber knows when it has all
-            // (every message is delivered or reported lost): it runs the
-            // plain loop an application would, nothing else polled.
+            let mut tally = Tally {
+                counter,
+                progress,
+                report_every,
+                received: 0,
+                lagged: 0,
+            };
             if let Some(expected) = expected {
-                while received + lagged < expected {
-                    match sub.next_delivery().await {
-                        Some(Delivery::Message(_)) => {
-                            received += 1;
-                            if received % report_every == 0 {
-                                counter.store(received + lagged, Relaxed);
-                                progress.notify_waiters();
-                            }
-                        }
-                        Some(Delivery::Lagged(n)) => {
-                            lagged += n;
-                            counter.store(received + lagged, Relaxed);
-                            progress.notify_waiters();
-                        }
-                        None => break,
+                // With a message count, each subscriber knows when it has
+                // all (every message is delivered or reported lost): it runs
+                // the plain loop an application would, nothing else polled.
+                while tally.accounted() < expected && tally.record(sub.next_delivery().await) {}
+            } else {
+                // Finishes on the publishers' "done" signal plus its own
+                // count: no polling timer, no clock read per message. One
+                // registration for the whole run, polled only when no
+                // delivery is ready.
+                let done = done_rx.changed();
+                tokio::pin!(done);
+                let mut publishers_done = false;
+                while !publishers_done || tally.accounted() < sent.load(Relaxed) {
+                    tokio::select! {
+                        biased;
+                        d = sub.next_delivery() => if !tally.record(d) {
+                            break;
+                        },
+                        changed = &mut done, if !publishers_done => match changed {
+                            Ok(()) => publishers_done = true,
+                            Err(_) => break,
+                        },
+                    }
+                    if publishers_done {
+                        tally.report();
                     }
                 }
-                counter.store(received + lagged, Relaxed);
-                publishers_done = true;
             }
-            while !publishers_done || received + lagged < sent.load(Relaxed) {
-                tokio::select! {
-                    biased;
-                    d = sub.next_delivery() => match d {
-                        Some(Delivery::Message(_)) => {
-                            received += 1;
-                            if received % report_every == 0 {
-                                counter.store(received + lagged, Relaxed);
-                                progress.notify_waiters();
-                            }
-                        }
-                        Some(Delivery::Lagged(n)) => {
-                            lagged += n;
-                            counter.store(received + lagged, Relaxed);
-                            progress.notify_waiters();
-                        }
-                        None => break,
-                    },
-                    changed = &mut done, if !publishers_done => match changed {
-                        Ok(()) => publishers_done = true,
-                        Err(_) => break,
-                    },
-                }
-                if publishers_done {
-                    counter.store(received + lagged, Relaxed);
-                }
-            }
+            tally.report();
+            let Tally { received, lagged, .. } = tally;
             let last = Instant::now();
             drop(bus);
             (received, lagged, last)
