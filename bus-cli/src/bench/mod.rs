@@ -338,9 +338,15 @@ fn print_report(r: &Report) {
     if let Some(x) = &r.baseline_pingpong {
         print_latency("raw ping-pong (baseline)", x);
     }
+    // In-process, the daemon's time is part of the bench process's.
+    let clients = if r.cpu_daemon_ns_per_msg.is_some() {
+        "cpu per msg: bench clients"
+    } else {
+        "cpu per msg: bench + daemon"
+    };
     let cpu = [
         ("cpu per msg: daemon", r.cpu_daemon_ns_per_msg),
-        ("cpu per msg: bench clients", r.cpu_clients_ns_per_msg),
+        (clients, r.cpu_clients_ns_per_msg),
         ("cpu per msg: raw stream", r.baseline_stream_cpu_ns_per_msg),
         ("cpu per msg: raw relay", r.baseline_relay_cpu_ns_per_msg),
     ];
