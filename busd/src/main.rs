@@ -113,6 +113,9 @@ struct Args {
     /// This daemon's node id among bridged daemons [default: hostname-<hash of socket path>].
     #[arg(long, value_name = "ID")]
     node_id: Option<String>,
+    /// Threads that run the connections; 0 = half the CPUs, at least one [default: 0].
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -169,6 +172,7 @@ impl Args {
         set(&mut c.link_ping_interval, self.link_ping_interval);
         set(&mut c.link_timeout, self.link_timeout);
         set(&mut c.node_id, self.node_id.map(Some));
+        set(&mut c.workers, self.workers);
         c.token = std::env::var(libbus::client::ENV_TOKEN)
             .ok()
             .filter(|t| !t.is_empty());
@@ -198,7 +202,7 @@ fn main() -> ExitCode {
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
     }
-    let rt = match tokio::runtime::Runtime::new() {
+    let rt = match Server::runtime(&config) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("busd: error: starting the runtime: {e}");

@@ -86,6 +86,16 @@ pub struct Server {
 }
 
 impl Server {
+    /// The tokio runtime a server with `config` runs on: `workers` threads
+    /// ([`Config::worker_threads`]), named `busd-worker`.
+    pub fn runtime(config: &Config) -> std::io::Result<tokio::runtime::Runtime> {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.worker_threads())
+            .thread_name("busd-worker")
+            .enable_all()
+            .build()
+    }
+
     /// Validates `config` and binds the socket. Must run inside a tokio runtime.
     pub fn bind(config: Config) -> Result<Server, Error> {
         config.validate().map_err(Error::Config)?;
@@ -302,12 +312,7 @@ impl Daemon {
         let thread = std::thread::Builder::new()
             .name("busd".into())
             .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .thread_name("busd-worker")
-                    .enable_all()
-                    .build()
-                {
+                let rt = match Server::runtime(&config) {
                     Ok(rt) => rt,
                     Err(e) => {
                         let _ = tx.send(Err(Error::Io {

@@ -21,9 +21,14 @@ impl Drop for Proc {
 }
 
 fn spawn(socket: &Path) -> Proc {
+    spawn_with(socket, &[])
+}
+
+fn spawn_with(socket: &Path, args: &[&str]) -> Proc {
     let child = Command::new(BUSD)
         .arg("--socket")
         .arg(socket)
+        .args(args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -54,6 +59,15 @@ fn wait_exit(p: &mut Proc) -> std::process::ExitStatus {
         assert!(start.elapsed() < WAIT, "busd did not exit");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Threads of `p` named like the daemon's runtime workers.
+fn worker_threads(p: &Proc) -> usize {
+    std::fs::read_dir(format!("/proc/{}/task", p.0.id()))
+        .expect("/proc/PID/task")
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim_end() == "busd-worker")
+        .count()
 }
 
 fn signal(p: &Proc, sig: nix::sys::signal::Signal) {
@@ -171,6 +185,24 @@ fn regular_file_in_the_way_is_not_deleted() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a socket"));
     assert_eq!(std::fs::read_to_string(&socket).unwrap(), "precious");
+}
+
+#[test]
+fn workers_sets_the_number_of_runtime_threads() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let half = (cpus / 2).max(1);
+    for (args, want) in [
+        (&["--workers", "3"][..], 3),
+        (&["--workers", "1"][..], 1),
+        (&["--workers", "0"][..], half),
+        (&[][..], half),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("busd.sock");
+        let p = spawn_with(&socket, args);
+        wait_listening(&socket);
+        assert_eq!(worker_threads(&p), want, "busd {args:?} on {cpus} CPUs");
+    }
 }
 
 #[test]

@@ -43,6 +43,9 @@ impl TestBus {
     pub fn with_config(f: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = Config::with_socket(dir.path().join("busd.sock"));
+        // Two workers whatever the machine, so connections really run in
+        // parallel and the tests can meet races.
+        config.workers = 2;
         f(&mut config);
         let daemon = Daemon::start(config.clone()).expect("daemon starts");
         Self {
