@@ -14,7 +14,7 @@ use std::{
     time::SystemTime,
 };
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use libbus::{
     codec::{self, CodecError},
     proto::{
@@ -577,9 +577,16 @@ fn subscribe(state: &State, conn: &Arc<Conn>, s: proto::Sub<'_>) -> Result<(), F
 }
 
 /// Writes one batch (vectored) and flushes it (a no-op on raw sockets; TLS
-/// buffers).
-async fn write_batch(wr: &mut Writer, batch: &mut Frames) -> std::io::Result<()> {
-    wr.write_all_buf(batch).await?;
+/// buffers). What the socket takes stops counting against `max_pending` at
+/// once, not when the whole batch is out.
+async fn write_batch(wr: &mut Writer, batch: &mut Frames, outbox: &Outbox) -> std::io::Result<()> {
+    while batch.has_remaining() {
+        let n = wr.write_buf(batch).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        outbox.wrote(n);
+    }
     wr.flush().await
 }
 
@@ -609,7 +616,7 @@ async fn write_loop(conn: Arc<Conn>, mut wr: Writer) {
         // also sees every delivery written ahead of it in the counters.
         conn.stats.msgs_out.fetch_add(taken.msgs, Relaxed);
         conn.stats.bytes_out.fetch_add(taken.bytes, Relaxed);
-        if let Err(e) = write_batch(&mut wr, &mut batch).await {
+        if let Err(e) = write_batch(&mut wr, &mut batch, &conn.outbox).await {
             tracing::debug!(id = conn.id, "write failed: {e}");
             break;
         }
