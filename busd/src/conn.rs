@@ -620,6 +620,5 @@ async fn write_loop(conn: Arc<Conn>, mut wr: Writer) {
             tracing::debug!(id = conn.id, "write failed: {e}");
             break;
         }
-        conn.outbox.sent();
     }
 }

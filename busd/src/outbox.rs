@@ -203,7 +203,7 @@ struct State {
     frames: Frames,
     /// Counters for the messages in `buf`.
     taken: Taken,
-    /// Bytes the writer took and is still sending.
+    /// Bytes of the batch the writer took that the socket has not taken yet.
     in_flight: usize,
     /// Drops not yet reported, by sid (few entries; usually none).
     lag: Vec<(u64, u64)>,
@@ -373,11 +373,6 @@ impl Outbox {
         st.in_flight = st.in_flight.saturating_sub(n);
     }
 
-    /// The batch last taken is written: it no longer counts against the bound.
-    pub fn sent(&self) {
-        self.lock().in_flight = 0;
-    }
-
     /// Stops accepting items; the writer drains what is queued, then stops.
     pub fn close(&self) {
         self.lock().closed = true;
@@ -406,6 +401,11 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The rest of the batch being written went out.
+    fn sent(ob: &Outbox) {
+        ob.wrote(usize::MAX);
+    }
     use libbus::{codec::Next, proto::LEN_PREFIX};
 
     /// What a batch says, frame by frame: (sid, Some(dropped)) for a Lagged
@@ -452,18 +452,18 @@ mod tests {
         // The batch being written still counts against the bound.
         assert!(!ob.try_push(1, m));
         ob.record_drop(1);
-        ob.sent();
+        sent(&ob);
         // Queue drained with unreported drops: the notice comes out on its own.
         assert_eq!(ob.take(&mut batch).await, Some(Taken::default()));
         assert_eq!(frames(&mut batch), [(1, Some(3))]);
-        ob.sent();
+        sent(&ob);
 
         // A later drop is reported in front of the next delivery.
         ob.record_drop(1);
         assert!(ob.try_push(1, m));
         ob.take(&mut batch).await.unwrap();
         assert_eq!(frames(&mut batch), [(1, Some(1)), (1, None)]);
-        ob.sent();
+        sent(&ob);
         ob.close();
         assert_eq!(ob.take(&mut batch).await, None);
         assert_eq!(ob.pending_bytes(), 0);
@@ -481,7 +481,7 @@ mod tests {
         let mut batch = Frames::default();
         ob.take(&mut batch).await.unwrap();
         assert_eq!(frames(&mut batch), [(7, None), (7, None)]);
-        ob.sent();
+        sent(&ob);
         // The loss is reported ahead of the next message that fits.
         ob.push_many(7, std::iter::once(m));
         ob.take(&mut batch).await.unwrap();
@@ -506,7 +506,7 @@ mod tests {
         assert!(!ob.try_push(1, m));
         assert_eq!(ob.pending_bytes(), 2 * cost);
         ob.wrote(cost);
-        ob.sent();
+        sent(&ob);
         assert_eq!(ob.pending_bytes(), cost);
     }
 
