@@ -342,6 +342,51 @@ fn bench_smoke() {
     }
 }
 
+/// 1 → 1 with `--baseline` also sends the raw frames through the daemon
+/// between raw clients (no libbus), which splits the bus's cost between the
+/// daemon and the client library. Every frame must arrive (the run fails
+/// otherwise); timings are not checked.
+#[test]
+fn bench_baseline_runs_raw_clients_through_the_daemon() {
+    let bus = daemon();
+    let out = run({
+        let mut c = cli(&bus);
+        c.args(["--address", &bus.daemon.address().to_string()]).args([
+            "bench",
+            "pubsub",
+            "--msgs",
+            "5000",
+            "--baseline",
+            "--json",
+        ]);
+        c
+    });
+    let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let raw = &report["baseline_raw_clients"];
+    assert!(raw["msgs_per_s"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(
+        report["baseline_raw_clients_cpu_ns_per_msg"].as_f64().is_some(),
+        "{report}"
+    );
+    assert!(
+        report["baseline_raw_clients_daemon_cpu_ns_per_msg"]
+            .as_f64()
+            .is_some(),
+        "{report}"
+    );
+    let ratios: Vec<&str> = report["ratios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r[0].as_str())
+        .collect();
+    assert!(ratios.contains(&"raw_clients_via_busd / raw_stream"), "{report}");
+    assert!(
+        ratios.contains(&"deliver_msgs_per_s / raw_clients_via_busd"),
+        "{report}"
+    );
+}
+
 #[test]
 fn every_command_works_over_tcp_with_a_token() {
     let dir = tempfile::tempdir().unwrap();

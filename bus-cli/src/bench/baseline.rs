@@ -12,10 +12,11 @@ use hdrhistogram::Histogram;
 
 use super::Latency;
 
-const BUF: usize = 64 << 10;
+/// Buffer of each raw writer and reader.
+pub(super) const BUF: usize = 64 << 10;
 
 /// Reads one length-prefixed frame into `body`; false at end of stream.
-fn read_frame(r: &mut impl Read, body: &mut Vec<u8>) -> std::io::Result<bool> {
+pub(super) fn read_frame(r: &mut impl Read, body: &mut Vec<u8>) -> std::io::Result<bool> {
     let mut len = [0u8; 4];
     if let Err(e) = r.read_exact(&mut len) {
         return if e.kind() == std::io::ErrorKind::UnexpectedEof {
@@ -51,7 +52,7 @@ fn write_frames(tx: UnixStream, frame: &[u8], count: u64) -> std::io::Result<()>
     w.flush()
 }
 
-fn join<T>(h: std::thread::JoinHandle<std::io::Result<T>>, what: &str) -> std::io::Result<T> {
+pub(super) fn join<T>(h: std::thread::JoinHandle<std::io::Result<T>>, what: &str) -> std::io::Result<T> {
     h.join()
         .map_err(|_| std::io::Error::other(format!("{what} thread panicked")))?
 }
@@ -103,17 +104,20 @@ pub fn relay(frame: &[u8], count: u64) -> std::io::Result<Duration> {
 }
 
 /// Runs `run` (a stream) with growing counts until one run lasts at least `min`
-/// (at most 2^30 frames). Returns the frame count and elapsed time.
+/// (at most 2^30 frames). Returns that run's frame count and elapsed time,
+/// and the frames of all runs (for CPU time per frame).
 pub fn long_enough(
-    run: fn(&[u8], u64) -> std::io::Result<Duration>,
+    run: impl Fn(&[u8], u64) -> std::io::Result<Duration>,
     frame: &[u8],
     min: Duration,
-) -> std::io::Result<(u64, Duration)> {
+) -> std::io::Result<(u64, Duration, u64)> {
     let mut count = 100_000;
+    let mut total = 0;
     loop {
         let elapsed = run(frame, count)?;
+        total += count;
         if elapsed >= min || count >= 1 << 30 {
-            return Ok((count, elapsed));
+            return Ok((count, elapsed, total));
         }
         // Aim past `min` next time, growing at least 2x.
         let scale = (min.as_secs_f64() * 1.5 / elapsed.as_secs_f64().max(1e-6)).max(2.0);

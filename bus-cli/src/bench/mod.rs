@@ -5,11 +5,15 @@
 //! (1 → N), `reqrep` (request/reply, sequential per requester), `routing`
 //! (1 → 1 publish rate with K extra non-matching subscriptions vs with none).
 //! `--baseline` adds a raw stream, a raw relay (the same bytes forwarded by a
-//! thread, the floor of any broker) and a raw ping-pong.
+//! thread, the floor of any broker) and a raw ping-pong; for pubsub 1 → 1 on
+//! a Unix socket also raw clients through the daemon (the same frames between
+//! a blocking publisher and subscriber, no libbus), which splits the bus's
+//! cost between the daemon and the client library.
 //! By default it starts its own daemon in-process; `--address` measures an
 //! external `busd` (the honest mode: the daemon in its own process).
 
 mod baseline;
+mod raw_clients;
 mod workload;
 
 use std::time::Duration;
@@ -65,7 +69,8 @@ pub struct BenchArgs {
     /// Idle connections to hold (conns).
     #[arg(long, default_value_t = 1000, value_parser = at_least_one::<usize>())]
     pub conns: usize,
-    /// Also measure the raw Unix-socket baseline and print ratios.
+    /// Also measure the raw Unix-socket baseline and print ratios (pubsub
+    /// 1 → 1 on a Unix socket adds raw clients through the daemon).
     #[arg(long)]
     pub baseline: bool,
     /// Print the report as JSON.
@@ -175,6 +180,18 @@ pub struct Report {
     pub baseline_stream_cpu_ns_per_msg: Option<f64>,
     /// CPU time of the raw relay (all three threads) per frame, ns.
     pub baseline_relay_cpu_ns_per_msg: Option<f64>,
+    /// Pubsub 1 → 1: the same frames through the daemon between a raw
+    /// publisher and subscriber (blocking threads, no libbus).
+    pub baseline_raw_clients: Option<Rate>,
+    /// This process's CPU time per frame of that run, ns: the two raw
+    /// clients (and the daemon, when it runs in-process).
+    pub baseline_raw_clients_cpu_ns_per_msg: Option<f64>,
+    /// The external daemon's CPU time per frame of that run, ns.
+    pub baseline_raw_clients_daemon_cpu_ns_per_msg: Option<f64>,
+    /// Pubsub: messages a publisher keeps in flight (half the daemon's
+    /// `max_pending`, in frames).
+    #[serde(skip)]
+    pub window: u64,
     /// Conns mode: daemon RSS before opening the idle connections, bytes.
     pub rss_before: Option<u64>,
     /// Conns mode: daemon RSS with all of them open, bytes.
@@ -183,6 +200,13 @@ pub struct Report {
     pub rss_per_conn: Option<f64>,
     /// Bus figure ÷ baseline figure.
     pub ratios: Vec<(String, f64)>,
+}
+
+impl Report {
+    /// Adds the ratio `name` (bus figure ÷ baseline figure).
+    fn ratio(&mut self, name: &str, value: f64) {
+        self.ratios.push((name.to_owned(), value));
+    }
 }
 
 /// The raw stream runs at least this long, so it is a stable reference.
@@ -202,51 +226,70 @@ fn frame_bytes(size: usize) -> Vec<u8> {
     buf
 }
 
+/// Runs `run` (a stream of `size`-byte payloads) long enough on a blocking
+/// thread: its rate, and this process's CPU time per frame (nothing else
+/// runs meanwhile).
+async fn measure<F>(run: F, size: usize) -> libbus::Result<(Rate, f64, u64)>
+where
+    F: Fn(&[u8], u64) -> std::io::Result<Duration> + Send + 'static,
+{
+    let frame = frame_bytes(size);
+    let cpu = busd::api::cpu_time_us();
+    let (msgs, elapsed, all) =
+        tokio::task::spawn_blocking(move || baseline::long_enough(run, &frame, MIN_BASELINE))
+            .await
+            .map_err(|e| libbus::Error::Protocol(e.to_string()))??;
+    let cpu_ns = busd::api::cpu_time_us().saturating_sub(cpu) as f64 * 1000.0;
+    Ok((Rate::new(msgs, size, elapsed), cpu_ns / all.max(1) as f64, all))
+}
+
 /// Runs the benchmark and prints the report.
 pub async fn run(args: BenchArgs, address: Option<libbus::Address>) -> libbus::Result<()> {
-    let mut report = workload::run(&args, address).await?;
+    let target = workload::Target::new(address)?;
+    let mut report = workload::run(&args, &target).await?;
     if args.baseline {
-        // Rate, and this process's CPU time per frame (nothing else runs).
-        let measure = |run: fn(&[u8], u64) -> std::io::Result<Duration>| {
-            let frame = frame_bytes(args.size);
-            let size = args.size;
-            async move {
-                let cpu = busd::api::cpu_time_us();
-                let (msgs, elapsed) =
-                    tokio::task::spawn_blocking(move || baseline::long_enough(run, &frame, MIN_BASELINE))
-                        .await
-                        .map_err(|e| libbus::Error::Protocol(e.to_string()))??;
-                let cpu_ns = busd::api::cpu_time_us().saturating_sub(cpu) as f64 * 1000.0;
-                Ok::<_, libbus::Error>((Rate::new(msgs, size, elapsed), cpu_ns / msgs.max(1) as f64))
-            }
-        };
-        let (stream, stream_cpu) = measure(baseline::stream).await?;
-        let (relay, relay_cpu) = measure(baseline::relay).await?;
+        let (stream, stream_cpu, _) = measure(baseline::stream, args.size).await?;
+        let (relay, relay_cpu, _) = measure(baseline::relay, args.size).await?;
         report.baseline_stream = Some(stream);
         report.baseline_relay = Some(relay);
         report.baseline_stream_cpu_ns_per_msg = Some(stream_cpu);
         report.baseline_relay_cpu_ns_per_msg = Some(relay_cpu);
         if let Some(d) = report.deliver {
-            report.ratios.push((
-                "deliver_msgs_per_s / raw_relay".into(),
-                d.msgs_per_s / relay.msgs_per_s,
-            ));
-        }
-        if let Some(d) = report.deliver {
-            report.ratios.push((
-                "deliver_msgs_per_s / raw_stream".into(),
+            report.ratio("deliver_msgs_per_s / raw_relay", d.msgs_per_s / relay.msgs_per_s);
+            report.ratio(
+                "deliver_msgs_per_s / raw_stream",
                 d.msgs_per_s / stream.msgs_per_s,
-            ));
-            report.ratios.push((
-                "deliver_mb_per_s / raw_stream".into(),
-                d.mb_per_s / stream.mb_per_s,
-            ));
+            );
+            report.ratio("deliver_mb_per_s / raw_stream", d.mb_per_s / stream.mb_per_s);
+        }
+        if let (Mode::Pubsub, 1, 1, libbus::Address::Unix(path)) =
+            (args.mode, report.pubs, report.subs, &target.address)
+        {
+            let (path, window) = (path.clone(), report.window);
+            let via = move |frame: &[u8], count: u64| {
+                raw_clients::through_daemon(&path, workload::SUBJECT, frame, count, window)
+            };
+            let daemon_cpu = workload::daemon_cpu_us(&target).await?;
+            let (raw, raw_cpu, frames) = measure(via, args.size).await?;
+            report.baseline_raw_clients = Some(raw);
+            report.baseline_raw_clients_cpu_ns_per_msg = Some(raw_cpu);
+            if let (Some(before), Some(after)) = (daemon_cpu, workload::daemon_cpu_us(&target).await?) {
+                report.baseline_raw_clients_daemon_cpu_ns_per_msg =
+                    Some(after.saturating_sub(before) as f64 * 1000.0 / frames.max(1) as f64);
+            }
+            report.ratio(
+                "raw_clients_via_busd / raw_stream",
+                raw.msgs_per_s / stream.msgs_per_s,
+            );
+            if let Some(d) = report.deliver {
+                report.ratio(
+                    "deliver_msgs_per_s / raw_clients_via_busd",
+                    d.msgs_per_s / raw.msgs_per_s,
+                );
+            }
         }
         if let Some(r) = report.rate_without_extra_subs {
-            report.ratios.push((
-                "publish_with_none / raw_stream".into(),
-                r.msgs_per_s / stream.msgs_per_s,
-            ));
+            report.ratio("publish_with_none / raw_stream", r.msgs_per_s / stream.msgs_per_s);
         }
         let frame = frame_bytes(args.size);
         let rounds = args.msgs.clamp(1, 200_000);
@@ -255,12 +298,8 @@ pub async fn run(args: BenchArgs, address: Option<libbus::Address>) -> libbus::R
             .map_err(|e| libbus::Error::Protocol(e.to_string()))??;
         report.baseline_pingpong = Some(pp);
         if let Some(l) = report.latency {
-            report
-                .ratios
-                .push(("reqrep_p50 / raw_pingpong_p50".into(), l.p50_us / pp.p50_us));
-            report
-                .ratios
-                .push(("reqrep_p99 / raw_pingpong_p99".into(), l.p99_us / pp.p99_us));
+            report.ratio("reqrep_p50 / raw_pingpong_p50", l.p50_us / pp.p50_us);
+            report.ratio("reqrep_p99 / raw_pingpong_p99", l.p99_us / pp.p99_us);
         }
     }
     if args.json {
@@ -335,20 +374,28 @@ fn print_report(r: &Report) {
     if let Some(x) = &r.baseline_relay {
         print_rate("raw relay (baseline)", x);
     }
+    if let Some(x) = &r.baseline_raw_clients {
+        print_rate("raw clients via busd", x);
+    }
     if let Some(x) = &r.baseline_pingpong {
         print_latency("raw ping-pong (baseline)", x);
     }
     // In-process, the daemon's time is part of the bench process's.
-    let clients = if r.cpu_daemon_ns_per_msg.is_some() {
-        "cpu per msg: bench clients"
+    let (clients, raw_clients) = if r.cpu_daemon_ns_per_msg.is_some() {
+        ("cpu per msg: bench clients", "cpu per msg: raw clients")
     } else {
-        "cpu per msg: bench + daemon"
+        ("cpu per msg: bench + daemon", "cpu per msg: raw clients + daemon")
     };
     let cpu = [
         ("cpu per msg: daemon", r.cpu_daemon_ns_per_msg),
         (clients, r.cpu_clients_ns_per_msg),
         ("cpu per msg: raw stream", r.baseline_stream_cpu_ns_per_msg),
         ("cpu per msg: raw relay", r.baseline_relay_cpu_ns_per_msg),
+        (
+            "cpu per msg: daemon (raw)",
+            r.baseline_raw_clients_daemon_cpu_ns_per_msg,
+        ),
+        (raw_clients, r.baseline_raw_clients_cpu_ns_per_msg),
     ];
     for (label, ns) in cpu {
         if let Some(ns) = ns {

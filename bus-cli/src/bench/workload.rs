@@ -28,19 +28,54 @@ async fn connect(address: &Address, name: String) -> Result<Bus> {
     Bus::connect_with(address, ConnectOptions::default().name(name)).await
 }
 
-/// Runs the chosen workload against `address`, or an in-process daemon.
-pub async fn run(args: &BenchArgs, address: Option<Address>) -> Result<Report> {
-    let (_daemon, _dir, address, desc) = match address {
-        Some(a) => (None, None, a.clone(), format!("external at {a}")),
-        None => {
-            let dir = tempfile::tempdir()?;
-            let mut config = busd::Config::with_socket(dir.path().join("busd.sock"));
-            config.max_subscriptions = usize::MAX;
-            let daemon = busd::Daemon::start(config).map_err(io_err)?;
-            let a = daemon.address().clone();
-            (Some(daemon), Some(dir), a, "in-process".to_owned())
+/// A daemon for the run: started in-process, or an external one.
+pub struct Target {
+    /// Where it listens.
+    pub address: Address,
+    /// How the report names it.
+    pub desc: String,
+    /// The in-process daemon and its socket's directory, kept alive for the
+    /// whole run (the baselines after the workload use it too).
+    pub own: Option<(busd::Daemon, tempfile::TempDir)>,
+}
+
+impl Target {
+    /// `address`, or a new in-process daemon on a socket in a temp dir.
+    pub fn new(address: Option<Address>) -> Result<Target> {
+        if let Some(a) = address {
+            return Ok(Target {
+                desc: format!("external at {a}"),
+                address: a,
+                own: None,
+            });
         }
-    };
+        let dir = tempfile::tempdir()?;
+        let mut config = busd::Config::with_socket(dir.path().join("busd.sock"));
+        config.max_subscriptions = usize::MAX;
+        let daemon = busd::Daemon::start(config).map_err(io_err)?;
+        Ok(Target {
+            address: daemon.address().clone(),
+            desc: "in-process".to_owned(),
+            own: Some((daemon, dir)),
+        })
+    }
+}
+
+/// The external daemon's CPU time so far, µs (`None` in-process, where it is
+/// part of this process's).
+pub async fn daemon_cpu_us(target: &Target) -> Result<Option<u64>> {
+    if target.own.is_some() {
+        return Ok(None);
+    }
+    let probe = connect(&target.address, "bench-probe".into()).await?;
+    let info: api::ServerInfo = probe.request(api::INFO, []).await?.decode()?;
+    probe.close().await?;
+    Ok(Some(info.cpu_us))
+}
+
+/// Runs the chosen workload against `target`.
+pub async fn run(args: &BenchArgs, target: &Target) -> Result<Report> {
+    let address = target.address.clone();
     let probe = connect(&address, "bench-probe".into()).await?;
     let info: api::ServerInfo = probe.request(api::INFO, []).await?.decode()?;
     let limit = |name: &str| info.limits.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
@@ -50,7 +85,7 @@ pub async fn run(args: &BenchArgs, address: Option<Address>) -> Result<Report> {
 
     let mut report = Report {
         mode: Some(args.mode),
-        daemon: desc,
+        daemon: target.desc.clone(),
         size: args.size,
         ..Report::default()
     };
@@ -81,7 +116,7 @@ pub async fn run(args: &BenchArgs, address: Option<Address>) -> Result<Report> {
         };
         let per_msg = |us: u64| us as f64 * 1000.0 / messages.max(1) as f64;
         // In-process, the daemon's time is part of this process's.
-        if _daemon.is_none() {
+        if target.own.is_none() {
             report.cpu_daemon_ns_per_msg = Some(per_msg(info.cpu_us.saturating_sub(cpu_before.0)));
         }
         report.cpu_clients_ns_per_msg = Some(per_msg(own));
@@ -161,6 +196,7 @@ async fn pubsub(
     };
     let frame_cost = (args.size + 64) as u64;
     let window = (max_pending / 2 / frame_cost).max(1);
+    report.window = window;
     let check_every = (window / 4).clamp(1, 256);
     // Subscribers publish their progress every `report_every` messages (an
     // atomic per message would be a cost of the bench, not of the bus). It
@@ -427,10 +463,10 @@ async fn routing(
     report.rate_without_extra_subs = without.publish;
     report.extra_subscriptions = Some(extra);
     if let (Some(with), Some(wo)) = (report.publish, without.publish) {
-        report.ratios.push((
-            "publish_with_extra / publish_without".into(),
+        report.ratio(
+            "publish_with_extra / publish_without",
             with.msgs_per_s / wo.msgs_per_s,
-        ));
+        );
     }
     drop(kept);
     drop(holders);
