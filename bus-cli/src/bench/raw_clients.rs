@@ -40,6 +40,7 @@ fn encode(frame: &ClientFrame<'_>) -> std::io::Result<Vec<u8>> {
 fn connect(path: &Path, name: &str) -> std::io::Result<(UnixStream, BufReader<UnixStream>)> {
     let mut s = UnixStream::connect(path)?;
     s.set_read_timeout(Some(TIMEOUT))?;
+    s.set_write_timeout(Some(TIMEOUT))?;
     s.write_all(&encode(&ClientFrame::Hello(proto::Hello {
         version: proto::PROTOCOL_VERSION,
         name,
