@@ -401,12 +401,12 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use libbus::{codec::Next, proto::LEN_PREFIX};
 
     /// The rest of the batch being written went out.
     fn sent(ob: &Outbox) {
         ob.wrote(usize::MAX);
     }
-    use libbus::{codec::Next, proto::LEN_PREFIX};
 
     /// What a batch says, frame by frame: (sid, Some(dropped)) for a Lagged
     /// notice, (sid, None) for a message.

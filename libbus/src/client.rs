@@ -205,6 +205,9 @@ impl Batch {
     }
 }
 
+/// Deliveries gathered from one read, per subscription, in arrival order.
+pub(crate) type Pending = Vec<(u64, Batch)>;
+
 /// Largest batch; also bounded by the subscription's capacity.
 const MAX_BATCH: usize = 256;
 
@@ -916,14 +919,14 @@ impl Shared {
     }
 
     /// Hands each pending batch to its subscription, in order.
-    pub(crate) async fn deliver_all(&self, pending: &mut Vec<(u64, Batch)>) {
+    pub(crate) async fn deliver_all(&self, pending: &mut Pending) {
         for (sid, batch) in pending.drain(..) {
             self.deliver(sid, batch).await;
         }
     }
 
     /// Hands over what can be handed over without waiting (the link ended).
-    pub(crate) fn deliver_now(&self, pending: &mut Vec<(u64, Batch)>) {
+    pub(crate) fn deliver_now(&self, pending: &mut Pending) {
         let subs = lock(&self.subs);
         for (sid, batch) in pending.drain(..) {
             if let Some(e) = subs.get(&sid) {

@@ -19,7 +19,7 @@ use rustls::pki_types::ServerName;
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 
 use crate::{
-    client::{lock, Batch, Shared},
+    client::{lock, Batch, Pending, Shared},
     codec::{self, Next},
     message::Found,
     proto::{self, ClientFrame, ServerFrame},
@@ -297,9 +297,6 @@ impl Batching {
     }
 }
 
-/// Deliveries gathered from one read, per subscription, in arrival order.
-type Pending = Vec<(u64, Batch)>;
-
 /// Adds message `found` (in `chunk`) to the pending batch of `sid`; true if
 /// that batch is now full.
 fn add_message(pending: &mut Pending, sid: u64, chunk: &Bytes, found: Found, b: Batching) -> bool {
@@ -377,7 +374,9 @@ fn handle_frame(
         let (sid, found) = at(msg);
         return Ok(on_msg(shared, chunk, sid, found, pending, batching));
     }
-    let decoded = match codec::decode_server_frame(body) {
+    // Everything else goes to postcard (`decode_server_frame` would only
+    // repeat the `raw_msg` attempt first).
+    let decoded = match codec::decode::<ServerFrame>(body) {
         Ok(f) => f,
         Err(e) => return Err(format!("bad frame from daemon: {e}")),
     };

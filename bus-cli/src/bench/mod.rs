@@ -188,10 +188,6 @@ pub struct Report {
     pub baseline_raw_clients_cpu_ns_per_msg: Option<f64>,
     /// The external daemon's CPU time per frame of that run, ns.
     pub baseline_raw_clients_daemon_cpu_ns_per_msg: Option<f64>,
-    /// Pubsub: messages a publisher keeps in flight (half the daemon's
-    /// `max_pending`, in frames).
-    #[serde(skip)]
-    pub window: u64,
     /// Conns mode: daemon RSS before opening the idle connections, bytes.
     pub rss_before: Option<u64>,
     /// Conns mode: daemon RSS with all of them open, bytes.
@@ -265,17 +261,20 @@ pub async fn run(args: BenchArgs, address: Option<libbus::Address>) -> libbus::R
         if let (Mode::Pubsub, 1, 1, libbus::Address::Unix(path)) =
             (args.mode, report.pubs, report.subs, &target.address)
         {
-            let (path, window) = (path.clone(), report.window);
+            let before = target.info().await?;
+            let window = workload::flow_window(workload::max_pending(&before), args.size);
+            let path = path.clone();
             let via = move |frame: &[u8], count: u64| {
                 raw_clients::through_daemon(&path, workload::SUBJECT, frame, count, window)
             };
-            let daemon_cpu = workload::daemon_cpu_us(&target).await?;
             let (raw, raw_cpu, frames) = measure(via, args.size).await?;
             report.baseline_raw_clients = Some(raw);
             report.baseline_raw_clients_cpu_ns_per_msg = Some(raw_cpu);
-            if let (Some(before), Some(after)) = (daemon_cpu, workload::daemon_cpu_us(&target).await?) {
+            // In-process, the daemon's time is already in `raw_cpu`.
+            if target.own.is_none() {
+                let used = target.info().await?.cpu_us.saturating_sub(before.cpu_us);
                 report.baseline_raw_clients_daemon_cpu_ns_per_msg =
-                    Some(after.saturating_sub(before) as f64 * 1000.0 / frames.max(1) as f64);
+                    Some(used as f64 * 1000.0 / frames.max(1) as f64);
             }
             report.ratio(
                 "raw_clients_via_busd / raw_stream",

@@ -86,6 +86,7 @@ pub fn through_daemon(
             break;
         }
     }
+    // Messages the subscriber has received or been told are lost.
     let received = Arc::new(AtomicU64::new(0));
     let progress = received.clone();
     let reader = std::thread::spawn(move || -> std::io::Result<u64> {
@@ -97,10 +98,11 @@ pub fn through_daemon(
             if body.first() == Some(&proto::MSG_TAG) {
                 got += 1;
                 if got % 256 == 0 {
-                    progress.store(got, Relaxed);
+                    progress.store(got + lost, Relaxed);
                 }
             } else if let Ok(ServerFrame::Lagged { dropped, .. }) = codec::decode::<ServerFrame>(&body) {
                 lost += dropped;
+                progress.store(got + lost, Relaxed);
             }
         }
         drop(sub);

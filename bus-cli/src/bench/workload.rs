@@ -59,18 +59,31 @@ impl Target {
             own: Some((daemon, dir)),
         })
     }
+
+    /// The daemon's `$BUS.api.info` record, over a connection of its own.
+    pub async fn info(&self) -> Result<api::ServerInfo> {
+        let probe = connect(&self.address, "bench-probe".into()).await?;
+        let info = probe.request(api::INFO, []).await?.decode()?;
+        probe.close().await?;
+        Ok(info)
+    }
 }
 
-/// The external daemon's CPU time so far, µs (`None` in-process, where it is
-/// part of this process's).
-pub async fn daemon_cpu_us(target: &Target) -> Result<Option<u64>> {
-    if target.own.is_some() {
-        return Ok(None);
-    }
-    let probe = connect(&target.address, "bench-probe".into()).await?;
-    let info: api::ServerInfo = probe.request(api::INFO, []).await?.decode()?;
-    probe.close().await?;
-    Ok(Some(info.cpu_us))
+/// The daemon's `max_pending` (bytes queued per connection), from its info.
+pub fn max_pending(info: &api::ServerInfo) -> u64 {
+    limit(info, "max_pending").unwrap_or(8 << 20)
+}
+
+fn limit(info: &api::ServerInfo, name: &str) -> Option<u64> {
+    info.limits.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+}
+
+/// Messages of `size` bytes a publisher keeps in flight per subscriber: half
+/// of `max_pending`, so a run measures the sustained rate with zero loss
+/// rather than the daemon's drop rate.
+pub fn flow_window(max_pending: u64, size: usize) -> u64 {
+    let frame_cost = (size + 64) as u64;
+    (max_pending / 2 / frame_cost).max(1)
 }
 
 /// Runs the chosen workload against `target`.
@@ -78,9 +91,8 @@ pub async fn run(args: &BenchArgs, target: &Target) -> Result<Report> {
     let address = target.address.clone();
     let probe = connect(&address, "bench-probe".into()).await?;
     let info: api::ServerInfo = probe.request(api::INFO, []).await?.decode()?;
-    let limit = |name: &str| info.limits.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
-    let max_pending = limit("max_pending").unwrap_or(8 << 20);
-    let max_subs = limit("max_subscriptions").unwrap_or(10_000).max(1);
+    let max_pending = max_pending(&info);
+    let max_subs = limit(&info, "max_subscriptions").unwrap_or(10_000).max(1);
     let cpu_before = (info.cpu_us, busd::api::cpu_time_us());
 
     let mut report = Report {
@@ -177,9 +189,7 @@ impl Tally {
 }
 
 /// P publishers → S subscribers; publishers cycle through `subjects`, which
-/// the subscribers' pattern must all match. Publishers keep at most half of
-/// `max_pending` in flight per subscriber, so a run measures the sustained
-/// rate with zero loss rather than the daemon's drop rate.
+/// the subscribers' pattern must all match, within [`flow_window`].
 async fn pubsub(
     address: &Address,
     pubs: usize,
@@ -194,9 +204,7 @@ async fn pubsub(
     } else {
         "bench.routing.*".to_owned()
     };
-    let frame_cost = (args.size + 64) as u64;
-    let window = (max_pending / 2 / frame_cost).max(1);
-    report.window = window;
+    let window = flow_window(max_pending, args.size);
     let check_every = (window / 4).clamp(1, 256);
     // Subscribers publish their progress every `report_every` messages (an
     // atomic per message would be a cost of the bench, not of the bus). It
