@@ -387,6 +387,54 @@ fn bench_baseline_runs_raw_clients_through_the_daemon() {
     );
 }
 
+/// `--rounds N` repeats the run and its baselines N times: one line per
+/// round on a terminal, and each rate and ratio's median, min and max over
+/// all rounds. Only the shape and the order min <= median <= max are
+/// checked, never timings.
+#[test]
+fn bench_rounds_report_each_figure_over_all_rounds() {
+    let bus = daemon();
+    let bench = |extra: &[&str]| {
+        let mut c = cli(&bus);
+        c.args(["--address", &bus.daemon.address().to_string()])
+            .args(["bench", "pubsub", "--msgs", "3000", "--rounds", "3", "--baseline"])
+            .args(extra);
+        stdout(&run(c))
+    };
+    let report: serde_json::Value = serde_json::from_str(&bench(&["--json"])).unwrap();
+    let spread = report["spread"].as_array().unwrap();
+    let find = |name: &str| {
+        spread
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("no {name:?} in {report}"))
+    };
+    for name in [
+        "deliver msgs/s",
+        "raw stream msgs/s",
+        "ratio deliver_msgs_per_s / raw_stream",
+        "ratio raw_clients_via_busd / raw_stream",
+    ] {
+        let s = find(name);
+        assert_eq!(s["rounds"].as_u64(), Some(3), "{s}");
+        let (min, median, max) = (
+            s["min"].as_f64().unwrap(),
+            s["median"].as_f64().unwrap(),
+            s["max"].as_f64().unwrap(),
+        );
+        assert!(0.0 < min && min <= median && median <= max, "{s}");
+    }
+    // The rest of the report is the last round's, which lies in the spread.
+    let last = report["deliver"]["msgs_per_s"].as_f64().unwrap();
+    let d = find("deliver msgs/s");
+    assert!(d["min"].as_f64().unwrap() <= last && last <= d["max"].as_f64().unwrap());
+
+    let text = bench(&[]);
+    for round in ["round 1/3:", "round 2/3:", "round 3/3:", "over 3 rounds"] {
+        assert!(text.contains(round), "{round:?} missing: {text}");
+    }
+}
+
 #[test]
 fn every_command_works_over_tcp_with_a_token() {
     let dir = tempfile::tempdir().unwrap();
@@ -473,6 +521,7 @@ fn bench_refuses_zero_counts() {
         (&["bench", "pubsub", "--pubs", "0"], "--pubs"),
         (&["bench", "fanout", "--subs", "0"], "--subs"),
         (&["bench", "reqrep", "--requesters", "0"], "--requesters"),
+        (&["bench", "pubsub", "--rounds", "0"], "--rounds"),
     ] {
         let out = Command::new(CLI).args(args).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);

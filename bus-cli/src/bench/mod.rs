@@ -73,6 +73,11 @@ pub struct BenchArgs {
     /// 1 → 1 on a Unix socket adds raw clients through the daemon).
     #[arg(long)]
     pub baseline: bool,
+    /// Repeat the whole run (the bus, then its baselines) this many times
+    /// and also report each rate's and ratio's median, min and max: on a
+    /// noisy machine one run proves little.
+    #[arg(long, default_value_t = 1, value_parser = at_least_one::<usize>())]
+    pub rounds: usize,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -196,6 +201,24 @@ pub struct Report {
     pub rss_per_conn: Option<f64>,
     /// Bus figure ÷ baseline figure.
     pub ratios: Vec<(String, f64)>,
+    /// With `--rounds` above 1: each rate, CPU figure and ratio over all
+    /// rounds (the rest of the report is the last round's).
+    pub spread: Vec<Spread>,
+}
+
+/// One figure over several rounds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Spread {
+    /// The figure: a ratio's name, or a rate's or CPU line's.
+    pub name: String,
+    /// Median over the rounds (the mean of the middle two for an even count).
+    pub median: f64,
+    /// Lowest.
+    pub min: f64,
+    /// Highest.
+    pub max: f64,
+    /// Rounds that measured it.
+    pub rounds: usize,
 }
 
 impl Report {
@@ -239,10 +262,121 @@ where
     Ok((Rate::new(msgs, size, elapsed), cpu_ns / all.max(1) as f64, all))
 }
 
-/// Runs the benchmark and prints the report.
+/// Runs the benchmark (`--rounds` times) and prints the report.
 pub async fn run(args: BenchArgs, address: Option<libbus::Address>) -> libbus::Result<()> {
     let target = workload::Target::new(address)?;
-    let mut report = workload::run(&args, &target).await?;
+    let mut reports = Vec::with_capacity(args.rounds);
+    for round in 1..=args.rounds {
+        let report = run_once(&args, &target).await?;
+        if args.rounds > 1 && !args.json {
+            print_round(round, args.rounds, &report);
+        }
+        reports.push(report);
+    }
+    let spread = if args.rounds > 1 {
+        spread(&reports)
+    } else {
+        Vec::new()
+    };
+    let Some(mut report) = reports.pop() else {
+        return Ok(());
+    };
+    report.spread = spread;
+    if args.json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| libbus::Error::Protocol(e.to_string()))?
+        );
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+/// The figures of one round that `--rounds` summarises, by name.
+fn figures(r: &Report) -> Vec<(String, f64)> {
+    let rates = [
+        ("publish msgs/s", r.publish),
+        ("deliver msgs/s", r.deliver),
+        ("raw stream msgs/s", r.baseline_stream),
+        ("raw relay msgs/s", r.baseline_relay),
+        ("raw clients via busd msgs/s", r.baseline_raw_clients),
+        ("publish, no extra subs msgs/s", r.rate_without_extra_subs),
+    ];
+    let cpu = [
+        ("cpu ns per msg: daemon", r.cpu_daemon_ns_per_msg),
+        ("cpu ns per msg: bench process", r.cpu_clients_ns_per_msg),
+        ("cpu ns per msg: raw stream", r.baseline_stream_cpu_ns_per_msg),
+    ];
+    let latency = [
+        ("round trip p50 µs", r.latency.map(|l| l.p50_us)),
+        ("round trip p99 µs", r.latency.map(|l| l.p99_us)),
+    ];
+    rates
+        .iter()
+        .filter_map(|(n, rate)| rate.map(|x| (n.to_string(), x.msgs_per_s)))
+        .chain(
+            cpu.iter()
+                .chain(latency.iter())
+                .filter_map(|(n, v)| v.map(|x| (n.to_string(), x))),
+        )
+        .chain(r.ratios.iter().map(|(n, v)| (format!("ratio {n}"), *v)))
+        .collect()
+}
+
+/// Median, min and max of every figure over `reports`, in first-seen order.
+fn spread(reports: &[Report]) -> Vec<Spread> {
+    let mut names: Vec<String> = Vec::new();
+    let mut values: Vec<Vec<f64>> = Vec::new();
+    for (name, v) in reports.iter().flat_map(figures) {
+        match names.iter().position(|n| *n == name) {
+            Some(i) => values[i].push(v),
+            None => {
+                names.push(name);
+                values.push(vec![v]);
+            }
+        }
+    }
+    names
+        .into_iter()
+        .zip(values)
+        .map(|(name, mut v)| {
+            v.sort_by(f64::total_cmp);
+            let mid = v.len() / 2;
+            let median = if v.len() % 2 == 0 {
+                (v[mid - 1] + v[mid]) / 2.0
+            } else {
+                v[mid]
+            };
+            Spread {
+                name,
+                median,
+                min: v[0],
+                max: v[v.len() - 1],
+                rounds: v.len(),
+            }
+        })
+        .collect()
+}
+
+/// One line per round: its headline rate and ratios.
+fn print_round(round: usize, rounds: usize, r: &Report) {
+    let mut line = format!("round {round}/{rounds}:");
+    if let Some(d) = r.deliver {
+        line.push_str(&format!(" deliver {:.0} msgs/s", d.msgs_per_s));
+    }
+    if let Some(l) = r.latency {
+        line.push_str(&format!(" p50 {:.1} µs", l.p50_us));
+    }
+    for (name, v) in &r.ratios {
+        line.push_str(&format!(", {name} {v:.3}x"));
+    }
+    outln!("{line}");
+}
+
+/// One round: the workload, then (with `--baseline`) its baselines.
+async fn run_once(args: &BenchArgs, target: &workload::Target) -> libbus::Result<Report> {
+    let mut report = workload::run(args, target).await?;
     if args.baseline {
         let (stream, stream_cpu, _) = measure(baseline::stream, args.size).await?;
         let (relay, relay_cpu, _) = measure(baseline::relay, args.size).await?;
@@ -301,15 +435,7 @@ pub async fn run(args: BenchArgs, address: Option<libbus::Address>) -> libbus::R
             report.ratio("reqrep_p99 / raw_pingpong_p99", l.p99_us / pp.p99_us);
         }
     }
-    if args.json {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&report).map_err(|e| libbus::Error::Protocol(e.to_string()))?
-        );
-    } else {
-        print_report(&report);
-    }
-    Ok(())
+    Ok(report)
 }
 
 fn print_rate(label: &str, r: &Rate) {
@@ -398,7 +524,7 @@ fn print_report(r: &Report) {
     ];
     for (label, ns) in cpu {
         if let Some(ns) = ns {
-            outln!("{label:<28} {ns:>14.0} ns (user + system)");
+            outln!("{label:<34} {ns:>8.0} ns (user + system)");
         }
     }
     if let (Some(before), Some(after), Some(per)) = (r.rss_before, r.rss_after, r.rss_per_conn) {
@@ -411,5 +537,59 @@ fn print_report(r: &Report) {
     }
     for (name, v) in &r.ratios {
         outln!("ratio {name:<38} {v:>6.3}x");
+    }
+    if let Some(first) = r.spread.first() {
+        outln!("over {} rounds (median, min - max):", first.rounds);
+        for s in &r.spread {
+            let (unit, decimals) = match s.name.starts_with("ratio ") {
+                true => ("x", 3),
+                false if s.median >= 100.0 => ("", 0),
+                false => ("", 1),
+            };
+            let f = |v: f64| format!("{v:.decimals$}{unit}");
+            outln!(
+                "  {:<52} {:>12}  {} - {}",
+                s.name,
+                f(s.median),
+                f(s.min),
+                f(s.max)
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(deliver: f64, ratio: Option<f64>) -> Report {
+        let mut r = Report {
+            deliver: Some(Rate {
+                msgs_per_s: deliver,
+                mb_per_s: 0.0,
+            }),
+            ..Report::default()
+        };
+        if let Some(v) = ratio {
+            r.ratio("x / y", v);
+        }
+        r
+    }
+
+    #[test]
+    fn spread_takes_median_min_and_max_per_figure() {
+        let rounds = [
+            round(4.0, Some(0.3)),
+            round(1.0, None),
+            round(3.0, Some(0.1)),
+            round(2.0, Some(0.2)),
+        ];
+        let s = spread(&rounds);
+        let names: Vec<_> = s.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["deliver msgs/s", "ratio x / y"]);
+        // An even count: the mean of the middle two.
+        assert_eq!((s[0].median, s[0].min, s[0].max, s[0].rounds), (2.5, 1.0, 4.0, 4));
+        // A figure only some rounds measured counts only those.
+        assert_eq!((s[1].median, s[1].min, s[1].max, s[1].rounds), (0.2, 0.1, 0.3, 3));
     }
 }
