@@ -349,19 +349,7 @@ fn bench_smoke() {
 #[test]
 fn bench_baseline_runs_raw_clients_through_the_daemon() {
     let bus = daemon();
-    let out = run({
-        let mut c = cli(&bus);
-        c.args(["--address", &bus.daemon.address().to_string()]).args([
-            "bench",
-            "pubsub",
-            "--msgs",
-            "5000",
-            "--baseline",
-            "--json",
-        ]);
-        c
-    });
-    let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let report = raw_clients_report(&bus, "128", "5000");
     let raw = &report["baseline_raw_clients"];
     assert!(raw["msgs_per_s"].as_f64().unwrap() > 0.0, "{report}");
     assert!(
@@ -391,6 +379,40 @@ fn bench_baseline_runs_raw_clients_through_the_daemon() {
 /// round on a terminal, and each rate and ratio's median, min and max over
 /// all rounds. Only the shape and the order min <= median <= max are
 /// checked, never timings.
+/// The raw clients' run of `bench pubsub --baseline` with `--size` and `--msgs`.
+fn raw_clients_report(bus: &Bus, size: &str, msgs: &str) -> serde_json::Value {
+    let out = run({
+        let mut c = cli(bus);
+        c.args(["--address", &bus.daemon.address().to_string()]).args([
+            "bench",
+            "pubsub",
+            "--size",
+            size,
+            "--msgs",
+            msgs,
+            "--baseline",
+            "--json",
+        ]);
+        c
+    });
+    serde_json::from_str(&stdout(&out)).unwrap()
+}
+
+/// With 16 KiB frames the flow window is only ~255 messages: the raw
+/// subscriber reports progress, and the raw publisher flushes before it
+/// waits, well within it (they once waited on each other until the 10 s
+/// bound and the run failed).
+#[test]
+fn bench_baseline_raw_clients_carry_large_frames() {
+    let bus = daemon();
+    let report = raw_clients_report(&bus, "16384", "2000");
+    assert!(
+        report["baseline_raw_clients"]["msgs_per_s"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    assert_eq!(report["dropped"].as_u64(), Some(0), "{report}");
+}
+
 #[test]
 fn bench_rounds_report_each_figure_over_all_rounds() {
     let bus = daemon();
