@@ -307,6 +307,15 @@ fn figures(r: &Report) -> Vec<(String, f64)> {
         ("cpu ns per msg: daemon", r.cpu_daemon_ns_per_msg),
         ("cpu ns per msg: bench process", r.cpu_clients_ns_per_msg),
         ("cpu ns per msg: raw stream", r.baseline_stream_cpu_ns_per_msg),
+        ("cpu ns per msg: raw relay", r.baseline_relay_cpu_ns_per_msg),
+        (
+            "cpu ns per msg: daemon (raw clients)",
+            r.baseline_raw_clients_daemon_cpu_ns_per_msg,
+        ),
+        (
+            "cpu ns per msg: raw clients",
+            r.baseline_raw_clients_cpu_ns_per_msg,
+        ),
     ];
     let latency = [
         ("round trip p50 µs", r.latency.map(|l| l.p50_us)),
@@ -326,20 +335,14 @@ fn figures(r: &Report) -> Vec<(String, f64)> {
 
 /// Median, min and max of every figure over `reports`, in first-seen order.
 fn spread(reports: &[Report]) -> Vec<Spread> {
-    let mut names: Vec<String> = Vec::new();
-    let mut values: Vec<Vec<f64>> = Vec::new();
+    let mut seen: Vec<(String, Vec<f64>)> = Vec::new();
     for (name, v) in reports.iter().flat_map(figures) {
-        match names.iter().position(|n| *n == name) {
-            Some(i) => values[i].push(v),
-            None => {
-                names.push(name);
-                values.push(vec![v]);
-            }
+        match seen.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, values)) => values.push(v),
+            None => seen.push((name, vec![v])),
         }
     }
-    names
-        .into_iter()
-        .zip(values)
+    seen.into_iter()
         .map(|(name, mut v)| {
             v.sort_by(f64::total_cmp);
             let mid = v.len() / 2;

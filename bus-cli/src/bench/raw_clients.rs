@@ -86,9 +86,8 @@ pub fn through_daemon(
             break;
         }
     }
-    // Progress is reported, and checked, several times per window, so the
-    // publisher never waits for a report the subscriber has not reached.
-    let every = (window / 4).clamp(1, 256);
+    // The subscriber reports as often as the publisher checks.
+    let every = super::workload::check_every(window);
     // Messages the subscriber has received or been told are lost.
     let received = Arc::new(AtomicU64::new(0));
     let progress = received.clone();

@@ -86,11 +86,17 @@ pub fn flow_window(max_pending: u64, size: usize) -> u64 {
     (max_pending / 2 / frame_cost).max(1)
 }
 
+/// How often, in messages, a publisher within `window` checks its
+/// subscribers' progress: several times per window, so it never waits on a
+/// count a subscriber has not yet reached and reported.
+pub fn check_every(window: u64) -> u64 {
+    (window / 4).clamp(1, 256)
+}
+
 /// Runs the chosen workload against `target`.
 pub async fn run(args: &BenchArgs, target: &Target) -> Result<Report> {
     let address = target.address.clone();
-    let probe = connect(&address, "bench-probe".into()).await?;
-    let info: api::ServerInfo = probe.request(api::INFO, []).await?.decode()?;
+    let info = target.info().await?;
     let max_pending = max_pending(&info);
     let max_subs = limit(&info, "max_subscriptions").unwrap_or(10_000).max(1);
     let cpu_before = (info.cpu_us, busd::api::cpu_time_us());
@@ -119,7 +125,7 @@ pub async fn run(args: &BenchArgs, target: &Target) -> Result<Report> {
         Mode::Conns => conns(&address, args.conns, &mut report).await?,
     }
     if matches!(args.mode, Mode::Pubsub | Mode::Fanout | Mode::Reqrep) {
-        let info: api::ServerInfo = probe.request(api::INFO, []).await?.decode()?;
+        let info = target.info().await?;
         let own = busd::api::cpu_time_us().saturating_sub(cpu_before.1);
         let messages = if args.mode == Mode::Reqrep {
             report.sent
@@ -133,7 +139,6 @@ pub async fn run(args: &BenchArgs, target: &Target) -> Result<Report> {
         }
         report.cpu_clients_ns_per_msg = Some(per_msg(own));
     }
-    probe.close().await?;
     Ok(report)
 }
 
@@ -205,7 +210,7 @@ async fn pubsub(
         "bench.routing.*".to_owned()
     };
     let window = flow_window(max_pending, args.size);
-    let check_every = (window / 4).clamp(1, 256);
+    let check_every = check_every(window);
     // Subscribers publish their progress every `report_every` messages (an
     // atomic per message would be a cost of the bench, not of the bus). It
     // stays well under `window`, so flow control never waits on a count
