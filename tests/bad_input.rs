@@ -32,7 +32,7 @@ async fn random_bytes() {
         raw.send_bytes(&junk).await;
         // Either an immediate error (too large / malformed / not Hello), or the
         // daemon waits for the rest of a frame: end our side to force a verdict.
-        raw.0.shutdown().await.ok();
+        raw.stream.shutdown().await.ok();
         let mut saw_error = false;
         while let Some(f) = raw.next().await {
             assert!(matches!(f, Got::Error(..)), "round {round}: unexpected {f:?}");
@@ -78,7 +78,7 @@ async fn truncated_frame() {
     let mut bytes = 100u32.to_le_bytes().to_vec();
     bytes.extend_from_slice(&[1; 10]);
     raw.send_bytes(&bytes).await;
-    raw.0.shutdown().await.unwrap();
+    raw.stream.shutdown().await.unwrap();
     let (code, msg) = raw.expect_error_then_close().await;
     assert_eq!(code, ErrorCode::Protocol);
     assert!(msg.contains("truncated"), "{msg}");

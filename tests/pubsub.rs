@@ -2,8 +2,12 @@
 
 use std::collections::HashMap;
 
-use bus_tests::{within, TestBus};
-use libbus::{subject, Error};
+use bus_tests::{within, Got, TestBus};
+use libbus::{
+    codec,
+    proto::{self, ClientFrame},
+    subject, Error,
+};
 
 #[tokio::test]
 async fn round_trip() {
@@ -242,4 +246,67 @@ async fn typed_values_round_trip() {
     c.publish_value("t", &r).await.unwrap();
     let m = within("typed", sub.next()).await.unwrap();
     assert_eq!(m.decode::<Reading>().unwrap(), r);
+}
+
+/// Subscribes a raw connection speaking `version` to `burst` as sid 1 and
+/// waits until the daemon has taken the subscription.
+async fn raw_subscriber(bus: &TestBus, version: u16) -> bus_tests::Raw {
+    let mut raw = bus.raw().await;
+    raw.handshake_as(version).await;
+    raw.send(&ClientFrame::Sub(proto::Sub {
+        sid: 1,
+        pattern: "burst",
+        queue: None,
+    }))
+    .await;
+    raw.send(&ClientFrame::Ping).await;
+    assert_eq!(raw.next().await, Some(Got::Pong));
+    raw
+}
+
+#[tokio::test]
+async fn a_burst_is_forwarded_in_runs_and_version_2_clients_get_msgs() {
+    let bus = TestBus::start();
+    let mut current = raw_subscriber(&bus, proto::PROTOCOL_VERSION).await;
+    let mut old = raw_subscriber(&bus, proto::MIN_PROTOCOL_VERSION).await;
+    let lib = bus.client("lib").await;
+    let mut sub = lib.subscribe("burst").await.unwrap();
+
+    // Twenty publishes in one write, so the daemon reads them together; one
+    // to a subject nobody wants sits in the middle and splits the run.
+    let mut publisher = bus.raw().await;
+    publisher.handshake().await;
+    let mut wire = Vec::new();
+    for i in 0..20u8 {
+        let subject = if i == 10 { "elsewhere" } else { "burst" };
+        let p = ClientFrame::Pub(proto::Pub {
+            subject,
+            reply_to: None,
+            payload: &[i; 40],
+        });
+        codec::encode_into(&p, &mut wire, u32::MAX).unwrap();
+    }
+    publisher.send_bytes(&wire).await;
+
+    let expected: Vec<Got> = (0..20u8)
+        .filter(|&i| i != 10)
+        .map(|i| Got::Msg {
+            sid: 1,
+            subject: "burst".into(),
+            payload: vec![i; 40],
+        })
+        .collect();
+    for raw in [&mut current, &mut old] {
+        let mut got = Vec::new();
+        for _ in 0..expected.len() {
+            got.push(raw.next().await.expect("a delivery"));
+        }
+        assert_eq!(got, expected);
+    }
+    assert!(current.runs >= 1, "a burst read together goes as a Run");
+    assert_eq!(old.runs, 0, "a version 2 client never gets a Run");
+    for i in (0..20u8).filter(|&i| i != 10) {
+        let m = within("message", sub.next()).await.unwrap();
+        assert_eq!((m.subject(), m.payload()), ("burst", &[i; 40][..]));
+    }
 }

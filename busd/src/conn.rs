@@ -2,8 +2,8 @@
 //! writer loop (a second task), until either side ends it.
 //!
 //! Reader: one `read` of up to 64 KiB → every complete frame in it, parsed in
-//! place → decode → validate → route → each subscriber's outbox (the frame is
-//! encoded straight into it; never waits). A publish to a subject whose routes
+//! place → decode → validate → route → each subscriber's outbox (runs of
+//! frames forwarded as they came; never waits). A publish to a subject whose routes
 //! the connection has cached skips decode and validation (`publish_cached`).
 //! Writer: takes the outbox's whole buffer → one `write`. A frame error gets
 //! an `Error` frame naming the problem, then the connection closes; other
@@ -29,7 +29,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::{
     api,
-    outbox::{Frames, Outbox, PubFrame},
+    outbox::{Frames, Outbox, PubFrame, RUN_MAX},
     policy::UidSlot,
     registry::{lock, Conn, Stats},
     router::{Deliveries, RouteCache, Routes},
@@ -110,7 +110,7 @@ pub async fn serve(state: Arc<State>, rd: Reader, mut wr: Writer, peer: Peer, tr
         transport,
         peer,
         connected_at,
-        outbox: Outbox::new(state.config.max_pending),
+        outbox: Outbox::new(state.config.max_pending, hello.version >= proto::RUN_VERSION),
         stats: Stats::default(),
         subs: Mutex::new(Default::default()),
         kick: Default::default(),
@@ -182,6 +182,8 @@ fn admit(
 /// What a valid `Hello` said.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HelloInfo {
+    /// Protocol version the peer speaks (within what the daemon accepts).
+    pub version: u16,
     /// Client name (for a bridge: the remote node id).
     pub name: String,
     /// Credential presented (network transports).
@@ -212,16 +214,22 @@ async fn handshake(state: &State, frames: &mut Incoming) -> Result<HelloInfo, (E
 /// or the error code and message to refuse with. Pure, so it can be fuzzed.
 pub fn check_hello(body: &[u8]) -> Result<HelloInfo, (ErrorCode, String)> {
     match codec::decode::<ClientFrame>(body) {
-        Ok(ClientFrame::Hello(h)) if h.version == proto::PROTOCOL_VERSION => Ok(HelloInfo {
-            name: h.name.to_owned(),
-            auth: h.auth.map(ToOwned::to_owned),
-            role: h.role,
-        }),
+        Ok(ClientFrame::Hello(h))
+            if (proto::MIN_PROTOCOL_VERSION..=proto::PROTOCOL_VERSION).contains(&h.version) =>
+        {
+            Ok(HelloInfo {
+                version: h.version,
+                name: h.name.to_owned(),
+                auth: h.auth.map(ToOwned::to_owned),
+                role: h.role,
+            })
+        }
         Ok(ClientFrame::Hello(h)) => Err((
             ErrorCode::VersionMismatch,
             format!(
-                "protocol version mismatch: client speaks {}, daemon speaks {}",
+                "protocol version mismatch: client speaks {}, daemon speaks {} to {}",
                 h.version,
+                proto::MIN_PROTOCOL_VERSION,
                 proto::PROTOCOL_VERSION
             ),
         )),
@@ -323,13 +331,23 @@ async fn read_loop(state: &State, conn: &Arc<Conn>, frames: &mut Incoming) -> Fa
 /// Handles the whole frames of one read, in place. Publishes are delivered
 /// together once the frames are handled (or before the first frame of
 /// another kind); those accepted before a fatal frame are still delivered.
-fn handle_frames(state: &State, conn: &Arc<Conn>, chunk: &[u8], cache: &mut RouteCache) -> Result<(), Fatal> {
-    let mut pending = Pending::default();
+fn handle_frames(
+    state: &State,
+    conn: &Arc<Conn>,
+    chunk: &Bytes,
+    cache: &mut RouteCache,
+) -> Result<(), Fatal> {
+    let mut pending = Pending {
+        deliveries: Deliveries::in_read(chunk, RUN_MAX.min(state.config.max_frame as usize)),
+        msgs: 0,
+        bytes: 0,
+    };
     let mut at = 0;
     let mut result = Ok(());
     while let Ok(codec::Next::Frame(body)) = codec::next_frame(&chunk[at..], u32::MAX) {
-        at += proto::LEN_PREFIX + body.len();
-        result = handle_frame(state, conn, body, cache, &mut pending);
+        let frame = &chunk[at..at + proto::LEN_PREFIX + body.len()];
+        at += frame.len();
+        result = handle_frame(state, conn, frame, cache, &mut pending);
         if result.is_err() {
             break;
         }
@@ -341,7 +359,6 @@ fn handle_frames(state: &State, conn: &Arc<Conn>, chunk: &[u8], cache: &mut Rout
 /// What handling one read accumulates: the deliveries of its publishes,
 /// queued together, and their counts, added to the connection's stats
 /// together (two atomic adds per read rather than per message).
-#[derive(Default)]
 struct Pending<'a> {
     deliveries: Deliveries<'a>,
     msgs: u64,
@@ -372,29 +389,30 @@ fn fatal(conn: &Conn, code: ErrorCode, message: String) -> Fatal {
     Fatal(CloseReason::Error(message))
 }
 
+/// Handles one whole frame (`frame`: prefix and body).
 fn handle_frame<'a>(
     state: &State,
     conn: &Arc<Conn>,
-    body: &'a [u8],
+    frame: &'a [u8],
     cache: &mut RouteCache,
     pending: &mut Pending<'a>,
 ) -> Result<(), Fatal> {
-    if publish_cached(state, body, cache, pending) {
+    if publish_cached(state, frame, cache, pending) {
         return Ok(());
     }
-    let frame = match codec::decode::<ClientFrame>(body) {
+    let decoded = match codec::decode::<ClientFrame>(&frame[proto::LEN_PREFIX..]) {
         Ok(f) => f,
         Err(CodecError::Postcard(e)) => {
             return Err(fatal(conn, ErrorCode::Protocol, format!("malformed frame: {e}")))
         }
         Err(e) => return Err(fatal(conn, ErrorCode::Protocol, e.to_string())),
     };
-    if !matches!(frame, ClientFrame::Pub(_)) {
+    if !matches!(decoded, ClientFrame::Pub(_)) {
         // Everything published before this frame is queued before its effects.
         pending.settle(&conn.stats);
     }
-    match frame {
-        ClientFrame::Pub(p) => publish(state, conn, body, p, cache, pending),
+    match decoded {
+        ClientFrame::Pub(p) => publish(state, conn, frame, p, cache, pending),
         ClientFrame::Sub(s) => subscribe(state, conn, s),
         ClientFrame::Unsub { sid } => {
             if let Some(sub) = lock(&conn.subs).remove(&sid) {
@@ -419,7 +437,7 @@ fn handle_frame<'a>(
 fn publish<'a>(
     state: &State,
     conn: &Conn,
-    body: &'a [u8],
+    frame: &'a [u8],
     p: proto::Pub<'_>,
     cache: &mut RouteCache,
     pending: &mut Pending<'a>,
@@ -442,7 +460,7 @@ fn publish<'a>(
 
     // A cached subject was validated (and found unreserved) when it was cached.
     if let Some(routes) = state.router.cached(p.subject.as_bytes(), cache) {
-        route(state, conn, body, &p, routes, pending);
+        route(state, conn, frame, &p, routes, pending);
         return Ok(());
     }
     if let Err(e) = subject::validate_subject(p.subject) {
@@ -465,7 +483,7 @@ fn publish<'a>(
         return Ok(());
     }
     let routes = state.router.lookup(p.subject, cache);
-    route(state, conn, body, &p, &routes, pending);
+    route(state, conn, frame, &p, &routes, pending);
     Ok(())
 }
 
@@ -476,11 +494,11 @@ fn publish<'a>(
 /// path then decodes it.
 fn publish_cached<'a>(
     state: &State,
-    body: &'a [u8],
+    frame: &'a [u8],
     cache: &mut RouteCache,
     pending: &mut Pending<'a>,
 ) -> bool {
-    let Some(p) = codec::raw_pub(body).filter(|p| p.reply_to.is_none()) else {
+    let Some(p) = codec::raw_pub(&frame[proto::LEN_PREFIX..]).filter(|p| p.reply_to.is_none()) else {
         return false;
     };
     if state.cluster.is_active() {
@@ -493,7 +511,7 @@ fn publish_cached<'a>(
     if !routes.is_empty() {
         pending
             .deliveries
-            .push(routes, PubFrame::new(body, p.payload.len()));
+            .push(routes, PubFrame::new(frame, p.payload.len()));
     }
     true
 }
@@ -503,7 +521,7 @@ fn publish_cached<'a>(
 fn route<'a>(
     state: &State,
     conn: &Conn,
-    body: &'a [u8],
+    frame: &'a [u8],
     p: &proto::Pub<'_>,
     routes: &Arc<Routes>,
     pending: &mut Pending<'a>,
@@ -513,11 +531,10 @@ fn route<'a>(
             .cluster
             .publish(state, p.subject, p.reply_to, p.payload, routes);
     if !routes.is_empty() {
-        // Each subscriber's outbox gets its own copy, encoded from the
-        // receive buffer: nothing is allocated per message.
+        // Queued from the receive buffer: nothing is allocated per message.
         pending
             .deliveries
-            .push(routes, PubFrame::new(body, p.payload.len()));
+            .push(routes, PubFrame::new(frame, p.payload.len()));
     } else if !remote {
         if let Some(reply_to) = p.reply_to {
             conn.outbox

@@ -23,9 +23,10 @@
 //! ## The path of one message
 //! `conn` reader (frames parsed in place: `libbus::codec::next_frame`, postcard
 //! decode) → `router::Router::lookup` (cached trie match) →
-//! `router::Routes::deliver` → each subscriber's `outbox::Outbox` (the `Msg`
-//! frame is encoded into it; never waits) → that connection's writer (the
-//! whole queue, vectored writes) → socket.
+//! `router::Deliveries` (the publishes of one read, in runs by subscribers) →
+//! each subscriber's `outbox::Outbox` (a `Run` of the `Pub` frames as they
+//! came, or a `Msg` per message; never waits) → that connection's writer
+//! (the whole queue, vectored writes) → socket.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 

@@ -17,36 +17,70 @@
 use std::{
     collections::VecDeque,
     io::IoSlice,
+    ops::Range,
     sync::{Mutex, MutexGuard},
 };
 
-use bytes::Buf;
-use libbus::{codec, proto::ServerFrame};
+use bytes::{Buf, Bytes};
+use libbus::{
+    codec,
+    proto::{self, ServerFrame, LEN_PREFIX},
+};
 use tokio::sync::Notify;
 
-/// One published message to deliver: its validated `Pub` frame body (without
-/// length prefix), usually borrowed from the publisher's receive buffer.
+/// One published message to deliver: its validated `Pub` frame, length
+/// prefix included, usually borrowed from the publisher's receive buffer.
 #[derive(Debug, Clone, Copy)]
 pub struct PubFrame<'a> {
-    /// The `Pub` frame body.
-    pub body: &'a [u8],
-    /// Payload bytes within `body`, for the byte counters.
+    /// The whole `Pub` frame.
+    pub frame: &'a [u8],
+    /// Payload bytes within it, for the byte counters.
     pub payload_len: u32,
 }
 
 impl<'a> PubFrame<'a> {
-    /// A validated `Pub` body carrying `payload_len` payload bytes.
-    pub fn new(body: &'a [u8], payload_len: usize) -> Self {
+    /// A validated `Pub` frame (prefix and body) carrying `payload_len`
+    /// payload bytes.
+    pub fn new(frame: &'a [u8], payload_len: usize) -> Self {
         Self {
-            body,
+            frame,
             payload_len: payload_len as u32,
         }
+    }
+
+    /// The frame's body.
+    pub fn body(&self) -> &'a [u8] {
+        self.frame.get(LEN_PREFIX..).unwrap_or_default()
     }
 
     /// Bytes of the `Msg` frame it becomes for `sid`, charged against
     /// `max_pending` while queued.
     pub fn cost(&self, sid: u64) -> usize {
-        libbus::proto::msg_from_pub_len(self.body, sid)
+        proto::msg_from_pub_len(self.body(), sid)
+    }
+}
+
+/// Consecutive `Pub` frames of one read, `read[range]`, to forward verbatim
+/// as one `Run` frame to each subscriber that speaks version 3.
+#[derive(Debug, Clone)]
+pub struct RunSpan<'a> {
+    /// The read the frames came in.
+    pub read: &'a Bytes,
+    /// Where they lie in it.
+    pub range: Range<usize>,
+    /// How many messages.
+    pub msgs: u64,
+    /// Their payload bytes.
+    pub payload: u64,
+    /// Several subscribers get the run: if it is large, each queue holds a
+    /// reference to the read rather than a copy.
+    pub fan_out: bool,
+}
+
+impl RunSpan<'_> {
+    /// Bytes of the `Run` frame for `sid`, charged against `max_pending`.
+    fn cost(&self, sid: u64) -> usize {
+        proto::run_head_len(sid, self.range.len()) + self.range.len()
     }
 }
 
@@ -54,7 +88,7 @@ impl<'a> PubFrame<'a> {
 /// over a bridge), encoded as one.
 #[derive(Debug, Clone)]
 pub struct Published {
-    body: Vec<u8>,
+    frame: Vec<u8>,
     payload_len: usize,
 }
 
@@ -64,10 +98,10 @@ impl Published {
         Self::encode(subject, None, payload)
     }
 
-    /// Encodes a message as a `Pub` frame body.
+    /// Encodes a message as a `Pub` frame.
     pub fn encode(subject: &str, reply_to: Option<&str>, payload: &[u8]) -> Self {
         let mut frame = Vec::new();
-        let p = libbus::proto::Pub {
+        let p = proto::Pub {
             subject,
             reply_to,
             payload,
@@ -75,16 +109,15 @@ impl Published {
         if let Err(e) = codec::encode_pub(&p, &mut frame, u32::MAX) {
             tracing::error!("encoding a daemon message on {subject}: {e}");
         }
-        frame.drain(..frame.len().min(libbus::proto::LEN_PREFIX));
         Self {
-            body: frame,
+            frame,
             payload_len: payload.len(),
         }
     }
 
     /// The message as a frame to deliver.
     pub fn frame(&self) -> PubFrame<'_> {
-        PubFrame::new(&self.body, self.payload_len)
+        PubFrame::new(&self.frame, self.payload_len)
     }
 }
 
@@ -96,13 +129,44 @@ const FIRST_CHUNK: usize = 1 << 10;
 /// Largest chunk (a larger frame gets a chunk of its own size).
 const CHUNK: usize = 64 << 10;
 
-/// Encoded frames in order, in chunks of up to 64 KiB (`CHUNK`), so that a
-/// long queue grows without reallocating and copying what it holds, and never
-/// holds more than one partly used chunk beyond its contents. As a [`Buf`] it
-/// is what the writer sends (several chunks per `writev`).
+/// Most bytes of frames forwarded in one `Run` (a single larger frame
+/// makes a run of its own).
+pub const RUN_MAX: usize = 16 << 10;
+
+/// A run of frames at least this long going to several subscribers is
+/// queued as a reference to the read it came in rather than copied into each
+/// queue. A reference keeps that whole read buffer (about 64 KiB, or one
+/// large frame) alive until written, so what a queue holds stays within a
+/// few times what it counts against `max_pending`; and the reader then needs
+/// a fresh buffer, which costs more than one copy (measured: 1 -> 1 at 16 KiB
+/// was slower shared, 1 -> 4 faster), so a run for one subscriber is copied.
+pub const SHARE_MIN: usize = 16 << 10;
+
+/// One piece of the queue.
+#[derive(Debug)]
+enum Chunk {
+    /// Frames written into the queue's own memory (new frames go at its end).
+    Own(Vec<u8>),
+    /// Frames shared with the read they came in.
+    Shared(Bytes),
+}
+
+impl Chunk {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Self::Own(v) => v,
+            Self::Shared(b) => b,
+        }
+    }
+}
+
+/// Encoded frames in order, in chunks of up to 64 KiB (`CHUNK`) and runs
+/// shared with the reads they came in, so that a long queue grows without
+/// reallocating and copying what it holds. As a [`Buf`] it is what the
+/// writer sends (several chunks per `writev`).
 #[derive(Debug, Default)]
 pub struct Frames {
-    chunks: VecDeque<Vec<u8>>,
+    chunks: VecDeque<Chunk>,
     /// Bytes of the front chunk already consumed.
     head: usize,
     /// Bytes not yet consumed.
@@ -115,28 +179,37 @@ impl Frames {
     /// Appends with `write`, which adds about `need` bytes, to the last chunk
     /// or to a new one if it has no room.
     fn append(&mut self, need: usize, write: impl FnOnce(&mut Vec<u8>)) {
-        let fits = self.chunks.back().is_some_and(|c| c.capacity() - c.len() >= need);
+        let fits = matches!(self.chunks.back(), Some(Chunk::Own(c)) if c.capacity() - c.len() >= need);
         if !fits {
             let size = self
                 .chunks
                 .back()
-                .map_or(FIRST_CHUNK, |c| c.capacity().saturating_mul(2))
+                .map_or(FIRST_CHUNK, |c| c.bytes().len().saturating_mul(2))
                 .clamp(FIRST_CHUNK, CHUNK)
                 .max(need);
             let chunk = match self.spare.take() {
                 Some(spare) if spare.capacity() >= size => spare,
                 _ => Vec::with_capacity(size),
             };
-            self.chunks.push_back(chunk);
+            self.chunks.push_back(Chunk::Own(chunk));
         }
-        let last = self.chunks.len() - 1;
-        let chunk = &mut self.chunks[last];
-        let before = chunk.len();
-        write(chunk);
-        self.len += chunk.len() - before;
-        if chunk.is_empty() {
+        let Some(Chunk::Own(last)) = self.chunks.back_mut() else {
+            return;
+        };
+        let before = last.len();
+        write(last);
+        self.len += last.len() - before;
+        if last.is_empty() {
             // Nothing was written: no empty chunk in the chain.
             self.chunks.pop_back();
+        }
+    }
+
+    /// Appends frames shared with the buffer they are in.
+    fn share(&mut self, frames: Bytes) {
+        if !frames.is_empty() {
+            self.len += frames.len();
+            self.chunks.push_back(Chunk::Shared(frames));
         }
     }
 
@@ -151,7 +224,7 @@ impl Buf for Frames {
     }
 
     fn chunk(&self) -> &[u8] {
-        self.chunks.front().map_or(&[], |c| &c[self.head..])
+        self.chunks.front().map_or(&[], |c| &c.bytes()[self.head..])
     }
 
     fn advance(&mut self, mut cnt: usize) {
@@ -159,14 +232,14 @@ impl Buf for Frames {
         self.len -= cnt;
         while cnt > 0 {
             let Some(front) = self.chunks.front() else { break };
-            let rest = front.len() - self.head;
+            let rest = front.bytes().len() - self.head;
             if cnt < rest {
                 self.head += cnt;
                 break;
             }
             cnt -= rest;
             self.head = 0;
-            if let Some(mut done) = self.chunks.pop_front() {
+            if let Some(Chunk::Own(mut done)) = self.chunks.pop_front() {
                 if done.capacity() <= CHUNK {
                     done.clear();
                     self.spare = Some(done);
@@ -180,7 +253,7 @@ impl Buf for Frames {
         for (i, c) in self.chunks.iter().enumerate() {
             let Some(slot) = dst.get_mut(n) else { break };
             let from = if i == 0 { self.head } else { 0 };
-            *slot = IoSlice::new(&c[from..]);
+            *slot = IoSlice::new(&c.bytes()[from..]);
             n += 1;
         }
         n
@@ -225,16 +298,46 @@ impl State {
         if self.pending() + cost > max_pending {
             return false;
         }
-        if let Some(i) = self.lag.iter().position(|(s, _)| *s == sid) {
-            let (_, dropped) = self.lag.swap_remove(i);
-            self.push_lagged(sid, dropped);
-        }
+        self.report_lag(sid);
         self.frames.append(cost, |buf| {
-            libbus::proto::encode_msg_from_pub(msg.body, sid, buf);
+            proto::encode_msg_from_pub(msg.body(), sid, buf);
         });
         self.taken.msgs += 1;
         self.taken.bytes += u64::from(msg.payload_len);
         true
+    }
+
+    /// Queues `run` for `sid` as one `Run` frame (after any unreported
+    /// loss of `sid`) if it fits under `max_pending`; false if it does not.
+    fn push_run(&mut self, sid: u64, run: &RunSpan<'_>, max_pending: usize) -> bool {
+        let cost = run.cost(sid);
+        if self.pending() + cost > max_pending {
+            return false;
+        }
+        self.report_lag(sid);
+        let frames = &run.read[run.range.clone()];
+        if run.fan_out && frames.len() >= SHARE_MIN {
+            self.frames.append(cost - frames.len(), |buf| {
+                proto::encode_run_head(sid, frames.len(), buf);
+            });
+            self.frames.share(run.read.slice(run.range.clone()));
+        } else {
+            self.frames.append(cost, |buf| {
+                proto::encode_run_head(sid, frames.len(), buf);
+                buf.extend_from_slice(frames);
+            });
+        }
+        self.taken.msgs += run.msgs;
+        self.taken.bytes += run.payload;
+        true
+    }
+
+    /// Queues the `Lagged` notice `sid` has pending, if any.
+    fn report_lag(&mut self, sid: u64) {
+        if let Some(i) = self.lag.iter().position(|(s, _)| *s == sid) {
+            let (_, dropped) = self.lag.swap_remove(i);
+            self.push_lagged(sid, dropped);
+        }
     }
 
     fn push_lagged(&mut self, sid: u64, dropped: u64) {
@@ -260,15 +363,19 @@ pub struct Outbox {
     state: Mutex<State>,
     ready: Notify,
     max_pending: usize,
+    /// The peer reads `Run` frames (protocol version 3).
+    runs: bool,
 }
 
 impl Outbox {
-    /// An empty queue bounded at `max_pending` bytes.
-    pub fn new(max_pending: usize) -> Self {
+    /// An empty queue bounded at `max_pending` bytes, for a peer that reads
+    /// `Run` frames if `runs`.
+    pub fn new(max_pending: usize, runs: bool) -> Self {
         Self {
             state: Mutex::new(State::default()),
             ready: Notify::new(),
             max_pending,
+            runs,
         }
     }
 
@@ -292,17 +399,22 @@ impl Outbox {
         fits
     }
 
-    /// [`try_push`](Self::try_push) for several messages to `sid` under one
-    /// lock; those that do not fit are counted as dropped.
-    pub fn push_many<'a>(&self, sid: u64, msgs: impl Iterator<Item = PubFrame<'a>>) {
+    /// [`try_push`](Self::try_push) for consecutive messages to `sid` under
+    /// one lock: as one `Run` frame if they lie together in one read (`run`)
+    /// and the peer reads runs and the whole run fits; otherwise one by one,
+    /// and those that do not fit are counted as dropped.
+    pub fn push_many(&self, sid: u64, msgs: &[PubFrame<'_>], run: Option<&RunSpan<'_>>) {
         let mut st = self.lock();
         if st.closed {
             return;
         }
         let was_empty = st.frames.is_empty();
-        for msg in msgs {
-            if !st.push_msg(sid, msg, self.max_pending) {
-                st.count_drop(sid);
+        let ran = self.runs && run.is_some_and(|run| st.push_run(sid, run, self.max_pending));
+        if !ran {
+            for msg in msgs {
+                if !st.push_msg(sid, *msg, self.max_pending) {
+                    st.count_drop(sid);
+                }
             }
         }
         let notify = was_empty && !st.frames.is_empty();
@@ -338,7 +450,8 @@ impl Outbox {
 
     /// Swaps everything queued into `batch` (which must be consumed), waiting
     /// while the queue is empty. The batch counts against the bound until
-    /// [`sent`](Self::sent). Returns `None` once the queue is closed and drained.
+    /// the socket takes it ([`wrote`](Self::wrote)). Returns `None` once the
+    /// queue is closed and drained.
     pub async fn take(&self, batch: &mut Frames) -> Option<Taken> {
         debug_assert!(batch.is_empty());
         loop {
@@ -408,22 +521,75 @@ mod tests {
         ob.wrote(usize::MAX);
     }
 
-    /// What a batch says, frame by frame: (sid, Some(dropped)) for a Lagged
-    /// notice, (sid, None) for a message.
+    /// What a batch says, message by message: (sid, Some(dropped)) for a
+    /// Lagged notice, (sid, None) for a message (alone or in a run).
     fn frames(batch: &mut Frames) -> Vec<(u64, Option<u64>)> {
+        server_frames(batch)
+            .into_iter()
+            .flat_map(|(sid, what)| match what {
+                Kind::Msg => vec![(sid, None)],
+                Kind::Run(n) => vec![(sid, None); n],
+                Kind::Lagged(d) => vec![(sid, Some(d))],
+            })
+            .collect()
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Kind {
+        Msg,
+        /// A run of this many messages.
+        Run(usize),
+        Lagged(u64),
+    }
+
+    /// The frames of a batch, as sent: each one's sid and kind.
+    fn server_frames(batch: &mut Frames) -> Vec<(u64, Kind)> {
         let batch = batch.copy_to_bytes(batch.remaining());
-        let mut at = 0;
         let mut out = Vec::new();
-        while let Ok(Next::Frame(body)) = codec::next_frame(&batch[at..], u32::MAX) {
-            at += LEN_PREFIX + body.len();
-            match codec::decode::<ServerFrame>(body).unwrap() {
-                ServerFrame::Msg(m) => out.push((m.sid, None)),
-                ServerFrame::Lagged { sid, dropped } => out.push((sid, Some(dropped))),
-                other => panic!("unexpected {other:?}"),
+        for_each_frame(&batch, |body| match codec::decode::<ServerFrame>(body).unwrap() {
+            ServerFrame::Msg(m) => out.push((m.sid, Kind::Msg)),
+            ServerFrame::Run { sid, frames } => {
+                let mut n = 0;
+                for_each_frame(frames, |f| {
+                    assert!(codec::raw_pub(f).is_some(), "a run holds Pub frames");
+                    n += 1;
+                });
+                out.push((sid, Kind::Run(n)));
             }
-        }
-        assert_eq!(at, batch.len());
+            ServerFrame::Lagged { sid, dropped } => out.push((sid, Kind::Lagged(dropped))),
+            other => panic!("unexpected {other:?}"),
+        });
         out
+    }
+
+    /// Calls `each` with every frame body of `bytes`, which holds whole frames.
+    fn for_each_frame(bytes: &[u8], mut each: impl FnMut(&[u8])) {
+        let mut at = 0;
+        while let Ok(Next::Frame(body)) = codec::next_frame(&bytes[at..], u32::MAX) {
+            at += LEN_PREFIX + body.len();
+            each(body);
+        }
+        assert_eq!(at, bytes.len());
+    }
+
+    /// `n` messages of `size` payload bytes back to back, as one read.
+    fn read_of(n: usize, size: usize) -> Bytes {
+        let m = msg(size);
+        m.frame.repeat(n).into()
+    }
+
+    /// The messages in `read` (from [`read_of`]) and the run they make.
+    fn run_in(read: &Bytes, n: usize, size: usize) -> (Vec<PubFrame<'_>>, RunSpan<'_>) {
+        let each = read.len() / n;
+        let msgs = read.chunks(each).map(|f| PubFrame::new(f, size)).collect();
+        let run = RunSpan {
+            read,
+            range: 0..read.len(),
+            msgs: n as u64,
+            payload: (n * size) as u64,
+            fan_out: true,
+        };
+        (msgs, run)
     }
 
     fn msg(n: usize) -> Published {
@@ -435,7 +601,7 @@ mod tests {
         let m = msg(30);
         let m = m.frame();
         let cost = m.cost(1);
-        let ob = Outbox::new(2 * cost + cost / 2);
+        let ob = Outbox::new(2 * cost + cost / 2, true);
         assert!(ob.try_push(1, m));
         assert!(ob.try_push(1, m));
         assert!(!ob.try_push(1, m));
@@ -474,16 +640,16 @@ mod tests {
         let m = msg(30);
         let m = m.frame();
         let cost = m.cost(7);
-        let ob = Outbox::new(2 * cost + cost / 2);
+        let ob = Outbox::new(2 * cost + cost / 2, true);
         // Two fit, three are dropped and counted.
-        ob.push_many(7, std::iter::repeat_n(m, 5));
+        ob.push_many(7, &[m; 5], None);
         assert_eq!((ob.pending_bytes(), ob.dropped()), (2 * cost, 3));
         let mut batch = Frames::default();
         ob.take(&mut batch).await.unwrap();
         assert_eq!(frames(&mut batch), [(7, None), (7, None)]);
         sent(&ob);
         // The loss is reported ahead of the next message that fits.
-        ob.push_many(7, std::iter::once(m));
+        ob.push_many(7, &[m], None);
         ob.take(&mut batch).await.unwrap();
         assert_eq!(frames(&mut batch), [(7, Some(3)), (7, None)]);
     }
@@ -493,7 +659,7 @@ mod tests {
         let m = msg(30);
         let m = m.frame();
         let cost = m.cost(1);
-        let ob = Outbox::new(2 * cost);
+        let ob = Outbox::new(2 * cost, true);
         assert!(ob.try_push(1, m));
         assert!(ob.try_push(1, m));
         let mut batch = Frames::default();
@@ -524,7 +690,7 @@ mod tests {
         expected.extend_from_slice(&big);
         f.append(big.len(), |b| b.extend_from_slice(&big));
         assert!(f.chunks.len() > 2);
-        assert!(f.chunks.iter().all(|c| c.len() <= CHUNK + 1));
+        assert!(f.chunks.iter().all(|c| c.bytes().len() <= CHUNK + 1));
         assert_eq!(f.remaining(), expected.len());
 
         // Read back partly through vectored slices, then by chunk.
@@ -553,11 +719,87 @@ mod tests {
     #[tokio::test]
     async fn control_frames_use_the_slack() {
         let m = msg(30);
-        let ob = Outbox::new(m.frame().cost(1));
+        let ob = Outbox::new(m.frame().cost(1), true);
         assert!(ob.try_push(1, m.frame()));
         // Over the bound for messages, still room for a control frame.
         assert!(!ob.try_push(1, m.frame()));
         assert!(ob.push_frame(&[0; 100]));
         assert!(!ob.push_frame(&vec![0; CONTROL_SLACK]));
+    }
+
+    #[tokio::test]
+    async fn a_run_goes_as_one_frame_copied_or_shared() {
+        // Small: copied into the queue.
+        let read = read_of(10, 100);
+        let (msgs, run) = run_in(&read, 10, 100);
+        assert!(read.len() < SHARE_MIN);
+        let ob = Outbox::new(1 << 20, true);
+        ob.push_many(3, &msgs, Some(&run));
+        assert_eq!(ob.pending_bytes(), run.cost(3));
+        let mut batch = Frames::default();
+        assert_eq!(
+            ob.take(&mut batch).await,
+            Some(Taken {
+                msgs: 10,
+                bytes: 1000
+            })
+        );
+        assert!(batch.chunks.iter().all(|c| matches!(c, Chunk::Own(_))));
+        assert_eq!(server_frames(&mut batch), [(3, Kind::Run(10))]);
+        sent(&ob);
+
+        // Large, for several subscribers: the queue holds the read itself,
+        // behind the run's head. For one subscriber: a copy.
+        let read = read_of(3, SHARE_MIN / 2);
+        let (msgs, run) = run_in(&read, 3, SHARE_MIN / 2);
+        let alone = RunSpan {
+            fan_out: false,
+            ..run.clone()
+        };
+        for (run, shared) in [(&run, true), (&alone, false)] {
+            ob.push_many(3, &msgs, Some(run));
+            ob.take(&mut batch).await.unwrap();
+            let at = batch.chunks.iter().find_map(|c| match c {
+                Chunk::Shared(b) => Some(b.as_ptr()),
+                Chunk::Own(_) => None,
+            });
+            assert_eq!(at, shared.then(|| read.as_ptr()));
+            assert_eq!(server_frames(&mut batch), [(3, Kind::Run(3))]);
+            sent(&ob);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_run_that_does_not_fit_or_cannot_be_read_goes_one_by_one() {
+        let read = read_of(5, 30);
+        let (msgs, run) = run_in(&read, 5, 30);
+        let cost = msgs[0].cost(7);
+        // Room for two messages, not for the run: two go, three are dropped.
+        let ob = Outbox::new(2 * cost + cost / 2, true);
+        ob.push_many(7, &msgs, Some(&run));
+        assert_eq!((ob.pending_bytes(), ob.dropped()), (2 * cost, 3));
+        let mut batch = Frames::default();
+        ob.take(&mut batch).await.unwrap();
+        assert_eq!(server_frames(&mut batch), [(7, Kind::Msg), (7, Kind::Msg)]);
+        sent(&ob);
+        // The loss is reported ahead of the next run.
+        let one_run = RunSpan {
+            range: 0..msgs[0].frame.len(),
+            msgs: 1,
+            ..run.clone()
+        };
+        ob.push_many(7, &msgs[..1], Some(&one_run));
+        ob.take(&mut batch).await.unwrap();
+        assert_eq!(
+            server_frames(&mut batch),
+            [(7, Kind::Lagged(3)), (7, Kind::Run(1))]
+        );
+        sent(&ob);
+
+        // A version 2 peer gets every message as a `Msg`.
+        let old = Outbox::new(1 << 20, false);
+        old.push_many(7, &msgs, Some(&run));
+        old.take(&mut batch).await.unwrap();
+        assert_eq!(server_frames(&mut batch), vec![(7, Kind::Msg); 5]);
     }
 }

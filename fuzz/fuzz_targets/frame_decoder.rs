@@ -68,6 +68,13 @@ fuzz_target!(|data: &[u8]| {
                         _ => assert!(!utf8, "raw_pub accepted what postcard refuses"),
                     }
                 }
+                // A client's direct Run reader must agree with postcard too.
+                if let Some((sid, frames)) = codec::raw_run(&frame) {
+                    assert_eq!(
+                        codec::decode::<ServerFrame>(&frame).ok(),
+                        Some(ServerFrame::Run { sid, frames })
+                    );
+                }
                 round_trip!(ClientFrame, &frame);
                 round_trip!(ServerFrame, &frame);
                 round_trip!(LinkFrame, &frame);

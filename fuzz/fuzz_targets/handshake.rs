@@ -23,7 +23,8 @@ fuzz_target!(|data: &[u8]| {
             let Ok(ClientFrame::Hello(h)) = codec::decode::<ClientFrame>(first) else {
                 panic!("accepted something that is not a Hello");
             };
-            assert_eq!(h.version, proto::PROTOCOL_VERSION);
+            assert!((proto::MIN_PROTOCOL_VERSION..=proto::PROTOCOL_VERSION).contains(&h.version));
+            assert_eq!(h.version, hello.version);
             assert_eq!(h.name, hello.name);
             assert_eq!(h.auth, hello.auth.as_deref());
             assert_eq!(h.role, hello.role);

@@ -307,6 +307,27 @@ pub fn raw_msg(body: &[u8]) -> Option<RawMsg<'_>> {
     })
 }
 
+/// The `Run` in `body` if it is one in postcard's plain encoding: its
+/// subscription id and its inner frames. `None` for anything else, which
+/// postcard then decides.
+pub fn raw_run(body: &[u8]) -> Option<(u64, &[u8])> {
+    let (&tag, rest) = body.split_first()?;
+    if tag != proto::RUN_TAG {
+        return None;
+    }
+    let (sid, rest) = take_varint(rest)?;
+    let (frames, _) = take_bytes(rest)?;
+    Some((sid, frames))
+}
+
+/// One delivery of a `Run`: the `Pub` frame body `body`, read as a client
+/// reads a `Msg` (subjects checked to be UTF-8). `None` if it is not a `Pub`
+/// in postcard's plain encoding, which the daemon never sends.
+pub fn run_msg(body: &[u8]) -> Option<RawPub<'_>> {
+    let p = raw_pub(body)?;
+    (is_utf8(p.subject) && p.reply_to.is_none_or(is_utf8)).then_some(p)
+}
+
 /// A `Pub` frame's fields as byte slices of its body (see [`raw_pub`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RawPub<'a> {

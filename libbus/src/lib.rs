@@ -21,7 +21,8 @@
 //! ## The path of one message
 //! `bus.publish()` encodes a `Pub` frame into the connection's output buffer and
 //! wakes the writer, which sends everything buffered in one `write`. The daemon
-//! routes it and writes a `Msg` frame to each subscriber's socket; that client's
+//! routes it and writes it to each subscriber's socket (a `Msg` frame, or
+//! within a `Run` of publishes forwarded as they came); that client's
 //! reader locates it in the receive buffer and hands the read's messages to
 //! the subscription's channel in one batch; the [`Subscription`] makes each
 //! [`Message`] (a slice of the buffer, no copy) as the application takes it.

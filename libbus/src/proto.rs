@@ -12,8 +12,15 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Version spoken by this build; the daemon refuses a `Hello` with another one.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// Version spoken by this build. Version 3 added [`ServerFrame::Run`].
+pub const PROTOCOL_VERSION: u16 = 3;
+
+/// First version whose clients read [`ServerFrame::Run`].
+pub const RUN_VERSION: u16 = 3;
+
+/// Oldest version the daemon still accepts in a `Hello`. A version 2 client
+/// gets every delivery as a `Msg`, never a `Run`.
+pub const MIN_PROTOCOL_VERSION: u16 = 2;
 
 /// Default largest frame body, in bytes (`--max-frame`).
 pub const DEFAULT_MAX_FRAME: u32 = 1 << 20;
@@ -34,7 +41,8 @@ pub enum Role {
 /// First frame from a client.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Hello<'a> {
-    /// Must equal the daemon's [`PROTOCOL_VERSION`].
+    /// The client's [`PROTOCOL_VERSION`]; the daemon accepts
+    /// [`MIN_PROTOCOL_VERSION`] up to its own.
     pub version: u16,
     /// Free-form client name, shown by `bus-cli list`.
     pub name: &'a str,
@@ -196,6 +204,17 @@ pub enum ServerFrame<'a> {
         code: ErrorCode,
         /// Explanation naming the limit and its value.
         message: &'a str,
+    },
+    /// Consecutive deliveries for `sid` (version 3): the `Pub` frames as
+    /// their publisher sent them, each with its length prefix, in order. The
+    /// daemon forwards a run of publishes verbatim, often without copying
+    /// it; each inner `Pub` is one message, as if it had come as a `Msg`.
+    Run {
+        /// The subscription these deliveries are for.
+        sid: u64,
+        /// Whole `ClientFrame::Pub` frames, back to back.
+        #[serde(with = "serde_bytes")]
+        frames: &'a [u8],
     },
 }
 
@@ -509,6 +528,25 @@ pub fn msg_from_pub_len(pub_body: &[u8], sid: u64) -> usize {
     LEN_PREFIX + 1 + varint_u64(sid).1 + pub_body.len().saturating_sub(1)
 }
 
+/// Appends the head of a `ServerFrame::Run` frame for `sid` whose `frames`
+/// are `frames_len` bytes: length prefix, tag, sid, byte count. The frames
+/// themselves follow, written (or shared) by the caller. The
+/// `run_head_matches_postcard` test pins this to postcard's own encoding.
+pub fn encode_run_head(sid: u64, frames_len: usize, out: &mut Vec<u8>) {
+    let (sid_varint, n) = varint_u64(sid);
+    let (len_varint, m) = varint_u64(frames_len as u64);
+    let len = 1 + n + m + frames_len;
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    out.push(RUN_TAG);
+    out.extend_from_slice(&sid_varint[..n]);
+    out.extend_from_slice(&len_varint[..m]);
+}
+
+/// Bytes [`encode_run_head`] appends for `sid` and `frames_len`.
+pub fn run_head_len(sid: u64, frames_len: usize) -> usize {
+    LEN_PREFIX + 1 + varint_u64(sid).1 + varint_u64(frames_len as u64).1
+}
+
 /// postcard's varint encoding of `v` (LEB128): the bytes and how many are used.
 fn varint_u64(mut v: u64) -> ([u8; 10], usize) {
     let mut out = [0u8; 10];
@@ -526,6 +564,8 @@ fn varint_u64(mut v: u64) -> ([u8; 10], usize) {
 pub const PUB_TAG: u8 = 1;
 /// postcard's variant index of `ServerFrame::Msg`.
 pub const MSG_TAG: u8 = 1;
+/// postcard's variant index of `ServerFrame::Run`.
+pub const RUN_TAG: u8 = 8;
 
 #[cfg(test)]
 mod tests {
@@ -562,6 +602,30 @@ mod tests {
             });
             codec::encode_into(&m, &mut expected, u32::MAX).unwrap();
             assert_eq!(spliced, expected, "{subject} sid {sid}");
+        }
+    }
+
+    #[test]
+    fn run_head_matches_postcard() {
+        let mut inner = Vec::new();
+        for (i, subject) in ["a", "b.c", "ünï"].iter().enumerate() {
+            let p = ClientFrame::Pub(Pub {
+                subject,
+                reply_to: None,
+                payload: &vec![i as u8; 100 * i],
+            });
+            codec::encode_into(&p, &mut inner, u32::MAX).unwrap();
+        }
+        for sid in [0, 1, 127, 128, 300, u64::MAX] {
+            for frames in [&inner[..0], &inner[..], &[7u8; 200][..]] {
+                let mut head = Vec::new();
+                encode_run_head(sid, frames.len(), &mut head);
+                assert_eq!(head.len(), run_head_len(sid, frames.len()));
+                head.extend_from_slice(frames);
+                let mut expected = Vec::new();
+                codec::encode_into(&ServerFrame::Run { sid, frames }, &mut expected, u32::MAX).unwrap();
+                assert_eq!(head, expected, "sid {sid}, {} bytes", frames.len());
+            }
         }
     }
 }

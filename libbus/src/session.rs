@@ -343,8 +343,25 @@ async fn read_loop(shared: &Arc<Shared>, mut frames: Frames) -> String {
             let start = at + proto::LEN_PREFIX;
             at = start + body.len();
             match handle_frame(shared, &chunk, start, body, &mut pending, batching) {
-                Ok(false) => {}
-                Ok(true) => shared.deliver_all(&mut pending).await,
+                Ok(Handled::Done { full: false }) => {}
+                Ok(Handled::Done { full: true }) => shared.deliver_all(&mut pending).await,
+                Ok(Handled::Run { sid, mut at, end }) => {
+                    // Each `Pub` inside is one delivery, like a `Msg`.
+                    while at < end {
+                        let Some((found, frame)) = run_message(&chunk[..end], at) else {
+                            break 'link "bad frame from daemon: malformed Run".to_owned();
+                        };
+                        let batching = Batching {
+                            max: max_batch,
+                            left: chunk.len() - at,
+                            frame,
+                        };
+                        at += frame;
+                        if on_msg(shared, &chunk, sid, found, &mut pending, batching) {
+                            shared.deliver_all(&mut pending).await;
+                        }
+                    }
+                }
                 Err(reason) => break 'link reason,
             }
         }
@@ -354,9 +371,32 @@ async fn read_loop(shared: &Arc<Shared>, mut frames: Frames) -> String {
     reason
 }
 
+/// What handling one frame left to do.
+enum Handled {
+    /// Nothing; `full`: a batch is full, hand the pending ones over first.
+    Done { full: bool },
+    /// Walk the deliveries of a `Run` for `sid`: its `Pub` frames lie in
+    /// `chunk[at..end]`.
+    Run { sid: u64, at: usize, end: usize },
+}
+
+/// The delivery in the `Pub` frame at `at` in `frames` (a `Run`'s frames
+/// end where `frames` does), and the frame's length, prefix included.
+fn run_message(frames: &[u8], at: usize) -> Option<(Found, usize)> {
+    let Ok(Next::Frame(body)) = codec::next_frame(frames.get(at..)?, u32::MAX) else {
+        return None;
+    };
+    let p = codec::run_msg(body)?;
+    let start = at + proto::LEN_PREFIX;
+    let parts = Message::locate(body, p.subject, p.reply_to, p.payload);
+    Some((
+        Found::new(start, start + body.len(), parts),
+        proto::LEN_PREFIX + body.len(),
+    ))
+}
+
 /// Handles one frame `body`, which starts at `start` in the received
-/// `chunk`. `Ok(true)`: a batch is full, hand the pending ones over before
-/// going on. `Err` ends the link.
+/// `chunk`. `Err` ends the link.
 fn handle_frame(
     shared: &Arc<Shared>,
     chunk: &Bytes,
@@ -364,15 +404,28 @@ fn handle_frame(
     body: &[u8],
     pending: &mut Pending,
     batching: Batching,
-) -> std::result::Result<bool, String> {
+) -> std::result::Result<Handled, String> {
     // The hot path: a delivery, located without building a `ServerFrame`.
     let at = |msg: codec::RawMsg<'_>| {
         let parts = Message::locate(body, msg.subject, msg.reply_to, msg.payload);
         (msg.sid, Found::new(start, start + body.len(), parts))
     };
+    // Where a `Run`'s frames lie in `chunk`.
+    let run = |sid: u64, frames: &[u8]| {
+        let at = start + (frames.as_ptr() as usize - body.as_ptr() as usize);
+        Handled::Run {
+            sid,
+            at,
+            end: at + frames.len(),
+        }
+    };
     if let Some(msg) = codec::raw_msg(body) {
         let (sid, found) = at(msg);
-        return Ok(on_msg(shared, chunk, sid, found, pending, batching));
+        let full = on_msg(shared, chunk, sid, found, pending, batching);
+        return Ok(Handled::Done { full });
+    }
+    if let Some((sid, frames)) = codec::raw_run(body) {
+        return Ok(run(sid, frames));
     }
     // Everything else goes to postcard (`decode_server_frame` would only
     // repeat the `raw_msg` attempt first).
@@ -388,8 +441,10 @@ fn handle_frame(
                 reply_to: m.reply_to.map(str::as_bytes),
                 payload: m.payload,
             });
-            return Ok(on_msg(shared, chunk, sid, found, pending, batching));
+            let full = on_msg(shared, chunk, sid, found, pending, batching);
+            return Ok(Handled::Done { full });
         }
+        ServerFrame::Run { sid, frames } => return Ok(run(sid, frames)),
         ServerFrame::Lagged { sid, dropped } => {
             shared.lagged(sid, dropped);
             pending.push((sid, Batch::Lagged(dropped)));
@@ -412,7 +467,7 @@ fn handle_frame(
         }
         ServerFrame::Welcome(_) => return Err("unexpected Welcome from daemon".into()),
     }
-    Ok(false)
+    Ok(Handled::Done { full: false })
 }
 
 /// A delivery `found` in `chunk` for subscription `sid`: a reply completes

@@ -146,6 +146,26 @@ proptest! {
     }
 
     #[test]
+    fn run_decoding_matches_postcard(
+        sid in any::<u64>(), frames in bytes(),
+        noise in prop::collection::vec(any::<u8>(), 0..64), cut in any::<prop::sample::Index>(),
+        flip in any::<prop::sample::Index>(),
+    ) {
+        let run = ServerFrame::Run { sid, frames: &frames };
+        let mut wire = Vec::new();
+        codec::encode_into(&run, &mut wire, u32::MAX).unwrap();
+        let body = &wire[proto::LEN_PREFIX..];
+        prop_assert_eq!(codec::raw_run(body).is_some(), sid < 1 << 63);
+        // Whatever the direct reader accepts, damaged or not, postcard
+        // decodes to the same Run.
+        for b in &variants(body, &noise, cut, flip) {
+            if let Some((sid, frames)) = codec::raw_run(b) {
+                prop_assert_eq!(codec::decode::<ServerFrame>(b).ok(), Some(ServerFrame::Run { sid, frames }));
+            }
+        }
+    }
+
+    #[test]
     fn msg_decoding_matches_postcard(
         a in text(), opt in proptest::option::of(text()), sid in any::<u64>(), payload in bytes(),
         noise in prop::collection::vec(any::<u8>(), 0..64), cut in any::<prop::sample::Index>(),

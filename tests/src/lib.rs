@@ -2,7 +2,7 @@
 //! cleaned up on drop, plus a raw-socket client for protocol abuse. Every wait
 //! goes through [`within`], so no test can hang.
 
-use std::{future::Future, path::PathBuf, time::Duration};
+use std::{collections::VecDeque, future::Future, path::PathBuf, time::Duration};
 
 use busd::{Config, Daemon};
 use libbus::{
@@ -96,7 +96,11 @@ impl TestBus {
         let s = within("raw connect", UnixStream::connect(self.socket()))
             .await
             .expect("raw connect");
-        Raw(s)
+        Raw {
+            stream: s,
+            queued: VecDeque::new(),
+            runs: 0,
+        }
     }
 
     /// Stops the daemon now (also done on drop).
@@ -141,14 +145,22 @@ pub enum Got {
     SubRefused(u64, ErrorCode, String),
 }
 
-/// A raw protocol connection for feeding the daemon bad input.
-pub struct Raw(pub UnixStream);
+/// A raw protocol connection for feeding the daemon bad input. The
+/// deliveries of a `Run` frame come out one `Got::Msg` at a time.
+pub struct Raw {
+    /// The socket.
+    pub stream: UnixStream,
+    /// Deliveries of a `Run` not yet returned.
+    queued: VecDeque<Got>,
+    /// `Run` frames received so far.
+    pub runs: usize,
+}
 
 impl Raw {
     /// Sends raw bytes.
     pub async fn send_bytes(&mut self, b: &[u8]) {
         // The daemon may already have closed on us: ignore write errors.
-        let _ = self.0.write_all(b).await;
+        let _ = self.stream.write_all(b).await;
     }
 
     /// Sends one well-formed frame.
@@ -160,8 +172,13 @@ impl Raw {
 
     /// Sends `Hello` and expects `Welcome`.
     pub async fn handshake(&mut self) -> u64 {
+        self.handshake_as(proto::PROTOCOL_VERSION).await
+    }
+
+    /// [`handshake`](Self::handshake) speaking protocol `version`.
+    pub async fn handshake_as(&mut self, version: u16) -> u64 {
         self.send(&ClientFrame::Hello(proto::Hello {
-            version: proto::PROTOCOL_VERSION,
+            version,
             name: "raw",
             role: proto::Role::Client,
             auth: None,
@@ -179,10 +196,13 @@ impl Raw {
     }
 
     async fn read_frame(&mut self) -> Option<Got> {
+        if let Some(got) = self.queued.pop_front() {
+            return Some(got);
+        }
         let mut len = [0u8; 4];
-        self.0.read_exact(&mut len).await.ok()?;
+        self.stream.read_exact(&mut len).await.ok()?;
         let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
-        self.0.read_exact(&mut body).await.ok()?;
+        self.stream.read_exact(&mut body).await.ok()?;
         let f: ServerFrame = codec::decode(&body).expect("daemon sends valid frames");
         Some(match f {
             ServerFrame::Welcome(w) => Got::Welcome(w.conn_id),
@@ -191,6 +211,23 @@ impl Raw {
                 subject: m.subject.into(),
                 payload: m.payload.into(),
             },
+            ServerFrame::Run { sid, frames } => {
+                let mut at = 0;
+                while let Ok(codec::Next::Frame(body)) = codec::next_frame(&frames[at..], u32::MAX) {
+                    at += proto::LEN_PREFIX + body.len();
+                    let Ok(ClientFrame::Pub(p)) = codec::decode(body) else {
+                        panic!("a Run holds Pub frames, got {body:?}");
+                    };
+                    self.queued.push_back(Got::Msg {
+                        sid,
+                        subject: p.subject.into(),
+                        payload: p.payload.into(),
+                    });
+                }
+                assert_eq!(at, frames.len(), "a Run holds whole frames");
+                self.runs += 1;
+                return self.queued.pop_front();
+            }
             ServerFrame::Lagged { sid, dropped } => Got::Lagged(sid, dropped),
             ServerFrame::NoResponders { reply_to } => Got::NoResponders(reply_to.into()),
             ServerFrame::Error { code, message } => Got::Error(code, message.into()),

@@ -97,11 +97,16 @@ pub fn through_daemon(
             if !read_frame(&mut sub_rx, &mut body)? {
                 return Err(other("daemon closed the subscriber"));
             }
-            if body.first() == Some(&proto::MSG_TAG) {
-                got += 1;
-                if got % every == 0 {
-                    progress.store(got + lost, Relaxed);
+            let n = match body.first() {
+                Some(&proto::MSG_TAG) => 1,
+                Some(&proto::RUN_TAG) => codec::raw_run(&body).map_or(0, |(_, frames)| frames_in(frames)),
+                _ => 0,
+            };
+            if n > 0 {
+                if (got + n) / every != got / every {
+                    progress.store(got + n + lost, Relaxed);
                 }
+                got += n;
             } else if let Ok(ServerFrame::Lagged { dropped, .. }) = codec::decode::<ServerFrame>(&body) {
                 lost += dropped;
                 progress.store(got + lost, Relaxed);
@@ -136,4 +141,14 @@ pub fn through_daemon(
         )));
     }
     Ok(start.elapsed())
+}
+
+/// How many whole frames `frames` holds (a `Run`'s deliveries).
+fn frames_in(frames: &[u8]) -> u64 {
+    let (mut n, mut at) = (0, 0);
+    while let Ok(codec::Next::Frame(body)) = codec::next_frame(&frames[at..], u32::MAX) {
+        at += proto::LEN_PREFIX + body.len();
+        n += 1;
+    }
+    n
 }

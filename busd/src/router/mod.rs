@@ -17,7 +17,12 @@ use std::{
 
 use libbus::{proto::link::Interest, subject::RESERVED_PREFIX};
 
-use crate::{outbox::PubFrame, registry::Conn};
+use bytes::Bytes;
+
+use crate::{
+    outbox::{PubFrame, RunSpan},
+    registry::Conn,
+};
 use sublist::Sublist;
 
 /// One subscription of one connection.
@@ -53,15 +58,16 @@ impl Routes {
         self.deliver_filtered(msg, |_| true);
     }
 
-    /// [`deliver`](Self::deliver) for a run of messages: each plain
-    /// subscriber's queue is locked once for all of them.
-    fn deliver_run<'a>(&self, msgs: impl Iterator<Item = PubFrame<'a>> + Clone) {
+    /// [`deliver`](Self::deliver) for consecutive messages: each plain
+    /// subscriber's queue is locked once for all of them, and gets them as
+    /// one `Run` frame if they lie together in one read (`run`).
+    fn deliver_run(&self, msgs: &[PubFrame<'_>], run: Option<&RunSpan<'_>>) {
         for t in &self.plain {
-            t.conn.outbox.push_many(t.sid, msgs.clone());
+            t.conn.outbox.push_many(t.sid, msgs, run);
         }
         if !self.groups.is_empty() {
             for msg in msgs {
-                self.deliver_groups(msg, |_| true);
+                self.deliver_groups(*msg, |_| true);
             }
         }
     }
@@ -99,27 +105,66 @@ impl Routes {
 
 /// Publishes a reader has routed but not yet queued: delivered together, so
 /// that a run of messages to the same subscribers takes each subscriber's
-/// queue lock once rather than once per message. The reader delivers them
-/// before it handles any other kind of frame and before it waits for input,
-/// so effects stay in the order the frames came in.
-#[derive(Debug, Default)]
+/// queue lock once rather than once per message, and, when they came back to
+/// back in one read, is forwarded as they came (one `Run` frame). The reader
+/// delivers them before it handles any other kind of frame and before it
+/// waits for input, so effects stay in the order the frames came in.
+#[derive(Debug)]
 pub struct Deliveries<'a> {
-    /// Runs of consecutive messages with the same routes: (routes, count).
-    runs: Vec<(Arc<Routes>, usize)>,
+    /// The read the messages are in.
+    read: &'a Bytes,
+    /// Most bytes of frames in one `Run` (the daemon's `max_frame`: what
+    /// clients accept).
+    max_run: usize,
+    /// Runs of consecutive messages with the same routes.
+    runs: Vec<Run>,
     /// The messages, in order.
     msgs: Vec<PubFrame<'a>>,
+}
+
+/// Consecutive messages with the same routes, back to back in the read.
+#[derive(Debug)]
+struct Run {
+    routes: Arc<Routes>,
+    /// How many.
+    len: usize,
+    /// Their frames' bytes.
+    bytes: usize,
 }
 
 /// Publishes a reader gathers before delivering them.
 const DELIVERIES_MAX: usize = 256;
 
 impl<'a> Deliveries<'a> {
+    /// Deliveries of messages that all lie in `read`, forwarded in runs
+    /// of at most `max_run` bytes of frames.
+    pub fn in_read(read: &'a Bytes, max_run: usize) -> Self {
+        Self {
+            read,
+            max_run,
+            runs: Vec::new(),
+            msgs: Vec::new(),
+        }
+    }
+
     /// Adds a message for `routes` (shared only when a new run starts);
     /// delivers everything once enough gathered.
     pub fn push(&mut self, routes: &Arc<Routes>, msg: PubFrame<'a>) {
-        match self.runs.last_mut() {
-            Some((r, n)) if Arc::ptr_eq(r, routes) => *n += 1,
-            _ => self.runs.push((routes.clone(), 1)),
+        let size = msg.frame.len();
+        match (self.runs.last_mut(), self.msgs.last()) {
+            (Some(run), Some(prev))
+                if Arc::ptr_eq(&run.routes, routes)
+                    && prev.frame.as_ptr_range().end == msg.frame.as_ptr()
+                    && run.bytes + size <= self.max_run =>
+            {
+                run.len += 1;
+                run.bytes += size;
+            }
+            _ => self.runs.push(Run {
+                routes: routes.clone(),
+                len: 1,
+                bytes: size,
+            }),
         }
         self.msgs.push(msg);
         if self.msgs.len() >= DELIVERIES_MAX {
@@ -130,13 +175,28 @@ impl<'a> Deliveries<'a> {
     /// Queues everything gathered, in order.
     pub fn deliver(&mut self) {
         let mut rest = &self.msgs[..];
-        for (routes, n) in self.runs.drain(..) {
-            let (run, after) = rest.split_at(n);
-            routes.deliver_run(run.iter().copied());
+        for run in self.runs.drain(..) {
+            let (msgs, after) = rest.split_at(run.len);
+            let span = span(self.read, msgs, run.routes.plain.len() > 1);
+            run.routes.deliver_run(msgs, span.as_ref());
             rest = after;
         }
         self.msgs.clear();
     }
+}
+
+/// Where adjacent frames `msgs` lie in `read`, as a run to forward.
+fn span<'a>(read: &'a Bytes, msgs: &[PubFrame<'_>], fan_out: bool) -> Option<RunSpan<'a>> {
+    let base = read.as_ptr() as usize;
+    let start = (msgs.first()?.frame.as_ptr() as usize).checked_sub(base)?;
+    let end = (msgs.last()?.frame.as_ptr_range().end as usize).checked_sub(base)?;
+    (end <= read.len()).then(|| RunSpan {
+        read,
+        range: start..end,
+        msgs: msgs.len() as u64,
+        payload: msgs.iter().map(|m| u64::from(m.payload_len)).sum(),
+        fan_out,
+    })
 }
 
 /// Entries a reader's cache holds before it starts over.
