@@ -25,7 +25,10 @@ pub struct Config {
     #[serde(with = "size")]
     pub max_frame: u32,
     /// `max_pending`: bytes queued per connection before new messages for it
-    /// are dropped (and reported with `Lagged`). Default 8 MiB.
+    /// are dropped (and reported with `Lagged`). Default 8 MiB. It counts
+    /// frame bytes; a run of 16 KiB or more shared with other subscribers
+    /// keeps its whole read buffer (64 KiB plus a frame) alive while queued,
+    /// so in the worst case a queue holds a few times this in memory.
     #[serde(with = "size")]
     pub max_pending: usize,
     /// `handshake_timeout`: time a new connection has to send `Hello`. Default 5 s.
