@@ -375,10 +375,6 @@ fn bench_baseline_runs_raw_clients_through_the_daemon() {
     );
 }
 
-/// `--rounds N` repeats the run and its baselines N times: one line per
-/// round on a terminal, and each rate and ratio's median, min and max over
-/// all rounds. Only the shape and the order min <= median <= max are
-/// checked, never timings.
 /// The raw clients' run of `bench pubsub --baseline` with `--size` and `--msgs`.
 fn raw_clients_report(bus: &Bus, size: &str, msgs: &str) -> serde_json::Value {
     let out = run({
@@ -413,6 +409,10 @@ fn bench_baseline_raw_clients_carry_large_frames() {
     assert_eq!(report["dropped"].as_u64(), Some(0), "{report}");
 }
 
+/// `--rounds N` repeats the run and its baselines N times: one line per
+/// round on a terminal, and each rate and ratio's median, min and max over
+/// all rounds. Only the shape and the order min <= median <= max are
+/// checked, never timings.
 #[test]
 fn bench_rounds_report_each_figure_over_all_rounds() {
     let bus = daemon();

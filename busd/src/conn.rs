@@ -3,8 +3,9 @@
 //!
 //! Reader: one `read` of up to 64 KiB → every complete frame in it, parsed in
 //! place → decode → validate → route → each subscriber's outbox (runs of
-//! frames forwarded as they came; never waits). A publish to a subject whose routes
-//! the connection has cached skips decode and validation (`publish_cached`).
+//! frames forwarded as they came; never waits). A publish to a subject whose
+//! routes the connection has cached skips decode and validation
+//! (`publish_cached`).
 //! Writer: takes the outbox's whole buffer → one `write`. A frame error gets
 //! an `Error` frame naming the problem, then the connection closes; other
 //! connections are unaffected.
@@ -29,7 +30,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::{
     api,
-    outbox::{Frames, Outbox, PubFrame, RUN_MAX},
+    outbox::{Frames, Outbox, PubFrame},
     policy::UidSlot,
     registry::{lock, Conn, Stats},
     router::{Deliveries, RouteCache, Routes},
@@ -338,15 +339,13 @@ fn handle_frames(
     cache: &mut RouteCache,
 ) -> Result<(), Fatal> {
     let mut pending = Pending {
-        deliveries: Deliveries::in_read(chunk, RUN_MAX.min(state.config.max_frame as usize)),
+        deliveries: Deliveries::in_read(chunk, state.config.max_frame),
         msgs: 0,
         bytes: 0,
     };
-    let mut at = 0;
     let mut result = Ok(());
-    while let Ok(codec::Next::Frame(body)) = codec::next_frame(&chunk[at..], u32::MAX) {
+    for (at, body) in codec::whole_frames(chunk) {
         let frame = &chunk[at..at + proto::LEN_PREFIX + body.len()];
-        at += frame.len();
         result = handle_frame(state, conn, frame, cache, &mut pending);
         if result.is_err() {
             break;

@@ -1,11 +1,14 @@
 //! A connection's bounded outbound queue.
 //!
-//! The queue is a chain of byte chunks holding encoded frames ([`Frames`]): a
-//! delivery is written into it as the `Msg` frame the subscriber will read
-//! (its `Pub` frame with the subscription id spliced in), straight from the
-//! publisher's receive buffer. No per-message allocation, reference count or
-//! queue node; the writer swaps the whole chain out and sends it with
-//! vectored writes.
+//! The queue is a chain of byte chunks holding encoded frames ([`Frames`]),
+//! written straight from the publisher's receive buffer: a run of publishes
+//! as one `Run` frame (the `Pub` frames as they came, behind a head naming
+//! the subscription), or a single delivery as the `Msg` frame the subscriber
+//! will read (its `Pub` frame with the subscription id spliced in). A large
+//! run for several subscribers is not copied: the chain holds a reference
+//! to the read buffer. No per-message allocation, reference count or queue
+//! node; the writer swaps the whole chain out and sends it with vectored
+//! writes.
 //!
 //! Publishers' reader tasks push into it and never wait: when the queued bytes
 //! (including the batch the writer is still sending) would exceed
@@ -128,10 +131,6 @@ const CONTROL_SLACK: usize = 64 << 10;
 const FIRST_CHUNK: usize = 1 << 10;
 /// Largest chunk (a larger frame gets a chunk of its own size).
 const CHUNK: usize = 64 << 10;
-
-/// Most bytes of frames forwarded in one `Run` (a single larger frame
-/// makes a run of its own).
-pub const RUN_MAX: usize = 16 << 10;
 
 /// A run of frames at least this long going to several subscribers is
 /// queued as a reference to the read it came in rather than copied into each
@@ -514,7 +513,6 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use libbus::{codec::Next, proto::LEN_PREFIX};
 
     /// The rest of the batch being written went out.
     fn sent(ob: &Outbox) {
@@ -564,12 +562,11 @@ mod tests {
 
     /// Calls `each` with every frame body of `bytes`, which holds whole frames.
     fn for_each_frame(bytes: &[u8], mut each: impl FnMut(&[u8])) {
-        let mut at = 0;
-        while let Ok(Next::Frame(body)) = codec::next_frame(&bytes[at..], u32::MAX) {
-            at += LEN_PREFIX + body.len();
+        let mut frames = codec::whole_frames(bytes);
+        for (_, body) in &mut frames {
             each(body);
         }
-        assert_eq!(at, bytes.len());
+        assert_eq!(frames.end(), bytes.len());
     }
 
     /// `n` messages of `size` payload bytes back to back, as one read.

@@ -152,6 +152,43 @@ pub fn next_frame(buf: &[u8], max_frame: u32) -> Result<Next<'_>, CodecError> {
     }
 }
 
+/// The whole frames at the front of `buf`, in order, found with
+/// [`next_frame`] (no length limit: for buffers whose frames were checked
+/// when they were read). Each item is the frame's offset in `buf` (where its
+/// length prefix starts) and its body. Stops at the first incomplete frame;
+/// [`WholeFrames::end`] then says how far it got.
+pub fn whole_frames(buf: &[u8]) -> WholeFrames<'_> {
+    WholeFrames { buf, at: 0 }
+}
+
+/// Iterator returned by [`whole_frames`].
+#[derive(Debug, Clone)]
+pub struct WholeFrames<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl WholeFrames<'_> {
+    /// Where the frames walked so far end: `buf.len()` once all of `buf`
+    /// was whole frames.
+    pub fn end(&self) -> usize {
+        self.at
+    }
+}
+
+impl<'a> Iterator for WholeFrames<'a> {
+    type Item = (usize, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let Ok(Next::Frame(body)) = next_frame(self.buf.get(self.at..)?, u32::MAX) else {
+            return None;
+        };
+        let at = self.at;
+        self.at += LEN_PREFIX + body.len();
+        Some((at, body))
+    }
+}
+
 /// Default smallest room offered to one read of a [`FrameReader`].
 const READ_ROOM: usize = 8 << 10;
 
@@ -408,6 +445,25 @@ pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, CodecError> {
 mod tests {
     use super::*;
     use crate::proto::*;
+
+    #[test]
+    fn whole_frames_walks_to_the_first_incomplete_frame() {
+        let mut buf = Vec::new();
+        for body in [&b"ab"[..], b"", b"cde"] {
+            buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            buf.extend_from_slice(body);
+        }
+        let whole = buf.len();
+        // A frame cut short after them.
+        buf.extend_from_slice(&9u32.to_le_bytes());
+        buf.extend_from_slice(b"xy");
+        let mut frames = whole_frames(&buf);
+        let got: Vec<_> = frames.by_ref().collect();
+        assert_eq!(got, [(0, &b"ab"[..]), (6, b""), (10, b"cde")]);
+        assert_eq!(frames.end(), whole);
+        assert_eq!(whole_frames(&buf[..whole]).end(), 0);
+        assert_eq!(whole_frames(&[1, 0]).count(), 0);
+    }
 
     #[tokio::test]
     async fn round_trip_through_codec() {

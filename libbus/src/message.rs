@@ -46,9 +46,24 @@ pub(crate) struct Found {
 }
 
 impl Found {
-    /// The message whose frame body is `chunk[start..end]`.
-    pub(crate) fn new(start: usize, end: usize, parts: Parts) -> Self {
-        Self { start, end, parts }
+    /// The message whose frame body `frame` starts at `start` in its chunk,
+    /// with its `subject`, `reply_to` and `payload` borrowed from `frame`.
+    pub(crate) fn new(
+        start: usize,
+        frame: &[u8],
+        subject: &[u8],
+        reply_to: Option<&[u8]>,
+        payload: &[u8],
+    ) -> Self {
+        Self {
+            start,
+            end: start + frame.len(),
+            parts: Parts {
+                subject: Span::of(frame, subject),
+                reply_to: reply_to.map(|r| Span::of(frame, r)),
+                payload: Span::of(frame, payload),
+            },
+        }
     }
 
     /// The message's subject, read from the `chunk` it was found in.
@@ -84,16 +99,6 @@ impl Span {
 }
 
 impl Message {
-    /// Where a decoded message's `subject`, `reply_to` and `payload`
-    /// (borrowed from `frame`) lie in it.
-    pub(crate) fn locate(frame: &[u8], subject: &[u8], reply_to: Option<&[u8]>, payload: &[u8]) -> Parts {
-        Parts {
-            subject: Span::of(frame, subject),
-            reply_to: reply_to.map(|r| Span::of(frame, r)),
-            payload: Span::of(frame, payload),
-        }
-    }
-
     /// The message made of `frame` and the [`Parts`] located in it.
     pub(crate) fn new(frame: Bytes, parts: Parts, shared: Option<Arc<Shared>>) -> Self {
         Self {

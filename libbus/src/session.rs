@@ -9,6 +9,7 @@
 //! what was buffered, and starts the next link.
 
 use std::{
+    ops::Range,
     os::fd::AsRawFd,
     sync::{atomic::Ordering, Arc},
     time::Duration,
@@ -20,7 +21,7 @@ use tokio::{io::AsyncWriteExt, net::TcpStream};
 
 use crate::{
     client::{lock, Batch, Pending, Shared},
-    codec::{self, Next},
+    codec,
     message::Found,
     proto::{self, ClientFrame, ServerFrame},
     transport::{self, Reader, Writer},
@@ -290,6 +291,15 @@ struct Batching {
 }
 
 impl Batching {
+    /// For the frame `body` at `at` in `chunk`, in batches of at most `max`.
+    fn at(max: usize, chunk: &[u8], at: usize, body: &[u8]) -> Self {
+        Self {
+            max,
+            left: chunk.len() - at,
+            frame: proto::LEN_PREFIX + body.len(),
+        }
+    }
+
     /// Capacity for a new batch (computed only when one starts: a division
     /// per frame showed in profiles).
     fn capacity(&self) -> usize {
@@ -333,33 +343,29 @@ async fn read_loop(shared: &Arc<Shared>, mut frames: Frames) -> String {
             Ok(None) => break "daemon closed the connection".to_owned(),
             Err(e) => break format!("read failed: {e}"),
         };
-        let mut at = 0;
-        while let Ok(Next::Frame(body)) = codec::next_frame(&chunk[at..], u32::MAX) {
-            let batching = Batching {
-                max: max_batch,
-                left: chunk.len() - at,
-                frame: proto::LEN_PREFIX + body.len(),
-            };
+        for (at, body) in codec::whole_frames(&chunk) {
+            let batching = Batching::at(max_batch, &chunk, at, body);
             let start = at + proto::LEN_PREFIX;
-            at = start + body.len();
             match handle_frame(shared, &chunk, start, body, &mut pending, batching) {
                 Ok(Handled::Done { full: false }) => {}
                 Ok(Handled::Done { full: true }) => shared.deliver_all(&mut pending).await,
-                Ok(Handled::Run { sid, mut at, end }) => {
+                Ok(Handled::Run { sid, frames }) => {
                     // Each `Pub` inside is one delivery, like a `Msg`.
-                    while at < end {
-                        let Some((found, frame)) = run_message(&chunk[..end], at) else {
+                    let mut inner = codec::whole_frames(&chunk[frames.clone()]);
+                    for (at, body) in &mut inner {
+                        let at = frames.start + at;
+                        let Some(p) = codec::run_msg(body) else {
                             break 'link "bad frame from daemon: malformed Run".to_owned();
                         };
-                        let batching = Batching {
-                            max: max_batch,
-                            left: chunk.len() - at,
-                            frame,
-                        };
-                        at += frame;
+                        let found =
+                            Found::new(at + proto::LEN_PREFIX, body, p.subject, p.reply_to, p.payload);
+                        let batching = Batching::at(max_batch, &chunk, at, body);
                         if on_msg(shared, &chunk, sid, found, &mut pending, batching) {
                             shared.deliver_all(&mut pending).await;
                         }
+                    }
+                    if inner.end() != frames.len() {
+                        break 'link "bad frame from daemon: malformed Run".to_owned();
                     }
                 }
                 Err(reason) => break 'link reason,
@@ -375,24 +381,9 @@ async fn read_loop(shared: &Arc<Shared>, mut frames: Frames) -> String {
 enum Handled {
     /// Nothing; `full`: a batch is full, hand the pending ones over first.
     Done { full: bool },
-    /// Walk the deliveries of a `Run` for `sid`: its `Pub` frames lie in
-    /// `chunk[at..end]`.
-    Run { sid: u64, at: usize, end: usize },
-}
-
-/// The delivery in the `Pub` frame at `at` in `frames` (a `Run`'s frames
-/// end where `frames` does), and the frame's length, prefix included.
-fn run_message(frames: &[u8], at: usize) -> Option<(Found, usize)> {
-    let Ok(Next::Frame(body)) = codec::next_frame(frames.get(at..)?, u32::MAX) else {
-        return None;
-    };
-    let p = codec::run_msg(body)?;
-    let start = at + proto::LEN_PREFIX;
-    let parts = Message::locate(body, p.subject, p.reply_to, p.payload);
-    Some((
-        Found::new(start, start + body.len(), parts),
-        proto::LEN_PREFIX + body.len(),
-    ))
+    /// Walk the deliveries of a `Run` for `sid`: its `Pub` frames are
+    /// `chunk[frames]`.
+    Run { sid: u64, frames: Range<usize> },
 }
 
 /// Handles one frame `body`, which starts at `start` in the received
@@ -407,16 +398,15 @@ fn handle_frame(
 ) -> std::result::Result<Handled, String> {
     // The hot path: a delivery, located without building a `ServerFrame`.
     let at = |msg: codec::RawMsg<'_>| {
-        let parts = Message::locate(body, msg.subject, msg.reply_to, msg.payload);
-        (msg.sid, Found::new(start, start + body.len(), parts))
+        let found = Found::new(start, body, msg.subject, msg.reply_to, msg.payload);
+        (msg.sid, found)
     };
     // Where a `Run`'s frames lie in `chunk`.
     let run = |sid: u64, frames: &[u8]| {
         let at = start + (frames.as_ptr() as usize - body.as_ptr() as usize);
         Handled::Run {
             sid,
-            at,
-            end: at + frames.len(),
+            frames: at..at + frames.len(),
         }
     };
     if let Some(msg) = codec::raw_msg(body) {

@@ -212,9 +212,8 @@ impl Raw {
                 payload: m.payload.into(),
             },
             ServerFrame::Run { sid, frames } => {
-                let mut at = 0;
-                while let Ok(codec::Next::Frame(body)) = codec::next_frame(&frames[at..], u32::MAX) {
-                    at += proto::LEN_PREFIX + body.len();
+                let mut inner = codec::whole_frames(frames);
+                for (_, body) in &mut inner {
                     let Ok(ClientFrame::Pub(p)) = codec::decode(body) else {
                         panic!("a Run holds Pub frames, got {body:?}");
                     };
@@ -224,7 +223,7 @@ impl Raw {
                         payload: p.payload.into(),
                     });
                 }
-                assert_eq!(at, frames.len(), "a Run holds whole frames");
+                assert_eq!(inner.end(), frames.len(), "a Run holds whole frames");
                 self.runs += 1;
                 return self.queued.pop_front();
             }

@@ -293,44 +293,77 @@ pub async fn run(args: BenchArgs, address: Option<libbus::Address>) -> libbus::R
     Ok(())
 }
 
-/// The figures of one round that `--rounds` summarises, by name.
-fn figures(r: &Report) -> Vec<(String, f64)> {
-    let rates = [
-        ("publish msgs/s", r.publish),
-        ("deliver msgs/s", r.deliver),
-        ("raw stream msgs/s", r.baseline_stream),
-        ("raw relay msgs/s", r.baseline_relay),
-        ("raw clients via busd msgs/s", r.baseline_raw_clients),
-        ("publish, no extra subs msgs/s", r.rate_without_extra_subs),
-    ];
-    let cpu = [
-        ("cpu ns per msg: daemon", r.cpu_daemon_ns_per_msg),
-        ("cpu ns per msg: bench process", r.cpu_clients_ns_per_msg),
-        ("cpu ns per msg: raw stream", r.baseline_stream_cpu_ns_per_msg),
-        ("cpu ns per msg: raw relay", r.baseline_relay_cpu_ns_per_msg),
+/// The report's rates: (name in `--rounds` summaries, label, rate).
+fn rates(r: &Report) -> [(&'static str, &'static str, Option<Rate>); 6] {
+    [
+        ("publish", "publish", r.publish),
+        ("deliver", "deliver (all subscribers)", r.deliver),
         (
-            "cpu ns per msg: daemon (raw clients)",
+            "publish, no extra subs",
+            "publish, no extra subs",
+            r.rate_without_extra_subs,
+        ),
+        ("raw stream", "raw unix stream (baseline)", r.baseline_stream),
+        ("raw relay", "raw relay (baseline)", r.baseline_relay),
+        (
+            "raw clients via busd",
+            "raw clients via busd",
+            r.baseline_raw_clients,
+        ),
+    ]
+}
+
+/// The report's CPU time per message, ns: (name in `--rounds` summaries,
+/// label, value). In-process, the daemon's time is part of the bench
+/// process's, and the labels say so.
+fn cpu_figures(r: &Report) -> [(&'static str, &'static str, Option<f64>); 6] {
+    let external = r.cpu_daemon_ns_per_msg.is_some();
+    [
+        ("daemon", "daemon", r.cpu_daemon_ns_per_msg),
+        (
+            "bench process",
+            if external {
+                "bench clients"
+            } else {
+                "bench + daemon"
+            },
+            r.cpu_clients_ns_per_msg,
+        ),
+        ("raw stream", "raw stream", r.baseline_stream_cpu_ns_per_msg),
+        ("raw relay", "raw relay", r.baseline_relay_cpu_ns_per_msg),
+        (
+            "daemon (raw clients)",
+            "daemon (raw)",
             r.baseline_raw_clients_daemon_cpu_ns_per_msg,
         ),
         (
-            "cpu ns per msg: raw clients",
+            "raw clients",
+            if external {
+                "raw clients"
+            } else {
+                "raw clients + daemon"
+            },
             r.baseline_raw_clients_cpu_ns_per_msg,
         ),
-    ];
+    ]
+}
+
+/// The figures of one round that `--rounds` summarises, by name.
+fn figures(r: &Report) -> Vec<(String, f64)> {
+    let rates = rates(r)
+        .into_iter()
+        .filter_map(|(name, _, rate)| Some((format!("{name} msgs/s"), rate?.msgs_per_s)));
+    let cpu = cpu_figures(r)
+        .into_iter()
+        .filter_map(|(name, _, ns)| Some((format!("cpu ns per msg: {name}"), ns?)));
     let latency = [
         ("round trip p50 µs", r.latency.map(|l| l.p50_us)),
         ("round trip p99 µs", r.latency.map(|l| l.p99_us)),
-    ];
-    rates
-        .iter()
-        .filter_map(|(n, rate)| rate.map(|x| (n.to_string(), x.msgs_per_s)))
-        .chain(
-            cpu.iter()
-                .chain(latency.iter())
-                .filter_map(|(n, v)| v.map(|x| (n.to_string(), x))),
-        )
-        .chain(r.ratios.iter().map(|(n, v)| (format!("ratio {n}"), *v)))
-        .collect()
+    ]
+    .into_iter()
+    .filter_map(|(name, v)| Some((name.to_owned(), v?)));
+    let ratios = r.ratios.iter().map(|(n, v)| (format!("ratio {n}"), *v));
+    rates.chain(cpu).chain(latency).chain(ratios).collect()
 }
 
 /// Median, min and max of every figure over `reports`, in first-seen order.
@@ -478,14 +511,10 @@ fn print_report(r: &Report) {
         r.delivered,
         r.dropped
     );
-    if let Some(x) = &r.publish {
-        print_rate("publish", x);
-    }
-    if let Some(x) = &r.deliver {
-        print_rate("deliver (all subscribers)", x);
-    }
-    if let Some(x) = &r.rate_without_extra_subs {
-        print_rate("publish, no extra subs", x);
+    for (_, label, rate) in rates(r) {
+        if let Some(x) = rate {
+            print_rate(label, &x);
+        }
     }
     if let Some(n) = r.extra_subscriptions {
         outln!("extra subscriptions          {n}");
@@ -496,38 +525,15 @@ fn print_report(r: &Report) {
     if let Some(x) = &r.latency {
         print_latency("round trip", x);
     }
-    if let Some(x) = &r.baseline_stream {
-        print_rate("raw unix stream (baseline)", x);
-    }
-    if let Some(x) = &r.baseline_relay {
-        print_rate("raw relay (baseline)", x);
-    }
-    if let Some(x) = &r.baseline_raw_clients {
-        print_rate("raw clients via busd", x);
-    }
     if let Some(x) = &r.baseline_pingpong {
         print_latency("raw ping-pong (baseline)", x);
     }
-    // In-process, the daemon's time is part of the bench process's.
-    let (clients, raw_clients) = if r.cpu_daemon_ns_per_msg.is_some() {
-        ("cpu per msg: bench clients", "cpu per msg: raw clients")
-    } else {
-        ("cpu per msg: bench + daemon", "cpu per msg: raw clients + daemon")
-    };
-    let cpu = [
-        ("cpu per msg: daemon", r.cpu_daemon_ns_per_msg),
-        (clients, r.cpu_clients_ns_per_msg),
-        ("cpu per msg: raw stream", r.baseline_stream_cpu_ns_per_msg),
-        ("cpu per msg: raw relay", r.baseline_relay_cpu_ns_per_msg),
-        (
-            "cpu per msg: daemon (raw)",
-            r.baseline_raw_clients_daemon_cpu_ns_per_msg,
-        ),
-        (raw_clients, r.baseline_raw_clients_cpu_ns_per_msg),
-    ];
-    for (label, ns) in cpu {
+    for (_, label, ns) in cpu_figures(r) {
         if let Some(ns) = ns {
-            outln!("{label:<34} {ns:>8.0} ns (user + system)");
+            outln!(
+                "{:<34} {ns:>8.0} ns (user + system)",
+                format!("cpu per msg: {label}")
+            );
         }
     }
     if let (Some(before), Some(after), Some(per)) = (r.rss_before, r.rss_after, r.rss_per_conn) {

@@ -99,7 +99,9 @@ pub fn through_daemon(
             }
             let n = match body.first() {
                 Some(&proto::MSG_TAG) => 1,
-                Some(&proto::RUN_TAG) => codec::raw_run(&body).map_or(0, |(_, frames)| frames_in(frames)),
+                Some(&proto::RUN_TAG) => {
+                    codec::raw_run(&body).map_or(0, |(_, frames)| codec::whole_frames(frames).count() as u64)
+                }
                 _ => 0,
             };
             if n > 0 {
@@ -141,14 +143,4 @@ pub fn through_daemon(
         )));
     }
     Ok(start.elapsed())
-}
-
-/// How many whole frames `frames` holds (a `Run`'s deliveries).
-fn frames_in(frames: &[u8]) -> u64 {
-    let (mut n, mut at) = (0, 0);
-    while let Ok(codec::Next::Frame(body)) = codec::next_frame(&frames[at..], u32::MAX) {
-        at += proto::LEN_PREFIX + body.len();
-        n += 1;
-    }
-    n
 }

@@ -113,8 +113,7 @@ impl Routes {
 pub struct Deliveries<'a> {
     /// The read the messages are in.
     read: &'a Bytes,
-    /// Most bytes of frames in one `Run` (the daemon's `max_frame`: what
-    /// clients accept).
+    /// Most bytes of frames in one `Run`.
     max_run: usize,
     /// Runs of consecutive messages with the same routes.
     runs: Vec<Run>,
@@ -135,13 +134,20 @@ struct Run {
 /// Publishes a reader gathers before delivering them.
 const DELIVERIES_MAX: usize = 256;
 
+/// Most bytes of frames forwarded in one `Run` (a single larger frame makes
+/// a run of its own). Measured against runs as long as the whole read: the
+/// daemon's CPU per 128 B message was the same, and 1 -> 1 with 16 KiB
+/// payloads ran faster (the subscriber reassembles smaller frames).
+const RUN_MAX: usize = 16 << 10;
+
 impl<'a> Deliveries<'a> {
-    /// Deliveries of messages that all lie in `read`, forwarded in runs
-    /// of at most `max_run` bytes of frames.
-    pub fn in_read(read: &'a Bytes, max_run: usize) -> Self {
+    /// Deliveries of messages that all lie in `read`, forwarded in runs of
+    /// at most [`RUN_MAX`] bytes of frames, and no more than `max_frame`
+    /// (the daemon's, which its clients accept).
+    pub fn in_read(read: &'a Bytes, max_frame: u32) -> Self {
         Self {
             read,
-            max_run,
+            max_run: RUN_MAX.min(max_frame as usize),
             runs: Vec::new(),
             msgs: Vec::new(),
         }
