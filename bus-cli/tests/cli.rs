@@ -551,3 +551,19 @@ fn bench_refuses_zero_counts() {
         assert!(stderr.contains(flag), "{args:?}: {stderr}");
     }
 }
+
+/// A message count and a duration are two ways to end a run: asking for
+/// both is refused, naming both, rather than one silently winning.
+#[test]
+fn bench_refuses_a_count_and_a_duration_together() {
+    let out = Command::new(CLI)
+        .args(["bench", "pubsub", "--msgs", "10", "--duration", "1s"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--msgs") && stderr.contains("--duration"),
+        "{stderr}"
+    );
+}

@@ -52,7 +52,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1_000_000, value_parser = at_least_one::<u64>())]
     pub msgs: u64,
     /// Run for this long instead of a message count (e.g. 5s).
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "msgs")]
     pub duration: Option<Duration>,
     /// Publishers (pubsub).
     #[arg(long, default_value_t = 1, value_parser = at_least_one::<usize>())]
