@@ -191,6 +191,11 @@ pub(crate) enum Batch {
     /// Messages located in one received chunk; the subscription builds each
     /// [`Message`] as it is taken.
     Messages { chunk: bytes::Bytes, found: Vec<Found> },
+    /// Part of a `Run`: `count` whole `Pub` frames back to back in `frames`
+    /// (the reader has only checked that they are whole frames). The
+    /// subscription decodes each as it is taken, so the reader does no work
+    /// per message.
+    Frames { frames: bytes::Bytes, count: usize },
     /// The daemon dropped this many messages.
     Lagged(u64),
 }
@@ -200,6 +205,7 @@ impl Batch {
     pub(crate) fn len(&self) -> usize {
         match self {
             Batch::Messages { found, .. } => found.len(),
+            Batch::Frames { count, .. } => *count,
             Batch::Lagged(_) => 1,
         }
     }
@@ -461,6 +467,8 @@ impl Bus {
             taken: 0,
             chunk: bytes::Bytes::new(),
             found: Vec::new().into_iter(),
+            frames: bytes::Bytes::new(),
+            at: 0,
             bus: self.clone(),
             dropped: 0,
         };

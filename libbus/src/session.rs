@@ -329,6 +329,51 @@ fn add_message(pending: &mut Pending, sid: u64, chunk: &Bytes, found: Found, b: 
     full
 }
 
+/// Adds the `Pub` frames `chunk[frames]` of a `Run` for subscription `sid`
+/// to `pending` as they are, in batches of at most `max`, having checked
+/// only that they are whole frames. True if a batch is full.
+fn add_run(
+    pending: &mut Pending,
+    sid: u64,
+    chunk: &Bytes,
+    frames: Range<usize>,
+    max: usize,
+) -> std::result::Result<bool, String> {
+    let run = &chunk[frames.clone()];
+    let mut inner = codec::whole_frames(run);
+    let mut full = false;
+    let (mut from, mut count) = (0, 0);
+    while inner.next().is_some() {
+        count += 1;
+        if count == max {
+            let to = inner.end();
+            let piece = frames.start + from..frames.start + to;
+            pending.push((
+                sid,
+                Batch::Frames {
+                    frames: chunk.slice(piece),
+                    count,
+                },
+            ));
+            (from, count, full) = (to, 0, true);
+        }
+    }
+    if inner.end() != run.len() {
+        return Err("bad frame from daemon: malformed Run".to_owned());
+    }
+    if count > 0 {
+        let piece = frames.start + from..frames.end;
+        pending.push((
+            sid,
+            Batch::Frames {
+                frames: chunk.slice(piece),
+                count,
+            },
+        ));
+    }
+    Ok(full)
+}
+
 /// Reads one link until it ends; returns why.
 async fn read_loop(shared: &Arc<Shared>, mut frames: Frames) -> String {
     let max_batch = shared.batch_size();
@@ -349,8 +394,16 @@ async fn read_loop(shared: &Arc<Shared>, mut frames: Frames) -> String {
             match handle_frame(shared, &chunk, start, body, &mut pending, batching) {
                 Ok(Handled::Done { full: false }) => {}
                 Ok(Handled::Done { full: true }) => shared.deliver_all(&mut pending).await,
+                Ok(Handled::Run { sid, frames }) if sid != shared.inbox_sid.load(Ordering::Acquire) => {
+                    // Handed over as it came; the subscription decodes it.
+                    match add_run(&mut pending, sid, &chunk, frames, max_batch) {
+                        Ok(false) => {}
+                        Ok(true) => shared.deliver_all(&mut pending).await,
+                        Err(reason) => break 'link reason,
+                    }
+                }
                 Ok(Handled::Run { sid, frames }) => {
-                    // Each `Pub` inside is one delivery, like a `Msg`.
+                    // Replies: each `Pub` inside is one delivery, like a `Msg`.
                     let mut inner = codec::whole_frames(&chunk[frames.clone()]);
                     for (at, body) in &mut inner {
                         let at = frames.start + at;
@@ -478,4 +531,60 @@ fn on_msg(
     let msg = Message::found_in(chunk, found, shared);
     shared.complete_request(found.subject_in(chunk), |_| Ok(msg));
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `n` whole `Pub` frames after `skip` bytes of something else.
+    fn run_of(n: usize, skip: usize) -> Bytes {
+        let mut buf = vec![0xEE; skip];
+        for i in 0..n {
+            let payload = [i as u8; 3];
+            let p = proto::Pub {
+                subject: "s",
+                reply_to: None,
+                payload: &payload,
+            };
+            codec::encode_pub(&p, &mut buf, 1 << 20).unwrap();
+        }
+        Bytes::from(buf)
+    }
+
+    #[test]
+    fn a_run_is_handed_over_in_pieces_of_at_most_a_batch() {
+        let chunk = run_of(10, 5);
+        let mut pending = Pending::new();
+        let full = add_run(&mut pending, 7, &chunk, 5..chunk.len(), 4).unwrap();
+        assert!(full, "a piece reached the batch size");
+        let counts: Vec<usize> = pending
+            .iter()
+            .map(|(sid, b)| match b {
+                Batch::Frames { count, .. } if *sid == 7 => *count,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(counts, [4, 4, 2]);
+        // The pieces cover the run exactly, in order.
+        let joined: Vec<u8> = pending
+            .iter()
+            .flat_map(|(_, b)| match b {
+                Batch::Frames { frames, .. } => frames.to_vec(),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(joined, chunk[5..]);
+
+        let mut pending = Pending::new();
+        assert!(!add_run(&mut pending, 7, &chunk, 5..chunk.len(), 256).unwrap());
+        assert_eq!(pending.len(), 1);
+    }
+
+    #[test]
+    fn a_run_that_is_not_whole_frames_ends_the_link() {
+        let chunk = run_of(3, 0);
+        let mut pending = Pending::new();
+        assert!(add_run(&mut pending, 1, &chunk, 0..chunk.len() - 1, 256).is_err());
+    }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::{client::Batch, message::Found, Bus, Delivery, Message};
+use crate::{client::Batch, codec, message::Found, proto, Bus, Delivery, Message};
 
 /// Messages matching one pattern, in the order the daemon delivered them.
 ///
@@ -33,6 +33,10 @@ pub struct Subscription {
     pub(crate) chunk: bytes::Bytes,
     /// The messages of the last batch not yet taken.
     pub(crate) found: std::vec::IntoIter<Found>,
+    /// The `Pub` frames of the last `Frames` batch (empty once consumed),
+    /// and where the next one starts.
+    pub(crate) frames: bytes::Bytes,
+    pub(crate) at: usize,
     pub(crate) bus: Bus,
     pub(crate) dropped: u64,
 }
@@ -70,11 +74,19 @@ impl Subscription {
                 }
                 return Poll::Ready(Some(Delivery::Message(msg)));
             }
+            if let Some(msg) = self.next_in_frames() {
+                return Poll::Ready(Some(Delivery::Message(msg)));
+            }
             match self.rx.poll_recv(cx) {
                 Poll::Ready(Some(Batch::Messages { chunk, found })) => {
                     self.taken = found.len();
                     self.chunk = chunk;
                     self.found = found.into_iter();
+                }
+                Poll::Ready(Some(Batch::Frames { frames, count })) => {
+                    self.taken = count;
+                    self.frames = frames;
+                    self.at = 0;
                 }
                 Poll::Ready(Some(Batch::Lagged(n))) => {
                     self.dropped += n;
@@ -83,6 +95,34 @@ impl Subscription {
                 }
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Decodes the next message of the current `Frames` batch, if any; lets
+    /// go of the batch once it is consumed.
+    fn next_in_frames(&mut self) -> Option<Message> {
+        loop {
+            let (at, body) = codec::whole_frames(self.frames.get(self.at..)?).next()?;
+            let start = self.at + at + proto::LEN_PREFIX;
+            self.at = start + body.len();
+            let msg = codec::run_msg(body).map(|p| {
+                let found = Found::new(start, body, p.subject, p.reply_to, p.payload);
+                Message::found_in(&self.frames, found, &self.bus.shared)
+            });
+            if self.at == self.frames.len() {
+                self.frames = bytes::Bytes::new();
+                self.at = 0;
+                self.space.add_permits(std::mem::take(&mut self.taken));
+            }
+            match msg {
+                Some(msg) => return Some(msg),
+                // The daemon validated what it forwards; a frame that is not
+                // a well-formed `Pub` is a daemon bug. Skip it, loudly.
+                None => tracing::error!(
+                    sid = self.sid,
+                    "malformed message in a Run from the daemon; skipped"
+                ),
             }
         }
     }
