@@ -31,6 +31,13 @@ pub struct Config {
     /// so in the worst case a queue holds a few times this in memory.
     #[serde(with = "size")]
     pub max_pending: usize,
+    /// `socket_buffer`: send buffer (`SO_SNDBUF`) of each local (Unix
+    /// socket) connection: bytes the kernel may hold on their way to a
+    /// client, in addition to `max_pending`. Default 1 MiB; 0 keeps the
+    /// system default (about 208 KiB). The kernel caps it at
+    /// `net.core.wmem_max`.
+    #[serde(with = "size")]
+    pub socket_buffer: usize,
     /// `handshake_timeout`: time a new connection has to send `Hello`. Default 5 s.
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
@@ -125,6 +132,7 @@ impl Default for Config {
             socket_mode: 0o600,
             max_frame: libbus::proto::DEFAULT_MAX_FRAME,
             max_pending: 8 << 20,
+            socket_buffer: libbus::transport::DEFAULT_SOCKET_BUFFER,
             handshake_timeout: Duration::from_secs(5),
             ping_interval: Duration::from_secs(30),
             max_pings_missed: 2,
@@ -244,6 +252,7 @@ impl Config {
         vec![
             ("max_frame".into(), self.max_frame.into()),
             ("max_pending".into(), self.max_pending as u64),
+            ("socket_buffer".into(), self.socket_buffer as u64),
             ("max_connections".into(), self.max_connections as u64),
             (
                 "max_connections_per_uid".into(),

@@ -41,6 +41,9 @@ struct Args {
     /// Bytes queued per connection before its messages are dropped (and reported) [default: 8MiB].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_pending: Option<u64>,
+    /// Send buffer (SO_SNDBUF) of each local connection; 0 = system default [default: 1MiB].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    socket_buffer: Option<u64>,
     /// Time a new connection has to complete the handshake [default: 5s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     handshake_timeout: Option<Duration>,
@@ -145,6 +148,9 @@ impl Args {
         }
         if let Some(v) = self.max_pending {
             c.max_pending = usize::try_from(v).map_err(|_| "--max-pending is too large".to_owned())?;
+        }
+        if let Some(v) = self.socket_buffer {
+            c.socket_buffer = usize::try_from(v).map_err(|_| "--socket-buffer is too large".to_owned())?;
         }
         set(&mut c.handshake_timeout, self.handshake_timeout);
         set(&mut c.ping_interval, self.ping_interval);

@@ -177,6 +177,7 @@ impl Server {
             let incoming = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 accepted = listener.accept() => accepted.map(|(stream, peer)| {
+                    libbus::transport::set_send_buffer(&stream, state.config.socket_buffer);
                     let (r, w) = libbus::transport::split_unix(stream);
                     Incoming::Ready(r, w, peer)
                 }),

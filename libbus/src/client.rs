@@ -55,6 +55,11 @@ pub struct ConnectOptions {
     /// 128 B per system call (8 KiB cost it about a quarter more CPU per
     /// message).
     pub read_buffer: usize,
+    /// Send buffer (`SO_SNDBUF`) of a Unix-socket connection, in bytes; 0
+    /// keeps the system default. Default 1 MiB
+    /// ([`DEFAULT_SOCKET_BUFFER`](crate::transport::DEFAULT_SOCKET_BUFFER)).
+    /// TCP connections keep the kernel's autotuning.
+    pub socket_buffer: usize,
     /// How to reconnect after the link fails; `None` closes the `Bus`
     /// instead. Default: [`Reconnect::default`].
     pub reconnect: Option<Reconnect>,
@@ -95,6 +100,7 @@ impl Default for ConnectOptions {
             subscription_capacity: 8192,
             max_write_buffer: 8 << 20,
             read_buffer: 64 << 10,
+            socket_buffer: crate::transport::DEFAULT_SOCKET_BUFFER,
             reconnect: Some(Reconnect::default()),
             reconnect_buffer: 8 << 20,
             token: env_nonempty(ENV_TOKEN),
@@ -132,6 +138,11 @@ impl ConnectOptions {
     /// Sets the CA file (PEM) that `tls://` daemons are verified against.
     pub fn ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
         self.ca_file = Some(path.into());
+        self
+    }
+    /// Sets [`socket_buffer`](Self::socket_buffer) (0: the system default).
+    pub fn socket_buffer(mut self, bytes: usize) -> Self {
+        self.socket_buffer = bytes;
         self
     }
     /// Sets the bound on publishes buffered while disconnected.

@@ -48,9 +48,11 @@ pub async fn connect(address: &Address, opts: &ConnectOptions) -> Result<(Reader
         source,
     };
     match address {
-        Address::Unix(path) => Ok(transport::split_unix(
-            transport::connect_unix(path).await.map_err(no_daemon)?,
-        )),
+        Address::Unix(path) => {
+            let stream = transport::connect_unix(path).await.map_err(no_daemon)?;
+            transport::set_send_buffer(&stream, opts.socket_buffer);
+            Ok(transport::split_unix(stream))
+        }
         Address::Tcp(host_port) => {
             let tcp = TcpStream::connect(host_port.as_str()).await.map_err(no_daemon)?;
             transport::configure_tcp(&tcp)?;

@@ -1,6 +1,8 @@
 //! The physical-limit reference: the same frames over a raw Unix socket
 //! between two threads, no daemon. One stream through a 64 KiB buffered writer
 //! read as fast as the reader drains it, and one frame bounced back and forth.
+//! The sockets get the send buffer the bus's own sockets get
+//! ([`SOCKET_BUFFER`]), so the bus gains nothing the baseline lacks.
 
 use std::{
     io::{BufReader, BufWriter, Read, Write},
@@ -14,6 +16,17 @@ use super::Latency;
 
 /// Buffer of each raw writer and reader.
 pub(super) const BUF: usize = 64 << 10;
+
+/// The send buffer of every raw socket: libbus's and busd's default.
+pub(super) const SOCKET_BUFFER: usize = libbus::transport::DEFAULT_SOCKET_BUFFER;
+
+/// A connected pair of Unix sockets with [`SOCKET_BUFFER`].
+fn pair() -> std::io::Result<(UnixStream, UnixStream)> {
+    let (a, b) = UnixStream::pair()?;
+    libbus::transport::set_send_buffer(&a, SOCKET_BUFFER);
+    libbus::transport::set_send_buffer(&b, SOCKET_BUFFER);
+    Ok((a, b))
+}
 
 /// Reads one length-prefixed frame into `body`; false at end of stream.
 pub(super) fn read_frame(r: &mut impl Read, body: &mut Vec<u8>) -> std::io::Result<bool> {
@@ -70,7 +83,7 @@ fn check_count(got: u64, count: u64, what: &str) -> std::io::Result<()> {
 /// Streams `count` copies of `frame` (length prefix included) from one thread
 /// to another; returns the elapsed time until the reader has them all.
 pub fn stream(frame: &[u8], count: u64) -> std::io::Result<Duration> {
-    let (tx, rx) = UnixStream::pair()?;
+    let (tx, rx) = pair()?;
     let start = Instant::now();
     let reader = spawn_counter(rx);
     write_frames(tx, frame, count)?;
@@ -83,8 +96,8 @@ pub fn stream(frame: &[u8], count: u64) -> std::io::Result<Duration> {
 /// through any broker, with no work done in between. The floor of a brokered
 /// path on this machine.
 pub fn relay(frame: &[u8], count: u64) -> std::io::Result<Duration> {
-    let (tx, mut relay_in) = UnixStream::pair()?;
-    let (mut relay_out, rx) = UnixStream::pair()?;
+    let (tx, mut relay_in) = pair()?;
+    let (mut relay_out, rx) = pair()?;
     let start = Instant::now();
     let relay = std::thread::spawn(move || -> std::io::Result<()> {
         let mut buf = vec![0u8; BUF];
@@ -127,7 +140,7 @@ pub fn long_enough(
 
 /// Bounces `frame` between two threads `count` times; returns the round trips.
 pub fn ping_pong(frame: &[u8], count: u64) -> std::io::Result<(Duration, Latency)> {
-    let (a, b) = UnixStream::pair()?;
+    let (a, b) = pair()?;
     let echo = std::thread::spawn(move || -> std::io::Result<()> {
         let mut r = BufReader::with_capacity(BUF, b.try_clone()?);
         let mut w = b;

@@ -39,6 +39,7 @@ fn encode(frame: &ClientFrame<'_>) -> std::io::Result<Vec<u8>> {
 /// buffered reader on it.
 fn connect(path: &Path, name: &str) -> std::io::Result<(UnixStream, BufReader<UnixStream>)> {
     let mut s = UnixStream::connect(path)?;
+    libbus::transport::set_send_buffer(&s, super::baseline::SOCKET_BUFFER);
     s.set_read_timeout(Some(TIMEOUT))?;
     s.set_write_timeout(Some(TIMEOUT))?;
     s.write_all(&encode(&ClientFrame::Hello(proto::Hello {
