@@ -341,30 +341,15 @@ fn add_run(
     frames: Range<usize>,
     max: usize,
 ) -> std::result::Result<bool, String> {
-    let run = &chunk[frames.clone()];
-    let mut inner = codec::whole_frames(run);
+    let mut inner = codec::whole_frames(&chunk[frames.clone()]);
     let mut full = false;
-    let (mut from, mut count) = (0, 0);
-    while inner.next().is_some() {
-        count += 1;
-        if count == max {
-            let to = inner.end();
-            let piece = frames.start + from..frames.start + to;
-            pending.push((
-                sid,
-                Batch::Frames {
-                    frames: chunk.slice(piece),
-                    count,
-                },
-            ));
-            (from, count, full) = (to, 0, true);
+    loop {
+        let from = frames.start + inner.end();
+        let count = inner.by_ref().take(max).count();
+        if count == 0 {
+            break;
         }
-    }
-    if inner.end() != run.len() {
-        return Err("bad frame from daemon: malformed Run".to_owned());
-    }
-    if count > 0 {
-        let piece = frames.start + from..frames.end;
+        let piece = from..frames.start + inner.end();
         pending.push((
             sid,
             Batch::Frames {
@@ -372,8 +357,37 @@ fn add_run(
                 count,
             },
         ));
+        full |= count == max;
+    }
+    if inner.end() != frames.len() {
+        return Err(MALFORMED_RUN.to_owned());
     }
     Ok(full)
+}
+
+/// Why a link ends when a `Run` is not whole `Pub` frames.
+const MALFORMED_RUN: &str = "bad frame from daemon: malformed Run";
+
+/// Completes the request each reply in the `Run` `chunk[frames]` answers.
+fn complete_replies(
+    shared: &Arc<Shared>,
+    chunk: &Bytes,
+    frames: Range<usize>,
+) -> std::result::Result<(), String> {
+    let mut inner = codec::whole_frames(&chunk[frames.clone()]);
+    for (at, body) in &mut inner {
+        let p = codec::run_msg(body).ok_or(MALFORMED_RUN)?;
+        let start = frames.start + at + proto::LEN_PREFIX;
+        reply(
+            shared,
+            chunk,
+            Found::new(start, body, p.subject, p.reply_to, p.payload),
+        );
+    }
+    if inner.end() != frames.len() {
+        return Err(MALFORMED_RUN.to_owned());
+    }
+    Ok(())
 }
 
 /// Reads one link until it ends; returns why.
@@ -396,31 +410,18 @@ async fn read_loop(shared: &Arc<Shared>, mut frames: Frames) -> String {
             match handle_frame(shared, &chunk, start, body, &mut pending, batching) {
                 Ok(Handled::Done { full: false }) => {}
                 Ok(Handled::Done { full: true }) => shared.deliver_all(&mut pending).await,
-                Ok(Handled::Run { sid, frames }) if sid != shared.inbox_sid.load(Ordering::Acquire) => {
-                    // Handed over as it came; the subscription decodes it.
-                    match add_run(&mut pending, sid, &chunk, frames, max_batch) {
+                Ok(Handled::Run { sid, frames }) => {
+                    // Replies are completed here; a subscription's run is
+                    // handed over as it came, and the subscription decodes it.
+                    let handled = if sid == shared.inbox_sid.load(Ordering::Acquire) {
+                        complete_replies(shared, &chunk, frames).map(|()| false)
+                    } else {
+                        add_run(&mut pending, sid, &chunk, frames, max_batch)
+                    };
+                    match handled {
                         Ok(false) => {}
                         Ok(true) => shared.deliver_all(&mut pending).await,
                         Err(reason) => break 'link reason,
-                    }
-                }
-                Ok(Handled::Run { sid, frames }) => {
-                    // Replies: each `Pub` inside is one delivery, like a `Msg`.
-                    let mut inner = codec::whole_frames(&chunk[frames.clone()]);
-                    for (at, body) in &mut inner {
-                        let at = frames.start + at;
-                        let Some(p) = codec::run_msg(body) else {
-                            break 'link "bad frame from daemon: malformed Run".to_owned();
-                        };
-                        let found =
-                            Found::new(at + proto::LEN_PREFIX, body, p.subject, p.reply_to, p.payload);
-                        let batching = Batching::at(max_batch, &chunk, at, body);
-                        if on_msg(shared, &chunk, sid, found, &mut pending, batching) {
-                            shared.deliver_all(&mut pending).await;
-                        }
-                    }
-                    if inner.end() != frames.len() {
-                        break 'link "bad frame from daemon: malformed Run".to_owned();
                     }
                 }
                 Err(reason) => break 'link reason,
@@ -529,10 +530,15 @@ fn on_msg(
     if sid != shared.inbox_sid.load(Ordering::Acquire) {
         return add_message(pending, sid, chunk, found, batching);
     }
-    // A reply: the message shares the chunk, no copy.
+    reply(shared, chunk, found);
+    false
+}
+
+/// A reply `found` in `chunk` completes its request; the message shares the
+/// chunk, no copy.
+fn reply(shared: &Arc<Shared>, chunk: &Bytes, found: Found) {
     let msg = Message::found_in(chunk, found, shared);
     shared.complete_request(found.subject_in(chunk), |_| Ok(msg));
-    false
 }
 
 #[cfg(test)]
