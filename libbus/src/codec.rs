@@ -69,22 +69,28 @@ pub fn encode_into<T: Serialize>(frame: &T, buf: &mut Vec<u8>, max_frame: u32) -
 ///
 /// On error `buf` is left as it was.
 pub fn encode_pub(p: &proto::Pub<'_>, buf: &mut Vec<u8>, max_frame: u32) -> Result<(), CodecError> {
-    let reply_len = p.reply_to.map_or(0, |r| VARINT_MAX + r.len());
-    let len_bound = 1 + 2 * VARINT_MAX + p.subject.len() + 1 + reply_len + p.payload.len();
-    buf.reserve(LEN_PREFIX + len_bound);
-    let start = buf.len();
-    buf.extend_from_slice(&[0; LEN_PREFIX]);
+    let subject = p.subject.as_bytes();
+    let reply_to = p.reply_to.map(str::as_bytes);
+    // The body's length is known up front: the prefix is written first and
+    // nothing is written for a frame that is too large.
+    let len = 1 + bytes_len(subject) + 1 + reply_to.map_or(0, bytes_len) + bytes_len(p.payload);
+    if len > max_frame as usize {
+        return Err(CodecError::TooLarge { len, max: max_frame });
+    }
+    buf.reserve(LEN_PREFIX + len);
+    // `len <= max_frame`, a u32, so the cast is lossless.
+    buf.extend_from_slice(&(len as u32).to_le_bytes());
     buf.push(proto::PUB_TAG);
-    push_bytes(buf, p.subject.as_bytes());
-    match p.reply_to {
+    push_bytes(buf, subject);
+    match reply_to {
         None => buf.push(0),
         Some(r) => {
             buf.push(1);
-            push_bytes(buf, r.as_bytes());
+            push_bytes(buf, r);
         }
     }
     push_bytes(buf, p.payload);
-    finish_frame(buf, start, max_frame)
+    Ok(())
 }
 
 /// Fills in the length prefix of the frame that starts at `start`, or
@@ -102,6 +108,13 @@ fn finish_frame(buf: &mut Vec<u8>, start: usize, max_frame: u32) -> Result<(), C
 
 /// Longest varint of a `u64`.
 const VARINT_MAX: usize = 10;
+
+/// Bytes postcard takes for the byte string `bytes`: a varint length (7
+/// bits per byte), then the bytes.
+fn bytes_len(bytes: &[u8]) -> usize {
+    let bits = usize::BITS - (bytes.len() | 1).leading_zeros();
+    bits.div_ceil(7) as usize + bytes.len()
+}
 
 /// postcard's encoding of a byte string or `str`: varint length, then bytes.
 fn push_bytes(buf: &mut Vec<u8>, bytes: &[u8]) {
@@ -134,6 +147,7 @@ pub enum Next<'a> {
 /// buffer with this, instead of splitting each frame off into its own
 /// reference-counted buffer (as `tokio_util`'s `LengthDelimitedCodec` does),
 /// which profiles showed to be a per-message cost on both sides.
+#[inline]
 pub fn next_frame(buf: &[u8], max_frame: u32) -> Result<Next<'_>, CodecError> {
     let Some(prefix) = buf.first_chunk::<LEN_PREFIX>() else {
         return Ok(Next::Incomplete { needed: LEN_PREFIX });
@@ -179,6 +193,7 @@ impl WholeFrames<'_> {
 impl<'a> Iterator for WholeFrames<'a> {
     type Item = (usize, &'a [u8]);
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         let Ok(Next::Frame(body)) = next_frame(self.buf.get(self.at..)?, u32::MAX) else {
             return None;
@@ -360,6 +375,7 @@ pub fn raw_run(body: &[u8]) -> Option<(u64, &[u8])> {
 /// One delivery of a `Run`: the `Pub` frame body `body`, read as a client
 /// reads a `Msg` (subjects checked to be UTF-8). `None` if it is not a `Pub`
 /// in postcard's plain encoding, which the daemon never sends.
+#[inline]
 pub fn run_msg(body: &[u8]) -> Option<RawPub<'_>> {
     let p = raw_pub(body)?;
     (is_utf8(p.subject) && p.reply_to.is_none_or(is_utf8)).then_some(p)
@@ -380,6 +396,7 @@ pub struct RawPub<'a> {
 /// subjects left unchecked: the daemon's hot path only compares the subject
 /// with ones it validated before, and hands everything else to postcard
 /// ([`decode`]). `None` for anything else.
+#[inline]
 pub fn raw_pub(body: &[u8]) -> Option<RawPub<'_>> {
     let (&tag, rest) = body.split_first()?;
     if tag != proto::PUB_TAG {
@@ -397,6 +414,7 @@ pub fn raw_pub(body: &[u8]) -> Option<RawPub<'_>> {
 /// subject, payload (postcard: byte strings, an option tag of 0 or 1).
 type MessageFields<'a> = (&'a [u8], Option<&'a [u8]>, &'a [u8]);
 
+#[inline]
 fn take_message(b: &[u8]) -> Option<MessageFields<'_>> {
     let (subject, rest) = take_bytes(b)?;
     let (reply_to, rest) = match rest.split_first()? {
@@ -413,11 +431,13 @@ fn take_message(b: &[u8]) -> Option<MessageFields<'_>> {
 
 /// UTF-8 check with an ASCII fast path: subjects are nearly always ASCII,
 /// and for short strings `is_ascii` costs a fraction of `str::from_utf8`.
+#[inline]
 fn is_utf8(b: &[u8]) -> bool {
     b.is_ascii() || std::str::from_utf8(b).is_ok()
 }
 
 /// A varint of at most 9 bytes (up to 2^63 - 1); longer ones go to postcard.
+#[inline]
 fn take_varint(b: &[u8]) -> Option<(u64, &[u8])> {
     let mut v = 0u64;
     for (i, &byte) in b.iter().take(VARINT_MAX - 1).enumerate() {
@@ -430,6 +450,7 @@ fn take_varint(b: &[u8]) -> Option<(u64, &[u8])> {
 }
 
 /// A length-prefixed byte string.
+#[inline]
 fn take_bytes(b: &[u8]) -> Option<(&[u8], &[u8])> {
     let (len, rest) = take_varint(b)?;
     let len = usize::try_from(len).ok()?;

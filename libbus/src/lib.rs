@@ -16,7 +16,8 @@
 //!   driver (reader) task and a batching writer task.
 //! - [`session`]: the handshake, each link's reader and writer, and
 //!   reconnecting with backoff ([`Reconnect`]); [`events`] reports it.
-//! - [`Subscription`]: a `Stream` of [`Message`]s that unsubscribes on drop.
+//! - [`Subscription`]: a `Stream` of [`Message`]s that unsubscribes on drop;
+//!   [`batch`]: taking all it has received at once, read in place.
 //!
 //! ## The path of one message
 //! `bus.publish()` encodes a `Pub` frame into the connection's output buffer and
@@ -58,6 +59,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod addr;
+pub mod batch;
 pub mod client;
 pub mod codec;
 pub mod error;
@@ -71,6 +73,7 @@ pub mod tls;
 pub mod transport;
 
 pub use addr::Address;
+pub use batch::{MessageRef, Messages};
 pub use bytes::Bytes;
 pub use client::{Bus, ConnectOptions};
 pub use error::{Error, Result};

@@ -5,7 +5,7 @@ use std::{fmt, sync::Arc};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
-use crate::{client::Shared, Error, Result};
+use crate::{batch::MessageRef, client::Shared, Error, Result};
 
 /// A message received on a subscription, or a reply to a request.
 ///
@@ -68,8 +68,17 @@ impl Found {
 
     /// The message's subject, read from the `chunk` it was found in.
     pub(crate) fn subject_in<'a>(&self, chunk: &'a [u8]) -> &'a str {
+        self.view(chunk).subject()
+    }
+
+    /// The message, borrowed from the `chunk` it was found in.
+    pub(crate) fn view<'a>(&self, chunk: &'a [u8]) -> MessageRef<'a> {
         let frame = chunk.get(self.start..self.end).unwrap_or_default();
-        std::str::from_utf8(self.parts.subject.get(frame)).unwrap_or_default()
+        MessageRef {
+            subject: self.parts.subject.get(frame),
+            reply_to: self.parts.reply_to.map(|r| r.get(frame)),
+            payload: self.parts.payload.get(frame),
+        }
     }
 }
 

@@ -2,14 +2,14 @@
 
 use std::{
     pin::Pin,
-    task::{Context, Poll},
+    task::{ready, Context, Poll},
 };
 
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::{client::Batch, codec, message::Found, proto, Bus, Delivery, Message};
+use crate::{client::Batch, Bus, Delivery, Message, Messages};
 
 /// Messages matching one pattern, in the order the daemon delivered them.
 ///
@@ -27,16 +27,10 @@ pub struct Subscription {
     pub(crate) rx: mpsc::UnboundedReceiver<Batch>,
     /// Room for deliveries (see `SubEntry::space`).
     pub(crate) space: Arc<Semaphore>,
-    /// Permits taken for `found`, returned once it is consumed.
+    /// Permits taken for `current`, returned once it is consumed.
     pub(crate) taken: usize,
-    /// The chunk the messages of the last batch lie in (empty once consumed).
-    pub(crate) chunk: bytes::Bytes,
-    /// The messages of the last batch not yet taken.
-    pub(crate) found: std::vec::IntoIter<Found>,
-    /// The `Pub` frames of the last `Frames` batch (empty once consumed),
-    /// and where the next one starts.
-    pub(crate) frames: bytes::Bytes,
-    pub(crate) at: usize,
+    /// What is left of the last batch handed over.
+    pub(crate) current: Messages,
     pub(crate) bus: Bus,
     pub(crate) dropped: u64,
 }
@@ -62,87 +56,113 @@ impl Subscription {
         std::future::poll_fn(|cx| self.poll_delivery(cx)).await
     }
 
-    fn poll_delivery(&mut self, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+    /// Everything received and not yet taken, at once (waiting for at least
+    /// one message); `None` once the connection is closed. Loss notices are
+    /// logged and counted in [`dropped`](Self::dropped), as with
+    /// [`next`](Self::next).
+    ///
+    /// For consumers of many small messages: the batch takes one reference
+    /// on the receive buffer, where [`next`](Self::next) takes one per
+    /// message, and its messages are read in place ([`MessageRef`](crate::MessageRef)).
+    ///
+    /// ```no_run
+    /// # async fn f(mut sub: libbus::Subscription) {
+    /// while let Some(batch) = sub.next_batch().await {
+    ///     for msg in &batch {
+    ///         println!("{}: {} bytes", msg.subject(), msg.payload().len());
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub async fn next_batch(&mut self) -> Option<Messages> {
+        std::future::poll_fn(|cx| self.poll_batch(cx)).await
+    }
+
+    fn poll_batch(&mut self, cx: &mut Context<'_>) -> Poll<Option<Messages>> {
         loop {
-            if let Some(found) = self.found.next() {
-                let msg = Message::found_in(&self.chunk, found, &self.bus.shared);
-                if self.found.len() == 0 {
-                    // The batch is consumed: let go of its chunk (the reader
-                    // can reuse it) and make room for the next ones.
-                    self.chunk = bytes::Bytes::new();
-                    self.space.add_permits(std::mem::take(&mut self.taken));
-                }
-                return Poll::Ready(Some(Delivery::Message(msg)));
+            if !self.current.is_empty() {
+                let batch = std::mem::take(&mut self.current);
+                self.release();
+                return Poll::Ready(Some(batch));
             }
-            if let Some(msg) = self.next_in_frames() {
-                return Poll::Ready(Some(Delivery::Message(msg)));
-            }
-            match self.rx.poll_recv(cx) {
-                Poll::Ready(Some(Batch::Messages { chunk, found })) => {
-                    self.taken = found.len();
-                    self.chunk = chunk;
-                    self.found = found.into_iter();
-                }
-                Poll::Ready(Some(Batch::Frames { frames, count })) => {
-                    self.taken = count;
-                    self.frames = frames;
-                    self.at = 0;
-                }
-                Poll::Ready(Some(Batch::Lagged(n))) => {
-                    self.dropped += n;
-                    self.space.add_permits(1);
-                    return Poll::Ready(Some(Delivery::Lagged(n)));
-                }
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => return Poll::Pending,
+            match ready!(self.poll_received(cx)) {
+                Received::Batch => {}
+                Received::Lagged(n) => self.warn_lagged(n),
+                Received::Closed => return Poll::Ready(None),
             }
         }
     }
 
-    /// Decodes the next message of the current `Frames` batch, if any; lets
-    /// go of the batch once it is consumed.
-    fn next_in_frames(&mut self) -> Option<Message> {
+    fn poll_delivery(&mut self, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
         loop {
-            let (at, body) = codec::whole_frames(self.frames.get(self.at..)?).next()?;
-            let start = self.at + at + proto::LEN_PREFIX;
-            self.at = start + body.len();
-            let msg = codec::run_msg(body).map(|p| {
-                let found = Found::new(start, body, p.subject, p.reply_to, p.payload);
-                Message::found_in(&self.frames, found, &self.bus.shared)
-            });
-            if self.at == self.frames.len() {
-                self.frames = bytes::Bytes::new();
-                self.at = 0;
-                self.space.add_permits(std::mem::take(&mut self.taken));
+            if let Some(found) = self.current.take() {
+                let msg = Message::found_in(self.current.chunk(), found, &self.bus.shared);
+                if self.current.is_empty() {
+                    self.release();
+                }
+                return Poll::Ready(Some(Delivery::Message(msg)));
             }
-            match msg {
-                Some(msg) => return Some(msg),
-                // The daemon validated what it forwards; a frame that is not
-                // a well-formed `Pub` is a daemon bug. Skip it, loudly.
-                None => tracing::error!(
-                    sid = self.sid,
-                    "malformed message in a Run from the daemon; skipped"
-                ),
+            // Consumed (or only malformed frames were left).
+            self.release();
+            match ready!(self.poll_received(cx)) {
+                Received::Batch => {}
+                Received::Lagged(n) => return Poll::Ready(Some(Delivery::Lagged(n))),
+                Received::Closed => return Poll::Ready(None),
             }
         }
+    }
+
+    /// Takes what the reader handed over next: a batch becomes `current`.
+    fn poll_received(&mut self, cx: &mut Context<'_>) -> Poll<Received> {
+        Poll::Ready(match ready!(self.rx.poll_recv(cx)) {
+            Some(Batch::Messages { chunk, found }) => {
+                self.taken = found.len();
+                self.current = Messages::found(chunk, found);
+                Received::Batch
+            }
+            Some(Batch::Frames { frames, count }) => {
+                self.taken = count;
+                self.current = Messages::frames(frames, count);
+                Received::Batch
+            }
+            Some(Batch::Lagged(n)) => {
+                self.dropped += n;
+                self.space.add_permits(1);
+                Received::Lagged(n)
+            }
+            None => Received::Closed,
+        })
+    }
+
+    /// Lets go of the consumed batch: makes room for the next ones.
+    fn release(&mut self) {
+        self.space.add_permits(std::mem::take(&mut self.taken));
+    }
+
+    fn warn_lagged(&self, dropped: u64) {
+        tracing::warn!(sid = self.sid, dropped, "subscription lagged: messages dropped");
     }
 
     fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
         loop {
             match self.poll_delivery(cx) {
                 Poll::Ready(Some(Delivery::Message(m))) => return Poll::Ready(Some(m)),
-                Poll::Ready(Some(Delivery::Lagged(n))) => {
-                    tracing::warn!(
-                        sid = self.sid,
-                        dropped = n,
-                        "subscription lagged: messages dropped"
-                    );
-                }
+                Poll::Ready(Some(Delivery::Lagged(n))) => self.warn_lagged(n),
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending => return Poll::Pending,
             }
         }
     }
+}
+
+/// What [`Subscription::poll_received`] took.
+enum Received {
+    /// A batch, now `current`.
+    Batch,
+    /// A loss notice (already counted).
+    Lagged(u64),
+    /// The connection is closed.
+    Closed,
 }
 
 impl futures_core::Stream for Subscription {

@@ -69,6 +69,12 @@ pub struct BenchArgs {
     /// Idle connections to hold (conns).
     #[arg(long, default_value_t = 1000, value_parser = at_least_one::<usize>())]
     pub conns: usize,
+    /// Messages per publish call (`Bus::publish_batch`), with subscribers
+    /// taking all they have received at once (`Subscription::next_batch`)
+    /// (pubsub, fanout). 1: one `publish` and one `next` per message, the
+    /// plain API.
+    #[arg(long, default_value_t = 1, value_parser = at_least_one::<usize>())]
+    pub batch: usize,
     /// Also measure the raw Unix-socket baseline and print ratios (pubsub
     /// 1 → 1 on a Unix socket adds raw clients through the daemon).
     #[arg(long)]
@@ -151,6 +157,9 @@ pub struct Report {
     pub pubs: usize,
     /// Subscribers.
     pub subs: usize,
+    /// Messages per publish call, and whether subscribers take batches
+    /// (above 1); 1: the plain per-message API.
+    pub batch: usize,
     /// Messages published (or requests made).
     pub sent: u64,
     /// Messages delivered, all subscribers together.
@@ -498,8 +507,13 @@ fn print_report(r: &Report) {
         .mode
         .map(|m| format!("{m:?}").to_lowercase())
         .unwrap_or_default();
+    let api = if r.batch > 1 {
+        format!(", batches of {}", r.batch)
+    } else {
+        String::new()
+    };
     outln!(
-        "bench {mode}: {} B payloads, {} pub(s), {} sub(s), daemon {}",
+        "bench {mode}: {} B payloads, {} pub(s), {} sub(s){api}, daemon {}",
         r.size,
         r.pubs,
         r.subs,

@@ -11,7 +11,7 @@ use std::{
 
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
-use libbus::{proto::api, Address, Bus, ConnectOptions, Delivery, Error, Result};
+use libbus::{proto::api, Address, Bus, ConnectOptions, Delivery, Error, Messages, Result, Subscription};
 
 use super::{BenchArgs, Latency, Mode, Rate, Report};
 
@@ -191,6 +191,38 @@ impl Tally {
         true
     }
 
+    /// Counts a batch of deliveries, reading each message, and the loss
+    /// notices the subscription has counted (`dropped`, its total); false
+    /// once the subscription has ended.
+    fn record_batch(&mut self, batch: Option<Messages>, dropped: u64) -> bool {
+        let Some(batch) = batch else {
+            return false;
+        };
+        // Walking the batch decodes each message, as reading it would.
+        let n = batch.iter().count() as u64;
+        self.received += n;
+        let lost = dropped - self.lagged;
+        self.lagged = dropped;
+        if n >= self.until_report || lost > 0 {
+            self.until_report = self.report_every;
+            self.report();
+        } else {
+            self.until_report -= n;
+        }
+        true
+    }
+
+    /// Takes and counts the next delivery (`batched`: all that has arrived);
+    /// false once the subscription has ended.
+    async fn take(&mut self, sub: &mut Subscription, batched: bool) -> bool {
+        if batched {
+            let batch = sub.next_batch().await;
+            self.record_batch(batch, sub.dropped())
+        } else {
+            self.record(sub.next_delivery().await)
+        }
+    }
+
     fn report(&self) {
         self.counter.store(self.accounted(), Relaxed);
         self.progress.notify_waiters();
@@ -231,6 +263,7 @@ async fn pubsub(
     // What each subscriber gets, when the run is a message count.
     let expected = args.duration.is_none().then_some(per_pub * pubs as u64);
     let start_gate = Arc::new(tokio::sync::Barrier::new(subs + pubs + 1));
+    let batched = args.batch > 1;
     // Subscribers' progress reports wake publishers waiting on flow control.
     let progressed = Arc::new(tokio::sync::Notify::new());
     for (i, counter) in accounted.iter().enumerate() {
@@ -253,7 +286,7 @@ async fn pubsub(
                 // With a message count, each subscriber knows when it has
                 // all (every message is delivered or reported lost): it runs
                 // the plain loop an application would, nothing else polled.
-                while tally.accounted() < expected && tally.record(sub.next_delivery().await) {}
+                while tally.accounted() < expected && tally.take(&mut sub, batched).await {}
             } else {
                 // Finishes on the publishers' "done" signal plus its own
                 // count: no polling timer, no clock read per message. One
@@ -265,7 +298,7 @@ async fn pubsub(
                 while !publishers_done || tally.accounted() < sent.load(Relaxed) {
                     tokio::select! {
                         biased;
-                        d = sub.next_delivery() => if !tally.record(d) {
+                        more = tally.take(&mut sub, batched) => if !more {
                             break;
                         },
                         changed = &mut done, if !publishers_done => match changed {
@@ -287,6 +320,7 @@ async fn pubsub(
     }
 
     let payload = libbus::Bytes::from(vec![0u8; args.size]);
+    let batch = args.batch as u64;
     let mut pub_tasks = Vec::new();
     for i in 0..pubs {
         let bus = connect(address, format!("bench-pub-{i}")).await?;
@@ -305,13 +339,29 @@ async fn pubsub(
             let mut subject = 0;
             let mut until_check = check_every;
             while (duration.is_some() || n < per_pub) && !past_deadline {
-                bus.publish(subjects[subject], &payload).await?;
-                n += 1;
-                subject += 1;
-                if subject == subjects.len() {
-                    subject = 0;
+                if batch == 1 {
+                    bus.publish(subjects[subject], &payload).await?;
+                    n += 1;
+                    subject += 1;
+                    if subject == subjects.len() {
+                        subject = 0;
+                    }
+                    until_check -= 1;
+                } else {
+                    let left = if duration.is_some() { u64::MAX } else { per_pub - n };
+                    let k = batch.min(until_check).min(left);
+                    let msgs = (0..k).map(|_| {
+                        let s = subjects[subject];
+                        subject += 1;
+                        if subject == subjects.len() {
+                            subject = 0;
+                        }
+                        (s, &payload)
+                    });
+                    bus.publish_batch(msgs).await?;
+                    n += k;
+                    until_check -= k;
                 }
-                until_check -= 1;
                 if until_check == 0 {
                     until_check = check_every;
                     // The clock is read here, not per message.
@@ -381,6 +431,7 @@ async fn pubsub(
     bar.finish_and_clear();
     report.pubs = pubs;
     report.subs = subs;
+    report.batch = args.batch;
     report.sent = published;
     report.delivered = delivered;
     report.dropped = lagged;

@@ -46,6 +46,22 @@ pub struct Routes {
 }
 
 impl Routes {
+    /// True if `other` delivers to exactly the same subscriptions, so
+    /// messages for either can share a `Run`: the same routes, or two
+    /// subjects with the same plain subscribers (say, two subjects under one
+    /// wildcard) and no queue groups, whose members are chosen per message.
+    fn same_as(&self, other: &Routes) -> bool {
+        std::ptr::eq(self, other)
+            || (self.groups.is_empty()
+                && other.groups.is_empty()
+                && self.plain.len() == other.plain.len()
+                && self
+                    .plain
+                    .iter()
+                    .zip(&other.plain)
+                    .all(|(a, b)| a.sid == b.sid && Arc::ptr_eq(&a.conn, &b.conn)))
+    }
+
     /// True when nothing subscribes to the subject.
     pub fn is_empty(&self) -> bool {
         self.plain.is_empty() && self.groups.is_empty()
@@ -159,7 +175,7 @@ impl<'a> Deliveries<'a> {
         let size = msg.frame.len();
         match (self.runs.last_mut(), self.msgs.last()) {
             (Some(run), Some(prev))
-                if Arc::ptr_eq(&run.routes, routes)
+                if run.routes.same_as(routes)
                     && prev.frame.as_ptr_range().end == msg.frame.as_ptr()
                     && run.bytes + size <= self.max_run =>
             {
@@ -407,6 +423,23 @@ mod tests {
         let mut sids: Vec<u64> = routes.plain.iter().map(|t| t.sid).collect();
         sids.sort_unstable();
         Some(sids)
+    }
+
+    #[test]
+    fn subjects_with_the_same_plain_subscribers_share_runs_groups_never() {
+        let router = Router::default();
+        let (a, b) = (conn(1), conn(2));
+        router.subscribe(&a, 1, "x.*", None);
+        router.subscribe(&b, 2, "x.*", None);
+        router.subscribe(&b, 3, "x.only", None);
+        router.subscribe(&a, 4, "q.*", Some("workers"));
+        let routes = |s: &str| router.lookup_uncached(s);
+        assert!(routes("x.a").same_as(&routes("x.b")));
+        assert!(!routes("x.a").same_as(&routes("x.only")), "one more subscriber");
+        assert!(!routes("x.a").same_as(&routes("y.a")), "none");
+        let q = routes("q.a");
+        assert!(q.same_as(&q), "the same routes always");
+        assert!(!q.same_as(&routes("q.b")), "group members are chosen per message");
     }
 
     #[test]

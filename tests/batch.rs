@@ -1,0 +1,126 @@
+//! Batch publish (`Bus::publish_batch`) and batch receive
+//! (`Subscription::next_batch`) through a real daemon.
+
+use bus_tests::{within, TestBus};
+use libbus::{ConnectOptions, Error, Subscription};
+
+/// Takes batches until `n` messages have come: (subject, reply_to, payload).
+async fn take_batches(sub: &mut Subscription, n: usize) -> (Vec<(String, Option<String>, Vec<u8>)>, usize) {
+    let mut got = Vec::new();
+    let mut batches = 0;
+    while got.len() < n {
+        let batch = within("a batch", sub.next_batch())
+            .await
+            .expect("connection open");
+        assert!(!batch.is_empty(), "a batch holds at least one message");
+        let before = got.len();
+        for m in &batch {
+            got.push((
+                m.subject().to_owned(),
+                m.reply_to().map(str::to_owned),
+                m.payload().to_vec(),
+            ));
+        }
+        assert_eq!(got.len() - before, batch.len(), "len() counts what iter() yields");
+        batches += 1;
+    }
+    (got, batches)
+}
+
+fn numbered(i: u32) -> (String, Vec<u8>) {
+    let subject = if i.is_multiple_of(3) { "batch.b" } else { "batch.a" };
+    (subject.to_owned(), i.to_le_bytes().to_vec())
+}
+
+#[tokio::test]
+async fn a_batch_publish_arrives_in_order_and_is_read_in_batches() {
+    const N: u32 = 20_000;
+    let bus = TestBus::start();
+    let publisher = bus.client("batch-pub").await;
+    let subscriber = bus.client("batch-sub").await;
+    let mut sub = subscriber.subscribe("batch.*").await.unwrap();
+    // In calls of 1000, so the daemon sees long runs of publishes.
+    for chunk in (0..N).collect::<Vec<_>>().chunks(1000) {
+        publisher
+            .publish_batch(chunk.iter().map(|&i| numbered(i)))
+            .await
+            .unwrap();
+    }
+    publisher.flush().await.unwrap();
+
+    // The first few one by one, the rest in batches: both read the same stream.
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        let m = within("message", sub.next()).await.unwrap();
+        got.push((m.subject().to_owned(), None, m.payload().to_vec()));
+    }
+    let (rest, batches) = take_batches(&mut sub, N as usize - 5).await;
+    got.extend(rest);
+    let want: Vec<_> = (0..N)
+        .map(|i| {
+            let (s, p) = numbered(i);
+            (s, None, p)
+        })
+        .collect();
+    assert_eq!(got, want);
+    assert!(
+        batches < (N as usize - 5) / 2,
+        "messages came in batches: {batches} for {N}"
+    );
+    assert_eq!(sub.dropped(), 0);
+}
+
+#[tokio::test]
+async fn queue_members_and_requests_read_in_batches() {
+    // Queue groups get single `Msg` deliveries (not runs): the other way
+    // a batch locates its messages.
+    let bus = TestBus::start();
+    let client = bus.client("batch-q").await;
+    let mut member = client.queue_subscribe("jobs.*", "workers").await.unwrap();
+    let publisher = bus.client("batch-q-pub").await;
+    for i in 0..50u32 {
+        publisher
+            .publish_with_reply(&format!("jobs.{i}"), "answers.here", i.to_le_bytes())
+            .await
+            .unwrap();
+    }
+    publisher.flush().await.unwrap();
+    let (got, _) = take_batches(&mut member, 50).await;
+    for (i, (subject, reply_to, payload)) in got.into_iter().enumerate() {
+        assert_eq!(subject, format!("jobs.{i}"));
+        assert_eq!(reply_to.as_deref(), Some("answers.here"));
+        assert_eq!(payload, (i as u32).to_le_bytes());
+    }
+}
+
+#[tokio::test]
+async fn a_batch_publish_stops_at_an_invalid_subject() {
+    let bus = TestBus::start();
+    let client = bus.client("batch-bad").await;
+    let mut sub = client.subscribe("ok.>").await.unwrap();
+    let err = client
+        .publish_batch([("ok.1", "one"), ("not..valid", "two"), ("ok.3", "three")])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidSubject(_)), "{err:?}");
+    client.publish("ok.end", "end").await.unwrap();
+    client.flush().await.unwrap();
+    let (got, _) = take_batches(&mut sub, 2).await;
+    let subjects: Vec<&str> = got.iter().map(|(s, _, _)| s.as_str()).collect();
+    assert_eq!(
+        subjects,
+        ["ok.1", "ok.end"],
+        "the messages before the bad one went out, none after"
+    );
+}
+
+#[tokio::test]
+async fn next_batch_ends_when_the_connection_closes() {
+    let mut bus = TestBus::start();
+    let client = bus
+        .client_with(ConnectOptions::default().name("batch-end").reconnect(None))
+        .await;
+    let mut sub = client.subscribe("x").await.unwrap();
+    bus.stop();
+    assert!(within("end of the stream", sub.next_batch()).await.is_none());
+}
