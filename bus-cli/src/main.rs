@@ -113,12 +113,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(
-            std::env::var("TMPW")
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(2),
-        )
+        .worker_threads(2)
         .enable_all()
         .build()
     {

@@ -63,6 +63,19 @@ impl Messages {
         }
     }
 
+    /// Adds a message the reader found in the same chunk; false (and
+    /// nothing added) if this batch is a `Run`'s frames.
+    pub(crate) fn push(&mut self, found: Found) -> bool {
+        match &mut self.located {
+            Located::Found { found: list, .. } => {
+                list.push(found);
+                self.left += 1;
+                true
+            }
+            Located::Frames { .. } => false,
+        }
+    }
+
     /// How many messages the batch holds.
     pub fn len(&self) -> usize {
         self.left

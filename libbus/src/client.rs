@@ -25,9 +25,9 @@ use tokio::{
 };
 
 use crate::{
+    batch::Messages,
     codec::{self, CodecError},
     events::{Event, Events},
-    message::Found,
     proto::{self, ClientFrame, ErrorCode},
     session::{self, Link, Reconnect},
     subject, Address, Error, Message, Result, Subscription,
@@ -199,14 +199,9 @@ pub(crate) struct Output {
 /// read rather than per message.
 #[derive(Debug)]
 pub(crate) enum Batch {
-    /// Messages located in one received chunk; the subscription builds each
-    /// [`Message`] as it is taken.
-    Messages { chunk: bytes::Bytes, found: Vec<Found> },
-    /// Part of a `Run`: `count` whole `Pub` frames back to back in `frames`
-    /// (the reader has only checked that they are whole frames). The
-    /// subscription decodes each as it is taken, so the reader does no work
-    /// per message.
-    Frames { frames: bytes::Bytes, count: usize },
+    /// Messages in one received chunk, located by the reader or (a `Run`'s
+    /// frames) decoded by the subscription as they are taken.
+    Messages(Messages),
     /// The daemon dropped this many messages.
     Lagged(u64),
 }
@@ -215,8 +210,7 @@ impl Batch {
     /// Deliveries in the batch (each takes one unit of subscription capacity).
     pub(crate) fn len(&self) -> usize {
         match self {
-            Batch::Messages { found, .. } => found.len(),
-            Batch::Frames { count, .. } => *count,
+            Batch::Messages(m) => m.len(),
             Batch::Lagged(_) => 1,
         }
     }

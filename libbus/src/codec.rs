@@ -109,11 +109,10 @@ fn finish_frame(buf: &mut Vec<u8>, start: usize, max_frame: u32) -> Result<(), C
 /// Longest varint of a `u64`.
 const VARINT_MAX: usize = 10;
 
-/// Bytes postcard takes for the byte string `bytes`: a varint length (7
-/// bits per byte), then the bytes.
+/// Bytes postcard takes for the byte string `bytes`: a varint length, then
+/// the bytes.
 fn bytes_len(bytes: &[u8]) -> usize {
-    let bits = usize::BITS - (bytes.len() | 1).leading_zeros();
-    bits.div_ceil(7) as usize + bytes.len()
+    proto::varint_len(bytes.len() as u64) + bytes.len()
 }
 
 /// postcard's encoding of a byte string or `str`: varint length, then bytes.

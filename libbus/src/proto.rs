@@ -525,7 +525,7 @@ pub fn encode_msg_from_pub(pub_body: &[u8], sid: u64, out: &mut Vec<u8>) {
 
 /// Bytes [`encode_msg_from_pub`] appends for `pub_body` and `sid`.
 pub fn msg_from_pub_len(pub_body: &[u8], sid: u64) -> usize {
-    LEN_PREFIX + 1 + varint_u64(sid).1 + pub_body.len().saturating_sub(1)
+    LEN_PREFIX + 1 + varint_len(sid) + pub_body.len().saturating_sub(1)
 }
 
 /// Appends the head of a `ServerFrame::Run` frame for `sid` whose `frames`
@@ -544,7 +544,13 @@ pub fn encode_run_head(sid: u64, frames_len: usize, out: &mut Vec<u8>) {
 
 /// Bytes [`encode_run_head`] appends for `sid` and `frames_len`.
 pub fn run_head_len(sid: u64, frames_len: usize) -> usize {
-    LEN_PREFIX + 1 + varint_u64(sid).1 + varint_u64(frames_len as u64).1
+    LEN_PREFIX + 1 + varint_len(sid) + varint_len(frames_len as u64)
+}
+
+/// Bytes postcard's varint encoding of `v` takes (7 bits per byte).
+pub(crate) fn varint_len(v: u64) -> usize {
+    let bits = u64::BITS - (v | 1).leading_zeros();
+    bits.div_ceil(7) as usize
 }
 
 /// postcard's varint encoding of `v` (LEB128): the bytes and how many are used.
@@ -602,6 +608,13 @@ mod tests {
             });
             codec::encode_into(&m, &mut expected, u32::MAX).unwrap();
             assert_eq!(spliced, expected, "{subject} sid {sid}");
+        }
+    }
+
+    #[test]
+    fn varint_len_counts_what_varint_u64_writes() {
+        for v in [0, 1, 127, 128, 16_383, 16_384, u32::MAX as u64, u64::MAX] {
+            assert_eq!(varint_len(v), varint_u64(v).1, "{v}");
         }
     }
 

@@ -20,6 +20,7 @@ use rustls::pki_types::ServerName;
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 
 use crate::{
+    batch::Messages,
     client::{lock, Batch, Pending, Shared},
     codec,
     message::Found,
@@ -312,23 +313,16 @@ impl Batching {
 /// Adds message `found` (in `chunk`) to the pending batch of `sid`; true if
 /// that batch is now full.
 fn add_message(pending: &mut Pending, sid: u64, chunk: &Bytes, found: Found, b: Batching) -> bool {
-    // The latest batch of `sid`, unless a loss notice came after it.
-    if let Some((_, Batch::Messages { found: list, .. })) = pending.iter_mut().rev().find(|(s, _)| *s == sid)
-    {
-        list.push(found);
-        return list.len() >= b.max;
+    // The latest batch of `sid`, unless a loss notice or a `Run` came after it.
+    if let Some((_, Batch::Messages(m))) = pending.iter_mut().rev().find(|(s, _)| *s == sid) {
+        if m.push(found) {
+            return m.len() >= b.max;
+        }
     }
     let mut list = Vec::with_capacity(b.capacity());
     list.push(found);
-    let full = list.len() >= b.max;
-    pending.push((
-        sid,
-        Batch::Messages {
-            chunk: chunk.clone(),
-            found: list,
-        },
-    ));
-    full
+    pending.push((sid, Batch::Messages(Messages::found(chunk.clone(), list))));
+    b.max <= 1
 }
 
 /// Adds the `Pub` frames `chunk[frames]` of a `Run` for subscription `sid`
@@ -350,13 +344,7 @@ fn add_run(
             break;
         }
         let piece = from..frames.start + inner.end();
-        pending.push((
-            sid,
-            Batch::Frames {
-                frames: chunk.slice(piece),
-                count,
-            },
-        ));
+        pending.push((sid, Batch::Messages(Messages::frames(chunk.slice(piece), count))));
         full |= count == max;
     }
     if inner.end() != frames.len() {
@@ -569,7 +557,7 @@ mod tests {
         let counts: Vec<usize> = pending
             .iter()
             .map(|(sid, b)| match b {
-                Batch::Frames { count, .. } if *sid == 7 => *count,
+                Batch::Messages(m) if *sid == 7 => m.len(),
                 other => panic!("unexpected {other:?}"),
             })
             .collect();
@@ -578,7 +566,7 @@ mod tests {
         let joined: Vec<u8> = pending
             .iter()
             .flat_map(|(_, b)| match b {
-                Batch::Frames { frames, .. } => frames.to_vec(),
+                Batch::Messages(m) => m.chunk().to_vec(),
                 _ => unreachable!(),
             })
             .collect();

@@ -115,14 +115,9 @@ impl Subscription {
     /// Takes what the reader handed over next: a batch becomes `current`.
     fn poll_received(&mut self, cx: &mut Context<'_>) -> Poll<Received> {
         Poll::Ready(match ready!(self.rx.poll_recv(cx)) {
-            Some(Batch::Messages { chunk, found }) => {
-                self.taken = found.len();
-                self.current = Messages::found(chunk, found);
-                Received::Batch
-            }
-            Some(Batch::Frames { frames, count }) => {
-                self.taken = count;
-                self.current = Messages::frames(frames, count);
+            Some(Batch::Messages(m)) => {
+                self.taken = m.len();
+                self.current = m;
                 Received::Batch
             }
             Some(Batch::Lagged(n)) => {
