@@ -124,3 +124,58 @@ async fn next_batch_ends_when_the_connection_closes() {
     bus.stop();
     assert!(within("end of the stream", sub.next_batch()).await.is_none());
 }
+
+/// Message `i` of a stream in which subject, reply subject and size repeat
+/// for a while and then change: what each end reuses from the frame before
+/// (its head) must never carry over to a frame that differs.
+fn varied(i: u32) -> (&'static str, Option<&'static str>, Vec<u8>) {
+    let subject = if (i / 7).is_multiple_of(2) {
+        "head.a"
+    } else {
+        "head.bb"
+    };
+    let reply_to = (i % 11 == 5).then_some(if i.is_multiple_of(2) { "r.x" } else { "r.yy" });
+    let size = [8, 8, 8, 9, 9, 0, 0, 200, 200, 8][(i % 10) as usize];
+    // The content differs even where the size does not.
+    let payload = (0..size).map(|k| (i as usize * 31 + k) as u8).collect();
+    (subject, reply_to, payload)
+}
+
+#[tokio::test]
+async fn repeated_heads_never_carry_over_to_a_different_frame() {
+    const N: u32 = 3_000;
+    let bus = TestBus::start();
+    let publisher = bus.client("head-pub").await;
+    let subscriber = bus.client("head-sub").await;
+    let mut sub = subscriber.subscribe("head.*").await.unwrap();
+    for i in 0..N {
+        match varied(i) {
+            (s, None, p) => publisher.publish(s, p).await.unwrap(),
+            (s, Some(r), p) => publisher.publish_with_reply(s, r, p).await.unwrap(),
+        }
+    }
+    publisher.flush().await.unwrap();
+
+    // Half one by one, half in batches: both decoders read the stream.
+    let mut got = Vec::new();
+    while got.len() < N as usize / 2 {
+        let m = within("message", sub.next()).await.unwrap();
+        got.push((
+            m.subject().to_owned(),
+            m.reply_to().map(str::to_owned),
+            m.payload().to_vec(),
+        ));
+    }
+    let rest = N as usize - got.len();
+    got.extend(take_batches(&mut sub, rest).await.0);
+    let want: Vec<_> = (0..N)
+        .map(|i| {
+            let (s, r, p) = varied(i);
+            (s.to_owned(), r.map(str::to_owned), p)
+        })
+        .collect();
+    assert_eq!(got.len(), want.len());
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g, w, "message {i}");
+    }
+}

@@ -12,7 +12,13 @@
 
 use serde::de::DeserializeOwned;
 
-use crate::{codec, message::Found, proto, Result};
+use crate::{
+    codec,
+    message::Found,
+    proto,
+    same_head::{Decoded, PubAt},
+    Result,
+};
 
 /// Messages a subscription had received, taken at once by
 /// [`Subscription::next_batch`](crate::Subscription::next_batch), in
@@ -34,14 +40,22 @@ enum Located {
     /// first not yet taken.
     Found { found: Vec<Found>, next: usize },
     /// `Pub` frames forwarded as they were published, back to back from
-    /// `at` to the end of the chunk, decoded as they are read.
-    Frames { at: usize },
+    /// the cursor to the end of the chunk, decoded as they are read.
+    Frames(Cursor),
 }
 
 impl Default for Located {
     fn default() -> Self {
-        Located::Frames { at: 0 }
+        Located::Frames(Cursor::default())
     }
+}
+
+/// A place in a chunk of back-to-back `Pub` frames, and the frame decoded
+/// last (a next one with the same head decodes by comparison).
+#[derive(Debug, Clone, Default)]
+struct Cursor {
+    at: usize,
+    last: Option<Decoded>,
 }
 
 impl Messages {
@@ -59,7 +73,7 @@ impl Messages {
         Self {
             chunk: frames,
             left: count,
-            located: Located::Frames { at: 0 },
+            located: Located::Frames(Cursor::default()),
         }
     }
 
@@ -72,7 +86,7 @@ impl Messages {
                 self.left += 1;
                 true
             }
-            Located::Frames { .. } => false,
+            Located::Frames(_) => false,
         }
     }
 
@@ -92,7 +106,7 @@ impl Messages {
             chunk: &self.chunk,
             at: match &self.located {
                 Located::Found { found, next } => At::Found(found.get(*next..).unwrap_or_default().iter()),
-                Located::Frames { at } => At::Frames(*at),
+                Located::Frames(cursor) => At::Frames(cursor.clone()),
             },
         }
     }
@@ -112,8 +126,8 @@ impl Messages {
                 self.left -= 1;
                 Some(f)
             }
-            Located::Frames { at } => {
-                let (next, walked) = next_pub(&self.chunk, at);
+            Located::Frames(cursor) => {
+                let (next, walked) = next_pub(&self.chunk, cursor);
                 self.left = self.left.saturating_sub(walked);
                 let (start, body, p) = next?;
                 Some(Found::new(start, body, p.subject, p.reply_to, p.payload))
@@ -126,7 +140,7 @@ impl Messages {
 #[derive(Debug, Clone)]
 enum At<'a> {
     Found(std::slice::Iter<'a, Found>),
-    Frames(usize),
+    Frames(Cursor),
 }
 
 /// Iterator over a [`Messages`] batch, from [`Messages::iter`].
@@ -142,8 +156,8 @@ impl<'a> Iterator for Iter<'a> {
     fn next(&mut self) -> Option<MessageRef<'a>> {
         match &mut self.at {
             At::Found(found) => Some(found.next()?.view(self.chunk)),
-            At::Frames(at) => {
-                let (_, _, p) = next_pub(self.chunk, at).0?;
+            At::Frames(cursor) => {
+                let (_, _, p) = next_pub(self.chunk, cursor).0?;
                 Some(MessageRef {
                     subject: p.subject,
                     reply_to: p.reply_to,
@@ -163,23 +177,29 @@ impl<'a> IntoIterator for &'a Messages {
     }
 }
 
-/// A `Pub` frame found in a chunk: where its body starts, the body, and
-/// its fields.
-type PubAt<'a> = (usize, &'a [u8], codec::RawPub<'a>);
-
-/// The next well-formed `Pub` frame in `chunk` from `*at`, which moves past
-/// it: where its body starts and its fields; and how many frames that
+/// The next well-formed `Pub` frame in `chunk` from the cursor, which moves
+/// past it: where its body starts and its fields; and how many frames that
 /// walked. The daemon validated what it forwards, so a frame that is not a
 /// well-formed `Pub` is a daemon bug: it is skipped, loudly.
 #[inline]
-fn next_pub<'a>(chunk: &'a [u8], at: &mut usize) -> (Option<PubAt<'a>>, usize) {
+fn next_pub<'a>(chunk: &'a [u8], c: &mut Cursor) -> (Option<PubAt<'a>>, usize) {
+    if let Some(found) = c.last.as_ref().and_then(|last| last.repeated(chunk, c.at)) {
+        c.at = found.0 + found.1.len();
+        return (Some(found), 1);
+    }
     let mut walked = 0;
-    while let Some((off, body)) = chunk.get(*at..).and_then(|rest| codec::whole_frames(rest).next()) {
-        let start = *at + off + proto::LEN_PREFIX;
-        *at = start + body.len();
+    while let Some((off, body)) = chunk
+        .get(c.at..)
+        .and_then(|rest| codec::whole_frames(rest).next())
+    {
+        let start = c.at + off + proto::LEN_PREFIX;
+        c.at = start + body.len();
         walked += 1;
         match codec::run_msg(body) {
-            Some(p) => return (Some((start, body, p)), walked),
+            Some(p) => {
+                c.last = Some(Decoded::new(chunk, start, body, &p));
+                return (Some((start, body, p)), walked);
+            }
             None => tracing::error!("malformed message in a Run from the daemon; skipped"),
         }
     }

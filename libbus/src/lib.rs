@@ -66,6 +66,7 @@ pub mod error;
 pub mod events;
 pub mod message;
 pub mod proto;
+mod same_head;
 pub mod session;
 pub mod subject;
 pub mod subscription;
