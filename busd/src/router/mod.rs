@@ -238,7 +238,19 @@ pub struct RouteCache {
     /// The last subject found and its routes, checked before hashing: a
     /// stream of publishes to one subject costs a compare per message (the
     /// hash lookup was ~12% of the daemon's time under a 128 B stream).
-    last: Option<(Vec<u8>, Arc<Routes>)>,
+    last: Option<Last>,
+}
+
+/// The last subject a [`RouteCache`] answered for.
+#[derive(Debug)]
+struct Last {
+    subject: Vec<u8>,
+    routes: Arc<Routes>,
+    /// The bytes of the last reply-less publish to it before its payload
+    /// (length prefix, tag, subject, reply option, payload length; empty:
+    /// none). A frame that starts with the same bytes is a publish to the
+    /// same subject with as long a payload: no decoding, one compare.
+    head: Vec<u8>,
 }
 
 /// The shared subscription index.
@@ -349,22 +361,74 @@ impl Router {
     /// subjects that passed validation are ever cached, so a hit also means
     /// the subject is valid.
     pub fn cached<'c>(&self, subject: &[u8], cache: &'c mut RouteCache) -> Option<&'c Arc<Routes>> {
+        self.cached_with_head(subject, &[], cache)
+    }
+
+    /// [`cached`](Self::cached) for a reply-less publish whose frame begins
+    /// with `head` (every byte before its payload), remembered so that the
+    /// next frame with the same head is found by [`repeated`](Self::repeated).
+    pub fn cached_with_head<'c>(
+        &self,
+        subject: &[u8],
+        head: &[u8],
+        cache: &'c mut RouteCache,
+    ) -> Option<&'c Arc<Routes>> {
+        if !self.is_current(cache) {
+            return None;
+        }
+        let last = match cache.last.take() {
+            Some(last) if last.subject == subject => last,
+            other => {
+                let Some(routes) = cache.routes.get(subject).cloned() else {
+                    cache.last = other;
+                    return None;
+                };
+                // The allocations are reused from one subject to the next.
+                let (mut key, head) = other.map(|l| (l.subject, l.head)).unwrap_or_default();
+                key.clear();
+                key.extend_from_slice(subject);
+                Last {
+                    subject: key,
+                    routes,
+                    head,
+                }
+            }
+        };
+        let last = cache.last.insert(last);
+        last.head.clear();
+        last.head.extend_from_slice(head);
+        Some(&last.routes)
+    }
+
+    /// The routes of the whole frame `frame` (prefix included) and its
+    /// payload, if it begins with the head of the last reply-less publish
+    /// [`cached_with_head`](Self::cached_with_head) found and the cache is
+    /// current: the same subject, and a payload as long, found without
+    /// decoding the frame.
+    pub fn repeated<'c, 'f>(
+        &self,
+        frame: &'f [u8],
+        cache: &'c mut RouteCache,
+    ) -> Option<(&'c Arc<Routes>, &'f [u8])> {
+        if !self.is_current(cache) {
+            return None;
+        }
+        let last = cache.last.as_ref().filter(|l| !l.head.is_empty())?;
+        let (head, payload) = frame.split_at_checked(last.head.len())?;
+        (head == last.head.as_slice()).then_some((&last.routes, payload))
+    }
+
+    /// True if nothing changed since `cache` was filled; else empties it.
+    #[inline]
+    fn is_current(&self, cache: &mut RouteCache) -> bool {
         let generation = self.generation.load(Ordering::Acquire);
         if cache.generation != generation {
             cache.routes.clear();
             cache.last = None;
             cache.generation = generation;
-            return None;
+            return false;
         }
-        if cache.last.as_ref().is_some_and(|(s, _)| **s == *subject) {
-            return cache.last.as_ref().map(|(_, r)| r);
-        }
-        let routes = cache.routes.get(subject)?.clone();
-        // The key's allocation is reused from one subject to the next.
-        let mut key = cache.last.take().map(|(k, _)| k).unwrap_or_default();
-        key.clear();
-        key.extend_from_slice(subject);
-        Some(&cache.last.insert((key, routes)).1)
+        true
     }
 
     /// The routes for a validated `subject` that [`cached`](Self::cached)
@@ -464,5 +528,68 @@ mod tests {
         router.lookup("a.b", &mut cache);
         assert_eq!(cached_sids(&router, "a.b", &mut cache), Some(vec![1, 2, 3]));
         assert_eq!(cached_sids(&router, "a.b", &mut cache), Some(vec![1, 2, 3]));
+    }
+
+    fn pub_frame(subject: &str, reply_to: Option<&str>, payload: &[u8]) -> Vec<u8> {
+        let mut frame = Vec::new();
+        let p = libbus::proto::Pub {
+            subject,
+            reply_to,
+            payload,
+        };
+        libbus::codec::encode_pub(&p, &mut frame, u32::MAX).unwrap();
+        frame
+    }
+
+    /// Subscription ids and payload [`Router::repeated`] finds for `frame`.
+    fn repeated(router: &Router, frame: &[u8], cache: &mut RouteCache) -> Option<(Vec<u64>, Vec<u8>)> {
+        let (routes, payload) = router.repeated(frame, cache)?;
+        Some((routes.plain.iter().map(|t| t.sid).collect(), payload.to_vec()))
+    }
+
+    #[test]
+    fn a_frame_with_the_last_head_is_found_without_decoding_and_nothing_else_is() {
+        let router = Router::default();
+        let c = conn(1);
+        router.subscribe(&c, 1, "a.b", None);
+        let mut cache = RouteCache::default();
+        let first = pub_frame("a.b", None, b"one");
+        assert!(router.repeated(&first, &mut cache).is_none(), "no head yet");
+        router.lookup("a.b", &mut cache);
+        let payload_at = first.len() - 3;
+        assert!(router
+            .cached_with_head(b"a.b", &first[..payload_at], &mut cache)
+            .is_some());
+        for payload in [&b"two"[..], b"six"] {
+            let frame = pub_frame("a.b", None, payload);
+            assert_eq!(
+                repeated(&router, &frame, &mut cache),
+                Some((vec![1], payload.to_vec()))
+            );
+        }
+        // Another length, subject, or a reply subject: decoded as usual.
+        for frame in [
+            pub_frame("a.b", None, b"four"),
+            pub_frame("a.c", None, b"two"),
+            pub_frame("a.b", Some("r"), b"two"),
+            pub_frame("a.b", None, b"tw"),
+        ] {
+            assert_eq!(repeated(&router, &frame, &mut cache), None, "{frame:?}");
+        }
+        // The general path (a request, say) forgets the head.
+        assert!(router.cached(b"a.b", &mut cache).is_some());
+        assert_eq!(
+            repeated(&router, &pub_frame("a.b", None, b"two"), &mut cache),
+            None
+        );
+        // As does any change of subscriptions.
+        assert!(router
+            .cached_with_head(b"a.b", &first[..payload_at], &mut cache)
+            .is_some());
+        router.subscribe(&c, 2, "a.*", None);
+        assert_eq!(
+            repeated(&router, &pub_frame("a.b", None, b"two"), &mut cache),
+            None
+        );
     }
 }
