@@ -5,9 +5,9 @@
 //! encoding it again, and a subscription reading a `Run` decodes a frame
 //! whose head is byte for byte the previous one's by that one comparison.
 //!
-//! Measured with callgrind on a 128 B stream: encoding went from about 200
-//! instructions per message to two copies, decoding (with the subject's
-//! UTF-8 check) from about 120 to one compare.
+//! Measured with callgrind on a 128 B stream 1 -> 1, publisher and
+//! subscriber together: 940 -> 801 instructions per message with `publish`
+//! and `next`, 540 -> 418 with the batch calls.
 
 use std::ops::Range;
 
