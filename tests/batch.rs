@@ -179,3 +179,43 @@ async fn repeated_heads_never_carry_over_to_a_different_frame() {
         assert_eq!(g, w, "message {i}");
     }
 }
+
+/// Payload `i` of `size` bytes, different for every message.
+fn sized(i: usize, size: usize) -> Vec<u8> {
+    (0..size).map(|k| (i * 7 + k) as u8).collect()
+}
+
+#[tokio::test]
+async fn messages_arrive_intact_as_reads_grow_for_large_ones_and_shrink_back() {
+    // Large messages make the subscriber's reads grow (room for about 64),
+    // small ones bring them back: every message must come through whole.
+    let phases = [
+        (200, 16 << 10),
+        (3_000, 100),
+        (20, 200 << 10),
+        (1_000, 10),
+        (64, 64 << 10),
+    ];
+    let bus = TestBus::start();
+    let publisher = bus.client("sizes-pub").await;
+    let subscriber = bus.client("sizes-sub").await;
+    let mut sub = subscriber.subscribe("sizes").await.unwrap();
+    let mut want = Vec::new();
+    for (count, size) in phases {
+        for _ in 0..count {
+            let payload = sized(want.len(), size);
+            publisher.publish("sizes", &payload).await.unwrap();
+            want.push(payload);
+        }
+    }
+    publisher.flush().await.unwrap();
+    for (i, payload) in want.iter().enumerate() {
+        let m = within("message", sub.next()).await.expect("connection open");
+        assert!(
+            m.payload() == payload.as_slice(),
+            "message {i} ({} bytes)",
+            payload.len()
+        );
+    }
+    assert_eq!(sub.dropped(), 0);
+}

@@ -59,6 +59,12 @@ pub struct ConnectOptions {
     /// 128 B per system call (8 KiB cost it about a quarter more CPU per
     /// message).
     pub read_buffer: usize,
+    /// Largest room offered to one read, in bytes: reads grow from
+    /// `read_buffer` toward it to take in about 64 messages at a time when
+    /// messages are large (a 16 KiB stream reads 1 MiB at a time). A
+    /// received message keeps the buffer of its read alive, so this also
+    /// bounds what one kept message can hold on to. Default 1 MiB.
+    pub max_read_buffer: usize,
     /// Send buffer (`SO_SNDBUF`) of a Unix-socket connection, in bytes; 0
     /// keeps the system default. Default 1 MiB
     /// ([`DEFAULT_SOCKET_BUFFER`](crate::transport::DEFAULT_SOCKET_BUFFER)).
@@ -104,6 +110,7 @@ impl Default for ConnectOptions {
             subscription_capacity: 8192,
             max_write_buffer: 1 << 20,
             read_buffer: 64 << 10,
+            max_read_buffer: 1 << 20,
             socket_buffer: crate::transport::DEFAULT_SOCKET_BUFFER,
             reconnect: Some(Reconnect::default()),
             reconnect_buffer: 8 << 20,

@@ -237,6 +237,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self
     }
 
+    /// Changes the room offered to the next reads (see [`with_read_room`](Self::with_read_room)).
+    pub fn set_read_room(&mut self, room: usize) {
+        self.read_room = room.max(LEN_PREFIX);
+    }
+
     /// Changes the largest accepted body.
     pub fn set_max_frame(&mut self, max_frame: u32) {
         self.max_frame = max_frame;

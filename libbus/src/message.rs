@@ -12,9 +12,10 @@ use crate::{batch::MessageRef, client::Shared, Error, Result};
 /// Subject, reply subject and payload are ranges of the received frame,
 /// which is shared with the receive buffer: no copy, and one reference count
 /// per message. So a `Message` keeps the whole buffer of the read it came in
-/// alive (up to [`ConnectOptions::read_buffer`](crate::ConnectOptions::read_buffer),
-/// 64 KiB by default): to keep messages for long, keep a copy of what you
-/// need (`msg.payload().to_vec()`) instead.
+/// alive ([`ConnectOptions::read_buffer`](crate::ConnectOptions::read_buffer),
+/// 64 KiB by default, up to [`max_read_buffer`](crate::ConnectOptions::max_read_buffer),
+/// 1 MiB, when messages are large): to keep messages for long, keep a copy
+/// of what you need (`msg.payload().to_vec()`) instead.
 #[derive(Clone)]
 pub struct Message {
     frame: Bytes,
