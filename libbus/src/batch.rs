@@ -219,9 +219,9 @@ pub struct MessageRef<'a> {
     pub(crate) payload: &'a [u8],
 }
 
-/// A subject checked to be UTF-8 when its message was located (so never
-/// the fallback).
-fn text(subject: &[u8]) -> &str {
+/// A subject checked to be UTF-8 when its message was located or decoded
+/// (so never the fallback).
+pub(crate) fn text(subject: &[u8]) -> &str {
     std::str::from_utf8(subject).unwrap_or_default()
 }
 

@@ -786,8 +786,15 @@ impl Shared {
             reply_to,
             payload,
         });
+        self.until_buffered(|| self.buffer(&frame, true)).await
+    }
+
+    /// Calls `offer` (which buffers what it can: `Ok(true)` once all is
+    /// buffered, `Ok(false)` while the buffer is full) until it has buffered
+    /// everything, waiting for the writer to make room in between.
+    async fn until_buffered(&self, mut offer: impl FnMut() -> Result<bool>) -> Result<()> {
         loop {
-            if self.buffer(&frame, true)? {
+            if offer()? {
                 return Ok(());
             }
             // Full: register for "space", then look again so a wake-up that
@@ -795,7 +802,7 @@ impl Shared {
             let space = self.output_space.notified();
             tokio::pin!(space);
             space.as_mut().enable();
-            if self.buffer(&frame, true)? {
+            if offer()? {
                 return Ok(());
             }
             space.await;
@@ -812,19 +819,7 @@ impl Shared {
         I: Iterator<Item = (S, P)>,
     {
         let mut msgs = msgs.peekable();
-        loop {
-            if self.buffer_all(&mut msgs)? {
-                return Ok(());
-            }
-            // Full: as in `publish`.
-            let space = self.output_space.notified();
-            tokio::pin!(space);
-            space.as_mut().enable();
-            if self.buffer_all(&mut msgs)? {
-                return Ok(());
-            }
-            space.await;
-        }
+        self.until_buffered(|| self.buffer_all(&mut msgs)).await
     }
 
     /// Buffers messages from `msgs` while there is room; `Ok(true)` once all

@@ -129,9 +129,7 @@ impl Message {
     }
 
     fn text(&self, span: Span) -> &str {
-        // Checked to be UTF-8 when the frame was decoded, so this never
-        // yields the fallback.
-        std::str::from_utf8(span.get(&self.frame)).unwrap_or_default()
+        crate::batch::text(span.get(&self.frame))
     }
 
     /// Subject the message was published to.

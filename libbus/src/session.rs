@@ -590,6 +590,7 @@ fn reply(shared: &Arc<Shared>, chunk: &Bytes, found: Found) {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn reads_make_room_for_about_64_messages_within_the_bounds() {
@@ -614,7 +615,6 @@ mod tests {
         });
         assert_eq!(flat.after(65_600, 1), 64 << 10);
     }
-    use super::*;
 
     /// `n` whole `Pub` frames after `skip` bytes of something else.
     fn run_of(n: usize, skip: usize) -> Bytes {
