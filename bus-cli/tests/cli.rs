@@ -270,6 +270,25 @@ fn monitor_shows_messages_and_lifecycle_events() {
     );
 }
 
+/// `bench conns` against its own in-process daemon reports memory that
+/// includes the clients', and says so.
+#[test]
+fn bench_conns_in_process_says_whose_memory_it_measured() {
+    let out = run({
+        let mut c = Command::new(CLI);
+        c.args(["bench", "conns", "--conns", "20"]);
+        c
+    });
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    assert!(
+        text.starts_with("bench conns: 20 idle connections, daemon in-process\n"),
+        "{text}"
+    );
+    assert!(text.contains("bytes per connection"), "{text}");
+    assert!(text.contains("measure an external busd with --address"), "{text}");
+}
+
 /// The benchmark runs end to end and accounts for every message. Only counts
 /// are checked, never timings.
 #[test]

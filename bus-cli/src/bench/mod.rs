@@ -507,6 +507,18 @@ fn print_report(r: &Report) {
         .mode
         .map(|m| format!("{m:?}").to_lowercase())
         .unwrap_or_default();
+    if let (Some(before), Some(after), Some(per)) = (r.rss_before, r.rss_after, r.rss_per_conn) {
+        // Conns: no messages, only memory.
+        outln!("bench {mode}: {} idle connections, daemon {}", r.subs, r.daemon);
+        outln!(
+            "daemon RSS {before} -> {after} with {} idle connections: {per:.0} bytes per connection",
+            r.subs
+        );
+        if r.daemon == workload::IN_PROCESS {
+            outln!("(in-process, the RSS includes the clients' own memory: measure an external busd with --address)");
+        }
+        return;
+    }
     let api = if r.batch > 1 {
         format!(", batches of {}", r.batch)
     } else {
@@ -549,14 +561,6 @@ fn print_report(r: &Report) {
                 format!("cpu per msg: {label}")
             );
         }
-    }
-    if let (Some(before), Some(after), Some(per)) = (r.rss_before, r.rss_after, r.rss_per_conn) {
-        outln!(
-            "daemon RSS {} -> {} with {} idle connections: {per:.0} bytes per connection",
-            before,
-            after,
-            r.subs
-        );
     }
     for (name, v) in &r.ratios {
         outln!("ratio {name:<38} {v:>6.3}x");

@@ -28,6 +28,9 @@ async fn connect(address: &Address, name: String) -> Result<Bus> {
     Bus::connect_with(address, ConnectOptions::default().name(name)).await
 }
 
+/// How a report names a daemon the bench started itself.
+pub const IN_PROCESS: &str = "in-process";
+
 /// A daemon for the run: started in-process, or an external one.
 pub struct Target {
     /// Where it listens.
@@ -55,7 +58,7 @@ impl Target {
         let daemon = busd::Daemon::start(config).map_err(io_err)?;
         Ok(Target {
             address: daemon.address().clone(),
-            desc: "in-process".to_owned(),
+            desc: IN_PROCESS.to_owned(),
             own: Some((daemon, dir)),
         })
     }
