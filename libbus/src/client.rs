@@ -205,6 +205,43 @@ pub(crate) struct Output {
     pub pubs: same_head::Encoder,
 }
 
+/// The lock on [`Output`]. Every publish takes it, so it is a spin lock:
+/// its release is a plain store, where `std::sync::Mutex`'s is an atomic
+/// swap that waits for the frame just encoded to reach the cache (a futex
+/// lock must look for sleepers as it lets go). 1 -> 1 at 128 B, 7 rounds
+/// against `std::sync::Mutex`: plain publishes +6.6% msgs/s (13.76 ->
+/// 14.67 M), batched +2%, fan-out +4%. Taken only through
+/// [`lock_output`], which spins briefly and then yields.
+pub(crate) type OutputLock = spin::mutex::SpinMutex<Output>;
+
+/// The held [`OutputLock`].
+pub(crate) type OutputGuard<'a> = spin::mutex::SpinMutexGuard<'a, Output>;
+
+/// Looks at a held output lock this many times before yielding the thread
+/// between looks. Holders keep it for one frame's encode or a buffer swap
+/// (tens of ns), so a wait is usually over within a few looks; but
+/// `publish_batch` encodes up to `max_write_buffer` under it, and a holder
+/// can be preempted, and spinning then would only delay it.
+const OUTPUT_SPINS: u32 = 100;
+
+/// Takes the output lock (see [`OutputLock`]).
+pub(crate) fn lock_output(output: &OutputLock) -> OutputGuard<'_> {
+    let mut spins = 0;
+    loop {
+        if let Some(guard) = output.try_lock() {
+            return guard;
+        }
+        while output.is_locked() {
+            if spins < OUTPUT_SPINS {
+                spins += 1;
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
 /// Deliveries handed to a subscription at once: the reader groups what one
 /// socket read brought in, so a busy subscription costs one channel send per
 /// read rather than per message.
@@ -265,7 +302,7 @@ pub(crate) struct Shared {
     conn_id: AtomicU64,
     max_frame: AtomicU32,
     server_id: Mutex<String>,
-    pub output: Mutex<Output>,
+    pub output: OutputLock,
     /// Wakes the writer: frames were added, or output closed.
     pub output_ready: Notify,
     /// Wakes publishers waiting for buffer space.
@@ -327,7 +364,7 @@ impl Bus {
             max_frame: AtomicU32::new(link.max_frame),
             server_id: Mutex::new(String::new()),
             address: address.clone(),
-            output: Mutex::new(Output {
+            output: OutputLock::new(Output {
                 buf: Vec::with_capacity(64 << 10),
                 ..Output::default()
             }),
@@ -385,7 +422,7 @@ impl Bus {
     /// # }
     /// ```
     pub fn events(&self) -> Events {
-        let out = lock(&self.shared.output);
+        let out = lock_output(&self.shared.output);
         // Under the output lock no state change is in progress, so the
         // current state and the change stream line up.
         let current = if out.closed {
@@ -406,7 +443,7 @@ impl Bus {
 
     /// True while a link to the daemon is up.
     pub fn is_connected(&self) -> bool {
-        let out = lock(&self.shared.output);
+        let out = lock_output(&self.shared.output);
         out.connected && !out.closed
     }
 
@@ -693,7 +730,7 @@ impl Shared {
         self.max_frame.store(max_frame, Ordering::Relaxed);
         *lock(&self.server_id) = server_id;
         {
-            let mut out = lock(&self.output);
+            let mut out = lock_output(&self.output);
             if attempts.is_some() {
                 let mut preamble = Vec::new();
                 self.encode_subscriptions(&mut preamble, max_frame);
@@ -758,7 +795,7 @@ impl Shared {
     /// link, keep what can be re-sent. False if the bus is closed.
     pub(crate) fn lose(&self, reason: &str) -> bool {
         let pending: Vec<_> = {
-            let mut out = lock(&self.output);
+            let mut out = lock_output(&self.output);
             if out.closed {
                 return false;
             }
@@ -830,7 +867,7 @@ impl Shared {
         P: AsRef<[u8]>,
         I: Iterator<Item = (S, P)>,
     {
-        let mut out = lock(&self.output);
+        let mut out = lock_output(&self.output);
         let was_empty = out.buf.is_empty();
         let mut put = Ok(Put::Buffered);
         while let Some((subject, payload)) = msgs.peek() {
@@ -852,7 +889,7 @@ impl Shared {
     /// `bounded`, returns `Ok(false)` instead when the buffer is full, or
     /// (while disconnected) fails when `reconnect_buffer` would be exceeded.
     fn buffer(&self, frame: &ClientFrame<'_>, bounded: bool) -> Result<bool> {
-        let mut out = lock(&self.output);
+        let mut out = lock_output(&self.output);
         let was_empty = out.buf.is_empty();
         let put = self.put(&mut out, frame, bounded);
         self.buffered(out, was_empty, put)
@@ -861,7 +898,7 @@ impl Shared {
     /// Ends a `buffer*` call: releases the buffer, wakes the writer if it
     /// was empty and is no longer, and turns `put`'s outcome into the
     /// caller's (`Ok(false)`: full).
-    fn buffered(&self, out: MutexGuard<'_, Output>, was_empty: bool, put: Result<Put>) -> Result<bool> {
+    fn buffered(&self, out: OutputGuard<'_>, was_empty: bool, put: Result<Put>) -> Result<bool> {
         // The writer only waits once it has found the buffer empty.
         let wake = was_empty && out.connected && !out.buf.is_empty();
         drop(out);
@@ -918,7 +955,7 @@ impl Shared {
     /// Buffers a `Ping` and registers for its `Pong`.
     fn send_ping(&self) -> Result<oneshot::Receiver<()>> {
         let (tx, rx) = oneshot::channel();
-        let mut out = lock(&self.output);
+        let mut out = lock_output(&self.output);
         if out.closed {
             drop(out);
             return Err(self.disconnected());
@@ -942,7 +979,7 @@ impl Shared {
             return Ok(());
         }
         // Hold the output lock so two first requests make one inbox.
-        let mut out = lock(&self.output);
+        let mut out = lock_output(&self.output);
         if self.inbox_sid.load(Ordering::Acquire) != 0 {
             return Ok(());
         }
@@ -999,7 +1036,7 @@ impl Shared {
     /// Stops accepting frames; the writer exits after sending what is buffered.
     /// With a reason, also marks the connection as ended.
     pub(crate) fn close_output(&self, reason: Option<String>) {
-        let mut out = lock(&self.output);
+        let mut out = lock_output(&self.output);
         out.closed = true;
         let mut closed = lock(&self.closed);
         if closed.is_none() {
@@ -1101,6 +1138,33 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_lock_excludes_and_outwaits_a_long_holder() {
+        let output = Arc::new(OutputLock::new(Output::default()));
+        // One thread holds the lock far past the spins, so the others go on
+        // to yield; every append must still land, none interleaved.
+        let held = lock_output(&output);
+        let threads: Vec<_> = (0..3u8)
+            .map(|t| {
+                let output = output.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        let mut out = lock_output(&output);
+                        out.buf.extend_from_slice(&[t; 8]);
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(20));
+        drop(held);
+        for t in threads {
+            t.join().expect("appending thread");
+        }
+        let out = lock_output(&output);
+        assert_eq!(out.buf.len(), 3 * 1000 * 8);
+        assert!(out.buf.chunks(8).all(|c| c.iter().all(|&b| b == c[0])));
+    }
 
     #[test]
     fn keep_publishes_drops_control_frames_only() {
