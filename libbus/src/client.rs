@@ -823,6 +823,11 @@ impl Shared {
             reply_to,
             payload,
         });
+        // The common case, room in the buffer, without entering the
+        // waiting loop's future.
+        if self.buffer(&frame, true)? {
+            return Ok(());
+        }
         self.until_buffered(|| self.buffer(&frame, true)).await
     }
 
