@@ -11,6 +11,7 @@
 
 use std::{
     collections::{HashMap, VecDeque},
+    marker::PhantomData,
     sync::{
         atomic::{AtomicU32, AtomicU64, Ordering},
         Arc, Mutex, MutexGuard,
@@ -210,12 +211,18 @@ pub(crate) struct Output {
 /// swap that waits for the frame just encoded to reach the cache (a futex
 /// lock must look for sleepers as it lets go). 1 -> 1 at 128 B, 7 rounds
 /// against `std::sync::Mutex`: plain publishes +6.6% msgs/s (13.76 ->
-/// 14.67 M), batched +2%, fan-out +4%. Taken only through
-/// [`lock_output`], which spins briefly and then yields.
-pub(crate) type OutputLock = spin::mutex::SpinMutex<Output>;
+/// 14.67 M), batched +2%, fan-out +4%. [`lock`](Self::lock) spins
+/// briefly, then yields.
+#[derive(Debug)]
+pub(crate) struct OutputLock(spin::mutex::SpinMutex<Output>);
 
-/// The held [`OutputLock`].
-pub(crate) type OutputGuard<'a> = spin::mutex::SpinMutexGuard<'a, Output>;
+/// The held [`OutputLock`]. Not `Send`, like `std::sync::MutexGuard`: a
+/// task cannot hold it across an `.await`, where a thread waiting for the
+/// lock would spin until that task ran again.
+pub(crate) struct OutputGuard<'a> {
+    guard: spin::mutex::SpinMutexGuard<'a, Output>,
+    _not_send: PhantomData<*const ()>,
+}
 
 /// Looks at a held output lock this many times before yielding the thread
 /// between looks. Holders keep it for one frame's encode or a buffer swap
@@ -224,21 +231,45 @@ pub(crate) type OutputGuard<'a> = spin::mutex::SpinMutexGuard<'a, Output>;
 /// can be preempted, and spinning then would only delay it.
 const OUTPUT_SPINS: u32 = 100;
 
-/// Takes the output lock (see [`OutputLock`]).
-pub(crate) fn lock_output(output: &OutputLock) -> OutputGuard<'_> {
-    let mut spins = 0;
-    loop {
-        if let Some(guard) = output.try_lock() {
-            return guard;
-        }
-        while output.is_locked() {
-            if spins < OUTPUT_SPINS {
-                spins += 1;
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
+impl OutputLock {
+    pub(crate) fn new(output: Output) -> Self {
+        Self(spin::mutex::SpinMutex::new(output))
+    }
+
+    /// Takes the lock: looks [`OUTPUT_SPINS`] times, then yields the
+    /// thread between looks.
+    pub(crate) fn lock(&self) -> OutputGuard<'_> {
+        let mut spins = 0;
+        loop {
+            if let Some(guard) = self.0.try_lock() {
+                return OutputGuard {
+                    guard,
+                    _not_send: PhantomData,
+                };
+            }
+            while self.0.is_locked() {
+                if spins < OUTPUT_SPINS {
+                    spins += 1;
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
+                }
             }
         }
+    }
+}
+
+impl std::ops::Deref for OutputGuard<'_> {
+    type Target = Output;
+
+    fn deref(&self) -> &Output {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for OutputGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Output {
+        &mut self.guard
     }
 }
 
@@ -422,7 +453,7 @@ impl Bus {
     /// # }
     /// ```
     pub fn events(&self) -> Events {
-        let out = lock_output(&self.shared.output);
+        let out = self.shared.output.lock();
         // Under the output lock no state change is in progress, so the
         // current state and the change stream line up.
         let current = if out.closed {
@@ -443,7 +474,7 @@ impl Bus {
 
     /// True while a link to the daemon is up.
     pub fn is_connected(&self) -> bool {
-        let out = lock_output(&self.shared.output);
+        let out = self.shared.output.lock();
         out.connected && !out.closed
     }
 
@@ -730,7 +761,7 @@ impl Shared {
         self.max_frame.store(max_frame, Ordering::Relaxed);
         *lock(&self.server_id) = server_id;
         {
-            let mut out = lock_output(&self.output);
+            let mut out = self.output.lock();
             if attempts.is_some() {
                 let mut preamble = Vec::new();
                 self.encode_subscriptions(&mut preamble, max_frame);
@@ -795,7 +826,7 @@ impl Shared {
     /// link, keep what can be re-sent. False if the bus is closed.
     pub(crate) fn lose(&self, reason: &str) -> bool {
         let pending: Vec<_> = {
-            let mut out = lock_output(&self.output);
+            let mut out = self.output.lock();
             if out.closed {
                 return false;
             }
@@ -872,7 +903,7 @@ impl Shared {
         P: AsRef<[u8]>,
         I: Iterator<Item = (S, P)>,
     {
-        let mut out = lock_output(&self.output);
+        let mut out = self.output.lock();
         let was_empty = out.buf.is_empty();
         let mut put = Ok(Put::Buffered);
         while let Some((subject, payload)) = msgs.peek() {
@@ -894,7 +925,7 @@ impl Shared {
     /// `bounded`, returns `Ok(false)` instead when the buffer is full, or
     /// (while disconnected) fails when `reconnect_buffer` would be exceeded.
     fn buffer(&self, frame: &ClientFrame<'_>, bounded: bool) -> Result<bool> {
-        let mut out = lock_output(&self.output);
+        let mut out = self.output.lock();
         let was_empty = out.buf.is_empty();
         let put = self.put(&mut out, frame, bounded);
         self.buffered(out, was_empty, put)
@@ -960,7 +991,7 @@ impl Shared {
     /// Buffers a `Ping` and registers for its `Pong`.
     fn send_ping(&self) -> Result<oneshot::Receiver<()>> {
         let (tx, rx) = oneshot::channel();
-        let mut out = lock_output(&self.output);
+        let mut out = self.output.lock();
         if out.closed {
             drop(out);
             return Err(self.disconnected());
@@ -984,7 +1015,7 @@ impl Shared {
             return Ok(());
         }
         // Hold the output lock so two first requests make one inbox.
-        let mut out = lock_output(&self.output);
+        let mut out = self.output.lock();
         if self.inbox_sid.load(Ordering::Acquire) != 0 {
             return Ok(());
         }
@@ -1041,7 +1072,7 @@ impl Shared {
     /// Stops accepting frames; the writer exits after sending what is buffered.
     /// With a reason, also marks the connection as ended.
     pub(crate) fn close_output(&self, reason: Option<String>) {
-        let mut out = lock_output(&self.output);
+        let mut out = self.output.lock();
         out.closed = true;
         let mut closed = lock(&self.closed);
         if closed.is_none() {
@@ -1149,13 +1180,13 @@ mod tests {
         let output = Arc::new(OutputLock::new(Output::default()));
         // One thread holds the lock far past the spins, so the others go on
         // to yield; every append must still land, none interleaved.
-        let held = lock_output(&output);
+        let held = output.lock();
         let threads: Vec<_> = (0..3u8)
             .map(|t| {
                 let output = output.clone();
                 std::thread::spawn(move || {
                     for _ in 0..1000 {
-                        let mut out = lock_output(&output);
+                        let mut out = output.lock();
                         out.buf.extend_from_slice(&[t; 8]);
                     }
                 })
@@ -1166,7 +1197,7 @@ mod tests {
         for t in threads {
             t.join().expect("appending thread");
         }
-        let out = lock_output(&output);
+        let out = output.lock();
         assert_eq!(out.buf.len(), 3 * 1000 * 8);
         assert!(out.buf.chunks(8).all(|c| c.iter().all(|&b| b == c[0])));
     }

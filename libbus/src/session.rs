@@ -21,7 +21,7 @@ use tokio::{io::AsyncWriteExt, net::TcpStream};
 
 use crate::{
     batch::Messages,
-    client::{lock, lock_output, Batch, Pending, Shared},
+    client::{lock, Batch, Pending, Shared},
     codec,
     message::Found,
     proto::{self, ClientFrame, ServerFrame},
@@ -248,7 +248,7 @@ pub(crate) async fn write_loop(shared: Arc<Shared>, mut tx: Writer) {
     let mut batch = Vec::with_capacity(64 << 10);
     loop {
         let closed = {
-            let mut out = lock_output(&shared.output);
+            let mut out = shared.output.lock();
             std::mem::swap(&mut out.buf, &mut batch);
             out.closed
         };
