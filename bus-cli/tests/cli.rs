@@ -306,6 +306,11 @@ fn bench_smoke() {
     assert!(report["rss_per_conn"].as_f64().is_some(), "{report}");
     for args in [
         &["bench", "pubsub", "--msgs", "5000", "--subs", "2", "--json"][..],
+        // Three tasks share each of two publishers' connections; 2500
+        // messages a connection split 834 + 833 + 833.
+        &[
+            "bench", "pubsub", "--msgs", "5000", "--pubs", "2", "--tasks", "3", "--json",
+        ],
         &[
             "bench", "fanout", "--msgs", "2000", "--subs", "3", "--size", "1024", "--json",
         ],
@@ -342,6 +347,10 @@ fn bench_smoke() {
         );
         let subs = report["subs"].as_u64().unwrap();
         assert!(sent > 0, "{args:?}: {report}");
+        if args.contains(&"--tasks") {
+            assert_eq!(report["tasks"].as_u64(), Some(3), "{report}");
+            assert_eq!(sent, 5000, "{report}");
+        }
         assert_eq!(
             delivered + report["dropped"].as_u64().unwrap(),
             sent * subs,
@@ -560,6 +569,7 @@ fn bench_refuses_zero_counts() {
     for (args, flag) in [
         (&["bench", "pubsub", "--msgs", "0"][..], "--msgs"),
         (&["bench", "pubsub", "--pubs", "0"], "--pubs"),
+        (&["bench", "pubsub", "--tasks", "0"], "--tasks"),
         (&["bench", "fanout", "--subs", "0"], "--subs"),
         (&["bench", "reqrep", "--requesters", "0"], "--requesters"),
         (&["bench", "pubsub", "--rounds", "0"], "--rounds"),

@@ -57,6 +57,11 @@ pub struct BenchArgs {
     /// Publishers (pubsub).
     #[arg(long, default_value_t = 1, value_parser = at_least_one::<usize>())]
     pub pubs: usize,
+    /// Publishing tasks per publisher connection (pubsub, fanout), sharing
+    /// it through clones of one `Bus` and splitting its messages: measures
+    /// publishers contending for a connection.
+    #[arg(long, default_value_t = 1, value_parser = at_least_one::<usize>())]
+    pub tasks: usize,
     /// Subscribers (pubsub, fanout).
     #[arg(long, value_parser = at_least_one::<usize>())]
     pub subs: Option<usize>,
@@ -155,6 +160,8 @@ pub struct Report {
     pub size: usize,
     /// Publishers / subscribers / requesters.
     pub pubs: usize,
+    /// Publishing tasks sharing each publisher's connection.
+    pub tasks: usize,
     /// Subscribers.
     pub subs: usize,
     /// Messages per publish call, and whether subscribers take batches
@@ -524,8 +531,13 @@ fn print_report(r: &Report) {
     } else {
         String::new()
     };
+    let tasks = if r.tasks > 1 {
+        format!(" x {} task(s)", r.tasks)
+    } else {
+        String::new()
+    };
     outln!(
-        "bench {mode}: {} B payloads, {} pub(s), {} sub(s){api}, daemon {}",
+        "bench {mode}: {} B payloads, {} pub(s){tasks}, {} sub(s){api}, daemon {}",
         r.size,
         r.pubs,
         r.subs,

@@ -265,7 +265,7 @@ async fn pubsub(
     let per_pub = args.msgs / pubs as u64;
     // What each subscriber gets, when the run is a message count.
     let expected = args.duration.is_none().then_some(per_pub * pubs as u64);
-    let start_gate = Arc::new(tokio::sync::Barrier::new(subs + pubs + 1));
+    let start_gate = Arc::new(tokio::sync::Barrier::new(subs + pubs * args.tasks + 1));
     let batched = args.batch > 1;
     // Subscribers' progress reports wake publishers waiting on flow control.
     let progressed = Arc::new(tokio::sync::Notify::new());
@@ -334,60 +334,67 @@ async fn pubsub(
     let payload = libbus::Bytes::from(vec![0u8; args.size]);
     let batch = args.batch as u64;
     let mut pub_tasks = Vec::new();
+    // Each publisher's connection is shared by `tasks` tasks (clones of one
+    // `Bus`), which split its messages.
+    let tasks = args.tasks as u64;
     for i in 0..pubs {
-        let bus = connect(address, format!("bench-pub-{i}")).await?;
-        let (sent, gate, accounted) = (sent.clone(), start_gate.clone(), accounted.clone());
-        let progress = progressed.clone();
-        let (payload, subjects) = (payload.clone(), subjects.to_vec());
-        let duration = args.duration;
-        pub_tasks.push(tokio::spawn(async move {
-            gate.wait().await;
-            let start = Instant::now();
-            let deadline = start + duration.unwrap_or(PHASE_LIMIT);
-            let mut n = 0u64;
-            let mut past_deadline = false;
-            // A cycle and a countdown rather than `%`: a division per
-            // message showed in profiles as a cost of the bench, not of the bus.
-            let mut subject = (0..subjects.len()).cycle();
-            let mut until_check = check_every;
-            while (duration.is_some() || n < per_pub) && !past_deadline {
-                let left = if duration.is_some() { u64::MAX } else { per_pub - n };
-                let k = batch.min(until_check).min(left);
-                if batch == 1 {
-                    if let Some(i) = subject.next() {
-                        bus.publish(subjects[i], &payload).await?;
-                    }
-                } else {
-                    let msgs = subject.by_ref().take(k as usize).map(|i| (subjects[i], &payload));
-                    bus.publish_batch(msgs).await?;
-                }
-                n += k;
-                until_check -= k;
-                if until_check == 0 {
-                    until_check = check_every;
-                    // The clock is read here, not per message.
-                    past_deadline = Instant::now() >= deadline;
-                    let total = sent.fetch_add(check_every, Relaxed) + check_every;
-                    // Flow control: stay within the subscribers' bound,
-                    // woken by their progress reports (a fixed sleep left
-                    // the pipeline idle in bursts).
-                    loop {
-                        let progressed = progress.notified();
-                        tokio::pin!(progressed);
-                        progressed.as_mut().enable();
-                        let slowest = accounted.iter().map(|c| c.load(Relaxed)).min().unwrap_or(0);
-                        if total.saturating_sub(slowest) <= window || Instant::now() >= deadline {
-                            break;
+        let shared_bus = connect(address, format!("bench-pub-{i}")).await?;
+        for t in 0..tasks {
+            let per_pub = per_pub / tasks + u64::from(t < per_pub % tasks);
+            let bus = shared_bus.clone();
+            let (sent, gate, accounted) = (sent.clone(), start_gate.clone(), accounted.clone());
+            let progress = progressed.clone();
+            let (payload, subjects) = (payload.clone(), subjects.to_vec());
+            let duration = args.duration;
+            pub_tasks.push(tokio::spawn(async move {
+                gate.wait().await;
+                let start = Instant::now();
+                let deadline = start + duration.unwrap_or(PHASE_LIMIT);
+                let mut n = 0u64;
+                let mut past_deadline = false;
+                // A cycle and a countdown rather than `%`: a division per
+                // message showed in profiles as a cost of the bench, not of the bus.
+                let mut subject = (0..subjects.len()).cycle();
+                let mut until_check = check_every;
+                while (duration.is_some() || n < per_pub) && !past_deadline {
+                    let left = if duration.is_some() { u64::MAX } else { per_pub - n };
+                    let k = batch.min(until_check).min(left);
+                    if batch == 1 {
+                        if let Some(i) = subject.next() {
+                            bus.publish(subjects[i], &payload).await?;
                         }
-                        // Bounded: a subscriber that died wakes nobody.
-                        let _ = tokio::time::timeout(Duration::from_millis(10), progressed).await;
+                    } else {
+                        let msgs = subject.by_ref().take(k as usize).map(|i| (subjects[i], &payload));
+                        bus.publish_batch(msgs).await?;
+                    }
+                    n += k;
+                    until_check -= k;
+                    if until_check == 0 {
+                        until_check = check_every;
+                        // The clock is read here, not per message.
+                        past_deadline = Instant::now() >= deadline;
+                        let total = sent.fetch_add(check_every, Relaxed) + check_every;
+                        // Flow control: stay within the subscribers' bound,
+                        // woken by their progress reports (a fixed sleep left
+                        // the pipeline idle in bursts).
+                        loop {
+                            let progressed = progress.notified();
+                            tokio::pin!(progressed);
+                            progressed.as_mut().enable();
+                            let slowest = accounted.iter().map(|c| c.load(Relaxed)).min().unwrap_or(0);
+                            if total.saturating_sub(slowest) <= window || Instant::now() >= deadline {
+                                break;
+                            }
+                            // Bounded: a subscriber that died wakes nobody.
+                            let _ = tokio::time::timeout(Duration::from_millis(10), progressed).await;
+                        }
                     }
                 }
-            }
-            sent.fetch_add(check_every - until_check, Relaxed);
-            bus.flush().await?;
-            Ok::<_, Error>((n, start.elapsed()))
-        }));
+                sent.fetch_add(check_every - until_check, Relaxed);
+                bus.flush().await?;
+                Ok::<_, Error>((n, start.elapsed()))
+            }));
+        }
     }
 
     let total_expected = if args.duration.is_some() {
@@ -431,6 +438,7 @@ async fn pubsub(
     ticker.abort();
     bar.finish_and_clear();
     report.pubs = pubs;
+    report.tasks = args.tasks;
     report.subs = subs;
     report.batch = args.batch;
     report.sent = published;
