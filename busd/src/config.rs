@@ -115,9 +115,9 @@ pub struct Config {
     /// The daemon shares the host with its clients, and they spend more CPU
     /// per message than it does; with more workers than it needs it mostly
     /// moves each connection's reads and writes between cores. Measured on
-    /// 2 CPUs (README, "Performance"): one worker streams 1 → 1 faster and
-    /// with less daemon CPU per message than two, while two deliver a
-    /// fan-out or several publishers' streams faster.
+    /// 2 CPUs (README, "Performance"): one worker streams 1 → 1 as fast as
+    /// two, for no more daemon CPU per message, while two deliver a fan-out
+    /// a few percent faster for more CPU per delivery.
     pub workers: usize,
 }
 
