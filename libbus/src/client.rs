@@ -5,9 +5,9 @@
 //! a short spin lock, `OutputLock`) and wakes the writer task, so many frames
 //! leave in one `write`. The driver task reads frames and routes them:
 //! messages to their subscription's channel, replies to the waiting request,
-//! `Pong`s to waiting flushes, and it answers the daemon's `Ping`s itself. When the link fails it
-//! reconnects ([`crate::session`]); the buffer, the subscriptions and the
-//! `Bus` handles survive.
+//! `Pong`s to waiting flushes, and it answers the daemon's `Ping`s itself.
+//! When the link fails it reconnects ([`crate::session`]); the buffer, the
+//! subscriptions and the `Bus` handles survive.
 
 use std::{
     collections::{HashMap, VecDeque},

@@ -133,64 +133,27 @@ mod tests {
     use crate::proto::Pub;
 
     fn pubs() -> Vec<Pub<'static>> {
-        let big = Box::leak(vec![7u8; 300].into_boxed_slice());
-        vec![
-            Pub {
-                subject: "a.b",
-                reply_to: None,
-                payload: b"one",
-            },
-            Pub {
-                subject: "a.b",
-                reply_to: None,
-                payload: b"two",
-            },
-            Pub {
-                subject: "a.b",
-                reply_to: None,
-                payload: b"three",
-            },
-            Pub {
-                subject: "a.c",
-                reply_to: None,
-                payload: b"four!",
-            },
-            Pub {
-                subject: "a.c",
-                reply_to: Some("r.1"),
-                payload: b"five!",
-            },
-            Pub {
-                subject: "a.c",
-                reply_to: Some("r.2"),
-                payload: b"six!!",
-            },
-            Pub {
-                subject: "a.c",
-                reply_to: None,
-                payload: b"seven",
-            },
-            Pub {
-                subject: "a.c",
-                reply_to: None,
-                payload: big,
-            },
-            Pub {
-                subject: "a.c",
-                reply_to: None,
-                payload: big,
-            },
-            Pub {
-                subject: "ü.ß",
-                reply_to: None,
-                payload: b"",
-            },
-            Pub {
-                subject: "ü.ß",
-                reply_to: None,
-                payload: b"",
-            },
-        ]
+        let big: &'static [u8] = Box::leak(vec![7u8; 300].into_boxed_slice());
+        let list: [(&str, Option<&str>, &[u8]); 11] = [
+            ("a.b", None, b"one"),
+            ("a.b", None, b"two"),
+            ("a.b", None, b"three"),
+            ("a.c", None, b"four!"),
+            ("a.c", Some("r.1"), b"five!"),
+            ("a.c", Some("r.2"), b"six!!"),
+            ("a.c", None, b"seven"),
+            ("a.c", None, big),
+            ("a.c", None, big),
+            ("ü.ß", None, b""),
+            ("ü.ß", None, b""),
+        ];
+        list.into_iter()
+            .map(|(subject, reply_to, payload)| Pub {
+                subject,
+                reply_to,
+                payload,
+            })
+            .collect()
     }
 
     #[test]

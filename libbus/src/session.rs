@@ -321,8 +321,9 @@ fn add_message(pending: &mut Pending, sid: u64, chunk: &Bytes, found: Found, b: 
     }
     let mut list = Vec::with_capacity(b.capacity());
     list.push(found);
+    let full = list.len() >= b.max;
     pending.push((sid, Batch::Messages(Messages::found(chunk.clone(), list))));
-    b.max <= 1
+    full
 }
 
 /// Adds the `Pub` frames `chunk[frames]` of a `Run` for subscription `sid`
