@@ -36,7 +36,7 @@ mod render;
 use std::{process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
-use libbus::{Address, Bus, ConnectOptions};
+use libbus::{subject, Address, Bus, ConnectOptions};
 
 /// Inspect and drive a live bus.
 #[derive(Debug, Parser)]
@@ -136,6 +136,15 @@ async fn run(cli: Cli) -> libbus::Result<()> {
     if let Command::Bench(args) = cli.command {
         let address = cli.address.map(|a| a.parse()).transpose()?;
         return bench::run(args, address).await;
+    }
+    // A subject the daemon would refuse is refused before connecting, so
+    // the error names the subject even when no daemon is running.
+    match &cli.command {
+        Command::Send { subject, .. } | Command::Request { subject, .. } => {
+            subject::validate_publish(subject)?
+        }
+        Command::Sub { pattern, .. } => subject::validate_pattern(pattern)?,
+        _ => {}
     }
     let address = match cli.address {
         Some(a) => a.parse()?,

@@ -231,6 +231,56 @@ fn no_daemon_is_one_clear_line() {
 }
 
 #[test]
+fn bad_subjects_are_named_with_or_without_a_daemon() {
+    let bus = daemon();
+    let dir = tempfile::tempdir().unwrap();
+    let nowhere = format!("unix:{}", dir.path().join("nothing.sock").display());
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["send", "a..b", "x"],
+            "error: invalid subject \"a..b\": empty token\n",
+        ),
+        (
+            &["request", "a.*", "x"],
+            "error: invalid subject \"a.*\": wildcards are only allowed in subscriptions\n",
+        ),
+        (
+            &["send", "$BUS.x", "x"],
+            "error: subject \"$BUS.x\" is reserved for the daemon ($BUS.)\n",
+        ),
+        (
+            &["sub", "a.>.b"],
+            "error: invalid pattern \"a.>.b\": '>' must be the last token\n",
+        ),
+        (&["sub", ""], "error: invalid subject \"\": empty\n"),
+    ];
+    for address in [bus.daemon.address().to_string(), nowhere] {
+        for (args, expected) in cases {
+            let out = run({
+                let mut c = Command::new(CLI);
+                c.env("BUS_ADDRESS", &address).args(args);
+                c
+            });
+            assert_eq!(out.status.code(), Some(1), "{args:?} at {address}");
+            assert_eq!(
+                String::from_utf8_lossy(&out.stderr),
+                expected,
+                "{args:?} at {address}"
+            );
+        }
+    }
+    // None of them connected: the daemon numbers connections from 1, and
+    // `list`'s own is the first.
+    let list = stdout(&run({
+        let mut c = cli(&bus);
+        c.arg("list");
+        c
+    }));
+    let first = list.lines().nth(1).unwrap_or_default();
+    assert!(first.starts_with("1 ") && first.contains("bus-cli"), "{list}");
+}
+
+#[test]
 fn address_flag_overrides_environment() {
     let bus = daemon();
     let out = run({
