@@ -2,21 +2,28 @@
 //!
 //! The directory is created 0700; the socket gets its mode (0600 by default)
 //! through `fchmod` before `bind` (narrowed by the umask), then exactly its
-//! mode after `bind`, so it is never reachable with wider permissions. An existing socket file is probed with a connect: if a daemon
-//! answers, we refuse to start; if nothing listens, the stale file is replaced.
+//! mode after `bind`, and only then listens: it is never reachable with
+//! other permissions than its own. An existing socket file is probed with a
+//! connect: if a daemon answers, we refuse to start; if nothing listens,
+//! the stale file is replaced.
 
 use std::{
     io,
-    os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt},
+    os::{
+        fd::AsRawFd,
+        unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt},
+    },
     path::{Path, PathBuf},
 };
 
-use interprocess::{
-    local_socket::{traits::tokio::Listener as _, GenericFilePath, ListenerOptions, ToFsName},
-    os::unix::local_socket::ListenerOptionsExt,
-};
+use interprocess::local_socket::traits::tokio::Listener as _;
 use libbus::{proto::api::Peer, transport::UnixStream};
-use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use nix::sys::{
+    socket::{
+        self, getsockopt, sockopt::PeerCredentials, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
+    },
+    stat::{fchmod, Mode},
+};
 
 use crate::Error;
 
@@ -30,6 +37,31 @@ pub struct UnixListener {
     path: PathBuf,
     /// (device, inode) of the socket file we created.
     ident: (u64, u64),
+}
+
+/// Binds a listening socket at `path` whose file has exactly `mode` by the
+/// time anyone can connect: the socket's own mode is set before `bind`
+/// (the file bind creates has at most those bits, narrowed by the umask),
+/// the file's exact mode after it, and only then does it `listen`. Until
+/// then a connect is refused, never let in under a narrower or wider mode.
+fn bind_exact(path: &Path, mode: u32) -> io::Result<Inner> {
+    let addr = UnixAddr::new(path)?;
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    fchmod(&fd, Mode::from_bits_truncate(mode))?;
+    socket::bind(fd.as_raw_fd(), &addr)?;
+    let listening = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .and_then(|()| Ok(socket::listen(&fd, Backlog::MAXCONN)?))
+        .and_then(|()| Inner::try_from(fd));
+    if listening.is_err() {
+        // The file is ours (bind created it); do not leave it behind.
+        let _ = std::fs::remove_file(path);
+    }
+    listening
 }
 
 impl UnixListener {
@@ -61,24 +93,10 @@ impl UnixListener {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err("inspecting")(e)),
         }
-        let name = path
-            .to_fs_name::<GenericFilePath>()
-            .map_err(io_err("socket name"))?;
-        let inner = ListenerOptions::new()
-            .name(name)
-            .mode(mode)
-            .reclaim_name(false)
-            .try_overwrite(false)
-            .create_tokio_as::<Inner>()
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::AddrInUse => Error::AlreadyRunning(path.to_owned()),
-                _ => io_err("binding")(e),
-            })?;
-        // The kernel applies the umask to the file bind() creates, so the
-        // fchmod above can only narrow the mode; set the exact mode now. Until
-        // here the file had at most `mode`'s bits, never more.
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-            .map_err(io_err("setting the mode of"))?;
+        let inner = bind_exact(path, mode).map_err(|e| match e.kind() {
+            io::ErrorKind::AddrInUse => Error::AlreadyRunning(path.to_owned()),
+            _ => io_err("binding")(e),
+        })?;
         let meta = std::fs::symlink_metadata(path).map_err(io_err("inspecting"))?;
         Ok(Self {
             inner,
