@@ -55,7 +55,7 @@ fn bind_exact(path: &Path, mode: u32) -> io::Result<Inner> {
     fchmod(&fd, Mode::from_bits_truncate(mode))?;
     socket::bind(fd.as_raw_fd(), &addr)?;
     let listening = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .and_then(|()| Ok(socket::listen(&fd, Backlog::MAXCONN)?))
+        .and_then(|()| socket::listen(&fd, Backlog::MAXCONN).map_err(io::Error::from))
         .and_then(|()| Inner::try_from(fd));
     if listening.is_err() {
         // The file is ours (bind created it); do not leave it behind.
