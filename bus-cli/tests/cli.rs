@@ -364,6 +364,16 @@ fn bench_smoke() {
         &[
             "bench", "fanout", "--msgs", "2000", "--subs", "3", "--size", "1024", "--json",
         ],
+        // More subjects than a reader's route cache holds.
+        &[
+            "bench",
+            "pubsub",
+            "--msgs",
+            "6000",
+            "--subjects",
+            "2000",
+            "--json",
+        ],
         &[
             "bench",
             "reqrep",
@@ -397,6 +407,9 @@ fn bench_smoke() {
         );
         let subs = report["subs"].as_u64().unwrap();
         assert!(sent > 0, "{args:?}: {report}");
+        if args.contains(&"--subjects") {
+            assert_eq!(report["subjects"].as_u64(), Some(2000), "{report}");
+        }
         if args.contains(&"--tasks") {
             assert_eq!(report["tasks"].as_u64(), Some(3), "{report}");
             assert_eq!(sent, 5000, "{report}");

@@ -68,6 +68,11 @@ pub struct BenchArgs {
     /// Concurrent requesters (reqrep).
     #[arg(long, default_value_t = 1, value_parser = at_least_one::<usize>())]
     pub requesters: usize,
+    /// Distinct subjects each publisher cycles through (pubsub, fanout);
+    /// subscribers take them all with one wildcard. More subjects than a
+    /// reader's route cache holds measure the uncached routing path.
+    #[arg(long, default_value_t = 1, value_parser = at_least_one::<usize>())]
+    pub subjects: usize,
     /// Non-matching subscriptions to add (routing).
     #[arg(long, default_value_t = 100_000)]
     pub subscriptions: usize,
@@ -167,6 +172,8 @@ pub struct Report {
     /// Messages per publish call, and whether subscribers take batches
     /// (above 1); 1: the plain per-message API.
     pub batch: usize,
+    /// Distinct subjects the publishers cycled through.
+    pub subjects: usize,
     /// Messages published (or requests made).
     pub sent: u64,
     /// Messages delivered, all subscribers together.
@@ -536,8 +543,13 @@ fn print_report(r: &Report) {
     } else {
         String::new()
     };
+    let subjects = if r.subjects > 1 {
+        format!(" over {} subjects", r.subjects)
+    } else {
+        String::new()
+    };
     outln!(
-        "bench {mode}: {} B payloads, {} pub(s){tasks}, {} sub(s){api}, daemon {}",
+        "bench {mode}: {} B payloads, {} pub(s){tasks}{subjects}, {} sub(s){api}, daemon {}",
         r.size,
         r.pubs,
         r.subs,

@@ -121,7 +121,13 @@ pub async fn run(args: &BenchArgs, target: &Target) -> Result<Report> {
                 .subs
                 .unwrap_or(if args.mode == Mode::Fanout { 4 } else { 1 })
                 .max(1);
-            pubsub(&address, pubs, subs, args, max_pending, &[SUBJECT], &mut report).await?;
+            let subjects = if args.subjects == 1 {
+                vec![SUBJECT]
+            } else {
+                numbered_subjects(args.subjects)
+            };
+            report.subjects = subjects.len();
+            pubsub(&address, pubs, subs, args, max_pending, &subjects, &mut report).await?;
         }
         Mode::Reqrep => reqrep(&address, args, &mut report).await?,
         Mode::Routing => routing(&address, args, max_pending, max_subs, &mut report).await?,
@@ -509,6 +515,14 @@ async fn reqrep(address: &Address, args: &BenchArgs, report: &mut Report) -> Res
     Ok(())
 }
 
+/// `n` subjects `bench.routing.0` ... (all matched by `bench.routing.*`),
+/// leaked: a bench run makes them once.
+fn numbered_subjects(n: usize) -> Vec<&'static str> {
+    (0..n)
+        .map(|i| &*Box::leak(format!("bench.routing.{i}").into_boxed_str()))
+        .collect()
+}
+
 /// 1 → 1 publish rate over 4096 distinct subjects (more than a reader's route
 /// cache holds, so the trie is consulted), without and then with
 /// `--subscriptions` extra non-matching subscriptions.
@@ -519,9 +533,7 @@ async fn routing(
     max_subs: u64,
     report: &mut Report,
 ) -> Result<()> {
-    let subjects: Vec<&'static str> = (0..4096)
-        .map(|i| &*Box::leak(format!("bench.routing.{i}").into_boxed_str()))
-        .collect();
+    let subjects = numbered_subjects(4096);
     let mut without = Report::default();
     pubsub(address, 1, 1, args, max_pending, &subjects, &mut without).await?;
 
