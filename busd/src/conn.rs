@@ -25,6 +25,7 @@ use libbus::{
     },
     subject,
     transport::{Reader, Writer},
+    wire,
 };
 use tokio::io::AsyncWriteExt;
 
@@ -504,7 +505,7 @@ fn publish_cached<'a>(
     let (routes, payload) = match state.router.repeated(frame, cache) {
         Some(found) => found,
         None => {
-            let Some(p) = codec::raw_pub(&frame[proto::LEN_PREFIX..]).filter(|p| p.reply_to.is_none()) else {
+            let Some(p) = wire::raw_pub(&frame[proto::LEN_PREFIX..]).filter(|p| p.reply_to.is_none()) else {
                 return false;
             };
             let head = &frame[..frame.len() - p.payload.len()];

@@ -28,6 +28,7 @@ use bytes::{Buf, Bytes};
 use libbus::{
     codec,
     proto::{self, ServerFrame, LEN_PREFIX},
+    wire,
 };
 use tokio::sync::Notify;
 
@@ -59,7 +60,7 @@ impl<'a> PubFrame<'a> {
     /// Bytes of the `Msg` frame it becomes for `sid`, charged against
     /// `max_pending` while queued.
     pub fn cost(&self, sid: u64) -> usize {
-        proto::msg_from_pub_len(self.body(), sid)
+        wire::msg_from_pub_len(self.body(), sid)
     }
 }
 
@@ -83,7 +84,7 @@ pub struct RunSpan<'a> {
 impl RunSpan<'_> {
     /// Bytes of the `Run` frame for `sid`, charged against `max_pending`.
     fn cost(&self, sid: u64) -> usize {
-        proto::run_head_len(sid, self.range.len()) + self.range.len()
+        wire::run_head_len(sid, self.range.len()) + self.range.len()
     }
 }
 
@@ -109,7 +110,7 @@ impl Published {
             reply_to,
             payload,
         };
-        if let Err(e) = codec::encode_pub(&p, &mut frame, u32::MAX) {
+        if let Err(e) = wire::encode_pub(&p, &mut frame, u32::MAX) {
             tracing::error!("encoding a daemon message on {subject}: {e}");
         }
         Self {
@@ -299,7 +300,7 @@ impl State {
         }
         self.report_lag(sid);
         self.frames.append(cost, |buf| {
-            proto::encode_msg_from_pub(msg.body(), sid, buf);
+            wire::encode_msg_from_pub(msg.body(), sid, buf);
         });
         self.taken.msgs += 1;
         self.taken.bytes += u64::from(msg.payload_len);
@@ -317,12 +318,12 @@ impl State {
         let frames = &run.read[run.range.clone()];
         if run.fan_out && frames.len() >= SHARE_MIN {
             self.frames.append(cost - frames.len(), |buf| {
-                proto::encode_run_head(sid, frames.len(), buf);
+                wire::encode_run_head(sid, frames.len(), buf);
             });
             self.frames.share(run.read.slice(run.range.clone()));
         } else {
             self.frames.append(cost, |buf| {
-                proto::encode_run_head(sid, frames.len(), buf);
+                wire::encode_run_head(sid, frames.len(), buf);
                 buf.extend_from_slice(frames);
             });
         }
@@ -549,7 +550,7 @@ mod tests {
             ServerFrame::Run { sid, frames } => {
                 let mut n = 0;
                 for_each_frame(frames, |f| {
-                    assert!(codec::raw_pub(f).is_some(), "a run holds Pub frames");
+                    assert!(wire::raw_pub(f).is_some(), "a run holds Pub frames");
                     n += 1;
                 });
                 out.push((sid, Kind::Run(n)));

@@ -8,6 +8,7 @@ use bytes::BytesMut;
 use libbus::{
     codec,
     proto::{link::LinkFrame, ClientFrame, ServerFrame, LEN_PREFIX},
+    wire,
 };
 use libfuzzer_sys::fuzz_target;
 use tokio_util::codec::{Decoder, LengthDelimitedCodec};
@@ -50,14 +51,20 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(in_place.ok(), Some(codec::Next::Frame(&frame[..])));
                 at += LEN_PREFIX + frame.len();
                 assert!(frame.len() <= MAX_FRAME as usize);
-                assert_eq!(
-                    codec::decode_server_frame(&frame).ok(),
-                    codec::decode::<ServerFrame>(&frame).ok()
-                );
+                // The client's direct Msg reader must agree with postcard.
+                if let Some(raw) = wire::raw_msg(&frame) {
+                    let Ok(ServerFrame::Msg(m)) = codec::decode::<ServerFrame>(&frame) else {
+                        panic!("raw_msg accepted what postcard refuses");
+                    };
+                    assert_eq!(
+                        (raw.sid, raw.subject, raw.reply_to, raw.payload),
+                        (m.sid, m.subject.as_bytes(), m.reply_to.map(str::as_bytes), m.payload)
+                    );
+                }
                 // busd's fast path reads a Pub without postcard and without
                 // checking UTF-8: where the subjects are UTF-8, it must agree
                 // with postcard exactly.
-                if let Some(raw) = codec::raw_pub(&frame) {
+                if let Some(raw) = wire::raw_pub(&frame) {
                     let utf8 = std::str::from_utf8(raw.subject).is_ok()
                         && raw.reply_to.is_none_or(|r| std::str::from_utf8(r).is_ok());
                     match codec::decode::<ClientFrame>(&frame) {
@@ -69,7 +76,7 @@ fuzz_target!(|data: &[u8]| {
                     }
                 }
                 // A client's direct Run reader must agree with postcard too.
-                if let Some((sid, frames)) = codec::raw_run(&frame) {
+                if let Some((sid, frames)) = wire::raw_run(&frame) {
                     assert_eq!(
                         codec::decode::<ServerFrame>(&frame).ok(),
                         Some(ServerFrame::Run { sid, frames })

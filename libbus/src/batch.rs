@@ -17,7 +17,7 @@ use crate::{
     message::Found,
     proto,
     same_head::{Decoded, PubAt},
-    Result,
+    wire, Result,
 };
 
 /// Messages a subscription had received, taken at once by
@@ -195,7 +195,7 @@ fn next_pub<'a>(chunk: &'a [u8], c: &mut Cursor) -> (Option<PubAt<'a>>, usize) {
         let start = c.at + off + proto::LEN_PREFIX;
         c.at = start + body.len();
         walked += 1;
-        match codec::run_msg(body) {
+        match wire::run_msg(body) {
             Some(p) => {
                 c.last = Some(Decoded::new(chunk, start, body, &p));
                 return (Some((start, body, p)), walked);

@@ -32,7 +32,7 @@ use crate::{
     proto::{self, ClientFrame, ErrorCode},
     same_head,
     session::{self, Link, Reconnect},
-    subject, Address, Error, Message, Result, Subscription,
+    subject, wire, Address, Error, Message, Result, Subscription,
 };
 
 /// Tunables for one connection. `ConnectOptions::default()` is what
@@ -722,7 +722,7 @@ fn keep_publishes(buf: &mut Vec<u8>) {
     while let Some(len) = rest.get(..proto::LEN_PREFIX) {
         let n = proto::LEN_PREFIX + u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
         let Some(frame) = rest.get(..n) else { break };
-        if frame.get(proto::LEN_PREFIX) == Some(&proto::PUB_TAG) {
+        if frame.get(proto::LEN_PREFIX) == Some(&wire::PUB_TAG) {
             kept.extend_from_slice(frame);
         }
         rest = &rest[n..];

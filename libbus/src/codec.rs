@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::proto::{self, LEN_PREFIX};
+use crate::proto::LEN_PREFIX;
 
 /// Why a frame could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
@@ -63,36 +63,6 @@ pub fn encode_into<T: Serialize>(frame: &T, buf: &mut Vec<u8>, max_frame: u32) -
     finish_frame(buf, start, max_frame)
 }
 
-/// Appends a `ClientFrame::Pub` frame to `buf`, byte for byte what
-/// [`encode_into`] writes (the `pub_encoding_matches_postcard` property test
-/// pins this), without going through serde: publishing is the hot path.
-///
-/// On error `buf` is left as it was.
-pub fn encode_pub(p: &proto::Pub<'_>, buf: &mut Vec<u8>, max_frame: u32) -> Result<(), CodecError> {
-    let subject = p.subject.as_bytes();
-    let reply_to = p.reply_to.map(str::as_bytes);
-    // The body's length is known up front: the prefix is written first and
-    // nothing is written for a frame that is too large.
-    let len = 1 + bytes_len(subject) + 1 + reply_to.map_or(0, bytes_len) + bytes_len(p.payload);
-    if len > max_frame as usize {
-        return Err(CodecError::TooLarge { len, max: max_frame });
-    }
-    buf.reserve(LEN_PREFIX + len);
-    // `len <= max_frame`, a u32, so the cast is lossless.
-    buf.extend_from_slice(&(len as u32).to_le_bytes());
-    buf.push(proto::PUB_TAG);
-    push_bytes(buf, subject);
-    match reply_to {
-        None => buf.push(0),
-        Some(r) => {
-            buf.push(1);
-            push_bytes(buf, r);
-        }
-    }
-    push_bytes(buf, p.payload);
-    Ok(())
-}
-
 /// Fills in the length prefix of the frame that starts at `start`, or
 /// removes the frame if its body exceeds `max_frame`.
 fn finish_frame(buf: &mut Vec<u8>, start: usize, max_frame: u32) -> Result<(), CodecError> {
@@ -104,26 +74,6 @@ fn finish_frame(buf: &mut Vec<u8>, start: usize, max_frame: u32) -> Result<(), C
     // `len <= max_frame`, a u32, so the cast is lossless.
     buf[start..start + LEN_PREFIX].copy_from_slice(&(len as u32).to_le_bytes());
     Ok(())
-}
-
-/// Longest varint of a `u64`.
-const VARINT_MAX: usize = 10;
-
-/// Bytes postcard takes for the byte string `bytes`: a varint length, then
-/// the bytes.
-fn bytes_len(bytes: &[u8]) -> usize {
-    proto::varint_len(bytes.len() as u64) + bytes.len()
-}
-
-/// postcard's encoding of a byte string or `str`: varint length, then bytes.
-fn push_bytes(buf: &mut Vec<u8>, bytes: &[u8]) {
-    let mut n = bytes.len() as u64;
-    while n >= 0x80 {
-        buf.push((n as u8) | 0x80);
-        n >>= 7;
-    }
-    buf.push(n as u8);
-    buf.extend_from_slice(bytes);
 }
 
 /// What the front of a receive buffer holds.
@@ -303,162 +253,6 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, Truncated))
         }
     }
-}
-
-/// Decodes a frame body from the daemon: a `Msg` (the hot path) is read
-/// directly, anything else, or a `Msg` in an unusual but valid encoding, goes
-/// through postcard. The `msg_decoding_matches_postcard` property test pins
-/// the direct path to postcard's result.
-pub fn decode_server_frame(body: &[u8]) -> Result<proto::ServerFrame<'_>, CodecError> {
-    match decode_msg(body) {
-        Some(m) => Ok(proto::ServerFrame::Msg(m)),
-        None => decode(body),
-    }
-}
-
-/// The `Msg` in `body` if it is one in postcard's plain encoding; `None`
-/// when postcard has to decide.
-fn decode_msg(body: &[u8]) -> Option<proto::Msg<'_>> {
-    let m = raw_msg(body)?;
-    Some(proto::Msg {
-        sid: m.sid,
-        subject: std::str::from_utf8(m.subject).ok()?,
-        reply_to: m.reply_to.map(std::str::from_utf8).transpose().ok()?,
-        payload: m.payload,
-    })
-}
-
-/// A `Msg` frame's fields as byte slices of its body (see [`raw_msg`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RawMsg<'a> {
-    /// The subscription the delivery is for.
-    pub sid: u64,
-    /// The subject, checked to be UTF-8.
-    pub subject: &'a [u8],
-    /// The reply subject, checked to be UTF-8.
-    pub reply_to: Option<&'a [u8]>,
-    /// The payload.
-    pub payload: &'a [u8],
-}
-
-/// The `Msg` in `body` if it is one in postcard's plain encoding, without
-/// building `&str`s: the client's receive path keeps only where the fields
-/// lie, and [`Message`](crate::Message) makes the `&str` when asked. `None`
-/// for anything else, which [`decode_server_frame`] (postcard) then decides.
-pub fn raw_msg(body: &[u8]) -> Option<RawMsg<'_>> {
-    let (&tag, rest) = body.split_first()?;
-    if tag != proto::MSG_TAG {
-        return None;
-    }
-    let (sid, rest) = take_varint(rest)?;
-    let (subject, reply_to, payload) = take_message(rest)?;
-    if !is_utf8(subject) || !reply_to.is_none_or(is_utf8) {
-        return None;
-    }
-    Some(RawMsg {
-        sid,
-        subject,
-        reply_to,
-        payload,
-    })
-}
-
-/// The `Run` in `body` if it is one in postcard's plain encoding: its
-/// subscription id and its inner frames. `None` for anything else, which
-/// postcard then decides.
-pub fn raw_run(body: &[u8]) -> Option<(u64, &[u8])> {
-    let (&tag, rest) = body.split_first()?;
-    if tag != proto::RUN_TAG {
-        return None;
-    }
-    let (sid, rest) = take_varint(rest)?;
-    let (frames, _) = take_bytes(rest)?;
-    Some((sid, frames))
-}
-
-/// One delivery of a `Run`: the `Pub` frame body `body`, read as a client
-/// reads a `Msg` (subjects checked to be UTF-8). `None` if it is not a `Pub`
-/// in postcard's plain encoding, which the daemon never sends.
-#[inline]
-pub fn run_msg(body: &[u8]) -> Option<RawPub<'_>> {
-    let p = raw_pub(body)?;
-    (is_utf8(p.subject) && p.reply_to.is_none_or(is_utf8)).then_some(p)
-}
-
-/// A `Pub` frame's fields as byte slices of its body (see [`raw_pub`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RawPub<'a> {
-    /// The subject, **not** checked to be UTF-8.
-    pub subject: &'a [u8],
-    /// The reply subject, **not** checked to be UTF-8.
-    pub reply_to: Option<&'a [u8]>,
-    /// The payload.
-    pub payload: &'a [u8],
-}
-
-/// The `Pub` in `body` if it is one in postcard's plain encoding, its
-/// subjects left unchecked: the daemon's hot path only compares the subject
-/// with ones it validated before, and hands everything else to postcard
-/// ([`decode`]). `None` for anything else.
-#[inline]
-pub fn raw_pub(body: &[u8]) -> Option<RawPub<'_>> {
-    let (&tag, rest) = body.split_first()?;
-    if tag != proto::PUB_TAG {
-        return None;
-    }
-    let (subject, reply_to, payload) = take_message(rest)?;
-    Some(RawPub {
-        subject,
-        reply_to,
-        payload,
-    })
-}
-
-/// The fields `Pub` and `Msg` share, in order: subject, optional reply
-/// subject, payload (postcard: byte strings, an option tag of 0 or 1).
-type MessageFields<'a> = (&'a [u8], Option<&'a [u8]>, &'a [u8]);
-
-#[inline]
-fn take_message(b: &[u8]) -> Option<MessageFields<'_>> {
-    let (subject, rest) = take_bytes(b)?;
-    let (reply_to, rest) = match rest.split_first()? {
-        (0, rest) => (None, rest),
-        (1, rest) => {
-            let (r, rest) = take_bytes(rest)?;
-            (Some(r), rest)
-        }
-        _ => return None,
-    };
-    let (payload, _) = take_bytes(rest)?;
-    Some((subject, reply_to, payload))
-}
-
-/// UTF-8 check with an ASCII fast path: subjects are nearly always ASCII,
-/// and for short strings `is_ascii` costs a fraction of `str::from_utf8`.
-#[inline]
-fn is_utf8(b: &[u8]) -> bool {
-    b.is_ascii() || std::str::from_utf8(b).is_ok()
-}
-
-/// A varint of at most 9 bytes (up to 2^63 - 1); longer ones go to postcard.
-#[inline]
-fn take_varint(b: &[u8]) -> Option<(u64, &[u8])> {
-    let mut v = 0u64;
-    for (i, &byte) in b.iter().take(VARINT_MAX - 1).enumerate() {
-        v |= u64::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            return Some((v, &b[i + 1..]));
-        }
-    }
-    None
-}
-
-/// A length-prefixed byte string.
-#[inline]
-fn take_bytes(b: &[u8]) -> Option<(&[u8], &[u8])> {
-    let (len, rest) = take_varint(b)?;
-    let len = usize::try_from(len).ok()?;
-    (len <= rest.len()).then(|| rest.split_at(len))
 }
 
 /// Decodes one frame body (without its length prefix).

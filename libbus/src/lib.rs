@@ -72,6 +72,7 @@ pub mod subject;
 pub mod subscription;
 pub mod tls;
 pub mod transport;
+pub mod wire;
 
 pub use addr::Address;
 pub use batch::{MessageRef, Messages};

@@ -12,8 +12,9 @@
 use std::ops::Range;
 
 use crate::{
-    codec::{self, CodecError, RawPub},
+    codec::CodecError,
     proto::{self, LEN_PREFIX},
+    wire::{self, RawPub},
 };
 
 /// Encodes `Pub` frames, reusing the head of the last one.
@@ -37,7 +38,7 @@ impl Encoder {
         !self.head.is_empty() && self.head.get(self.subject.clone()) == Some(subject.as_bytes())
     }
 
-    /// Appends `p` to `buf`, byte for byte what [`codec::encode_pub`]
+    /// Appends `p` to `buf`, byte for byte what [`wire::encode_pub`]
     /// writes. `same_subject` must be [`is_last_subject`](Self::is_last_subject)
     /// for `p.subject` (the caller has just compared them).
     pub(crate) fn encode(
@@ -59,11 +60,11 @@ impl Encoder {
             return Ok(());
         }
         let start = buf.len();
-        codec::encode_pub(p, buf, max_frame)?;
+        wire::encode_pub(p, buf, max_frame)?;
         self.head.clear();
         self.head
             .extend_from_slice(&buf[start..buf.len() - p.payload.len()]);
-        let subject_at = LEN_PREFIX + 1 + proto::varint_len(p.subject.len() as u64);
+        let subject_at = LEN_PREFIX + 1 + wire::varint_len(p.subject.len() as u64);
         self.subject = subject_at..subject_at + p.subject.len();
         self.reusable = p.reply_to.is_none();
         self.payload_len = p.payload.len();
@@ -163,7 +164,7 @@ mod tests {
             let same = enc.is_last_subject(p.subject);
             enc.encode(&p, same, &mut reused, u32::MAX).unwrap();
             assert!(enc.is_last_subject(p.subject));
-            codec::encode_pub(&p, &mut plain, u32::MAX).unwrap();
+            wire::encode_pub(&p, &mut plain, u32::MAX).unwrap();
             assert_eq!(reused, plain, "after {p:?}");
         }
     }
@@ -193,12 +194,12 @@ mod tests {
     fn repeated_heads_decode_as_the_full_decoder_does() {
         let mut chunk = Vec::new();
         for p in pubs() {
-            codec::encode_pub(&p, &mut chunk, u32::MAX).unwrap();
+            wire::encode_pub(&p, &mut chunk, u32::MAX).unwrap();
         }
         let (mut last, mut repeats): (Option<Decoded>, usize) = (None, 0);
         let mut n = 0;
-        for (off, body) in codec::whole_frames(&chunk) {
-            let full = codec::run_msg(body).unwrap();
+        for (off, body) in crate::codec::whole_frames(&chunk) {
+            let full = wire::run_msg(body).unwrap();
             let start = off + LEN_PREFIX;
             if let Some((s, b, p)) = last.as_ref().and_then(|l| l.repeated(&chunk, off)) {
                 assert_eq!((s, b, p), (start, body, full));
@@ -220,12 +221,12 @@ mod tests {
             reply_to: None,
             payload: b"xyz",
         };
-        codec::encode_pub(&p, &mut chunk, u32::MAX).unwrap();
+        wire::encode_pub(&p, &mut chunk, u32::MAX).unwrap();
         let first_len = chunk.len();
-        codec::encode_pub(&p, &mut chunk, u32::MAX).unwrap();
+        wire::encode_pub(&p, &mut chunk, u32::MAX).unwrap();
         chunk.pop();
         let body = &chunk[LEN_PREFIX..first_len];
-        let last = Decoded::new(&chunk, LEN_PREFIX, body, &codec::run_msg(body).unwrap());
+        let last = Decoded::new(&chunk, LEN_PREFIX, body, &wire::run_msg(body).unwrap());
         assert!(last.repeated(&chunk, first_len).is_none());
     }
 }

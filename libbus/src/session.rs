@@ -26,7 +26,7 @@ use crate::{
     message::Found,
     proto::{self, ClientFrame, ServerFrame},
     transport::{self, Reader, Writer},
-    Address, ConnectOptions, Error, Message, Result,
+    wire, Address, ConnectOptions, Error, Message, Result,
 };
 
 /// The reading side of a link.
@@ -370,7 +370,7 @@ fn complete_replies(
     let mut msgs = 0;
     for (at, body) in &mut inner {
         msgs += 1;
-        let p = codec::run_msg(body).ok_or(MALFORMED_RUN)?;
+        let p = wire::run_msg(body).ok_or(MALFORMED_RUN)?;
         let start = frames.start + at + proto::LEN_PREFIX;
         reply(
             shared,
@@ -501,7 +501,7 @@ fn handle_frame(
     batching: Batching,
 ) -> std::result::Result<Handled, String> {
     // The hot path: a delivery, located without building a `ServerFrame`.
-    let at = |msg: codec::RawMsg<'_>| {
+    let at = |msg: wire::RawMsg<'_>| {
         let found = Found::new(start, body, msg.subject, msg.reply_to, msg.payload);
         (msg.sid, found)
     };
@@ -513,12 +513,12 @@ fn handle_frame(
             frames: at..at + frames.len(),
         }
     };
-    if let Some(msg) = codec::raw_msg(body) {
+    if let Some(msg) = wire::raw_msg(body) {
         let (sid, found) = at(msg);
         let full = on_msg(shared, chunk, sid, found, pending, batching);
         return Ok(Handled::Msg { full });
     }
-    if let Some((sid, frames)) = codec::raw_run(body) {
+    if let Some((sid, frames)) = wire::raw_run(body) {
         return Ok(run(sid, frames));
     }
     // Everything else goes to postcard (`decode_server_frame` would only
@@ -529,7 +529,7 @@ fn handle_frame(
     };
     match decoded {
         ServerFrame::Msg(m) => {
-            let (sid, found) = at(codec::RawMsg {
+            let (sid, found) = at(wire::RawMsg {
                 sid: m.sid,
                 subject: m.subject.as_bytes(),
                 reply_to: m.reply_to.map(str::as_bytes),
@@ -627,7 +627,7 @@ mod tests {
                 reply_to: None,
                 payload: &payload,
             };
-            codec::encode_pub(&p, &mut buf, 1 << 20).unwrap();
+            wire::encode_pub(&p, &mut buf, 1 << 20).unwrap();
         }
         Bytes::from(buf)
     }

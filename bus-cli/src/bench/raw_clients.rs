@@ -18,6 +18,7 @@ use std::{
 use libbus::{
     codec,
     proto::{self, ClientFrame, ServerFrame},
+    wire,
 };
 
 use super::baseline::{join, read_frame, BUF};
@@ -99,9 +100,9 @@ pub fn through_daemon(
                 return Err(other("daemon closed the subscriber"));
             }
             let n = match body.first() {
-                Some(&proto::MSG_TAG) => 1,
-                Some(&proto::RUN_TAG) => {
-                    codec::raw_run(&body).map_or(0, |(_, frames)| codec::whole_frames(frames).count() as u64)
+                Some(&wire::MSG_TAG) => 1,
+                Some(&wire::RUN_TAG) => {
+                    wire::raw_run(&body).map_or(0, |(_, frames)| codec::whole_frames(frames).count() as u64)
                 }
                 _ => 0,
             };

@@ -537,7 +537,7 @@ mod tests {
             reply_to,
             payload,
         };
-        libbus::codec::encode_pub(&p, &mut frame, u32::MAX).unwrap();
+        libbus::wire::encode_pub(&p, &mut frame, u32::MAX).unwrap();
         frame
     }
 

@@ -1,0 +1,339 @@
+//! Every hand-written encoding and decoding of the wire protocol, in one
+//! place: the frames on the hot path are read and written here without
+//! serde, byte for byte what postcard writes for the types in
+//! [`proto`](crate::proto) (the property tests in `libbus/tests/properties.rs`
+//! and the tests below pin each one to postcard).
+//!
+//! - Writing: [`encode_pub`] (a publish), [`encode_msg_from_pub`] (the
+//!   daemon's delivery: a publish body with the sid spliced in), and
+//!   [`encode_run_head`] (the head of a `Run` of forwarded publishes).
+//! - Reading in place: [`raw_pub`], [`raw_msg`], [`raw_run`] and
+//!   [`run_msg`] locate a frame's fields without allocating; anything they
+//!   do not recognise goes to postcard ([`decode`](crate::codec::decode)).
+//! - One varint ([`varint_len`], LEB128 as postcard writes it).
+
+use crate::{
+    codec::CodecError,
+    proto::{self, LEN_PREFIX},
+};
+
+/// postcard's variant index of `ClientFrame::Pub`.
+pub const PUB_TAG: u8 = 1;
+/// postcard's variant index of `ServerFrame::Msg`.
+pub const MSG_TAG: u8 = 1;
+/// postcard's variant index of `ServerFrame::Run`.
+pub const RUN_TAG: u8 = 8;
+
+/// Appends a `ClientFrame::Pub` frame to `buf`, byte for byte what
+/// [`encode_into`](crate::codec::encode_into) writes (the `pub_encoding_matches_postcard` property test
+/// pins this), without going through serde: publishing is the hot path.
+///
+/// On error `buf` is left as it was.
+pub fn encode_pub(p: &proto::Pub<'_>, buf: &mut Vec<u8>, max_frame: u32) -> Result<(), CodecError> {
+    let subject = p.subject.as_bytes();
+    let reply_to = p.reply_to.map(str::as_bytes);
+    // The body's length is known up front: the prefix is written first and
+    // nothing is written for a frame that is too large.
+    let len = 1 + bytes_len(subject) + 1 + reply_to.map_or(0, bytes_len) + bytes_len(p.payload);
+    if len > max_frame as usize {
+        return Err(CodecError::TooLarge { len, max: max_frame });
+    }
+    buf.reserve(LEN_PREFIX + len);
+    // `len <= max_frame`, a u32, so the cast is lossless.
+    buf.extend_from_slice(&(len as u32).to_le_bytes());
+    buf.push(PUB_TAG);
+    push_bytes(buf, subject);
+    match reply_to {
+        None => buf.push(0),
+        Some(r) => {
+            buf.push(1);
+            push_bytes(buf, r);
+        }
+    }
+    push_bytes(buf, p.payload);
+    Ok(())
+}
+
+/// Bytes postcard takes for the byte string `bytes`: a varint length, then
+/// the bytes.
+fn bytes_len(bytes: &[u8]) -> usize {
+    varint_len(bytes.len() as u64) + bytes.len()
+}
+
+/// postcard's encoding of a byte string or `str`: varint length, then bytes.
+fn push_bytes(buf: &mut Vec<u8>, bytes: &[u8]) {
+    let (varint, n) = varint_u64(bytes.len() as u64);
+    buf.extend_from_slice(&varint[..n]);
+    buf.extend_from_slice(bytes);
+}
+
+/// Appends a complete `ServerFrame::Msg` frame (length prefix included) for
+/// subscription `sid`, built from the body of a `ClientFrame::Pub` frame.
+///
+/// `Msg { sid, subject, reply_to, payload }` is `Pub { subject, reply_to,
+/// payload }` with `sid` in front, and both are variant 1 of their enums, so a
+/// delivery is the publish body with the sid's varint spliced in after the tag:
+/// the daemon never decodes or re-encodes a message per subscriber. The
+/// `msg_from_pub_matches_postcard` test pins this to postcard's own encoding.
+///
+/// `pub_body` must be a `Pub` body (first byte [`PUB_TAG`]); anything else is
+/// appended as given, and the receiving client rejects it.
+pub fn encode_msg_from_pub(pub_body: &[u8], sid: u64, out: &mut Vec<u8>) {
+    let (varint, n) = varint_u64(sid);
+    let rest = pub_body.get(1..).unwrap_or_default();
+    let len = 1 + n + rest.len();
+    out.reserve(LEN_PREFIX + len);
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    out.push(MSG_TAG);
+    out.extend_from_slice(&varint[..n]);
+    out.extend_from_slice(rest);
+}
+
+/// Bytes [`encode_msg_from_pub`] appends for `pub_body` and `sid`.
+pub fn msg_from_pub_len(pub_body: &[u8], sid: u64) -> usize {
+    LEN_PREFIX + 1 + varint_len(sid) + pub_body.len().saturating_sub(1)
+}
+
+/// Appends the head of a `ServerFrame::Run` frame for `sid` whose `frames`
+/// are `frames_len` bytes: length prefix, tag, sid, byte count. The frames
+/// themselves follow, written (or shared) by the caller. The
+/// `run_head_matches_postcard` test pins this to postcard's own encoding.
+pub fn encode_run_head(sid: u64, frames_len: usize, out: &mut Vec<u8>) {
+    let (sid_varint, n) = varint_u64(sid);
+    let (len_varint, m) = varint_u64(frames_len as u64);
+    let len = 1 + n + m + frames_len;
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    out.push(RUN_TAG);
+    out.extend_from_slice(&sid_varint[..n]);
+    out.extend_from_slice(&len_varint[..m]);
+}
+
+/// Bytes [`encode_run_head`] appends for `sid` and `frames_len`.
+pub fn run_head_len(sid: u64, frames_len: usize) -> usize {
+    LEN_PREFIX + 1 + varint_len(sid) + varint_len(frames_len as u64)
+}
+
+/// Bytes postcard's varint encoding of `v` takes (7 bits per byte).
+pub fn varint_len(v: u64) -> usize {
+    let bits = u64::BITS - (v | 1).leading_zeros();
+    bits.div_ceil(7) as usize
+}
+
+/// postcard's varint encoding of `v` (LEB128): the bytes and how many are used.
+fn varint_u64(mut v: u64) -> ([u8; 10], usize) {
+    let mut out = [0u8; 10];
+    let mut n = 0;
+    while v >= 0x80 {
+        out[n] = (v as u8) | 0x80;
+        v >>= 7;
+        n += 1;
+    }
+    out[n] = v as u8;
+    (out, n + 1)
+}
+
+/// A `Msg` frame's fields as byte slices of its body (see [`raw_msg`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawMsg<'a> {
+    /// The subscription the delivery is for.
+    pub sid: u64,
+    /// The subject, checked to be UTF-8.
+    pub subject: &'a [u8],
+    /// The reply subject, checked to be UTF-8.
+    pub reply_to: Option<&'a [u8]>,
+    /// The payload.
+    pub payload: &'a [u8],
+}
+
+/// The `Msg` in `body` if it is one in postcard's plain encoding, without
+/// building `&str`s: the client's receive path keeps only where the fields
+/// lie, and [`Message`](crate::Message) makes the `&str` when asked. `None`
+/// for anything else, which postcard ([`decode`](crate::codec::decode)) then decides.
+pub fn raw_msg(body: &[u8]) -> Option<RawMsg<'_>> {
+    let (&tag, rest) = body.split_first()?;
+    if tag != MSG_TAG {
+        return None;
+    }
+    let (sid, rest) = take_varint(rest)?;
+    let (subject, reply_to, payload) = take_message(rest)?;
+    if !is_utf8(subject) || !reply_to.is_none_or(is_utf8) {
+        return None;
+    }
+    Some(RawMsg {
+        sid,
+        subject,
+        reply_to,
+        payload,
+    })
+}
+
+/// The `Run` in `body` if it is one in postcard's plain encoding: its
+/// subscription id and its inner frames. `None` for anything else, which
+/// postcard then decides.
+pub fn raw_run(body: &[u8]) -> Option<(u64, &[u8])> {
+    let (&tag, rest) = body.split_first()?;
+    if tag != RUN_TAG {
+        return None;
+    }
+    let (sid, rest) = take_varint(rest)?;
+    let (frames, _) = take_bytes(rest)?;
+    Some((sid, frames))
+}
+
+/// One delivery of a `Run`: the `Pub` frame body `body`, read as a client
+/// reads a `Msg` (subjects checked to be UTF-8). `None` if it is not a `Pub`
+/// in postcard's plain encoding, which the daemon never sends.
+#[inline]
+pub fn run_msg(body: &[u8]) -> Option<RawPub<'_>> {
+    let p = raw_pub(body)?;
+    (is_utf8(p.subject) && p.reply_to.is_none_or(is_utf8)).then_some(p)
+}
+
+/// A `Pub` frame's fields as byte slices of its body (see [`raw_pub`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawPub<'a> {
+    /// The subject, **not** checked to be UTF-8.
+    pub subject: &'a [u8],
+    /// The reply subject, **not** checked to be UTF-8.
+    pub reply_to: Option<&'a [u8]>,
+    /// The payload.
+    pub payload: &'a [u8],
+}
+
+/// The `Pub` in `body` if it is one in postcard's plain encoding, its
+/// subjects left unchecked: the daemon's hot path only compares the subject
+/// with ones it validated before, and hands everything else to postcard
+/// ([`decode`](crate::codec::decode)). `None` for anything else.
+#[inline]
+pub fn raw_pub(body: &[u8]) -> Option<RawPub<'_>> {
+    let (&tag, rest) = body.split_first()?;
+    if tag != PUB_TAG {
+        return None;
+    }
+    let (subject, reply_to, payload) = take_message(rest)?;
+    Some(RawPub {
+        subject,
+        reply_to,
+        payload,
+    })
+}
+
+/// The fields `Pub` and `Msg` share, in order: subject, optional reply
+/// subject, payload (postcard: byte strings, an option tag of 0 or 1).
+type MessageFields<'a> = (&'a [u8], Option<&'a [u8]>, &'a [u8]);
+
+#[inline]
+fn take_message(b: &[u8]) -> Option<MessageFields<'_>> {
+    let (subject, rest) = take_bytes(b)?;
+    let (reply_to, rest) = match rest.split_first()? {
+        (0, rest) => (None, rest),
+        (1, rest) => {
+            let (r, rest) = take_bytes(rest)?;
+            (Some(r), rest)
+        }
+        _ => return None,
+    };
+    let (payload, _) = take_bytes(rest)?;
+    Some((subject, reply_to, payload))
+}
+
+/// UTF-8 check with an ASCII fast path: subjects are nearly always ASCII,
+/// and for short strings `is_ascii` costs a fraction of `str::from_utf8`.
+#[inline]
+fn is_utf8(b: &[u8]) -> bool {
+    b.is_ascii() || std::str::from_utf8(b).is_ok()
+}
+
+/// A varint of at most 9 bytes (up to 2^63 - 1); longer ones go to postcard.
+#[inline]
+fn take_varint(b: &[u8]) -> Option<(u64, &[u8])> {
+    let mut v = 0u64;
+    for (i, &byte) in b.iter().take(VARINT_MAX - 1).enumerate() {
+        v |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((v, &b[i + 1..]));
+        }
+    }
+    None
+}
+
+/// A length-prefixed byte string.
+#[inline]
+fn take_bytes(b: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (len, rest) = take_varint(b)?;
+    let len = usize::try_from(len).ok()?;
+    (len <= rest.len()).then(|| rest.split_at(len))
+}
+
+/// Longest varint of a `u64`.
+const VARINT_MAX: usize = 10;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{codec, proto::*};
+
+    #[test]
+    fn msg_from_pub_matches_postcard() {
+        let long = vec![7u8; 300];
+        let cases: [(&str, Option<&str>, &[u8], u64); 4] = [
+            ("a", None, b"", 1),
+            ("sensors.kitchen.temp", Some("_INBOX.ab.1"), b"21.5", 300),
+            ("x.y", None, &long, u64::MAX),
+            ("ünïcode.subject", Some("r"), b"\0\xff", 127),
+        ];
+        for (subject, reply_to, payload, sid) in cases {
+            let mut pub_frame = Vec::new();
+            let p = ClientFrame::Pub(Pub {
+                subject,
+                reply_to,
+                payload,
+            });
+            codec::encode_into(&p, &mut pub_frame, u32::MAX).unwrap();
+            assert_eq!(pub_frame[LEN_PREFIX], PUB_TAG);
+            let mut spliced = Vec::new();
+            encode_msg_from_pub(&pub_frame[LEN_PREFIX..], sid, &mut spliced);
+            assert_eq!(spliced.len(), msg_from_pub_len(&pub_frame[LEN_PREFIX..], sid));
+            let mut expected = Vec::new();
+            let m = ServerFrame::Msg(Msg {
+                sid,
+                subject,
+                reply_to,
+                payload,
+            });
+            codec::encode_into(&m, &mut expected, u32::MAX).unwrap();
+            assert_eq!(spliced, expected, "{subject} sid {sid}");
+        }
+    }
+
+    #[test]
+    fn varint_len_counts_what_varint_u64_writes() {
+        for v in [0, 1, 127, 128, 16_383, 16_384, u32::MAX as u64, u64::MAX] {
+            assert_eq!(varint_len(v), varint_u64(v).1, "{v}");
+        }
+    }
+
+    #[test]
+    fn run_head_matches_postcard() {
+        let mut inner = Vec::new();
+        for (i, subject) in ["a", "b.c", "ünï"].iter().enumerate() {
+            let p = ClientFrame::Pub(Pub {
+                subject,
+                reply_to: None,
+                payload: &vec![i as u8; 100 * i],
+            });
+            codec::encode_into(&p, &mut inner, u32::MAX).unwrap();
+        }
+        for sid in [0, 1, 127, 128, 300, u64::MAX] {
+            for frames in [&inner[..0], &inner[..], &[7u8; 200][..]] {
+                let mut head = Vec::new();
+                encode_run_head(sid, frames.len(), &mut head);
+                assert_eq!(head.len(), run_head_len(sid, frames.len()));
+                head.extend_from_slice(frames);
+                let mut expected = Vec::new();
+                codec::encode_into(&ServerFrame::Run { sid, frames }, &mut expected, u32::MAX).unwrap();
+                assert_eq!(head, expected, "sid {sid}, {} bytes", frames.len());
+            }
+        }
+    }
+}
