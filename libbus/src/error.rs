@@ -72,3 +72,14 @@ pub enum Error {
 
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The error a frame that cannot be encoded or decoded becomes.
+pub(crate) fn codec_err(e: crate::codec::CodecError) -> Error {
+    match e {
+        crate::codec::CodecError::TooLarge { max, .. } => Error::LimitExceeded {
+            limit: "max_frame",
+            value: max.into(),
+        },
+        crate::codec::CodecError::Postcard(e) => Error::Protocol(e.to_string()),
+    }
+}

@@ -59,27 +59,35 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod addr;
-pub mod batch;
 pub mod client;
 pub mod codec;
 pub mod error;
 pub mod events;
+mod input;
 pub mod message;
+mod options;
+mod output;
 pub mod proto;
 mod same_head;
 pub mod session;
 pub mod subject;
 pub mod subscription;
+mod sync;
 pub mod tls;
 pub mod transport;
 pub mod wire;
 
+/// The batch types' first home; they live in [`message`] now.
+pub mod batch {
+    pub use crate::message::{Iter, MessageRef, Messages};
+}
+
 pub use addr::Address;
-pub use batch::{MessageRef, Messages};
 pub use bytes::Bytes;
 pub use client::{Bus, ConnectOptions};
 pub use error::{Error, Result};
 pub use events::{Event, Events};
 pub use message::{Delivery, Message};
-pub use session::Reconnect;
+pub use message::{MessageRef, Messages};
+pub use options::Reconnect;
 pub use subscription::Subscription;

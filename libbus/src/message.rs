@@ -1,11 +1,27 @@
-//! Received messages and subscription deliveries.
+//! Received messages, in one place: [`Message`] (owned, one reference
+//! count on the receive buffer), [`Messages`] (everything a subscription
+//! had received, taken at once by
+//! [`Subscription::next_batch`](crate::Subscription::next_batch)) and
+//! [`MessageRef`] (one message of a batch, borrowed from it), and where the
+//! reader found each message in its receive buffer ([`Found`]).
+//!
+//! [`Subscription::next()`](crate::Subscription::next) builds a [`Message`]
+//! per message. A consumer of many small messages can instead take
+//! everything received in one [`Messages`] (one reference count) and read
+//! each as a [`MessageRef`].
 
 use std::{fmt, sync::Arc};
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
-use crate::{batch::MessageRef, client::Shared, Error, Result};
+use crate::{
+    codec,
+    output::Output,
+    proto,
+    same_head::{Decoded, PubAt},
+    wire, Error, Result,
+};
 
 /// A message received on a subscription, or a reply to a request.
 ///
@@ -23,7 +39,7 @@ pub struct Message {
     reply_to: Option<Span>,
     payload: Span,
     /// Connection to respond on; `None` for messages that cannot be answered.
-    shared: Option<Arc<Shared>>,
+    shared: Option<Arc<Output>>,
 }
 
 /// Where a message's fields lie in its frame (see [`Message::locate`]).
@@ -110,7 +126,7 @@ impl Span {
 
 impl Message {
     /// The message made of `frame` and the [`Parts`] located in it.
-    pub(crate) fn new(frame: Bytes, parts: Parts, shared: Option<Arc<Shared>>) -> Self {
+    pub(crate) fn new(frame: Bytes, parts: Parts, shared: Option<Arc<Output>>) -> Self {
         Self {
             frame,
             subject: parts.subject,
@@ -123,13 +139,13 @@ impl Message {
     /// The message `found` in `chunk`: a shared slice of it, no copy. A
     /// request keeps the connection `on` to answer it; other messages skip
     /// that reference count.
-    pub(crate) fn found_in(chunk: &Bytes, found: Found, on: &Arc<Shared>) -> Self {
+    pub(crate) fn found_in(chunk: &Bytes, found: Found, on: &Arc<Output>) -> Self {
         let answer_on = found.parts.reply_to.is_some().then(|| on.clone());
         Self::new(chunk.slice(found.start..found.end), found.parts, answer_on)
     }
 
     fn text(&self, span: Span) -> &str {
-        crate::batch::text(span.get(&self.frame))
+        text(span.get(&self.frame))
     }
 
     /// Subject the message was published to.
@@ -201,4 +217,275 @@ pub enum Delivery {
     /// The daemon dropped this many messages for this subscription because the
     /// connection fell behind. Sent before the next message after the gap.
     Lagged(u64),
+}
+
+/// Messages a subscription had received, taken at once by
+/// [`Subscription::next_batch`](crate::Subscription::next_batch), in
+/// delivery order. They lie in the receive buffer (no copy), which the
+/// batch keeps alive until it is dropped.
+#[derive(Debug, Default)]
+pub struct Messages {
+    /// The received bytes the messages lie in.
+    chunk: bytes::Bytes,
+    located: Located,
+    /// Messages not yet taken.
+    left: usize,
+}
+
+/// How the messages of a batch are found in its chunk.
+#[derive(Debug)]
+enum Located {
+    /// By the reader, as it took them out of `Msg` frames; `next` is the
+    /// first not yet taken.
+    Found { found: Vec<Found>, next: usize },
+    /// `Pub` frames forwarded as they were published, back to back from
+    /// the cursor to the end of the chunk, decoded as they are read.
+    Frames(Cursor),
+}
+
+impl Default for Located {
+    fn default() -> Self {
+        Located::Frames(Cursor::default())
+    }
+}
+
+/// A place in a chunk of back-to-back `Pub` frames, and the frame decoded
+/// last (a next one with the same head decodes by comparison).
+#[derive(Debug, Clone, Default)]
+struct Cursor {
+    at: usize,
+    last: Option<Decoded>,
+}
+
+impl Messages {
+    /// Messages the reader located in `chunk`.
+    pub(crate) fn found(chunk: bytes::Bytes, found: Vec<Found>) -> Self {
+        Self {
+            chunk,
+            left: found.len(),
+            located: Located::Found { found, next: 0 },
+        }
+    }
+
+    /// `count` whole `Pub` frames that make up all of `frames`.
+    pub(crate) fn frames(frames: bytes::Bytes, count: usize) -> Self {
+        Self {
+            chunk: frames,
+            left: count,
+            located: Located::Frames(Cursor::default()),
+        }
+    }
+
+    /// Adds a message the reader found in the same chunk; false (and
+    /// nothing added) if this batch is a `Run`'s frames.
+    pub(crate) fn push(&mut self, found: Found) -> bool {
+        match &mut self.located {
+            Located::Found { found: list, .. } => {
+                list.push(found);
+                self.left += 1;
+                true
+            }
+            Located::Frames(_) => false,
+        }
+    }
+
+    /// How many messages the batch holds.
+    pub fn len(&self) -> usize {
+        self.left
+    }
+
+    /// True if it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.left == 0
+    }
+
+    /// The messages, borrowed from the batch, in delivery order.
+    pub fn iter(&self) -> Iter<'_> {
+        Iter {
+            chunk: &self.chunk,
+            at: match &self.located {
+                Located::Found { found, next } => At::Found(found.get(*next..).unwrap_or_default().iter()),
+                Located::Frames(cursor) => At::Frames(cursor.clone()),
+            },
+        }
+    }
+
+    /// The buffer the messages lie in.
+    pub(crate) fn chunk(&self) -> &bytes::Bytes {
+        &self.chunk
+    }
+
+    /// Takes the next message out of the batch: where it lies in
+    /// [`chunk`](Self::chunk).
+    pub(crate) fn take(&mut self) -> Option<Found> {
+        match &mut self.located {
+            Located::Found { found, next } => {
+                let f = *found.get(*next)?;
+                *next += 1;
+                self.left -= 1;
+                Some(f)
+            }
+            Located::Frames(cursor) => {
+                let (next, walked) = next_pub(&self.chunk, cursor);
+                self.left = self.left.saturating_sub(walked);
+                let (start, body, p) = next?;
+                Some(Found::new(start, body, p.subject, p.reply_to, p.payload))
+            }
+        }
+    }
+}
+
+/// Where an [`Iter`] is.
+#[derive(Debug, Clone)]
+enum At<'a> {
+    Found(std::slice::Iter<'a, Found>),
+    Frames(Cursor),
+}
+
+/// Iterator over a [`Messages`] batch, from [`Messages::iter`].
+#[derive(Debug, Clone)]
+pub struct Iter<'a> {
+    chunk: &'a [u8],
+    at: At<'a>,
+}
+
+impl<'a> Iterator for Iter<'a> {
+    type Item = MessageRef<'a>;
+
+    fn next(&mut self) -> Option<MessageRef<'a>> {
+        match &mut self.at {
+            At::Found(found) => Some(found.next()?.view(self.chunk)),
+            At::Frames(cursor) => {
+                let (_, _, p) = next_pub(self.chunk, cursor).0?;
+                Some(MessageRef {
+                    subject: p.subject,
+                    reply_to: p.reply_to,
+                    payload: p.payload,
+                })
+            }
+        }
+    }
+}
+
+impl<'a> IntoIterator for &'a Messages {
+    type Item = MessageRef<'a>;
+    type IntoIter = Iter<'a>;
+
+    fn into_iter(self) -> Iter<'a> {
+        self.iter()
+    }
+}
+
+/// The next well-formed `Pub` frame in `chunk` from the cursor, which moves
+/// past it: where its body starts and its fields; and how many frames that
+/// walked. The daemon validated what it forwards, so a frame that is not a
+/// well-formed `Pub` is a daemon bug: it is skipped, loudly.
+#[inline]
+fn next_pub<'a>(chunk: &'a [u8], c: &mut Cursor) -> (Option<PubAt<'a>>, usize) {
+    if let Some(found) = c.last.as_ref().and_then(|last| last.repeated(chunk, c.at)) {
+        c.at = found.0 + found.1.len();
+        return (Some(found), 1);
+    }
+    let mut walked = 0;
+    while let Some((off, body)) = chunk
+        .get(c.at..)
+        .and_then(|rest| codec::whole_frames(rest).next())
+    {
+        let start = c.at + off + proto::LEN_PREFIX;
+        c.at = start + body.len();
+        walked += 1;
+        match wire::run_msg(body) {
+            Some(p) => {
+                c.last = Some(Decoded::new(chunk, start, body, &p));
+                return (Some((start, body, p)), walked);
+            }
+            None => tracing::error!("malformed message in a Run from the daemon; skipped"),
+        }
+    }
+    (None, walked)
+}
+
+/// One message of a [`Messages`] batch, borrowed from it.
+///
+/// To answer a request read this way, publish to its
+/// [`reply_to`](Self::reply_to) subject (what [`Message::respond`](crate::Message::respond) does).
+#[derive(Debug, Clone, Copy)]
+pub struct MessageRef<'a> {
+    // Subjects were checked to be UTF-8 when the message was located; they
+    // are kept as bytes so a consumer that never reads them never converts.
+    pub(crate) subject: &'a [u8],
+    pub(crate) reply_to: Option<&'a [u8]>,
+    pub(crate) payload: &'a [u8],
+}
+
+/// A subject checked to be UTF-8 when its message was located or decoded
+/// (so never the fallback).
+pub(crate) fn text(subject: &[u8]) -> &str {
+    std::str::from_utf8(subject).unwrap_or_default()
+}
+
+impl<'a> MessageRef<'a> {
+    /// Subject the message was published to.
+    pub fn subject(&self) -> &'a str {
+        text(self.subject)
+    }
+
+    /// Reply subject, set when the message is a request.
+    pub fn reply_to(&self) -> Option<&'a str> {
+        self.reply_to.map(text)
+    }
+
+    /// The message body.
+    pub fn payload(&self) -> &'a [u8] {
+        self.payload
+    }
+
+    /// Decodes a postcard-encoded body.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
+        Ok(postcard::from_bytes(self.payload)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{ClientFrame, Pub};
+
+    fn run(frames: &[ClientFrame<'_>]) -> bytes::Bytes {
+        let mut buf = Vec::new();
+        for f in frames {
+            codec::encode_into(f, &mut buf, u32::MAX).unwrap();
+        }
+        buf.into()
+    }
+
+    fn publish<'a>(subject: &'a str, payload: &'a [u8]) -> ClientFrame<'a> {
+        ClientFrame::Pub(Pub {
+            subject,
+            reply_to: None,
+            payload,
+        })
+    }
+
+    #[test]
+    fn a_run_is_read_in_place_and_a_malformed_frame_is_skipped() {
+        let frames = run(&[publish("a.b", b"one"), ClientFrame::Ping, publish("a.c", b"two")]);
+        let batch = Messages::frames(frames, 3);
+        let read: Vec<(&str, &[u8])> = batch.iter().map(|m| (m.subject(), m.payload())).collect();
+        assert_eq!(read, [("a.b", &b"one"[..]), ("a.c", &b"two"[..])]);
+
+        // Taking them one by one walks the same messages and ends empty.
+        let mut batch = batch;
+        let mut subjects = Vec::new();
+        while let Some(found) = batch.take() {
+            subjects.push(found.subject_in(batch.chunk()).to_owned());
+        }
+        assert_eq!(subjects, ["a.b", "a.c"]);
+        assert!(batch.is_empty());
+        // What is left after a partial take is what iter() yields.
+        let mut batch = Messages::frames(run(&[publish("x", b"1"), publish("y", b"2")]), 2);
+        batch.take();
+        assert_eq!(batch.len(), 1);
+        assert_eq!(batch.iter().map(|m| m.subject()).collect::<Vec<_>>(), ["y"]);
+    }
 }

@@ -9,7 +9,11 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::{client::Batch, Bus, Delivery, Message, Messages};
+use crate::{
+    input::Batch,
+    session::{Handle, Shared},
+    Delivery, Message, Messages,
+};
 
 /// Messages matching one pattern, in the order the daemon delivered them.
 ///
@@ -31,7 +35,9 @@ pub struct Subscription {
     pub(crate) taken: usize,
     /// What is left of the last batch handed over.
     pub(crate) current: Messages,
-    pub(crate) bus: Bus,
+    pub(crate) shared: Arc<Shared>,
+    /// Keeps the connection open while the subscription lives.
+    pub(crate) _handle: Arc<Handle>,
     pub(crate) dropped: u64,
 }
 
@@ -96,7 +102,7 @@ impl Subscription {
     fn poll_delivery(&mut self, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
         loop {
             if let Some(found) = self.current.take() {
-                let msg = Message::found_in(self.current.chunk(), found, &self.bus.shared);
+                let msg = Message::found_in(self.current.chunk(), found, &self.shared.output);
                 if self.current.is_empty() {
                     self.release();
                 }
@@ -172,6 +178,6 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         // A reader waiting for room gives up on this subscription.
         self.space.close();
-        self.bus.shared.unsubscribe(self.sid);
+        self.shared.input.unsubscribe(&self.shared.output, self.sid);
     }
 }
