@@ -10,7 +10,7 @@ use libbus::proto::{
     ErrorCode, ServerFrame,
 };
 
-use crate::{conn::encode, outbox::Published, registry::Conn, server::State};
+use crate::{control, outbox::Published, registry::Conn, state::State};
 
 /// Answers a request published to `$BUS.api.<name>`.
 pub fn handle(state: &State, conn: &Conn, subject: &str, reply_to: Option<&str>, payload: &[u8]) {
@@ -26,7 +26,7 @@ pub fn handle(state: &State, conn: &Conn, subject: &str, reply_to: Option<&str>,
         api::KICK => postcard::to_allocvec(&kick(state, conn, payload)),
         _ => {
             conn.outbox
-                .push_frame(&encode(&ServerFrame::NoResponders { reply_to }));
+                .push_frame(&control::server(&ServerFrame::NoResponders { reply_to }));
             return;
         }
     };

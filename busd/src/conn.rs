@@ -30,12 +30,12 @@ use libbus::{
 use tokio::io::AsyncWriteExt;
 
 use crate::{
-    api,
+    api, control,
+    deliver::{Deliveries, RouteCache, Routes, Target},
     outbox::{Frames, Outbox, PubFrame},
     policy::UidSlot,
     registry::{lock, Conn, Stats},
-    router::{Deliveries, RouteCache, Routes},
-    server::State,
+    state::State,
 };
 
 /// Room a connection's read buffer offers each read (more for a larger frame).
@@ -43,20 +43,6 @@ const READ_BUFFER: usize = 64 << 10;
 
 /// The reading side of a connection (client or bridge).
 pub(crate) type Incoming = codec::FrameReader<Reader>;
-
-/// Encodes a daemon frame on its own (for control frames).
-pub(crate) fn encode(frame: &ServerFrame<'_>) -> Bytes {
-    let mut buf = Vec::new();
-    // Control frames are small and all their fields serialize: this cannot fail.
-    if let Err(e) = codec::encode_into(frame, &mut buf, u32::MAX) {
-        tracing::error!("encoding a control frame failed: {e}");
-    }
-    buf.into()
-}
-
-fn error_frame(code: ErrorCode, message: &str) -> Bytes {
-    encode(&ServerFrame::Error { code, message })
-}
 
 /// Why reading stopped; becomes the close event's reason.
 struct Fatal(CloseReason);
@@ -80,14 +66,14 @@ pub async fn serve(state: Arc<State>, rd: Reader, mut wr: Writer, peer: Peer, tr
             ) {
                 api::refused_event(&state, &peer, transport, &message);
             }
-            let _ = wr.write_all(&error_frame(code, &message)).await;
+            let _ = wr.write_all(&control::error(code, &message)).await;
             let _ = wr.flush().await;
             return;
         }
     };
 
     if hello.role == proto::Role::Bridge {
-        let welcome = encode(&ServerFrame::Welcome(proto::Welcome {
+        let welcome = control::server(&ServerFrame::Welcome(proto::Welcome {
             version: proto::PROTOCOL_VERSION,
             conn_id: 0,
             server_id: &state.cluster.node_id,
@@ -96,12 +82,12 @@ pub async fn serve(state: Arc<State>, rd: Reader, mut wr: Writer, peer: Peer, tr
         if wr.write_all(&welcome).await.is_err() || wr.flush().await.is_err() {
             return;
         }
-        frames.set_max_frame(crate::cluster::link::link_max_frame(&state));
+        frames.set_max_frame(crate::cluster::session::link_max_frame(&state));
         let peer = match &peer {
             Peer::Net { addr } => addr.clone(),
             Peer::Unix { pid, uid, .. } => format!("unix pid {pid} uid {uid}"),
         };
-        crate::cluster::link::accept(state, frames, wr, hello.name, peer).await;
+        crate::cluster::session::accept(state, frames, wr, hello.name, peer).await;
         return;
     }
 
@@ -121,7 +107,7 @@ pub async fn serve(state: Arc<State>, rd: Reader, mut wr: Writer, peer: Peer, tr
         .last_activity_ms
         .store(crate::registry::unix_ms(connected_at), Relaxed);
     conn.outbox
-        .push_frame(&encode(&ServerFrame::Welcome(proto::Welcome {
+        .push_frame(&control::server(&ServerFrame::Welcome(proto::Welcome {
             version: proto::PROTOCOL_VERSION,
             conn_id: conn.id,
             server_id: &state.server_id,
@@ -135,11 +121,13 @@ pub async fn serve(state: Arc<State>, rd: Reader, mut wr: Writer, peer: Peer, tr
     let Fatal(reason) = read_loop(&state, &conn, &mut frames).await;
 
     let subs = std::mem::take(&mut *lock(&conn.subs));
-    state.router.unsubscribe_all(
-        conn.id,
-        subs.iter()
-            .map(|(sid, s)| (*sid, s.pattern.as_str(), s.queue.as_deref())),
-    );
+    state.router.unsubscribe(subs.iter().map(|(sid, s)| {
+        let target = Target {
+            conn: conn.clone(),
+            sid: *sid,
+        };
+        (s.pattern.as_str(), s.queue.as_deref(), target)
+    }));
     state.registry.remove(&conn);
     conn.outbox.close();
     drop(frames);
@@ -306,7 +294,7 @@ async fn read_loop(state: &State, conn: &Arc<Conn>, frames: &mut Incoming) -> Fa
             _ = &mut shutdown => return Fatal(CloseReason::Shutdown),
             by = conn.kick.requested() => {
                 let message = format!("connection closed by an administrator (request from connection {by})");
-                conn.outbox.push_frame(&error_frame(ErrorCode::Kicked, &message));
+                conn.outbox.push_frame(&control::error(ErrorCode::Kicked, &message));
                 return Fatal(CloseReason::Kicked { by });
             }
             _ = ping.tick() => {
@@ -318,11 +306,11 @@ async fn read_loop(state: &State, conn: &Arc<Conn>, frames: &mut Incoming) -> Fa
                     state.policy.refused.count("max_pings_missed");
                     let reason = if conn.outbox.pending_bytes() > 0 { CloseReason::SlowConsumer } else { CloseReason::Timeout };
                     let message = format!("no answer to {missed} pings (ping_interval {:?})", cfg.ping_interval);
-                    conn.outbox.push_frame(&error_frame(ErrorCode::PingTimeout, &message));
+                    conn.outbox.push_frame(&control::error(ErrorCode::PingTimeout, &message));
                     return Fatal(reason);
                 }
                 missed += 1;
-                if !conn.outbox.push_frame(&encode(&ServerFrame::Ping)) {
+                if !conn.outbox.push_frame(&control::server(&ServerFrame::Ping)) {
                     return Fatal(CloseReason::SlowConsumer);
                 }
             }
@@ -385,11 +373,16 @@ impl<'a> Pending<'a> {
 
 /// Queues an `Error` frame and ends the connection with it as the reason.
 fn fatal(conn: &Conn, code: ErrorCode, message: String) -> Fatal {
-    conn.outbox.push_frame(&error_frame(code, &message));
+    conn.outbox.push_frame(&control::error(code, &message));
     Fatal(CloseReason::Error(message))
 }
 
 /// Handles one whole frame (`frame`: prefix and body).
+///
+/// The one publish path: a `Pub` is read in place, by the route cache when
+/// it begins like the last publish ([`Router::repeated`](crate::router::Router::repeated)),
+/// else by [`wire::raw_pub`]; postcard decodes everything else (and a `Pub`
+/// in an encoding the direct reader leaves to it).
 fn handle_frame<'a>(
     state: &State,
     conn: &Arc<Conn>,
@@ -397,10 +390,15 @@ fn handle_frame<'a>(
     cache: &mut RouteCache,
     pending: &mut Pending<'a>,
 ) -> Result<(), Fatal> {
-    if publish_cached(state, frame, cache, pending) {
-        return Ok(());
+    let body = &frame[proto::LEN_PREFIX..];
+    let raw = state
+        .router
+        .repeated(frame, cache)
+        .or_else(|| wire::raw_pub(body));
+    if let Some(p) = raw {
+        return publish(state, conn, frame, p, cache, pending);
     }
-    let decoded = match codec::decode::<ClientFrame>(&frame[proto::LEN_PREFIX..]) {
+    let decoded = match codec::decode::<ClientFrame>(body) {
         Ok(f) => f,
         Err(CodecError::Postcard(e)) => {
             return Err(fatal(conn, ErrorCode::Protocol, format!("malformed frame: {e}")))
@@ -412,18 +410,29 @@ fn handle_frame<'a>(
         pending.settle(&conn.stats);
     }
     match decoded {
-        ClientFrame::Pub(p) => publish(state, conn, frame, p, cache, pending),
+        ClientFrame::Pub(p) => {
+            let p = wire::RawPub {
+                subject: p.subject.as_bytes(),
+                reply_to: p.reply_to.map(str::as_bytes),
+                payload: p.payload,
+            };
+            publish(state, conn, frame, p, cache, pending)
+        }
         ClientFrame::Sub(s) => subscribe(state, conn, s),
         ClientFrame::Unsub { sid } => {
             if let Some(sub) = lock(&conn.subs).remove(&sid) {
+                let target = Target {
+                    conn: conn.clone(),
+                    sid,
+                };
                 state
                     .router
-                    .unsubscribe(conn.id, sid, &sub.pattern, sub.queue.as_deref());
+                    .unsubscribe([(sub.pattern.as_str(), sub.queue.as_deref(), target)]);
             }
             Ok(())
         }
         ClientFrame::Ping => {
-            if conn.outbox.push_frame(&encode(&ServerFrame::Pong)) {
+            if conn.outbox.push_frame(&control::server(&ServerFrame::Pong)) {
                 Ok(())
             } else {
                 Err(Fatal(CloseReason::SlowConsumer))
@@ -434,94 +443,84 @@ fn handle_frame<'a>(
     }
 }
 
+/// A publish read from `frame`, its subjects not yet checked: counted,
+/// checked and routed. A subject found in the route cache was validated
+/// when it was cached; any other is checked here, then looked up (and
+/// cached).
 fn publish<'a>(
     state: &State,
     conn: &Conn,
     frame: &'a [u8],
-    p: proto::Pub<'_>,
+    p: wire::RawPub<'_>,
     cache: &mut RouteCache,
     pending: &mut Pending<'a>,
 ) -> Result<(), Fatal> {
-    if let Some(reply_to) = p.reply_to {
-        if let Err(e) = subject::validate_subject(reply_to) {
-            return Err(fatal(
-                conn,
-                ErrorCode::InvalidSubject,
-                format!("reply subject: {e}"),
-            ));
-        }
-        if let Err(message) = subject_limits(state, "reply subject", reply_to) {
-            conn.outbox
-                .push_frame(&error_frame(ErrorCode::LimitExceeded, &message));
-            return Ok(());
-        }
-    }
+    let reply_to = match p.reply_to.map(|r| reply_subject(state, conn, r)).transpose()? {
+        Some(None) => return Ok(()), // refused by a limit, and reported
+        Some(Some(r)) => Some(r),
+        None => None,
+    };
     pending.count(p.payload.len());
-
-    // A cached subject was validated (and found unreserved) when it was cached.
-    if let Some(routes) = state.router.cached(p.subject.as_bytes(), cache) {
-        route(state, conn, frame, &p, routes, pending);
+    // A reply-less publish's head (every byte before its payload) lets the
+    // next frame like it skip decoding.
+    let head = match reply_to {
+        None => &frame[..frame.len() - p.payload.len()],
+        Some(_) => &[][..],
+    };
+    if let Some(routes) = state.router.cached(p.subject, head, cache) {
+        route(state, conn, frame, p, reply_to, routes, pending);
         return Ok(());
     }
-    if let Err(e) = subject::validate_subject(p.subject) {
+    let Ok(subject) = std::str::from_utf8(p.subject) else {
+        return Err(fatal(conn, ErrorCode::Protocol, NOT_UTF8.into()));
+    };
+    if let Err(e) = subject::validate_subject(subject) {
         return Err(fatal(conn, ErrorCode::InvalidSubject, e.to_string()));
     }
-    if let Err(message) = subject_limits(state, "subject", p.subject) {
+    if let Err(message) = subject_limits(state, "subject", subject) {
         conn.outbox
-            .push_frame(&error_frame(ErrorCode::LimitExceeded, &message));
+            .push_frame(&control::error(ErrorCode::LimitExceeded, &message));
         return Ok(());
     }
-    if p.subject.starts_with(subject::RESERVED_PREFIX) {
-        if p.subject.starts_with(subject::API_PREFIX) {
+    if subject.starts_with(subject::RESERVED_PREFIX) {
+        if subject.starts_with(subject::API_PREFIX) {
             pending.settle(&conn.stats);
-            api::handle(state, conn, p.subject, p.reply_to, p.payload);
+            api::handle(state, conn, subject, reply_to, p.payload);
         } else {
-            let e = subject::SubjectError::Reserved(p.subject.into());
+            let e = subject::SubjectError::Reserved(subject.into());
             conn.outbox
-                .push_frame(&error_frame(ErrorCode::Reserved, &e.to_string()));
+                .push_frame(&control::error(ErrorCode::Reserved, &e.to_string()));
         }
         return Ok(());
     }
-    let routes = state.router.lookup(p.subject, cache);
-    route(state, conn, frame, &p, &routes, pending);
+    let routes = state.router.lookup(subject, cache);
+    route(state, conn, frame, p, reply_to, &routes, pending);
     Ok(())
 }
 
-/// The hot path: a publish without a reply subject, to a subject whose
-/// routes this connection has cached (so it was validated when cached), on
-/// a daemon without bridges. Read straight from the frame: no postcard, no
-/// UTF-8 or subject check; and a frame that begins like the last one (same
-/// subject, same payload length) is not decoded at all. False if the frame
-/// is anything else; the general path then decodes it.
-fn publish_cached<'a>(
-    state: &State,
-    frame: &'a [u8],
-    cache: &mut RouteCache,
-    pending: &mut Pending<'a>,
-) -> bool {
-    if state.cluster.is_active() {
-        return false;
-    }
-    let (routes, payload) = match state.router.repeated(frame, cache) {
-        Some(found) => found,
-        None => {
-            let Some(p) = wire::raw_pub(&frame[proto::LEN_PREFIX..]).filter(|p| p.reply_to.is_none()) else {
-                return false;
-            };
-            let head = &frame[..frame.len() - p.payload.len()];
-            match state.router.cached_with_head(p.subject, head, cache) {
-                Some(routes) => (routes, p.payload),
-                None => return false,
-            }
-        }
+/// Why a frame whose subject is not UTF-8 ends its connection.
+const NOT_UTF8: &str = "malformed frame: a subject is not UTF-8";
+
+/// A publish's reply subject, checked: `Ok(None)` if a limit refused it
+/// (reported to the publisher; the message is not routed), an error that
+/// ends the connection if it is invalid.
+fn reply_subject<'p>(state: &State, conn: &Conn, reply_to: &'p [u8]) -> Result<Option<&'p str>, Fatal> {
+    let Ok(reply_to) = std::str::from_utf8(reply_to) else {
+        return Err(fatal(conn, ErrorCode::Protocol, NOT_UTF8.into()));
     };
-    pending.count(payload.len());
-    if !routes.is_empty() {
-        pending
-            .deliveries
-            .push(routes, PubFrame::new(frame, payload.len()));
+    if let Err(e) = subject::validate_subject(reply_to) {
+        return Err(fatal(
+            conn,
+            ErrorCode::InvalidSubject,
+            format!("reply subject: {e}"),
+        ));
     }
-    true
+    if let Err(message) = subject_limits(state, "reply subject", reply_to) {
+        conn.outbox
+            .push_frame(&control::error(ErrorCode::LimitExceeded, &message));
+        return Ok(None);
+    }
+    Ok(Some(reply_to))
 }
 
 /// Sends a valid publish on: to the bridges that want it, and to the local
@@ -530,23 +529,26 @@ fn route<'a>(
     state: &State,
     conn: &Conn,
     frame: &'a [u8],
-    p: &proto::Pub<'_>,
+    p: wire::RawPub<'_>,
+    reply_to: Option<&str>,
     routes: &Arc<Routes>,
     pending: &mut Pending<'a>,
 ) {
+    // The subject was validated before it was routed: it is UTF-8.
+    let subject = || std::str::from_utf8(p.subject).unwrap_or_default();
     let remote = state.cluster.is_active()
         && state
             .cluster
-            .publish(state, p.subject, p.reply_to, p.payload, routes);
+            .publish(&state.router, subject(), reply_to, p.payload, routes);
     if !routes.is_empty() {
         // Queued from the receive buffer: nothing is allocated per message.
         pending
             .deliveries
             .push(routes, PubFrame::new(frame, p.payload.len()));
     } else if !remote {
-        if let Some(reply_to) = p.reply_to {
+        if let Some(reply_to) = reply_to {
             conn.outbox
-                .push_frame(&encode(&ServerFrame::NoResponders { reply_to }));
+                .push_frame(&control::server(&ServerFrame::NoResponders { reply_to }));
         }
     }
 }
@@ -565,7 +567,7 @@ fn subscribe(state: &State, conn: &Arc<Conn>, s: proto::Sub<'_>) -> Result<(), F
         }
     }
     let refuse = |message: String| {
-        conn.outbox.push_frame(&encode(&ServerFrame::SubRefused {
+        conn.outbox.push_frame(&control::server(&ServerFrame::SubRefused {
             sid: s.sid,
             code: ErrorCode::LimitExceeded,
             message: &message,
@@ -578,9 +580,13 @@ fn subscribe(state: &State, conn: &Arc<Conn>, s: proto::Sub<'_>) -> Result<(), F
     let mut subs = lock(&conn.subs);
     if let Some(old) = subs.get(&s.sid) {
         // Reusing a live sid replaces the subscription.
+        let target = Target {
+            conn: conn.clone(),
+            sid: s.sid,
+        };
         state
             .router
-            .unsubscribe(conn.id, s.sid, &old.pattern, old.queue.as_deref());
+            .unsubscribe([(old.pattern.as_str(), old.queue.as_deref(), target)]);
     } else if subs.len() >= state.config.max_subscriptions {
         drop(subs);
         state.policy.refused.count("max_subscriptions");
@@ -597,7 +603,11 @@ fn subscribe(state: &State, conn: &Arc<Conn>, s: proto::Sub<'_>) -> Result<(), F
             queue: s.queue.map(Into::into),
         },
     );
-    state.router.subscribe(conn, s.sid, s.pattern, s.queue);
+    let target = Target {
+        conn: conn.clone(),
+        sid: s.sid,
+    };
+    state.router.subscribe(s.pattern, s.queue, target);
     Ok(())
 }
 

@@ -8,7 +8,7 @@
 //! - [`config`]: every setting and limit, with its default.
 //! - [`listener`]: the Unix socket (0700 directory, 0600 socket, stale-file
 //!   check) and kernel peer credentials.
-//! - [`server`]: shared [`State`](server::State), the accept loop, shutdown, and
+//! - [`server`]: shared [`State`](state::State), the accept loop, shutdown, and
 //!   [`Daemon`] for running one in-process.
 //! - [`tcp`]: the optional TCP/TLS listener for remote clients, and the token.
 //! - [`conn`]: one connection: handshake, reader loop, writer loop, keep-alive.
@@ -34,12 +34,15 @@ pub mod api;
 pub mod cluster;
 pub mod config;
 pub mod conn;
+pub mod control;
+pub mod deliver;
 pub mod listener;
 pub mod outbox;
 pub mod policy;
 pub mod registry;
 pub mod router;
 pub mod server;
+pub mod state;
 pub mod tcp;
 
 use std::path::PathBuf;

@@ -1,13 +1,10 @@
-//! The daemon as a whole: shared state, the accept loop, shutdown, and
+//! The daemon as a whole: binding, the accept loop, shutdown, and
 //! [`Daemon`], a handle that runs one on its own thread (for tests, examples
 //! and benchmarks).
 
 use std::{
-    sync::{
-        atomic::{AtomicU64, Ordering::Relaxed},
-        Arc,
-    },
-    time::{Duration, Instant, SystemTime},
+    sync::Arc,
+    time::{Duration, Instant},
 };
 
 use libbus::{
@@ -24,58 +21,15 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     cluster::Cluster,
     config::Config,
-    conn,
+    conn, control,
+    deliver::Router,
     listener::UnixListener,
     policy::Policy,
-    registry::{unix_ms, Registry},
-    router::Router,
+    registry::Registry,
+    state::{Clock, State},
     tcp::{self, TcpEndpoint},
     Error,
 };
-
-/// A millisecond wall clock updated by a ticker, so hot paths can stamp
-/// activity without a system call.
-#[derive(Debug)]
-pub struct Clock(AtomicU64);
-
-impl Clock {
-    /// Milliseconds since the Unix epoch, at most ~100 ms old.
-    pub fn now_ms(&self) -> u64 {
-        self.0.load(Relaxed)
-    }
-    fn tick(&self) {
-        self.0.store(unix_ms(SystemTime::now()), Relaxed);
-    }
-}
-
-/// Everything connections share.
-#[derive(Debug)]
-pub struct State {
-    /// Effective configuration.
-    pub config: Config,
-    /// Subscription index.
-    pub router: Router,
-    /// Live connections.
-    pub registry: Registry,
-    /// Cancelled when the daemon shuts down.
-    pub shutdown: CancellationToken,
-    /// Random id of this daemon instance.
-    pub server_id: String,
-    /// Start time, for uptime.
-    pub started: Instant,
-    /// Coarse wall clock.
-    pub clock: Clock,
-    /// Addresses listened on.
-    pub listen: Vec<String>,
-    /// Access policy, per-uid quotas and refusal counters.
-    pub policy: Arc<Policy>,
-    /// The token network peers must present (`None`: TCP off or insecure).
-    pub token: Option<String>,
-    /// The token this daemon presents when it dials a bridge.
-    pub bridge_token: Option<String>,
-    /// Bridge links and cross-daemon routing.
-    pub cluster: Cluster,
-}
 
 /// A bound daemon, ready to [`run`](Server::run).
 #[derive(Debug)]
@@ -132,7 +86,7 @@ impl Server {
             shutdown: CancellationToken::new(),
             server_id: format!("{:016x}", fastrand::u64(..)),
             started: Instant::now(),
-            clock: Clock(AtomicU64::new(unix_ms(SystemTime::now()))),
+            clock: Clock::new(),
             listen,
             token,
             bridge_token,
@@ -164,10 +118,10 @@ impl Server {
                 tick.tick().await;
                 clock_state.clock.tick();
                 // Interest changes reach bridged daemons even without traffic.
-                clock_state.cluster.announce_if_changed(&clock_state);
+                clock_state.cluster.announce_if_changed(&clock_state.router);
             }
         });
-        crate::cluster::link::start_dialers(&state, &tracker);
+        crate::cluster::session::start_dialers(&state, &tracker);
         tracing::info!(address = %listener.path().display(), "busd listening");
         if let Some(t) = &tcp {
             tracing::info!(address = %t.address, "busd listening");
@@ -258,10 +212,7 @@ impl Server {
 /// `Hello` does not meet a closed socket (a broken pipe instead of the reason).
 /// Bounded: one second, 64 KiB.
 async fn refuse(mut rd: Reader, mut wr: Writer, code: ErrorCode, message: String) {
-    let frame = conn::encode(&libbus::proto::ServerFrame::Error {
-        code,
-        message: &message,
-    });
+    let frame = control::error(code, &message);
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         wr.write_all(&frame).await?;
         wr.flush().await?;

@@ -84,10 +84,11 @@ pub mod batch {
 
 pub use addr::Address;
 pub use bytes::Bytes;
-pub use client::{Bus, ConnectOptions};
+pub use client::Bus;
 pub use error::{Error, Result};
 pub use events::{Event, Events};
 pub use message::{Delivery, Message};
 pub use message::{MessageRef, Messages};
+pub use options::ConnectOptions;
 pub use options::Reconnect;
 pub use subscription::Subscription;

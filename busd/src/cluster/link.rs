@@ -1,6 +1,6 @@
 //! One bridge link to another daemon: its queue (which holds messages while
-//! the link is down, up to `bridge_buffer`), its sessions (a connection
-//! each), and for `--bridge` links the dialer that reconnects with backoff.
+//! the link is down, up to `bridge_buffer`), its state and counters. The
+//! tasks that run it are in [`super::session`].
 
 use std::{
     collections::VecDeque,
@@ -8,31 +8,17 @@ use std::{
         atomic::{AtomicU64, Ordering::Relaxed},
         Arc, Mutex,
     },
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use bytes::Bytes;
-use libbus::{
-    codec,
-    proto::{
-        self,
-        api::{self, BridgeInfo},
-        link::LinkFrame,
-        ClientFrame, ServerFrame,
-    },
-    transport::Writer,
-    Address, ConnectOptions, Reconnect,
-};
-use tokio::io::AsyncWriteExt;
+use libbus::{proto::api::BridgeInfo, Address};
 
-use super::encode;
-use crate::{outbox::Published, registry::lock, server::State};
+use crate::registry::lock;
 
-/// Bytes the writer gathers before one `write` call.
-const WRITE_BATCH: usize = 64 << 10;
-
+/// Whether a link is up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Status {
+pub(super) enum Status {
     Connecting,
     Up,
     Down,
@@ -40,25 +26,25 @@ enum Status {
 
 /// A message waiting in a link's queue.
 #[derive(Debug)]
-struct Held {
+pub(super) struct Held {
     /// The encoded `LinkFrame::Msg` (its routing fields are read back from
     /// it in the rare case it has to be checked again).
-    frame: Bytes,
+    pub(super) frame: Bytes,
     /// The sync epoch it was routed under (`None`: the link was down, or up
     /// but the other side's current state had not arrived yet).
-    epoch: Option<u64>,
+    pub(super) epoch: Option<u64>,
 }
 
 #[derive(Debug, Default)]
-struct Queue {
-    items: VecDeque<Held>,
-    bytes: usize,
+pub(super) struct Queue {
+    pub(super) items: VecDeque<Held>,
+    pub(super) bytes: usize,
     /// Set while the link is up and the other side's own state has arrived
     /// on this connection, so routing reflects it as it is now (not as it
     /// was before a restart); a new number for every such connection.
-    synced: Option<u64>,
+    pub(super) synced: Option<u64>,
     /// Last epoch handed out.
-    epochs: u64,
+    pub(super) epochs: u64,
 }
 
 /// One bridge link.
@@ -66,21 +52,21 @@ struct Queue {
 pub struct Link {
     /// The address this side dials (`--bridge`), or `None` if accepted.
     pub dial: Option<Address>,
-    node: Mutex<String>,
-    peer: Mutex<String>,
-    status: Mutex<Status>,
-    down_since: Mutex<Option<Instant>>,
-    queue: Mutex<Queue>,
-    control: Mutex<Vec<Bytes>>,
-    ready: tokio::sync::Notify,
+    pub(super) node: Mutex<String>,
+    pub(super) peer: Mutex<String>,
+    pub(super) status: Mutex<Status>,
+    pub(super) down_since: Mutex<Option<Instant>>,
+    pub(super) queue: Mutex<Queue>,
+    pub(super) control: Mutex<Vec<Bytes>>,
+    pub(super) ready: tokio::sync::Notify,
     max_bytes: usize,
-    msgs_in: AtomicU64,
-    msgs_out: AtomicU64,
-    dropped: AtomicU64,
+    pub(super) msgs_in: AtomicU64,
+    pub(super) msgs_out: AtomicU64,
+    pub(super) dropped: AtomicU64,
 }
 
 impl Link {
-    fn new(dial: Option<Address>, node: String, peer: String, max_bytes: usize) -> Arc<Self> {
+    pub(super) fn new(dial: Option<Address>, node: String, peer: String, max_bytes: usize) -> Arc<Self> {
         Arc::new(Self {
             status: Mutex::new(if dial.is_some() {
                 Status::Connecting
@@ -113,7 +99,7 @@ impl Link {
         !lock(&self.node).is_empty()
     }
 
-    fn is_up(&self) -> bool {
+    pub(super) fn is_up(&self) -> bool {
         *lock(&self.status) == Status::Up
     }
 
@@ -165,7 +151,7 @@ impl Link {
         }
     }
 
-    fn set_status(&self, status: Status) {
+    pub(super) fn set_status(&self, status: Status) {
         lock(&self.queue).synced = None;
         *lock(&self.status) = status;
         *lock(&self.down_since) = (status != Status::Up).then(Instant::now);
@@ -175,303 +161,10 @@ impl Link {
     }
 
     /// Drops everything held (the link is gone for good), counting it.
-    fn drop_held(&self) {
+    pub(super) fn drop_held(&self) {
         let mut q = lock(&self.queue);
         self.dropped.fetch_add(q.items.len() as u64, Relaxed);
         q.items.clear();
         q.bytes = 0;
-    }
-}
-
-/// Starts the dialer of every `--bridge` address.
-pub fn start_dialers(state: &Arc<State>, tracker: &tokio_util::task::TaskTracker) {
-    for address in &state.config.bridge {
-        // Checked by `Config::validate`.
-        let Ok(address) = address.parse::<Address>() else {
-            continue;
-        };
-        let link = Link::new(
-            Some(address),
-            String::new(),
-            String::new(),
-            state.config.bridge_buffer,
-        );
-        state.cluster.add_link(link.clone());
-        tracker.spawn(dial_loop(state.clone(), link));
-    }
-}
-
-/// Keeps one outbound link connected: connect, handshake, run, back off, again.
-async fn dial_loop(state: Arc<State>, link: Arc<Link>) {
-    let Some(address) = link.dial.clone() else { return };
-    let backoff = Reconnect {
-        initial_delay: Duration::from_millis(100),
-        max_delay: Duration::from_secs(10),
-        max_attempts: None,
-    };
-    let mut failures = 0u32;
-    loop {
-        if state.shutdown.is_cancelled() {
-            return;
-        }
-        link.set_status(Status::Connecting);
-        match dial(&state, &address).await {
-            Ok((frames, writer, node)) => {
-                failures = 0;
-                run_session(&state, &link, frames, writer, node, address.to_string()).await;
-            }
-            Err(e) => {
-                failures = failures.saturating_add(1);
-                if failures % 10 == 1 {
-                    tracing::warn!(%address, failures, "bridge connect failed: {e}");
-                } else {
-                    tracing::debug!(%address, failures, "bridge connect failed: {e}");
-                }
-                link.set_status(Status::Down);
-            }
-        }
-        tokio::select! {
-            _ = state.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff.delay(failures)) => {}
-        }
-    }
-}
-
-type Frames = crate::conn::Incoming;
-
-/// Connects and completes the bridge handshake; returns the remote node id.
-async fn dial(state: &State, address: &Address) -> libbus::Result<(Frames, Writer, String)> {
-    let mut opts = ConnectOptions::default();
-    opts.token = state.bridge_token.clone();
-    opts.ca_file = state.config.bridge_ca.clone().or(opts.ca_file);
-    let t = state.config.handshake_timeout;
-    let fut = async {
-        let (rx, mut tx) = libbus::session::connect(address, &opts).await?;
-        let mut buf = Vec::new();
-        let hello = ClientFrame::Hello(proto::Hello {
-            version: proto::PROTOCOL_VERSION,
-            name: &state.cluster.node_id,
-            role: proto::Role::Bridge,
-            auth: opts.token.as_deref(),
-        });
-        codec::encode_into(&hello, &mut buf, u32::MAX).map_err(|e| libbus::Error::Protocol(e.to_string()))?;
-        tx.write_all(&buf).await?;
-        tx.flush().await?;
-        let mut frames = Frames::new(rx, link_max_frame(state));
-        let first = frames.read_frame().await?.ok_or(libbus::Error::Disconnected {
-            reason: Some("closed during the bridge handshake".into()),
-        })?;
-        match codec::decode::<ServerFrame>(&first).map_err(|e| libbus::Error::Protocol(e.to_string()))? {
-            ServerFrame::Welcome(w) => Ok((frames, tx, w.server_id.to_owned())),
-            ServerFrame::Error { code, message } => Err(libbus::Error::Server {
-                code,
-                message: message.into(),
-            }),
-            other => Err(libbus::Error::Protocol(format!(
-                "expected Welcome, got {other:?}"
-            ))),
-        }
-    };
-    tokio::time::timeout(t, fut)
-        .await
-        .map_err(|_| libbus::Error::Timeout(t))?
-}
-
-/// Largest link frame: a message (up to `max_frame`) plus routing fields,
-/// or a node state (which lists every interest).
-pub fn link_max_frame(state: &State) -> u32 {
-    state.config.max_frame.max(16 << 20).saturating_add(64 << 10)
-}
-
-/// An accepted bridge connection from `node` (after `Welcome`): resumes the
-/// link it had (and what it held), or makes a new one.
-pub async fn accept(state: Arc<State>, frames: Frames, writer: Writer, node: String, peer: String) {
-    if node == state.cluster.node_id {
-        tracing::warn!(peer, "refusing a bridge from our own node id");
-        return;
-    }
-    let link = match state.cluster.link_to(&node) {
-        Some(l) if l.is_up() => {
-            tracing::warn!(node, peer, "refusing a second bridge link to the same node");
-            return;
-        }
-        Some(l) => l,
-        None => {
-            let l = Link::new(None, node.clone(), peer.clone(), state.config.bridge_buffer);
-            state.cluster.add_link(l.clone());
-            l
-        }
-    };
-    run_session(&state, &link, frames, writer, node, peer).await;
-    if link.dial.is_none() {
-        // Hold what is queued for a while; forget the link if it stays away.
-        let hold = state.config.bridge_hold;
-        tokio::select! {
-            _ = state.shutdown.cancelled() => {}
-            _ = tokio::time::sleep(hold) => {
-                if !link.is_up() && lock(&link.down_since).is_some_and(|t| t.elapsed() >= hold) {
-                    tracing::info!(node = %link.node(), "bridge link gone for good; dropping what it held");
-                    link.drop_held();
-                    state.cluster.remove_link(&state, &link);
-                }
-            }
-        }
-    }
-}
-
-/// Runs one connection of `link` until it fails.
-async fn run_session(
-    state: &Arc<State>,
-    link: &Arc<Link>,
-    frames: Frames,
-    writer: Writer,
-    node: String,
-    peer: String,
-) {
-    *lock(&link.node) = node.clone();
-    *lock(&link.peer) = peer;
-    link.set_status(Status::Up);
-    state.cluster.sync_link(state, link);
-    tracing::info!(node, address = %link.info().address, "bridge link up");
-    bridge_event(state, api::EVENT_BRIDGE_UP, link);
-
-    let writer_task = tokio::spawn(write_loop(state.clone(), link.clone(), writer));
-    let reason = read_loop(state, link, frames).await;
-    writer_task.abort();
-    let _ = writer_task.await;
-
-    link.set_status(Status::Down);
-    state.cluster.topology_changed(state);
-    tracing::warn!(node, %reason, "bridge link down");
-    bridge_event(state, api::EVENT_BRIDGE_DOWN, link);
-}
-
-fn bridge_event(state: &State, subject: &'static str, link: &Link) {
-    let routes = state.router.lookup_uncached(subject);
-    if routes.is_empty() {
-        return;
-    }
-    match postcard::to_allocvec(&link.info()) {
-        Ok(body) => routes.deliver(Published::from_daemon(subject, &body).frame()),
-        Err(e) => tracing::error!("encoding a bridge event: {e}"),
-    }
-}
-
-async fn read_loop(state: &Arc<State>, link: &Arc<Link>, mut frames: Frames) -> String {
-    let ping_every = state.config.link_ping_interval;
-    let timeout = state.config.link_timeout;
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
-    let mut last_heard = Instant::now();
-    let shutdown = state.shutdown.cancelled();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            frame = frames.read_frame() => {
-                let body = match frame {
-                    Ok(None) => return "closed by the other side".into(),
-                    Err(e) => return format!("read failed: {e}"),
-                    Ok(Some(b)) => b,
-                };
-                last_heard = Instant::now();
-                match codec::decode::<LinkFrame>(&body) {
-                    Ok(LinkFrame::State(s)) => {
-                        let own = s.node == link.node();
-                        state.cluster.merge(state, link, s);
-                        if own {
-                            let mut q = lock(&link.queue);
-                            if q.synced.is_none() {
-                                q.epochs += 1;
-                                q.synced = Some(q.epochs);
-                                drop(q);
-                                link.ready.notify_one();
-                            }
-                        }
-                    }
-                    Ok(LinkFrame::Msg(m)) => {
-                        link.msgs_in.fetch_add(1, Relaxed);
-                        state.cluster.receive(state, link, m);
-                    }
-                    Ok(LinkFrame::Ping) => link.send_control(encode(&LinkFrame::Pong)),
-                    Ok(LinkFrame::Pong) => {}
-                    Err(e) => return format!("bad frame: {e}"),
-                }
-            }
-            _ = ping.tick() => {
-                if last_heard.elapsed() >= timeout {
-                    return format!("nothing heard for {timeout:?}");
-                }
-                link.send_control(encode(&LinkFrame::Ping));
-            }
-            _ = &mut shutdown => return "daemon shutdown".into(),
-        }
-    }
-}
-
-/// Sends control frames first, then messages. Messages routed before the
-/// other side's current state arrived on this connection (held while the link
-/// was down, or queued since it came back) go only once that state wants
-/// them (after a restart its subscribers may take a moment to return), or
-/// are dropped after `bridge_hold`; in order either way.
-async fn write_loop(state: Arc<State>, link: Arc<Link>, mut wr: Writer) {
-    let deadline = tokio::time::Instant::now() + state.config.bridge_hold;
-    let mut changed = state.cluster.changed.subscribe();
-    let mut buf: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
-    loop {
-        for f in std::mem::take(&mut *lock(&link.control)) {
-            buf.extend_from_slice(&f);
-        }
-        let mut waiting_for_interest = false;
-        {
-            let mut q = lock(&link.queue);
-            let mut sent = 0u64;
-            while buf.len() < WRITE_BATCH {
-                let Some(head) = q.items.front() else { break };
-                // A message routed before the other side's current state was
-                // known (held while down, or queued before it arrived) goes
-                // only if that state wants it; in order, so it waits.
-                if head.epoch.is_none() || head.epoch != q.synced {
-                    let wanted = q.synced.is_some() && state.cluster.still_wanted(&link, &head.frame);
-                    if !wanted {
-                        if tokio::time::Instant::now() < deadline {
-                            waiting_for_interest = true;
-                            break;
-                        }
-                        // Held too long with nobody left wanting it.
-                        let held = q.items.pop_front();
-                        q.bytes -= held.map_or(0, |h| h.frame.len());
-                        link.dropped.fetch_add(1, Relaxed);
-                        continue;
-                    }
-                }
-                let Some(item) = q.items.pop_front() else { break };
-                q.bytes -= item.frame.len();
-                buf.extend_from_slice(&item.frame);
-                sent += 1;
-            }
-            link.msgs_out.fetch_add(sent, Relaxed);
-        }
-        if !buf.is_empty() {
-            if let Err(e) = async {
-                wr.write_all(&buf).await?;
-                wr.flush().await
-            }
-            .await
-            {
-                tracing::debug!("bridge write failed: {e}");
-                wr.shutdown_both();
-                return;
-            }
-            buf.clear();
-            continue;
-        }
-        if waiting_for_interest {
-            tokio::select! {
-                _ = changed.changed() => {}
-                _ = tokio::time::sleep_until(deadline) => {}
-                _ = link.ready.notified() => {}
-            }
-        } else {
-            link.ready.notified().await;
-        }
     }
 }

@@ -16,6 +16,7 @@
 
 pub mod link;
 pub mod routing;
+pub mod session;
 
 use std::{
     collections::HashMap,
@@ -32,7 +33,12 @@ use libbus::proto::{
     link::{LinkFrame, NodeState, Routed},
 };
 
-use crate::{outbox::Published, registry::lock, router::Routes, server::State};
+use crate::{
+    control,
+    deliver::{Router, Routes},
+    outbox::Published,
+    registry::lock,
+};
 use link::Link;
 use routing::Routing;
 
@@ -82,15 +88,6 @@ fn topology_links(inner: &Inner) -> Vec<String> {
         .collect()
 }
 
-/// Encodes a link frame with its length prefix.
-pub fn encode(frame: &LinkFrame<'_>) -> Bytes {
-    let mut buf = Vec::new();
-    if let Err(e) = libbus::codec::encode_into(frame, &mut buf, u32::MAX) {
-        tracing::error!("encoding a link frame: {e}");
-    }
-    buf.into()
-}
-
 impl Cluster {
     /// A cluster member named `node_id`.
     pub fn new(node_id: String) -> Self {
@@ -121,9 +118,9 @@ impl Cluster {
     }
 
     /// Forgets an accepted link that stayed down past its hold time.
-    pub fn remove_link(&self, state: &State, link: &Arc<Link>) {
+    pub fn remove_link(&self, router: &Router, link: &Arc<Link>) {
         lock(&self.inner).links.retain(|l| !Arc::ptr_eq(l, link));
-        self.topology_changed(state);
+        self.topology_changed(router);
     }
 
     /// Snapshots of every link, for `bus-cli info` and `list`.
@@ -155,20 +152,20 @@ impl Cluster {
     }
 
     /// Our links changed (up, down, added, removed): re-announce.
-    pub fn topology_changed(&self, state: &State) {
+    pub fn topology_changed(&self, router: &Router) {
         let mut inner = lock(&self.inner);
         self.invalidate(&mut inner);
-        self.announce(state, &mut inner);
+        self.announce(router, &mut inner);
     }
 
     /// Announces our state if the local interest changed since last time.
     /// Called before forwarding any message and by a ticker.
-    pub fn announce_if_changed(&self, state: &State) {
-        if !self.is_active() || self.announced_interest.load(Relaxed) == state.router.interest_version() {
+    pub fn announce_if_changed(&self, router: &Router) {
+        if !self.is_active() || self.announced_interest.load(Relaxed) == router.interest_version() {
             return;
         }
         let mut inner = lock(&self.inner);
-        self.announce(state, &mut inner);
+        self.announce(router, &mut inner);
     }
 
     /// Stops announcing: called as shutdown begins, so to the other nodes a
@@ -179,11 +176,11 @@ impl Cluster {
     }
 
     /// Builds a new own state and queues it on every up link.
-    fn announce(&self, state: &State, inner: &mut Inner) {
+    fn announce(&self, router: &Router, inner: &mut Inner) {
         if self.closing.load(Relaxed) {
             return;
         }
-        let (iv, interest) = state.router.interest();
+        let (iv, interest) = router.interest();
         let links = topology_links(inner);
         let prev = inner.own.as_ref().map_or(0, |s| s.version);
         let own = NodeState {
@@ -192,7 +189,7 @@ impl Cluster {
             links,
             interest,
         };
-        let frame = encode(&LinkFrame::State(own.clone()));
+        let frame = control::link(&LinkFrame::State(own.clone()));
         for l in &inner.links {
             l.send_control(frame.clone());
         }
@@ -201,17 +198,17 @@ impl Cluster {
     }
 
     /// A link came up: send it our state and everything we know.
-    pub fn sync_link(&self, state: &State, link: &Link) {
+    pub fn sync_link(&self, router: &Router, link: &Link) {
         let mut inner = lock(&self.inner);
         self.invalidate(&mut inner);
-        self.announce(state, &mut inner);
+        self.announce(router, &mut inner);
         for s in inner.states.values() {
-            link.send_control(encode(&LinkFrame::State(s.clone())));
+            link.send_control(control::link(&LinkFrame::State(s.clone())));
         }
     }
 
     /// A node state arrived over `from`: keep it if newer and flood it on.
-    pub fn merge(&self, state: &State, from: &Link, incoming: NodeState) {
+    pub fn merge(&self, router: &Router, from: &Link, incoming: NodeState) {
         let mut inner = lock(&self.inner);
         if incoming.node == self.node_id {
             // An old state of ours (from before a restart): outdo it.
@@ -221,7 +218,7 @@ impl Cluster {
                     ..inner.own.clone().unwrap_or(incoming)
                 };
                 inner.own = Some(bumped);
-                self.announce(state, &mut inner);
+                self.announce(router, &mut inner);
             }
             return;
         }
@@ -232,7 +229,7 @@ impl Cluster {
         {
             return;
         }
-        let frame = encode(&LinkFrame::State(incoming.clone()));
+        let frame = control::link(&LinkFrame::State(incoming.clone()));
         for l in &inner.links {
             if !std::ptr::eq(Arc::as_ptr(l), from) {
                 l.send_control(frame.clone());
@@ -246,7 +243,7 @@ impl Cluster {
     /// subtrees want it; returns true if any remote node wants it.
     pub fn publish(
         &self,
-        state: &State,
+        router: &Router,
         subject: &str,
         reply_to: Option<&str>,
         payload: &[u8],
@@ -255,7 +252,7 @@ impl Cluster {
         if !self.is_active() {
             return false;
         }
-        self.announce_if_changed(state);
+        self.announce_if_changed(router);
         let routing = self.current_routing();
         let (plain, groups) = routing.interested(subject);
         if plain.is_empty() && groups.is_empty() {
@@ -306,7 +303,7 @@ impl Cluster {
             if from.is_some_and(|f| std::ptr::eq(f, Arc::as_ptr(&link))) {
                 continue; // never back where it came from
             }
-            let frame = frame.get_or_insert_with(|| encode(&LinkFrame::Msg(routed.clone())));
+            let frame = frame.get_or_insert_with(|| control::link(&LinkFrame::Msg(routed.clone())));
             link.send_msg(frame.clone());
         }
     }
@@ -331,7 +328,7 @@ impl Cluster {
     }
 
     /// A message arrived over `from`: deliver it here and pass it on.
-    pub fn receive(&self, state: &State, from: &Link, routed: Routed<'_>) {
+    pub fn receive(&self, router: &Router, from: &Link, routed: Routed<'_>) {
         if libbus::subject::validate_subject(routed.subject).is_err()
             || routed.subject.starts_with(libbus::subject::RESERVED_PREFIX)
         {
@@ -341,7 +338,7 @@ impl Cluster {
             );
             return;
         }
-        let local = state.router.lookup_uncached(routed.subject);
+        let local = router.lookup_uncached(routed.subject);
         if !local.is_empty() {
             let me = self.node_id.as_str();
             let msg = Published::encode(routed.subject, routed.reply_to, routed.payload);
@@ -349,7 +346,7 @@ impl Cluster {
                 routed.queue_targets.iter().any(|(g, n)| *g == group && *n == me)
             });
         }
-        self.announce_if_changed(state);
+        self.announce_if_changed(router);
         let routing = self.current_routing();
         let (plain, _) = routing.interested(routed.subject);
         self.forward(&routing, &routed, &plain, Some(from));

@@ -1,0 +1,320 @@
+//! The tasks that run bridge links: the dialer of each `--bridge` address
+//! (reconnecting with backoff), the accepted side, and each session's reader
+//! and writer.
+
+use std::{
+    sync::{atomic::Ordering::Relaxed, Arc},
+    time::{Duration, Instant},
+};
+
+use libbus::{
+    codec,
+    proto::{
+        self,
+        api::{self},
+        link::LinkFrame,
+        ClientFrame, ServerFrame,
+    },
+    transport::Writer,
+    Address, ConnectOptions, Reconnect,
+};
+use tokio::io::AsyncWriteExt;
+
+use super::link::{Link, Status};
+use crate::{control, outbox::Published, registry::lock, state::State};
+
+/// Bytes the writer gathers before one `write` call.
+const WRITE_BATCH: usize = 64 << 10;
+
+/// Starts the dialer of every `--bridge` address.
+pub fn start_dialers(state: &Arc<State>, tracker: &tokio_util::task::TaskTracker) {
+    for address in &state.config.bridge {
+        // Checked by `Config::validate`.
+        let Ok(address) = address.parse::<Address>() else {
+            continue;
+        };
+        let link = Link::new(
+            Some(address),
+            String::new(),
+            String::new(),
+            state.config.bridge_buffer,
+        );
+        state.cluster.add_link(link.clone());
+        tracker.spawn(dial_loop(state.clone(), link));
+    }
+}
+
+/// Keeps one outbound link connected: connect, handshake, run, back off, again.
+async fn dial_loop(state: Arc<State>, link: Arc<Link>) {
+    let Some(address) = link.dial.clone() else { return };
+    let backoff = Reconnect {
+        initial_delay: Duration::from_millis(100),
+        max_delay: Duration::from_secs(10),
+        max_attempts: None,
+    };
+    let mut failures = 0u32;
+    loop {
+        if state.shutdown.is_cancelled() {
+            return;
+        }
+        link.set_status(Status::Connecting);
+        match dial(&state, &address).await {
+            Ok((frames, writer, node)) => {
+                failures = 0;
+                run_session(&state, &link, frames, writer, node, address.to_string()).await;
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                if failures % 10 == 1 {
+                    tracing::warn!(%address, failures, "bridge connect failed: {e}");
+                } else {
+                    tracing::debug!(%address, failures, "bridge connect failed: {e}");
+                }
+                link.set_status(Status::Down);
+            }
+        }
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff.delay(failures)) => {}
+        }
+    }
+}
+
+type Frames = codec::FrameReader<libbus::transport::Reader>;
+
+/// Connects and completes the bridge handshake; returns the remote node id.
+async fn dial(state: &State, address: &Address) -> libbus::Result<(Frames, Writer, String)> {
+    let mut opts = ConnectOptions::default();
+    opts.token = state.bridge_token.clone();
+    opts.ca_file = state.config.bridge_ca.clone().or(opts.ca_file);
+    let t = state.config.handshake_timeout;
+    let fut = async {
+        let (rx, mut tx) = libbus::session::connect(address, &opts).await?;
+        let mut buf = Vec::new();
+        let hello = ClientFrame::Hello(proto::Hello {
+            version: proto::PROTOCOL_VERSION,
+            name: &state.cluster.node_id,
+            role: proto::Role::Bridge,
+            auth: opts.token.as_deref(),
+        });
+        codec::encode_into(&hello, &mut buf, u32::MAX).map_err(|e| libbus::Error::Protocol(e.to_string()))?;
+        tx.write_all(&buf).await?;
+        tx.flush().await?;
+        let mut frames = Frames::new(rx, link_max_frame(state));
+        let first = frames.read_frame().await?.ok_or(libbus::Error::Disconnected {
+            reason: Some("closed during the bridge handshake".into()),
+        })?;
+        match codec::decode::<ServerFrame>(&first).map_err(|e| libbus::Error::Protocol(e.to_string()))? {
+            ServerFrame::Welcome(w) => Ok((frames, tx, w.server_id.to_owned())),
+            ServerFrame::Error { code, message } => Err(libbus::Error::Server {
+                code,
+                message: message.into(),
+            }),
+            other => Err(libbus::Error::Protocol(format!(
+                "expected Welcome, got {other:?}"
+            ))),
+        }
+    };
+    tokio::time::timeout(t, fut)
+        .await
+        .map_err(|_| libbus::Error::Timeout(t))?
+}
+
+/// Largest link frame: a message (up to `max_frame`) plus routing fields,
+/// or a node state (which lists every interest).
+pub fn link_max_frame(state: &State) -> u32 {
+    state.config.max_frame.max(16 << 20).saturating_add(64 << 10)
+}
+
+/// An accepted bridge connection from `node` (after `Welcome`): resumes the
+/// link it had (and what it held), or makes a new one.
+pub async fn accept(state: Arc<State>, frames: Frames, writer: Writer, node: String, peer: String) {
+    if node == state.cluster.node_id {
+        tracing::warn!(peer, "refusing a bridge from our own node id");
+        return;
+    }
+    let link = match state.cluster.link_to(&node) {
+        Some(l) if l.is_up() => {
+            tracing::warn!(node, peer, "refusing a second bridge link to the same node");
+            return;
+        }
+        Some(l) => l,
+        None => {
+            let l = Link::new(None, node.clone(), peer.clone(), state.config.bridge_buffer);
+            state.cluster.add_link(l.clone());
+            l
+        }
+    };
+    run_session(&state, &link, frames, writer, node, peer).await;
+    if link.dial.is_none() {
+        // Hold what is queued for a while; forget the link if it stays away.
+        let hold = state.config.bridge_hold;
+        tokio::select! {
+            _ = state.shutdown.cancelled() => {}
+            _ = tokio::time::sleep(hold) => {
+                if !link.is_up() && lock(&link.down_since).is_some_and(|t| t.elapsed() >= hold) {
+                    tracing::info!(node = %link.node(), "bridge link gone for good; dropping what it held");
+                    link.drop_held();
+                    state.cluster.remove_link(&state.router, &link);
+                }
+            }
+        }
+    }
+}
+
+/// Runs one connection of `link` until it fails.
+async fn run_session(
+    state: &Arc<State>,
+    link: &Arc<Link>,
+    frames: Frames,
+    writer: Writer,
+    node: String,
+    peer: String,
+) {
+    *lock(&link.node) = node.clone();
+    *lock(&link.peer) = peer;
+    link.set_status(Status::Up);
+    state.cluster.sync_link(&state.router, link);
+    tracing::info!(node, address = %link.info().address, "bridge link up");
+    bridge_event(state, api::EVENT_BRIDGE_UP, link);
+
+    let writer_task = tokio::spawn(write_loop(state.clone(), link.clone(), writer));
+    let reason = read_loop(state, link, frames).await;
+    writer_task.abort();
+    let _ = writer_task.await;
+
+    link.set_status(Status::Down);
+    state.cluster.topology_changed(&state.router);
+    tracing::warn!(node, %reason, "bridge link down");
+    bridge_event(state, api::EVENT_BRIDGE_DOWN, link);
+}
+
+fn bridge_event(state: &State, subject: &'static str, link: &Link) {
+    let routes = state.router.lookup_uncached(subject);
+    if routes.is_empty() {
+        return;
+    }
+    match postcard::to_allocvec(&link.info()) {
+        Ok(body) => routes.deliver(Published::from_daemon(subject, &body).frame()),
+        Err(e) => tracing::error!("encoding a bridge event: {e}"),
+    }
+}
+
+async fn read_loop(state: &Arc<State>, link: &Arc<Link>, mut frames: Frames) -> String {
+    let ping_every = state.config.link_ping_interval;
+    let timeout = state.config.link_timeout;
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    let mut last_heard = Instant::now();
+    let shutdown = state.shutdown.cancelled();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            frame = frames.read_frame() => {
+                let body = match frame {
+                    Ok(None) => return "closed by the other side".into(),
+                    Err(e) => return format!("read failed: {e}"),
+                    Ok(Some(b)) => b,
+                };
+                last_heard = Instant::now();
+                match codec::decode::<LinkFrame>(&body) {
+                    Ok(LinkFrame::State(s)) => {
+                        let own = s.node == link.node();
+                        state.cluster.merge(&state.router, link, s);
+                        if own {
+                            let mut q = lock(&link.queue);
+                            if q.synced.is_none() {
+                                q.epochs += 1;
+                                q.synced = Some(q.epochs);
+                                drop(q);
+                                link.ready.notify_one();
+                            }
+                        }
+                    }
+                    Ok(LinkFrame::Msg(m)) => {
+                        link.msgs_in.fetch_add(1, Relaxed);
+                        state.cluster.receive(&state.router, link, m);
+                    }
+                    Ok(LinkFrame::Ping) => link.send_control(control::link(&LinkFrame::Pong)),
+                    Ok(LinkFrame::Pong) => {}
+                    Err(e) => return format!("bad frame: {e}"),
+                }
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() >= timeout {
+                    return format!("nothing heard for {timeout:?}");
+                }
+                link.send_control(control::link(&LinkFrame::Ping));
+            }
+            _ = &mut shutdown => return "daemon shutdown".into(),
+        }
+    }
+}
+
+/// Sends control frames first, then messages. Messages routed before the
+/// other side's current state arrived on this connection (held while the link
+/// was down, or queued since it came back) go only once that state wants
+/// them (after a restart its subscribers may take a moment to return), or
+/// are dropped after `bridge_hold`; in order either way.
+async fn write_loop(state: Arc<State>, link: Arc<Link>, mut wr: Writer) {
+    let deadline = tokio::time::Instant::now() + state.config.bridge_hold;
+    let mut changed = state.cluster.changed.subscribe();
+    let mut buf: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
+    loop {
+        for f in std::mem::take(&mut *lock(&link.control)) {
+            buf.extend_from_slice(&f);
+        }
+        let mut waiting_for_interest = false;
+        {
+            let mut q = lock(&link.queue);
+            let mut sent = 0u64;
+            while buf.len() < WRITE_BATCH {
+                let Some(head) = q.items.front() else { break };
+                // A message routed before the other side's current state was
+                // known (held while down, or queued before it arrived) goes
+                // only if that state wants it; in order, so it waits.
+                if head.epoch.is_none() || head.epoch != q.synced {
+                    let wanted = q.synced.is_some() && state.cluster.still_wanted(&link, &head.frame);
+                    if !wanted {
+                        if tokio::time::Instant::now() < deadline {
+                            waiting_for_interest = true;
+                            break;
+                        }
+                        // Held too long with nobody left wanting it.
+                        let held = q.items.pop_front();
+                        q.bytes -= held.map_or(0, |h| h.frame.len());
+                        link.dropped.fetch_add(1, Relaxed);
+                        continue;
+                    }
+                }
+                let Some(item) = q.items.pop_front() else { break };
+                q.bytes -= item.frame.len();
+                buf.extend_from_slice(&item.frame);
+                sent += 1;
+            }
+            link.msgs_out.fetch_add(sent, Relaxed);
+        }
+        if !buf.is_empty() {
+            if let Err(e) = async {
+                wr.write_all(&buf).await?;
+                wr.flush().await
+            }
+            .await
+            {
+                tracing::debug!("bridge write failed: {e}");
+                wr.shutdown_both();
+                return;
+            }
+            buf.clear();
+            continue;
+        }
+        if waiting_for_interest {
+            tokio::select! {
+                _ = changed.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = link.ready.notified() => {}
+            }
+        } else {
+            link.ready.notified().await;
+        }
+    }
+}

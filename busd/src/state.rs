@@ -1,0 +1,69 @@
+//! The daemon's shared state: what every connection task reaches through
+//! one `Arc<State>`, built by [`Server::bind`](crate::Server::bind).
+
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc,
+    },
+    time::{Instant, SystemTime},
+};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    cluster::Cluster,
+    config::Config,
+    deliver::Router,
+    policy::Policy,
+    registry::{unix_ms, Registry},
+};
+
+/// A millisecond wall clock updated by a ticker, so hot paths can stamp
+/// activity without a system call.
+#[derive(Debug)]
+pub struct Clock(AtomicU64);
+
+impl Clock {
+    /// A clock set to now.
+    pub(crate) fn new() -> Self {
+        Self(AtomicU64::new(unix_ms(SystemTime::now())))
+    }
+
+    /// Milliseconds since the Unix epoch, at most ~100 ms old.
+    pub fn now_ms(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+    pub(crate) fn tick(&self) {
+        self.0.store(unix_ms(SystemTime::now()), Relaxed);
+    }
+}
+
+/// Everything connections share.
+#[derive(Debug)]
+pub struct State {
+    /// Effective configuration.
+    pub config: Config,
+    /// Subscription index.
+    pub router: Router,
+    /// Live connections.
+    pub registry: Registry,
+    /// Cancelled when the daemon shuts down.
+    pub shutdown: CancellationToken,
+    /// Random id of this daemon instance.
+    pub server_id: String,
+    /// Start time, for uptime.
+    pub started: Instant,
+    /// Coarse wall clock.
+    pub clock: Clock,
+    /// Addresses listened on.
+    pub listen: Vec<String>,
+    /// Access policy, per-uid quotas and refusal counters.
+    pub policy: Arc<Policy>,
+    /// The token network peers must present (`None`: TCP off or insecure).
+    pub token: Option<String>,
+    /// The token this daemon presents when it dials a bridge.
+    pub bridge_token: Option<String>,
+    /// Bridge links and cross-daemon routing.
+    pub cluster: Cluster,
+}
