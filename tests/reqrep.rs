@@ -2,8 +2,11 @@
 
 use std::time::{Duration, Instant};
 
-use bus_tests::{within, TestBus};
-use libbus::Error;
+use bus_tests::{until, within, TestBus};
+use libbus::{
+    proto::api::{self, ConnInfo},
+    Error,
+};
 
 #[tokio::test]
 async fn request_reply() {
@@ -110,7 +113,12 @@ async fn requests_fail_with_disconnected_when_daemon_stops() {
                 .await
         }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Stop once the request has reached its (silent) responder.
+    until("the request delivered", || async {
+        let list: Vec<ConnInfo> = client.request_value(api::LIST, &()).await.expect("list");
+        list.iter().any(|c| c.name == "silent" && c.msgs_out >= 1)
+    })
+    .await;
     bus.stop();
     let err = within("disconnect", pending).await.unwrap().unwrap_err();
     assert!(matches!(err, Error::Disconnected { .. }), "{err}");

@@ -37,6 +37,36 @@ impl SubProc {
         self.0.as_ref().map_or(0, Child::id)
     }
 
+    /// Reads its standard output until it has printed every one of
+    /// `needles` (polled, for at most 20 s), and returns what it printed.
+    fn read_until(&mut self, needles: &[&str]) -> String {
+        use std::io::Read;
+        let mut pipe = self
+            .0
+            .as_mut()
+            .and_then(|c| c.stdout.take())
+            .expect("stdout piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = pipe.read(&mut buf) {
+                if tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut text = String::new();
+        while !needles.iter().all(|n| text.contains(n)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(bytes) => text.push_str(&String::from_utf8_lossy(&bytes)),
+                Err(_) => panic!("did not print all of {needles:?}; printed:\n{text}"),
+            }
+        }
+        text
+    }
+
     /// Waits (at most 20 s) for it to exit by itself and returns its output.
     fn output(mut self) -> Output {
         let mut child = self.0.take().expect("not yet waited");
@@ -298,26 +328,17 @@ fn address_flag_overrides_environment() {
 #[test]
 fn monitor_shows_messages_and_lifecycle_events() {
     let bus = daemon();
-    let monitor = start_listed(&bus, &["monitor"], ">");
+    let mut monitor = start_listed(&bus, &["monitor"], ">");
     let mut c = cli(&bus);
     c.args(["send", "audit.login", "alice"]);
     stdout(&run(c));
-    // Give the monitor a moment to print, then stop it and read what it wrote.
-    std::thread::sleep(Duration::from_millis(300));
-    let pid = monitor.id();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let out = monitor.output();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains(" audit.login alice\n"), "{text}");
-    assert!(text.contains("$BUS.event.conn.open id="), "{text}");
-    assert!(
-        text.contains("$BUS.event.conn.close id=") && text.contains("reason=end"),
-        "{text}"
-    );
+    let text = monitor.read_until(&[
+        " audit.login alice\n",
+        "$BUS.event.conn.open id=",
+        "$BUS.event.conn.close id=",
+        "reason=end",
+    ]);
+    assert!(text.contains("$BUS.event.conn.close id="), "{text}");
 }
 
 /// `bench conns` against its own in-process daemon reports memory that

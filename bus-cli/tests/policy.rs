@@ -22,15 +22,20 @@ fn setup(adjust: impl FnOnce(&mut Config)) -> Option<Setup> {
         println!("skipped: switching uids needs root");
         return None;
     }
-    if Command::new("setpriv").arg("--version").output().is_err() {
+    let version = common::spawn(
+        Command::new("setpriv")
+            .arg("--version")
+            .stdout(std::process::Stdio::null()),
+    )
+    .and_then(|mut c| c.wait());
+    if version.is_err() {
         println!("skipped: setpriv (util-linux) is not installed");
         return None;
     }
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let cli = dir.path().join("bus-cli");
-    std::fs::copy(CLI, &cli).unwrap();
-    std::fs::set_permissions(&cli, std::fs::Permissions::from_mode(0o755)).unwrap();
+    common::copy_executable(CLI, &cli);
     let mut config = Config::with_socket(dir.path().join("busd.sock"));
     config.socket_mode = 0o666;
     adjust(&mut config);
@@ -111,13 +116,14 @@ fn kick_is_for_the_daemon_uid_and_root_only() {
         return;
     };
     // A long-running subscriber to kick.
-    let mut victim = Command::new(&s.cli)
-        .args(["sub", "victim.>"])
-        .env("BUS_ADDRESS", s.daemon.address().to_string())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut victim = common::spawn(
+        Command::new(&s.cli)
+            .args(["sub", "victim.>"])
+            .env("BUS_ADDRESS", s.daemon.address().to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped()),
+    )
+    .unwrap();
     let id = (0..200)
         .find_map(|_| {
             let list = stdout(&s.cli_as_root(&["list", "--json"]));

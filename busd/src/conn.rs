@@ -379,10 +379,13 @@ fn fatal(conn: &Conn, code: ErrorCode, message: String) -> Fatal {
 
 /// Handles one whole frame (`frame`: prefix and body).
 ///
-/// The one publish path: a `Pub` is read in place, by the route cache when
-/// it begins like the last publish ([`Router::repeated`](crate::router::Router::repeated)),
-/// else by [`wire::raw_pub`]; postcard decodes everything else (and a `Pub`
-/// in an encoding the direct reader leaves to it).
+/// The one publish path: a `Pub` is read in place ([`wire::raw_pub`]),
+/// checked and routed ([`publish`]); postcard decodes everything else (and
+/// a `Pub` in an encoding the direct reader leaves to it). One measured
+/// shortcut comes first: a frame that begins like the last publish (its
+/// head, every byte before the payload) is that subject again, and goes
+/// straight to [`route`] with the routes the cache holds for it
+/// ([`Router::repeated`](crate::router::Router::repeated)).
 fn handle_frame<'a>(
     state: &State,
     conn: &Arc<Conn>,
@@ -391,11 +394,12 @@ fn handle_frame<'a>(
     pending: &mut Pending<'a>,
 ) -> Result<(), Fatal> {
     let body = &frame[proto::LEN_PREFIX..];
-    let raw = state
-        .router
-        .repeated(frame, cache)
-        .or_else(|| wire::raw_pub(body));
-    if let Some(p) = raw {
+    if let Some((p, routes)) = state.router.repeated(frame, cache) {
+        pending.count(p.payload.len());
+        route(state, conn, frame, p, None, routes, pending);
+        return Ok(());
+    }
+    if let Some(p) = wire::raw_pub(body) {
         return publish(state, conn, frame, p, cache, pending);
     }
     let decoded = match codec::decode::<ClientFrame>(body) {

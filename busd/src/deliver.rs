@@ -129,7 +129,7 @@ const RUN_MAX: usize = 16 << 10;
 
 impl<'a> Deliveries<'a> {
     /// Deliveries of messages that all lie in `read`, forwarded in runs of
-    /// at most [`RUN_MAX`] bytes of frames, and no more than `max_frame`
+    /// at most `RUN_MAX` bytes of frames, and no more than `max_frame`
     /// (the daemon's, which its clients accept).
     pub fn in_read(read: &'a Bytes, max_frame: u32) -> Self {
         Self {

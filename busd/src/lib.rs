@@ -5,28 +5,39 @@
 //! subscription and keeps per-connection state for inspection.
 //!
 //! ## Layout
-//! - [`config`]: every setting and limit, with its default.
-//! - [`listener`]: the Unix socket (0700 directory, 0600 socket, stale-file
-//!   check) and kernel peer credentials.
-//! - [`server`]: shared [`State`](state::State), the accept loop, shutdown, and
-//!   [`Daemon`] for running one in-process.
-//! - [`tcp`]: the optional TCP/TLS listener for remote clients, and the token.
-//! - [`conn`]: one connection: handshake, reader loop, writer loop, keep-alive.
-//! - [`router`]: the subject trie ([`router::sublist`], pure) and per-reader
-//!   route caches.
+//! - [`config`]: every setting and limit, with its default; [`state`]: the
+//!   shared [`State`](state::State) every connection task reaches.
+//! - [`server`]: binding, the accept loop, shutdown, and [`Daemon`] for
+//!   running one in-process; [`listener`]: the Unix socket and kernel peer
+//!   credentials; [`tcp`]: the optional TCP/TLS listener and the token.
+//! - [`conn`]: one connection: handshake, reader (one publish path), writer,
+//!   keep-alive; [`control`]: every control frame, encoded in one place.
+//! - [`router`]: pure routing (the subject trie, route caches, interest),
+//!   generic over its subscriber; [`deliver`]: router results into outboxes.
 //! - [`outbox`]: each connection's bounded queue; drops are counted and
 //!   reported with `Lagged`.
-//! - [`registry`]: live connections and their counters.
-//! - [`policy`]: who may connect and administer, per-uid quotas, refusal counters.
-//! - [`api`]: `$BUS.api.*` requests and `$BUS.event.*` events.
+//! - [`registry`]: live connections and their counters; [`policy`]: who may
+//!   connect and administer, per-uid quotas; [`api`]: `$BUS.api.*` and
+//!   `$BUS.event.*`; [`cluster`]: bridges to other daemons.
 //!
 //! ## The path of one message
-//! `conn` reader (frames parsed in place: `libbus::codec::next_frame`, postcard
-//! decode) → `router::Router::lookup` (cached trie match) →
-//! `router::Deliveries` (the publishes of one read, in runs by subscribers) →
-//! each subscriber's `outbox::Outbox` (a `Run` of the `Pub` frames as they
-//! came, or a `Msg` per message; never waits) → that connection's writer
-//! (the whole queue, vectored writes) → socket.
+//! 1. `conn.rs` `read_loop` reads, `handle_frames` walks the whole frames in
+//!    place, and `handle_frame` reads a publish: `router/mod.rs`
+//!    [`Router::repeated`](router::Router::repeated) when it begins like the
+//!    last one, else `libbus::wire::raw_pub`.
+//! 2. `conn.rs` `publish` finds its routes:
+//!    [`Router::cached`](router::Router::cached), or
+//!    [`Router::lookup`](router::Router::lookup) → `router/sublist.rs`
+//!    [`Sublist::matches`](router::sublist::Sublist::matches).
+//! 3. `conn.rs` `route` → `deliver.rs`
+//!    [`Deliveries::push`](deliver::Deliveries::push), then
+//!    [`Deliveries::deliver`](deliver::Deliveries::deliver) queues the
+//!    read's publishes in runs by subscriber.
+//! 4. `outbox.rs` [`Outbox::push_many`](outbox::Outbox::push_many) appends
+//!    to each subscriber's bounded queue (a `Run` of the `Pub` frames as they
+//!    came, or a `Msg` per message), never waiting.
+//! 5. That connection's `conn.rs` `write_loop` takes the whole queue
+//!    ([`Outbox::take`](outbox::Outbox::take)) and writes it, vectored.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 

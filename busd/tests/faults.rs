@@ -23,7 +23,7 @@ use libbus::{
 };
 
 mod common;
-use common::{info, until_answered, within, BUSD, WAIT};
+use common::{info, until, until_answered, within, BUSD, WAIT};
 
 /// A busd child process on a socket in its own temp dir; killed on drop.
 struct Daemon {
@@ -511,7 +511,11 @@ async fn soak_a_million_messages_without_leaking() {
     );
     drop(sub_conn);
     drop(publisher);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Measured once the daemon has let go of both connections.
+    until("the clients' connections closed", || async {
+        info(&probe).await.connections == 1
+    })
+    .await;
     let after = info(&probe).await.rss_bytes;
     println!(
         "soak: {N} messages in {took:?}; daemon RSS idle {:.1} MiB, after {:.1} MiB (margin {:.0} MiB)",

@@ -2,9 +2,9 @@
 //! daemon connection, and the [`ConnectOptions`] it is opened with.
 //!
 //! Every call encodes its frame straight into the connection's output
-//! buffer ([`crate::output`]) and wakes the writer, so many frames leave in
+//! buffer (`output.rs`) and wakes the writer, so many frames leave in
 //! one `write`. The driver task ([`crate::session`]) reads and dispatches
-//! what the daemon sends ([`crate::input`]), and reconnects when the link
+//! what the daemon sends (`input.rs`), and reconnects when the link
 //! fails; the buffer, the subscriptions and the `Bus` handles survive.
 
 use std::{sync::Arc, time::Duration};

@@ -4,29 +4,34 @@
 //! of its wire protocol (which `busd` uses too).
 //!
 //! ## Layout
-//! - [`proto`]: every frame (`Hello`, `Pub`, `Sub`, `Msg`, `Lagged`, ...) and the
-//!   admin/event records ([`proto::api`]).
-//! - [`codec`]: 4-byte little-endian length + postcard body; limits checked
-//!   before allocating.
-//! - [`subject`]: subject and pattern validation (NATS conventions) and the
-//!   reference matcher.
-//! - [`addr`]: `unix:`, `tcp://` and `tls://` addresses and the default socket path.
-//! - [`transport`]: Unix, TCP and TLS streams split into reader and writer; [`tls`]: rustls setup.
-//! - [`client`]: [`Bus`], a cheap `Clone` handle over one connection, served by a
-//!   driver (reader) task and a batching writer task.
-//! - [`session`]: the handshake, each link's reader and writer, and
-//!   reconnecting with backoff ([`Reconnect`]); [`events`] reports it.
-//! - [`Subscription`]: a `Stream` of [`Message`]s that unsubscribes on drop;
-//!   [`batch`]: taking all it has received at once, read in place.
+//! - [`proto`]: every frame (`Hello`, `Pub`, `Sub`, `Msg`, `Run`, `Lagged`,
+//!   ...) as serde types, and the admin/event records ([`proto::api`]).
+//! - [`wire`]: every hand-written encoding and decoding of the hot path,
+//!   pinned to postcard; [`codec`]: framing only (length prefix, whole
+//!   frames, the reader; limits checked before allocating).
+//! - [`client`]: [`Bus`], the public API; [`ConnectOptions`] and
+//!   [`Reconnect`] say how it behaves.
+//! - `output`: the buffer every call encodes into, and the writer task;
+//!   `input`: the reader task and delivery; [`session`]: dial, handshake,
+//!   reconnect ([`events`] reports it).
+//! - [`message`]: [`Message`], [`Messages`], [`MessageRef`];
+//!   [`Subscription`]: a `Stream` of messages that unsubscribes on drop.
+//! - [`subject`]: subject and pattern validation (NATS conventions);
+//!   [`addr`], [`transport`], [`tls`]: addresses and sockets.
 //!
 //! ## The path of one message
-//! `bus.publish()` encodes a `Pub` frame into the connection's output buffer and
-//! wakes the writer, which sends everything buffered in one `write`. The daemon
-//! routes it and writes it to each subscriber's socket (a `Msg` frame, or
-//! within a `Run` of publishes forwarded as they came); that client's
-//! reader locates it in the receive buffer and hands the read's messages to
-//! the subscription's channel in one batch; the [`Subscription`] makes each
-//! [`Message`] (a slice of the buffer, no copy) as the application takes it.
+//! 1. `client.rs` [`Bus::publish`] → `output.rs` `Output::publish` →
+//!    `Output::put`, which validates the subject and encodes the `Pub` frame
+//!    into the output buffer (`wire.rs` `Encoder::encode`, [`wire::encode_pub`]);
+//!    `output.rs` `write_loop` sends the whole buffer in one `write`.
+//! 2. The daemon routes it and writes it to each subscriber's socket, within
+//!    a `Run` of publishes forwarded as they came, or as a `Msg`.
+//! 3. `input.rs` `read_loop` → `handle_frame` finds the `Run`
+//!    ([`wire::raw_run`]) or `Msg` ([`wire::raw_msg`]) in the receive buffer,
+//!    and `Input::deliver_all` hands each subscription one batch per read.
+//! 4. `subscription.rs` [`Subscription::next`] → `message.rs`
+//!    `Messages::take` decodes the next frame and `Message::found_in` makes
+//!    the [`Message`], a slice of the receive buffer (no copy).
 //!
 //! ## Example
 //! ```no_run
@@ -68,7 +73,6 @@ pub mod message;
 mod options;
 mod output;
 pub mod proto;
-mod same_head;
 pub mod session;
 pub mod subject;
 pub mod subscription;

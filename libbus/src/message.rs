@@ -3,7 +3,7 @@
 //! had received, taken at once by
 //! [`Subscription::next_batch`](crate::Subscription::next_batch)) and
 //! [`MessageRef`] (one message of a batch, borrowed from it), and where the
-//! reader found each message in its receive buffer ([`Found`]).
+//! reader found each message in its receive buffer (`Found`).
 //!
 //! [`Subscription::next()`](crate::Subscription::next) builds a [`Message`]
 //! per message. A consumer of many small messages can instead take
@@ -18,9 +18,9 @@ use serde::de::DeserializeOwned;
 use crate::{
     codec,
     output::Output,
-    proto,
-    same_head::{Decoded, PubAt},
-    wire, Error, Result,
+    proto, wire,
+    wire::{Decoded, PubAt},
+    Error, Result,
 };
 
 /// A message received on a subscription, or a reply to a request.

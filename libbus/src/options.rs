@@ -4,14 +4,14 @@
 use std::time::Duration;
 
 /// Tunables for one connection. `ConnectOptions::default()` is what
-/// [`Bus::connect`] uses.
+/// [`Bus::connect`](crate::Bus::connect) uses.
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
     /// Name shown by `bus-cli list`. Default: the program's file name.
     pub name: String,
     /// Bound on connecting plus the handshake (also per reconnect attempt). Default 5 s.
     pub connect_timeout: Duration,
-    /// Default bound on [`Bus::request`] and [`Bus::flush`]. Default 5 s.
+    /// Default bound on [`Bus::request`](crate::Bus::request) and [`Bus::flush`](crate::Bus::flush). Default 5 s.
     pub request_timeout: Duration,
     /// Deliveries buffered per subscription before the connection stops
     /// reading (and the daemon starts queueing, then dropping). Default 8192.
@@ -41,7 +41,7 @@ pub struct ConnectOptions {
     pub reconnect: Option<Reconnect>,
     /// `reconnect_buffer`: bytes of publishes held while disconnected (sent
     /// after reconnecting); beyond it `publish` fails with
-    /// [`Error::LimitExceeded`]. Default 8 MiB.
+    /// [`Error::LimitExceeded`](crate::Error::LimitExceeded). Default 8 MiB.
     pub reconnect_buffer: usize,
     /// Token for `tcp://` and `tls://` daemons. Default: `$BUS_TOKEN`.
     pub token: Option<String>,

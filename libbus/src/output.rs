@@ -26,7 +26,7 @@ use crate::{
     error::codec_err,
     events::Event,
     proto::{self, ClientFrame},
-    same_head, subject,
+    subject,
     sync::lock,
     transport::Writer,
     wire, ConnectOptions, Error, Result,
@@ -44,7 +44,7 @@ pub(crate) struct Buffer {
     pub connected: bool,
     /// Encodes publishes; its last subject passed validation, so a stream
     /// of publishes to one subject checks it once.
-    pub pubs: same_head::Encoder,
+    pub pubs: wire::Encoder,
 }
 
 /// The output side of one `Bus`, shared by its handles, its session and the

@@ -1,11 +1,11 @@
 //! One `Bus`'s life on the socket: dialing, the handshake, and the driver
 //! task that runs each link and reconnects when one fails. It owns the
-//! connection's shared state ([`Shared`]): the output side
-//! ([`crate::output`]), the input side ([`crate::input`]) and the link's
+//! connection's shared state (`Shared`): the output side
+//! (`output.rs`), the input side (`input.rs`) and the link's
 //! identity.
 //!
 //! The driver task runs the reader of the current link
-//! ([`input::read_loop`]); the writer ([`output::write_loop`]) is a task of
+//! (`input::read_loop`); the writer (`output::write_loop`) is a task of
 //! its own, so reading and writing proceed in parallel. When a link fails
 //! the driver stops its writer, marks the bus disconnected (in-flight
 //! requests fail, publishes keep buffering up to `reconnect_buffer`),

@@ -2,7 +2,7 @@
 //! cleaned up on drop, plus a raw-socket client for protocol abuse. Every wait
 //! goes through [`within`], so no test can hang.
 
-use std::{collections::VecDeque, future::Future, path::PathBuf, time::Duration};
+use std::{collections::VecDeque, path::PathBuf};
 
 use busd::{Config, Daemon};
 use libbus::{
@@ -15,16 +15,7 @@ use tokio::{
     net::UnixStream,
 };
 
-/// Upper bound for any single wait in a test.
-pub const WAIT: Duration = Duration::from_secs(20);
-
-/// Awaits `fut`, failing the test if it takes longer than [`WAIT`].
-pub async fn within<F: Future>(what: &str, fut: F) -> F::Output {
-    match tokio::time::timeout(WAIT, fut).await {
-        Ok(v) => v,
-        Err(_) => panic!("timed out after {WAIT:?} waiting for {what}"),
-    }
-}
+pub use bus_test_support::{until, until_answered, within, WAIT};
 
 /// A daemon in its own temp dir.
 pub struct TestBus {
@@ -304,10 +295,4 @@ impl TestPki {
 }
 
 /// `$BUS.api.info` through `bus`.
-pub async fn server_info(bus: &Bus) -> libbus::proto::api::ServerInfo {
-    within("info", bus.request(libbus::proto::api::INFO, []))
-        .await
-        .expect("info request")
-        .decode()
-        .expect("info decodes")
-}
+pub use bus_test_support::info as server_info;

@@ -211,21 +211,29 @@ impl<T: Clone + PartialEq> Router<T> {
         self.len() == 0
     }
 
-    /// The publish in `frame` (prefix included) if the frame begins with
-    /// the head of the last reply-less publish [`cached`](Self::cached)
-    /// found and the cache is current: the same subject (validated when it
-    /// was cached) and a payload as long, read without decoding.
+    /// The publish in `frame` (prefix included) and its routes, if the
+    /// frame begins with the head of the last reply-less publish
+    /// [`cached`](Self::cached) found and the cache is current: the same
+    /// subject (validated when it was cached) and a payload as long, read
+    /// without decoding.
     #[inline]
-    pub fn repeated<'f>(&self, frame: &'f [u8], cache: &mut RouteCache<T>) -> Option<RawPub<'f>> {
+    pub fn repeated<'f, 'c>(
+        &self,
+        frame: &'f [u8],
+        cache: &'c mut RouteCache<T>,
+    ) -> Option<(RawPub<'f>, &'c Arc<Routes<T>>)> {
         if !self.is_current(cache) {
             return None;
         }
         let last = cache.last.as_ref().filter(|l| !l.head.is_empty())?;
         let (head, payload) = frame.split_at_checked(last.head.len())?;
-        (head == last.head.as_slice()).then(|| RawPub {
-            subject: head.get(last.subject_at.clone()).unwrap_or_default(),
-            reply_to: None,
-            payload,
+        (head == last.head.as_slice()).then(|| {
+            let p = RawPub {
+                subject: head.get(last.subject_at.clone()).unwrap_or_default(),
+                reply_to: None,
+                payload,
+            };
+            (p, &last.routes)
         })
     }
 
@@ -403,8 +411,9 @@ mod tests {
         frame: &[u8],
         cache: &mut RouteCache<Sub>,
     ) -> Option<(Vec<u8>, Vec<u8>)> {
-        let p = router.repeated(frame, cache)?;
+        let (p, routes) = router.repeated(frame, cache)?;
         assert_eq!(p.reply_to, None);
+        assert_eq!(routes.plain, [(1, 1)]);
         Some((p.subject.to_vec(), p.payload.to_vec()))
     }
 
