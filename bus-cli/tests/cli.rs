@@ -447,6 +447,7 @@ fn bench_smoke() {
         }
         if args.contains(&"--baseline") {
             assert!(report["baseline_pingpong"]["p50_us"].as_f64().unwrap() > 0.0);
+            assert!(report["baseline_relay_pingpong"]["p50_us"].as_f64().unwrap() > 0.0);
             assert!(!report["ratios"].as_array().unwrap().is_empty());
             // The raw stream runs for at least 500 ms: its CPU time shows.
             assert!(report["baseline_stream_cpu_ns_per_msg"].as_f64().unwrap() > 0.0);

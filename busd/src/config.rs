@@ -114,10 +114,10 @@ pub struct Config {
     ///
     /// The daemon shares the host with its clients, and they spend more CPU
     /// per message than it does; with more workers than it needs it mostly
-    /// moves each connection's reads and writes between cores. Measured on
-    /// 2 CPUs (README, "Performance"): one worker streams 1 → 1 as fast as
-    /// two, for no more daemon CPU per message, while two deliver a fan-out
-    /// a few percent faster for more CPU per delivery.
+    /// moves each connection's reads and writes between cores: on 2 CPUs
+    /// one worker streams 1 → 1 as fast as two, while two deliver a fan-out
+    /// a few percent faster for more CPU per delivery
+    /// (`docs/performance.md`).
     pub workers: usize,
 }
 

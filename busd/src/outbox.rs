@@ -138,8 +138,8 @@ const CHUNK: usize = 64 << 10;
 /// queue. A reference keeps that whole read buffer (about 64 KiB, or one
 /// large frame) alive until written, so what a queue holds stays within a
 /// few times what it counts against `max_pending`; and the reader then needs
-/// a fresh buffer, which costs more than one copy (measured: 1 -> 1 at 16 KiB
-/// was slower shared, 1 -> 4 faster), so a run for one subscriber is copied.
+/// a fresh buffer, which costs more than one copy for a single subscriber
+/// (faster for several), so a run for one subscriber is copied.
 pub const SHARE_MIN: usize = 16 << 10;
 
 /// One piece of the queue.

@@ -135,7 +135,7 @@ pub fn configure_tcp(stream: &TcpStream) -> io::Result<()> {
 /// client's and the daemon's side: 1 MiB. The kernel's default (about
 /// 208 KiB) let a publisher, the daemon and a subscriber stall one another
 /// often enough to cost 1 -> 1 streams of 128 B messages about 15% of their
-/// rate (README, "Performance").
+/// rate.
 pub const DEFAULT_SOCKET_BUFFER: usize = 1 << 20;
 
 /// Sets the send buffer (`SO_SNDBUF`) of socket `fd` to `bytes`: how much

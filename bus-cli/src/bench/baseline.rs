@@ -1,6 +1,7 @@
 //! The physical-limit reference: the same frames over a raw Unix socket
 //! between two threads, no daemon. One stream through a 64 KiB buffered writer
-//! read as fast as the reader drains it, and one frame bounced back and forth.
+//! read as fast as the reader drains it, and one frame bounced back and forth;
+//! each also through a relay thread, the floor of any brokered path.
 //! The sockets get the send buffer the bus's own sockets get
 //! ([`SOCKET_BUFFER`]), so the bus gains nothing the baseline lacks.
 
@@ -138,19 +139,66 @@ pub fn long_enough(
     }
 }
 
-/// Bounces `frame` between two threads `count` times; returns the round trips.
+/// Bounces `frame` between two threads `count` times; returns the round
+/// trips. Two socket transits per round trip.
 pub fn ping_pong(frame: &[u8], count: u64) -> std::io::Result<(Duration, Latency)> {
     let (a, b) = pair()?;
-    let echo = std::thread::spawn(move || -> std::io::Result<()> {
-        let mut r = BufReader::with_capacity(BUF, b.try_clone()?);
-        let mut w = b;
-        let mut body = Vec::new();
-        while read_frame(&mut r, &mut body)? {
-            w.write_all(&(body.len() as u32).to_le_bytes())?;
-            w.write_all(&body)?;
-        }
-        Ok(())
-    });
+    let echo = std::thread::spawn(move || echo(b));
+    let result = bounce(a, frame, count);
+    join(echo, "echo")?;
+    result
+}
+
+/// Like [`ping_pong`], but through a relay that forwards the bytes unparsed
+/// both ways (requester → relay → echo → relay → requester): the four socket
+/// transits any brokered round trip needs, with no work in between.
+pub fn relay_ping_pong(frame: &[u8], count: u64) -> std::io::Result<(Duration, Latency)> {
+    let (a, relay_near) = pair()?;
+    let (relay_far, b) = pair()?;
+    let forward = |from: UnixStream, to: UnixStream| {
+        std::thread::spawn(move || -> std::io::Result<()> {
+            let (mut from, mut to) = (from, to);
+            let mut buf = vec![0u8; BUF];
+            loop {
+                let n = from.read(&mut buf)?;
+                if n == 0 {
+                    // Pass the end on; the other side may be gone already.
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                    return Ok(());
+                }
+                to.write_all(&buf[..n])?;
+            }
+        })
+    };
+    let there = forward(relay_near.try_clone()?, relay_far.try_clone()?);
+    let back = forward(relay_far, relay_near);
+    let echo = std::thread::spawn(move || echo(b));
+    let result = bounce(a, frame, count);
+    join(there, "relay")?;
+    join(echo, "echo")?;
+    join(back, "relay")?;
+    result
+}
+
+/// Answers every frame on `b` with the same frame, in one write, until the
+/// other side closes.
+fn echo(b: UnixStream) -> std::io::Result<()> {
+    let mut r = BufReader::with_capacity(BUF, b.try_clone()?);
+    let mut w = b;
+    let mut body = Vec::new();
+    let mut out = Vec::new();
+    while read_frame(&mut r, &mut body)? {
+        out.clear();
+        out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        out.extend_from_slice(&body);
+        w.write_all(&out)?;
+    }
+    Ok(())
+}
+
+/// Sends `frame` on `a` and waits for it to come back, `count` times, then
+/// closes `a`; returns the elapsed time and the round trips.
+fn bounce(a: UnixStream, frame: &[u8], count: u64) -> std::io::Result<(Duration, Latency)> {
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(std::io::Error::other)?;
     let mut r = BufReader::with_capacity(BUF, a.try_clone()?);
     let mut w = a;
@@ -160,13 +208,11 @@ pub fn ping_pong(frame: &[u8], count: u64) -> std::io::Result<(Duration, Latency
         let t = Instant::now();
         w.write_all(frame)?;
         if !read_frame(&mut r, &mut body)? {
-            return Err(std::io::Error::other("echo thread closed early"));
+            return Err(std::io::Error::other("echo closed early"));
         }
         let _ = hist.record(t.elapsed().as_nanos().max(1) as u64);
     }
     let elapsed = start.elapsed();
-    drop(w);
-    drop(r);
-    join(echo, "echo")?;
+    w.shutdown(std::net::Shutdown::Both)?;
     Ok((elapsed, Latency::from(&hist)))
 }

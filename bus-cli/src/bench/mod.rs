@@ -198,6 +198,9 @@ pub struct Report {
     pub baseline_relay: Option<Rate>,
     /// Raw-socket ping-pong of the same frame.
     pub baseline_pingpong: Option<Latency>,
+    /// The same ping-pong through a relay thread (four socket transits, as
+    /// any brokered round trip): the floor of request/reply.
+    pub baseline_relay_pingpong: Option<Latency>,
     /// CPU time (user + system) the external daemon used per delivered
     /// message (per request in reqrep), ns.
     pub cpu_daemon_ns_per_msg: Option<f64>,
@@ -382,6 +385,11 @@ fn figures(r: &Report) -> Vec<(String, f64)> {
     let latency = [
         ("round trip p50 µs", r.latency.map(|l| l.p50_us)),
         ("round trip p99 µs", r.latency.map(|l| l.p99_us)),
+        ("raw ping-pong p50 µs", r.baseline_pingpong.map(|l| l.p50_us)),
+        (
+            "relay ping-pong p50 µs",
+            r.baseline_relay_pingpong.map(|l| l.p50_us),
+        ),
     ]
     .into_iter()
     .filter_map(|(name, v)| Some((name.to_owned(), v?)));
@@ -485,13 +493,20 @@ async fn run_once(args: &BenchArgs, target: &workload::Target) -> libbus::Result
         }
         let frame = frame_bytes(args.size);
         let rounds = args.msgs.clamp(1, 200_000);
-        let (_, pp) = tokio::task::spawn_blocking(move || baseline::ping_pong(&frame, rounds))
-            .await
-            .map_err(|e| libbus::Error::Protocol(e.to_string()))??;
+        let (pp, relayed) = tokio::task::spawn_blocking(move || {
+            let (_, pp) = baseline::ping_pong(&frame, rounds)?;
+            let (_, relayed) = baseline::relay_ping_pong(&frame, rounds)?;
+            std::io::Result::Ok((pp, relayed))
+        })
+        .await
+        .map_err(|e| libbus::Error::Protocol(e.to_string()))??;
         report.baseline_pingpong = Some(pp);
+        report.baseline_relay_pingpong = Some(relayed);
         if let Some(l) = report.latency {
             report.ratio("reqrep_p50 / raw_pingpong_p50", l.p50_us / pp.p50_us);
             report.ratio("reqrep_p99 / raw_pingpong_p99", l.p99_us / pp.p99_us);
+            report.ratio("reqrep_p50 / relay_pingpong_p50", l.p50_us / relayed.p50_us);
+            report.ratio("reqrep_p99 / relay_pingpong_p99", l.p99_us / relayed.p99_us);
         }
     }
     Ok(report)
@@ -577,6 +592,9 @@ fn print_report(r: &Report) {
     }
     if let Some(x) = &r.baseline_pingpong {
         print_latency("raw ping-pong (baseline)", x);
+    }
+    if let Some(x) = &r.baseline_relay_pingpong {
+        print_latency("relay ping-pong (baseline)", x);
     }
     for (_, label, ns) in cpu_figures(r) {
         if let Some(ns) = ns {
