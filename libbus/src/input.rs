@@ -555,8 +555,7 @@ fn handle_frame(
     if let Some((sid, frames)) = wire::raw_run(body) {
         return Ok(run(sid, frames));
     }
-    // Everything else goes to postcard (`decode_server_frame` would only
-    // repeat the `raw_msg` attempt first).
+    // Everything else goes to postcard.
     let decoded = match codec::decode::<ServerFrame>(body) {
         Ok(f) => f,
         Err(e) => return Err(format!("bad frame from daemon: {e}")),
