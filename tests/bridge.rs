@@ -5,7 +5,7 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use bus_tests::{server_info, within, TestBus};
+use bus_tests::{server_info, until, within, TestBus};
 use libbus::{Bus, Error, Subscription};
 
 const TOKEN: &str = "bridge-token";
@@ -220,11 +220,22 @@ async fn no_traffic_crosses_a_link_without_interest() {
     publish_numbered(&pa, "w.x", 10).await;
     drop(sub); // withdraws the interest
     cb.flush().await.unwrap();
-    // Wait until a no longer knows of any w.> interest: the link's counter stops.
+    // Wait until a no longer knows of any w.> interest: a request there
+    // then finds no responders at once.
+    until("a forgets the withdrawn interest", || async {
+        matches!(
+            pa.request_with_timeout("w.probe", "", Duration::from_secs(2))
+                .await,
+            Err(Error::NoResponders { .. })
+        )
+    })
+    .await;
     let out = || async { server_info(&pa).await.bridges[0].msgs_out };
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let before = out().await;
     publish_numbered(&pa, "w.y", 100).await;
+    pa.flush().await.unwrap();
+    // An absence has no event to wait for: give a wrongly routed message
+    // time to cross.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(out().await, before, "messages crossed a link with no interest");
     // Unrelated subjects never cross either.
