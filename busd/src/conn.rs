@@ -58,7 +58,9 @@ pub async fn serve(state: Arc<State>, rd: Reader, mut wr: Writer, peer: Peer, tr
     let (hello, _uid_slot) = match admitted {
         Ok(h) => h,
         Err((code, message)) => {
-            tracing::debug!(?peer, message, "handshake refused");
+            if let Some(held_back) = state.refusal_log.allow(state.clock.now_ms()) {
+                tracing::info!(?peer, transport, message, held_back, "handshake refused");
+            }
             // Best effort: the peer may already be gone.
             if matches!(
                 code,

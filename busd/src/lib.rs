@@ -48,6 +48,7 @@ pub mod conn;
 pub mod control;
 pub mod deliver;
 pub mod listener;
+pub mod loglimit;
 pub mod outbox;
 pub mod policy;
 pub mod registry;
@@ -68,6 +69,14 @@ pub enum Error {
     /// Another daemon answers on the socket.
     #[error("another bus daemon is already listening on {}", .0.display())]
     AlreadyRunning(PathBuf),
+    /// The socket's directory could let another user take the socket over.
+    #[error("refusing the socket directory {}: {why}", dir.display())]
+    UnsafeDirectory {
+        /// The directory.
+        dir: PathBuf,
+        /// What is unsafe about it.
+        why: String,
+    },
     /// The socket path exists and is not a socket.
     #[error("{} exists and is not a socket; refusing to replace it", .0.display())]
     NotASocket(PathBuf),

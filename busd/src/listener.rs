@@ -1,23 +1,30 @@
 //! The Unix socket: safe creation, the stale-file check, peer credentials.
 //!
-//! The directory is created 0700; the socket gets its mode (0600 by default)
-//! through `fchmod` before `bind` (narrowed by the umask), then exactly its
-//! mode after `bind`, and only then listens: it is never reachable with
-//! other permissions than its own. An existing socket file is probed with a
-//! connect: if a daemon answers, we refuse to start; if nothing listens,
-//! the stale file is replaced.
+//! The directory is created 0700, or must already be safe: not a symlink,
+//! owned by the daemon's uid or root, and writable by no one else (unless
+//! sticky, as `/tmp` is), so no other user can remove the socket and listen
+//! in its place. Exactly one daemon serves a path: each takes an exclusive
+//! lock on `PATH.lock` beside the socket, held for its life, before it
+//! probes, removes or binds anything. The socket gets its mode (0600 by
+//! default) through `fchmod` before `bind` (narrowed by the umask), then
+//! exactly its mode after `bind`, and only then listens: it is never
+//! reachable with other permissions than its own. An existing socket file
+//! is probed with a connect: if a daemon answers, we refuse to start; if
+//! nothing listens, the stale file is replaced.
 
 use std::{
+    fs::File,
     io,
     os::{
         fd::AsRawFd,
-        unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt},
+        unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt},
     },
     path::{Path, PathBuf},
 };
 
 use interprocess::local_socket::traits::tokio::Listener as _;
 use libbus::{proto::api::Peer, transport::UnixStream};
+use nix::fcntl::{Flock, FlockArg};
 use nix::sys::{
     socket::{
         self, getsockopt, sockopt::PeerCredentials, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
@@ -37,6 +44,10 @@ pub struct UnixListener {
     path: PathBuf,
     /// (device, inode) of the socket file we created.
     ident: (u64, u64),
+    /// The exclusive lock on `PATH.lock`, held while this daemon lives. The
+    /// lock file stays behind: removing it would let two daemons lock two
+    /// different files.
+    _lock: Flock<File>,
 }
 
 /// Binds a listening socket at `path` whose file has exactly `mode` by the
@@ -64,8 +75,70 @@ fn bind_exact(path: &Path, mode: u32) -> io::Result<Inner> {
     listening
 }
 
+/// Refuses a socket directory another user could use to take the socket
+/// over: a symlink, one owned by another uid than ours or root's, or one
+/// that others may write to without the sticky bit.
+fn check_directory(dir: &Path) -> Result<(), Error> {
+    let unsafe_dir = |why: String| Error::UnsafeDirectory {
+        dir: dir.to_owned(),
+        why,
+    };
+    let meta = std::fs::symlink_metadata(dir).map_err(|source| Error::Io {
+        what: format!("inspecting {}", dir.display()),
+        source,
+    })?;
+    if meta.file_type().is_symlink() {
+        return Err(unsafe_dir("it is a symlink".into()));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(unsafe_dir(format!(
+            "it is owned by uid {}, not by this daemon's uid {me} or root",
+            meta.uid()
+        )));
+    }
+    let mode = meta.mode();
+    let sticky = mode & 0o1000 != 0;
+    if mode & 0o022 != 0 && !sticky {
+        return Err(unsafe_dir(format!(
+            "others may write to it (mode {:o}) and it is not sticky",
+            mode & 0o7777
+        )));
+    }
+    Ok(())
+}
+
+/// Takes the exclusive lock that makes this daemon the only one to serve
+/// `path`: another daemon holding it means one already serves (or is
+/// starting to serve) the path.
+fn lock_path(path: &Path) -> Result<Flock<File>, Error> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock_file = PathBuf::from(name);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(&lock_file)
+        .map_err(|source| Error::Io {
+            what: format!("opening the lock file {}", lock_file.display()),
+            source,
+        })?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| match errno {
+        nix::errno::Errno::EWOULDBLOCK => Error::AlreadyRunning(path.to_owned()),
+        e => Error::Io {
+            what: format!("locking {}", lock_file.display()),
+            source: e.into(),
+        },
+    })
+}
+
 impl UnixListener {
-    /// Prepares the directory, clears a stale socket, binds and listens.
+    /// Prepares the directory, takes the path's lock, clears a stale
+    /// socket, binds and listens.
     pub fn bind(path: &Path, mode: u32) -> Result<Self, Error> {
         let io_err = |what: &str| {
             let what = format!("{what} {}", path.display());
@@ -79,7 +152,9 @@ impl UnixListener {
                     .create(dir)
                     .map_err(io_err("creating the directory of"))?;
             }
+            check_directory(dir)?;
         }
+        let lock = lock_path(path)?;
         match std::fs::symlink_metadata(path) {
             Ok(meta) if meta.file_type().is_socket() => match std::os::unix::net::UnixStream::connect(path) {
                 Ok(_) => return Err(Error::AlreadyRunning(path.to_owned())),
@@ -102,6 +177,7 @@ impl UnixListener {
             inner,
             path: path.to_owned(),
             ident: (meta.dev(), meta.ino()),
+            _lock: lock,
         })
     }
 

@@ -235,15 +235,29 @@ fn main() -> ExitCode {
     })
 }
 
-/// Cancels `shutdown` on SIGINT or SIGTERM.
+/// Cancels `shutdown` on SIGINT or SIGTERM. SIGHUP, which would otherwise
+/// end the daemon without removing its socket, is logged and ignored until
+/// the configuration can be reloaded.
 fn watch_signals(shutdown: CancellationToken) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
-        tokio::select! {
-            _ = int.recv() => tracing::info!("SIGINT received"),
-            _ = term.recv() => tracing::info!("SIGTERM received"),
+        loop {
+            tokio::select! {
+                _ = int.recv() => {
+                    tracing::info!("SIGINT received");
+                    break;
+                }
+                _ = term.recv() => {
+                    tracing::info!("SIGTERM received");
+                    break;
+                }
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP received: reloading the configuration is not supported yet; ignored");
+                }
+            }
         }
         shutdown.cancel();
     });

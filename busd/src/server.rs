@@ -24,9 +24,10 @@ use crate::{
     conn, control,
     deliver::Router,
     listener::UnixListener,
+    loglimit::LogLimit,
     policy::Policy,
     registry::Registry,
-    state::{Clock, State},
+    state::{Clock, State, LOG_LINES_PER_SECOND},
     tcp::{self, TcpEndpoint},
     Error,
 };
@@ -91,6 +92,8 @@ impl Server {
             token,
             bridge_token,
             cluster: Cluster::new(node_id),
+            accept_log: LogLimit::new(LOG_LINES_PER_SECOND),
+            refusal_log: LogLimit::new(LOG_LINES_PER_SECOND),
         });
         Ok(Server { state, listener, tcp })
     }
@@ -141,7 +144,10 @@ impl Server {
                 Ok(i) => i,
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning.
-                    tracing::warn!("accept failed: {e}");
+                    state.policy.refused.count("accept_failed");
+                    if let Some(held_back) = state.accept_log.allow(state.clock.now_ms()) {
+                        tracing::warn!(held_back, "accept failed: {e}");
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }

@@ -15,6 +15,7 @@ use crate::{
     cluster::Cluster,
     config::Config,
     deliver::Router,
+    loglimit::LogLimit,
     policy::Policy,
     registry::{unix_ms, Registry},
 };
@@ -38,6 +39,11 @@ impl Clock {
         self.0.store(unix_ms(SystemTime::now()), Relaxed);
     }
 }
+
+/// Lines a second that each rate-limited log (failed accepts, refused
+/// handshakes) lets through; the rest are counted and the count is logged
+/// with the next line let through.
+pub const LOG_LINES_PER_SECOND: u32 = 5;
 
 /// Everything connections share.
 #[derive(Debug)]
@@ -66,4 +72,8 @@ pub struct State {
     pub bridge_token: Option<String>,
     /// Bridge links and cross-daemon routing.
     pub cluster: Cluster,
+    /// Limits the warnings of failed accepts (say, at the fd limit).
+    pub accept_log: LogLimit,
+    /// Limits the lines of refused handshakes.
+    pub refusal_log: LogLimit,
 }

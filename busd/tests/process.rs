@@ -245,3 +245,211 @@ fn bad_flag_values_are_clear_errors() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--bridge-ca"));
 }
+
+#[test]
+fn sighup_is_ignored_and_the_daemon_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("busd.sock");
+    let mut d = spawn_with(&socket, &[]);
+    wait_listening(&socket);
+    signal(&d, nix::sys::signal::Signal::SIGHUP);
+    // Still serving after the signal was handled: a connection is accepted
+    // and answered (a handshake needs the daemon's reader, not the kernel).
+    let served = || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let bus = libbus::Bus::connect(&libbus::Address::Unix(socket.clone())).await?;
+            bus.flush().await
+        })
+    };
+    let start = Instant::now();
+    for _ in 0..3 {
+        served().expect("busd serves after SIGHUP");
+    }
+    assert!(d.0.try_wait().unwrap().is_none(), "busd exited on SIGHUP");
+    assert!(start.elapsed() < WAIT);
+    signal(&d, nix::sys::signal::Signal::SIGTERM);
+    assert!(wait_exit(&mut d).success());
+    assert!(!socket.exists(), "socket file removed on shutdown");
+}
+
+/// Three daemons started at once on one path, with and without a stale
+/// socket file there, many rounds: exactly one serves, the others exit 1
+/// saying so, and the socket file is the survivor's.
+#[test]
+fn simultaneous_starts_leave_exactly_one_daemon() {
+    const ROUNDS: usize = 15;
+    for round in 0..ROUNDS {
+        for stale in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let socket = dir.path().join("busd.sock");
+            if stale {
+                // A socket file nothing listens on.
+                drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+            }
+            let mut procs: Vec<Proc> = (0..3).map(|_| spawn(&socket)).collect();
+            // Wait until all but one have exited (bounded).
+            let start = Instant::now();
+            let mut exits = Vec::new();
+            while exits.len() < 2 {
+                assert!(
+                    start.elapsed() < WAIT,
+                    "round {round}: more than one daemon kept running"
+                );
+                for (i, p) in procs.iter_mut().enumerate() {
+                    if !exits.iter().any(|(j, _)| *j == i) {
+                        if let Some(status) = p.0.try_wait().unwrap() {
+                            exits.push((i, status));
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert_eq!(exits.len(), 2, "round {round}, stale {stale}: {exits:?}");
+            for (i, status) in &exits {
+                assert!(!status.success(), "round {round}: a loser exited 0");
+                let mut err = String::new();
+                use std::io::Read;
+                procs[*i]
+                    .0
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err)
+                    .unwrap();
+                assert!(
+                    err.contains("another bus daemon is already listening"),
+                    "round {round}: {err}"
+                );
+            }
+            let survivor = (0..3).find(|i| !exits.iter().any(|(j, _)| j == i)).unwrap();
+            wait_listening(&socket);
+            assert!(
+                procs[survivor].0.try_wait().unwrap().is_none(),
+                "round {round}: the survivor exited"
+            );
+            // The socket is the survivor's: its SIGTERM removes the file.
+            signal(&procs[survivor], nix::sys::signal::Signal::SIGTERM);
+            assert!(wait_exit(&mut procs[survivor]).success());
+            assert!(
+                !socket.exists(),
+                "round {round}: the socket file is not the survivor's"
+            );
+        }
+    }
+}
+
+/// busd refuses to use a directory through which another user could take
+/// the socket over; a sticky one (like /tmp) is fine.
+#[test]
+fn unsafe_socket_directories_are_refused() {
+    let refused = |dir: &Path, why: &str| {
+        let out = Command::new(BUSD)
+            .arg("--socket")
+            .arg(dir.join("busd.sock"))
+            .output()
+            .expect("run busd");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{}: started", dir.display());
+        assert!(
+            err.contains("refusing the socket directory") && err.contains(why),
+            "{err}"
+        );
+        assert!(!dir.join("busd.sock").exists());
+    };
+    let base = tempfile::tempdir().unwrap();
+    let open = base.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    refused(&open, "others may write to it");
+
+    let real = base.path().join("real");
+    std::fs::create_dir(&real).unwrap();
+    std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let link = base.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    refused(&link, "symlink");
+
+    let sticky = base.path().join("sticky");
+    std::fs::create_dir(&sticky).unwrap();
+    std::fs::set_permissions(&sticky, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let d = spawn(&sticky.join("busd.sock"));
+    wait_listening(&sticky.join("busd.sock"));
+    drop(d);
+
+    if nix::unistd::geteuid().is_root() {
+        let theirs = base.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let nobody = nix::unistd::Uid::from_raw(65534);
+        nix::unistd::chown(&theirs, Some(nobody), None).unwrap();
+        refused(&theirs, "owned by uid 65534");
+    } else {
+        println!("skipped the other-owner case: chown needs root");
+    }
+}
+
+/// At the fd limit, accept fails: each failure is counted (`accept_failed`
+/// in `bus-cli info`) and the warning is logged at a bounded rate.
+#[test]
+fn accept_failures_at_the_fd_limit_are_counted_and_rate_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("busd.sock");
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(format!("ulimit -n 48 && exec {BUSD} --socket \"$0\"",))
+        .arg(&socket)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn busd with a low fd limit");
+    let mut d = Proc(child);
+    wait_listening(&socket);
+    // More connections than the daemon has descriptors for, held for two
+    // seconds (the duration is the point: the warning's rate is measured).
+    let held: Vec<_> = (0..80)
+        .filter_map(|_| std::os::unix::net::UnixStream::connect(&socket).ok())
+        .collect();
+    assert!(held.len() > 48, "only {} connections", held.len());
+    let held_for = Duration::from_secs(2);
+    std::thread::sleep(held_for);
+    drop(held);
+    // Once descriptors are free again, the daemon answers and counts.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let failed = rt.block_on(async {
+        let addr = libbus::Address::Unix(socket.clone());
+        let bus = common::within("a connection after the storm", async {
+            loop {
+                match libbus::Bus::connect(&addr).await {
+                    Ok(bus) => break bus,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        })
+        .await;
+        let info = common::info(&bus).await;
+        info.refused
+            .iter()
+            .find(|(name, _)| name == "accept_failed")
+            .map_or(0, |(_, n)| *n)
+    });
+    assert!(failed > 0, "no accept failure counted");
+    signal(&d, nix::sys::signal::Signal::SIGTERM);
+    assert!(wait_exit(&mut d).success());
+    let mut err = String::new();
+    use std::io::Read;
+    d.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let lines = err.lines().filter(|l| l.contains("accept failed")).count();
+    // At most 5 a second (LOG_LINES_PER_SECOND), over about 2 s plus the
+    // time to reconnect.
+    println!("accept failures counted: {failed}, warnings logged: {lines}");
+    assert!(lines >= 1, "no warning logged: {err}");
+    assert!(lines <= 5 * 4, "{lines} warnings in about {held_for:?}: {err}");
+}
