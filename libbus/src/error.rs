@@ -65,6 +65,18 @@ pub enum Error {
     /// daemon's certificate is not signed by the configured CA).
     #[error("TLS: {0}")]
     Tls(String),
+    /// The daemon behind a `unix:` address runs as another user than the
+    /// one expected ([`ConnectOptions::daemon_uid`](crate::ConnectOptions::daemon_uid);
+    /// by default this process's own uid or root): nothing was sent to it.
+    #[error("the daemon at {address} runs as uid {uid}, not as {expected}: refusing to talk to it")]
+    UntrustedDaemon {
+        /// The address.
+        address: String,
+        /// The uid the kernel reports for the daemon's end.
+        uid: u32,
+        /// Who was expected, in words.
+        expected: String,
+    },
     /// Any other I/O error.
     #[error(transparent)]
     Io(#[from] std::io::Error),

@@ -45,6 +45,12 @@ pub struct ConnectOptions {
     pub reconnect_buffer: usize,
     /// Token for `tcp://` and `tls://` daemons. Default: `$BUS_TOKEN`.
     pub token: Option<String>,
+    /// The uid the daemon behind a `unix:` address must run as. `None` (the
+    /// default): this process's own uid or root. The kernel's word for it
+    /// (`SO_PEERCRED`) is checked before anything is sent, so a socket that
+    /// another user put in the daemon's place never sees a frame. A mismatch
+    /// is [`Error::UntrustedDaemon`](crate::Error::UntrustedDaemon).
+    pub daemon_uid: Option<u32>,
     /// PEM file of the CA that signed a `tls://` daemon's certificate.
     /// Default: `$BUS_CA`.
     pub ca_file: Option<std::path::PathBuf>,
@@ -80,6 +86,7 @@ impl Default for ConnectOptions {
             socket_buffer: crate::transport::DEFAULT_SOCKET_BUFFER,
             reconnect: Some(Reconnect::default()),
             reconnect_buffer: 8 << 20,
+            daemon_uid: None,
             token: env_nonempty(ENV_TOKEN),
             ca_file: env_nonempty(ENV_CA).map(Into::into),
         }
@@ -105,6 +112,16 @@ impl ConnectOptions {
     /// Sets the reconnection policy; `None` disables reconnecting.
     pub fn reconnect(mut self, policy: Option<Reconnect>) -> Self {
         self.reconnect = policy;
+        self
+    }
+    /// Sets the uid the daemon must run as ([`daemon_uid`](Self::daemon_uid)).
+    ///
+    /// ```
+    /// let opts = libbus::ConnectOptions::default().daemon_uid(0);
+    /// assert_eq!(opts.daemon_uid, Some(0));
+    /// ```
+    pub fn daemon_uid(mut self, uid: u32) -> Self {
+        self.daemon_uid = Some(uid);
         self
     }
     /// Sets the token for TCP and TLS daemons.

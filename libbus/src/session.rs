@@ -238,6 +238,7 @@ pub async fn connect(address: &Address, opts: &ConnectOptions) -> Result<(Reader
     match address {
         Address::Unix(path) => {
             let stream = transport::connect_unix(path).await.map_err(no_daemon)?;
+            check_daemon_uid(address, &stream, opts.daemon_uid)?;
             transport::set_send_buffer(&stream, opts.socket_buffer);
             Ok(transport::split_unix(stream))
         }
@@ -270,6 +271,25 @@ pub async fn connect(address: &Address, opts: &ConnectOptions) -> Result<(Reader
             Ok(transport::split_layered(tls, fd))
         }
     }
+}
+
+/// Refuses a Unix-socket daemon that runs as another user than `expected`
+/// (default: this process's uid or root), before anything is sent to it.
+fn check_daemon_uid(address: &Address, stream: &transport::UnixStream, expected: Option<u32>) -> Result<()> {
+    let uid = transport::peer_uid(stream)?;
+    let me = nix::unistd::geteuid().as_raw();
+    let (trusted, expected) = match expected {
+        Some(want) => (uid == want, format!("uid {want}")),
+        None => (uid == me || uid == 0, format!("this process's uid {me} or root")),
+    };
+    if trusted {
+        return Ok(());
+    }
+    Err(Error::UntrustedDaemon {
+        address: address.to_string(),
+        uid,
+        expected,
+    })
 }
 
 /// Connects to `address` and completes the handshake (unbounded; callers

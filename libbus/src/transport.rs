@@ -152,6 +152,13 @@ pub fn set_send_buffer(fd: impl AsFd, bytes: usize) {
     }
 }
 
+/// The uid of the process at the other end of a Unix socket, from the
+/// kernel (`SO_PEERCRED`).
+pub fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
+    let cred = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)?;
+    Ok(cred.uid())
+}
+
 /// Connects to a Unix socket path through interprocess.
 pub async fn connect_unix(path: &Path) -> io::Result<UnixStream> {
     let name = path.to_fs_name::<GenericFilePath>()?;
