@@ -24,6 +24,13 @@ pub struct Config {
     /// `max_frame`: largest frame body accepted, in bytes. Default 1 MiB.
     #[serde(with = "size")]
     pub max_frame: u32,
+    /// `max_handshake_frame`: largest frame body accepted before a
+    /// connection has completed its handshake (and, over TCP, its token
+    /// check), in bytes. Default 4 KiB: a `Hello` is small, and a peer that
+    /// has not authenticated can make the daemon hold no more than this for
+    /// it.
+    #[serde(with = "size")]
+    pub max_handshake_frame: u32,
     /// `max_pending`: bytes queued per connection before new messages for it
     /// are dropped (and reported with `Lagged`). Default 8 MiB. It counts
     /// frame bytes; a run of 16 KiB or more shared with other subscribers
@@ -131,6 +138,7 @@ impl Default for Config {
             socket,
             socket_mode: 0o600,
             max_frame: libbus::proto::DEFAULT_MAX_FRAME,
+            max_handshake_frame: 4 << 10,
             max_pending: 8 << 20,
             socket_buffer: libbus::transport::DEFAULT_SOCKET_BUFFER,
             handshake_timeout: Duration::from_secs(5),
@@ -207,6 +215,12 @@ impl Config {
                 self.max_frame
             ));
         }
+        if self.max_handshake_frame < 64 || self.max_handshake_frame > self.max_frame {
+            return Err(format!(
+                "max_handshake_frame ({}) must be at least 64 bytes and at most max_frame ({})",
+                self.max_handshake_frame, self.max_frame
+            ));
+        }
         if self.socket_mode > 0o777 {
             return Err(format!(
                 "socket_mode ({:o}) is not a permission mode",
@@ -251,6 +265,7 @@ impl Config {
         let ms = |d: Duration| d.as_millis().try_into().unwrap_or(u64::MAX);
         vec![
             ("max_frame".into(), self.max_frame.into()),
+            ("max_handshake_frame".into(), self.max_handshake_frame.into()),
             ("max_pending".into(), self.max_pending as u64),
             ("socket_buffer".into(), self.socket_buffer as u64),
             ("max_connections".into(), self.max_connections as u64),

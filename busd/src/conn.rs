@@ -49,8 +49,10 @@ struct Fatal(CloseReason);
 
 /// Serves one accepted connection to the end.
 pub async fn serve(state: Arc<State>, rd: Reader, mut wr: Writer, peer: Peer, transport: &'static str) {
-    // Reads of up to 64 KiB: a fast publisher is drained in few syscalls.
-    let mut frames = Incoming::new(rd, state.config.max_frame).with_read_room(READ_BUFFER);
+    // Before the handshake a peer gets only `max_handshake_frame`: an
+    // unauthenticated peer can make us hold no more than that.
+    let small = state.config.max_handshake_frame;
+    let mut frames = Incoming::new(rd, small).with_read_room(small as usize);
 
     let admitted = handshake(&state, &mut frames)
         .await
@@ -73,6 +75,10 @@ pub async fn serve(state: Arc<State>, rd: Reader, mut wr: Writer, peer: Peer, tr
             return;
         }
     };
+
+    // Reads of up to 64 KiB: a fast publisher is drained in few syscalls.
+    frames.set_max_frame(state.config.max_frame);
+    frames.set_read_room(READ_BUFFER);
 
     if hello.role == proto::Role::Bridge {
         let welcome = control::server(&ServerFrame::Welcome(proto::Welcome {
@@ -196,6 +202,16 @@ async fn handshake(state: &State, frames: &mut Incoming) -> Result<HelloInfo, (E
             ));
         }
         Ok(Ok(None)) => return Err((ErrorCode::Protocol, "connection ended before Hello".into())),
+        Ok(Err(e)) if codec::is_frame_too_large(&e) => {
+            state.policy.refused.count("max_handshake_frame");
+            return Err((
+                ErrorCode::FrameTooLarge,
+                format!(
+                    "frame before the handshake exceeds max_handshake_frame ({} bytes)",
+                    state.config.max_handshake_frame
+                ),
+            ));
+        }
         Ok(Err(e)) => return Err(read_error(state, &e)),
         Ok(Ok(Some(body))) => body,
     };

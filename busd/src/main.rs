@@ -38,6 +38,9 @@ struct Args {
     /// Largest frame accepted (e.g. 1MiB, 65536) [default: 1MiB].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_frame: Option<u64>,
+    /// Largest frame accepted before the handshake (and token check) [default: 4KiB].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_handshake_frame: Option<u64>,
     /// Bytes queued per connection before its messages are dropped (and reported) [default: 8MiB].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_pending: Option<u64>,
@@ -145,6 +148,10 @@ impl Args {
         set(&mut c.socket_mode, self.socket_mode);
         if let Some(v) = self.max_frame {
             c.max_frame = u32::try_from(v).map_err(|_| "--max-frame must be below 4 GiB".to_owned())?;
+        }
+        if let Some(v) = self.max_handshake_frame {
+            c.max_handshake_frame =
+                u32::try_from(v).map_err(|_| "--max-handshake-frame must be below 4 GiB".to_owned())?;
         }
         if let Some(v) = self.max_pending {
             c.max_pending = usize::try_from(v).map_err(|_| "--max-pending is too large".to_owned())?;

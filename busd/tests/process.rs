@@ -201,7 +201,15 @@ fn workers_sets_the_number_of_runtime_threads() {
         let socket = dir.path().join("busd.sock");
         let p = spawn_with(&socket, args);
         wait_listening(&socket);
-        assert_eq!(worker_threads(&p), want, "busd {args:?} on {cpus} CPUs");
+        // A worker names itself once it runs, which may be just after the
+        // socket listens: poll (bounded) until the names are all there.
+        let start = Instant::now();
+        let mut seen = worker_threads(&p);
+        while seen != want && start.elapsed() < WAIT {
+            std::thread::sleep(Duration::from_millis(10));
+            seen = worker_threads(&p);
+        }
+        assert_eq!(seen, want, "busd {args:?} on {cpus} CPUs");
     }
 }
 

@@ -157,7 +157,7 @@ impl<'a> Iterator for WholeFrames<'a> {
 const READ_ROOM: usize = 8 << 10;
 
 /// Reads length-prefixed frames: every read takes in as much as the socket
-/// has (at least 8 KiB of room by default, more for a larger frame), and all the whole
+/// has (at least 8 KiB of room by default, more as a larger frame arrives), and all the whole
 /// frames it completed come out together as one shared chunk, walked with
 /// [`next_frame`]. Each frame handed on from a chunk costs one reference
 /// count, not a split of the receive buffer.
@@ -241,9 +241,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
-    /// Reads once, with room for `needed` bytes in all. False at a clean end.
+    /// Reads once toward `needed` bytes in all. False at a clean end.
+    ///
+    /// The room offered grows with what has arrived, never with what a
+    /// length prefix claims: at least the read room, and for a frame larger
+    /// than that, at most as much again as is buffered. A peer that declares
+    /// a large frame and sends little of it costs little.
     async fn fill(&mut self, needed: usize) -> std::io::Result<bool> {
-        let room = needed.saturating_sub(self.buf.len()).max(self.read_room);
+        let missing = needed.saturating_sub(self.buf.len());
+        let room = missing.min(self.buf.len()).max(self.read_room);
         self.buf.reserve(room);
         if self.io.read_buf(&mut self.buf).await? > 0 {
             Ok(true)
@@ -318,6 +324,25 @@ mod tests {
             assert_eq!(&got, f);
         }
         assert!(r.read_frame().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_declared_frame_is_not_allocated_before_it_arrives() {
+        let mut wire = (1u32 << 20).to_le_bytes().to_vec();
+        wire.extend_from_slice(&[7; 100]);
+        let mut r = FrameReader::new(&wire[..], 2 << 20).with_read_room(4096);
+        assert!(is_truncated(&r.read_frame().await.unwrap_err()));
+        assert!(
+            r.buf.capacity() < 64 << 10,
+            "{} bytes for 104 received",
+            r.buf.capacity()
+        );
+        // A frame that does arrive is read whole, its buffer growing with it.
+        let mut wire = (1u32 << 20).to_le_bytes().to_vec();
+        wire.extend((0..1u32 << 20).map(|i| i as u8));
+        let mut r = FrameReader::new(&wire[..], 2 << 20).with_read_room(4096);
+        let body = r.read_frame().await.unwrap().unwrap();
+        assert_eq!(&body[..], &wire[LEN_PREFIX..]);
     }
 
     #[tokio::test]
