@@ -209,3 +209,70 @@ async fn assert_serving_with(client: &Bus) {
     client.publish("still.serving", "yes").await.unwrap();
     assert_eq!(within("msg", sub.next()).await.unwrap().payload(), b"yes");
 }
+
+/// Network peers that never authenticate hold at most
+/// `max_pending_handshakes` connections; the rest are refused at once, and
+/// local clients connect and are served throughout.
+#[tokio::test]
+async fn unauthenticated_network_peers_cannot_lock_out_local_ones() {
+    let bus = TestBus::with_config(|c| {
+        c.tcp = Some("127.0.0.1:0".into());
+        c.token = Some("s3cret".into());
+        c.max_pending_handshakes = 8;
+        c.max_tcp_connections = 16;
+        c.max_connections = 40;
+    });
+    let tcp = bus.tcp_address().to_string();
+    let host_port = tcp.trim_start_matches("tcp://").to_owned();
+    let idle: Vec<_> = (0..40)
+        .map(|_| std::net::TcpStream::connect(&host_port).expect("tcp connect"))
+        .collect();
+    let local = bus.client("local").await;
+    bus_tests::until("the idle network peers refused", || async {
+        refused(&server_info(&local).await, "max_pending_handshakes") >= 32
+    })
+    .await;
+    // Local clients still connect and are served, idle sockets or not.
+    let more = bus.client("local-2").await;
+    let mut sub = more.subscribe("still.here").await.unwrap();
+    local.publish("still.here", "yes").await.unwrap();
+    assert_eq!(within("delivery", sub.next()).await.unwrap().payload(), b"yes");
+    assert_eq!(refused(&server_info(&local).await, "max_pending_handshakes"), 32);
+    drop(idle);
+}
+
+/// A user's quota counts its connections from accept, handshaken or not:
+/// sockets that never say Hello use it up too.
+#[tokio::test]
+async fn the_per_uid_quota_counts_from_accept() {
+    let bus = TestBus::with_config(|c| c.max_connections_per_uid = 3);
+    let silent: Vec<_> = (0..3)
+        .map(|_| std::os::unix::net::UnixStream::connect(bus.socket()).expect("connect"))
+        .collect();
+    let uid = nix::unistd::geteuid().as_raw();
+    let err = within("connect", Bus::connect(&bus.address()))
+        .await
+        .expect_err("the quota is used up by the silent sockets");
+    match err {
+        Error::Server { code, message } => {
+            assert_eq!(code, ErrorCode::LimitExceeded);
+            assert_eq!(
+                message,
+                format!("limit exceeded: max_connections_per_uid = 3 (uid {uid})")
+            );
+        }
+        e => panic!("expected a limit error, got {e}"),
+    }
+    drop(silent);
+    // Given back when they close.
+    let bus_ok = bus_tests::within("a connection once they closed", async {
+        loop {
+            match Bus::connect(&bus.address()).await {
+                Ok(b) => break b,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await;
+    bus_ok.flush().await.unwrap();
+}

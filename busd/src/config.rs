@@ -55,9 +55,27 @@ pub struct Config {
     pub max_pings_missed: u32,
     /// `max_connections`: live connections at once. Default 10,000.
     pub max_connections: usize,
-    /// `max_connections_per_uid`: live connections of one Unix user. Default
-    /// 10,000 (one user may use every slot; lower it when other users are allowed).
+    /// `max_connections_per_uid`: connections of one Unix user, counted from
+    /// accept (before the handshake). Default 1,024: below the total, so one
+    /// user cannot take every slot.
     pub max_connections_per_uid: usize,
+    /// `reserved_connections`: slots of `max_connections` that only the
+    /// daemon's uid and root may use, so an administrator can always
+    /// connect and kick. Default 16; at `max_connections` or above, only
+    /// they can connect.
+    pub reserved_connections: usize,
+    /// `max_tcp_connections`: network (TCP and TLS) connections together,
+    /// authenticated or not: they can never take the local peers' slots.
+    /// Default 1,024.
+    pub max_tcp_connections: usize,
+    /// `max_pending_handshakes`: network connections that have not completed
+    /// their handshake and token check. Default 128: unauthenticated
+    /// sockets cannot starve authenticated peers, and `handshake_timeout`
+    /// ends them. (A local user's are bounded by its quota.)
+    pub max_pending_handshakes: usize,
+    /// `tcp_backlog`: the TCP listener's backlog of connections the kernel
+    /// completed and the daemon has not accepted yet. Default 1,024.
+    pub tcp_backlog: u32,
     /// `max_subscriptions`: subscriptions per connection. Default 10,000.
     pub max_subscriptions: usize,
     /// `max_subject_len`: bytes in a subject or pattern. Default 1024.
@@ -145,7 +163,11 @@ impl Default for Config {
             ping_interval: Duration::from_secs(30),
             max_pings_missed: 2,
             max_connections: 10_000,
-            max_connections_per_uid: 10_000,
+            max_connections_per_uid: 1024,
+            reserved_connections: 16,
+            max_tcp_connections: 1024,
+            max_pending_handshakes: 128,
+            tcp_backlog: 1024,
             max_subscriptions: 10_000,
             max_subject_len: 1024,
             max_subject_tokens: 64,
@@ -250,6 +272,8 @@ impl Config {
         for (name, v) in [
             ("max_connections", self.max_connections),
             ("max_connections_per_uid", self.max_connections_per_uid),
+            ("max_tcp_connections", self.max_tcp_connections),
+            ("max_pending_handshakes", self.max_pending_handshakes),
             ("max_subject_len", self.max_subject_len),
             ("max_subject_tokens", self.max_subject_tokens),
         ] {
@@ -273,6 +297,13 @@ impl Config {
                 "max_connections_per_uid".into(),
                 self.max_connections_per_uid as u64,
             ),
+            ("reserved_connections".into(), self.reserved_connections as u64),
+            ("max_tcp_connections".into(), self.max_tcp_connections as u64),
+            (
+                "max_pending_handshakes".into(),
+                self.max_pending_handshakes as u64,
+            ),
+            ("tcp_backlog".into(), self.tcp_backlog.into()),
             ("max_subscriptions".into(), self.max_subscriptions as u64),
             ("max_subject_len".into(), self.max_subject_len as u64),
             ("max_subject_tokens".into(), self.max_subject_tokens as u64),

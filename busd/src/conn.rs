@@ -33,7 +33,7 @@ use crate::{
     api, control,
     deliver::{Deliveries, RouteCache, Routes, Target},
     outbox::{Frames, Outbox, PubFrame},
-    policy::UidSlot,
+    policy::Ticket,
     registry::{lock, Conn, Stats},
     state::State,
 };
@@ -48,7 +48,17 @@ pub(crate) type Incoming = codec::FrameReader<Reader>;
 struct Fatal(CloseReason);
 
 /// Serves one accepted connection to the end.
-pub async fn serve(state: Arc<State>, rd: Reader, mut wr: Writer, peer: Peer, transport: &'static str) {
+///
+/// `ticket` holds the connection's share of the budgets, taken at accept;
+/// it is given back when the connection ends.
+pub async fn serve(
+    state: Arc<State>,
+    rd: Reader,
+    mut wr: Writer,
+    peer: Peer,
+    transport: &'static str,
+    mut ticket: Ticket,
+) {
     // Before the handshake a peer gets only `max_handshake_frame`: an
     // unauthenticated peer can make us hold no more than that.
     let small = state.config.max_handshake_frame;
@@ -56,8 +66,8 @@ pub async fn serve(state: Arc<State>, rd: Reader, mut wr: Writer, peer: Peer, tr
 
     let admitted = handshake(&state, &mut frames)
         .await
-        .and_then(|h| admit(&state, &peer, transport, h.auth.as_deref()).map(|slot| (h, slot)));
-    let (hello, _uid_slot) = match admitted {
+        .and_then(|h| admit(&state, &peer, transport, h.auth.as_deref()).map(|()| h));
+    let hello = match admitted {
         Ok(h) => h,
         Err((code, message)) => {
             if let Some(held_back) = state.refusal_log.allow(state.clock.now_ms()) {
@@ -76,6 +86,7 @@ pub async fn serve(state: Arc<State>, rd: Reader, mut wr: Writer, peer: Peer, tr
         }
     };
 
+    ticket.handshaken();
     // Reads of up to 64 KiB: a fast publisher is drained in few syscalls.
     frames.set_max_frame(state.config.max_frame);
     frames.set_read_room(READ_BUFFER);
@@ -153,12 +164,7 @@ pub async fn serve(state: Arc<State>, rd: Reader, mut wr: Writer, peer: Peer, tr
 
 /// Applies the access policy and the per-uid quota to a peer that sent a
 /// valid `Hello`. The slot is held for the life of the connection.
-fn admit(
-    state: &State,
-    peer: &Peer,
-    transport: &str,
-    auth: Option<&str>,
-) -> Result<UidSlot, (ErrorCode, String)> {
+fn admit(state: &State, peer: &Peer, transport: &str, auth: Option<&str>) -> Result<(), (ErrorCode, String)> {
     if transport != "unix" {
         if let Some(token) = &state.token {
             if !crate::tcp::token_matches(token, auth) {
@@ -170,11 +176,7 @@ fn admit(
     state
         .policy
         .check_connect(peer)
-        .map_err(|m| (ErrorCode::PermissionDenied, m))?;
-    state
-        .policy
-        .acquire_slot(peer)
-        .map_err(|m| (ErrorCode::LimitExceeded, m))
+        .map_err(|m| (ErrorCode::PermissionDenied, m))
 }
 
 /// What a valid `Hello` said.

@@ -59,9 +59,21 @@ struct Args {
     /// Live connections at once [default: 10000].
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
-    /// Live connections of one Unix user [default: 10000].
+    /// Connections of one Unix user, from accept [default: 1024].
     #[arg(long, value_name = "N")]
     max_connections_per_uid: Option<usize>,
+    /// Connection slots only the daemon's uid and root may use [default: 16].
+    #[arg(long, value_name = "N")]
+    reserved_connections: Option<usize>,
+    /// Network (TCP/TLS) connections together [default: 1024].
+    #[arg(long, value_name = "N")]
+    max_tcp_connections: Option<usize>,
+    /// Network connections still in their handshake and token check [default: 128].
+    #[arg(long, value_name = "N")]
+    max_pending_handshakes: Option<usize>,
+    /// Backlog of the TCP listener [default: 1024].
+    #[arg(long, value_name = "N")]
+    tcp_backlog: Option<u32>,
     /// Subscriptions per connection [default: 10000].
     #[arg(long, value_name = "N")]
     max_subscriptions: Option<usize>,
@@ -164,6 +176,10 @@ impl Args {
         set(&mut c.max_pings_missed, self.max_pings_missed);
         set(&mut c.max_connections, self.max_connections);
         set(&mut c.max_connections_per_uid, self.max_connections_per_uid);
+        set(&mut c.reserved_connections, self.reserved_connections);
+        set(&mut c.max_tcp_connections, self.max_tcp_connections);
+        set(&mut c.max_pending_handshakes, self.max_pending_handshakes);
+        set(&mut c.tcp_backlog, self.tcp_backlog);
         set(&mut c.max_subscriptions, self.max_subscriptions);
         set(&mut c.max_subject_len, self.max_subject_len);
         set(&mut c.max_subject_tokens, self.max_subject_tokens);

@@ -1,5 +1,16 @@
-//! Who may connect and administer, per-user connection quotas, and the
+//! Who may connect and administer, the connection budgets, and the
 //! counters of everything a limit or the policy refused.
+//!
+//! Budgets are taken when a connection is accepted, before its handshake
+//! (the kernel says at once who a Unix peer is), and given back when it
+//! ends ([`Ticket`]): `max_connections` in all, of which
+//! `reserved_connections` only the daemon's uid and root may use, so an
+//! administrator can always connect and kick; `max_connections_per_uid`
+//! per local user; `max_tcp_connections` for network peers together, so
+//! they can never lock out local ones; and `max_pending_handshakes` for
+//! network connections that have not completed their handshake and token
+//! check, so unauthenticated sockets cannot starve authenticated peers. A
+//! local user's connections, handshaken or not, are bounded by its quota.
 //!
 //! The Unix socket's peer credentials come from the kernel (`SO_PEERCRED`),
 //! so they cannot be forged. By default only the daemon's own user and root
@@ -23,7 +34,14 @@ pub struct Policy {
     allow_uid: Vec<u32>,
     allow_gid: Vec<u32>,
     max_per_uid: usize,
+    max_connections: usize,
+    reserved: usize,
+    max_tcp: usize,
+    max_pending: usize,
     per_uid: Mutex<HashMap<u32, usize>>,
+    /// Connections in all, network ones, and network ones still in their
+    /// handshake.
+    counts: Mutex<Counts>,
     /// What was refused, by limit name.
     pub refused: Refusals,
 }
@@ -36,7 +54,12 @@ impl Policy {
             allow_uid: config.allow_uid.clone(),
             allow_gid: config.allow_gid.clone(),
             max_per_uid: config.max_connections_per_uid,
+            max_connections: config.max_connections,
+            reserved: config.reserved_connections,
+            max_tcp: config.max_tcp_connections,
+            max_pending: config.max_pending_handshakes,
             per_uid: Mutex::new(HashMap::new()),
+            counts: Mutex::new(Counts::default()),
             refused: Refusals::default(),
         }
     }
@@ -79,38 +102,114 @@ impl Policy {
         }
     }
 
-    /// Takes one of the peer's per-uid connection slots; released on drop.
-    pub fn acquire_slot(self: &Arc<Self>, peer: &Peer) -> Result<UidSlot, String> {
-        let Peer::Unix { uid, .. } = *peer else {
-            return Ok(UidSlot(None));
+    /// True for the peers the reserve is for: the daemon's uid and root,
+    /// on the Unix socket.
+    pub fn is_privileged(&self, peer: &Peer) -> bool {
+        matches!(*peer, Peer::Unix { uid, .. } if uid == 0 || uid == self.daemon_uid)
+    }
+
+    /// Takes what a newly accepted connection of `peer` needs from every
+    /// budget, or names the limit that refuses it (counted). The ticket
+    /// gives it all back when dropped.
+    pub fn admit(self: &Arc<Self>, peer: &Peer) -> Result<Ticket, String> {
+        let privileged = self.is_privileged(peer);
+        let tcp = matches!(peer, Peer::Net { .. });
+        let refuse = |limit: &'static str, value: usize, whose: String| {
+            self.refused.count(limit);
+            Err(format!("limit exceeded: {limit} = {value}{whose}"))
         };
-        let mut counts = lock(&self.per_uid);
-        let n = counts.entry(uid).or_insert(0);
-        if *n >= self.max_per_uid {
+        let mut counts = lock(&self.counts);
+        // The peer's own budgets first, then the daemon's.
+        if tcp && counts.tcp >= self.max_tcp {
             drop(counts);
-            self.refused.count("max_connections_per_uid");
-            return Err(format!(
-                "limit exceeded: max_connections_per_uid = {} (uid {uid})",
-                self.max_per_uid
-            ));
+            return refuse("max_tcp_connections", self.max_tcp, String::new());
         }
-        *n += 1;
-        Ok(UidSlot(Some((self.clone(), uid))))
+        if tcp && counts.pending >= self.max_pending {
+            drop(counts);
+            return refuse("max_pending_handshakes", self.max_pending, String::new());
+        }
+        let room = if privileged {
+            self.max_connections
+        } else {
+            self.max_connections.saturating_sub(self.reserved)
+        };
+        let mut per_uid = lock(&self.per_uid);
+        if let Peer::Unix { uid, .. } = *peer {
+            if per_uid.get(&uid).is_some_and(|n| *n >= self.max_per_uid) {
+                drop((per_uid, counts));
+                return refuse(
+                    "max_connections_per_uid",
+                    self.max_per_uid,
+                    format!(" (uid {uid})"),
+                );
+            }
+        }
+        if counts.live >= room {
+            drop((per_uid, counts));
+            return refuse("max_connections", self.max_connections, String::new());
+        }
+        let uid = match *peer {
+            Peer::Unix { uid, .. } => {
+                *per_uid.entry(uid).or_insert(0) += 1;
+                Some(uid)
+            }
+            Peer::Net { .. } => None,
+        };
+        drop(per_uid);
+        counts.live += 1;
+        counts.tcp += usize::from(tcp);
+        counts.pending += usize::from(tcp);
+        Ok(Ticket {
+            policy: self.clone(),
+            uid,
+            tcp,
+            pending: tcp,
+        })
     }
 }
 
-/// A connection's slot in its user's quota.
-#[derive(Debug)]
-pub struct UidSlot(Option<(Arc<Policy>, u32)>);
+/// What the budgets hold in all.
+#[derive(Debug, Default)]
+struct Counts {
+    live: usize,
+    tcp: usize,
+    pending: usize,
+}
 
-impl Drop for UidSlot {
+/// A connection's share of the budgets, from its accept to its end.
+#[derive(Debug)]
+pub struct Ticket {
+    policy: Arc<Policy>,
+    uid: Option<u32>,
+    tcp: bool,
+    /// Still counted against `max_pending_handshakes`.
+    pending: bool,
+}
+
+impl Ticket {
+    /// The handshake is done: the connection no longer counts as pending.
+    pub fn handshaken(&mut self) {
+        if std::mem::take(&mut self.pending) {
+            lock(&self.policy.counts).pending -= 1;
+        }
+    }
+}
+
+impl Drop for Ticket {
     fn drop(&mut self) {
-        if let Some((policy, uid)) = self.0.take() {
-            let mut counts = lock(&policy.per_uid);
-            if let Some(n) = counts.get_mut(&uid) {
+        let policy = &self.policy;
+        {
+            let mut counts = lock(&policy.counts);
+            counts.live -= 1;
+            counts.tcp -= usize::from(self.tcp);
+            counts.pending -= usize::from(self.pending);
+        }
+        if let Some(uid) = self.uid {
+            let mut per_uid = lock(&policy.per_uid);
+            if let Some(n) = per_uid.get_mut(&uid) {
                 *n -= 1;
                 if *n == 0 {
-                    counts.remove(&uid);
+                    per_uid.remove(&uid);
                 }
             }
         }
@@ -171,18 +270,66 @@ mod tests {
     }
 
     #[test]
-    fn per_uid_slots_are_counted_and_released() {
+    fn budgets_are_taken_at_accept_and_given_back() {
         let config = Config {
+            max_connections: 8,
+            reserved_connections: 2,
             max_connections_per_uid: 2,
+            max_tcp_connections: 3,
+            max_pending_handshakes: 2,
             ..Config::default()
         };
         let p = Arc::new(Policy::new(&config, 1000));
-        let a = p.acquire_slot(&unix(7, 7)).unwrap();
-        let _b = p.acquire_slot(&unix(7, 7)).unwrap();
-        let e = p.acquire_slot(&unix(7, 7)).unwrap_err();
-        assert!(e.contains("max_connections_per_uid = 2"), "{e}");
-        assert!(p.acquire_slot(&unix(8, 8)).is_ok(), "other users are unaffected");
-        drop(a);
-        assert!(p.acquire_slot(&unix(7, 7)).is_ok());
+        let net = Peer::Net {
+            addr: "127.0.0.1:1".into(),
+        };
+        let refused = |peer: &Peer, limit: &str| {
+            let e = p.admit(peer).unwrap_err();
+            assert!(e.contains(limit), "{e}");
+        };
+        // Per uid, from accept.
+        let a = p.admit(&unix(7, 7)).unwrap();
+        let _b = p.admit(&unix(7, 7)).unwrap();
+        refused(&unix(7, 7), "max_connections_per_uid = 2 (uid 7)");
+        // Network peers in their handshake: two at most; local peers are
+        // not held up by them.
+        let mut c = p.admit(&net).unwrap();
+        let _d = p.admit(&net).unwrap();
+        refused(&net, "max_pending_handshakes = 2");
+        let e8 = p.admit(&unix(8, 8)).unwrap();
+        let _e9 = p.admit(&unix(9, 9)).unwrap();
+        // Six live: the rest is the daemon's uid's and root's.
+        refused(&unix(10, 10), "max_connections = 8");
+        let root = p.admit(&unix(0, 0)).unwrap();
+        let _own = p.admit(&unix(1000, 1)).unwrap();
+        refused(&unix(0, 0), "max_connections = 8");
+        // Giving back.
+        drop((a, root, e8));
+        refused(&net, "max_pending_handshakes");
+        c.handshaken();
+        let _f = p.admit(&net).unwrap();
+        refused(&net, "max_tcp_connections = 3");
+        refused(&unix(9, 9), "max_connections = 8");
+        drop(c);
+        let _g = p.admit(&unix(9, 9)).unwrap();
+    }
+
+    #[test]
+    fn network_peers_have_their_own_budget() {
+        let config = Config {
+            max_tcp_connections: 2,
+            ..Config::default()
+        };
+        let p = Arc::new(Policy::new(&config, 1000));
+        let net = Peer::Net {
+            addr: "127.0.0.1:1".into(),
+        };
+        let mut held = vec![p.admit(&net).unwrap(), p.admit(&net).unwrap()];
+        for t in &mut held {
+            t.handshaken();
+        }
+        let e = p.admit(&net).unwrap_err();
+        assert!(e.contains("max_tcp_connections = 2"), "{e}");
+        assert!(p.admit(&unix(8, 8)).is_ok(), "local peers are not in it");
     }
 }

@@ -12,10 +12,7 @@ use libbus::{
     transport::{Reader, Writer},
     Address,
 };
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    sync::Semaphore,
-};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
@@ -113,7 +110,6 @@ impl Server {
     pub async fn run(self, shutdown: CancellationToken) {
         let Server { state, listener, tcp } = self;
         let tracker = TaskTracker::new();
-        let slots = Arc::new(Semaphore::new(state.config.max_connections));
         let clock_state = state.clone();
         let clock = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -152,26 +148,24 @@ impl Server {
                     continue;
                 }
             };
-            let permit = slots.clone().try_acquire_owned().ok();
-            if permit.is_none() {
-                state.policy.refused.count("max_connections");
-                tracing::warn!(
-                    "refusing a connection: max_connections ({}) reached",
-                    state.config.max_connections
-                );
-            }
+            let peer = match &incoming {
+                Incoming::Ready(_, _, peer) => peer.clone(),
+                Incoming::Tcp(_, addr) => Peer::Net {
+                    addr: addr.to_string(),
+                },
+            };
+            // Every budget is taken here, in accept order, before the
+            // handshake (and before a TLS handshake).
+            let admitted = state.policy.admit(&peer);
             let state = state.clone();
             let acceptor = acceptor.clone();
             tracker.spawn(async move {
-                let (r, w, peer, transport) = match incoming {
-                    Incoming::Ready(r, w, peer) => (r, w, peer, "unix"),
+                let (r, w, transport) = match incoming {
+                    Incoming::Ready(r, w, _) => (r, w, "unix"),
                     Incoming::Tcp(stream, addr) => {
                         let Some(acceptor) = acceptor else { return };
-                        let peer = Peer::Net {
-                            addr: addr.to_string(),
-                        };
                         match acceptor.establish(stream, state.config.handshake_timeout).await {
-                            Ok((r, w)) => (r, w, peer, acceptor.transport()),
+                            Ok((r, w)) => (r, w, acceptor.transport()),
                             Err(e) => {
                                 tracing::debug!(%addr, "TLS/TCP setup failed: {e}");
                                 state.policy.refused.count("tls_handshake");
@@ -180,17 +174,13 @@ impl Server {
                         }
                     }
                 };
-                match permit {
-                    Some(permit) => {
-                        conn::serve(state, r, w, peer, transport).await;
-                        drop(permit);
-                    }
-                    None => {
-                        let msg = format!(
-                            "limit exceeded: max_connections = {}",
-                            state.config.max_connections
-                        );
-                        refuse(r, w, ErrorCode::LimitExceeded, msg).await;
+                match admitted {
+                    Ok(ticket) => conn::serve(state, r, w, peer, transport, ticket).await,
+                    Err(message) => {
+                        if let Some(held_back) = state.refusal_log.allow(state.clock.now_ms()) {
+                            tracing::info!(?peer, transport, message, held_back, "connection refused");
+                        }
+                        refuse(r, w, ErrorCode::LimitExceeded, message).await;
                     }
                 }
             });

@@ -43,9 +43,20 @@ impl TcpEndpoint {
             let what = format!("{what} {addr}");
             move |source| Error::Io { what, source }
         };
-        let std = std::net::TcpListener::bind(addr.as_str()).map_err(io_err("binding TCP"))?;
-        std.set_nonblocking(true).map_err(io_err("configuring"))?;
-        let listener = TcpListener::from_std(std).map_err(io_err("registering"))?;
+        let sock_addr = std::net::ToSocketAddrs::to_socket_addrs(addr.as_str())
+            .and_then(|mut a| a.next().ok_or_else(|| io::Error::other("no address")))
+            .map_err(io_err("resolving"))?;
+        let socket = if sock_addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .map_err(io_err("creating a socket for"))?;
+        socket.set_reuseaddr(true).map_err(io_err("configuring"))?;
+        socket.bind(sock_addr).map_err(io_err("binding TCP"))?;
+        let listener = socket
+            .listen(config.tcp_backlog)
+            .map_err(io_err("listening on"))?;
         let local = listener
             .local_addr()
             .map_err(io_err("reading the bound address of"))?;
