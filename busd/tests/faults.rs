@@ -582,7 +582,16 @@ async fn declared_frames_cost_what_arrives_not_what_is_declared() {
     let token = dir.path().join("token");
     std::fs::write(&token, "s3cret-token\n").expect("token");
     let token = token.to_string_lossy().into_owned();
-    let daemon = Daemon::start(&["--tcp", "127.0.0.1:0", "--token-file", &token]);
+    // The pending-handshake budget is not what this test is about: room
+    // for all of them at once.
+    let daemon = Daemon::start(&[
+        "--tcp",
+        "127.0.0.1:0",
+        "--token-file",
+        &token,
+        "--max-pending-handshakes",
+        "1000",
+    ]);
     let probe = Bus::connect(&daemon.address()).await.expect("connect");
     let tcp = info(&probe)
         .await
