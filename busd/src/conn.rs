@@ -140,13 +140,10 @@ pub async fn serve(
     let Fatal(reason) = read_loop(&state, &conn, &mut frames).await;
 
     let subs = std::mem::take(&mut *lock(&conn.subs));
-    state.router.unsubscribe(subs.iter().map(|(sid, s)| {
-        let target = Target {
-            conn: conn.clone(),
-            sid: *sid,
-        };
-        (s.pattern.as_str(), s.queue.as_deref(), target)
-    }));
+    state.router.unsubscribe(
+        subs.iter()
+            .map(|(sid, s)| (s.pattern.as_str(), s.queue.as_deref(), Target::new(&conn, *sid))),
+    );
     state.registry.remove(&conn);
     conn.outbox.close();
     drop(frames);
@@ -162,8 +159,8 @@ pub async fn serve(
     api::conn_event(&state, proto::api::EVENT_CONN_CLOSE, &conn, Some(reason));
 }
 
-/// Applies the access policy and the per-uid quota to a peer that sent a
-/// valid `Hello`. The slot is held for the life of the connection.
+/// Applies the token check (network peers) and the access policy to a
+/// peer that sent a valid `Hello`. Its budgets were taken at accept.
 fn admit(state: &State, peer: &Peer, transport: &str, auth: Option<&str>) -> Result<(), (ErrorCode, String)> {
     if transport != "unix" {
         if let Some(token) = &state.token {
@@ -445,10 +442,7 @@ fn handle_frame<'a>(
         ClientFrame::Sub(s) => subscribe(state, conn, s),
         ClientFrame::Unsub { sid } => {
             if let Some(sub) = lock(&conn.subs).remove(&sid) {
-                let target = Target {
-                    conn: conn.clone(),
-                    sid,
-                };
+                let target = Target::new(conn, sid);
                 state
                     .router
                     .unsubscribe([(sub.pattern.as_str(), sub.queue.as_deref(), target)]);
@@ -604,10 +598,7 @@ fn subscribe(state: &State, conn: &Arc<Conn>, s: proto::Sub<'_>) -> Result<(), F
     let mut subs = lock(&conn.subs);
     if let Some(old) = subs.get(&s.sid) {
         // Reusing a live sid replaces the subscription.
-        let target = Target {
-            conn: conn.clone(),
-            sid: s.sid,
-        };
+        let target = Target::new(conn, s.sid);
         state
             .router
             .unsubscribe([(old.pattern.as_str(), old.queue.as_deref(), target)]);
@@ -627,10 +618,7 @@ fn subscribe(state: &State, conn: &Arc<Conn>, s: proto::Sub<'_>) -> Result<(), F
             queue: s.queue.map(Into::into),
         },
     );
-    let target = Target {
-        conn: conn.clone(),
-        sid: s.sid,
-    };
+    let target = Target::new(conn, s.sid);
     state.router.subscribe(s.pattern, s.queue, target);
     Ok(())
 }

@@ -24,6 +24,16 @@ pub struct Target {
     pub sid: u64,
 }
 
+impl Target {
+    /// Subscription `sid` of `conn`.
+    pub fn new(conn: &Arc<Conn>, sid: u64) -> Self {
+        Self {
+            conn: conn.clone(),
+            sid,
+        }
+    }
+}
+
 impl PartialEq for Target {
     fn eq(&self, other: &Self) -> bool {
         self.sid == other.sid && Arc::ptr_eq(&self.conn, &other.conn)
