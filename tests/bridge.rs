@@ -478,3 +478,139 @@ async fn bridge_token_file_authenticates_to_the_remote_side() {
     let hub_links = server_info(&at_hub).await.bridges;
     assert!(hub_links.iter().all(|l| l.node != "bad-leaf"), "{hub_links:?}");
 }
+
+/// Messages a node's links gave up on, plus those its connections named
+/// `subscriber` dropped: every loss the bus reports.
+async fn reported_losses(bus: &TestBus) -> u64 {
+    let probe = bus.client("probe").await;
+    let links: u64 = server_info(&probe).await.bridges.iter().map(|l| l.dropped).sum();
+    let conns: Vec<libbus::proto::api::ConnInfo> =
+        probe.request_value(libbus::proto::api::LIST, &()).await.unwrap();
+    links
+        + conns
+            .iter()
+            .filter(|c| c.name == "subscriber")
+            .map(|c| c.dropped)
+            .sum::<u64>()
+}
+
+/// The chain a - b - c with each link dialed by the side given, a
+/// publisher on a and a subscriber on c; b is restarted while messages
+/// flow. Every message is delivered or reported lost, exactly.
+async fn restart_middle_node(a_dials_b: bool, c_dials_b: bool) {
+    let wiring = format!(
+        "a{}b, b{}c",
+        if a_dials_b { "->" } else { "<-" },
+        if c_dials_b { "<-" } else { "->" }
+    );
+    let a_first = (!a_dials_b).then(|| node("a", &[]));
+    let c_first = (!c_dials_b).then(|| node("c", &[]));
+    let b_peers: Vec<&TestBus> = a_first.iter().chain(c_first.iter()).collect();
+    let mut b = node("b", &b_peers);
+    let a = a_first.unwrap_or_else(|| node("a", &[&b]));
+    let c = c_first.unwrap_or_else(|| node("c", &[&b]));
+
+    let publisher = a.client("publisher").await;
+    let sub_conn = c.client("subscriber").await;
+    let mut sub = sub_conn.subscribe("counted.>").await.unwrap();
+    converge(&publisher, &["c"], &[&sub_conn]).await;
+
+    // Received sequence numbers, and how many arrived twice.
+    let received = std::sync::Arc::new(std::sync::Mutex::new((std::collections::HashSet::new(), 0u64)));
+    let receiver = tokio::spawn({
+        let received = received.clone();
+        async move {
+            while let Some(m) = sub.next().await {
+                let seq: u64 = m.decode().unwrap();
+                let mut r = received.lock().unwrap();
+                if !r.0.insert(seq) {
+                    r.1 += 1;
+                }
+            }
+        }
+    });
+    let published = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let sender = tokio::spawn({
+        let (published, stop, publisher) = (published.clone(), stop.clone(), publisher.clone());
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            for i in 0..30_000u64 {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                publisher.publish_value("counted.x", &i).await.unwrap();
+                published.store(i + 1, std::sync::atomic::Ordering::SeqCst);
+            }
+            publisher.flush().await.unwrap();
+        }
+    });
+    let count = || published.load(std::sync::atomic::Ordering::SeqCst);
+    until("traffic flowing", || async { count() >= 300 }).await;
+    tokio::task::block_in_place(|| b.stop());
+    b.restart();
+    let watcher = b.client("watcher").await;
+    until("b's links up again", || async {
+        let links = server_info(&watcher).await.bridges;
+        links.len() == 2 && links.iter().all(|l| l.state == "up")
+    })
+    .await;
+    let resumed = count();
+    until("traffic flowing after the restart", || async {
+        count() >= resumed + 300
+    })
+    .await;
+    stop.cancel();
+    within("the publisher stops", sender).await.unwrap();
+    let total = count();
+
+    let mut accounted = (0, 0);
+    let settled = tokio::time::timeout(bus_tests::WAIT, async {
+        loop {
+            let delivered = received.lock().unwrap().0.len() as u64;
+            let lost = reported_losses(&a).await + reported_losses(&b).await + reported_losses(&c).await;
+            accounted = (delivered, lost);
+            if delivered + lost >= total {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    receiver.abort();
+    let (delivered, lost) = accounted;
+    let twice = received.lock().unwrap().1;
+    println!("{wiring}: published {total}, delivered {delivered}, reported lost {lost}, duplicates {twice}");
+    assert!(
+        settled.is_ok(),
+        "{wiring}: {} of {total} messages neither delivered nor reported lost",
+        total - delivered - lost
+    );
+    assert_eq!(
+        delivered + lost,
+        total,
+        "{wiring}: delivered + reported lost == published"
+    );
+    assert_eq!(twice, 0, "{wiring}: duplicates");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_a_middle_node_loses_nothing_silently_ends_dial_the_middle() {
+    restart_middle_node(true, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_a_middle_node_loses_nothing_silently_middle_dials_the_ends() {
+    restart_middle_node(false, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_a_middle_node_loses_nothing_silently_dialed_one_way() {
+    restart_middle_node(true, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_a_middle_node_loses_nothing_silently_dialed_the_other_way() {
+    restart_middle_node(false, true).await;
+}

@@ -123,3 +123,127 @@ async fn requests_fail_with_disconnected_when_daemon_stops() {
     let err = within("disconnect", pending).await.unwrap().unwrap_err();
     assert!(matches!(err, Error::Disconnected { .. }), "{err}");
 }
+
+/// Waits until the daemon has written at least `n` messages to each of the
+/// connections named in `names`.
+async fn until_delivered(client: &libbus::Bus, names: &[&str], n: u64) {
+    until("the request delivered to its responders", || async {
+        let list: Vec<ConnInfo> = client.request_value(api::LIST, &()).await.expect("list");
+        names
+            .iter()
+            .all(|name| list.iter().any(|c| c.name == *name && c.msgs_out >= n))
+    })
+    .await;
+}
+
+/// A request whose every responder closes without replying fails at once
+/// with `ResponderGone`, far inside its timeout; while one of them is still
+/// there, it may still answer.
+#[tokio::test]
+async fn a_request_fails_when_every_responder_closes_without_replying() {
+    let bus = TestBus::start();
+    let first = bus.client("first").await;
+    let second = bus.client("second").await;
+    let _s1 = first.subscribe("svc.flaky").await.unwrap();
+    let mut s2 = second.subscribe("svc.flaky").await.unwrap();
+    let caller = bus.client("caller").await;
+    let long = Duration::from_secs(120);
+
+    // One of two responders closes: the other still answers.
+    let pending = tokio::spawn({
+        let c = caller.clone();
+        async move { c.request_with_timeout("svc.flaky", "one", long).await }
+    });
+    until_delivered(&caller, &["first", "second"], 1).await;
+    first.close().await.unwrap();
+    drop(_s1);
+    let req = within("the request at the second responder", s2.next())
+        .await
+        .unwrap();
+    req.respond("answered").await.unwrap();
+    let reply = within("the reply", pending).await.unwrap().unwrap();
+    assert_eq!(reply.payload(), b"answered");
+
+    // Its last responder closes: the requester hears at once.
+    let pending = tokio::spawn({
+        let c = caller.clone();
+        async move { c.request_with_timeout("svc.flaky", "two", long).await }
+    });
+    until_delivered(&caller, &["second"], 2).await;
+    second.close().await.unwrap();
+    let err = within("ResponderGone, not the 120 s timeout", pending)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::ResponderGone { subject } if subject == "svc.flaky"),
+        "{err}"
+    );
+    // The caller's connection is unaffected.
+    caller.flush().await.unwrap();
+}
+
+/// A client older than `ResponderGone` (protocol 3) is told with the frame
+/// it knows, `NoResponders`.
+#[tokio::test]
+async fn a_version_3_requester_gets_no_responders_when_its_responder_closes() {
+    use bus_tests::Got;
+    use libbus::proto::{self, ClientFrame};
+    let bus = TestBus::start();
+    let responder = bus.client("responder").await;
+    let _sub = responder.subscribe("svc.old").await.unwrap();
+    let probe = bus.client("probe").await;
+    let mut raw = bus.raw().await;
+    raw.handshake_as(3).await;
+    raw.send(&ClientFrame::Pub(proto::Pub {
+        subject: "svc.old",
+        reply_to: Some("_INBOX.raw.1"),
+        payload: b"x",
+    }))
+    .await;
+    until_delivered(&probe, &["responder"], 1).await;
+    responder.close().await.unwrap();
+    assert_eq!(raw.next().await, Some(Got::NoResponders("_INBOX.raw.1".into())));
+}
+
+/// A queue group passes over a member that stopped answering: requests go
+/// to the members owing fewer replies while they have room. The request the
+/// stalled member holds fails at once when its connection closes.
+#[tokio::test]
+async fn a_queue_group_routes_around_a_member_that_stopped_answering() {
+    let bus = TestBus::start();
+    let stalled = bus.client("stalled").await;
+    let _held = stalled.queue_subscribe("svc.work", "workers").await.unwrap();
+    let caller = bus.client("caller").await;
+    let long = Duration::from_secs(120);
+    // Sent while the stalled member is the group's only member.
+    let stuck = tokio::spawn({
+        let c = caller.clone();
+        async move { c.request_with_timeout("svc.work", "stuck", long).await }
+    });
+    until_delivered(&caller, &["stalled"], 1).await;
+
+    let healthy = bus.client("healthy").await;
+    let mut work = healthy.queue_subscribe("svc.work", "workers").await.unwrap();
+    tokio::spawn(async move {
+        while let Some(m) = work.next().await {
+            m.respond("done").await.unwrap();
+        }
+    });
+    // Each of these would wait out its 120 s timeout at the stalled member:
+    // round robin would send every other one there.
+    for i in 0..40 {
+        let reply = within("a reply from the healthy member", {
+            caller.request_with_timeout("svc.work", format!("{i}"), long)
+        })
+        .await
+        .unwrap();
+        assert_eq!(reply.payload(), b"done");
+    }
+    stalled.close().await.unwrap();
+    let err = within("the stalled member's request fails", stuck)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, Error::ResponderGone { .. }), "{err}");
+}

@@ -681,3 +681,63 @@ fn bench_refuses_a_count_and_a_duration_together() {
         "{stderr}"
     );
 }
+
+/// The scenario of a responder process that stops (SIGSTOP) with a request
+/// in hand and is then killed (SIGKILL): the queue group passes over it
+/// meanwhile, and its request fails as soon as it dies, not at the
+/// requester's timeout.
+#[test]
+fn a_stopped_then_killed_responder_process_costs_no_timeouts() {
+    let bus = daemon();
+    let mut member = start_sub(&bus, &["svc.work", "--queue", "workers"]);
+    let signal = |sig| {
+        let pid = nix::unistd::Pid::from_raw(member.id() as i32);
+        nix::sys::signal::kill(pid, sig).unwrap();
+    };
+    signal(nix::sys::signal::Signal::SIGSTOP);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let address = bus.daemon.address().clone();
+    let long = Duration::from_secs(120);
+    let (caller, stuck) = rt.block_on(async {
+        let caller = libbus::Bus::connect(&address).await.unwrap();
+        let stuck = tokio::spawn({
+            let c = caller.clone();
+            async move { c.request_with_timeout("svc.work", "stuck", long).await }
+        });
+        // Delivered to the stopped process (its socket takes it).
+        bus_test_support::until("the request delivered", || async {
+            let list: Vec<libbus::proto::api::ConnInfo> =
+                caller.request_value(libbus::proto::api::LIST, &()).await.unwrap();
+            list.iter().any(|c| c.name == "bus-cli" && c.msgs_out >= 1)
+        })
+        .await;
+        let healthy = libbus::Bus::connect(&address).await.unwrap();
+        let mut work = healthy.queue_subscribe("svc.work", "workers").await.unwrap();
+        tokio::spawn(async move {
+            let _keep = healthy;
+            while let Some(m) = work.next().await {
+                m.respond("done").await.unwrap();
+            }
+        });
+        for i in 0..20 {
+            let reply = bus_test_support::within("a reply from the healthy member", {
+                caller.request_with_timeout("svc.work", format!("{i}"), long)
+            })
+            .await
+            .unwrap();
+            assert_eq!(reply.payload(), b"done");
+        }
+        (caller, stuck)
+    });
+    signal(nix::sys::signal::Signal::SIGKILL);
+    let _ = member.0.take().map(|mut c| c.wait());
+    let err = rt
+        .block_on(bus_test_support::within(
+            "the killed responder's request fails",
+            stuck,
+        ))
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, libbus::Error::ResponderGone { .. }), "{err}");
+    drop(caller);
+}

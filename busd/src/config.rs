@@ -53,6 +53,13 @@ pub struct Config {
     pub ping_interval: Duration,
     /// `max_pings_missed`: pings left unanswered before the connection is closed. Default 2.
     pub max_pings_missed: u32,
+    /// `max_replies_per_connection`: requests one connection has received
+    /// and not answered that the daemon tracks, so that their requesters
+    /// get `ResponderGone` at once if it closes (D-Bus has the same
+    /// setting). Beyond it, answered and abandoned ones are swept out; if
+    /// it is still full, a new request is not tracked there and its
+    /// requester waits out its timeout. Default 4,096.
+    pub max_replies_per_connection: usize,
     /// `max_connections`: live connections at once. Default 10,000.
     pub max_connections: usize,
     /// `max_connections_per_uid`: connections of one Unix user, counted from
@@ -162,6 +169,7 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(5),
             ping_interval: Duration::from_secs(30),
             max_pings_missed: 2,
+            max_replies_per_connection: 4096,
             max_connections: 10_000,
             max_connections_per_uid: 1024,
             reserved_connections: 16,
@@ -293,6 +301,10 @@ impl Config {
             ("max_pending".into(), self.max_pending as u64),
             ("socket_buffer".into(), self.socket_buffer as u64),
             ("max_connections".into(), self.max_connections as u64),
+            (
+                "max_replies_per_connection".into(),
+                self.max_replies_per_connection as u64,
+            ),
             (
                 "max_connections_per_uid".into(),
                 self.max_connections_per_uid as u64,

@@ -32,6 +32,7 @@ use tokio::io::AsyncWriteExt;
 use crate::{
     api, control,
     deliver::{Deliveries, RouteCache, Routes, Target},
+    inflight::Inflight,
     outbox::{Frames, Outbox, PubFrame},
     policy::Ticket,
     registry::{lock, Conn, Stats},
@@ -106,7 +107,12 @@ pub async fn serve(
             Peer::Net { addr } => addr.clone(),
             Peer::Unix { pid, uid, .. } => format!("unix pid {pid} uid {uid}"),
         };
-        crate::cluster::session::accept(state, frames, wr, hello.name, peer).await;
+        let remote = crate::cluster::session::Remote {
+            node: hello.name,
+            peer,
+            version: hello.version,
+        };
+        crate::cluster::session::accept(state, frames, wr, remote).await;
         return;
     }
 
@@ -121,6 +127,8 @@ pub async fn serve(
         stats: Stats::default(),
         subs: Mutex::new(Default::default()),
         kick: Default::default(),
+        version: hello.version,
+        owed: Default::default(),
     });
     conn.stats
         .last_activity_ms
@@ -145,6 +153,8 @@ pub async fn serve(
             .map(|(sid, s)| (s.pattern.as_str(), s.queue.as_deref(), Target::new(&conn, *sid))),
     );
     state.registry.remove(&conn);
+    // Requests it received and never answered fail now, not at their timeout.
+    conn.owed.abandon_all(state.shutdown.is_cancelled());
     conn.outbox.close();
     drop(frames);
     let mut writer = writer;
@@ -467,7 +477,7 @@ fn handle_frame<'a>(
 /// cached).
 fn publish<'a>(
     state: &State,
-    conn: &Conn,
+    conn: &Arc<Conn>,
     frame: &'a [u8],
     p: wire::RawPub<'_>,
     cache: &mut RouteCache,
@@ -545,7 +555,7 @@ fn reply_subject<'p>(state: &State, conn: &Conn, reply_to: &'p [u8]) -> Result<O
 /// subscribers (`routes`); a request nobody anywhere takes gets `NoResponders`.
 fn route<'a>(
     state: &State,
-    conn: &Conn,
+    conn: &Arc<Conn>,
     frame: &'a [u8],
     p: wire::RawPub<'_>,
     reply_to: Option<&str>,
@@ -558,11 +568,19 @@ fn route<'a>(
         && state
             .cluster
             .publish(&state.router, subject(), reply_to, p.payload, routes);
-    if !routes.is_empty() {
+    if !conn.owed.is_empty() {
+        conn.owed.answer(subject());
+    }
+    let msg = PubFrame::new(frame, p.payload.len());
+    if let (Some(reply_to), false, false) = (reply_to, routes.is_empty(), remote) {
+        // A request only local responders take: delivered now, in order
+        // after what came before it, and tracked until answered.
+        pending.settle(&conn.stats);
+        let req = Inflight::new(reply_to, conn);
+        routes.deliver_request(msg, &req, state.config.max_replies_per_connection);
+    } else if !routes.is_empty() {
         // Queued from the receive buffer: nothing is allocated per message.
-        pending
-            .deliveries
-            .push(routes, PubFrame::new(frame, p.payload.len()));
+        pending.deliveries.push(routes, msg);
     } else if !remote {
         if let Some(reply_to) = reply_to {
             conn.outbox

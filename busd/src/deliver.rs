@@ -9,7 +9,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use libbus::proto::{self, ServerFrame};
+
 use crate::{
+    control,
+    inflight::{Inflight, Owing, Requester},
     outbox::{PubFrame, RunSpan},
     registry::Conn,
     router,
@@ -96,6 +100,82 @@ impl Routes {
                 let t = &members[start];
                 t.conn.outbox.record_drop(t.sid);
             }
+        }
+    }
+}
+
+impl Requester for Conn {
+    /// `ResponderGone`, or `NoResponders` for a client older than it.
+    fn responder_gone(&self, reply_to: &str) {
+        let frame = if self.version >= proto::GONE_VERSION {
+            ServerFrame::ResponderGone { reply_to }
+        } else {
+            ServerFrame::NoResponders { reply_to }
+        };
+        self.outbox.push_frame(&control::server(&frame));
+    }
+}
+
+/// Members a queue group weighs when it chooses one for a request: the
+/// next few in turn, of which the one owing the fewest replies (with room
+/// in its queue) gets it. A member that stopped answering (stopped, hung,
+/// or not reading) owes more and more, and is passed over while the others
+/// have room; the requests it holds stay queued for it, and fail at once
+/// with `ResponderGone` if its connection closes.
+const REQUEST_CHOICES: usize = 8;
+
+impl Routes {
+    /// Delivers a request (`msg`, from a local connection, with a reply
+    /// subject) like [`deliver`](Self::deliver), but records `req` with
+    /// every connection that got it, and chooses group members by the
+    /// replies they owe (`REQUEST_CHOICES`). `max_owed` is
+    /// `max_replies_per_connection`.
+    pub fn deliver_request(&self, msg: PubFrame<'_>, req: &Arc<Inflight<Conn>>, max_owed: usize) {
+        let mut delivered = Delivered::default();
+        for t in &self.plain {
+            if t.conn.outbox.try_push(t.sid, msg) {
+                delivered.add(t.conn.owed.owe(req, max_owed));
+            } else {
+                t.conn.outbox.record_drop(t.sid);
+            }
+        }
+        for (_, members) in &self.groups {
+            let n = members.len();
+            let start = self.group_start(n);
+            let window = n.min(REQUEST_CHOICES);
+            // Stable: members owing the same stay in turn.
+            let mut best: Vec<usize> = (0..window).collect();
+            best.sort_by_key(|i| members[(start + i) % n].conn.owed.len());
+            let order = best.into_iter().chain(window..n);
+            let taken = order
+                .map(|i| &members[(start + i) % n])
+                .find(|t| t.conn.outbox.try_push(t.sid, msg));
+            match taken {
+                Some(t) => delivered.add(t.conn.owed.owe(req, max_owed)),
+                None => members[start].conn.outbox.record_drop(members[start].sid),
+            }
+        }
+        if delivered.closed && !delivered.live {
+            // Every connection it reached had just closed.
+            req.tell_requester();
+        }
+    }
+}
+
+/// Where a request went.
+#[derive(Debug, Default)]
+struct Delivered {
+    /// To a connection that may answer.
+    live: bool,
+    /// To a connection that had just ended.
+    closed: bool,
+}
+
+impl Delivered {
+    fn add(&mut self, owing: Owing) {
+        match owing {
+            Owing::Closed => self.closed = true,
+            Owing::Tracked | Owing::Untracked => self.live = true,
         }
     }
 }

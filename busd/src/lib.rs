@@ -14,6 +14,8 @@
 //!   keep-alive; [`control`]: every control frame, encoded in one place.
 //! - [`router`]: pure routing (the subject trie, route caches, interest),
 //!   generic over its subscriber; [`deliver`]: router results into outboxes.
+//! - [`inflight`]: requests delivered and not yet answered, so a requester
+//!   hears at once when every responder is gone.
 //! - [`outbox`]: each connection's bounded queue; drops are counted and
 //!   reported with `Lagged`.
 //! - [`registry`]: live connections and their counters; [`policy`]: who may
@@ -32,7 +34,10 @@
 //! 3. `conn.rs` `route` → `deliver.rs`
 //!    [`Deliveries::push`](deliver::Deliveries::push), then
 //!    [`Deliveries::deliver`](deliver::Deliveries::deliver) queues the
-//!    read's publishes in runs by subscriber.
+//!    read's publishes in runs by subscriber. (A request only local
+//!    responders take goes at once through
+//!    [`Routes::deliver_request`](deliver::Routes::deliver_request), which
+//!    records it in each responder's [`Owed`](inflight::Owed).)
 //! 4. `outbox.rs` [`Outbox::push_many`](outbox::Outbox::push_many) appends
 //!    to each subscriber's bounded queue (a `Run` of the `Pub` frames as they
 //!    came, or a `Msg` per message), never waiting.
@@ -47,6 +52,7 @@ pub mod config;
 pub mod conn;
 pub mod control;
 pub mod deliver;
+pub mod inflight;
 pub mod listener;
 pub mod loglimit;
 pub mod outbox;

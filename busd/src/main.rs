@@ -56,6 +56,9 @@ struct Args {
     /// Unanswered pings before a connection is closed [default: 2].
     #[arg(long, value_name = "N")]
     max_pings_missed: Option<u32>,
+    /// Unanswered requests tracked per connection [default: 4096].
+    #[arg(long, value_name = "N")]
+    max_replies_per_connection: Option<usize>,
     /// Live connections at once [default: 10000].
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
@@ -177,6 +180,7 @@ impl Args {
         set(&mut c.max_connections, self.max_connections);
         set(&mut c.max_connections_per_uid, self.max_connections_per_uid);
         set(&mut c.reserved_connections, self.reserved_connections);
+        set(&mut c.max_replies_per_connection, self.max_replies_per_connection);
         set(&mut c.max_tcp_connections, self.max_tcp_connections);
         set(&mut c.max_pending_handshakes, self.max_pending_handshakes);
         set(&mut c.tcp_backlog, self.tcp_backlog);

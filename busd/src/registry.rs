@@ -59,6 +59,10 @@ pub struct Conn {
     pub subs: Mutex<BTreeMap<u64, SubInfo>>,
     /// Set by an administrator's kick; the reader closes the connection.
     pub kick: Kick,
+    /// Protocol version from `Hello`.
+    pub version: u16,
+    /// Requests delivered here and not yet answered.
+    pub owed: crate::inflight::Owed<Conn>,
 }
 
 /// A request to close a connection, with the id of the connection that asked.

@@ -76,6 +76,7 @@ impl Server {
         }
         let policy = Arc::new(Policy::new(&config, nix::unistd::geteuid().as_raw()));
         let node_id = config.effective_node_id();
+        let cluster = Cluster::new(node_id, config.bridge_hold);
         let state = Arc::new(State {
             policy,
             config,
@@ -88,7 +89,7 @@ impl Server {
             listen,
             token,
             bridge_token,
-            cluster: Cluster::new(node_id),
+            cluster,
             accept_log: LogLimit::new(LOG_LINES_PER_SECOND),
             refusal_log: LogLimit::new(LOG_LINES_PER_SECOND),
         });
@@ -188,6 +189,8 @@ impl Server {
         tracing::info!("shutting down");
         state.cluster.close();
         drop(listener); // stop accepting; removes the socket file
+                        // Bridged daemons stop sending first, so what they wrote is read.
+        state.cluster.drain(state.config.shutdown_grace).await;
         state.shutdown.cancel();
         tracker.close();
         let grace = state.config.shutdown_grace + Duration::from_secs(1);

@@ -23,6 +23,17 @@ pub enum Error {
         /// The request subject.
         subject: String,
     },
+    /// Every responder a request was delivered to closed its connection
+    /// without replying: no answer will come (D-Bus's `NoReply` when the
+    /// callee disconnects). Only for responders on the same daemon; a
+    /// request answered from across a bridge can only time out.
+    #[error(
+        "responder gone: every connection that received the request to {subject:?} closed without replying"
+    )]
+    ResponderGone {
+        /// The request subject.
+        subject: String,
+    },
     /// A request, flush, connect or handshake did not complete in time.
     #[error("timed out after {0:?}")]
     Timeout(Duration),

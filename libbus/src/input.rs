@@ -579,6 +579,9 @@ fn handle_frame(
         ServerFrame::NoResponders { reply_to } => {
             input.complete_request(reply_to, |subject| Err(Error::NoResponders { subject }));
         }
+        ServerFrame::ResponderGone { reply_to } => {
+            input.complete_request(reply_to, |subject| Err(Error::ResponderGone { subject }));
+        }
         ServerFrame::SubRefused { sid, code, message } => input.sub_refused(sid, code, message),
         ServerFrame::Ping => {
             if output.send_now(&ClientFrame::Pong).is_err() {

@@ -12,11 +12,18 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Version spoken by this build. Version 3 added [`ServerFrame::Run`].
-pub const PROTOCOL_VERSION: u16 = 3;
+/// Version spoken by this build. Version 3 added [`ServerFrame::Run`];
+/// version 4 added [`ServerFrame::ResponderGone`] and, on bridge links,
+/// [`link::LinkFrame::Closing`] and [`link::LinkFrame::Closed`].
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// First version whose clients read [`ServerFrame::Run`].
 pub const RUN_VERSION: u16 = 3;
+
+/// First version whose clients read [`ServerFrame::ResponderGone`] (older
+/// ones get `NoResponders` in its place) and whose bridge links speak
+/// [`link::LinkFrame::Closing`].
+pub const GONE_VERSION: u16 = 4;
 
 /// Oldest version the daemon still accepts in a `Hello`. A version 2 client
 /// gets every delivery as a `Msg`, never a `Run`.
@@ -215,6 +222,12 @@ pub enum ServerFrame<'a> {
         /// Whole `ClientFrame::Pub` frames, back to back.
         #[serde(with = "serde_bytes")]
         frames: &'a [u8],
+    },
+    /// Every connection a request to `reply_to` was delivered to closed
+    /// without replying (version 4): the request will get no answer.
+    ResponderGone {
+        /// The reply subject of the request.
+        reply_to: &'a str,
     },
 }
 
@@ -498,5 +511,12 @@ pub mod link {
         Ping,
         /// Answer to `Ping`.
         Pong,
+        /// The sender is shutting down (version 4): send no more messages
+        /// on this link (hold them as for a link that is down) and answer
+        /// `Closed` after the last one written. The sender reads until
+        /// then, so nothing written to it is lost.
+        Closing,
+        /// Answer to `Closing`: nothing more follows on this link.
+        Closed,
     }
 }

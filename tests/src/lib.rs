@@ -94,9 +94,14 @@ impl TestBus {
         }
     }
 
-    /// Stops the daemon now (also done on drop).
+    /// Stops the daemon now (also done on drop). A TCP listener bound to
+    /// port 0 gets the same port again on [`restart`](Self::restart), so
+    /// daemons bridged to it find it.
     pub fn stop(&mut self) {
         if let Some(d) = self.daemon.take() {
+            if let Some(Address::Tcp(a) | Address::Tls(a)) = d.tcp_address() {
+                self.config.tcp = Some(a.clone());
+            }
             d.stop();
         }
     }
@@ -126,6 +131,8 @@ pub enum Got {
     Lagged(u64, u64),
     /// No responders for this reply subject.
     NoResponders(String),
+    /// `ResponderGone` for this reply subject.
+    ResponderGone(String),
     /// Error frame.
     Error(ErrorCode, String),
     /// Ping.
@@ -220,6 +227,7 @@ impl Raw {
             }
             ServerFrame::Lagged { sid, dropped } => Got::Lagged(sid, dropped),
             ServerFrame::NoResponders { reply_to } => Got::NoResponders(reply_to.into()),
+            ServerFrame::ResponderGone { reply_to } => Got::ResponderGone(reply_to.into()),
             ServerFrame::Error { code, message } => Got::Error(code, message.into()),
             ServerFrame::Ping => Got::Ping,
             ServerFrame::Pong => Got::Pong,

@@ -5,7 +5,7 @@
 use std::{
     collections::VecDeque,
     sync::{
-        atomic::{AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering::Relaxed},
         Arc, Mutex,
     },
     time::Instant,
@@ -33,6 +33,22 @@ pub(super) struct Held {
     /// The sync epoch it was routed under (`None`: the link was down, or up
     /// but the other side's current state had not arrived yet).
     pub(super) epoch: Option<u64>,
+    /// Its place among everything queued on the link, parked or not.
+    pub(super) seq: u64,
+}
+
+/// A message parked on a link for nodes that were reached through it and
+/// no longer are ([`Ghost`](super::routing::Ghost)s): sent once they are
+/// reachable through it again, dropped (and counted) at `until`. Parked
+/// messages never hold up the ones queued behind them for nodes that are
+/// reachable.
+#[derive(Debug)]
+pub(super) struct Parked {
+    pub(super) frame: Bytes,
+    pub(super) seq: u64,
+    /// The nodes it waits for.
+    pub(super) awaiting: Vec<String>,
+    pub(super) until: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -45,6 +61,13 @@ pub(super) struct Queue {
     pub(super) synced: Option<u64>,
     /// Last epoch handed out.
     pub(super) epochs: u64,
+    /// Messages waiting for nodes to return, oldest first.
+    pub(super) parked: VecDeque<Parked>,
+    /// Last sequence number handed out.
+    pub(super) seq: u64,
+    /// The other side is shutting down (it sent `Closing`): send it no
+    /// more messages on this connection.
+    pub(super) draining: bool,
 }
 
 /// One bridge link.
@@ -63,6 +86,11 @@ pub struct Link {
     pub(super) msgs_in: AtomicU64,
     pub(super) msgs_out: AtomicU64,
     pub(super) dropped: AtomicU64,
+    /// The other side's protocol version on this connection.
+    pub(super) version: AtomicU16,
+    /// The other side answered our `Closing`.
+    pub(super) closed: AtomicBool,
+    pub(super) closed_notify: tokio::sync::Notify,
 }
 
 impl Link {
@@ -84,6 +112,9 @@ impl Link {
             msgs_in: AtomicU64::new(0),
             msgs_out: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            version: AtomicU16::new(0),
+            closed: AtomicBool::new(false),
+            closed_notify: tokio::sync::Notify::new(),
         })
     }
 
@@ -115,17 +146,50 @@ impl Link {
     /// Queues a message; held while the link is down, dropped (and counted)
     /// beyond `bridge_buffer`.
     pub fn send_msg(&self, frame: Bytes) {
+        self.enqueue(frame, |q, frame, seq| {
+            let epoch = q.synced;
+            q.items.push_back(Held { frame, epoch, seq });
+        });
+    }
+
+    /// Parks a message for `awaiting`, nodes reached through this link
+    /// until lately, until they return or `until`; within `bridge_buffer`.
+    pub fn park(&self, frame: Bytes, awaiting: Vec<String>, until: Instant) {
+        self.enqueue(frame, |q, frame, seq| {
+            q.parked.push_back(Parked {
+                frame,
+                seq,
+                awaiting,
+                until,
+            });
+        });
+    }
+
+    /// Counts `frame` against `bridge_buffer` (dropping and counting it
+    /// beyond), numbers it, and has `put` place it.
+    fn enqueue(&self, frame: Bytes, put: impl FnOnce(&mut Queue, Bytes, u64)) {
         let mut q = lock(&self.queue);
         if q.bytes + frame.len() > self.max_bytes {
             drop(q);
-            self.dropped.fetch_add(1, Relaxed);
+            self.count_dropped(1);
             return;
         }
         q.bytes += frame.len();
-        let epoch = q.synced;
-        q.items.push_back(Held { frame, epoch });
+        q.seq += 1;
+        let seq = q.seq;
+        put(&mut q, frame, seq);
         drop(q);
         self.ready.notify_one();
+    }
+
+    /// Counts messages this link failed to carry to a node that wanted them.
+    pub fn count_dropped(&self, n: u64) {
+        self.dropped.fetch_add(n, Relaxed);
+    }
+
+    /// True if the other side understands `Closing`.
+    pub(super) fn speaks_closing(&self) -> bool {
+        self.version.load(Relaxed) >= libbus::proto::GONE_VERSION
     }
 
     /// A snapshot for `bus-cli list` / `info` and events.
@@ -152,7 +216,12 @@ impl Link {
     }
 
     pub(super) fn set_status(&self, status: Status) {
-        lock(&self.queue).synced = None;
+        {
+            let mut q = lock(&self.queue);
+            q.synced = None;
+            q.draining = false;
+        }
+        self.closed.store(false, Relaxed);
         *lock(&self.status) = status;
         *lock(&self.down_since) = (status != Status::Up).then(Instant::now);
         if status != Status::Up {
@@ -163,8 +232,9 @@ impl Link {
     /// Drops everything held (the link is gone for good), counting it.
     pub(super) fn drop_held(&self) {
         let mut q = lock(&self.queue);
-        self.dropped.fetch_add(q.items.len() as u64, Relaxed);
+        self.count_dropped((q.items.len() + q.parked.len()) as u64);
         q.items.clear();
+        q.parked.clear();
         q.bytes = 0;
     }
 }

@@ -13,6 +13,15 @@
 //! State changes are announced before the next message is forwarded, and
 //! links are FIFO, so a new subscription (a request's reply inbox, say) is
 //! known along a path before messages that depend on it.
+//!
+//! Loss is never silent. A link that is down holds what it is given (up to
+//! `bridge_buffer`, for `bridge_hold` once back). A node that drops out of
+//! reach (the node between is restarting, say) is remembered for
+//! `bridge_hold` as a [`Ghost`]: messages for its interest are parked on
+//! the link that led to it until it is back. Whatever is given up is counted
+//! in the link's `dropped`. A daemon that shuts down sends `Closing` on its
+//! links and reads until each answers `Closed`, so nothing written to it is
+//! lost on the way out.
 
 pub mod link;
 pub mod routing;
@@ -24,7 +33,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
         Arc, Mutex,
     },
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use bytes::Bytes;
@@ -40,6 +49,7 @@ use crate::{
     registry::lock,
 };
 use link::Link;
+pub use routing::Ghost;
 use routing::Routing;
 
 /// The bridging side of one daemon.
@@ -58,6 +68,8 @@ pub struct Cluster {
     /// Bumped whenever routing may have changed; link writers holding a
     /// backlog wait on it.
     pub changed: tokio::sync::watch::Sender<u64>,
+    /// `bridge_hold`: how long a node out of reach is held for.
+    hold: Duration,
 }
 
 #[derive(Debug, Default)]
@@ -68,6 +80,11 @@ struct Inner {
     own: Option<NodeState>,
     links: Vec<Arc<Link>>,
     routing: Option<Arc<Routing>>,
+    /// The routing computed last (kept when `routing` is invalidated), to
+    /// see who drops out of reach.
+    last: Option<Arc<Routing>>,
+    /// Nodes out of reach that messages are held for.
+    ghosts: HashMap<String, Ghost>,
     /// Round robin per queue group, for choosing a remote member's node.
     rr: HashMap<Box<str>, usize>,
 }
@@ -89,9 +106,11 @@ fn topology_links(inner: &Inner) -> Vec<String> {
 }
 
 impl Cluster {
-    /// A cluster member named `node_id`.
-    pub fn new(node_id: String) -> Self {
+    /// A cluster member named `node_id`, holding for nodes out of reach
+    /// for `hold` (`bridge_hold`).
+    pub fn new(node_id: String, hold: Duration) -> Self {
         Self {
+            hold,
             node_id,
             active: AtomicBool::new(false),
             closing: AtomicBool::new(false),
@@ -135,8 +154,24 @@ impl Cluster {
         if let Some(r) = &inner.routing {
             return r.clone();
         }
-        let r = Arc::new(Routing::new(&self.node_id, &topology_links(inner), &inner.states));
+        let links = topology_links(inner);
+        let fresh = Routing::new(&self.node_id, &links, &inner.states);
+        let now = Instant::now();
+        if let Some(last) = inner.last.take() {
+            for node in last.reachable().filter(|n| !fresh.reaches(n)) {
+                if let Some(via) = last.first_hop(node).filter(|_| !inner.ghosts.contains_key(node)) {
+                    tracing::info!(node, via, hold = ?self.hold, "bridged node out of reach; holding messages for it");
+                    let until = now + self.hold;
+                    inner.ghosts.insert(node.clone(), Ghost { via, until });
+                }
+            }
+        }
+        inner
+            .ghosts
+            .retain(|n, g| g.until > now && !fresh.reaches(n) && links.contains(&g.via));
+        let r = Arc::new(fresh.hold_for(&inner.ghosts, &inner.states));
         inner.routing = Some(r.clone());
+        inner.last = Some(r.clone());
         r
     }
 
@@ -256,7 +291,19 @@ impl Cluster {
         let routing = self.current_routing();
         let (plain, groups) = routing.interested(subject);
         if plain.is_empty() && groups.is_empty() {
-            return false;
+            if routing.held_for(subject, Instant::now()).is_empty() {
+                return false;
+            }
+            // Only nodes out of reach want it: parked for them.
+            let routed = Routed {
+                origin: &self.node_id,
+                subject,
+                reply_to,
+                payload,
+                queue_targets: Vec::new(),
+            };
+            self.forward(&routing, &routed, &plain, None);
+            return true;
         }
         // Queue groups with a member here are served here (local preferred);
         // for the others, one node is named, in turn.
@@ -289,22 +336,91 @@ impl Cluster {
     }
 
     /// Sends `routed` to our children in its origin's tree whose subtree
-    /// holds an interested node (`plain` or a queue target).
+    /// holds an interested node (`plain` or a queue target), and parks it
+    /// on the links that led to interested nodes now out of reach.
     fn forward(&self, routing: &Routing, routed: &Routed<'_>, plain: &[String], from: Option<&Link>) {
         let children = routing.children(routed.origin);
+        let now = Instant::now();
+        let held = routing.held_for(routed.subject, now);
         let mut frame: Option<Bytes> = None;
         for (child, subtree) in children.iter() {
             let wanted = plain.iter().any(|n| subtree.contains(n))
                 || routed.queue_targets.iter().any(|(_, n)| subtree.contains(*n));
-            if !wanted {
+            let awaiting = held.iter().filter(|(via, _)| via == child).count();
+            if !wanted && awaiting == 0 {
                 continue;
             }
             let Some(link) = self.link_to(child) else { continue };
             if from.is_some_and(|f| std::ptr::eq(f, Arc::as_ptr(&link))) {
                 continue; // never back where it came from
             }
-            let frame = frame.get_or_insert_with(|| control::link(&LinkFrame::Msg(routed.clone())));
-            link.send_msg(frame.clone());
+            let frame = frame
+                .get_or_insert_with(|| control::link(&LinkFrame::Msg(routed.clone())))
+                .clone();
+            if wanted {
+                link.send_msg(frame);
+                // The nodes out of reach cannot get it later without the
+                // others getting it twice: their share is lost, and counted.
+                link.count_dropped(awaiting as u64);
+            } else {
+                let awaiting = held
+                    .iter()
+                    .filter(|(via, _)| via == child)
+                    .map(|(_, n)| (*n).to_owned())
+                    .collect();
+                link.park(frame, awaiting, now + self.hold);
+            }
+        }
+    }
+
+    /// True if every node in `awaiting` is reachable through `link` again,
+    /// for the message encoded in `frame` (a `LinkFrame::Msg` with its
+    /// length prefix): a parked message can go.
+    pub fn reaches_via(&self, link: &Link, frame: &[u8], awaiting: &[String]) -> bool {
+        let body = frame.get(libbus::proto::LEN_PREFIX..).unwrap_or_default();
+        let Ok(LinkFrame::Msg(m)) = libbus::codec::decode::<LinkFrame>(body) else {
+            return false;
+        };
+        let node = link.node();
+        let children = self.current_routing().children(m.origin);
+        children
+            .iter()
+            .find(|(c, _)| *c == node)
+            .is_some_and(|(_, subtree)| awaiting.iter().all(|n| subtree.contains(n)))
+    }
+
+    /// Shutting down: asks every link that understands it to stop sending
+    /// (`Closing`), and waits, within `within`, until each has answered
+    /// `Closed` or gone down. Everything they wrote before the answer has
+    /// been read and passed on by then.
+    pub async fn drain(&self, within: Duration) {
+        let links: Vec<Arc<Link>> = lock(&self.inner)
+            .links
+            .iter()
+            .filter(|l| l.is_up() && l.speaks_closing())
+            .cloned()
+            .collect();
+        if links.is_empty() {
+            return;
+        }
+        let closing = control::link(&LinkFrame::Closing);
+        for l in &links {
+            l.send_control(closing.clone());
+        }
+        let all_closed = async {
+            for l in &links {
+                while l.is_up() && !l.closed.load(Relaxed) {
+                    // Polled as well as notified: a notification sent before
+                    // this wait began is not missed.
+                    tokio::select! {
+                        _ = l.closed_notify.notified() => {}
+                        _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                    }
+                }
+            }
+        };
+        if tokio::time::timeout(within, all_closed).await.is_err() {
+            tracing::warn!(?within, "bridge links did not answer Closing in time");
         }
     }
 

@@ -16,10 +16,28 @@ pub type Children = std::sync::Arc<Vec<(String, HashSet<String>)>>;
 /// Remote nodes with plain interest, and queue groups with their nodes.
 pub type Interested = (Vec<String>, Vec<(Box<str>, Vec<String>)>);
 
+/// A node that was reachable and no longer is, remembered for
+/// `bridge_hold`: most often the node between us and it is restarting, and
+/// it is about to return. Messages for its interest are held (parked on the
+/// link that led to it) rather than lost without a count.
+#[derive(Debug, Clone)]
+pub struct Ghost {
+    /// Our link that led to it.
+    pub via: String,
+    /// When to stop holding for it.
+    pub until: std::time::Instant,
+}
+
 /// Routing facts derived from one version of the database.
 #[derive(Debug, Default)]
 pub struct Routing {
     me: String,
+    /// Every node reachable from here (not us).
+    reachable: HashSet<String>,
+    /// Interest of the nodes we hold messages for ([`Ghost`]s).
+    held: Sublist<String>,
+    /// Those nodes: the link that led to each, and until when.
+    ghosts: HashMap<String, Ghost>,
     /// Undirected edges both ends agree on, as adjacency (sorted).
     adjacency: BTreeMap<String, BTreeSet<String>>,
     /// Interest of every node reachable from here (not ours).
@@ -53,9 +71,9 @@ impl Routing {
             adjacency,
             ..Routing::default()
         };
-        let reachable: Vec<String> = routing.bfs(me).into_keys().filter(|n| n != me).collect();
-        for node in reachable {
-            if let Some(s) = states.get(&node) {
+        routing.reachable = routing.bfs(me).into_keys().filter(|n| n != me).collect();
+        for node in &routing.reachable {
+            if let Some(s) = states.get(node) {
                 for i in &s.interest {
                     routing
                         .remote
@@ -64,6 +82,52 @@ impl Routing {
             }
         }
         routing
+    }
+
+    /// Adds the nodes to hold messages for: `ghosts` (those not reachable),
+    /// with the plain interest their last `states` announced.
+    pub fn hold_for(mut self, ghosts: &HashMap<String, Ghost>, states: &HashMap<String, NodeState>) -> Self {
+        for (node, ghost) in ghosts {
+            let Some(s) = states.get(node).filter(|_| !self.reachable.contains(node)) else {
+                continue;
+            };
+            for i in s.interest.iter().filter(|i| i.queue.is_none()) {
+                self.held.insert(&i.pattern, None, node.clone());
+            }
+            self.ghosts.insert(node.clone(), ghost.clone());
+        }
+        self
+    }
+
+    /// Every node reachable from here.
+    pub fn reachable(&self) -> impl Iterator<Item = &String> {
+        self.reachable.iter()
+    }
+
+    /// Our link on the way to `node`.
+    pub fn first_hop(&self, node: &str) -> Option<String> {
+        self.children(&self.me)
+            .iter()
+            .find(|(_, subtree)| subtree.contains(node))
+            .map(|(child, _)| child.clone())
+    }
+
+    /// The held-for nodes interested in `subject`, still held for at
+    /// `now`, with the link that led to each: (link, node).
+    pub fn held_for(&self, subject: &str, now: std::time::Instant) -> Vec<(&str, &str)> {
+        if self.ghosts.is_empty() {
+            return Vec::new();
+        }
+        let mut nodes = self.held.matches(subject).plain;
+        nodes.sort_unstable();
+        nodes.dedup();
+        nodes
+            .into_iter()
+            .filter_map(|n| {
+                let (node, g) = self.ghosts.get_key_value(&n)?;
+                (g.until > now).then_some((g.via.as_str(), node.as_str()))
+            })
+            .collect()
     }
 
     /// Parent of each node reachable from `root` in its shortest-path tree.
@@ -131,7 +195,7 @@ impl Routing {
 
     /// True if `node` can be reached from here.
     pub fn reaches(&self, node: &str) -> bool {
-        node == self.me || self.bfs(&self.me).contains_key(node)
+        node == self.me || self.reachable.contains(node)
     }
 }
 

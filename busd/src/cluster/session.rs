@@ -59,9 +59,14 @@ async fn dial_loop(state: Arc<State>, link: Arc<Link>) {
         }
         link.set_status(Status::Connecting);
         match dial(&state, &address).await {
-            Ok((frames, writer, node)) => {
+            Ok((frames, writer, node, version)) => {
                 failures = 0;
-                run_session(&state, &link, frames, writer, node, address.to_string()).await;
+                let remote = Remote {
+                    node,
+                    peer: address.to_string(),
+                    version,
+                };
+                run_session(&state, &link, frames, writer, remote).await;
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
@@ -82,8 +87,9 @@ async fn dial_loop(state: Arc<State>, link: Arc<Link>) {
 
 type Frames = codec::FrameReader<libbus::transport::Reader>;
 
-/// Connects and completes the bridge handshake; returns the remote node id.
-async fn dial(state: &State, address: &Address) -> libbus::Result<(Frames, Writer, String)> {
+/// Connects and completes the bridge handshake; returns the remote node id
+/// and protocol version.
+async fn dial(state: &State, address: &Address) -> libbus::Result<(Frames, Writer, String, u16)> {
     let mut opts = ConnectOptions::default();
     opts.token = state.bridge_token.clone();
     opts.ca_file = state.config.bridge_ca.clone().or(opts.ca_file);
@@ -105,7 +111,7 @@ async fn dial(state: &State, address: &Address) -> libbus::Result<(Frames, Write
             reason: Some("closed during the bridge handshake".into()),
         })?;
         match codec::decode::<ServerFrame>(&first).map_err(|e| libbus::Error::Protocol(e.to_string()))? {
-            ServerFrame::Welcome(w) => Ok((frames, tx, w.server_id.to_owned())),
+            ServerFrame::Welcome(w) => Ok((frames, tx, w.server_id.to_owned(), w.version)),
             ServerFrame::Error { code, message } => Err(libbus::Error::Server {
                 code,
                 message: message.into(),
@@ -128,7 +134,8 @@ pub fn link_max_frame(state: &State) -> u32 {
 
 /// An accepted bridge connection from `node` (after `Welcome`): resumes the
 /// link it had (and what it held), or makes a new one.
-pub async fn accept(state: Arc<State>, frames: Frames, writer: Writer, node: String, peer: String) {
+pub async fn accept(state: Arc<State>, frames: Frames, writer: Writer, remote: Remote) {
+    let (node, peer) = (remote.node.clone(), remote.peer.clone());
     if node == state.cluster.node_id {
         tracing::warn!(peer, "refusing a bridge from our own node id");
         return;
@@ -145,7 +152,7 @@ pub async fn accept(state: Arc<State>, frames: Frames, writer: Writer, node: Str
             l
         }
     };
-    run_session(&state, &link, frames, writer, node, peer).await;
+    run_session(&state, &link, frames, writer, remote).await;
     if link.dial.is_none() {
         // Hold what is queued for a while; forget the link if it stays away.
         let hold = state.config.bridge_hold;
@@ -162,24 +169,34 @@ pub async fn accept(state: Arc<State>, frames: Frames, writer: Writer, node: Str
     }
 }
 
+/// Who is at the other end of a link connection.
+pub struct Remote {
+    /// Its node id.
+    pub node: String,
+    /// Its address, or its Unix credentials.
+    pub peer: String,
+    /// The protocol version it speaks.
+    pub version: u16,
+}
+
 /// Runs one connection of `link` until it fails.
-async fn run_session(
-    state: &Arc<State>,
-    link: &Arc<Link>,
-    frames: Frames,
-    writer: Writer,
-    node: String,
-    peer: String,
-) {
+async fn run_session(state: &Arc<State>, link: &Arc<Link>, frames: Frames, writer: Writer, remote: Remote) {
+    let Remote { node, peer, version } = remote;
     *lock(&link.node) = node.clone();
     *lock(&link.peer) = peer;
+    link.version.store(version, Relaxed);
     link.set_status(Status::Up);
     state.cluster.sync_link(&state.router, link);
     tracing::info!(node, address = %link.info().address, "bridge link up");
     bridge_event(state, api::EVENT_BRIDGE_UP, link);
 
-    let writer_task = tokio::spawn(write_loop(state.clone(), link.clone(), writer));
+    let mut writer_task = tokio::spawn(write_loop(state.clone(), link.clone(), writer));
     let reason = read_loop(state, link, frames).await;
+    if state.shutdown.is_cancelled() {
+        // Let it write what it can: the other side has stopped sending and
+        // reads until we close.
+        let _ = tokio::time::timeout(state.config.shutdown_grace, &mut writer_task).await;
+    }
     writer_task.abort();
     let _ = writer_task.await;
 
@@ -236,6 +253,16 @@ async fn read_loop(state: &Arc<State>, link: &Arc<Link>, mut frames: Frames) -> 
                     }
                     Ok(LinkFrame::Ping) => link.send_control(control::link(&LinkFrame::Pong)),
                     Ok(LinkFrame::Pong) => {}
+                    Ok(LinkFrame::Closing) => {
+                        // Messages from now on wait for the other side's
+                        // return; `Closed` follows the last one written.
+                        lock(&link.queue).draining = true;
+                        link.send_control(control::link(&LinkFrame::Closed));
+                    }
+                    Ok(LinkFrame::Closed) => {
+                        link.closed.store(true, Relaxed);
+                        link.closed_notify.notify_waiters();
+                    }
                     Err(e) => return format!("bad frame: {e}"),
                 }
             }
@@ -254,20 +281,58 @@ async fn read_loop(state: &Arc<State>, link: &Arc<Link>, mut frames: Frames) -> 
 /// other side's current state arrived on this connection (held while the link
 /// was down, or queued since it came back) go only once that state wants
 /// them (after a restart its subscribers may take a moment to return), or
-/// are dropped after `bridge_hold`; in order either way.
+/// are dropped after `bridge_hold`; in order either way. Parked messages
+/// (for nodes out of reach) go, in their place, once those nodes are
+/// reachable through this link again; until then the others pass them.
+///
+/// Once the other side sent `Closing`, no message goes. Once this daemon
+/// shuts down, what can go is written, and the writer ends.
 async fn write_loop(state: Arc<State>, link: Arc<Link>, mut wr: Writer) {
-    let deadline = tokio::time::Instant::now() + state.config.bridge_hold;
+    let hold = state.config.bridge_hold;
+    let deadline = tokio::time::Instant::now() + hold;
     let mut changed = state.cluster.changed.subscribe();
     let mut buf: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
     loop {
+        let finishing = state.shutdown.is_cancelled();
         for f in std::mem::take(&mut *lock(&link.control)) {
             buf.extend_from_slice(&f);
         }
-        let mut waiting_for_interest = false;
+        let mut wake_at: Option<Instant> = None;
         {
             let mut q = lock(&link.queue);
+            let now = Instant::now();
             let mut sent = 0u64;
-            while buf.len() < WRITE_BATCH {
+            // Checked once per batch: whether the oldest parked message's
+            // nodes are back.
+            let mut parked_ready = None;
+            while buf.len() < WRITE_BATCH && !q.draining {
+                let parked_first = q
+                    .parked
+                    .front()
+                    .is_some_and(|p| q.items.front().is_none_or(|m| p.seq < m.seq));
+                if parked_first {
+                    let Some(p) = q.parked.front() else { break };
+                    let ready = *parked_ready.get_or_insert_with(|| {
+                        q.synced.is_some() && state.cluster.reaches_via(&link, &p.frame, &p.awaiting)
+                    });
+                    if ready || now >= p.until {
+                        let Some(p) = q.parked.pop_front() else { break };
+                        q.bytes -= p.frame.len();
+                        parked_ready = None;
+                        if ready {
+                            buf.extend_from_slice(&p.frame);
+                            sent += 1;
+                        } else {
+                            link.count_dropped(1);
+                        }
+                        continue;
+                    }
+                    let until = p.until;
+                    wake_at = Some(wake_at.map_or(until, |w| w.min(until)));
+                    if q.items.is_empty() {
+                        break;
+                    }
+                }
                 let Some(head) = q.items.front() else { break };
                 // A message routed before the other side's current state was
                 // known (held while down, or queued before it arrived) goes
@@ -276,13 +341,14 @@ async fn write_loop(state: Arc<State>, link: Arc<Link>, mut wr: Writer) {
                     let wanted = q.synced.is_some() && state.cluster.still_wanted(&link, &head.frame);
                     if !wanted {
                         if tokio::time::Instant::now() < deadline {
-                            waiting_for_interest = true;
+                            let until = deadline.into_std();
+                            wake_at = Some(wake_at.map_or(until, |w| w.min(until)));
                             break;
                         }
                         // Held too long with nobody left wanting it.
                         let held = q.items.pop_front();
                         q.bytes -= held.map_or(0, |h| h.frame.len());
-                        link.dropped.fetch_add(1, Relaxed);
+                        link.count_dropped(1);
                         continue;
                     }
                 }
@@ -292,6 +358,14 @@ async fn write_loop(state: Arc<State>, link: Arc<Link>, mut wr: Writer) {
                 sent += 1;
             }
             link.msgs_out.fetch_add(sent, Relaxed);
+            if finishing && buf.is_empty() {
+                let left = q.items.len() + q.parked.len();
+                if left > 0 {
+                    tracing::warn!(node = %link.node(), left, "shutting down with messages held for a bridge link; they are lost");
+                    link.count_dropped(left as u64);
+                }
+                return;
+            }
         }
         if !buf.is_empty() {
             if let Err(e) = async {
@@ -307,14 +381,17 @@ async fn write_loop(state: Arc<State>, link: Arc<Link>, mut wr: Writer) {
             buf.clear();
             continue;
         }
-        if waiting_for_interest {
-            tokio::select! {
-                _ = changed.changed() => {}
-                _ = tokio::time::sleep_until(deadline) => {}
-                _ = link.ready.notified() => {}
+        let wake = async {
+            match wake_at {
+                Some(t) => tokio::time::sleep_until(t.into()).await,
+                None => std::future::pending().await,
             }
-        } else {
-            link.ready.notified().await;
+        };
+        tokio::select! {
+            _ = changed.changed(), if wake_at.is_some() => {}
+            _ = wake => {}
+            _ = link.ready.notified() => {}
+            _ = state.shutdown.cancelled(), if !finishing => {}
         }
     }
 }
