@@ -572,20 +572,39 @@ fn route<'a>(
         conn.owed.answer(subject());
     }
     let msg = PubFrame::new(frame, p.payload.len());
-    if let (Some(reply_to), false, false) = (reply_to, routes.is_empty(), remote) {
-        // A request only local responders take: delivered now, in order
-        // after what came before it, and tracked until answered.
-        pending.settle(&conn.stats);
-        let req = Inflight::new(reply_to, conn);
-        routes.deliver_request(msg, &req, state.config.max_replies_per_connection);
-    } else if !routes.is_empty() {
+    match reply_to {
         // Queued from the receive buffer: nothing is allocated per message.
-        pending.deliveries.push(routes, msg);
-    } else if !remote {
-        if let Some(reply_to) = reply_to {
+        None if !routes.is_empty() => pending.deliveries.push(routes, msg),
+        None => {}
+        Some(reply_to) => route_request(state, conn, msg, reply_to, routes, remote, pending),
+    }
+}
+
+/// [`route`] for a publish with a reply subject. A request only local
+/// responders take is delivered now, in order after what came before it,
+/// and tracked until answered; a request nobody anywhere takes gets
+/// `NoResponders`.
+#[inline(never)]
+fn route_request<'a>(
+    state: &State,
+    conn: &Arc<Conn>,
+    msg: PubFrame<'a>,
+    reply_to: &str,
+    routes: &Arc<Routes>,
+    remote: bool,
+    pending: &mut Pending<'a>,
+) {
+    if routes.is_empty() {
+        if !remote {
             conn.outbox
                 .push_frame(&control::server(&ServerFrame::NoResponders { reply_to }));
         }
+    } else if remote {
+        pending.deliveries.push(routes, msg);
+    } else {
+        pending.settle(&conn.stats);
+        let req = Inflight::new(reply_to, conn);
+        routes.deliver_request(msg, &req, state.config.max_replies_per_connection);
     }
 }
 

@@ -61,8 +61,9 @@ pub struct Conn {
     pub kick: Kick,
     /// Protocol version from `Hello`.
     pub version: u16,
-    /// Requests delivered here and not yet answered.
-    pub owed: crate::inflight::Owed<Conn>,
+    /// Requests delivered here and not yet answered. Boxed: kept out of
+    /// the way of the fields every message touches.
+    pub owed: Box<crate::inflight::Owed<Conn>>,
 }
 
 /// A request to close a connection, with the id of the connection that asked.
