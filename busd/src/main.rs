@@ -6,12 +6,7 @@ use busd::{Config, Server};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-/// mimalloc: every published message is one allocation made by the
-/// publisher's reader and freed by the subscribers' writers, often on another
-/// thread; glibc malloc spent ~15% of the daemon's time on that in
-/// `bus-cli bench pubsub` (perf), mimalloc a fraction of it.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+mod allocator;
 
 /// The bus daemon: routes messages between local processes over a Unix socket.
 ///
@@ -235,7 +230,10 @@ fn main() -> ExitCode {
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
     }
-    let rt = match Server::runtime(&config) {
+    let rt = match Server::runtime_builder(&config)
+        .on_thread_park(allocator::on_idle)
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("busd: error: starting the runtime: {e}");

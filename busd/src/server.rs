@@ -41,11 +41,17 @@ impl Server {
     /// The tokio runtime a server with `config` runs on: `workers` threads
     /// ([`Config::worker_threads`]), named `busd-worker`.
     pub fn runtime(config: &Config) -> std::io::Result<tokio::runtime::Runtime> {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(config.worker_threads())
+        Self::runtime_builder(config).build()
+    }
+
+    /// The builder of [`runtime`](Self::runtime), for a binary to add to
+    /// (`busd` hands idle memory back when a worker parks).
+    pub fn runtime_builder(config: &Config) -> tokio::runtime::Builder {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(config.worker_threads())
             .thread_name("busd-worker")
-            .enable_all()
-            .build()
+            .enable_all();
+        b
     }
 
     /// Validates `config` and binds the socket. Must run inside a tokio runtime.
