@@ -136,3 +136,120 @@ async fn shutdown_closes_connections_with_reason() {
     assert_eq!(closed.next().await, None);
     assert!(c.flush().await.is_err());
 }
+
+/// `$BUS.api.closed` keeps the last `max_closed` connections, oldest
+/// first, each with its subscriptions, counters and close reason.
+#[tokio::test]
+async fn closed_connections_are_remembered_with_reasons_and_bounded() {
+    let bus = TestBus::with_config(|c| c.max_closed = 3);
+    let admin = bus.client("admin").await;
+    let closed = |admin: &libbus::Bus| {
+        let admin = admin.clone();
+        async move {
+            let v: Vec<api::ClosedConn> = within("closed", admin.request(api::CLOSED, []))
+                .await
+                .unwrap()
+                .decode()
+                .unwrap();
+            v
+        }
+    };
+    // Five clients end, each its own way; only the last three are kept.
+    for i in 0..4 {
+        let c = bus.client(&format!("gone-{i}")).await;
+        let _s = c.subscribe(&format!("topic.{i}")).await.unwrap();
+        c.publish("topic.x", "hello").await.unwrap();
+        c.close().await.unwrap();
+    }
+    let victim = bus.client("victim").await;
+    let victim_id: u64 = {
+        let list: Vec<ConnInfo> = admin.request(api::LIST, []).await.unwrap().decode().unwrap();
+        list.iter().find(|c| c.name == "victim").unwrap().id
+    };
+    let reply = admin
+        .request_value::<_, api::AdminReply>(api::KICK, &victim_id)
+        .await
+        .unwrap();
+    assert!(reply.is_ok(), "{reply:?}");
+    drop(victim);
+    bus_tests::until("five closed", || async {
+        closed(&admin)
+            .await
+            .last()
+            .is_some_and(|r| r.conn.name == "victim")
+    })
+    .await;
+    let got = closed(&admin).await;
+    let names: Vec<&str> = got.iter().map(|r| r.conn.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["gone-2", "gone-3", "victim"],
+        "bounded by max_closed, oldest first"
+    );
+    let gone = &got[1];
+    assert_eq!(gone.reason, CloseReason::End);
+    assert_eq!(gone.conn.msgs_in, 1);
+    assert_eq!(
+        gone.conn
+            .subs
+            .iter()
+            .map(|s| s.pattern.as_str())
+            .collect::<Vec<_>>(),
+        ["topic.3"]
+    );
+    assert!(gone.closed_at_ms >= gone.conn.connected_at_ms);
+    assert!(
+        matches!(got[2].reason, CloseReason::Kicked { .. }),
+        "{:?}",
+        got[2].reason
+    );
+}
+
+/// `last_activity_ms` (IDLE in `list`) moves with application frames only:
+/// keep-alive pings and pongs do not count, and it is never before the
+/// connection time.
+#[tokio::test]
+async fn idle_counts_application_frames_not_pongs() {
+    use bus_tests::Got;
+    use libbus::proto::{self, ClientFrame};
+    let bus = TestBus::with_config(|c| c.ping_interval = std::time::Duration::from_millis(100));
+    let admin = bus.client("admin").await;
+    let mut raw = bus.raw().await;
+    let id = raw.handshake().await;
+    let record = |admin: &libbus::Bus| {
+        let admin = admin.clone();
+        async move {
+            let list: Vec<ConnInfo> = admin.request(api::LIST, []).await.unwrap().decode().unwrap();
+            list.into_iter().find(|c| c.id == id).unwrap()
+        }
+    };
+    let first = record(&admin).await;
+    assert!(first.last_activity_ms >= first.connected_at_ms);
+    // Three pings from the daemon, each answered: keep-alive only.
+    for _ in 0..3 {
+        loop {
+            match raw.next().await {
+                Some(Got::Ping) => break,
+                Some(Got::Welcome(_)) => continue,
+                other => panic!("expected a ping, got {other:?}"),
+            }
+        }
+        raw.send(&ClientFrame::Pong).await;
+    }
+    let later = record(&admin).await;
+    assert_eq!(
+        later.last_activity_ms, first.last_activity_ms,
+        "pongs are not activity"
+    );
+    // A publish is.
+    raw.send(&ClientFrame::Pub(proto::Pub {
+        subject: "x",
+        reply_to: None,
+        payload: b"now",
+    }))
+    .await;
+    bus_tests::until("the publish counted as activity", || async {
+        record(&admin).await.last_activity_ms > first.last_activity_ms
+    })
+    .await;
+}

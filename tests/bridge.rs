@@ -614,3 +614,40 @@ async fn restarting_a_middle_node_loses_nothing_silently_dialed_one_way() {
 async fn restarting_a_middle_node_loses_nothing_silently_dialed_the_other_way() {
     restart_middle_node(false, true).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_and_error_replies_cross_bridges() {
+    let b = node("b", &[]);
+    let a = node("a", &[&b]);
+    let c = node("c", &[&b]);
+    let publisher = a.client("publisher").await;
+    let sub_conn = c.client("subscriber").await;
+    let mut sub = sub_conn.subscribe("traced.>").await.unwrap();
+    let mut reqs = sub_conn.subscribe("svc.fail").await.unwrap();
+    converge(&publisher, &["c"], &[&sub_conn]).await;
+
+    let h = libbus::Headers::from_iter([("Trace-Id", "t-1"), ("Hop", "a"), ("Hop", "b")]);
+    publisher
+        .publish_with_headers("traced.x", &h, "payload")
+        .await
+        .unwrap();
+    let m = within("across two links", sub.next()).await.unwrap();
+    assert_eq!(m.payload(), b"payload");
+    assert_eq!(m.headers(), h);
+
+    tokio::spawn(async move {
+        while let Some(r) = reqs.next().await {
+            r.respond_error(503, "busy").await.unwrap();
+        }
+    });
+    let err = within(
+        "an error reply from two links away",
+        publisher.request("svc.fail", "x"),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, Error::Service { code: 503, text } if text == "busy"),
+        "{err}"
+    );
+}

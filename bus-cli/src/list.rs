@@ -4,14 +4,13 @@ use libbus::{proto::api, Bus};
 
 use crate::render;
 
-pub async fn run(bus: &Bus, json: bool) -> libbus::Result<()> {
+pub async fn run(bus: &Bus, json: bool, closed: bool) -> libbus::Result<()> {
+    if closed {
+        return run_closed(bus, json).await;
+    }
     let conns: Vec<api::ConnInfo> = bus.request(api::LIST, []).await?.decode()?;
     if json {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&conns).map_err(|e| libbus::Error::Protocol(e.to_string()))?
-        );
-        return Ok(());
+        return print_json(&conns);
     }
     let header = [
         "ID",
@@ -24,6 +23,7 @@ pub async fn run(bus: &Bus, json: bool) -> libbus::Result<()> {
         "PENDING",
         "DROPPED",
         "AGE",
+        "IDLE",
     ];
     let rows: Vec<Vec<String>> = conns
         .iter()
@@ -39,6 +39,7 @@ pub async fn run(bus: &Bus, json: bool) -> libbus::Result<()> {
                 render::bytes(c.pending_bytes),
                 c.dropped.to_string(),
                 render::age(c.connected_at_ms),
+                render::age(c.last_activity_ms),
             ]
         })
         .collect();
@@ -63,6 +64,57 @@ pub async fn run(bus: &Bus, json: bool) -> libbus::Result<()> {
         let rows: Vec<Vec<String>> = info.bridges.iter().map(bridge_row).collect();
         out!("{}", render::table(&header, &rows));
     }
+    Ok(())
+}
+
+fn print_json(records: &impl serde::Serialize) -> libbus::Result<()> {
+    let text = serde_json::to_string_pretty(records).map_err(|e| libbus::Error::Protocol(e.to_string()))?;
+    outln!("{text}");
+    Ok(())
+}
+
+/// `list --closed`: the connections the daemon remembers closing
+/// (`max_closed`), oldest first, with why each ended.
+async fn run_closed(bus: &Bus, json: bool) -> libbus::Result<()> {
+    let closed: Vec<api::ClosedConn> = bus.request(api::CLOSED, []).await?.decode()?;
+    if json {
+        return print_json(&closed);
+    }
+    let header = [
+        "ID",
+        "NAME",
+        "TRANSPORT",
+        "PEER",
+        "SUBS",
+        "MSGS IN",
+        "MSGS OUT",
+        "DROPPED",
+        "LIFETIME",
+        "CLOSED",
+        "REASON",
+    ];
+    let rows: Vec<Vec<String>> = closed
+        .iter()
+        .map(|r| {
+            let c = &r.conn;
+            vec![
+                c.id.to_string(),
+                c.name.clone(),
+                c.transport.clone(),
+                render::peer(&c.peer),
+                c.subs.len().to_string(),
+                c.msgs_in.to_string(),
+                c.msgs_out.to_string(),
+                c.dropped.to_string(),
+                render::duration(std::time::Duration::from_millis(
+                    r.closed_at_ms.saturating_sub(c.connected_at_ms),
+                )),
+                format!("{} ago", render::age(r.closed_at_ms)),
+                r.reason.to_string(),
+            ]
+        })
+        .collect();
+    out!("{}", render::table(&header, &rows));
     Ok(())
 }
 

@@ -61,6 +61,9 @@ enum Command {
         /// Print the records as JSON.
         #[arg(long)]
         json: bool,
+        /// The connections that closed (the last `max_closed`), with why.
+        #[arg(long)]
+        closed: bool,
     },
     /// Publish one message.
     Send {
@@ -68,6 +71,9 @@ enum Command {
         subject: String,
         /// Payload; read from stdin when absent or "-".
         payload: Option<String>,
+        /// A header, NAME=VALUE (repeatable, kept in order).
+        #[arg(short = 'H', long = "header", value_name = "NAME=VALUE", value_parser = pubsub::parse_header)]
+        headers: Vec<(String, String)>,
     },
     /// Print messages matching a pattern (`*` = one token, `>` = the rest).
     Sub {
@@ -76,6 +82,9 @@ enum Command {
         /// Join this queue group (each message goes to one member).
         #[arg(long, value_name = "GROUP")]
         queue: Option<String>,
+        /// Print each message's headers, one `  Name: value` line each, under it.
+        #[arg(long)]
+        headers: bool,
         /// Exit after this many messages.
         #[arg(long, value_name = "N")]
         count: Option<u64>,
@@ -89,6 +98,9 @@ enum Command {
         /// How long to wait for the reply (e.g. 500ms, 2s).
         #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "5s")]
         timeout: Duration,
+        /// A header, NAME=VALUE (repeatable, kept in order).
+        #[arg(short = 'H', long = "header", value_name = "NAME=VALUE", value_parser = pubsub::parse_header)]
+        headers: Vec<(String, String)>,
     },
     /// Print every message and lifecycle event as it happens.
     Monitor,
@@ -161,18 +173,24 @@ async fn run(cli: Cli) -> libbus::Result<()> {
     }
     let bus = Bus::connect_with(&address, opts).await?;
     let result = match cli.command {
-        Command::List { json } => list::run(&bus, json).await,
-        Command::Send { subject, payload } => pubsub::send(&bus, &subject, payload).await,
+        Command::List { json, closed } => list::run(&bus, json, closed).await,
+        Command::Send {
+            subject,
+            payload,
+            headers,
+        } => pubsub::send(&bus, &subject, payload, headers.into_iter().collect()).await,
         Command::Sub {
             pattern,
             queue,
+            headers,
             count,
-        } => pubsub::sub(&bus, &pattern, queue.as_deref(), count).await,
+        } => pubsub::sub(&bus, &pattern, queue.as_deref(), headers, count).await,
         Command::Request {
             subject,
             payload,
             timeout,
-        } => pubsub::request(&bus, &subject, payload, timeout).await,
+            headers,
+        } => pubsub::request(&bus, &subject, payload, timeout, headers.into_iter().collect()).await,
         Command::Monitor => pubsub::monitor(&bus).await,
         Command::Info { json } => info::run(&bus, &address, json).await,
         Command::Kick { id } => info::kick(&bus, id).await,

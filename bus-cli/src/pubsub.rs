@@ -4,7 +4,7 @@ use std::{io::Read, time::Duration};
 
 use libbus::{
     proto::api::{self, ConnEvent},
-    Bus, Delivery, Event, Message,
+    Bus, Delivery, Event, Headers, Message,
 };
 
 use crate::render;
@@ -21,18 +21,44 @@ fn payload(arg: Option<String>) -> libbus::Result<Vec<u8>> {
     }
 }
 
-pub async fn send(bus: &Bus, subject: &str, arg: Option<String>) -> libbus::Result<()> {
-    bus.publish(subject, payload(arg)?).await?;
+/// `-H NAME=VALUE`, split at the first `=`.
+pub fn parse_header(arg: &str) -> Result<(String, String), String> {
+    let (name, value) = arg
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=VALUE, got {arg:?}"))?;
+    // Checked here, so a bad one is named before anything is sent.
+    Headers::from_iter([(name, value)])
+        .encode()
+        .map_err(|e| e.to_string())?;
+    Ok((name.to_owned(), value.to_owned()))
+}
+
+pub async fn send(bus: &Bus, subject: &str, arg: Option<String>, headers: Headers) -> libbus::Result<()> {
+    bus.publish_with_headers(subject, &headers, payload(arg)?).await?;
     bus.flush().await
 }
 
-pub async fn request(bus: &Bus, subject: &str, arg: Option<String>, timeout: Duration) -> libbus::Result<()> {
-    let reply = bus.request_with_timeout(subject, payload(arg)?, timeout).await?;
+pub async fn request(
+    bus: &Bus,
+    subject: &str,
+    arg: Option<String>,
+    timeout: Duration,
+    headers: Headers,
+) -> libbus::Result<()> {
+    let reply = bus
+        .request_with_headers(subject, &headers, payload(arg)?, timeout)
+        .await?;
     outln!("{}", render::payload(reply.payload()));
     Ok(())
 }
 
-pub async fn sub(bus: &Bus, pattern: &str, queue: Option<&str>, count: Option<u64>) -> libbus::Result<()> {
+pub async fn sub(
+    bus: &Bus,
+    pattern: &str,
+    queue: Option<&str>,
+    show_headers: bool,
+    count: Option<u64>,
+) -> libbus::Result<()> {
     let mut sub = match queue {
         Some(q) => bus.queue_subscribe(pattern, q).await?,
         None => bus.subscribe(pattern).await?,
@@ -43,6 +69,11 @@ pub async fn sub(bus: &Bus, pattern: &str, queue: Option<&str>, count: Option<u6
         match sub.next_delivery().await {
             Some(Delivery::Message(m)) => {
                 outln!("{}", line(&m));
+                if show_headers {
+                    for (name, value) in m.headers().iter() {
+                        outln!("  {name}: {value}");
+                    }
+                }
                 seen += 1;
             }
             Some(Delivery::Lagged(n)) => {

@@ -173,6 +173,7 @@ fn list_shows_connections() {
         "PENDING",
         "DROPPED",
         "AGE",
+        "IDLE",
     ] {
         assert!(header.contains(col), "{header}");
     }
@@ -740,4 +741,90 @@ fn a_stopped_then_killed_responder_process_costs_no_timeouts() {
         .unwrap_err();
     assert!(matches!(err, libbus::Error::ResponderGone { .. }), "{err}");
     drop(caller);
+}
+
+#[test]
+fn headers_from_send_show_in_sub_and_error_replies_exit_1() {
+    let bus = daemon();
+    let sub = start_sub(&bus, &["traced.*", "--headers", "--count", "1"]);
+    let mut c = cli(&bus);
+    c.args([
+        "send",
+        "traced.x",
+        "hello",
+        "-H",
+        "Trace-Id=t-7",
+        "-H",
+        "Hop=a=b",
+        "--header",
+        "Hop=c",
+    ]);
+    stdout(&run(c));
+    assert_eq!(
+        stdout(&sub.output()),
+        "traced.x hello\n  Trace-Id: t-7\n  Hop: a=b\n  Hop: c\n"
+    );
+
+    // A bad header is named before anything is sent.
+    let mut c = cli(&bus);
+    c.args(["send", "traced.x", "x", "-H", "no-equals-sign"]);
+    let out = run(c);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("NAME=VALUE"),
+        "{out:?}"
+    );
+
+    // An error reply: `error: service error CODE: TEXT`, exit status 1.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let address = bus.daemon.address().clone();
+    let _responder = rt.block_on(async move {
+        let c = libbus::Bus::connect(&address).await.unwrap();
+        let mut s = c.subscribe("orders.get").await.unwrap();
+        tokio::spawn(async move {
+            while let Some(m) = s.next().await {
+                let trace = m.headers().get("Trace-Id").unwrap_or("-").to_owned();
+                m.respond_error(404, &format!("no such order (trace {trace})"))
+                    .await
+                    .unwrap();
+            }
+        });
+        c
+    });
+    let mut c = cli(&bus);
+    c.args(["request", "orders.get", "9", "-H", "Trace-Id=t-8"]);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: service error 404: no such order (trace t-8)\n"
+    );
+}
+
+#[test]
+fn list_closed_shows_connections_that_ended_and_why() {
+    let bus = daemon();
+    let mut c = cli(&bus);
+    c.args(["send", "some.subject", "x"]);
+    stdout(&run(c));
+    let mut c = cli(&bus);
+    c.args(["list", "--closed"]);
+    let out = stdout(&run(c));
+    let mut lines = out.lines();
+    let header = lines.next().unwrap();
+    for col in ["ID", "NAME", "PEER", "MSGS IN", "LIFETIME", "CLOSED", "REASON"] {
+        assert!(header.contains(col), "{header}");
+    }
+    let row = lines
+        .next()
+        .unwrap_or_else(|| panic!("a closed connection listed: {out}"));
+    assert!(
+        row.contains("bus-cli") && row.trim_end().ends_with("end"),
+        "{row}"
+    );
+    let mut c = cli(&bus);
+    c.args(["list", "--closed", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&run(c))).unwrap();
+    assert_eq!(json[0]["reason"], "End", "{json}");
+    assert_eq!(json[0]["conn"]["msgs_in"], 1, "{json}");
 }

@@ -22,6 +22,7 @@ pub fn handle(state: &State, conn: &Conn, subject: &str, reply_to: Option<&str>,
             let list: Vec<_> = state.registry.snapshot().iter().map(|c| c.info()).collect();
             postcard::to_allocvec(&list)
         }
+        api::CLOSED => postcard::to_allocvec(&state.registry.closed()),
         api::INFO => postcard::to_allocvec(&info(state)),
         api::KICK => postcard::to_allocvec(&kick(state, conn, payload)),
         _ => {

@@ -31,6 +31,11 @@ pub struct Config {
     /// it.
     #[serde(with = "size")]
     pub max_handshake_frame: u32,
+    /// `max_header_bytes`: largest header block of one message, in bytes,
+    /// counted within `max_frame`. Default 64 KiB. A larger one is refused
+    /// (`LimitExceeded`, not routed); the connection stays.
+    #[serde(with = "size")]
+    pub max_header_bytes: u32,
     /// `max_pending`: bytes queued per connection before new messages for it
     /// are dropped (and reported with `Lagged`). Default 8 MiB. It counts
     /// frame bytes; a run of 16 KiB or more shared with other subscribers
@@ -60,6 +65,10 @@ pub struct Config {
     /// it is still full, a new request is not tracked there and its
     /// requester waits out its timeout. Default 4,096.
     pub max_replies_per_connection: usize,
+    /// `max_closed`: closed connections remembered for `bus-cli list
+    /// --closed` (`$BUS.api.closed`), the oldest forgotten first. Default
+    /// 1,000; 0 remembers none.
+    pub max_closed: usize,
     /// `max_connections`: live connections at once. Default 10,000.
     pub max_connections: usize,
     /// `max_connections_per_uid`: connections of one Unix user, counted from
@@ -164,12 +173,14 @@ impl Default for Config {
             socket_mode: 0o600,
             max_frame: libbus::proto::DEFAULT_MAX_FRAME,
             max_handshake_frame: 4 << 10,
+            max_header_bytes: libbus::headers::DEFAULT_MAX_HEADER_BYTES,
             max_pending: 8 << 20,
             socket_buffer: libbus::transport::DEFAULT_SOCKET_BUFFER,
             handshake_timeout: Duration::from_secs(5),
             ping_interval: Duration::from_secs(30),
             max_pings_missed: 2,
             max_replies_per_connection: 4096,
+            max_closed: 1000,
             max_connections: 10_000,
             max_connections_per_uid: 1024,
             reserved_connections: 16,
@@ -298,9 +309,11 @@ impl Config {
         vec![
             ("max_frame".into(), self.max_frame.into()),
             ("max_handshake_frame".into(), self.max_handshake_frame.into()),
+            ("max_header_bytes".into(), self.max_header_bytes.into()),
             ("max_pending".into(), self.max_pending as u64),
             ("socket_buffer".into(), self.socket_buffer as u64),
             ("max_connections".into(), self.max_connections as u64),
+            ("max_closed".into(), self.max_closed as u64),
             (
                 "max_replies_per_connection".into(),
                 self.max_replies_per_connection as u64,

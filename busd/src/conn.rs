@@ -30,7 +30,7 @@ use libbus::{
 use tokio::io::AsyncWriteExt;
 
 use crate::{
-    api, control,
+    api, cluster, control,
     deliver::{Deliveries, RouteCache, Routes, Target},
     inflight::Inflight,
     outbox::{Frames, Outbox, PubFrame},
@@ -123,16 +123,17 @@ pub async fn serve(
         transport,
         peer,
         connected_at,
-        outbox: Outbox::new(state.config.max_pending, hello.version >= proto::RUN_VERSION),
+        outbox: Outbox::new(state.config.max_pending, hello.version >= proto::RUN_VERSION)
+            .reading_headers(hello.version >= proto::HEADERS_VERSION),
         stats: Stats::default(),
         subs: Mutex::new(Default::default()),
         kick: Default::default(),
         version: hello.version,
         owed: Default::default(),
     });
-    conn.stats
-        .last_activity_ms
-        .store(crate::registry::unix_ms(connected_at), Relaxed);
+    let now_ms = crate::registry::unix_ms(connected_at);
+    conn.stats.last_activity_ms.store(now_ms, Relaxed);
+    conn.stats.last_read_ms.store(now_ms, Relaxed);
     conn.outbox
         .push_frame(&control::server(&ServerFrame::Welcome(proto::Welcome {
             version: proto::PROTOCOL_VERSION,
@@ -146,6 +147,10 @@ pub async fn serve(
     api::conn_event(&state, proto::api::EVENT_CONN_OPEN, &conn, None);
 
     let Fatal(reason) = read_loop(&state, &conn, &mut frames).await;
+    // Recorded as it was at the end, subscriptions included.
+    state
+        .registry
+        .record_closed(&conn, reason.clone(), state.config.max_closed);
 
     let subs = std::mem::take(&mut *lock(&conn.subs));
     state.router.unsubscribe(
@@ -266,6 +271,7 @@ fn frame_name(f: &ClientFrame<'_>) -> &'static str {
         ClientFrame::Unsub { .. } => "Unsub",
         ClientFrame::Ping => "Ping",
         ClientFrame::Pong => "Pong",
+        ClientFrame::HPub(_) => "HPub",
     }
 }
 
@@ -307,9 +313,12 @@ async fn read_loop(state: &State, conn: &Arc<Conn>, frames: &mut Incoming) -> Fa
             read = frames.read_frames() => match read {
                 Ok(Some(chunk)) => {
                     missed = 0;
-                    conn.stats.last_activity_ms.store(state.clock.now_ms(), Relaxed);
-                    if let Err(f) = handle_frames(state, conn, &chunk, &mut cache) {
-                        return f;
+                    let now = state.clock.now_ms();
+                    conn.stats.last_read_ms.store(now, Relaxed);
+                    match handle_frames(state, conn, &chunk, &mut cache) {
+                        Ok(true) => conn.stats.last_activity_ms.store(now, Relaxed),
+                        Ok(false) => {}
+                        Err(f) => return f,
                     }
                 }
                 Ok(None) => return Fatal(CloseReason::End),
@@ -325,7 +334,7 @@ async fn read_loop(state: &State, conn: &Arc<Conn>, frames: &mut Incoming) -> Fa
                 return Fatal(CloseReason::Kicked { by });
             }
             _ = ping.tick() => {
-                let idle_ms = state.clock.now_ms().saturating_sub(conn.stats.last_activity_ms.load(Relaxed));
+                let idle_ms = state.clock.now_ms().saturating_sub(conn.stats.last_read_ms.load(Relaxed));
                 if u128::from(idle_ms) + 50 < cfg.ping_interval.as_millis() {
                     continue;
                 }
@@ -348,16 +357,18 @@ async fn read_loop(state: &State, conn: &Arc<Conn>, frames: &mut Incoming) -> Fa
 /// Handles the whole frames of one read, in place. Publishes are delivered
 /// together once the frames are handled (or before the first frame of
 /// another kind); those accepted before a fatal frame are still delivered.
+/// True if any was an application frame (not a ping or pong).
 fn handle_frames(
     state: &State,
     conn: &Arc<Conn>,
     chunk: &Bytes,
     cache: &mut RouteCache,
-) -> Result<(), Fatal> {
+) -> Result<bool, Fatal> {
     let mut pending = Pending {
         deliveries: Deliveries::in_read(chunk, state.config.max_frame),
         msgs: 0,
         bytes: 0,
+        app: false,
     };
     let mut result = Ok(());
     for (at, body) in codec::whole_frames(chunk) {
@@ -368,7 +379,7 @@ fn handle_frames(
         }
     }
     pending.settle(&conn.stats);
-    result
+    result.map(|()| pending.app)
 }
 
 /// What handling one read accumulates: the deliveries of its publishes,
@@ -378,6 +389,8 @@ struct Pending<'a> {
     deliveries: Deliveries<'a>,
     msgs: u64,
     bytes: u64,
+    /// An application frame (publish, subscribe, unsubscribe) was read.
+    app: bool,
 }
 
 impl<'a> Pending<'a> {
@@ -385,6 +398,7 @@ impl<'a> Pending<'a> {
     fn count(&mut self, payload: usize) {
         self.msgs += 1;
         self.bytes += payload as u64;
+        self.app = true;
     }
 
     /// Delivers and counts what was published so far: at the end of the
@@ -423,11 +437,11 @@ fn handle_frame<'a>(
     let body = &frame[proto::LEN_PREFIX..];
     if let Some((p, routes)) = state.router.repeated(frame, cache) {
         pending.count(p.payload.len());
-        route(state, conn, frame, p, None, routes, pending);
+        route(state, conn, frame, p, Envelope::default(), routes, pending);
         return Ok(());
     }
     if let Some(p) = wire::raw_pub(body) {
-        return publish(state, conn, frame, p, cache, pending);
+        return publish(state, conn, frame, p, None, cache, pending);
     }
     let decoded = match codec::decode::<ClientFrame>(body) {
         Ok(f) => f,
@@ -436,9 +450,15 @@ fn handle_frame<'a>(
         }
         Err(e) => return Err(fatal(conn, ErrorCode::Protocol, e.to_string())),
     };
-    if !matches!(decoded, ClientFrame::Pub(_)) {
+    if !matches!(decoded, ClientFrame::Pub(_) | ClientFrame::HPub(_)) {
         // Everything published before this frame is queued before its effects.
         pending.settle(&conn.stats);
+    }
+    if matches!(
+        decoded,
+        ClientFrame::Sub(_) | ClientFrame::Unsub { .. } | ClientFrame::HPub(_)
+    ) {
+        pending.app = true;
     }
     match decoded {
         ClientFrame::Pub(p) => {
@@ -447,7 +467,27 @@ fn handle_frame<'a>(
                 reply_to: p.reply_to.map(str::as_bytes),
                 payload: p.payload,
             };
-            publish(state, conn, frame, p, cache, pending)
+            publish(state, conn, frame, p, None, cache, pending)
+        }
+        ClientFrame::HPub(h) => {
+            let max = state.config.max_header_bytes;
+            match libbus::headers::check(h.headers, max) {
+                Ok(()) => {}
+                Err(e @ libbus::headers::HeaderError::TooLarge { .. }) => {
+                    // Refused, not routed; the connection stays.
+                    state.policy.refused.count("max_header_bytes");
+                    conn.outbox
+                        .push_frame(&control::error(ErrorCode::LimitExceeded, &e.to_string()));
+                    return Ok(());
+                }
+                Err(e) => return Err(fatal(conn, ErrorCode::Protocol, e.to_string())),
+            }
+            let p = wire::RawPub {
+                subject: h.subject.as_bytes(),
+                reply_to: h.reply_to.map(str::as_bytes),
+                payload: h.payload,
+            };
+            publish(state, conn, frame, p, Some(h.headers), cache, pending)
         }
         ClientFrame::Sub(s) => subscribe(state, conn, s),
         ClientFrame::Unsub { sid } => {
@@ -480,6 +520,7 @@ fn publish<'a>(
     conn: &Arc<Conn>,
     frame: &'a [u8],
     p: wire::RawPub<'_>,
+    headers: Option<&[u8]>,
     cache: &mut RouteCache,
     pending: &mut Pending<'a>,
 ) -> Result<(), Fatal> {
@@ -491,12 +532,20 @@ fn publish<'a>(
     pending.count(p.payload.len());
     // A reply-less publish's head (every byte before its payload) lets the
     // next frame like it skip decoding.
-    let head = match reply_to {
-        None => &frame[..frame.len() - p.payload.len()],
-        Some(_) => &[][..],
+    let head = match (reply_to, headers) {
+        (None, None) => &frame[..frame.len() - p.payload.len()],
+        _ => &[][..],
     };
     if let Some(routes) = state.router.cached(p.subject, head, cache) {
-        route(state, conn, frame, p, reply_to, routes, pending);
+        route(
+            state,
+            conn,
+            frame,
+            p,
+            Envelope { reply_to, headers },
+            routes,
+            pending,
+        );
         return Ok(());
     }
     let Ok(subject) = std::str::from_utf8(p.subject) else {
@@ -522,7 +571,15 @@ fn publish<'a>(
         return Ok(());
     }
     let routes = state.router.lookup(subject, cache);
-    route(state, conn, frame, p, reply_to, &routes, pending);
+    route(
+        state,
+        conn,
+        frame,
+        p,
+        Envelope { reply_to, headers },
+        &routes,
+        pending,
+    );
     Ok(())
 }
 
@@ -551,6 +608,15 @@ fn reply_subject<'p>(state: &State, conn: &Conn, reply_to: &'p [u8]) -> Result<O
     Ok(Some(reply_to))
 }
 
+/// What a publish carries besides its subject and payload.
+#[derive(Debug, Clone, Copy, Default)]
+struct Envelope<'p> {
+    /// Its reply subject, checked.
+    reply_to: Option<&'p str>,
+    /// Its header block, checked.
+    headers: Option<&'p [u8]>,
+}
+
 /// Sends a valid publish on: to the bridges that want it, and to the local
 /// subscribers (`routes`); a request nobody anywhere takes gets `NoResponders`.
 fn route<'a>(
@@ -558,16 +624,23 @@ fn route<'a>(
     conn: &Arc<Conn>,
     frame: &'a [u8],
     p: wire::RawPub<'_>,
-    reply_to: Option<&str>,
+    Envelope { reply_to, headers }: Envelope<'_>,
     routes: &Arc<Routes>,
     pending: &mut Pending<'a>,
 ) {
     // The subject was validated before it was routed: it is UTF-8.
     let subject = || std::str::from_utf8(p.subject).unwrap_or_default();
     let remote = state.cluster.is_active()
-        && state
-            .cluster
-            .publish(&state.router, subject(), reply_to, p.payload, routes);
+        && state.cluster.publish(
+            &state.router,
+            cluster::Message {
+                subject: subject(),
+                reply_to,
+                headers,
+                payload: p.payload,
+            },
+            routes,
+        );
     if !conn.owed.is_empty() {
         conn.owed.answer(subject());
     }

@@ -206,6 +206,8 @@ struct Run {
     len: usize,
     /// Their frames' bytes.
     bytes: usize,
+    /// All `Pub` frames (no headers), so they can go as one `Run`.
+    plain: bool,
 }
 
 /// Publishes a reader gathers before delivering them.
@@ -234,9 +236,14 @@ impl<'a> Deliveries<'a> {
     /// delivers everything once enough gathered.
     pub fn push(&mut self, routes: &Arc<Routes>, msg: PubFrame<'a>) {
         let size = msg.frame.len();
+        // A message with headers is delivered on its own: a `Run` carries
+        // `Pub` frames only.
+        let plain = !msg.has_headers();
         match (self.runs.last_mut(), self.msgs.last()) {
             (Some(run), Some(prev))
-                if run.routes.same_as(routes)
+                if plain
+                    && run.plain
+                    && run.routes.same_as(routes)
                     && prev.frame.as_ptr_range().end == msg.frame.as_ptr()
                     && run.bytes + size <= self.max_run =>
             {
@@ -247,6 +254,7 @@ impl<'a> Deliveries<'a> {
                 routes: routes.clone(),
                 len: 1,
                 bytes: size,
+                plain,
             }),
         }
         self.msgs.push(msg);
@@ -260,7 +268,10 @@ impl<'a> Deliveries<'a> {
         let mut rest = &self.msgs[..];
         for run in self.runs.drain(..) {
             let (msgs, after) = rest.split_at(run.len);
-            let span = span(self.read, msgs, run.routes.plain.len() > 1);
+            let span = run
+                .plain
+                .then(|| span(self.read, msgs, run.routes.plain.len() > 1))
+                .flatten();
             run.routes.deliver_run(msgs, span.as_ref());
             rest = after;
         }

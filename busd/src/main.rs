@@ -51,6 +51,12 @@ struct Args {
     /// Unanswered pings before a connection is closed [default: 2].
     #[arg(long, value_name = "N")]
     max_pings_missed: Option<u32>,
+    /// Largest header block of one message, in bytes [default: 64KiB].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_header_bytes: Option<u64>,
+    /// Closed connections remembered for `bus-cli list --closed` [default: 1000].
+    #[arg(long, value_name = "N")]
+    max_closed: Option<usize>,
     /// Unanswered requests tracked per connection [default: 4096].
     #[arg(long, value_name = "N")]
     max_replies_per_connection: Option<usize>,
@@ -175,6 +181,11 @@ impl Args {
         set(&mut c.max_connections, self.max_connections);
         set(&mut c.max_connections_per_uid, self.max_connections_per_uid);
         set(&mut c.reserved_connections, self.reserved_connections);
+        set(&mut c.max_closed, self.max_closed);
+        if let Some(v) = self.max_header_bytes {
+            c.max_header_bytes =
+                u32::try_from(v).map_err(|_| "--max-header-bytes must be below 4 GiB".to_owned())?;
+        }
         set(&mut c.max_replies_per_connection, self.max_replies_per_connection);
         set(&mut c.max_tcp_connections, self.max_tcp_connections);
         set(&mut c.max_pending_handshakes, self.max_pending_handshakes);

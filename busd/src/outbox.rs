@@ -57,10 +57,16 @@ impl<'a> PubFrame<'a> {
         self.frame.get(LEN_PREFIX..).unwrap_or_default()
     }
 
-    /// Bytes of the `Msg` frame it becomes for `sid`, charged against
-    /// `max_pending` while queued.
-    pub fn cost(&self, sid: u64) -> usize {
-        wire::msg_from_pub_len(self.body(), sid)
+    /// Bytes of the `Msg` (or `HMsg`) frame it becomes for `sid`, charged
+    /// against `max_pending` while queued; `headers`: the subscriber reads
+    /// headers.
+    pub fn cost(&self, sid: u64, headers: bool) -> usize {
+        wire::delivery_len(self.body(), sid, headers)
+    }
+
+    /// True if it is an `HPub` (a publish with headers).
+    pub fn has_headers(&self) -> bool {
+        self.body().first() == Some(&wire::HPUB_TAG)
     }
 }
 
@@ -100,6 +106,33 @@ impl Published {
     /// Encodes a message from the daemon itself (events, API replies).
     pub fn from_daemon(subject: &str, payload: &[u8]) -> Self {
         Self::encode(subject, None, payload)
+    }
+
+    /// Encodes a message as an `HPub` frame with the (checked) header
+    /// block `headers`, or a `Pub` frame without.
+    pub fn with_headers(
+        subject: &str,
+        reply_to: Option<&str>,
+        headers: Option<&[u8]>,
+        payload: &[u8],
+    ) -> Self {
+        let Some(headers) = headers else {
+            return Self::encode(subject, reply_to, payload);
+        };
+        let mut frame = Vec::new();
+        let p = proto::ClientFrame::HPub(proto::HPub {
+            subject,
+            reply_to,
+            headers,
+            payload,
+        });
+        if let Err(e) = libbus::codec::encode_into(&p, &mut frame, u32::MAX) {
+            tracing::error!("encoding a message on {subject}: {e}");
+        }
+        Self {
+            frame,
+            payload_len: payload.len(),
+        }
     }
 
     /// Encodes a message as a `Pub` frame.
@@ -293,14 +326,14 @@ impl State {
 
     /// Queues `msg` for `sid` (after any unreported loss of `sid`) if it fits
     /// under `max_pending`; false if it does not.
-    fn push_msg(&mut self, sid: u64, msg: PubFrame<'_>, max_pending: usize) -> bool {
-        let cost = msg.cost(sid);
+    fn push_msg(&mut self, sid: u64, msg: PubFrame<'_>, max_pending: usize, headers: bool) -> bool {
+        let cost = msg.cost(sid, headers);
         if self.pending() + cost > max_pending {
             return false;
         }
         self.report_lag(sid);
         self.frames.append(cost, |buf| {
-            wire::encode_msg_from_pub(msg.body(), sid, buf);
+            wire::encode_delivery(msg.body(), sid, headers, buf);
         });
         self.taken.msgs += 1;
         self.taken.bytes += u64::from(msg.payload_len);
@@ -365,6 +398,9 @@ pub struct Outbox {
     max_pending: usize,
     /// The peer reads `Run` frames (protocol version 3).
     runs: bool,
+    /// The peer reads headers (`HMsg`, protocol version 4); others get
+    /// messages without them.
+    headers: bool,
 }
 
 impl Outbox {
@@ -376,7 +412,14 @@ impl Outbox {
             ready: Notify::new(),
             max_pending,
             runs,
+            headers: false,
         }
+    }
+
+    /// The same queue for a peer that reads headers if `headers`.
+    pub fn reading_headers(mut self, headers: bool) -> Self {
+        self.headers = headers;
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -391,7 +434,7 @@ impl Outbox {
             return true;
         }
         let was_empty = st.frames.is_empty();
-        let fits = st.push_msg(sid, msg, self.max_pending);
+        let fits = st.push_msg(sid, msg, self.max_pending, self.headers);
         drop(st);
         if fits && was_empty {
             self.ready.notify_one();
@@ -412,7 +455,7 @@ impl Outbox {
         let ran = self.runs && run.is_some_and(|run| st.push_run(sid, run, self.max_pending));
         if !ran {
             for msg in msgs {
-                if !st.push_msg(sid, *msg, self.max_pending) {
+                if !st.push_msg(sid, *msg, self.max_pending, self.headers) {
                     st.count_drop(sid);
                 }
             }
@@ -598,7 +641,7 @@ mod tests {
     async fn bound_drop_and_lag_in_order() {
         let m = msg(30);
         let m = m.frame();
-        let cost = m.cost(1);
+        let cost = m.cost(1, false);
         let ob = Outbox::new(2 * cost + cost / 2, true);
         assert!(ob.try_push(1, m));
         assert!(ob.try_push(1, m));
@@ -637,7 +680,7 @@ mod tests {
     async fn push_many_matches_one_at_a_time() {
         let m = msg(30);
         let m = m.frame();
-        let cost = m.cost(7);
+        let cost = m.cost(7, false);
         let ob = Outbox::new(2 * cost + cost / 2, true);
         // Two fit, three are dropped and counted.
         ob.push_many(7, &[m; 5], None);
@@ -656,7 +699,7 @@ mod tests {
     async fn written_bytes_stop_counting_before_the_batch_is_done() {
         let m = msg(30);
         let m = m.frame();
-        let cost = m.cost(1);
+        let cost = m.cost(1, false);
         let ob = Outbox::new(2 * cost, true);
         assert!(ob.try_push(1, m));
         assert!(ob.try_push(1, m));
@@ -717,7 +760,7 @@ mod tests {
     #[tokio::test]
     async fn control_frames_use_the_slack() {
         let m = msg(30);
-        let ob = Outbox::new(m.frame().cost(1), true);
+        let ob = Outbox::new(m.frame().cost(1, false), true);
         assert!(ob.try_push(1, m.frame()));
         // Over the bound for messages, still room for a control frame.
         assert!(!ob.try_push(1, m.frame()));
@@ -771,7 +814,7 @@ mod tests {
     async fn a_run_that_does_not_fit_or_cannot_be_read_goes_one_by_one() {
         let read = read_of(5, 30);
         let (msgs, run) = run_in(&read, 5, 30);
-        let cost = msgs[0].cost(7);
+        let cost = msgs[0].cost(7, false);
         // Room for two messages, not for the run: two go, three are dropped.
         let ob = Outbox::new(2 * cost + cost / 2, true);
         ob.push_many(7, &msgs, Some(&run));

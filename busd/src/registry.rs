@@ -1,7 +1,7 @@
 //! Live connections: what `$BUS.api.list` reports and what routes point at.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, VecDeque},
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
         Arc, Mutex, MutexGuard,
@@ -9,7 +9,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use libbus::proto::api::{ConnInfo, Peer, SubInfo};
+use libbus::proto::api::{CloseReason, ClosedConn, ConnInfo, Peer, SubInfo};
 
 use crate::outbox::Outbox;
 
@@ -33,8 +33,12 @@ pub struct Stats {
     pub msgs_out: AtomicU64,
     /// Payload bytes written to the socket (writer task).
     pub bytes_out: AtomicU64,
-    /// Last frame received, Unix ms (reader task, coarse clock).
+    /// Last application frame received (publish, subscribe, unsubscribe),
+    /// Unix ms (reader task, coarse clock).
     pub last_activity_ms: AtomicU64,
+    /// Last frame of any kind received, pongs included: liveness for the
+    /// keep-alive (reader task, coarse clock).
+    pub last_read_ms: AtomicU64,
 }
 
 /// One connection after its handshake. Routes hold an `Arc` to it; it is
@@ -97,7 +101,12 @@ impl Conn {
             transport: self.transport.into(),
             peer: self.peer.clone(),
             connected_at_ms: unix_ms(self.connected_at),
-            last_activity_ms: self.stats.last_activity_ms.load(Relaxed),
+            // The coarse clock may read a little before the exact connect time.
+            last_activity_ms: self
+                .stats
+                .last_activity_ms
+                .load(Relaxed)
+                .max(unix_ms(self.connected_at)),
             subs: lock(&self.subs).values().cloned().collect(),
             msgs_in: self.stats.msgs_in.load(Relaxed),
             bytes_in: self.stats.bytes_in.load(Relaxed),
@@ -133,6 +142,8 @@ pub struct Registry {
     pub accepted: AtomicU64,
     /// Totals of ended connections.
     pub ended: Totals,
+    /// The last `max_closed` connections to close, oldest first.
+    closed: Mutex<VecDeque<ClosedConn>>,
 }
 
 impl Registry {
@@ -145,6 +156,29 @@ impl Registry {
     pub fn insert(&self, conn: Arc<Conn>) {
         self.accepted.fetch_add(1, Relaxed);
         lock(&self.conns).insert(conn.id, conn);
+    }
+
+    /// Records `conn`, which closed for `reason`, in the history of the
+    /// last `max` closed connections.
+    pub fn record_closed(&self, conn: &Conn, reason: CloseReason, max: usize) {
+        if max == 0 {
+            return;
+        }
+        let record = ClosedConn {
+            conn: conn.info(),
+            closed_at_ms: unix_ms(SystemTime::now()),
+            reason,
+        };
+        let mut closed = lock(&self.closed);
+        while closed.len() >= max {
+            closed.pop_front();
+        }
+        closed.push_back(record);
+    }
+
+    /// The closed connections remembered, oldest first.
+    pub fn closed(&self) -> Vec<ClosedConn> {
+        lock(&self.closed).iter().cloned().collect()
     }
 
     /// Removes a connection and folds its counters into the totals.

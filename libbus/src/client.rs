@@ -146,6 +146,31 @@ impl Bus {
         self.shared.output.publish_all(msgs.into_iter()).await
     }
 
+    /// Publishes with headers: ordered (name, value) pairs, names
+    /// repeatable, as in NATS. Without headers it is [`publish`](Self::publish).
+    /// Subscribers read them with [`Message::headers`](crate::Message::headers);
+    /// clients older than protocol 4 get the message without them.
+    ///
+    /// ```no_run
+    /// # async fn f(bus: libbus::Bus) -> libbus::Result<()> {
+    /// let mut h = libbus::Headers::new();
+    /// h.append("Content-Type", "application/json");
+    /// bus.publish_with_headers("orders.new", &h, r#"{"id":7}"#).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn publish_with_headers(
+        &self,
+        subject: &str,
+        headers: &crate::Headers,
+        payload: impl AsRef<[u8]>,
+    ) -> Result<()> {
+        subject::validate_publish(subject)?;
+        self.shared
+            .output
+            .publish_with_headers(subject, None, headers, payload.as_ref())
+            .await
+    }
+
     /// Publishes with an explicit reply subject.
     pub async fn publish_with_reply(
         &self,
@@ -245,6 +270,30 @@ impl Bus {
         payload: impl AsRef<[u8]>,
         timeout: Duration,
     ) -> Result<Message> {
+        let none = crate::Headers::new();
+        self.request_with_headers(subject, &none, payload, timeout).await
+    }
+
+    /// [`request_with_timeout`](Self::request_with_timeout) with headers.
+    /// A responder's error reply ([`Message::respond_error`]) fails it with
+    /// [`Error::Service`].
+    ///
+    /// ```no_run
+    /// # async fn f(bus: libbus::Bus) -> libbus::Result<()> {
+    /// let h = libbus::Headers::from_iter([("Trace-Id", "4bf92f35")]);
+    /// match bus.request_with_headers("orders.get", &h, "7", std::time::Duration::from_secs(1)).await {
+    ///     Err(libbus::Error::Service { code: 404, text }) => println!("not found: {text}"),
+    ///     other => println!("{other:?}"),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn request_with_headers(
+        &self,
+        subject: &str,
+        headers: &crate::Headers,
+        payload: impl AsRef<[u8]>,
+        timeout: Duration,
+    ) -> Result<Message> {
         subject::validate_publish(subject)?;
         let shared = &self.shared;
         shared.input.ensure_inbox(&shared.output)?;
@@ -255,10 +304,13 @@ impl Bus {
         }
         shared
             .output
-            .publish(subject, Some(&reply_to), payload.as_ref())
+            .publish_with_headers(subject, Some(&reply_to), headers, payload.as_ref())
             .await?;
         match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(result)) => result,
+            Ok(Ok(result)) => result.and_then(|reply| match reply.service_error() {
+                Some(e) => Err(e),
+                None => Ok(reply),
+            }),
             Ok(Err(_)) => Err(shared.output.disconnected()),
             Err(_) => Err(Error::Timeout(timeout)),
         }

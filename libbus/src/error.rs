@@ -34,6 +34,18 @@ pub enum Error {
         /// The request subject.
         subject: String,
     },
+    /// The responder answered with an error
+    /// ([`Message::respond_error`](crate::Message::respond_error)).
+    #[error("service error {code}: {text}")]
+    Service {
+        /// The responder's error code.
+        code: u32,
+        /// Its explanation.
+        text: String,
+    },
+    /// A header or header block was refused (before sending, or by the daemon).
+    #[error(transparent)]
+    Header(#[from] crate::headers::HeaderError),
     /// A request, flush, connect or handshake did not complete in time.
     #[error("timed out after {0:?}")]
     Timeout(Duration),

@@ -560,17 +560,28 @@ fn handle_frame(
         Ok(f) => f,
         Err(e) => return Err(format!("bad frame from daemon: {e}")),
     };
-    match decoded {
-        ServerFrame::Msg(m) => {
-            let (sid, found) = at(wire::RawMsg {
-                sid: m.sid,
-                subject: m.subject.as_bytes(),
-                reply_to: m.reply_to.map(str::as_bytes),
-                payload: m.payload,
-            });
-            let full = on_msg(input, output, chunk, sid, found, pending, max_batch);
-            return Ok(Handled::Msg { full });
+    // A delivery in an encoding the direct reader left to postcard, or
+    // one with headers.
+    let delivery = match &decoded {
+        ServerFrame::Msg(m) => Some((m.sid, m.subject, m.reply_to, m.payload, None)),
+        ServerFrame::HMsg(m) => Some((m.sid, m.subject, m.reply_to, m.payload, Some(m.headers))),
+        _ => None,
+    };
+    if let Some((sid, subject, reply_to, payload, headers)) = delivery {
+        let (sid, mut found) = at(wire::RawMsg {
+            sid,
+            subject: subject.as_bytes(),
+            reply_to: reply_to.map(str::as_bytes),
+            payload,
+        });
+        if let Some(headers) = headers {
+            found = found.with_headers(body, headers);
         }
+        let full = on_msg(input, output, chunk, sid, found, pending, max_batch);
+        return Ok(Handled::Msg { full });
+    }
+    match decoded {
+        ServerFrame::Msg(_) | ServerFrame::HMsg(_) => {} // handled above
         ServerFrame::Run { sid, frames } => return Ok(run(sid, frames)),
         ServerFrame::Lagged { sid, dropped } => {
             input.lagged(output, sid, dropped);

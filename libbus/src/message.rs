@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 
 use crate::{
     codec,
+    headers::{self, Headers},
     output::Output,
     proto, wire,
     wire::{Decoded, PubAt},
@@ -38,6 +39,8 @@ pub struct Message {
     subject: Span,
     reply_to: Option<Span>,
     payload: Span,
+    /// The encoded header block, if the message has headers.
+    headers: Option<Span>,
     /// Connection to respond on; `None` for messages that cannot be answered.
     shared: Option<Arc<Output>>,
 }
@@ -48,6 +51,7 @@ pub(crate) struct Parts {
     subject: Span,
     reply_to: Option<Span>,
     payload: Span,
+    headers: Option<Span>,
 }
 
 /// A message the reader found in a received chunk: where its frame body
@@ -79,8 +83,16 @@ impl Found {
                 subject: Span::of(frame, subject),
                 reply_to: reply_to.map(|r| Span::of(frame, r)),
                 payload: Span::of(frame, payload),
+                headers: None,
             },
         }
+    }
+
+    /// [`new`](Self::new) for a message with a header block `headers`
+    /// (borrowed from `frame` too).
+    pub(crate) fn with_headers(mut self, frame: &[u8], headers: &[u8]) -> Self {
+        self.parts.headers = Some(Span::of(frame, headers));
+        self
     }
 
     /// The message's subject, read from the `chunk` it was found in.
@@ -95,6 +107,7 @@ impl Found {
             subject: self.parts.subject.get(frame),
             reply_to: self.parts.reply_to.map(|r| r.get(frame)),
             payload: self.parts.payload.get(frame),
+            headers: self.parts.headers.map(|h| h.get(frame)),
         }
     }
 }
@@ -132,6 +145,7 @@ impl Message {
             subject: parts.subject,
             reply_to: parts.reply_to,
             payload: parts.payload,
+            headers: parts.headers,
             shared,
         }
     }
@@ -174,6 +188,26 @@ impl Message {
         self.payload_bytes()
     }
 
+    /// The message's headers, in the order they were set (none for a
+    /// message published without them).
+    ///
+    /// ```no_run
+    /// # async fn f(msg: libbus::Message) {
+    /// if let Some(trace) = msg.headers().get("Trace-Id") {
+    ///     println!("trace {trace}");
+    /// }
+    /// # }
+    /// ```
+    pub fn headers(&self) -> Headers {
+        headers_of(self.headers.map(|h| h.get(&self.frame)))
+    }
+
+    /// The error a responder answered with ([`respond_error`](Self::respond_error)),
+    /// if this reply is one.
+    pub fn service_error(&self) -> Option<Error> {
+        service_error(&self.headers())
+    }
+
     /// Decodes a postcard-encoded body (the counterpart of
     /// [`Bus::publish_value`](crate::Bus::publish_value)).
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
@@ -191,6 +225,35 @@ impl Message {
             )));
         };
         shared.publish(reply, None, payload.as_ref()).await
+    }
+
+    /// Answers a request with headers.
+    pub async fn respond_with_headers(&self, headers: &Headers, payload: impl AsRef<[u8]>) -> Result<()> {
+        let (Some(reply), Some(shared)) = (self.reply_to(), self.shared.as_ref()) else {
+            return Err(Error::Protocol(format!(
+                "message on {:?} has no reply subject",
+                self.subject()
+            )));
+        };
+        shared
+            .publish_with_headers(reply, None, headers, payload.as_ref())
+            .await
+    }
+
+    /// Answers a request with an error: the requester's
+    /// [`request`](crate::Bus::request) fails with
+    /// [`Error::Service`] `{ code, text }` instead of returning a reply.
+    ///
+    /// ```no_run
+    /// # async fn f(req: libbus::Message) -> libbus::Result<()> {
+    /// req.respond_error(404, "no such order").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn respond_error(&self, code: u32, text: &str) -> Result<()> {
+        let mut h = Headers::new();
+        h.append(headers::ERROR_CODE, code.to_string());
+        h.append(headers::ERROR_TEXT, text);
+        self.respond_with_headers(&h, []).await
     }
 
     /// Answers a request with a postcard-encoded value.
@@ -361,6 +424,7 @@ impl<'a> Iterator for Iter<'a> {
                     subject: p.subject,
                     reply_to: p.reply_to,
                     payload: p.payload,
+                    headers: None,
                 })
             }
         }
@@ -416,6 +480,22 @@ pub struct MessageRef<'a> {
     pub(crate) subject: &'a [u8],
     pub(crate) reply_to: Option<&'a [u8]>,
     pub(crate) payload: &'a [u8],
+    pub(crate) headers: Option<&'a [u8]>,
+}
+
+/// A header block, read (the daemon checked it; a block it did not
+/// check, from a daemon that did not, reads as no headers).
+fn headers_of(block: Option<&[u8]>) -> Headers {
+    block.and_then(|b| Headers::decode(b).ok()).unwrap_or_default()
+}
+
+/// The error an error reply's headers carry.
+pub(crate) fn service_error(h: &Headers) -> Option<Error> {
+    let code = h.get(headers::ERROR_CODE)?;
+    Some(Error::Service {
+        code: code.parse().unwrap_or(u32::MAX),
+        text: h.get(headers::ERROR_TEXT).unwrap_or_default().to_owned(),
+    })
 }
 
 /// A subject checked to be UTF-8 when its message was located or decoded
@@ -438,6 +518,11 @@ impl<'a> MessageRef<'a> {
     /// The message body.
     pub fn payload(&self) -> &'a [u8] {
         self.payload
+    }
+
+    /// The message's headers (see [`Message::headers`]).
+    pub fn headers(&self) -> Headers {
+        headers_of(self.headers)
     }
 
     /// Decodes a postcard-encoded body.

@@ -221,6 +221,27 @@ impl Output {
         self.until_buffered(|| self.buffer(&frame, true)).await
     }
 
+    /// [`publish`](Self::publish) with headers (a plain `Pub` when there are none).
+    pub(crate) async fn publish_with_headers(
+        &self,
+        subject: &str,
+        reply_to: Option<&str>,
+        headers: &crate::Headers,
+        payload: &[u8],
+    ) -> Result<()> {
+        if headers.is_empty() {
+            return self.publish(subject, reply_to, payload).await;
+        }
+        let block = headers.encode()?;
+        let frame = ClientFrame::HPub(proto::HPub {
+            subject,
+            reply_to,
+            headers: &block,
+            payload,
+        });
+        self.until_buffered(|| self.buffer(&frame, true)).await
+    }
+
     /// Buffers the messages `msgs` yields, in order, waiting while the
     /// buffer is full; takes its lock once per bufferful rather than once
     /// per message.

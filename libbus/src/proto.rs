@@ -13,12 +13,17 @@
 use serde::{Deserialize, Serialize};
 
 /// Version spoken by this build. Version 3 added [`ServerFrame::Run`];
-/// version 4 added [`ServerFrame::ResponderGone`] and, on bridge links,
+/// version 4 added headers ([`ClientFrame::HPub`], [`ServerFrame::HMsg`]),
+/// [`ServerFrame::ResponderGone`] and, on bridge links,
 /// [`link::LinkFrame::Closing`] and [`link::LinkFrame::Closed`].
 pub const PROTOCOL_VERSION: u16 = 4;
 
 /// First version whose clients read [`ServerFrame::Run`].
 pub const RUN_VERSION: u16 = 3;
+
+/// First version that sends [`ClientFrame::HPub`] and reads
+/// [`ServerFrame::HMsg`]; older clients get messages without headers.
+pub const HEADERS_VERSION: u16 = 4;
 
 /// First version whose clients read [`ServerFrame::ResponderGone`] (older
 /// ones get `NoResponders` in its place) and whose bridge links speak
@@ -103,6 +108,44 @@ pub enum ClientFrame<'a> {
     Ping,
     /// Answer to the daemon's `Ping`.
     Pong,
+    /// Publish with headers (version 4).
+    #[serde(borrow)]
+    HPub(HPub<'a>),
+}
+
+/// A publish with headers: `Pub` with an encoded [`Headers`](crate::Headers)
+/// block before the payload. The daemon checks the block once and forwards
+/// it as it came.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct HPub<'a> {
+    /// Literal subject (no wildcards).
+    pub subject: &'a str,
+    /// Where responders should reply, for requests.
+    pub reply_to: Option<&'a str>,
+    /// The headers, as [`Headers::encode`](crate::Headers) writes them.
+    #[serde(with = "serde_bytes")]
+    pub headers: &'a [u8],
+    /// Opaque message body.
+    #[serde(with = "serde_bytes")]
+    pub payload: &'a [u8],
+}
+
+/// A delivery with headers (version 4): `Msg` with the publisher's header
+/// block, as it came.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct HMsg<'a> {
+    /// The subscription this delivery is for.
+    pub sid: u64,
+    /// Subject the message was published to.
+    pub subject: &'a str,
+    /// Reply subject, for requests.
+    pub reply_to: Option<&'a str>,
+    /// The headers, as [`Headers::encode`](crate::Headers) writes them.
+    #[serde(with = "serde_bytes")]
+    pub headers: &'a [u8],
+    /// Message body.
+    #[serde(with = "serde_bytes")]
+    pub payload: &'a [u8],
 }
 
 /// Successful handshake answer.
@@ -229,6 +272,10 @@ pub enum ServerFrame<'a> {
         /// The reply subject of the request.
         reply_to: &'a str,
     },
+    /// A delivery with headers (version 4; older clients get a `Msg`
+    /// without them).
+    #[serde(borrow)]
+    HMsg(HMsg<'a>),
 }
 
 /// Records returned by the admin API (`$BUS.api.*`) and lifecycle events
@@ -311,7 +358,9 @@ pub mod api {
         pub peer: Peer,
         /// Connection time, milliseconds since the Unix epoch.
         pub connected_at_ms: u64,
-        /// Last frame received, milliseconds since the Unix epoch.
+        /// Last application frame received (a publish, subscribe or
+        /// unsubscribe; not a ping or pong), milliseconds since the Unix
+        /// epoch; never before `connected_at_ms`.
         pub last_activity_ms: u64,
         /// Subscriptions, by sid.
         pub subs: Vec<SubInfo>,
@@ -327,6 +376,22 @@ pub mod api {
         pub pending_bytes: u64,
         /// Messages dropped because this connection fell behind.
         pub dropped: u64,
+    }
+
+    /// Admin request: the most recently closed connections, oldest first
+    /// (at most the daemon's `max_closed`). Reply: `Vec<ClosedConn>`.
+    pub const CLOSED: &str = "$BUS.api.closed";
+
+    /// A connection that has closed: what `list` showed of it last, when
+    /// and why it ended (NATS `connz?state=closed`).
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+    pub struct ClosedConn {
+        /// The connection as it was when it closed (subscriptions included).
+        pub conn: ConnInfo,
+        /// When it closed, milliseconds since the Unix epoch.
+        pub closed_at_ms: u64,
+        /// Why.
+        pub reason: CloseReason,
     }
 
     /// Daemon facts and totals, as `bus-cli info` shows them.
@@ -518,5 +583,12 @@ pub mod link {
         Closing,
         /// Answer to `Closing`: nothing more follows on this link.
         Closed,
+        /// A routed message with headers (version 4): the header block as
+        /// the publisher sent it, then the message. Links to older daemons
+        /// get `Msg` without them.
+        HMsg(
+            #[serde(with = "serde_bytes")] &'a [u8],
+            #[serde(borrow)] Routed<'a>,
+        ),
     }
 }

@@ -27,6 +27,10 @@ pub const PUB_TAG: u8 = 1;
 pub const MSG_TAG: u8 = 1;
 /// postcard's variant index of `ServerFrame::Run`.
 pub const RUN_TAG: u8 = 8;
+/// postcard's variant index of `ClientFrame::HPub`.
+pub const HPUB_TAG: u8 = 6;
+/// postcard's variant index of `ServerFrame::HMsg`.
+pub const HMSG_TAG: u8 = 10;
 
 /// Appends a `ClientFrame::Pub` frame to `buf`, byte for byte what
 /// [`encode_into`](crate::codec::encode_into) writes (the `pub_encoding_matches_postcard` property test
@@ -64,6 +68,17 @@ fn bytes_len(bytes: &[u8]) -> usize {
     varint_len(bytes.len() as u64) + bytes.len()
 }
 
+/// postcard's encoding of a `str`: varint length, then bytes.
+pub(crate) fn push_str(buf: &mut Vec<u8>, s: &str) {
+    push_bytes(buf, s.as_bytes());
+}
+
+/// postcard's varint encoding of `v`, appended.
+pub(crate) fn push_varint(buf: &mut Vec<u8>, v: u64) {
+    let (varint, n) = varint_u64(v);
+    buf.extend_from_slice(&varint[..n]);
+}
+
 /// postcard's encoding of a byte string or `str`: varint length, then bytes.
 fn push_bytes(buf: &mut Vec<u8>, bytes: &[u8]) {
     let (varint, n) = varint_u64(bytes.len() as u64);
@@ -91,6 +106,58 @@ pub fn encode_msg_from_pub(pub_body: &[u8], sid: u64, out: &mut Vec<u8>) {
     out.push(MSG_TAG);
     out.extend_from_slice(&varint[..n]);
     out.extend_from_slice(rest);
+}
+
+/// Appends the delivery of a publish body for subscription `sid`: a `Pub`
+/// becomes a `Msg` ([`encode_msg_from_pub`]); an `HPub` becomes an `HMsg`
+/// the same way (tag and sid spliced in) for a client that reads headers
+/// (`headers`), else a `Msg` without its header block. Nothing is decoded
+/// or re-encoded but that one field.
+pub fn encode_delivery(pub_body: &[u8], sid: u64, headers: bool, out: &mut Vec<u8>) {
+    if pub_body.first() != Some(&HPUB_TAG) {
+        return encode_msg_from_pub(pub_body, sid, out);
+    }
+    let (head, tail) = match hpub_split(pub_body) {
+        Some(split) if !headers => split,
+        // An `HMsg` for a reader of headers (and what could not be split,
+        // which the client rejects).
+        _ => (pub_body.get(1..).unwrap_or_default(), &[][..]),
+    };
+    let tag = if headers { HMSG_TAG } else { MSG_TAG };
+    let (varint, n) = varint_u64(sid);
+    let len = 1 + n + head.len() + tail.len();
+    out.reserve(LEN_PREFIX + len);
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    out.push(tag);
+    out.extend_from_slice(&varint[..n]);
+    out.extend_from_slice(head);
+    out.extend_from_slice(tail);
+}
+
+/// Bytes [`encode_delivery`] appends.
+pub fn delivery_len(pub_body: &[u8], sid: u64, headers: bool) -> usize {
+    if pub_body.first() != Some(&HPUB_TAG) || headers {
+        return msg_from_pub_len(pub_body, sid);
+    }
+    match hpub_split(pub_body) {
+        Some((head, tail)) => LEN_PREFIX + 1 + varint_len(sid) + head.len() + tail.len(),
+        None => msg_from_pub_len(pub_body, sid),
+    }
+}
+
+/// An `HPub` body around its header block: the subject and reply subject
+/// before it, the payload after it.
+fn hpub_split(body: &[u8]) -> Option<(&[u8], &[u8])> {
+    let fields = body.get(1..)?;
+    let (_, rest) = take_bytes(fields)?;
+    let rest = match rest.split_first()? {
+        (0, rest) => rest,
+        (1, rest) => take_bytes(rest)?.1,
+        _ => return None,
+    };
+    let head = &fields[..fields.len() - rest.len()];
+    let (_, tail) = take_bytes(rest)?;
+    Some((head, tail))
 }
 
 /// Bytes [`encode_msg_from_pub`] appends for `pub_body` and `sid`.
@@ -250,7 +317,7 @@ fn is_utf8(b: &[u8]) -> bool {
 
 /// A varint of at most 9 bytes (up to 2^63 - 1); longer ones go to postcard.
 #[inline]
-fn take_varint(b: &[u8]) -> Option<(u64, &[u8])> {
+pub(crate) fn take_varint(b: &[u8]) -> Option<(u64, &[u8])> {
     let mut v = 0u64;
     for (i, &byte) in b.iter().take(VARINT_MAX - 1).enumerate() {
         v |= u64::from(byte & 0x7f) << (7 * i);
@@ -263,7 +330,7 @@ fn take_varint(b: &[u8]) -> Option<(u64, &[u8])> {
 
 /// A length-prefixed byte string.
 #[inline]
-fn take_bytes(b: &[u8]) -> Option<(&[u8], &[u8])> {
+pub(crate) fn take_bytes(b: &[u8]) -> Option<(&[u8], &[u8])> {
     let (len, rest) = take_varint(b)?;
     let len = usize::try_from(len).ok()?;
     (len <= rest.len()).then(|| rest.split_at(len))
@@ -427,6 +494,53 @@ mod tests {
             });
             codec::encode_into(&m, &mut expected, u32::MAX).unwrap();
             assert_eq!(spliced, expected, "{subject} sid {sid}");
+        }
+    }
+
+    #[test]
+    fn deliveries_of_hpub_match_postcard_with_and_without_headers() {
+        let block = crate::Headers::from_iter([("Trace-Id", "t1"), ("A", "b")])
+            .encode()
+            .unwrap();
+        for (subject, reply_to, payload, sid) in [
+            ("a", None, &b""[..], 1u64),
+            ("sensors.x", Some("_INBOX.q.7"), &b"21.5"[..], 300),
+            ("ü.x", None, &[9u8; 300][..], u64::MAX),
+        ] {
+            let mut frame = Vec::new();
+            let hpub = ClientFrame::HPub(HPub {
+                subject,
+                reply_to,
+                headers: &block,
+                payload,
+            });
+            codec::encode_into(&hpub, &mut frame, u32::MAX).unwrap();
+            let body = &frame[LEN_PREFIX..];
+            assert_eq!(body[0], HPUB_TAG);
+            for headers in [true, false] {
+                let mut out = Vec::new();
+                encode_delivery(body, sid, headers, &mut out);
+                assert_eq!(out.len(), delivery_len(body, sid, headers));
+                let mut expected = Vec::new();
+                let m = if headers {
+                    ServerFrame::HMsg(HMsg {
+                        sid,
+                        subject,
+                        reply_to,
+                        headers: &block,
+                        payload,
+                    })
+                } else {
+                    ServerFrame::Msg(Msg {
+                        sid,
+                        subject,
+                        reply_to,
+                        payload,
+                    })
+                };
+                codec::encode_into(&m, &mut expected, u32::MAX).unwrap();
+                assert_eq!(out, expected, "{subject} headers {headers}");
+            }
         }
     }
 

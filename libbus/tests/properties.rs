@@ -67,9 +67,10 @@ proptest! {
 
     #[test]
     fn client_frames_round_trip(
-        kind in 0u8..6, a in text(), b in text(), opt in proptest::option::of(text()),
+        kind in 0u8..7, a in text(), b in text(), opt in proptest::option::of(text()),
         n in any::<u64>(), v in any::<u16>(), payload in bytes(),
     ) {
+        let block = libbus::Headers::from_iter([(b.replace([' ', ':'], "_"), a.clone())]).encode().unwrap_or_default();
         let frame = match kind {
             0 => ClientFrame::Hello(proto::Hello {
                 version: v, name: &a, role: proto::Role::Client, auth: opt.as_deref(),
@@ -78,7 +79,8 @@ proptest! {
             2 => ClientFrame::Sub(proto::Sub { sid: n, pattern: &b, queue: opt.as_deref() }),
             3 => ClientFrame::Unsub { sid: n },
             4 => ClientFrame::Ping,
-            _ => ClientFrame::Pong,
+            5 => ClientFrame::Pong,
+            _ => ClientFrame::HPub(proto::HPub { subject: &a, reply_to: opt.as_deref(), headers: &block, payload: &payload }),
         };
         let mut wire = Vec::new();
         prop_assert_eq!(through_the_wire(&frame, &mut wire), frame);
@@ -86,7 +88,7 @@ proptest! {
 
     #[test]
     fn server_frames_round_trip(
-        kind in 0u8..8, a in text(), opt in proptest::option::of(text()),
+        kind in 0u8..10, a in text(), opt in proptest::option::of(text()),
         n in any::<u64>(), m in any::<u64>(), v in any::<u16>(), max in any::<u32>(),
         code in error_code(), payload in bytes(),
     ) {
@@ -98,6 +100,8 @@ proptest! {
             4 => ServerFrame::Error { code, message: &a },
             5 => ServerFrame::Ping,
             6 => ServerFrame::Pong,
+            7 => ServerFrame::ResponderGone { reply_to: &a },
+            8 => ServerFrame::HMsg(proto::HMsg { sid: n, subject: &a, reply_to: opt.as_deref(), headers: &payload, payload: &payload }),
             _ => ServerFrame::SubRefused { sid: n, code, message: &a },
         };
         let mut wire = Vec::new();
@@ -243,6 +247,43 @@ proptest! {
         prop_assert_eq!(got, ServerFrame::Msg(proto::Msg {
             sid, subject: &a, reply_to: opt.as_deref(), payload: &payload,
         }));
+    }
+
+    #[test]
+    fn hpub_deliveries_decode_with_and_without_headers(
+        a in text(), opt in proptest::option::of(text()), sid in any::<u64>(), payload in bytes(),
+        pairs in prop::collection::vec(("[A-Za-z0-9-]{1,12}", "[ -~]{0,20}"), 0..5),
+    ) {
+        let block = libbus::Headers::from_iter(pairs).encode().unwrap();
+        let mut wire = Vec::new();
+        let p = ClientFrame::HPub(proto::HPub { subject: &a, reply_to: opt.as_deref(), headers: &block, payload: &payload });
+        codec::encode_into(&p, &mut wire, u32::MAX).unwrap();
+        for headers in [true, false] {
+            let mut out = Vec::new();
+            wire::encode_delivery(&wire[proto::LEN_PREFIX..], sid, headers, &mut out);
+            prop_assert_eq!(out.len(), wire::delivery_len(&wire[proto::LEN_PREFIX..], sid, headers));
+            let got: ServerFrame = codec::decode(&out[proto::LEN_PREFIX..]).unwrap();
+            let want = if headers {
+                ServerFrame::HMsg(proto::HMsg { sid, subject: &a, reply_to: opt.as_deref(), headers: &block, payload: &payload })
+            } else {
+                ServerFrame::Msg(proto::Msg { sid, subject: &a, reply_to: opt.as_deref(), payload: &payload })
+            };
+            prop_assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn arbitrary_header_blocks_never_panic(data in prop::collection::vec(any::<u8>(), 0..512), sid in any::<u64>()) {
+        let _ = libbus::headers::check(&data, u32::MAX);
+        let _ = libbus::Headers::decode(&data);
+        // An HPub body made of noise still splices without panicking.
+        let mut body = vec![wire::HPUB_TAG];
+        body.extend_from_slice(&data);
+        for headers in [true, false] {
+            let mut out = Vec::new();
+            wire::encode_delivery(&body, sid, headers, &mut out);
+            prop_assert_eq!(out.len(), wire::delivery_len(&body, sid, headers));
+        }
     }
 
     #[test]

@@ -133,6 +133,17 @@ pub enum Got {
     NoResponders(String),
     /// `ResponderGone` for this reply subject.
     ResponderGone(String),
+    /// A delivery with headers (its encoded block).
+    HMsg {
+        /// Subscription id.
+        sid: u64,
+        /// Subject.
+        subject: String,
+        /// The header block as the daemon forwarded it.
+        headers: Vec<u8>,
+        /// Payload.
+        payload: Vec<u8>,
+    },
     /// Error frame.
     Error(ErrorCode, String),
     /// Ping.
@@ -228,6 +239,12 @@ impl Raw {
             ServerFrame::Lagged { sid, dropped } => Got::Lagged(sid, dropped),
             ServerFrame::NoResponders { reply_to } => Got::NoResponders(reply_to.into()),
             ServerFrame::ResponderGone { reply_to } => Got::ResponderGone(reply_to.into()),
+            ServerFrame::HMsg(m) => Got::HMsg {
+                sid: m.sid,
+                subject: m.subject.into(),
+                headers: m.headers.into(),
+                payload: m.payload.into(),
+            },
             ServerFrame::Error { code, message } => Got::Error(code, message.into()),
             ServerFrame::Ping => Got::Ping,
             ServerFrame::Pong => Got::Pong,

@@ -85,6 +85,10 @@ pub struct BenchArgs {
     /// plain API.
     #[arg(long, default_value_t = 1, value_parser = at_least_one::<usize>())]
     pub batch: usize,
+    /// Small headers to give each message (pubsub, fanout; with --batch 1),
+    /// to measure what headers cost.
+    #[arg(long, default_value_t = 0)]
+    pub headers: usize,
     /// Also measure the raw Unix-socket baseline and print ratios (pubsub
     /// 1 → 1 on a Unix socket adds raw clients through the daemon).
     #[arg(long)]
@@ -174,6 +178,8 @@ pub struct Report {
     pub batch: usize,
     /// Distinct subjects the publishers cycled through.
     pub subjects: usize,
+    /// Headers on each message.
+    pub headers: usize,
     /// Messages published (or requests made).
     pub sent: u64,
     /// Messages delivered, all subscribers together.
@@ -548,11 +554,14 @@ fn print_report(r: &Report) {
         }
         return;
     }
-    let api = if r.batch > 1 {
+    let mut api = if r.batch > 1 {
         format!(", batches of {}", r.batch)
     } else {
         String::new()
     };
+    if r.headers > 0 {
+        api += &format!(", {} headers each", r.headers);
+    }
     let tasks = if r.tasks > 1 {
         format!(" x {} task(s)", r.tasks)
     } else {

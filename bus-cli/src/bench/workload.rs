@@ -127,6 +127,12 @@ pub async fn run(args: &BenchArgs, target: &Target) -> Result<Report> {
                 numbered_subjects(args.subjects)
             };
             report.subjects = subjects.len();
+            report.headers = args.headers;
+            if args.headers > 0 && args.batch > 1 {
+                return Err(libbus::Error::Protocol(
+                    "--headers goes with --batch 1 (publish_batch sends no headers)".into(),
+                ));
+            }
             pubsub(&address, pubs, subs, args, max_pending, &subjects, &mut report).await?;
         }
         Mode::Reqrep => reqrep(&address, args, &mut report).await?,
@@ -338,6 +344,9 @@ async fn pubsub(
     }
 
     let payload = libbus::Bytes::from(vec![0u8; args.size]);
+    let headers: libbus::Headers = (0..args.headers)
+        .map(|i| (format!("Bench-{i}"), format!("value-{i}")))
+        .collect();
     let batch = args.batch as u64;
     let mut pub_tasks = Vec::new();
     // Each publisher's connection is shared by `tasks` tasks (clones of one
@@ -350,7 +359,7 @@ async fn pubsub(
             let bus = shared_bus.clone();
             let (sent, gate, accounted) = (sent.clone(), start_gate.clone(), accounted.clone());
             let progress = progressed.clone();
-            let (payload, subjects) = (payload.clone(), subjects.to_vec());
+            let (payload, subjects, headers) = (payload.clone(), subjects.to_vec(), headers.clone());
             let duration = args.duration;
             pub_tasks.push(tokio::spawn(async move {
                 gate.wait().await;
@@ -367,7 +376,11 @@ async fn pubsub(
                     let k = batch.min(until_check).min(left);
                     if batch == 1 {
                         if let Some(i) = subject.next() {
-                            bus.publish(subjects[i], &payload).await?;
+                            if headers.is_empty() {
+                                bus.publish(subjects[i], &payload).await?;
+                            } else {
+                                bus.publish_with_headers(subjects[i], &headers, &payload).await?;
+                            }
                         }
                     } else {
                         let msgs = subject.by_ref().take(k as usize).map(|i| (subjects[i], &payload));

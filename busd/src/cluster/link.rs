@@ -187,6 +187,11 @@ impl Link {
         self.dropped.fetch_add(n, Relaxed);
     }
 
+    /// True if the other side reads headers (`LinkFrame::HMsg`).
+    pub(super) fn carries_headers(&self) -> bool {
+        self.version.load(Relaxed) >= libbus::proto::HEADERS_VERSION
+    }
+
     /// True if the other side understands `Closing`.
     pub(super) fn speaks_closing(&self) -> bool {
         self.version.load(Relaxed) >= libbus::proto::GONE_VERSION

@@ -276,33 +276,26 @@ impl Cluster {
 
     /// A message was published here. Forwards it to the links whose
     /// subtrees want it; returns true if any remote node wants it.
-    pub fn publish(
-        &self,
-        router: &Router,
-        subject: &str,
-        reply_to: Option<&str>,
-        payload: &[u8],
-        local: &Routes,
-    ) -> bool {
+    pub fn publish(&self, router: &Router, msg: Message<'_>, local: &Routes) -> bool {
         if !self.is_active() {
             return false;
         }
         self.announce_if_changed(router);
         let routing = self.current_routing();
-        let (plain, groups) = routing.interested(subject);
+        let (plain, groups) = routing.interested(msg.subject);
+        let mut routed = Routed {
+            origin: &self.node_id,
+            subject: msg.subject,
+            reply_to: msg.reply_to,
+            payload: msg.payload,
+            queue_targets: Vec::new(),
+        };
         if plain.is_empty() && groups.is_empty() {
-            if routing.held_for(subject, Instant::now()).is_empty() {
+            if routing.held_for(msg.subject, Instant::now()).is_empty() {
                 return false;
             }
             // Only nodes out of reach want it: parked for them.
-            let routed = Routed {
-                origin: &self.node_id,
-                subject,
-                reply_to,
-                payload,
-                queue_targets: Vec::new(),
-            };
-            self.forward(&routing, &routed, &plain, None);
+            self.forward(&routing, &routed, msg.headers, &plain, None);
             return true;
         }
         // Queue groups with a member here are served here (local preferred);
@@ -324,25 +317,27 @@ impl Cluster {
             // Remote interest, but only in groups served here.
             return true;
         }
-        let routed = Routed {
-            origin: &self.node_id,
-            subject,
-            reply_to,
-            payload,
-            queue_targets: targets.iter().map(|(g, n)| (&**g, n.as_str())).collect(),
-        };
-        self.forward(&routing, &routed, &plain, None);
+        routed.queue_targets = targets.iter().map(|(g, n)| (&**g, n.as_str())).collect();
+        self.forward(&routing, &routed, msg.headers, &plain, None);
         true
     }
 
     /// Sends `routed` to our children in its origin's tree whose subtree
     /// holds an interested node (`plain` or a queue target), and parks it
     /// on the links that led to interested nodes now out of reach.
-    fn forward(&self, routing: &Routing, routed: &Routed<'_>, plain: &[String], from: Option<&Link>) {
+    fn forward(
+        &self,
+        routing: &Routing,
+        routed: &Routed<'_>,
+        headers: Option<&[u8]>,
+        plain: &[String],
+        from: Option<&Link>,
+    ) {
         let children = routing.children(routed.origin);
         let now = Instant::now();
         let held = routing.held_for(routed.subject, now);
-        let mut frame: Option<Bytes> = None;
+        // One encoding for links that carry headers, one for older ones.
+        let mut frames: [Option<Bytes>; 2] = [None, None];
         for (child, subtree) in children.iter() {
             let wanted = plain.iter().any(|n| subtree.contains(n))
                 || routed.queue_targets.iter().any(|(_, n)| subtree.contains(*n));
@@ -354,8 +349,12 @@ impl Cluster {
             if from.is_some_and(|f| std::ptr::eq(f, Arc::as_ptr(&link))) {
                 continue; // never back where it came from
             }
-            let frame = frame
-                .get_or_insert_with(|| control::link(&LinkFrame::Msg(routed.clone())))
+            let with_headers = headers.filter(|_| link.carries_headers());
+            let frame = frames[usize::from(with_headers.is_some())]
+                .get_or_insert_with(|| match with_headers {
+                    Some(h) => control::link(&LinkFrame::HMsg(h, routed.clone())),
+                    None => control::link(&LinkFrame::Msg(routed.clone())),
+                })
                 .clone();
             if wanted {
                 link.send_msg(frame);
@@ -377,8 +376,7 @@ impl Cluster {
     /// for the message encoded in `frame` (a `LinkFrame::Msg` with its
     /// length prefix): a parked message can go.
     pub fn reaches_via(&self, link: &Link, frame: &[u8], awaiting: &[String]) -> bool {
-        let body = frame.get(libbus::proto::LEN_PREFIX..).unwrap_or_default();
-        let Ok(LinkFrame::Msg(m)) = libbus::codec::decode::<LinkFrame>(body) else {
+        let Some(m) = routed_in(frame) else {
             return false;
         };
         let node = link.node();
@@ -429,8 +427,7 @@ impl Cluster {
     /// subject and queue targets: used to release messages held while the
     /// link was down or routed before the other side's state arrived.
     pub fn still_wanted(&self, link: &Link, frame: &[u8]) -> bool {
-        let body = frame.get(libbus::proto::LEN_PREFIX..).unwrap_or_default();
-        let Ok(LinkFrame::Msg(m)) = libbus::codec::decode::<LinkFrame>(body) else {
+        let Some(m) = routed_in(frame) else {
             return false;
         };
         let routing = self.current_routing();
@@ -443,8 +440,9 @@ impl Cluster {
         plain.iter().any(|n| subtree.contains(n)) || m.queue_targets.iter().any(|(_, n)| subtree.contains(*n))
     }
 
-    /// A message arrived over `from`: deliver it here and pass it on.
-    pub fn receive(&self, router: &Router, from: &Link, routed: Routed<'_>) {
+    /// A message arrived over `from` (with its header block, if any):
+    /// deliver it here and pass it on.
+    pub fn receive(&self, router: &Router, from: &Link, routed: Routed<'_>, headers: Option<&[u8]>) {
         if libbus::subject::validate_subject(routed.subject).is_err()
             || routed.subject.starts_with(libbus::subject::RESERVED_PREFIX)
         {
@@ -457,7 +455,7 @@ impl Cluster {
         let local = router.lookup_uncached(routed.subject);
         if !local.is_empty() {
             let me = self.node_id.as_str();
-            let msg = Published::encode(routed.subject, routed.reply_to, routed.payload);
+            let msg = Published::with_headers(routed.subject, routed.reply_to, headers, routed.payload);
             local.deliver_filtered(msg.frame(), |group| {
                 routed.queue_targets.iter().any(|(g, n)| *g == group && *n == me)
             });
@@ -465,6 +463,29 @@ impl Cluster {
         self.announce_if_changed(router);
         let routing = self.current_routing();
         let (plain, _) = routing.interested(routed.subject);
-        self.forward(&routing, &routed, &plain, Some(from));
+        self.forward(&routing, &routed, headers, &plain, Some(from));
+    }
+}
+
+/// A message published on this daemon, as the cluster forwards it.
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'a> {
+    /// Its subject.
+    pub subject: &'a str,
+    /// Its reply subject, for a request.
+    pub reply_to: Option<&'a str>,
+    /// Its header block (checked), if any.
+    pub headers: Option<&'a [u8]>,
+    /// Its payload.
+    pub payload: &'a [u8],
+}
+
+/// The routed message in a link frame (`Msg` or `HMsg`, length prefix
+/// included).
+fn routed_in(frame: &[u8]) -> Option<Routed<'_>> {
+    let body = frame.get(libbus::proto::LEN_PREFIX..)?;
+    match libbus::codec::decode::<LinkFrame>(body).ok()? {
+        LinkFrame::Msg(m) | LinkFrame::HMsg(_, m) => Some(m),
+        _ => None,
     }
 }

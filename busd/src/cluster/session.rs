@@ -249,7 +249,15 @@ async fn read_loop(state: &Arc<State>, link: &Arc<Link>, mut frames: Frames) -> 
                     }
                     Ok(LinkFrame::Msg(m)) => {
                         link.msgs_in.fetch_add(1, Relaxed);
-                        state.cluster.receive(&state.router, link, m);
+                        state.cluster.receive(&state.router, link, m, None);
+                    }
+                    Ok(LinkFrame::HMsg(headers, m)) => {
+                        link.msgs_in.fetch_add(1, Relaxed);
+                        if let Err(e) = libbus::headers::check(headers, u32::MAX) {
+                            tracing::warn!(subject = m.subject, "dropping a message with bad headers from a bridge: {e}");
+                            continue;
+                        }
+                        state.cluster.receive(&state.router, link, m, Some(headers));
                     }
                     Ok(LinkFrame::Ping) => link.send_control(control::link(&LinkFrame::Pong)),
                     Ok(LinkFrame::Pong) => {}
