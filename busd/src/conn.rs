@@ -443,6 +443,10 @@ fn handle_frame<'a>(
     if let Some(p) = wire::raw_pub(body) {
         return publish(state, conn, frame, p, None, cache, pending);
     }
+    if let Some((p, headers)) = wire::raw_hpub(body) {
+        pending.app = true;
+        return publish_with_headers(state, conn, frame, p, headers, cache, pending);
+    }
     let decoded = match codec::decode::<ClientFrame>(body) {
         Ok(f) => f,
         Err(CodecError::Postcard(e)) => {
@@ -470,24 +474,12 @@ fn handle_frame<'a>(
             publish(state, conn, frame, p, None, cache, pending)
         }
         ClientFrame::HPub(h) => {
-            let max = state.config.max_header_bytes;
-            match libbus::headers::check(h.headers, max) {
-                Ok(()) => {}
-                Err(e @ libbus::headers::HeaderError::TooLarge { .. }) => {
-                    // Refused, not routed; the connection stays.
-                    state.policy.refused.count("max_header_bytes");
-                    conn.outbox
-                        .push_frame(&control::error(ErrorCode::LimitExceeded, &e.to_string()));
-                    return Ok(());
-                }
-                Err(e) => return Err(fatal(conn, ErrorCode::Protocol, e.to_string())),
-            }
             let p = wire::RawPub {
                 subject: h.subject.as_bytes(),
                 reply_to: h.reply_to.map(str::as_bytes),
                 payload: h.payload,
             };
-            publish(state, conn, frame, p, Some(h.headers), cache, pending)
+            publish_with_headers(state, conn, frame, p, h.headers, cache, pending)
         }
         ClientFrame::Sub(s) => subscribe(state, conn, s),
         ClientFrame::Unsub { sid } => {
@@ -508,6 +500,30 @@ fn handle_frame<'a>(
         }
         ClientFrame::Pong => Ok(()),
         ClientFrame::Hello(_) => Err(fatal(conn, ErrorCode::Protocol, "duplicate Hello".into())),
+    }
+}
+
+/// [`publish`] for an `HPub`: its header block is checked once (over
+/// `max_header_bytes` it is refused and reported, the connection stays; a
+/// malformed one ends the connection), then forwarded as it came.
+fn publish_with_headers<'a>(
+    state: &State,
+    conn: &Arc<Conn>,
+    frame: &'a [u8],
+    p: wire::RawPub<'_>,
+    headers: &[u8],
+    cache: &mut RouteCache,
+    pending: &mut Pending<'a>,
+) -> Result<(), Fatal> {
+    match libbus::headers::check(headers, state.config.max_header_bytes) {
+        Ok(()) => publish(state, conn, frame, p, Some(headers), cache, pending),
+        Err(e @ libbus::headers::HeaderError::TooLarge { .. }) => {
+            state.policy.refused.count("max_header_bytes");
+            conn.outbox
+                .push_frame(&control::error(ErrorCode::LimitExceeded, &e.to_string()));
+            Ok(())
+        }
+        Err(e) => Err(fatal(conn, ErrorCode::Protocol, e.to_string())),
     }
 }
 

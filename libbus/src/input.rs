@@ -555,6 +555,12 @@ fn handle_frame(
     if let Some((sid, frames)) = wire::raw_run(body) {
         return Ok(run(sid, frames));
     }
+    if let Some((msg, headers)) = wire::raw_hmsg(body) {
+        let (sid, found) = at(msg);
+        let found = found.with_headers(body, headers);
+        let full = on_msg(input, output, chunk, sid, found, pending, max_batch);
+        return Ok(Handled::Msg { full });
+    }
     // Everything else goes to postcard.
     let decoded = match codec::decode::<ServerFrame>(body) {
         Ok(f) => f,

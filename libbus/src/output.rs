@@ -380,6 +380,7 @@ impl Output {
                 let Buffer { buf, pubs, .. } = out;
                 pubs.encode(p, same_subject, buf, max_frame)
             }
+            ClientFrame::HPub(h) => wire::encode_hpub(h, &mut out.buf, max_frame),
             other => codec::encode_into(other, &mut out.buf, max_frame),
         }
         .map_err(codec_err)?;
