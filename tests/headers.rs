@@ -129,7 +129,7 @@ fn wire(frames: &[ClientFrame<'_>]) -> Vec<u8> {
 }
 
 #[tokio::test]
-async fn old_clients_get_the_message_without_headers_and_runs_never_hold_them() {
+async fn old_clients_get_the_message_without_headers_and_new_ones_get_runs_with_them() {
     let bus = TestBus::start();
     let mut v4 = raw_sub(&bus, proto::PROTOCOL_VERSION).await;
     let mut v3 = raw_sub(&bus, 3).await;
@@ -173,6 +173,10 @@ async fn old_clients_get_the_message_without_headers_and_runs_never_hold_them() 
     };
     assert_eq!(got_v4, [msg(b"0"), msg(b"1"), hmsg, msg(b"3"), msg(b"4")]);
     assert_eq!(got_v3, [msg(b"0"), msg(b"1"), msg(b"2"), msg(b"3"), msg(b"4")]);
+    // The protocol 4 subscriber got the five forwarded as they came (one
+    // Run, headers and all); the protocol 3 one, which cannot read an HPub,
+    // got each message on its own.
+    assert_eq!((v4.runs, v3.runs), (1, 0));
 }
 
 #[tokio::test]

@@ -443,9 +443,9 @@ fn handle_frame<'a>(
     if let Some(p) = wire::raw_pub(body) {
         return publish(state, conn, frame, p, None, cache, pending);
     }
-    if let Some((p, headers)) = wire::raw_hpub(body) {
+    if let Some(p) = wire::raw_hpub(body) {
         pending.app = true;
-        return publish_with_headers(state, conn, frame, p, headers, cache, pending);
+        return publish_with_headers(state, conn, frame, p, cache, pending);
     }
     let decoded = match codec::decode::<ClientFrame>(body) {
         Ok(f) => f,
@@ -470,6 +470,7 @@ fn handle_frame<'a>(
                 subject: p.subject.as_bytes(),
                 reply_to: p.reply_to.map(str::as_bytes),
                 payload: p.payload,
+                headers: None,
             };
             publish(state, conn, frame, p, None, cache, pending)
         }
@@ -478,8 +479,9 @@ fn handle_frame<'a>(
                 subject: h.subject.as_bytes(),
                 reply_to: h.reply_to.map(str::as_bytes),
                 payload: h.payload,
+                headers: Some(h.headers),
             };
-            publish_with_headers(state, conn, frame, p, h.headers, cache, pending)
+            publish_with_headers(state, conn, frame, p, cache, pending)
         }
         ClientFrame::Sub(s) => subscribe(state, conn, s),
         ClientFrame::Unsub { sid } => {
@@ -511,10 +513,10 @@ fn publish_with_headers<'a>(
     conn: &Arc<Conn>,
     frame: &'a [u8],
     p: wire::RawPub<'_>,
-    headers: &[u8],
     cache: &mut RouteCache,
     pending: &mut Pending<'a>,
 ) -> Result<(), Fatal> {
+    let headers = p.headers.unwrap_or_default();
     match libbus::headers::check(headers, state.config.max_header_bytes) {
         Ok(()) => publish(state, conn, frame, p, Some(headers), cache, pending),
         Err(e @ libbus::headers::HeaderError::TooLarge { .. }) => {

@@ -206,8 +206,9 @@ struct Run {
     len: usize,
     /// Their frames' bytes.
     bytes: usize,
-    /// All `Pub` frames (no headers), so they can go as one `Run`.
-    plain: bool,
+    /// Some are `HPub`s: the run goes as one `Run` only to subscribers
+    /// that read headers (others get each message without its headers).
+    headers: bool,
 }
 
 /// Publishes a reader gathers before delivering them.
@@ -236,25 +237,22 @@ impl<'a> Deliveries<'a> {
     /// delivers everything once enough gathered.
     pub fn push(&mut self, routes: &Arc<Routes>, msg: PubFrame<'a>) {
         let size = msg.frame.len();
-        // A message with headers is delivered on its own: a `Run` carries
-        // `Pub` frames only.
-        let plain = !msg.has_headers();
+        let headers = msg.has_headers();
         match (self.runs.last_mut(), self.msgs.last()) {
             (Some(run), Some(prev))
-                if plain
-                    && run.plain
-                    && run.routes.same_as(routes)
+                if run.routes.same_as(routes)
                     && prev.frame.as_ptr_range().end == msg.frame.as_ptr()
                     && run.bytes + size <= self.max_run =>
             {
                 run.len += 1;
                 run.bytes += size;
+                run.headers |= headers;
             }
             _ => self.runs.push(Run {
                 routes: routes.clone(),
                 len: 1,
                 bytes: size,
-                plain,
+                headers,
             }),
         }
         self.msgs.push(msg);
@@ -268,10 +266,7 @@ impl<'a> Deliveries<'a> {
         let mut rest = &self.msgs[..];
         for run in self.runs.drain(..) {
             let (msgs, after) = rest.split_at(run.len);
-            let span = run
-                .plain
-                .then(|| span(self.read, msgs, run.routes.plain.len() > 1))
-                .flatten();
+            let span = span(self.read, msgs, run.routes.plain.len() > 1, run.headers);
             run.routes.deliver_run(msgs, span.as_ref());
             rest = after;
         }
@@ -280,7 +275,7 @@ impl<'a> Deliveries<'a> {
 }
 
 /// Where adjacent frames `msgs` lie in `read`, as a run to forward.
-fn span<'a>(read: &'a Bytes, msgs: &[PubFrame<'_>], fan_out: bool) -> Option<RunSpan<'a>> {
+fn span<'a>(read: &'a Bytes, msgs: &[PubFrame<'_>], fan_out: bool, headers: bool) -> Option<RunSpan<'a>> {
     let base = read.as_ptr() as usize;
     let start = (msgs.first()?.frame.as_ptr() as usize).checked_sub(base)?;
     let end = (msgs.last()?.frame.as_ptr_range().end as usize).checked_sub(base)?;
@@ -290,5 +285,6 @@ fn span<'a>(read: &'a Bytes, msgs: &[PubFrame<'_>], fan_out: bool) -> Option<Run
         msgs: msgs.len() as u64,
         payload: msgs.iter().map(|m| u64::from(m.payload_len)).sum(),
         fan_out,
+        headers,
     })
 }

@@ -85,6 +85,9 @@ pub struct RunSpan<'a> {
     /// Several subscribers get the run: if it is large, each queue holds a
     /// reference to the read rather than a copy.
     pub fan_out: bool,
+    /// Some of the frames are `HPub`s: only a peer that reads headers gets
+    /// the run as it is.
+    pub headers: bool,
 }
 
 impl RunSpan<'_> {
@@ -452,7 +455,9 @@ impl Outbox {
             return;
         }
         let was_empty = st.frames.is_empty();
-        let ran = self.runs && run.is_some_and(|run| st.push_run(sid, run, self.max_pending));
+        let ran = self.runs
+            && run
+                .is_some_and(|run| (self.headers || !run.headers) && st.push_run(sid, run, self.max_pending));
         if !ran {
             for msg in msgs {
                 if !st.push_msg(sid, *msg, self.max_pending, self.headers) {
@@ -629,6 +634,7 @@ mod tests {
             msgs: n as u64,
             payload: (n * size) as u64,
             fan_out: true,
+            headers: false,
         };
         (msgs, run)
     }
@@ -795,6 +801,7 @@ mod tests {
         let (msgs, run) = run_in(&read, 3, SHARE_MIN / 2);
         let alone = RunSpan {
             fan_out: false,
+            headers: false,
             ..run.clone()
         };
         for (run, shared) in [(&run, true), (&alone, false)] {

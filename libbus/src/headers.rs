@@ -26,16 +26,29 @@ pub const ERROR_TEXT: &str = "Bus-Error-Text";
 /// assert_eq!(h.get("accept"), Some("text/plain"));
 /// assert_eq!(h.get_all("Accept").count(), 2);
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Headers {
     pairs: Vec<(String, String)>,
+    /// The checked block, kept from the first [`encode`](Self::encode)
+    /// until the next change: a stream published with the same headers
+    /// encodes them once.
+    encoded: std::sync::OnceLock<Vec<u8>>,
 }
+
+impl PartialEq for Headers {
+    fn eq(&self, other: &Self) -> bool {
+        self.pairs == other.pairs
+    }
+}
+
+impl Eq for Headers {}
 
 /// Why a header block or a header was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HeaderError {
-    /// A name is empty, or has whitespace, a control character or `:`.
-    #[error("invalid header name {0:?}: names are non-empty, without whitespace, control characters or ':'")]
+    /// A name is empty, or has a character other than printable ASCII, a
+    /// space or `:`.
+    #[error("invalid header name {0:?}: names are printable ASCII, without spaces or ':'")]
     Name(String),
     /// A value has a control character other than tab.
     #[error("invalid value for header {0:?}: no control characters except tab")]
@@ -63,6 +76,7 @@ impl Headers {
     /// name. Checked when the message is published.
     pub fn append(&mut self, name: impl Into<String>, value: impl Into<String>) -> &mut Self {
         self.pairs.push((name.into(), value.into()));
+        self.encoded = Default::default();
         self
     }
 
@@ -106,6 +120,15 @@ impl Headers {
 
     /// The block as sent on the wire, after checking every name and value.
     pub fn encode(&self) -> Result<Vec<u8>, HeaderError> {
+        self.encoded().map(<[u8]>::to_vec)
+    }
+
+    /// [`encode`](Self::encode), borrowed: computed once until the headers
+    /// change.
+    pub fn encoded(&self) -> Result<&[u8], HeaderError> {
+        if let Some(block) = self.encoded.get() {
+            return Ok(block);
+        }
         let mut out = Vec::new();
         wire::push_varint(&mut out, self.pairs.len() as u64);
         for (n, v) in &self.pairs {
@@ -113,14 +136,17 @@ impl Headers {
             wire::push_str(&mut out, n);
             wire::push_str(&mut out, v);
         }
-        Ok(out)
+        Ok(self.encoded.get_or_init(|| out))
     }
 
     /// Reads a block (checked as [`check`] does).
     pub fn decode(block: &[u8]) -> Result<Headers, HeaderError> {
         let mut pairs = Vec::new();
         walk(block, |n, v| pairs.push((n.to_owned(), v.to_owned())))?;
-        Ok(Headers { pairs })
+        Ok(Headers {
+            pairs,
+            encoded: Default::default(),
+        })
     }
 }
 
@@ -144,15 +170,15 @@ impl<N: Into<String>, V: Into<String>> FromIterator<(N, V)> for Headers {
     }
 }
 
+/// Names are printable ASCII without spaces or ':' (HTTP's and NATS's
+/// header names); values are UTF-8 without ASCII control characters other
+/// than tab (so no CR or LF). Checked byte by byte: the daemon does this
+/// once per message with headers.
 fn check_pair(name: &str, value: &str) -> Result<(), HeaderError> {
-    if name.is_empty()
-        || name
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || c == ':')
-    {
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
         return Err(HeaderError::Name(name.to_owned()));
     }
-    if value.chars().any(|c| c.is_control() && c != '\t') {
+    if value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
         return Err(HeaderError::Value(name.to_owned()));
     }
     Ok(())

@@ -406,12 +406,7 @@ fn complete_replies(
         msgs += 1;
         let p = wire::run_msg(body).ok_or(MALFORMED_RUN)?;
         let start = frames.start + at + proto::LEN_PREFIX;
-        reply(
-            input,
-            output,
-            chunk,
-            Found::new(start, body, p.subject, p.reply_to, p.payload),
-        );
+        reply(input, output, chunk, Found::of_pub(start, body, &p));
     }
     if inner.end() != frames.len() {
         return Err(MALFORMED_RUN.to_owned());

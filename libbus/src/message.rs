@@ -88,6 +88,16 @@ impl Found {
         }
     }
 
+    /// The message a `Pub` or `HPub` frame body `body` (found at `start`)
+    /// holds, as read by [`wire::run_msg`].
+    pub(crate) fn of_pub(start: usize, body: &[u8], p: &wire::RawPub<'_>) -> Self {
+        let found = Self::new(start, body, p.subject, p.reply_to, p.payload);
+        match p.headers {
+            Some(h) => found.with_headers(body, h),
+            None => found,
+        }
+    }
+
     /// [`new`](Self::new) for a message with a header block `headers`
     /// (borrowed from `frame` too).
     pub(crate) fn with_headers(mut self, frame: &[u8], headers: &[u8]) -> Self {
@@ -392,7 +402,7 @@ impl Messages {
                 let (next, walked) = next_pub(&self.chunk, cursor);
                 self.left = self.left.saturating_sub(walked);
                 let (start, body, p) = next?;
-                Some(Found::new(start, body, p.subject, p.reply_to, p.payload))
+                Some(Found::of_pub(start, body, &p))
             }
         }
     }
@@ -424,7 +434,7 @@ impl<'a> Iterator for Iter<'a> {
                     subject: p.subject,
                     reply_to: p.reply_to,
                     payload: p.payload,
-                    headers: None,
+                    headers: p.headers,
                 })
             }
         }

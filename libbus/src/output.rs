@@ -232,11 +232,10 @@ impl Output {
         if headers.is_empty() {
             return self.publish(subject, reply_to, payload).await;
         }
-        let block = headers.encode()?;
         let frame = ClientFrame::HPub(proto::HPub {
             subject,
             reply_to,
-            headers: &block,
+            headers: headers.encoded()?,
             payload,
         });
         self.until_buffered(|| self.buffer(&frame, true)).await

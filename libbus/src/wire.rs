@@ -93,9 +93,9 @@ pub fn encode_hpub(p: &proto::HPub<'_>, buf: &mut Vec<u8>, max_frame: u32) -> Re
     Ok(())
 }
 
-/// The `HPub` in `body`, read in place like [`raw_pub`] (subjects not
-/// checked to be UTF-8), with its header block (not checked either).
-pub fn raw_hpub(body: &[u8]) -> Option<(RawPub<'_>, &[u8])> {
+/// The `HPub` in `body`, read in place like [`raw_pub`] (subjects and
+/// header block not checked), its block in `headers`.
+pub fn raw_hpub(body: &[u8]) -> Option<RawPub<'_>> {
     let (&tag, rest) = body.split_first()?;
     if tag != HPUB_TAG {
         return None;
@@ -103,14 +103,12 @@ pub fn raw_hpub(body: &[u8]) -> Option<(RawPub<'_>, &[u8])> {
     let (subject, reply_to, rest) = take_subjects(rest)?;
     let (headers, rest) = take_bytes(rest)?;
     let (payload, _) = take_bytes(rest)?;
-    Some((
-        RawPub {
-            subject,
-            reply_to,
-            payload,
-        },
-        headers,
-    ))
+    Some(RawPub {
+        subject,
+        reply_to,
+        payload,
+        headers: Some(headers),
+    })
 }
 
 /// The `HMsg` in `body`, read in place like [`raw_msg`] (subjects checked
@@ -342,7 +340,7 @@ pub fn raw_run(body: &[u8]) -> Option<(u64, &[u8])> {
 /// in postcard's plain encoding, which the daemon never sends.
 #[inline]
 pub fn run_msg(body: &[u8]) -> Option<RawPub<'_>> {
-    let p = raw_pub(body)?;
+    let p = raw_pub(body).or_else(|| raw_hpub(body))?;
     (is_utf8(p.subject) && p.reply_to.is_none_or(is_utf8)).then_some(p)
 }
 
@@ -355,6 +353,8 @@ pub struct RawPub<'a> {
     pub reply_to: Option<&'a [u8]>,
     /// The payload.
     pub payload: &'a [u8],
+    /// The header block of an `HPub` (**not** checked); `None` for a `Pub`.
+    pub headers: Option<&'a [u8]>,
 }
 
 /// The `Pub` in `body` if it is one in postcard's plain encoding, its
@@ -372,6 +372,7 @@ pub fn raw_pub(body: &[u8]) -> Option<RawPub<'_>> {
         subject,
         reply_to,
         payload,
+        headers: None,
     })
 }
 
@@ -502,6 +503,7 @@ pub(crate) struct Decoded {
     len: usize,
     subject: Range<usize>,
     reply_to: Option<Range<usize>>,
+    headers: Option<Range<usize>>,
 }
 
 /// A `Pub` frame found in a chunk: where its body starts, the body, and
@@ -523,6 +525,7 @@ impl Decoded {
             len: LEN_PREFIX + body.len(),
             subject: at(p.subject),
             reply_to: p.reply_to.map(at),
+            headers: p.headers.map(at),
         }
     }
 
@@ -540,6 +543,7 @@ impl Decoded {
             subject: part(&self.subject),
             reply_to: self.reply_to.as_ref().map(part),
             payload: frame.get(self.head..).unwrap_or_default(),
+            headers: self.headers.as_ref().map(part),
         };
         Some((at + LEN_PREFIX, frame.get(LEN_PREFIX..).unwrap_or_default(), p))
     }
@@ -609,11 +613,12 @@ mod tests {
             assert_eq!(direct, frame, "encode_hpub matches postcard");
             let body = &frame[LEN_PREFIX..];
             assert_eq!(body[0], HPUB_TAG);
-            let (raw, block_read) = raw_hpub(body).unwrap();
+            let raw = raw_hpub(body).unwrap();
             assert_eq!(
-                (raw.subject, raw.payload, block_read),
-                (subject.as_bytes(), payload, &block[..])
+                (raw.subject, raw.payload, raw.headers),
+                (subject.as_bytes(), payload, Some(&block[..]))
             );
+            assert_eq!(run_msg(body), Some(raw), "a Run may carry it");
             for headers in [true, false] {
                 let mut out = Vec::new();
                 encode_delivery(body, sid, headers, &mut out);

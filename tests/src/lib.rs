@@ -223,13 +223,19 @@ impl Raw {
             ServerFrame::Run { sid, frames } => {
                 let mut inner = codec::whole_frames(frames);
                 for (_, body) in &mut inner {
-                    let Ok(ClientFrame::Pub(p)) = codec::decode(body) else {
-                        panic!("a Run holds Pub frames, got {body:?}");
-                    };
-                    self.queued.push_back(Got::Msg {
-                        sid,
-                        subject: p.subject.into(),
-                        payload: p.payload.into(),
+                    self.queued.push_back(match codec::decode(body) {
+                        Ok(ClientFrame::Pub(p)) => Got::Msg {
+                            sid,
+                            subject: p.subject.into(),
+                            payload: p.payload.into(),
+                        },
+                        Ok(ClientFrame::HPub(p)) => Got::HMsg {
+                            sid,
+                            subject: p.subject.into(),
+                            headers: p.headers.into(),
+                            payload: p.payload.into(),
+                        },
+                        _ => panic!("a Run holds Pub and HPub frames, got {body:?}"),
                     });
                 }
                 assert_eq!(inner.end(), frames.len(), "a Run holds whole frames");

@@ -232,6 +232,7 @@ impl<T: Clone + PartialEq> Router<T> {
                 subject: head.get(last.subject_at.clone()).unwrap_or_default(),
                 reply_to: None,
                 payload,
+                headers: None,
             };
             (p, &last.routes)
         })
