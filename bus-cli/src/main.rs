@@ -74,6 +74,9 @@ enum Command {
         /// A header, NAME=VALUE (repeatable, kept in order).
         #[arg(short = 'H', long = "header", value_name = "NAME=VALUE", value_parser = pubsub::parse_header)]
         headers: Vec<(String, String)>,
+        /// Publish each line of stdin as a message (without its newline).
+        #[arg(long, conflicts_with = "payload")]
+        lines: bool,
     },
     /// Print messages matching a pattern (`*` = one token, `>` = the rest).
     Sub {
@@ -85,6 +88,16 @@ enum Command {
         /// Print each message's headers, one `  Name: value` line each, under it.
         #[arg(long)]
         headers: bool,
+        /// Print only each payload, as it came, one per line.
+        #[arg(long, conflicts_with_all = ["headers", "json"])]
+        raw: bool,
+        /// Print one JSON object per message: subject, reply, headers, and
+        /// the payload as text, or as base64 when it is not UTF-8.
+        #[arg(long, conflicts_with = "headers")]
+        json: bool,
+        /// Start each line with the time the message arrived (RFC 3339).
+        #[arg(long)]
+        timestamps: bool,
         /// Exit after this many messages.
         #[arg(long, value_name = "N")]
         count: Option<u64>,
@@ -103,7 +116,31 @@ enum Command {
         headers: Vec<(String, String)>,
     },
     /// Print every message and lifecycle event as it happens.
-    Monitor,
+    Monitor {
+        /// Only subjects matching this pattern (repeatable; a message that
+        /// matches two is printed twice) [default: >].
+        #[arg(long = "match", value_name = "PATTERN")]
+        patterns: Vec<String>,
+    },
+    /// Serve requests from the shell: answer each one on SUBJECT.
+    Reply {
+        /// Subject (or pattern) to serve.
+        subject: String,
+        /// Join this queue group (each request goes to one member).
+        #[arg(long, value_name = "GROUP")]
+        queue: Option<String>,
+        /// Answer with the request's own payload.
+        #[arg(long, conflicts_with = "command", required_unless_present = "command")]
+        echo: bool,
+        /// Answer with what this shell command prints, given the request's
+        /// payload on its standard input; a non-zero exit answers with an
+        /// error (its status and standard error).
+        #[arg(long, value_name = "CMD")]
+        command: Option<String>,
+        /// Exit after answering this many requests.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
     /// Measure throughput and latency, optionally against a raw-socket baseline.
     ///
     /// Starts its own daemon in-process unless --address is given.
@@ -155,7 +192,14 @@ async fn run(cli: Cli) -> libbus::Result<()> {
         Command::Send { subject, .. } | Command::Request { subject, .. } => {
             subject::validate_publish(subject)?
         }
-        Command::Sub { pattern, .. } => subject::validate_pattern(pattern)?,
+        Command::Sub { pattern, .. } | Command::Reply { subject: pattern, .. } => {
+            subject::validate_pattern(pattern)?
+        }
+        Command::Monitor { patterns } => {
+            for p in patterns {
+                subject::validate_pattern(p)?;
+            }
+        }
         _ => {}
     }
     let address = match cli.address {
@@ -163,7 +207,10 @@ async fn run(cli: Cli) -> libbus::Result<()> {
         None => Address::from_env()?,
     };
     // Long-running commands ride out a daemon restart; one-shot ones fail fast.
-    let long_running = matches!(cli.command, Command::Sub { .. } | Command::Monitor);
+    let long_running = matches!(
+        cli.command,
+        Command::Sub { .. } | Command::Monitor { .. } | Command::Reply { .. }
+    );
     let mut opts = ConnectOptions::default().name("bus-cli");
     if let Some(ca) = cli.ca {
         opts = opts.ca_file(ca);
@@ -178,20 +225,46 @@ async fn run(cli: Cli) -> libbus::Result<()> {
             subject,
             payload,
             headers,
-        } => pubsub::send(&bus, &subject, payload, headers.into_iter().collect()).await,
+            lines,
+        } => {
+            let headers = headers.into_iter().collect();
+            if lines {
+                pubsub::send_lines(&bus, &subject, headers).await
+            } else {
+                pubsub::send(&bus, &subject, payload, headers).await
+            }
+        }
         Command::Sub {
             pattern,
             queue,
             headers,
+            raw,
+            json,
+            timestamps,
             count,
-        } => pubsub::sub(&bus, &pattern, queue.as_deref(), headers, count).await,
+        } => {
+            let format = pubsub::Format {
+                headers,
+                raw,
+                json,
+                timestamps,
+            };
+            pubsub::sub(&bus, &pattern, queue.as_deref(), format, count).await
+        }
+        Command::Reply {
+            subject,
+            queue,
+            echo: _,
+            command,
+            count,
+        } => pubsub::reply(&bus, &subject, queue.as_deref(), command.as_deref(), count).await,
         Command::Request {
             subject,
             payload,
             timeout,
             headers,
         } => pubsub::request(&bus, &subject, payload, timeout, headers.into_iter().collect()).await,
-        Command::Monitor => pubsub::monitor(&bus).await,
+        Command::Monitor { patterns } => pubsub::monitor(&bus, patterns).await,
         Command::Info { json } => info::run(&bus, &address, json).await,
         Command::Kick { id } => info::kick(&bus, id).await,
         Command::Bench(_) => Ok(()), // handled above, without a connection of its own

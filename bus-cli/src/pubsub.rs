@@ -52,11 +52,140 @@ pub async fn request(
     Ok(())
 }
 
+/// Publishes each line of stdin (without its newline) as a message.
+pub async fn send_lines(bus: &Bus, subject: &str, headers: Headers) -> libbus::Result<()> {
+    use std::io::BufRead;
+    // Lines of bytes: a payload need not be UTF-8.
+    for line in std::io::stdin().lock().split(b'\n') {
+        bus.publish_with_headers(subject, &headers, line?).await?;
+    }
+    bus.flush().await
+}
+
+/// How `sub` prints each message.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Format {
+    /// Headers under the message line.
+    pub headers: bool,
+    /// Payload only, as it came.
+    pub raw: bool,
+    /// One JSON object per message.
+    pub json: bool,
+    /// Arrival time first.
+    pub timestamps: bool,
+}
+
+impl Format {
+    fn print(&self, m: &Message) {
+        let stamp = || humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+        if self.raw {
+            if self.timestamps {
+                render::write_stdout(format_args!("{} ", stamp()));
+            }
+            render::write_bytes(m.payload());
+            render::write_stdout(format_args!("\n"));
+        } else if self.json {
+            let mut record = serde_json::json!({
+                "subject": m.subject(),
+                "reply": m.reply_to(),
+                "headers": m.headers().iter().collect::<Vec<_>>(),
+            });
+            match std::str::from_utf8(m.payload()) {
+                Ok(text) => record["payload"] = text.into(),
+                Err(_) => {
+                    use base64::Engine;
+                    record["payload_base64"] = base64::engine::general_purpose::STANDARD
+                        .encode(m.payload())
+                        .into();
+                }
+            }
+            if self.timestamps {
+                record["time"] = stamp().into();
+            }
+            outln!("{record}");
+        } else {
+            match self.timestamps {
+                true => outln!("{} {}", stamp(), line(m)),
+                false => outln!("{}", line(m)),
+            }
+            if self.headers {
+                for (name, value) in m.headers().iter() {
+                    outln!("  {name}: {value}");
+                }
+            }
+        }
+    }
+}
+
+/// Serves requests on `subject`: each answered with its own payload
+/// (`command` unset) or with what `command` prints given the payload on its
+/// stdin; a failing command answers with an error.
+pub async fn reply(
+    bus: &Bus,
+    subject: &str,
+    queue: Option<&str>,
+    command: Option<&str>,
+    count: Option<u64>,
+) -> libbus::Result<()> {
+    let mut sub = match queue {
+        Some(q) => bus.queue_subscribe(subject, q).await?,
+        None => bus.subscribe(subject).await?,
+    };
+    report_link_changes(bus);
+    eprintln!("serving requests on {subject} (Ctrl-C to stop)");
+    let mut served = 0;
+    while count.is_none_or(|n| served < n) {
+        let Some(req) = sub.next().await else {
+            return Err(bus.disconnected_error());
+        };
+        if req.reply_to().is_none() {
+            continue; // a plain message: nothing to answer
+        }
+        match command {
+            None => req.respond_with_headers(&req.headers(), req.payload()).await?,
+            Some(cmd) => match run_command(cmd, req.payload()).await {
+                Ok(out) => req.respond(out).await?,
+                Err((code, text)) => req.respond_error(code, &text).await?,
+            },
+        }
+        served += 1;
+    }
+    Ok(())
+}
+
+/// Runs `cmd` with `sh -c`, `input` on its stdin: its stdout, or its exit
+/// status and stderr.
+async fn run_command(cmd: &str, input: &[u8]) -> Result<Vec<u8>, (u32, String)> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new("sh")
+        .args(["-c", cmd])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| (127, format!("running {cmd:?}: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A command that does not read its input is not an error.
+        let _ = stdin.write_all(input).await;
+    }
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| (127, format!("running {cmd:?}: {e}")))?;
+    if out.status.success() {
+        Ok(out.stdout)
+    } else {
+        let code = out.status.code().map_or(128, |c| c as u32);
+        Err((code, String::from_utf8_lossy(&out.stderr).trim_end().to_owned()))
+    }
+}
+
 pub async fn sub(
     bus: &Bus,
     pattern: &str,
     queue: Option<&str>,
-    show_headers: bool,
+    format: Format,
     count: Option<u64>,
 ) -> libbus::Result<()> {
     let mut sub = match queue {
@@ -68,12 +197,7 @@ pub async fn sub(
     while count.is_none_or(|n| seen < n) {
         match sub.next_delivery().await {
             Some(Delivery::Message(m)) => {
-                outln!("{}", line(&m));
-                if show_headers {
-                    for (name, value) in m.headers().iter() {
-                        outln!("  {name}: {value}");
-                    }
-                }
+                format.print(&m);
                 seen += 1;
             }
             Some(Delivery::Lagged(n)) => {
@@ -85,11 +209,31 @@ pub async fn sub(
     Ok(())
 }
 
-pub async fn monitor(bus: &Bus) -> libbus::Result<()> {
-    let mut sub = bus.subscribe(">").await?;
-    eprintln!("monitoring all subjects (Ctrl-C to stop)");
+/// Prints every message on `patterns` (all subjects when none) and every
+/// lifecycle event, as they happen.
+pub async fn monitor(bus: &Bus, patterns: Vec<String>) -> libbus::Result<()> {
+    let patterns = if patterns.is_empty() {
+        vec![">".to_owned()]
+    } else {
+        patterns
+    };
+    // One subscription per pattern, merged in arrival order.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+    for p in &patterns {
+        let mut sub = bus.subscribe(p).await?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(d) = sub.next_delivery().await {
+                if tx.send(d).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(tx);
+    eprintln!("monitoring {} (Ctrl-C to stop)", patterns.join(", "));
     report_link_changes(bus);
-    while let Some(d) = sub.next_delivery().await {
+    while let Some(d) = rx.recv().await {
         let now = humantime::format_rfc3339_millis(std::time::SystemTime::now());
         match d {
             Delivery::Message(m) => outln!("{now} {}", line(&m)),

@@ -73,7 +73,18 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 pub fn write_stdout(args: std::fmt::Arguments<'_>) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+    or_exit(out.write_fmt(args).and_then(|()| out.flush()));
+}
+
+/// Writes `bytes` to stdout as they are (as [`write_stdout`] does).
+pub fn write_bytes(bytes: &[u8]) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    or_exit(out.write_all(bytes).and_then(|()| out.flush()));
+}
+
+fn or_exit(written: std::io::Result<()>) {
+    if let Err(e) = written {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
             std::process::exit(0);
         }

@@ -828,3 +828,122 @@ fn list_closed_shows_connections_that_ended_and_why() {
     assert_eq!(json[0]["reason"], "End", "{json}");
     assert_eq!(json[0]["conn"]["msgs_in"], 1, "{json}");
 }
+
+/// Runs `bus-cli` with `args`, `input` on its stdin, and returns its output.
+fn run_with_stdin(bus: &Bus, args: &[&str], input: &[u8]) -> Output {
+    let mut c = cli(bus);
+    let mut child = c
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "bus-cli {args:?} did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn reply_serves_requests_with_echo_or_a_command() {
+    let bus = daemon();
+    let echo = start_listed(&bus, &["reply", "svc.echo", "--echo", "--count", "1"], "svc.echo");
+    let mut c = cli(&bus);
+    c.args(["request", "svc.echo", "ping", "-H", "Trace-Id=r1"]);
+    assert_eq!(stdout(&run(c)), "ping\n");
+    assert!(echo.output().status.success(), "exits after --count");
+
+    let _upper = start_listed(
+        &bus,
+        &[
+            "reply",
+            "svc.upper",
+            "--queue",
+            "workers",
+            "--command",
+            "tr a-z A-Z; test \"$(cat)\" != fail || exit 3",
+        ],
+        "svc.upper",
+    );
+    let mut c = cli(&bus);
+    c.args(["request", "svc.upper", "shout"]);
+    assert_eq!(stdout(&run(c)), "SHOUT\n");
+
+    let _failing = start_listed(
+        &bus,
+        &[
+            "reply",
+            "svc.fail",
+            "--command",
+            "echo 'no such thing' >&2; exit 4",
+        ],
+        "svc.fail",
+    );
+    let mut c = cli(&bus);
+    c.args(["request", "svc.fail", "x"]);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: service error 4: no such thing\n"
+    );
+}
+
+#[test]
+fn send_lines_and_sub_raw_json_and_timestamps() {
+    let bus = daemon();
+    let raw = start_sub(&bus, &["lines.>", "--raw", "--count", "3"]);
+    let json = start_sub(&bus, &["lines.>", "--json", "--timestamps", "--count", "3"]);
+    let out = run_with_stdin(
+        &bus,
+        &["send", "lines.in", "--lines", "-H", "Kind=line"],
+        b"one\ntwo\n\xff\xfe\n",
+    );
+    assert!(out.status.success(), "{out:?}");
+
+    let raw = raw.output();
+    assert_eq!(raw.stdout, b"one\ntwo\n\xff\xfe\n", "payloads as they came");
+    let text = stdout(&json.output());
+    let records: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(records.len(), 3, "{text}");
+    assert_eq!(records[0]["subject"], "lines.in");
+    assert_eq!(records[0]["payload"], "one");
+    assert_eq!(records[0]["headers"], serde_json::json!([["Kind", "line"]]));
+    assert!(records[0]["reply"].is_null());
+    assert!(
+        records[0]["time"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{text}"
+    );
+    assert_eq!(records[2]["payload_base64"], "//4=", "not UTF-8: base64");
+}
+
+#[test]
+fn monitor_match_shows_only_the_patterns_given() {
+    let bus = daemon();
+    let mut monitor = start_listed(
+        &bus,
+        &["monitor", "--match", "audit.>", "--match", "alerts.*"],
+        "alerts.*",
+    );
+    for (subject, payload) in [
+        ("noise.x", "skip"),
+        ("audit.login", "alice"),
+        ("alerts.disk", "full"),
+    ] {
+        let mut c = cli(&bus);
+        c.args(["send", subject, payload]);
+        stdout(&run(c));
+    }
+    let text = monitor.read_until(&[" audit.login alice\n", " alerts.disk full\n"]);
+    assert!(
+        !text.contains("noise.x") && !text.contains("$BUS.event"),
+        "{text}"
+    );
+}
