@@ -139,11 +139,11 @@ impl<R: Requester> Owed<R> {
             }
         }
         req.left.fetch_add(1, Relaxed);
-        if let Some(old) = map.insert(req.reply_to.clone(), req.clone()) {
-            // The same reply subject again: this connection can answer only
-            // once, so the older request loses it as a responder.
-            old.abandon();
-        }
+        // The same reply subject again (a requester that reuses one): the
+        // older request is no longer tracked here. It is not told its
+        // responder is gone, since the requester could not tell which of
+        // the two that meant; it waits for its reply or its timeout.
+        map.insert(req.reply_to.clone(), req.clone());
         self.count.store(map.len(), Relaxed);
         Owing::Tracked
     }
