@@ -253,3 +253,48 @@ async fn idle_counts_application_frames_not_pongs() {
     })
     .await;
 }
+
+/// `$BUS.api.list` comes in pages that fit `max_frame`, so a daemon with
+/// more connections than one frame can describe still lists them all.
+#[tokio::test]
+async fn list_pages_fit_max_frame_and_cover_every_connection() {
+    let bus = TestBus::with_config(|c| c.max_frame = 16 << 10);
+    let admin = bus.client("admin").await;
+    // 100 connections with long names: about 30 KB of records, two frames' worth.
+    let mut clients = Vec::new();
+    for i in 0..100 {
+        clients.push(bus.client(&format!("{i:03}-{}", "x".repeat(250))).await);
+    }
+    let first: Vec<ConnInfo> = within("first page", admin.request(api::LIST, []))
+        .await
+        .unwrap()
+        .decode()
+        .unwrap();
+    assert!(
+        !first.is_empty() && first.len() < 101,
+        "one page: {}",
+        first.len()
+    );
+
+    let mut page = api::Page::default();
+    let mut seen = Vec::new();
+    for _ in 0..200 {
+        let records: Vec<ConnInfo> = within("a page", admin.request_value(api::LIST, &page))
+            .await
+            .unwrap();
+        let Some(last) = records.last() else { break };
+        page.after = last.id;
+        seen.extend(records.into_iter().map(|c| c.id));
+    }
+    let mut sorted = seen.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted, seen, "each id once, in order");
+    assert_eq!(seen.len(), 101, "every connection, the admin's own included");
+    // A limit is honoured too.
+    let two: Vec<ConnInfo> = admin
+        .request_value(api::LIST, &api::Page { after: 0, limit: 2 })
+        .await
+        .unwrap();
+    assert_eq!(two.len(), 2);
+}

@@ -8,7 +8,8 @@ pub async fn run(bus: &Bus, json: bool, closed: bool) -> libbus::Result<()> {
     if closed {
         return run_closed(bus, json).await;
     }
-    let conns: Vec<api::ConnInfo> = bus.request(api::LIST, []).await?.decode()?;
+    let conns: Vec<api::ConnInfo> =
+        all_pages(bus, api::LIST, |page, c: &api::ConnInfo| page.after = c.id).await?;
     if json {
         return print_json(&conns);
     }
@@ -67,6 +68,31 @@ pub async fn run(bus: &Bus, json: bool, closed: bool) -> libbus::Result<()> {
     Ok(())
 }
 
+/// Every record of a paged listing (`$BUS.api.list`, `$BUS.api.closed`):
+/// pages are asked for until one comes back empty; `next` moves the page
+/// past each record received.
+async fn all_pages<T: serde::de::DeserializeOwned>(
+    bus: &Bus,
+    subject: &str,
+    next: impl Fn(&mut api::Page, &T),
+) -> libbus::Result<Vec<T>> {
+    let mut page = api::Page::default();
+    let mut all = Vec::new();
+    // Bounded: each page moves past at least one record, and a listing
+    // holds at most max_connections (or max_closed) of them.
+    for _ in 0..1_000_000 {
+        let records: Vec<T> = bus.request_value(subject, &page).await?;
+        if records.is_empty() {
+            break;
+        }
+        for r in &records {
+            next(&mut page, r);
+        }
+        all.extend(records);
+    }
+    Ok(all)
+}
+
 fn print_json(records: &impl serde::Serialize) -> libbus::Result<()> {
     let text = serde_json::to_string_pretty(records).map_err(|e| libbus::Error::Protocol(e.to_string()))?;
     outln!("{text}");
@@ -76,7 +102,8 @@ fn print_json(records: &impl serde::Serialize) -> libbus::Result<()> {
 /// `list --closed`: the connections the daemon remembers closing
 /// (`max_closed`), oldest first, with why each ended.
 async fn run_closed(bus: &Bus, json: bool) -> libbus::Result<()> {
-    let closed: Vec<api::ClosedConn> = bus.request(api::CLOSED, []).await?.decode()?;
+    let closed: Vec<api::ClosedConn> =
+        all_pages(bus, api::CLOSED, |page, _: &api::ClosedConn| page.after += 1).await?;
     if json {
         return print_json(&closed);
     }

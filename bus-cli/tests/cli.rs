@@ -947,3 +947,40 @@ fn monitor_match_shows_only_the_patterns_given() {
         "{text}"
     );
 }
+
+/// `list` fetches every page: more connections than one frame describes.
+#[test]
+fn list_shows_every_connection_across_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::with_socket(dir.path().join("busd.sock"));
+    config.max_frame = 16 << 10;
+    let bus = Bus {
+        daemon: Daemon::start(config).unwrap(),
+        _dir: dir,
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let address = bus.daemon.address().clone();
+    let _clients = rt.block_on(async move {
+        let mut v = Vec::new();
+        for i in 0..80 {
+            let opts = libbus::ConnectOptions::default().name(format!("client-{i:02}-{}", "n".repeat(250)));
+            v.push(libbus::Bus::connect_with(&address, opts).await.unwrap());
+        }
+        v
+    });
+    let mut c = cli(&bus);
+    c.args(["list", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&run(c))).unwrap();
+    let names: Vec<&str> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(
+        names.iter().filter(|n| n.starts_with("client-")).count(),
+        80,
+        "{}",
+        names.len()
+    );
+}

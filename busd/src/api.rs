@@ -19,10 +19,17 @@ pub fn handle(state: &State, conn: &Conn, subject: &str, reply_to: Option<&str>,
     };
     let body = match subject {
         api::LIST => {
-            let list: Vec<_> = state.registry.snapshot().iter().map(|c| c.info()).collect();
-            postcard::to_allocvec(&list)
+            let page = page(payload);
+            let conns = state.registry.snapshot();
+            let live = conns.iter().filter(|c| c.id > page.after).map(|c| c.info());
+            paged(state, page, live)
         }
-        api::CLOSED => postcard::to_allocvec(&state.registry.closed()),
+        api::CLOSED => {
+            // In the order they closed: `after` counts the records already had.
+            let page = page(payload);
+            let closed = state.registry.closed().into_iter().skip(page.after as usize);
+            paged(state, page, closed)
+        }
         api::INFO => postcard::to_allocvec(&info(state)),
         api::KICK => postcard::to_allocvec(&kick(state, conn, payload)),
         _ => {
@@ -35,6 +42,41 @@ pub fn handle(state: &State, conn: &Conn, subject: &str, reply_to: Option<&str>,
         Ok(body) => publish(state, reply_to, body),
         Err(e) => tracing::error!("encoding {subject} reply: {e}"),
     }
+}
+
+/// The page a listing request asks for (an empty or unreadable payload:
+/// the first).
+fn page(payload: &[u8]) -> api::Page {
+    postcard::from_bytes(payload).unwrap_or_default()
+}
+
+/// Room a page leaves under `max_frame` for the frame around it.
+const PAGE_SLACK: usize = 4 << 10;
+
+/// One page of `records`: at most `page.limit` of them, and no more than
+/// fit in a frame the client accepts (always at least one).
+fn paged<T: serde::Serialize>(
+    state: &State,
+    page: api::Page,
+    records: impl Iterator<Item = T>,
+) -> postcard::Result<Vec<u8>> {
+    let budget = (state.config.max_frame as usize).saturating_sub(PAGE_SLACK);
+    let limit = if page.limit == 0 {
+        usize::MAX
+    } else {
+        page.limit as usize
+    };
+    let mut out: Vec<T> = Vec::new();
+    let mut size = 0;
+    for r in records.take(limit) {
+        let len = postcard::experimental::serialized_size(&r)?;
+        if size + len > budget && !out.is_empty() {
+            break;
+        }
+        size += len;
+        out.push(r);
+    }
+    postcard::to_allocvec(&out)
 }
 
 /// Daemon facts and totals.

@@ -284,8 +284,21 @@ pub enum ServerFrame<'a> {
 pub mod api {
     use serde::{Deserialize, Serialize};
 
-    /// Admin request: list live connections. Reply: `Vec<ConnInfo>`.
+    /// Admin request: list live connections. Reply: `Vec<ConnInfo>`, by id,
+    /// one page at a time: the payload is a [`Page`] (empty: the first page),
+    /// and a page holds what fits well within `max_frame`. Ask again after
+    /// the last id received until a page comes back empty.
     pub const LIST: &str = "$BUS.api.list";
+
+    /// Which page of a listing (`$BUS.api.list`, `$BUS.api.closed`) to send.
+    #[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+    pub struct Page {
+        /// `$BUS.api.list`: only connections with an id above this one.
+        /// `$BUS.api.closed`: skip this many records (the ones already had).
+        pub after: u64,
+        /// At most this many records (0: as many as fit).
+        pub limit: u32,
+    }
     /// Admin request: daemon facts and totals. Reply: [`ServerInfo`].
     pub const INFO: &str = "$BUS.api.info";
     /// Admin request: close the connection whose id is the payload (a
@@ -379,7 +392,8 @@ pub mod api {
     }
 
     /// Admin request: the most recently closed connections, oldest first
-    /// (at most the daemon's `max_closed`). Reply: `Vec<ClosedConn>`.
+    /// (at most the daemon's `max_closed`). Reply: `Vec<ClosedConn>`, paged
+    /// as `$BUS.api.list` is ([`Page::after`] counts records here).
     pub const CLOSED: &str = "$BUS.api.closed";
 
     /// A connection that has closed: what `list` showed of it last, when
