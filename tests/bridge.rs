@@ -623,6 +623,7 @@ async fn headers_and_error_replies_cross_bridges() {
     let publisher = a.client("publisher").await;
     let sub_conn = c.client("subscriber").await;
     let mut sub = sub_conn.subscribe("traced.>").await.unwrap();
+    let mut stamped = sub_conn.subscribe_with_sender("traced.>").await.unwrap();
     let mut reqs = sub_conn.subscribe("svc.fail").await.unwrap();
     converge(&publisher, &["c"], &[&sub_conn]).await;
 
@@ -634,6 +635,9 @@ async fn headers_and_error_replies_cross_bridges() {
     let m = within("across two links", sub.next()).await.unwrap();
     assert_eq!(m.payload(), b"payload");
     assert_eq!(m.headers(), h);
+    // From across a bridge, the sender names the node it was published on.
+    let m = within("stamped, across two links", stamped.next()).await.unwrap();
+    assert_eq!(m.sender().map(|s| s.node), Some("a".to_owned()));
 
     tokio::spawn(async move {
         while let Some(r) = reqs.next().await {

@@ -99,6 +99,9 @@ impl Format {
                         .into();
                 }
             }
+            if let Some(sender) = m.sender() {
+                record["sender"] = serde_json::to_value(sender).unwrap_or_default();
+            }
             if self.timestamps {
                 record["time"] = stamp().into();
             }
@@ -190,6 +193,8 @@ pub async fn sub(
 ) -> libbus::Result<()> {
     let mut sub = match queue {
         Some(q) => bus.queue_subscribe(pattern, q).await?,
+        // JSON records say who sent each message.
+        None if format.json => bus.subscribe_with_sender(pattern).await?,
         None => bus.subscribe(pattern).await?,
     };
     report_link_changes(bus);

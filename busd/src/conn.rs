@@ -117,8 +117,11 @@ pub async fn serve(
     }
 
     let connected_at = SystemTime::now();
+    let id = state.registry.next_id();
+    let sender = sender_of(&state.cluster.node_id, id, &hello.name, &peer);
     let conn = Arc::new(Conn {
-        id: state.registry.next_id(),
+        id,
+        sender,
         name: hello.name,
         transport,
         peer,
@@ -172,6 +175,27 @@ pub async fn serve(
     conn.outbox.clear();
     tracing::info!(id = conn.id, name = %conn.name, %reason, "connection closed");
     api::conn_event(&state, proto::api::EVENT_CONN_CLOSE, &conn, Some(reason));
+}
+
+/// The encoded [`proto::Sender`] stamped on what connection `id` publishes.
+fn sender_of(node: &str, id: u64, name: &str, peer: &Peer) -> Box<[u8]> {
+    let mut sender = proto::Sender {
+        node: node.to_owned(),
+        conn_id: id,
+        name: name.to_owned(),
+        ..Default::default()
+    };
+    match peer {
+        Peer::Unix { pid, uid, gid } => {
+            sender.pid = Some(*pid);
+            sender.uid = Some(*uid);
+            sender.gid = Some(*gid);
+        }
+        Peer::Net { addr } => sender.addr = Some(addr.clone()),
+    }
+    postcard::to_allocvec(&sender)
+        .unwrap_or_default()
+        .into_boxed_slice()
 }
 
 /// Applies the token check (network peers) and the access policy to a
@@ -272,6 +296,7 @@ fn frame_name(f: &ClientFrame<'_>) -> &'static str {
         ClientFrame::Ping => "Ping",
         ClientFrame::Pong => "Pong",
         ClientFrame::HPub(_) => "HPub",
+        ClientFrame::SubWith(_) => "SubWith",
     }
 }
 
@@ -429,7 +454,7 @@ fn fatal(conn: &Conn, code: ErrorCode, message: String) -> Fatal {
 /// ([`Router::repeated`](crate::router::Router::repeated)).
 fn handle_frame<'a>(
     state: &State,
-    conn: &Arc<Conn>,
+    conn: &'a Arc<Conn>,
     frame: &'a [u8],
     cache: &mut RouteCache,
     pending: &mut Pending<'a>,
@@ -460,7 +485,7 @@ fn handle_frame<'a>(
     }
     if matches!(
         decoded,
-        ClientFrame::Sub(_) | ClientFrame::Unsub { .. } | ClientFrame::HPub(_)
+        ClientFrame::Sub(_) | ClientFrame::SubWith(_) | ClientFrame::Unsub { .. } | ClientFrame::HPub(_)
     ) {
         pending.app = true;
     }
@@ -483,7 +508,15 @@ fn handle_frame<'a>(
             };
             publish_with_headers(state, conn, frame, p, cache, pending)
         }
-        ClientFrame::Sub(s) => subscribe(state, conn, s),
+        ClientFrame::Sub(s) => subscribe(state, conn, s, false),
+        ClientFrame::SubWith(s) => {
+            let sub = proto::Sub {
+                sid: s.sid,
+                pattern: s.pattern,
+                queue: s.queue,
+            };
+            subscribe(state, conn, sub, s.sender)
+        }
         ClientFrame::Unsub { sid } => {
             if let Some(sub) = lock(&conn.subs).remove(&sid) {
                 let target = Target::new(conn, sid);
@@ -510,7 +543,7 @@ fn handle_frame<'a>(
 /// malformed one ends the connection), then forwarded as it came.
 fn publish_with_headers<'a>(
     state: &State,
-    conn: &Arc<Conn>,
+    conn: &'a Arc<Conn>,
     frame: &'a [u8],
     p: wire::RawPub<'_>,
     cache: &mut RouteCache,
@@ -535,7 +568,7 @@ fn publish_with_headers<'a>(
 /// cached).
 fn publish<'a>(
     state: &State,
-    conn: &Arc<Conn>,
+    conn: &'a Arc<Conn>,
     frame: &'a [u8],
     p: wire::RawPub<'_>,
     headers: Option<&[u8]>,
@@ -639,7 +672,7 @@ struct Envelope<'p> {
 /// subscribers (`routes`); a request nobody anywhere takes gets `NoResponders`.
 fn route<'a>(
     state: &State,
-    conn: &Arc<Conn>,
+    conn: &'a Arc<Conn>,
     frame: &'a [u8],
     p: wire::RawPub<'_>,
     Envelope { reply_to, headers }: Envelope<'_>,
@@ -662,7 +695,7 @@ fn route<'a>(
     if !conn.owed.is_empty() {
         conn.owed.answer(subject());
     }
-    let msg = PubFrame::new(frame, p.payload.len());
+    let msg = PubFrame::new(frame, p.payload.len()).from(&conn.sender);
     match reply_to {
         // Queued from the receive buffer: nothing is allocated per message.
         None if !routes.is_empty() => pending.deliveries.push(routes, msg),
@@ -678,7 +711,7 @@ fn route<'a>(
 #[inline(never)]
 fn route_request<'a>(
     state: &State,
-    conn: &Arc<Conn>,
+    conn: &'a Arc<Conn>,
     msg: PubFrame<'a>,
     reply_to: &str,
     routes: &Arc<Routes>,
@@ -699,7 +732,9 @@ fn route_request<'a>(
     }
 }
 
-fn subscribe(state: &State, conn: &Arc<Conn>, s: proto::Sub<'_>) -> Result<(), Fatal> {
+/// Subscribes `conn` as `s` asks; `sender`: each message comes with its
+/// sender.
+fn subscribe(state: &State, conn: &Arc<Conn>, s: proto::Sub<'_>, sender: bool) -> Result<(), Fatal> {
     if let Err(e) = subject::validate_pattern(s.pattern) {
         return Err(fatal(conn, ErrorCode::InvalidSubject, e.to_string()));
     }
@@ -746,7 +781,7 @@ fn subscribe(state: &State, conn: &Arc<Conn>, s: proto::Sub<'_>) -> Result<(), F
             queue: s.queue.map(Into::into),
         },
     );
-    let target = Target::new(conn, s.sid);
+    let target = Target::new(conn, s.sid).with_sender(sender);
     state.router.subscribe(s.pattern, s.queue, target);
     Ok(())
 }

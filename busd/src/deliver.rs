@@ -26,6 +26,8 @@ pub struct Target {
     pub conn: Arc<Conn>,
     /// Its subscription id.
     pub sid: u64,
+    /// It gets each message with its sender (`SMsg`).
+    pub sender: bool,
 }
 
 impl Target {
@@ -34,7 +36,19 @@ impl Target {
         Self {
             conn: conn.clone(),
             sid,
+            sender: false,
         }
+    }
+
+    /// The same subscription, delivered with senders if `sender`.
+    pub fn with_sender(mut self, sender: bool) -> Self {
+        self.sender = sender;
+        self
+    }
+
+    /// Queues `msg` for it unless its queue is full (false).
+    fn push(&self, msg: PubFrame<'_>) -> bool {
+        self.conn.outbox.try_push_to(self.sid, self.sender, msg)
     }
 }
 
@@ -64,7 +78,7 @@ impl Routes {
     /// one `Run` frame if they lie together in one read (`run`).
     fn deliver_run(&self, msgs: &[PubFrame<'_>], run: Option<&RunSpan<'_>>) {
         for t in &self.plain {
-            t.conn.outbox.push_many(t.sid, msgs, run);
+            t.conn.outbox.push_many_to(t.sid, t.sender, msgs, run);
         }
         if !self.groups.is_empty() {
             for msg in msgs {
@@ -77,7 +91,7 @@ impl Routes {
     /// (a message from another node names the node whose member gets it).
     pub fn deliver_filtered(&self, msg: PubFrame<'_>, group_here: impl Fn(&str) -> bool) {
         for t in &self.plain {
-            if !t.conn.outbox.try_push(t.sid, msg) {
+            if !t.push(msg) {
                 t.conn.outbox.record_drop(t.sid);
             }
         }
@@ -94,7 +108,7 @@ impl Routes {
             let start = self.group_start(n);
             let taken = (0..n).any(|i| {
                 let t = &members[(start + i) % n];
-                t.conn.outbox.try_push(t.sid, msg)
+                t.push(msg)
             });
             if !taken {
                 let t = &members[start];
@@ -133,7 +147,7 @@ impl Routes {
     pub fn deliver_request(&self, msg: PubFrame<'_>, req: &Arc<Inflight<Conn>>, max_owed: usize) {
         let mut delivered = Delivered::default();
         for t in &self.plain {
-            if t.conn.outbox.try_push(t.sid, msg) {
+            if t.push(msg) {
                 delivered.add(t.conn.owed.owe(req, max_owed));
             } else {
                 t.conn.outbox.record_drop(t.sid);
@@ -147,9 +161,7 @@ impl Routes {
             let mut best: Vec<usize> = (0..window).collect();
             best.sort_by_key(|i| members[(start + i) % n].conn.owed.len());
             let order = best.into_iter().chain(window..n);
-            let taken = order
-                .map(|i| &members[(start + i) % n])
-                .find(|t| t.conn.outbox.try_push(t.sid, msg));
+            let taken = order.map(|i| &members[(start + i) % n]).find(|t| t.push(msg));
             match taken {
                 Some(t) => delivered.add(t.conn.owed.owe(req, max_owed)),
                 None => members[start].conn.outbox.record_drop(members[start].sid),

@@ -40,6 +40,9 @@ pub struct PubFrame<'a> {
     pub frame: &'a [u8],
     /// Payload bytes within it, for the byte counters.
     pub payload_len: u32,
+    /// Its sender, encoded (`proto::Sender`), for subscriptions that want
+    /// it; empty when not known.
+    pub sender: &'a [u8],
 }
 
 impl<'a> PubFrame<'a> {
@@ -49,7 +52,14 @@ impl<'a> PubFrame<'a> {
         Self {
             frame,
             payload_len: payload_len as u32,
+            sender: &[],
         }
+    }
+
+    /// The same message, sent by `sender` (encoded `proto::Sender`).
+    pub fn from(mut self, sender: &'a [u8]) -> Self {
+        self.sender = sender;
+        self
     }
 
     /// The frame's body.
@@ -62,6 +72,11 @@ impl<'a> PubFrame<'a> {
     /// headers.
     pub fn cost(&self, sid: u64, headers: bool) -> usize {
         wire::delivery_len(self.body(), sid, headers)
+    }
+
+    /// Bytes of the `SMsg` frame it becomes for `sid` (with its sender).
+    fn cost_with_sender(&self, sid: u64) -> usize {
+        wire::smsg_len(self.body(), sid, self.sender)
     }
 
     /// True if it is an `HPub` (a publish with headers).
@@ -103,6 +118,8 @@ impl RunSpan<'_> {
 pub struct Published {
     frame: Vec<u8>,
     payload_len: usize,
+    /// Its sender, encoded, if known.
+    sender: Vec<u8>,
 }
 
 impl Published {
@@ -135,6 +152,7 @@ impl Published {
         Self {
             frame,
             payload_len: payload.len(),
+            sender: Vec::new(),
         }
     }
 
@@ -152,12 +170,19 @@ impl Published {
         Self {
             frame,
             payload_len: payload.len(),
+            sender: Vec::new(),
         }
+    }
+
+    /// The same message, sent by `sender` (encoded `proto::Sender`).
+    pub fn sent_by(mut self, sender: Vec<u8>) -> Self {
+        self.sender = sender;
+        self
     }
 
     /// The message as a frame to deliver.
     pub fn frame(&self) -> PubFrame<'_> {
-        PubFrame::new(&self.frame, self.payload_len)
+        PubFrame::new(&self.frame, self.payload_len).from(&self.sender)
     }
 }
 
@@ -329,14 +354,31 @@ impl State {
 
     /// Queues `msg` for `sid` (after any unreported loss of `sid`) if it fits
     /// under `max_pending`; false if it does not.
-    fn push_msg(&mut self, sid: u64, msg: PubFrame<'_>, max_pending: usize, headers: bool) -> bool {
-        let cost = msg.cost(sid, headers);
+    /// `headers`: the peer reads headers; `sender`: the subscription gets
+    /// senders (`SMsg`, protocol 4, so headers too).
+    fn push_msg(
+        &mut self,
+        sid: u64,
+        msg: PubFrame<'_>,
+        max_pending: usize,
+        headers: bool,
+        sender: bool,
+    ) -> bool {
+        let cost = if sender {
+            msg.cost_with_sender(sid)
+        } else {
+            msg.cost(sid, headers)
+        };
         if self.pending() + cost > max_pending {
             return false;
         }
         self.report_lag(sid);
         self.frames.append(cost, |buf| {
-            wire::encode_delivery(msg.body(), sid, headers, buf);
+            if sender {
+                wire::encode_smsg(msg.body(), sid, msg.sender, buf);
+            } else {
+                wire::encode_delivery(msg.body(), sid, headers, buf);
+            }
         });
         self.taken.msgs += 1;
         self.taken.bytes += u64::from(msg.payload_len);
@@ -432,12 +474,18 @@ impl Outbox {
     /// Queues a delivery unless that would pass the bound. Returns false when
     /// it did not fit (the caller decides whom to charge the drop to).
     pub fn try_push(&self, sid: u64, msg: PubFrame<'_>) -> bool {
+        self.try_push_to(sid, false, msg)
+    }
+
+    /// [`try_push`](Self::try_push) for a subscription that gets senders
+    /// if `sender`.
+    pub fn try_push_to(&self, sid: u64, sender: bool, msg: PubFrame<'_>) -> bool {
         let mut st = self.lock();
         if st.closed {
             return true;
         }
         let was_empty = st.frames.is_empty();
-        let fits = st.push_msg(sid, msg, self.max_pending, self.headers);
+        let fits = st.push_msg(sid, msg, self.max_pending, self.headers, sender);
         drop(st);
         if fits && was_empty {
             self.ready.notify_one();
@@ -450,17 +498,24 @@ impl Outbox {
     /// and the peer reads runs and the whole run fits; otherwise one by one,
     /// and those that do not fit are counted as dropped.
     pub fn push_many(&self, sid: u64, msgs: &[PubFrame<'_>], run: Option<&RunSpan<'_>>) {
+        self.push_many_to(sid, false, msgs, run);
+    }
+
+    /// [`push_many`](Self::push_many) for a subscription that gets senders
+    /// if `sender` (then never as a `Run`).
+    pub fn push_many_to(&self, sid: u64, sender: bool, msgs: &[PubFrame<'_>], run: Option<&RunSpan<'_>>) {
         let mut st = self.lock();
         if st.closed {
             return;
         }
         let was_empty = st.frames.is_empty();
         let ran = self.runs
+            && !sender
             && run
                 .is_some_and(|run| (self.headers || !run.headers) && st.push_run(sid, run, self.max_pending));
         if !ran {
             for msg in msgs {
-                if !st.push_msg(sid, *msg, self.max_pending, self.headers) {
+                if !st.push_msg(sid, *msg, self.max_pending, self.headers, sender) {
                     st.count_drop(sid);
                 }
             }

@@ -47,6 +47,9 @@ pub struct Stats {
 pub struct Conn {
     /// Daemon-unique id.
     pub id: u64,
+    /// Its identity as stamped on what it publishes (an encoded
+    /// `proto::Sender`: node, id, name, and the kernel's pid, uid, gid).
+    pub sender: Box<[u8]>,
     /// Client name from `Hello`.
     pub name: String,
     /// `unix` for now.

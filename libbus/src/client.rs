@@ -14,7 +14,6 @@ use serde::{de::DeserializeOwned, Serialize};
 pub use crate::options::{ConnectOptions, ENV_CA, ENV_TOKEN};
 use crate::{
     events::{Event, Events},
-    proto::{self, ClientFrame},
     session::{self, Handle, Shared},
     subject,
     sync::lock,
@@ -204,7 +203,22 @@ impl Bus {
     /// # Ok(()) }
     /// ```
     pub async fn subscribe(&self, pattern: &str) -> Result<Subscription> {
-        self.subscribe_inner(pattern, None).await
+        self.subscribe_inner(pattern, None, false).await
+    }
+
+    /// [`subscribe`](Self::subscribe), with each message's sender stamped
+    /// by the daemon ([`Message::sender`](crate::Message::sender)): its
+    /// connection id and name, and for a local peer its pid, uid and gid
+    /// from the kernel. A client cannot set or forge it. Needs a daemon of
+    /// protocol 4.
+    ///
+    /// ```no_run
+    /// # async fn f(bus: libbus::Bus) -> libbus::Result<()> {
+    /// let mut sub = bus.subscribe_with_sender("orders.>").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn subscribe_with_sender(&self, pattern: &str) -> Result<Subscription> {
+        self.subscribe_inner(pattern, None, true).await
     }
 
     /// Subscribes as a member of queue group `group`: each message matching
@@ -215,13 +229,18 @@ impl Bus {
                 group.into(),
             )));
         }
-        self.subscribe_inner(pattern, Some(group)).await
+        self.subscribe_inner(pattern, Some(group), false).await
     }
 
-    async fn subscribe_inner(&self, pattern: &str, queue: Option<&str>) -> Result<Subscription> {
+    async fn subscribe_inner(
+        &self,
+        pattern: &str,
+        queue: Option<&str>,
+        sender: bool,
+    ) -> Result<Subscription> {
         subject::validate_pattern(pattern)?;
         let shared = &self.shared;
-        let (sid, receiver) = shared.input.register(pattern, queue);
+        let (sid, receiver) = shared.input.register(pattern, queue, sender);
         // From here on, dropping `sub` unsubscribes, also on the error path.
         let sub = Subscription {
             sid,
@@ -235,7 +254,7 @@ impl Bus {
         };
         let sent = shared
             .output
-            .send_now(&ClientFrame::Sub(proto::Sub { sid, pattern, queue }));
+            .send_now(&crate::input::sub_frame(sid, pattern, queue, sender));
         // The daemon answers a refusal before the flush's Pong.
         let flushed = match sent {
             Ok(()) => self.flush().await,

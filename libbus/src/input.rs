@@ -79,6 +79,8 @@ struct SubEntry {
     space: Arc<Semaphore>,
     pattern: String,
     queue: Option<String>,
+    /// Delivered with their senders (`SubWith`).
+    sender: bool,
 }
 
 /// What a subscription's [`Subscription`](crate::Subscription) takes its
@@ -129,7 +131,7 @@ impl Input {
     /// Registers a new subscription to `pattern` and returns its sid and
     /// receiving end; its `Sub` frame is the caller's to send. Until
     /// [`verdict`](Self::verdict), a refusal from the daemon is kept.
-    pub(crate) fn register(&self, pattern: &str, queue: Option<&str>) -> (u64, Receiver) {
+    pub(crate) fn register(&self, pattern: &str, queue: Option<&str>, sender: bool) -> (u64, Receiver) {
         let sid = self.next_sid.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
         let space = Arc::new(Semaphore::new(self.subscription_capacity));
@@ -138,6 +140,7 @@ impl Input {
             space: space.clone(),
             pattern: pattern.to_owned(),
             queue: queue.map(ToOwned::to_owned),
+            sender,
         };
         lock(&self.subs).insert(sid, entry);
         lock(&self.refused).insert(sid, None);
@@ -215,11 +218,11 @@ impl Input {
             .iter()
             .filter_map(|sid| {
                 subs.get(sid)
-                    .map(|e| (*sid, e.pattern.as_str(), e.queue.as_deref()))
+                    .map(|e| (*sid, e.pattern.as_str(), e.queue.as_deref(), e.sender))
             })
-            .chain((inbox != 0).then_some((inbox, inbox_pattern.as_str(), None)));
-        for (sid, pattern, queue) in all {
-            let frame = ClientFrame::Sub(proto::Sub { sid, pattern, queue });
+            .chain((inbox != 0).then_some((inbox, inbox_pattern.as_str(), None, false)));
+        for (sid, pattern, queue, sender) in all {
+            let frame = sub_frame(sid, pattern, queue, sender);
             if let Err(e) = codec::encode_into(&frame, &mut buf, max_frame) {
                 tracing::warn!(sid, pattern, "cannot re-send subscription: {e}");
             }
@@ -329,6 +332,25 @@ impl Input {
         if let Some((subject, tx)) = lock(&self.requests).remove(&n) {
             let _ = tx.send(result(subject));
         }
+    }
+}
+
+/// The frame that subscribes `sid`: `SubWith` when it wants senders.
+pub(crate) fn sub_frame<'a>(
+    sid: u64,
+    pattern: &'a str,
+    queue: Option<&'a str>,
+    sender: bool,
+) -> ClientFrame<'a> {
+    if sender {
+        ClientFrame::SubWith(proto::SubWith {
+            sid,
+            pattern,
+            queue,
+            sender,
+        })
+    } else {
+        ClientFrame::Sub(proto::Sub { sid, pattern, queue })
     }
 }
 
@@ -550,6 +572,11 @@ fn handle_frame(
     if let Some((sid, frames)) = wire::raw_run(body) {
         return Ok(run(sid, frames));
     }
+    if let Some((sid, sender, p)) = wire::raw_smsg(body) {
+        let found = Found::of_pub(start, body, &p).with_sender(body, sender);
+        let full = on_msg(input, output, chunk, sid, found, pending, max_batch);
+        return Ok(Handled::Msg { full });
+    }
     if let Some((msg, headers)) = wire::raw_hmsg(body) {
         let (sid, found) = at(msg);
         let found = found.with_headers(body, headers);
@@ -583,6 +610,8 @@ fn handle_frame(
     }
     match decoded {
         ServerFrame::Msg(_) | ServerFrame::HMsg(_) => {} // handled above
+        // Only ever in the encoding raw_smsg reads (or malformed).
+        ServerFrame::SMsg { .. } => return Err("malformed SMsg from daemon".into()),
         ServerFrame::Run { sid, frames } => return Ok(run(sid, frames)),
         ServerFrame::Lagged { sid, dropped } => {
             input.lagged(output, sid, dropped);

@@ -41,6 +41,8 @@ pub struct Message {
     payload: Span,
     /// The encoded header block, if the message has headers.
     headers: Option<Span>,
+    /// The encoded sender, for a subscription made with it.
+    sender: Option<Span>,
     /// Connection to respond on; `None` for messages that cannot be answered.
     shared: Option<Arc<Output>>,
 }
@@ -52,6 +54,7 @@ pub(crate) struct Parts {
     reply_to: Option<Span>,
     payload: Span,
     headers: Option<Span>,
+    sender: Option<Span>,
 }
 
 /// A message the reader found in a received chunk: where its frame body
@@ -84,6 +87,7 @@ impl Found {
                 reply_to: reply_to.map(|r| Span::of(frame, r)),
                 payload: Span::of(frame, payload),
                 headers: None,
+                sender: None,
             },
         }
     }
@@ -96,6 +100,12 @@ impl Found {
             Some(h) => found.with_headers(body, h),
             None => found,
         }
+    }
+
+    /// The same message, with its encoded `sender` (borrowed from `frame`).
+    pub(crate) fn with_sender(mut self, frame: &[u8], sender: &[u8]) -> Self {
+        self.parts.sender = Some(Span::of(frame, sender));
+        self
     }
 
     /// [`new`](Self::new) for a message with a header block `headers`
@@ -118,6 +128,7 @@ impl Found {
             reply_to: self.parts.reply_to.map(|r| r.get(frame)),
             payload: self.parts.payload.get(frame),
             headers: self.parts.headers.map(|h| h.get(frame)),
+            sender: self.parts.sender.map(|h| h.get(frame)),
         }
     }
 }
@@ -156,6 +167,7 @@ impl Message {
             reply_to: parts.reply_to,
             payload: parts.payload,
             headers: parts.headers,
+            sender: parts.sender,
             shared,
         }
     }
@@ -210,6 +222,24 @@ impl Message {
     /// ```
     pub fn headers(&self) -> Headers {
         headers_of(self.headers.map(|h| h.get(&self.frame)))
+    }
+
+    /// Who sent the message, as the daemon stamped it (a client cannot set
+    /// it): for a subscription made with
+    /// [`subscribe_with_sender`](crate::Bus::subscribe_with_sender), else `None`.
+    ///
+    /// ```no_run
+    /// # async fn f(bus: libbus::Bus) -> libbus::Result<()> {
+    /// let mut sub = bus.subscribe_with_sender("audit.>").await?;
+    /// while let Some(msg) = sub.next().await {
+    ///     if let Some(s) = msg.sender() {
+    ///         println!("{} from uid {:?} pid {:?}", msg.subject(), s.uid, s.pid);
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn sender(&self) -> Option<proto::Sender> {
+        sender_of(self.sender.map(|s| s.get(&self.frame)))
     }
 
     /// The error a responder answered with ([`respond_error`](Self::respond_error)),
@@ -435,6 +465,7 @@ impl<'a> Iterator for Iter<'a> {
                     reply_to: p.reply_to,
                     payload: p.payload,
                     headers: p.headers,
+                    sender: None,
                 })
             }
         }
@@ -491,6 +522,12 @@ pub struct MessageRef<'a> {
     pub(crate) reply_to: Option<&'a [u8]>,
     pub(crate) payload: &'a [u8],
     pub(crate) headers: Option<&'a [u8]>,
+    pub(crate) sender: Option<&'a [u8]>,
+}
+
+/// A stamped sender, read.
+fn sender_of(block: Option<&[u8]>) -> Option<proto::Sender> {
+    postcard::from_bytes(block?).ok()
 }
 
 /// A header block, read (the daemon checked it; a block it did not
@@ -533,6 +570,11 @@ impl<'a> MessageRef<'a> {
     /// The message's headers (see [`Message::headers`]).
     pub fn headers(&self) -> Headers {
         headers_of(self.headers)
+    }
+
+    /// Who sent it (see [`Message::sender`]).
+    pub fn sender(&self) -> Option<proto::Sender> {
+        sender_of(self.sender)
     }
 
     /// Decodes a postcard-encoded body.

@@ -111,6 +111,41 @@ pub enum ClientFrame<'a> {
     /// Publish with headers (version 4).
     #[serde(borrow)]
     HPub(HPub<'a>),
+    /// Subscribe with options (version 4).
+    #[serde(borrow)]
+    SubWith(SubWith<'a>),
+}
+
+/// `Sub` with options (version 4).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SubWith<'a> {
+    /// Client-chosen subscription id.
+    pub sid: u64,
+    /// Subject pattern (`*` and `>` allowed).
+    pub pattern: &'a str,
+    /// Queue group, if any.
+    pub queue: Option<&'a str>,
+    /// Deliver each message with its [`Sender`] (as `SMsg`).
+    pub sender: bool,
+}
+
+/// Who sent a message, as the daemon stamps it: a client cannot set it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct Sender {
+    /// The node (daemon) the sender is connected to.
+    pub node: String,
+    /// Its connection id on that node (0: the daemon itself, or not known).
+    pub conn_id: u64,
+    /// Its client name.
+    pub name: String,
+    /// For a local peer: its process id, from the kernel.
+    pub pid: Option<i32>,
+    /// For a local peer: its user id, from the kernel.
+    pub uid: Option<u32>,
+    /// For a local peer: its group id, from the kernel.
+    pub gid: Option<u32>,
+    /// For a network peer: its address.
+    pub addr: Option<String>,
 }
 
 /// A publish with headers: `Pub` with an encoded [`Headers`](crate::Headers)
@@ -276,6 +311,19 @@ pub enum ServerFrame<'a> {
     /// without them).
     #[serde(borrow)]
     HMsg(HMsg<'a>),
+    /// A delivery with its sender, for a subscription made with
+    /// `SubWith { sender: true }` (version 4): the encoded [`Sender`], and
+    /// the publish (`Pub` or `HPub` body) as it came.
+    SMsg {
+        /// The subscription this delivery is for.
+        sid: u64,
+        /// postcard-encoded [`Sender`].
+        #[serde(with = "serde_bytes")]
+        sender: &'a [u8],
+        /// The `Pub` or `HPub` frame body.
+        #[serde(with = "serde_bytes")]
+        publish: &'a [u8],
+    },
 }
 
 /// Records returned by the admin API (`$BUS.api.*`) and lifecycle events

@@ -31,6 +31,8 @@ pub const RUN_TAG: u8 = 8;
 pub const HPUB_TAG: u8 = 6;
 /// postcard's variant index of `ServerFrame::HMsg`.
 pub const HMSG_TAG: u8 = 10;
+/// postcard's variant index of `ServerFrame::SMsg`.
+pub const SMSG_TAG: u8 = 11;
 
 /// Appends a `ClientFrame::Pub` frame to `buf`, byte for byte what
 /// [`encode_into`](crate::codec::encode_into) writes (the `pub_encoding_matches_postcard` property test
@@ -221,6 +223,36 @@ pub fn encode_delivery(pub_body: &[u8], sid: u64, headers: bool, out: &mut Vec<u
     out.extend_from_slice(&varint[..n]);
     out.extend_from_slice(head);
     out.extend_from_slice(tail);
+}
+
+/// Appends an `SMsg` frame for subscription `sid`: the encoded `sender`,
+/// then the publish body (`Pub` or `HPub`) as it came.
+pub fn encode_smsg(pub_body: &[u8], sid: u64, sender: &[u8], out: &mut Vec<u8>) {
+    let len = smsg_len(pub_body, sid, sender) - LEN_PREFIX;
+    out.reserve(LEN_PREFIX + len);
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    out.push(SMSG_TAG);
+    push_varint(out, sid);
+    push_bytes(out, sender);
+    push_bytes(out, pub_body);
+}
+
+/// Bytes [`encode_smsg`] appends.
+pub fn smsg_len(pub_body: &[u8], sid: u64, sender: &[u8]) -> usize {
+    LEN_PREFIX + 1 + varint_len(sid) + bytes_len(sender) + bytes_len(pub_body)
+}
+
+/// The `SMsg` in `body`: its sid, encoded sender, and the publish it holds
+/// (subjects checked to be UTF-8). `None` for anything else.
+pub fn raw_smsg(body: &[u8]) -> Option<(u64, &[u8], RawPub<'_>)> {
+    let (&tag, rest) = body.split_first()?;
+    if tag != SMSG_TAG {
+        return None;
+    }
+    let (sid, rest) = take_varint(rest)?;
+    let (sender, rest) = take_bytes(rest)?;
+    let (publish, _) = take_bytes(rest)?;
+    Some((sid, sender, run_msg(publish)?))
 }
 
 /// Bytes [`encode_delivery`] appends.

@@ -133,6 +133,17 @@ pub enum Got {
     NoResponders(String),
     /// `ResponderGone` for this reply subject.
     ResponderGone(String),
+    /// A delivery with its sender.
+    SMsg {
+        /// Subscription id.
+        sid: u64,
+        /// Who sent it, as the daemon stamped it.
+        sender: libbus::proto::Sender,
+        /// Subject.
+        subject: String,
+        /// Payload.
+        payload: Vec<u8>,
+    },
     /// A delivery with headers (its encoded block).
     HMsg {
         /// Subscription id.
@@ -245,6 +256,15 @@ impl Raw {
             ServerFrame::Lagged { sid, dropped } => Got::Lagged(sid, dropped),
             ServerFrame::NoResponders { reply_to } => Got::NoResponders(reply_to.into()),
             ServerFrame::ResponderGone { reply_to } => Got::ResponderGone(reply_to.into()),
+            ServerFrame::SMsg { sid, sender, publish } => {
+                let p = libbus::wire::run_msg(publish).expect("an SMsg holds a Pub or HPub");
+                Got::SMsg {
+                    sid,
+                    sender: postcard::from_bytes(sender).expect("an encoded Sender"),
+                    subject: String::from_utf8_lossy(p.subject).into(),
+                    payload: p.payload.into(),
+                }
+            }
             ServerFrame::HMsg(m) => Got::HMsg {
                 sid: m.sid,
                 subject: m.subject.into(),

@@ -455,7 +455,13 @@ impl Cluster {
         let local = router.lookup_uncached(routed.subject);
         if !local.is_empty() {
             let me = self.node_id.as_str();
-            let msg = Published::with_headers(routed.subject, routed.reply_to, headers, routed.payload);
+            // What is known here of who sent it: its node.
+            let sender = libbus::proto::Sender {
+                node: routed.origin.to_owned(),
+                ..Default::default()
+            };
+            let msg = Published::with_headers(routed.subject, routed.reply_to, headers, routed.payload)
+                .sent_by(postcard::to_allocvec(&sender).unwrap_or_default());
             local.deliver_filtered(msg.frame(), |group| {
                 routed.queue_targets.iter().any(|(g, n)| *g == group && *n == me)
             });
