@@ -40,18 +40,42 @@ pub const SMSG_TAG: u8 = 11;
 ///
 /// On error `buf` is left as it was.
 pub fn encode_pub(p: &proto::Pub<'_>, buf: &mut Vec<u8>, max_frame: u32) -> Result<(), CodecError> {
-    let subject = p.subject.as_bytes();
-    let reply_to = p.reply_to.map(str::as_bytes);
+    encode_publish(p.subject, p.reply_to, None, p.payload, buf, max_frame)
+}
+
+/// Appends a `ClientFrame::HPub` frame to `buf`, as [`encode_pub`] does a
+/// `Pub` (the `deliveries_of_hpub_match_postcard...` test pins it).
+pub fn encode_hpub(p: &proto::HPub<'_>, buf: &mut Vec<u8>, max_frame: u32) -> Result<(), CodecError> {
+    encode_publish(p.subject, p.reply_to, Some(p.headers), p.payload, buf, max_frame)
+}
+
+/// A `Pub` frame, or an `HPub` one when there is a header block.
+#[inline]
+fn encode_publish(
+    subject: &str,
+    reply_to: Option<&str>,
+    headers: Option<&[u8]>,
+    payload: &[u8],
+    buf: &mut Vec<u8>,
+    max_frame: u32,
+) -> Result<(), CodecError> {
+    let subject = subject.as_bytes();
+    let reply_to = reply_to.map(str::as_bytes);
     // The body's length is known up front: the prefix is written first and
     // nothing is written for a frame that is too large.
-    let len = 1 + bytes_len(subject) + 1 + reply_to.map_or(0, bytes_len) + bytes_len(p.payload);
+    let len = 1
+        + bytes_len(subject)
+        + 1
+        + reply_to.map_or(0, bytes_len)
+        + headers.map_or(0, bytes_len)
+        + bytes_len(payload);
     if len > max_frame as usize {
         return Err(CodecError::TooLarge { len, max: max_frame });
     }
     buf.reserve(LEN_PREFIX + len);
     // `len <= max_frame`, a u32, so the cast is lossless.
     buf.extend_from_slice(&(len as u32).to_le_bytes());
-    buf.push(PUB_TAG);
+    buf.push(if headers.is_some() { HPUB_TAG } else { PUB_TAG });
     push_bytes(buf, subject);
     match reply_to {
         None => buf.push(0),
@@ -60,38 +84,10 @@ pub fn encode_pub(p: &proto::Pub<'_>, buf: &mut Vec<u8>, max_frame: u32) -> Resu
             push_bytes(buf, r);
         }
     }
-    push_bytes(buf, p.payload);
-    Ok(())
-}
-
-/// Appends a `ClientFrame::HPub` frame to `buf`, byte for byte what
-/// postcard writes (the `deliveries_of_hpub_match_postcard...` test pins
-/// it), without serde. On error `buf` is left as it was.
-pub fn encode_hpub(p: &proto::HPub<'_>, buf: &mut Vec<u8>, max_frame: u32) -> Result<(), CodecError> {
-    let subject = p.subject.as_bytes();
-    let reply_to = p.reply_to.map(str::as_bytes);
-    let len = 1
-        + bytes_len(subject)
-        + 1
-        + reply_to.map_or(0, bytes_len)
-        + bytes_len(p.headers)
-        + bytes_len(p.payload);
-    if len > max_frame as usize {
-        return Err(CodecError::TooLarge { len, max: max_frame });
+    if let Some(h) = headers {
+        push_bytes(buf, h);
     }
-    buf.reserve(LEN_PREFIX + len);
-    buf.extend_from_slice(&(len as u32).to_le_bytes());
-    buf.push(HPUB_TAG);
-    push_bytes(buf, subject);
-    match reply_to {
-        None => buf.push(0),
-        Some(r) => {
-            buf.push(1);
-            push_bytes(buf, r);
-        }
-    }
-    push_bytes(buf, p.headers);
-    push_bytes(buf, p.payload);
+    push_bytes(buf, payload);
     Ok(())
 }
 
