@@ -89,6 +89,10 @@ pub struct BenchArgs {
     /// to measure what headers cost.
     #[arg(long, default_value_t = 0)]
     pub headers: usize,
+    /// Subscribers ask for each message's sender (pubsub, fanout), to
+    /// measure what sender identity costs.
+    #[arg(long)]
+    pub sender: bool,
     /// Also measure the raw Unix-socket baseline and print ratios (pubsub
     /// 1 → 1 on a Unix socket adds raw clients through the daemon).
     #[arg(long)]
@@ -180,6 +184,8 @@ pub struct Report {
     pub subjects: usize,
     /// Headers on each message.
     pub headers: usize,
+    /// Subscribers got each message's sender.
+    pub sender: bool,
     /// Messages published (or requests made).
     pub sent: u64,
     /// Messages delivered, all subscribers together.
@@ -561,6 +567,9 @@ fn print_report(r: &Report) {
     };
     if r.headers > 0 {
         api += &format!(", {} headers each", r.headers);
+    }
+    if r.sender {
+        api += ", with senders";
     }
     let tasks = if r.tasks > 1 {
         format!(" x {} task(s)", r.tasks)

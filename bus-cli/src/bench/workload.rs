@@ -128,6 +128,7 @@ pub async fn run(args: &BenchArgs, target: &Target) -> Result<Report> {
             };
             report.subjects = subjects.len();
             report.headers = args.headers;
+            report.sender = args.sender;
             if args.headers > 0 && args.batch > 1 {
                 return Err(libbus::Error::Protocol(
                     "--headers goes with --batch 1 (publish_batch sends no headers)".into(),
@@ -283,7 +284,11 @@ async fn pubsub(
     let progressed = Arc::new(tokio::sync::Notify::new());
     for (i, counter) in accounted.iter().enumerate() {
         let bus = connect(address, format!("bench-sub-{i}")).await?;
-        let mut sub = bus.subscribe(&pattern).await?;
+        let mut sub = if args.sender {
+            bus.subscribe_with_sender(&pattern).await?
+        } else {
+            bus.subscribe(&pattern).await?
+        };
         let (counter, sent, gate) = (counter.clone(), sent.clone(), start_gate.clone());
         let progress = progressed.clone();
         let mut done_rx = done_rx.clone();
