@@ -58,7 +58,12 @@ fuzz_target!(|data: &[u8]| {
                     };
                     assert_eq!(
                         (raw.sid, raw.subject, raw.reply_to, raw.payload),
-                        (m.sid, m.subject.as_bytes(), m.reply_to.map(str::as_bytes), m.payload)
+                        (
+                            m.sid,
+                            m.subject.as_bytes(),
+                            m.reply_to.map(str::as_bytes),
+                            m.payload
+                        )
                     );
                 }
                 // busd's fast path reads a Pub without postcard and without
@@ -81,6 +86,46 @@ fuzz_target!(|data: &[u8]| {
                         codec::decode::<ServerFrame>(&frame).ok(),
                         Some(ServerFrame::Run { sid, frames })
                     );
+                }
+                // The protocol 4 readers (headers, senders) likewise.
+                if let Some(raw) = wire::raw_hpub(&frame) {
+                    let utf8 = std::str::from_utf8(raw.subject).is_ok()
+                        && raw.reply_to.is_none_or(|r| std::str::from_utf8(r).is_ok());
+                    match codec::decode::<ClientFrame>(&frame) {
+                        Ok(ClientFrame::HPub(p)) => assert_eq!(
+                            (raw.subject, raw.reply_to, raw.headers, raw.payload),
+                            (
+                                p.subject.as_bytes(),
+                                p.reply_to.map(str::as_bytes),
+                                Some(p.headers),
+                                p.payload
+                            )
+                        ),
+                        _ => assert!(!utf8, "raw_hpub accepted what postcard refuses"),
+                    }
+                    // The daemon's check of a block never panics.
+                    let _ = libbus::headers::check(raw.headers.unwrap_or_default(), MAX_FRAME);
+                }
+                if let Some((raw, headers)) = wire::raw_hmsg(&frame) {
+                    let Ok(ServerFrame::HMsg(m)) = codec::decode::<ServerFrame>(&frame) else {
+                        panic!("raw_hmsg accepted what postcard refuses");
+                    };
+                    assert_eq!((raw.sid, raw.payload, headers), (m.sid, m.payload, m.headers));
+                }
+                if let Some((sid, sender, _)) = wire::raw_smsg(&frame) {
+                    let Ok(ServerFrame::SMsg {
+                        sid: s, sender: b, ..
+                    }) = codec::decode::<ServerFrame>(&frame)
+                    else {
+                        panic!("raw_smsg accepted what postcard refuses");
+                    };
+                    assert_eq!((sid, sender), (s, b));
+                }
+                // A delivery spliced from any publish body never panics.
+                for headers in [true, false] {
+                    let mut out = Vec::new();
+                    wire::encode_delivery(&frame, 1, headers, &mut out);
+                    assert_eq!(out.len(), wire::delivery_len(&frame, 1, headers));
                 }
                 round_trip!(ClientFrame, &frame);
                 round_trip!(ServerFrame, &frame);
