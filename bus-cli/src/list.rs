@@ -99,6 +99,65 @@ fn print_json(records: &impl serde::Serialize) -> libbus::Result<()> {
     Ok(())
 }
 
+/// `list ID`: one connection in full, live or closed: every field, and each
+/// subscription on its own line.
+pub async fn one(bus: &Bus, id: u64, json: bool) -> libbus::Result<()> {
+    let live: Vec<api::ConnInfo> =
+        all_pages(bus, api::LIST, |page, c: &api::ConnInfo| page.after = c.id).await?;
+    let (conn, closed) = match live.into_iter().find(|c| c.id == id) {
+        Some(c) => (c, None),
+        None => {
+            let closed: Vec<api::ClosedConn> =
+                all_pages(bus, api::CLOSED, |page, _: &api::ClosedConn| page.after += 1).await?;
+            match closed.into_iter().find(|r| r.conn.id == id) {
+                Some(r) => (r.conn.clone(), Some(r)),
+                None => {
+                    return Err(libbus::Error::Server {
+                        code: libbus::proto::ErrorCode::Protocol,
+                        message: format!(
+                            "no connection with id {id}, live or among the closed ones remembered"
+                        ),
+                    })
+                }
+            }
+        }
+    };
+    if json {
+        return match &closed {
+            Some(r) => print_json(r),
+            None => print_json(&conn),
+        };
+    }
+    let c = &conn;
+    outln!("id:            {}", c.id);
+    outln!("name:          {}", c.name);
+    outln!("transport:     {}", c.transport);
+    outln!("peer:          {}", render::peer(&c.peer));
+    outln!("age:           {}", render::age(c.connected_at_ms));
+    match &closed {
+        Some(r) => {
+            outln!(
+                "closed:        {} ago ({})",
+                render::age(r.closed_at_ms),
+                r.reason
+            );
+        }
+        None => outln!("idle:          {}", render::age(c.last_activity_ms)),
+    }
+    outln!("messages in:   {} ({})", c.msgs_in, render::bytes(c.bytes_in));
+    outln!("messages out:  {} ({})", c.msgs_out, render::bytes(c.bytes_out));
+    outln!("pending:       {}", render::bytes(c.pending_bytes));
+    outln!("dropped:       {}", c.dropped);
+    outln!("subscriptions: {}", c.subs.len());
+    for sub in &c.subs {
+        match &sub.queue {
+            Some(q) => outln!("  {} {} (queue {q})", sub.sid, sub.pattern),
+            None => outln!("  {} {}", sub.sid, sub.pattern),
+        }
+    }
+    Ok(())
+}
+
 /// `list --closed`: the connections the daemon remembers closing
 /// (`max_closed`), oldest first, with why each ended.
 async fn run_closed(bus: &Bus, json: bool) -> libbus::Result<()> {

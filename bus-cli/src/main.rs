@@ -58,6 +58,8 @@ struct Cli {
 enum Command {
     /// Live connections: id, name, peer credentials, counters.
     List {
+        /// Show this one connection in full (live, or among the closed).
+        id: Option<u64>,
         /// Print the records as JSON.
         #[arg(long)]
         json: bool,
@@ -220,7 +222,14 @@ async fn run(cli: Cli) -> libbus::Result<()> {
     }
     let bus = Bus::connect_with(&address, opts).await?;
     let result = match cli.command {
-        Command::List { json, closed } => list::run(&bus, json, closed).await,
+        Command::List {
+            id: Some(id), json, ..
+        } => list::one(&bus, id, json).await,
+        Command::List {
+            id: None,
+            json,
+            closed,
+        } => list::run(&bus, json, closed).await,
         Command::Send {
             subject,
             payload,

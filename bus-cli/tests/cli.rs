@@ -984,3 +984,56 @@ fn list_shows_every_connection_across_pages() {
         names.len()
     );
 }
+
+#[test]
+fn list_id_shows_one_connection_in_full_live_or_closed() {
+    let bus = daemon();
+    let sub = start_sub(&bus, &["orders.>", "--queue", "billing"]);
+    let list = || {
+        let mut c = cli(&bus);
+        c.args(["list", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&stdout(&run(c))).unwrap();
+        v
+    };
+    let all = list();
+    let id = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["subs"].as_array().is_some_and(|s| !s.is_empty()))
+        .unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    let mut c = cli(&bus);
+    c.args(["list", &id.to_string()]);
+    let out = stdout(&run(c));
+    assert!(out.contains(&format!("id:            {id}\n")), "{out}");
+    assert!(out.contains(&format!("pid {} ", sub.id())), "{out}");
+    assert!(out.contains("orders.> (queue billing)"), "{out}");
+    assert!(out.contains("idle:"), "{out}");
+    drop(sub);
+    // Once it has closed, the same command finds it among the closed.
+    let start = Instant::now();
+    let out = loop {
+        let mut c = cli(&bus);
+        c.args(["list", &id.to_string()]);
+        let out = stdout(&run(c));
+        if out.contains("closed:") {
+            break out;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "never listed as closed: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(out.contains("orders.> (queue billing)"), "{out}");
+    let mut c = cli(&bus);
+    c.args(["list", "99999"]);
+    let out = run(c);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no connection with id 99999"),
+        "{out:?}"
+    );
+}
