@@ -4,12 +4,53 @@ use libbus::{proto::api, Bus};
 
 use crate::render;
 
-pub async fn run(bus: &Bus, json: bool, closed: bool) -> libbus::Result<()> {
+/// A column `list --sort` orders by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SortBy {
+    /// Connection id, ascending.
+    Id,
+    /// Client name, ascending.
+    Name,
+    /// Subscriptions, most first.
+    Subs,
+    /// Messages published, most first.
+    MsgsIn,
+    /// Messages delivered, most first.
+    MsgsOut,
+    /// Bytes queued, most first.
+    Pending,
+    /// Messages dropped, most first.
+    Dropped,
+    /// Oldest first.
+    Age,
+    /// Longest idle first.
+    Idle,
+}
+
+impl SortBy {
+    fn sort(self, conns: &mut [api::ConnInfo]) {
+        use std::cmp::Reverse;
+        match self {
+            Self::Id => conns.sort_by_key(|c| c.id),
+            Self::Name => conns.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id))),
+            Self::Subs => conns.sort_by_key(|c| Reverse(c.subs.len())),
+            Self::MsgsIn => conns.sort_by_key(|c| Reverse(c.msgs_in)),
+            Self::MsgsOut => conns.sort_by_key(|c| Reverse(c.msgs_out)),
+            Self::Pending => conns.sort_by_key(|c| Reverse(c.pending_bytes)),
+            Self::Dropped => conns.sort_by_key(|c| Reverse(c.dropped)),
+            Self::Age => conns.sort_by_key(|c| c.connected_at_ms),
+            Self::Idle => conns.sort_by_key(|c| c.last_activity_ms),
+        }
+    }
+}
+
+pub async fn run(bus: &Bus, json: bool, closed: bool, sort: SortBy) -> libbus::Result<()> {
     if closed {
         return run_closed(bus, json).await;
     }
-    let conns: Vec<api::ConnInfo> =
+    let mut conns: Vec<api::ConnInfo> =
         all_pages(bus, api::LIST, |page, c: &api::ConnInfo| page.after = c.id).await?;
+    sort.sort(&mut conns);
     if json {
         return print_json(&conns);
     }

@@ -66,6 +66,10 @@ enum Command {
         /// The connections that closed (the last `max_closed`), with why.
         #[arg(long)]
         closed: bool,
+        /// Order the live connections by this column (counters, age and idle
+        /// largest first; id and name ascending).
+        #[arg(long, value_enum, default_value = "id")]
+        sort: list::SortBy,
     },
     /// Publish one message.
     Send {
@@ -229,7 +233,8 @@ async fn run(cli: Cli) -> libbus::Result<()> {
             id: None,
             json,
             closed,
-        } => list::run(&bus, json, closed).await,
+            sort,
+        } => list::run(&bus, json, closed, sort).await,
         Command::Send {
             subject,
             payload,

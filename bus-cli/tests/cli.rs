@@ -1037,3 +1037,37 @@ fn list_id_shows_one_connection_in_full_live_or_closed() {
         "{out:?}"
     );
 }
+
+#[test]
+fn list_sort_orders_by_the_column_given() {
+    let bus = daemon();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let address = bus.daemon.address().clone();
+    let _clients = rt.block_on(async move {
+        let mut v = Vec::new();
+        for (name, msgs) in [("alpha", 0), ("zulu", 5), ("mike", 2)] {
+            let opts = libbus::ConnectOptions::default().name(name);
+            let c = libbus::Bus::connect_with(&address, opts).await.unwrap();
+            for _ in 0..msgs {
+                c.publish("x", "y").await.unwrap();
+            }
+            c.flush().await.unwrap();
+            v.push(c);
+        }
+        v
+    });
+    let names = |sort: &str| -> Vec<String> {
+        let mut c = cli(&bus);
+        c.args(["list", "--json", "--sort", sort]);
+        let v: serde_json::Value = serde_json::from_str(&stdout(&run(c))).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_owned())
+            .filter(|n| n != "bus-cli")
+            .collect()
+    };
+    assert_eq!(names("msgs-in"), ["zulu", "mike", "alpha"]);
+    assert_eq!(names("name"), ["alpha", "mike", "zulu"]);
+    assert_eq!(names("id"), ["alpha", "zulu", "mike"]);
+}
