@@ -445,9 +445,10 @@ fn fatal(conn: &Conn, code: ErrorCode, message: String) -> Fatal {
 
 /// Handles one whole frame (`frame`: prefix and body).
 ///
-/// The one publish path: a `Pub` is read in place ([`wire::raw_pub`]),
-/// checked and routed ([`publish`]); postcard decodes everything else (and
-/// a `Pub` in an encoding the direct reader leaves to it). One measured
+/// The one publish path: a `Pub` is read in place ([`wire::raw_pub`]), as
+/// is an `HPub` ([`wire::raw_hpub`], its header block checked once),
+/// then checked and routed ([`publish`]); postcard decodes everything else
+/// (and a publish in an encoding the direct readers leave to it). One measured
 /// shortcut comes first: a frame that begins like the last publish (its
 /// head, every byte before the payload) is that subject again, and goes
 /// straight to [`route`] with the routes the cache holds for it
