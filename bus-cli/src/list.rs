@@ -48,8 +48,7 @@ pub async fn run(bus: &Bus, json: bool, closed: bool, sort: SortBy) -> libbus::R
     if closed {
         return run_closed(bus, json).await;
     }
-    let mut conns: Vec<api::ConnInfo> =
-        all_pages(bus, api::LIST, |page, c: &api::ConnInfo| page.after = c.id).await?;
+    let mut conns: Vec<api::ConnInfo> = live(bus).await?;
     sort.sort(&mut conns);
     if json {
         return print_json(&conns);
@@ -70,19 +69,11 @@ pub async fn run(bus: &Bus, json: bool, closed: bool, sort: SortBy) -> libbus::R
     let rows: Vec<Vec<String>> = conns
         .iter()
         .map(|c| {
-            vec![
-                c.id.to_string(),
-                c.name.clone(),
-                c.transport.clone(),
-                render::peer(&c.peer),
-                c.subs.len().to_string(),
-                c.msgs_in.to_string(),
-                c.msgs_out.to_string(),
-                render::bytes(c.pending_bytes),
-                c.dropped.to_string(),
-                render::age(c.connected_at_ms),
-                render::age(c.last_activity_ms),
-            ]
+            let mut row = cells(c);
+            row.insert(7, render::bytes(c.pending_bytes));
+            row.push(render::age(c.connected_at_ms));
+            row.push(render::age(c.last_activity_ms));
+            row
         })
         .collect();
     out!("{}", render::table(&header, &rows));
@@ -107,6 +98,32 @@ pub async fn run(bus: &Bus, json: bool, closed: bool, sort: SortBy) -> libbus::R
         out!("{}", render::table(&header, &rows));
     }
     Ok(())
+}
+
+/// Every live connection (`$BUS.api.list`, all pages), by id.
+async fn live(bus: &Bus) -> libbus::Result<Vec<api::ConnInfo>> {
+    all_pages(bus, api::LIST, |page, c: &api::ConnInfo| page.after = c.id).await
+}
+
+/// Every closed connection remembered (`$BUS.api.closed`, all pages), in
+/// the order they closed.
+async fn closed(bus: &Bus) -> libbus::Result<Vec<api::ClosedConn>> {
+    all_pages(bus, api::CLOSED, |page, _: &api::ClosedConn| page.after += 1).await
+}
+
+/// The columns a live and a closed connection share: id, name, transport,
+/// peer, subscriptions, messages in and out, dropped.
+fn cells(c: &api::ConnInfo) -> Vec<String> {
+    vec![
+        c.id.to_string(),
+        c.name.clone(),
+        c.transport.clone(),
+        render::peer(&c.peer),
+        c.subs.len().to_string(),
+        c.msgs_in.to_string(),
+        c.msgs_out.to_string(),
+        c.dropped.to_string(),
+    ]
 }
 
 /// Every record of a paged listing (`$BUS.api.list`, `$BUS.api.closed`):
@@ -143,14 +160,12 @@ fn print_json(records: &impl serde::Serialize) -> libbus::Result<()> {
 /// `list ID`: one connection in full, live or closed: every field, and each
 /// subscription on its own line.
 pub async fn one(bus: &Bus, id: u64, json: bool) -> libbus::Result<()> {
-    let live: Vec<api::ConnInfo> =
-        all_pages(bus, api::LIST, |page, c: &api::ConnInfo| page.after = c.id).await?;
-    let (conn, closed) = match live.into_iter().find(|c| c.id == id) {
+    let conns = live(bus).await?;
+    let (conn, closed) = match conns.into_iter().find(|c| c.id == id) {
         Some(c) => (c, None),
         None => {
-            let closed: Vec<api::ClosedConn> =
-                all_pages(bus, api::CLOSED, |page, _: &api::ClosedConn| page.after += 1).await?;
-            match closed.into_iter().find(|r| r.conn.id == id) {
+            let gone = closed(bus).await?;
+            match gone.into_iter().find(|r| r.conn.id == id) {
                 Some(r) => (r.conn.clone(), Some(r)),
                 None => {
                     return Err(libbus::Error::Server {
@@ -202,8 +217,7 @@ pub async fn one(bus: &Bus, id: u64, json: bool) -> libbus::Result<()> {
 /// `list --closed`: the connections the daemon remembers closing
 /// (`max_closed`), oldest first, with why each ended.
 async fn run_closed(bus: &Bus, json: bool) -> libbus::Result<()> {
-    let closed: Vec<api::ClosedConn> =
-        all_pages(bus, api::CLOSED, |page, _: &api::ClosedConn| page.after += 1).await?;
+    let closed = closed(bus).await?;
     if json {
         return print_json(&closed);
     }
@@ -224,21 +238,15 @@ async fn run_closed(bus: &Bus, json: bool) -> libbus::Result<()> {
         .iter()
         .map(|r| {
             let c = &r.conn;
-            vec![
-                c.id.to_string(),
-                c.name.clone(),
-                c.transport.clone(),
-                render::peer(&c.peer),
-                c.subs.len().to_string(),
-                c.msgs_in.to_string(),
-                c.msgs_out.to_string(),
-                c.dropped.to_string(),
+            let mut row = cells(c);
+            row.extend([
                 render::duration(std::time::Duration::from_millis(
                     r.closed_at_ms.saturating_sub(c.connected_at_ms),
                 )),
                 format!("{} ago", render::age(r.closed_at_ms)),
                 r.reason.to_string(),
-            ]
+            ]);
+            row
         })
         .collect();
     out!("{}", render::table(&header, &rows));

@@ -463,11 +463,11 @@ fn handle_frame<'a>(
     let body = &frame[proto::LEN_PREFIX..];
     if let Some((p, routes)) = state.router.repeated(frame, cache) {
         pending.count(p.payload.len());
-        route(state, conn, frame, p, Envelope::default(), routes, pending);
+        route(state, conn, frame, p, None, routes, pending);
         return Ok(());
     }
     if let Some(p) = wire::raw_pub(body) {
-        return publish(state, conn, frame, p, None, cache, pending);
+        return publish(state, conn, frame, p, cache, pending);
     }
     if let Some(p) = wire::raw_hpub(body) {
         pending.app = true;
@@ -498,7 +498,7 @@ fn handle_frame<'a>(
                 payload: p.payload,
                 headers: None,
             };
-            publish(state, conn, frame, p, None, cache, pending)
+            publish(state, conn, frame, p, cache, pending)
         }
         ClientFrame::HPub(h) => {
             let p = wire::RawPub {
@@ -552,7 +552,7 @@ fn publish_with_headers<'a>(
 ) -> Result<(), Fatal> {
     let headers = p.headers.unwrap_or_default();
     match libbus::headers::check(headers, state.config.max_header_bytes) {
-        Ok(()) => publish(state, conn, frame, p, Some(headers), cache, pending),
+        Ok(()) => publish(state, conn, frame, p, cache, pending),
         Err(e @ libbus::headers::HeaderError::TooLarge { .. }) => {
             state.policy.refused.count("max_header_bytes");
             conn.outbox
@@ -572,7 +572,6 @@ fn publish<'a>(
     conn: &'a Arc<Conn>,
     frame: &'a [u8],
     p: wire::RawPub<'_>,
-    headers: Option<&[u8]>,
     cache: &mut RouteCache,
     pending: &mut Pending<'a>,
 ) -> Result<(), Fatal> {
@@ -584,20 +583,12 @@ fn publish<'a>(
     pending.count(p.payload.len());
     // A reply-less publish's head (every byte before its payload) lets the
     // next frame like it skip decoding.
-    let head = match (reply_to, headers) {
+    let head = match (reply_to, p.headers) {
         (None, None) => &frame[..frame.len() - p.payload.len()],
         _ => &[][..],
     };
     if let Some(routes) = state.router.cached(p.subject, head, cache) {
-        route(
-            state,
-            conn,
-            frame,
-            p,
-            Envelope { reply_to, headers },
-            routes,
-            pending,
-        );
+        route(state, conn, frame, p, reply_to, routes, pending);
         return Ok(());
     }
     let Ok(subject) = std::str::from_utf8(p.subject) else {
@@ -623,15 +614,7 @@ fn publish<'a>(
         return Ok(());
     }
     let routes = state.router.lookup(subject, cache);
-    route(
-        state,
-        conn,
-        frame,
-        p,
-        Envelope { reply_to, headers },
-        &routes,
-        pending,
-    );
+    route(state, conn, frame, p, reply_to, &routes, pending);
     Ok(())
 }
 
@@ -660,15 +643,6 @@ fn reply_subject<'p>(state: &State, conn: &Conn, reply_to: &'p [u8]) -> Result<O
     Ok(Some(reply_to))
 }
 
-/// What a publish carries besides its subject and payload.
-#[derive(Debug, Clone, Copy, Default)]
-struct Envelope<'p> {
-    /// Its reply subject, checked.
-    reply_to: Option<&'p str>,
-    /// Its header block, checked.
-    headers: Option<&'p [u8]>,
-}
-
 /// Sends a valid publish on: to the bridges that want it, and to the local
 /// subscribers (`routes`); a request nobody anywhere takes gets `NoResponders`.
 fn route<'a>(
@@ -676,7 +650,7 @@ fn route<'a>(
     conn: &'a Arc<Conn>,
     frame: &'a [u8],
     p: wire::RawPub<'_>,
-    Envelope { reply_to, headers }: Envelope<'_>,
+    reply_to: Option<&str>,
     routes: &Arc<Routes>,
     pending: &mut Pending<'a>,
 ) {
@@ -688,7 +662,7 @@ fn route<'a>(
             cluster::Message {
                 subject: subject(),
                 reply_to,
-                headers,
+                headers: p.headers,
                 payload: p.payload,
             },
             routes,
