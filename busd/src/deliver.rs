@@ -48,7 +48,7 @@ impl Target {
 
     /// Queues `msg` for it unless its queue is full (false).
     fn push(&self, msg: PubFrame<'_>) -> bool {
-        self.conn.outbox.try_push_to(self.sid, self.sender, msg)
+        self.conn.outbox.try_push(self.sid, self.sender, msg)
     }
 }
 
@@ -78,7 +78,7 @@ impl Routes {
     /// one `Run` frame if they lie together in one read (`run`).
     fn deliver_run(&self, msgs: &[PubFrame<'_>], run: Option<&RunSpan<'_>>) {
         for t in &self.plain {
-            t.conn.outbox.push_many_to(t.sid, t.sender, msgs, run);
+            t.conn.outbox.push_many(t.sid, t.sender, msgs, run);
         }
         if !self.groups.is_empty() {
             for msg in msgs {

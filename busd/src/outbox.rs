@@ -473,13 +473,8 @@ impl Outbox {
 
     /// Queues a delivery unless that would pass the bound. Returns false when
     /// it did not fit (the caller decides whom to charge the drop to).
-    pub fn try_push(&self, sid: u64, msg: PubFrame<'_>) -> bool {
-        self.try_push_to(sid, false, msg)
-    }
-
-    /// [`try_push`](Self::try_push) for a subscription that gets senders
-    /// if `sender`.
-    pub fn try_push_to(&self, sid: u64, sender: bool, msg: PubFrame<'_>) -> bool {
+    /// `sender`: the subscription gets each message with its sender.
+    pub fn try_push(&self, sid: u64, sender: bool, msg: PubFrame<'_>) -> bool {
         let mut st = self.lock();
         if st.closed {
             return true;
@@ -497,13 +492,9 @@ impl Outbox {
     /// one lock: as one `Run` frame if they lie together in one read (`run`)
     /// and the peer reads runs and the whole run fits; otherwise one by one,
     /// and those that do not fit are counted as dropped.
-    pub fn push_many(&self, sid: u64, msgs: &[PubFrame<'_>], run: Option<&RunSpan<'_>>) {
-        self.push_many_to(sid, false, msgs, run);
-    }
-
-    /// [`push_many`](Self::push_many) for a subscription that gets senders
-    /// if `sender` (then never as a `Run`).
-    pub fn push_many_to(&self, sid: u64, sender: bool, msgs: &[PubFrame<'_>], run: Option<&RunSpan<'_>>) {
+    /// `sender`: the subscription gets each message with its sender (then
+    /// never as a `Run`).
+    pub fn push_many(&self, sid: u64, sender: bool, msgs: &[PubFrame<'_>], run: Option<&RunSpan<'_>>) {
         let mut st = self.lock();
         if st.closed {
             return;
@@ -704,11 +695,11 @@ mod tests {
         let m = m.frame();
         let cost = m.cost(1, false);
         let ob = Outbox::new(2 * cost + cost / 2, true);
-        assert!(ob.try_push(1, m));
-        assert!(ob.try_push(1, m));
-        assert!(!ob.try_push(1, m));
+        assert!(ob.try_push(1, false, m));
+        assert!(ob.try_push(1, false, m));
+        assert!(!ob.try_push(1, false, m));
         ob.record_drop(1);
-        assert!(!ob.try_push(1, m));
+        assert!(!ob.try_push(1, false, m));
         ob.record_drop(1);
         assert_eq!(ob.pending_bytes(), 2 * cost);
         assert_eq!(ob.dropped(), 2);
@@ -718,7 +709,7 @@ mod tests {
         assert_eq!(taken, Taken { msgs: 2, bytes: 60 });
         assert_eq!(frames(&mut batch), [(1, None), (1, None)]);
         // The batch being written still counts against the bound.
-        assert!(!ob.try_push(1, m));
+        assert!(!ob.try_push(1, false, m));
         ob.record_drop(1);
         sent(&ob);
         // Queue drained with unreported drops: the notice comes out on its own.
@@ -728,7 +719,7 @@ mod tests {
 
         // A later drop is reported in front of the next delivery.
         ob.record_drop(1);
-        assert!(ob.try_push(1, m));
+        assert!(ob.try_push(1, false, m));
         ob.take(&mut batch).await.unwrap();
         assert_eq!(frames(&mut batch), [(1, Some(1)), (1, None)]);
         sent(&ob);
@@ -744,14 +735,14 @@ mod tests {
         let cost = m.cost(7, false);
         let ob = Outbox::new(2 * cost + cost / 2, true);
         // Two fit, three are dropped and counted.
-        ob.push_many(7, &[m; 5], None);
+        ob.push_many(7, false, &[m; 5], None);
         assert_eq!((ob.pending_bytes(), ob.dropped()), (2 * cost, 3));
         let mut batch = Frames::default();
         ob.take(&mut batch).await.unwrap();
         assert_eq!(frames(&mut batch), [(7, None), (7, None)]);
         sent(&ob);
         // The loss is reported ahead of the next message that fits.
-        ob.push_many(7, &[m], None);
+        ob.push_many(7, false, &[m], None);
         ob.take(&mut batch).await.unwrap();
         assert_eq!(frames(&mut batch), [(7, Some(3)), (7, None)]);
     }
@@ -762,16 +753,16 @@ mod tests {
         let m = m.frame();
         let cost = m.cost(1, false);
         let ob = Outbox::new(2 * cost, true);
-        assert!(ob.try_push(1, m));
-        assert!(ob.try_push(1, m));
+        assert!(ob.try_push(1, false, m));
+        assert!(ob.try_push(1, false, m));
         let mut batch = Frames::default();
         ob.take(&mut batch).await.unwrap();
         // All of it is being written: no room.
-        assert!(!ob.try_push(1, m));
+        assert!(!ob.try_push(1, false, m));
         // The socket took the first message: room for one.
         ob.wrote(cost);
-        assert!(ob.try_push(1, m));
-        assert!(!ob.try_push(1, m));
+        assert!(ob.try_push(1, false, m));
+        assert!(!ob.try_push(1, false, m));
         assert_eq!(ob.pending_bytes(), 2 * cost);
         ob.wrote(cost);
         sent(&ob);
@@ -822,9 +813,9 @@ mod tests {
     async fn control_frames_use_the_slack() {
         let m = msg(30);
         let ob = Outbox::new(m.frame().cost(1, false), true);
-        assert!(ob.try_push(1, m.frame()));
+        assert!(ob.try_push(1, false, m.frame()));
         // Over the bound for messages, still room for a control frame.
-        assert!(!ob.try_push(1, m.frame()));
+        assert!(!ob.try_push(1, false, m.frame()));
         assert!(ob.push_frame(&[0; 100]));
         assert!(!ob.push_frame(&vec![0; CONTROL_SLACK]));
     }
@@ -836,7 +827,7 @@ mod tests {
         let (msgs, run) = run_in(&read, 10, 100);
         assert!(read.len() < SHARE_MIN);
         let ob = Outbox::new(1 << 20, true);
-        ob.push_many(3, &msgs, Some(&run));
+        ob.push_many(3, false, &msgs, Some(&run));
         assert_eq!(ob.pending_bytes(), run.cost(3));
         let mut batch = Frames::default();
         assert_eq!(
@@ -860,7 +851,7 @@ mod tests {
             ..run.clone()
         };
         for (run, shared) in [(&run, true), (&alone, false)] {
-            ob.push_many(3, &msgs, Some(run));
+            ob.push_many(3, false, &msgs, Some(run));
             ob.take(&mut batch).await.unwrap();
             let at = batch.chunks.iter().find_map(|c| match c {
                 Chunk::Shared(b) => Some(b.as_ptr()),
@@ -879,7 +870,7 @@ mod tests {
         let cost = msgs[0].cost(7, false);
         // Room for two messages, not for the run: two go, three are dropped.
         let ob = Outbox::new(2 * cost + cost / 2, true);
-        ob.push_many(7, &msgs, Some(&run));
+        ob.push_many(7, false, &msgs, Some(&run));
         assert_eq!((ob.pending_bytes(), ob.dropped()), (2 * cost, 3));
         let mut batch = Frames::default();
         ob.take(&mut batch).await.unwrap();
@@ -891,7 +882,7 @@ mod tests {
             msgs: 1,
             ..run.clone()
         };
-        ob.push_many(7, &msgs[..1], Some(&one_run));
+        ob.push_many(7, false, &msgs[..1], Some(&one_run));
         ob.take(&mut batch).await.unwrap();
         assert_eq!(
             server_frames(&mut batch),
@@ -901,7 +892,7 @@ mod tests {
 
         // A version 2 peer gets every message as a `Msg`.
         let old = Outbox::new(1 << 20, false);
-        old.push_many(7, &msgs, Some(&run));
+        old.push_many(7, false, &msgs, Some(&run));
         old.take(&mut batch).await.unwrap();
         assert_eq!(server_frames(&mut batch), vec![(7, Kind::Msg); 5]);
     }
