@@ -341,8 +341,12 @@ impl Cluster {
         for (child, subtree) in children.iter() {
             let wanted = plain.iter().any(|n| subtree.contains(n))
                 || routed.queue_targets.iter().any(|(_, n)| subtree.contains(*n));
-            let awaiting = held.iter().filter(|(via, _)| via == child).count();
-            if !wanted && awaiting == 0 {
+            let awaiting: Vec<String> = held
+                .iter()
+                .filter(|(via, _)| via == child)
+                .map(|(_, n)| (*n).to_owned())
+                .collect();
+            if !wanted && awaiting.is_empty() {
                 continue;
             }
             let Some(link) = self.link_to(child) else { continue };
@@ -360,13 +364,8 @@ impl Cluster {
                 link.send_msg(frame);
                 // The nodes out of reach cannot get it later without the
                 // others getting it twice: their share is lost, and counted.
-                link.count_dropped(awaiting as u64);
+                link.count_dropped(awaiting.len() as u64);
             } else {
-                let awaiting = held
-                    .iter()
-                    .filter(|(via, _)| via == child)
-                    .map(|(_, n)| (*n).to_owned())
-                    .collect();
                 link.park(frame, awaiting, now + self.hold);
             }
         }
