@@ -129,6 +129,7 @@ enum Command {
         patterns: Vec<String>,
     },
     /// Serve requests from the shell: answer each one on SUBJECT.
+    #[command(group(clap::ArgGroup::new("answer").required(true).args(["echo", "command"])))]
     Reply {
         /// Subject (or pattern) to serve.
         subject: String,
@@ -136,7 +137,7 @@ enum Command {
         #[arg(long, value_name = "GROUP")]
         queue: Option<String>,
         /// Answer with the request's own payload.
-        #[arg(long, conflicts_with = "command", required_unless_present = "command")]
+        #[arg(long)]
         echo: bool,
         /// Answer with what this shell command prints, given the request's
         /// payload on its standard input; a non-zero exit answers with an
