@@ -111,6 +111,37 @@ async fn closed(bus: &Bus) -> libbus::Result<Vec<api::ClosedConn>> {
     all_pages(bus, api::CLOSED, |page, _: &api::ClosedConn| page.after += 1).await
 }
 
+/// Every well-known name (`$BUS.api.names`, all pages), by name.
+async fn all_names(bus: &Bus) -> libbus::Result<Vec<api::NameInfo>> {
+    all_pages(bus, api::NAMES, |page, _: &api::NameInfo| page.after += 1).await
+}
+
+/// `names`: each well-known name, its owner and its queue.
+pub async fn names(bus: &Bus, json: bool) -> libbus::Result<()> {
+    let names = all_names(bus).await?;
+    if json {
+        return print_json(&names);
+    }
+    let who = |o: &api::NameOwner| format!("{} {} ({})", o.conn_id, o.client, render::peer(&o.peer));
+    let rows: Vec<Vec<String>> = names
+        .iter()
+        .map(|n| {
+            let queue: Vec<String> = n.queue.iter().map(|o| o.conn_id.to_string()).collect();
+            vec![
+                n.name.clone(),
+                who(&n.owner),
+                if queue.is_empty() {
+                    "-".into()
+                } else {
+                    queue.join(" ")
+                },
+            ]
+        })
+        .collect();
+    out!("{}", render::table(&["NAME", "OWNER", "QUEUE"], &rows));
+    Ok(())
+}
+
 /// The columns a live and a closed connection share: id, name, transport,
 /// peer, subscriptions, messages in and out, dropped.
 fn cells(c: &api::ConnInfo) -> Vec<String> {
@@ -209,6 +240,23 @@ pub async fn one(bus: &Bus, id: u64, json: bool) -> libbus::Result<()> {
         match &sub.queue {
             Some(q) => outln!("  {} {} (queue {q})", sub.sid, sub.pattern),
             None => outln!("  {} {}", sub.sid, sub.pattern),
+        }
+    }
+    if closed.is_none() {
+        let names = all_names(bus).await?;
+        let mine: Vec<String> = names
+            .iter()
+            .filter_map(|n| {
+                if n.owner.conn_id == id {
+                    return Some(format!("  {} (owner)", n.name));
+                }
+                let at = n.queue.iter().position(|o| o.conn_id == id)?;
+                Some(format!("  {} (queued, {} ahead)", n.name, at + 1))
+            })
+            .collect();
+        outln!("names:         {}", mine.len());
+        for line in mine {
+            outln!("{line}");
         }
     }
     Ok(())

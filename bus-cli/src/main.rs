@@ -36,7 +36,7 @@ mod render;
 use std::{process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
-use libbus::{subject, Address, Bus, ConnectOptions};
+use libbus::{subject, Address, Bus, ConnectOptions, NameFlags};
 
 /// Inspect and drive a live bus.
 #[derive(Debug, Parser)]
@@ -128,11 +128,24 @@ enum Command {
         #[arg(long = "match", value_name = "PATTERN")]
         patterns: Vec<String>,
     },
-    /// Serve requests from the shell: answer each one on SUBJECT.
+    /// Serve requests from the shell: answer each one on SUBJECT, or each
+    /// call to the well-known name given with --name.
     #[command(group(clap::ArgGroup::new("answer").required(true).args(["echo", "command"])))]
+    #[command(group(clap::ArgGroup::new("serve").required(true).args(["subject", "name"])))]
     Reply {
         /// Subject (or pattern) to serve.
-        subject: String,
+        subject: Option<String>,
+        /// Serve the calls to this well-known name instead: ask for it, wait
+        /// in its queue while another connection owns it, and answer while
+        /// this one does (its changes are reported on stderr).
+        #[arg(long, value_name = "NAME", conflicts_with = "queue")]
+        name: Option<String>,
+        /// With --name: take the name over from an owner that allows it.
+        #[arg(long, requires = "name")]
+        replace: bool,
+        /// With --name: let a later `--replace` take the name from this one.
+        #[arg(long, requires = "name")]
+        allow_replacement: bool,
         /// Join this queue group (each request goes to one member).
         #[arg(long, value_name = "GROUP")]
         queue: Option<String>,
@@ -147,6 +160,28 @@ enum Command {
         /// Exit after answering this many requests.
         #[arg(long, value_name = "N")]
         count: Option<u64>,
+    },
+    /// Call METHOD on the owner of the well-known name NAME and print the
+    /// reply (exit 1 on an error reply, or if nobody owns NAME).
+    Call {
+        /// The well-known name.
+        name: String,
+        /// The method (a subject, which the owner sees as the message's).
+        method: String,
+        /// Payload; read from stdin when absent or "-".
+        payload: Option<String>,
+        /// How long to wait for the reply (e.g. 500ms, 2s).
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "5s")]
+        timeout: Duration,
+        /// A header, NAME=VALUE (repeatable, kept in order).
+        #[arg(short = 'H', long = "header", value_name = "NAME=VALUE", value_parser = pubsub::parse_header)]
+        headers: Vec<(String, String)>,
+    },
+    /// Well-known names: each one's owner (id, client, pid) and queue.
+    Names {
+        /// Print the records as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Measure throughput and latency, optionally against a raw-socket baseline.
     ///
@@ -199,8 +234,15 @@ async fn run(cli: Cli) -> libbus::Result<()> {
         Command::Send { subject, .. } | Command::Request { subject, .. } => {
             subject::validate_publish(subject)?
         }
-        Command::Sub { pattern, .. } | Command::Reply { subject: pattern, .. } => {
-            subject::validate_pattern(pattern)?
+        Command::Sub { pattern, .. }
+        | Command::Reply {
+            subject: Some(pattern),
+            ..
+        } => subject::validate_pattern(pattern)?,
+        Command::Reply { name: Some(name), .. } => subject::validate_subject(name)?,
+        Command::Call { name, method, .. } => {
+            subject::validate_subject(name)?;
+            subject::validate_subject(method)?
         }
         Command::Monitor { patterns } => {
             for p in patterns {
@@ -268,11 +310,48 @@ async fn run(cli: Cli) -> libbus::Result<()> {
         }
         Command::Reply {
             subject,
+            name,
+            replace,
+            allow_replacement,
             queue,
             echo: _,
             command,
             count,
-        } => pubsub::reply(&bus, &subject, queue.as_deref(), command.as_deref(), count).await,
+        } => {
+            let serve = match (subject, name) {
+                (_, Some(name)) => {
+                    let mut flags = NameFlags::NONE;
+                    if replace {
+                        flags = flags | NameFlags::REPLACE_EXISTING;
+                    }
+                    if allow_replacement {
+                        flags = flags | NameFlags::ALLOW_REPLACEMENT;
+                    }
+                    pubsub::Serve::Name(name, flags)
+                }
+                (Some(subject), None) => pubsub::Serve::Subject(subject, queue),
+                (None, None) => unreachable!("clap requires SUBJECT or --name"),
+            };
+            pubsub::reply(&bus, serve, command.as_deref(), count).await
+        }
+        Command::Call {
+            name,
+            method,
+            payload,
+            timeout,
+            headers,
+        } => {
+            pubsub::call(
+                &bus,
+                &name,
+                &method,
+                payload,
+                timeout,
+                headers.into_iter().collect(),
+            )
+            .await
+        }
+        Command::Names { json } => list::names(&bus, json).await,
         Command::Request {
             subject,
             payload,

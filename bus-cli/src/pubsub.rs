@@ -1,10 +1,11 @@
-//! `send`, `sub`, `request` and `monitor`.
+//! `send`, `sub`, `request`, `reply`, `call` and `monitor`.
 
 use std::{io::Read, time::Duration};
 
 use libbus::{
+    names::NameEvent,
     proto::api::{self, ConnEvent},
-    Bus, Delivery, Event, Headers, Message,
+    Bus, Delivery, Event, Headers, Message, Name, NameFlags, NameReply, NameState, Subscription,
 };
 
 use crate::render;
@@ -123,22 +124,38 @@ impl Format {
 /// Serves requests on `subject`: each answered with its own payload
 /// (`command` unset) or with what `command` prints given the payload on its
 /// stdin; a failing command answers with an error.
-pub async fn reply(
-    bus: &Bus,
-    subject: &str,
-    queue: Option<&str>,
-    command: Option<&str>,
-    count: Option<u64>,
-) -> libbus::Result<()> {
-    let mut sub = match queue {
-        Some(q) => bus.queue_subscribe(subject, q).await?,
-        None => bus.subscribe(subject).await?,
+/// What `reply` serves.
+pub enum Serve {
+    /// Requests on a subject (or pattern), optionally in a queue group.
+    Subject(String, Option<String>),
+    /// Calls to a well-known name, asked for with these flags.
+    Name(String, NameFlags),
+}
+
+pub async fn reply(bus: &Bus, serve: Serve, command: Option<&str>, count: Option<u64>) -> libbus::Result<()> {
+    let mut source = match serve {
+        Serve::Subject(subject, queue) => {
+            let sub = match queue {
+                Some(q) => bus.queue_subscribe(&subject, &q).await?,
+                None => bus.subscribe(&subject).await?,
+            };
+            eprintln!("serving requests on {subject} (Ctrl-C to stop)");
+            Requests::Subject(sub)
+        }
+        Serve::Name(name, flags) => {
+            // Where it stands comes as its first change of state.
+            let owned = bus.request_name(&name, flags).await?;
+            let reply = owned.reply();
+            if !matches!(reply, NameReply::PrimaryOwner | NameReply::InQueue) {
+                return Err(libbus::Error::Protocol(format!("cannot serve {name}: {reply:?}")));
+            }
+            Requests::Name(owned)
+        }
     };
     report_link_changes(bus);
-    eprintln!("serving requests on {subject} (Ctrl-C to stop)");
     let mut served = 0;
     while count.is_none_or(|n| served < n) {
-        let Some(req) = sub.next().await else {
+        let Some(req) = source.next().await else {
             return Err(bus.disconnected_error());
         };
         if req.reply_to().is_none() {
@@ -153,6 +170,55 @@ pub async fn reply(
         }
         served += 1;
     }
+    Ok(())
+}
+
+/// Where `reply` takes requests from.
+enum Requests {
+    Subject(Subscription),
+    Name(Name),
+}
+
+impl Requests {
+    /// The next request; changes of a name's standing are reported on
+    /// stderr meanwhile.
+    async fn next(&mut self) -> Option<Message> {
+        match self {
+            Self::Subject(sub) => sub.next().await,
+            Self::Name(name) => loop {
+                match name.next_event().await? {
+                    NameEvent::Call(call) => return Some(call),
+                    NameEvent::State(state) => {
+                        let n = name.name();
+                        match state {
+                            NameState::Primary => {
+                                eprintln!("owner of {n}: serving its calls (Ctrl-C to stop)")
+                            }
+                            NameState::Queued => {
+                                eprintln!("queued for {n}: serving its calls once it is ours")
+                            }
+                            NameState::Lost => eprintln!("lost {n}"),
+                        }
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// `bus-cli call`: a call to a well-known name's owner.
+pub async fn call(
+    bus: &Bus,
+    name: &str,
+    method: &str,
+    arg: Option<String>,
+    timeout: Duration,
+    headers: Headers,
+) -> libbus::Result<()> {
+    let reply = bus
+        .call_with_headers(name, method, &headers, payload(arg)?, timeout)
+        .await?;
+    outln!("{}", render::payload(reply.payload()));
     Ok(())
 }
 

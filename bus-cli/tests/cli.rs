@@ -1071,3 +1071,90 @@ fn list_sort_orders_by_the_column_given() {
     assert_eq!(names("name"), ["alpha", "mike", "zulu"]);
     assert_eq!(names("id"), ["alpha", "zulu", "mike"]);
 }
+
+/// Polls `bus-cli names --json` (for at most 20 s) until `ready` holds.
+fn wait_names(bus: &Bus, what: &str, ready: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let mut c = cli(bus);
+        c.args(["names", "--json"]);
+        let names: serde_json::Value = serde_json::from_str(&stdout(&run(c))).unwrap();
+        if ready(&names) {
+            return names;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{what}: {names}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `reply --name` serves a well-known name from a shell, a second one
+/// waits in its queue, `names` shows both, `call` reaches the owner only,
+/// and kill -9 of the owner's process passes the name on.
+#[test]
+fn reply_serves_a_name_whose_queue_takes_over_when_the_owner_is_killed() {
+    let bus = daemon();
+    let serve = |answer: &str| {
+        let mut c = cli(&bus);
+        c.args(["reply", "--name", "org.cli.svc", "--command", answer])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        SubProc(Some(common::spawn(&mut c).unwrap()))
+    };
+    let first = serve("echo first");
+    let owner_pid = |n: &serde_json::Value| n[0]["owner"]["peer"]["Unix"]["pid"].as_u64();
+    wait_names(&bus, "the first owns the name", |n| {
+        owner_pid(n) == Some(u64::from(first.id()))
+    });
+    let mut second = serve("echo second");
+    let names = wait_names(&bus, "the second is queued", |n| {
+        n[0]["queue"].as_array().is_some_and(|q| q.len() == 1)
+    });
+    assert_eq!(names[0]["name"], "org.cli.svc");
+
+    let mut c = cli(&bus);
+    c.arg("names");
+    let table = stdout(&run(c));
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(table.contains(&format!("pid {}", first.id())), "{table}");
+    for (who, line) in [
+        (&names[0]["owner"], "org.cli.svc (owner)"),
+        (&names[0]["queue"][0], "org.cli.svc (queued, 1 ahead)"),
+    ] {
+        let mut c = cli(&bus);
+        c.args(["list", &who["conn_id"].to_string()]);
+        let full = stdout(&run(c));
+        assert!(full.contains(&format!("names:         1\n  {line}\n")), "{full}");
+    }
+
+    // A subscriber to the method's subject does not get calls.
+    let _snoop = start_sub(&bus, &["get"]);
+    let call = |bus: &Bus| {
+        let mut c = cli(bus);
+        c.args(["call", "org.cli.svc", "get", "x"]);
+        run(c)
+    };
+    assert_eq!(stdout(&call(&bus)), "first\n");
+
+    let pid = nix::unistd::Pid::from_raw(first.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    wait_names(&bus, "the queued one owns the name", |n| {
+        owner_pid(n) == Some(u64::from(second.id()))
+    });
+    assert_eq!(stdout(&call(&bus)), "second\n");
+    let mut err = second.0.as_mut().and_then(|c| c.stderr.take()).unwrap();
+    drop(second);
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut err, &mut said).unwrap();
+    assert!(said.contains("queued for org.cli.svc"), "{said}");
+    assert!(said.contains("owner of org.cli.svc: serving"), "{said}");
+
+    // Nobody owns it: the call fails at once, exit status 1.
+    wait_names(&bus, "the name is gone", |n| {
+        n.as_array().is_some_and(Vec::is_empty)
+    });
+    let out = call(&bus);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no responders"), "{err}");
+    drop(first);
+}

@@ -30,6 +30,12 @@ pub fn handle(state: &State, conn: &Conn, subject: &str, reply_to: Option<&str>,
             let closed = state.registry.closed().into_iter().skip(page.after as usize);
             paged(state, page, closed)
         }
+        api::NAMES => {
+            let page = page(payload);
+            let table = state.names.lock();
+            paged(state, page, table.list(page.after as usize))
+        }
+        api::NAME_OWNER => postcard::to_allocvec(&name_owner(state, payload)),
         api::INFO => postcard::to_allocvec(&info(state)),
         api::KICK => postcard::to_allocvec(&kick(state, conn, payload)),
         _ => {
@@ -127,6 +133,17 @@ fn kick(state: &State, conn: &Conn, payload: &[u8]) -> api::AdminReply {
     Ok(format!("closed connection {id} ({})", target.name))
 }
 
+/// `$BUS.api.name_owner`: who owns the name in `payload` now.
+fn name_owner(state: &State, payload: &[u8]) -> api::NameOwnerReply {
+    let name: String = postcard::from_bytes(payload).map_err(|e| {
+        let m = format!("name_owner needs a name (postcard string): {e}");
+        (ErrorCode::Protocol, m)
+    })?;
+    libbus::subject::validate_subject(&name)
+        .map_err(|e| (ErrorCode::InvalidSubject, format!("name: {e}")))?;
+    Ok(state.names.lock().owner(&name).map(|c| c.owner()))
+}
+
 /// CPU time (user + system) this process has used, in microseconds (0 if
 /// unavailable).
 pub fn cpu_time_us() -> u64 {
@@ -151,34 +168,45 @@ fn rss_bytes() -> u64 {
 
 /// Publishes `$BUS.event.conn.open` / `.close` for `conn`, if anyone listens.
 pub fn conn_event(state: &State, subject: &'static str, conn: &Conn, reason: Option<CloseReason>) {
-    let routes = state.router.lookup_uncached(subject);
-    if routes.is_empty() {
-        return; // nobody listens: skip building the event
-    }
-    let event = ConnEvent {
+    event(state, subject, || ConnEvent {
         conn: conn.info(),
         reason,
-    };
-    match postcard::to_allocvec(&event) {
-        Ok(body) => routes.deliver(Published::from_daemon(subject, &body).frame()),
-        Err(e) => tracing::error!("encoding {subject} event: {e}"),
-    }
+    });
 }
 
 /// Publishes `$BUS.event.conn.refused`, if anyone listens.
 pub fn refused_event(state: &State, peer: &api::Peer, transport: &str, reason: &str) {
-    let routes = state.router.lookup_uncached(api::EVENT_CONN_REFUSED);
-    if routes.is_empty() {
-        return;
-    }
-    let event = api::RefusedEvent {
+    event(state, api::EVENT_CONN_REFUSED, || api::RefusedEvent {
         peer: peer.clone(),
         transport: transport.into(),
         reason: reason.into(),
-    };
-    match postcard::to_allocvec(&event) {
-        Ok(body) => routes.deliver(Published::from_daemon(api::EVENT_CONN_REFUSED, &body).frame()),
-        Err(e) => tracing::error!("encoding a refused event: {e}"),
+    });
+}
+
+/// Publishes `$BUS.event.name.owner`, if anyone listens.
+pub fn name_owner_event(
+    state: &State,
+    name: String,
+    old: Option<api::NameOwner>,
+    new: Option<api::NameOwner>,
+) {
+    event(state, api::EVENT_NAME_OWNER, || api::NameOwnerChanged {
+        name,
+        old,
+        new,
+    });
+}
+
+/// Publishes the event `make` builds on `subject`; only built if anyone
+/// listens.
+fn event<T: serde::Serialize>(state: &State, subject: &str, make: impl FnOnce() -> T) {
+    let routes = state.router.lookup_uncached(subject);
+    if routes.is_empty() {
+        return;
+    }
+    match postcard::to_allocvec(&make()) {
+        Ok(body) => routes.deliver(Published::from_daemon(subject, &body).frame()),
+        Err(e) => tracing::error!("encoding the {subject} event: {e}"),
     }
 }
 

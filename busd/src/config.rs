@@ -69,6 +69,9 @@ pub struct Config {
     /// --closed` (`$BUS.api.closed`), the oldest forgotten first. Default
     /// 1,000; 0 remembers none.
     pub max_closed: usize,
+    /// `max_names_per_connection`: well-known names one connection may own
+    /// or wait for at once (D-Bus has the same setting). Default 512.
+    pub max_names_per_connection: usize,
     /// `max_connections`: live connections at once. Default 10,000.
     pub max_connections: usize,
     /// `max_connections_per_uid`: connections of one Unix user, counted from
@@ -181,6 +184,7 @@ impl Default for Config {
             max_pings_missed: 2,
             max_replies_per_connection: 4096,
             max_closed: 1000,
+            max_names_per_connection: 512,
             max_connections: 10_000,
             max_connections_per_uid: 1024,
             reserved_connections: 16,
@@ -314,6 +318,10 @@ impl Config {
             ("socket_buffer".into(), self.socket_buffer as u64),
             ("max_connections".into(), self.max_connections as u64),
             ("max_closed".into(), self.max_closed as u64),
+            (
+                "max_names_per_connection".into(),
+                self.max_names_per_connection as u64,
+            ),
             (
                 "max_replies_per_connection".into(),
                 self.max_replies_per_connection as u64,

@@ -36,6 +36,7 @@ use crate::{
     outbox::{Frames, Outbox, PubFrame},
     policy::Ticket,
     registry::{lock, Conn, Stats},
+    service,
     state::State,
 };
 
@@ -161,6 +162,8 @@ pub async fn serve(
             .map(|(sid, s)| (s.pattern.as_str(), s.queue.as_deref(), Target::new(&conn, *sid))),
     );
     state.registry.remove(&conn);
+    // Its names pass to the next in their queues.
+    service::release_all(&state, &conn);
     // Requests it received and never answered fail now, not at their timeout.
     conn.owed.abandon_all(state.shutdown.is_cancelled());
     conn.outbox.close();
@@ -297,6 +300,9 @@ fn frame_name(f: &ClientFrame<'_>) -> &'static str {
         ClientFrame::Pong => "Pong",
         ClientFrame::HPub(_) => "HPub",
         ClientFrame::SubWith(_) => "SubWith",
+        ClientFrame::RequestName(_) => "RequestName",
+        ClientFrame::ReleaseName { .. } => "ReleaseName",
+        ClientFrame::Call(_) => "Call",
     }
 }
 
@@ -484,10 +490,7 @@ fn handle_frame<'a>(
         // Everything published before this frame is queued before its effects.
         pending.settle(&conn.stats);
     }
-    if matches!(
-        decoded,
-        ClientFrame::Sub(_) | ClientFrame::SubWith(_) | ClientFrame::Unsub { .. } | ClientFrame::HPub(_)
-    ) {
+    if !matches!(decoded, ClientFrame::Ping | ClientFrame::Pong) {
         pending.app = true;
     }
     match decoded {
@@ -535,13 +538,75 @@ fn handle_frame<'a>(
             }
         }
         ClientFrame::Pong => Ok(()),
+        ClientFrame::RequestName(r) => {
+            if let Err(message) = checked_name(state, conn, r.name)? {
+                service::refuse(conn, r.serial, ErrorCode::LimitExceeded, &message);
+            } else if r.name.starts_with(subject::RESERVED_PREFIX) {
+                let e = subject::SubjectError::Reserved(r.name.into());
+                service::refuse(conn, r.serial, ErrorCode::Reserved, &e.to_string());
+            } else {
+                service::request_name(state, conn, &r);
+            }
+            Ok(())
+        }
+        ClientFrame::ReleaseName { serial, name, sid } => {
+            // A name over the limits was never given: it is released by nobody.
+            checked_name(state, conn, name)?.ok();
+            service::release_name(state, conn, serial, name, sid);
+            Ok(())
+        }
+        ClientFrame::Call(c) => call(state, conn, c, pending),
         ClientFrame::Hello(_) => Err(fatal(conn, ErrorCode::Protocol, "duplicate Hello".into())),
     }
 }
 
-/// [`publish`] for an `HPub`: its header block is checked once (over
-/// `max_header_bytes` it is refused and reported, the connection stays; a
-/// malformed one ends the connection), then forwarded as it came.
+/// A well-known name from a frame, checked: subject syntax without
+/// wildcards (else the connection ends), then `max_subject_len` and
+/// `max_subject_tokens` (`Ok(Err)`: the message to refuse it with).
+fn checked_name(state: &State, conn: &Conn, name: &str) -> Result<Result<(), String>, Fatal> {
+    if let Err(e) = subject::validate_subject(name) {
+        return Err(fatal(conn, ErrorCode::InvalidSubject, format!("name: {e}")));
+    }
+    Ok(subject_limits(state, "name", name))
+}
+
+/// A `Call`: its name, method, reply subject and headers checked as a
+/// publish's are, then handed to [`service::call`].
+fn call<'a>(
+    state: &State,
+    conn: &'a Arc<Conn>,
+    c: proto::Call<'_>,
+    pending: &mut Pending<'a>,
+) -> Result<(), Fatal> {
+    let refuse = |message: &str| {
+        conn.outbox
+            .push_frame(&control::error(ErrorCode::LimitExceeded, message));
+        Ok(())
+    };
+    if let Err(message) = checked_name(state, conn, c.name)? {
+        return refuse(&message);
+    }
+    if let Err(e) = subject::validate_subject(c.subject) {
+        return Err(fatal(conn, ErrorCode::InvalidSubject, format!("method: {e}")));
+    }
+    if let Err(message) = subject_limits(state, "method", c.subject) {
+        return refuse(&message);
+    }
+    if let Some(r) = c.reply_to {
+        if reply_subject(state, conn, r.as_bytes())?.is_none() {
+            return Ok(());
+        }
+    }
+    if !c.headers.is_empty() && !headers_ok(state, conn, c.headers)? {
+        return Ok(());
+    }
+    pending.count(c.payload.len());
+    service::call(state, conn, &c);
+    Ok(())
+}
+
+/// [`publish`] for an `HPub`: its header block is checked first
+/// ([`headers_ok`]), then forwarded as it came.
 fn publish_with_headers<'a>(
     state: &State,
     conn: &'a Arc<Conn>,
@@ -550,14 +615,23 @@ fn publish_with_headers<'a>(
     cache: &mut RouteCache,
     pending: &mut Pending<'a>,
 ) -> Result<(), Fatal> {
-    let headers = p.headers.unwrap_or_default();
-    match libbus::headers::check(headers, state.config.max_header_bytes) {
-        Ok(()) => publish(state, conn, frame, p, cache, pending),
+    if headers_ok(state, conn, p.headers.unwrap_or_default())? {
+        publish(state, conn, frame, p, cache, pending)?;
+    }
+    Ok(())
+}
+
+/// Checks a header block once: over `max_header_bytes` it is refused and
+/// reported (`Ok(false)`; the connection stays), a malformed one ends the
+/// connection.
+fn headers_ok(state: &State, conn: &Conn, block: &[u8]) -> Result<bool, Fatal> {
+    match libbus::headers::check(block, state.config.max_header_bytes) {
+        Ok(()) => Ok(true),
         Err(e @ libbus::headers::HeaderError::TooLarge { .. }) => {
             state.policy.refused.count("max_header_bytes");
             conn.outbox
                 .push_frame(&control::error(ErrorCode::LimitExceeded, &e.to_string()));
-            Ok(())
+            Ok(false)
         }
         Err(e) => Err(fatal(conn, ErrorCode::Protocol, e.to_string())),
     }

@@ -18,6 +18,8 @@
 //!   hears at once when every responder is gone.
 //! - [`outbox`]: each connection's bounded queue; drops are counted and
 //!   reported with `Lagged`.
+//! - [`names`]: who owns each well-known name and who waits for it;
+//!   [`service`]: `RequestName`, `ReleaseName` and calls to a name.
 //! - [`registry`]: live connections and their counters; [`policy`]: who may
 //!   connect and administer, per-uid quotas; [`api`]: `$BUS.api.*` and
 //!   `$BUS.event.*`; [`cluster`]: bridges to other daemons.
@@ -55,11 +57,13 @@ pub mod deliver;
 pub mod inflight;
 pub mod listener;
 pub mod loglimit;
+pub mod names;
 pub mod outbox;
 pub mod policy;
 pub mod registry;
 pub mod router;
 pub mod server;
+pub mod service;
 pub mod state;
 pub mod tcp;
 

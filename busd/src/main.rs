@@ -57,6 +57,9 @@ struct Args {
     /// Closed connections remembered for `bus-cli list --closed` [default: 1000].
     #[arg(long, value_name = "N")]
     max_closed: Option<usize>,
+    /// Well-known names one connection may own or queue for [default: 512].
+    #[arg(long, value_name = "N")]
+    max_names_per_connection: Option<usize>,
     /// Unanswered requests tracked per connection [default: 4096].
     #[arg(long, value_name = "N")]
     max_replies_per_connection: Option<usize>,
@@ -182,6 +185,7 @@ impl Args {
         set(&mut c.max_connections_per_uid, self.max_connections_per_uid);
         set(&mut c.reserved_connections, self.reserved_connections);
         set(&mut c.max_closed, self.max_closed);
+        set(&mut c.max_names_per_connection, self.max_names_per_connection);
         if let Some(v) = self.max_header_bytes {
             c.max_header_bytes =
                 u32::try_from(v).map_err(|_| "--max-header-bytes must be below 4 GiB".to_owned())?;

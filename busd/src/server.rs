@@ -96,6 +96,7 @@ impl Server {
             token,
             bridge_token,
             cluster,
+            names: Default::default(),
             accept_log: LogLimit::new(LOG_LINES_PER_SECOND),
             refusal_log: LogLimit::new(LOG_LINES_PER_SECOND),
         });

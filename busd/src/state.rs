@@ -16,6 +16,7 @@ use crate::{
     config::Config,
     deliver::Router,
     loglimit::LogLimit,
+    names::Names,
     policy::Policy,
     registry::{unix_ms, Registry},
 };
@@ -72,6 +73,8 @@ pub struct State {
     pub bridge_token: Option<String>,
     /// Bridge links and cross-daemon routing.
     pub cluster: Cluster,
+    /// Well-known names and their owners.
+    pub names: Names,
     /// Limits the warnings of failed accepts (say, at the fd limit).
     pub accept_log: LogLimit,
     /// Limits the lines of refused handshakes.

@@ -30,8 +30,8 @@ use crate::{
 /// [`Error::Disconnected`]. [`Bus::events`] reports each step.
 #[derive(Clone, Debug)]
 pub struct Bus {
-    shared: Arc<Shared>,
-    handle: Arc<Handle>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) handle: Arc<Handle>,
 }
 
 impl Bus {
@@ -242,16 +242,7 @@ impl Bus {
         let shared = &self.shared;
         let (sid, receiver) = shared.input.register(pattern, queue, sender);
         // From here on, dropping `sub` unsubscribes, also on the error path.
-        let sub = Subscription {
-            sid,
-            rx: receiver.rx,
-            space: receiver.space,
-            taken: 0,
-            current: Default::default(),
-            shared: shared.clone(),
-            _handle: self.handle.clone(),
-            dropped: 0,
-        };
+        let sub = self.subscription(sid, receiver);
         let sent = shared
             .output
             .send_now(&crate::input::sub_frame(sid, pattern, queue, sender));
@@ -264,6 +255,20 @@ impl Bus {
         match (refusal, flushed) {
             (Some(e), _) | (None, Err(e)) => Err(e),
             (None, Ok(())) => Ok(sub),
+        }
+    }
+
+    /// The subscription that takes what the reader hands over for `sid`.
+    pub(crate) fn subscription(&self, sid: u64, receiver: crate::input::Receiver) -> Subscription {
+        Subscription {
+            sid,
+            rx: receiver.rx,
+            space: receiver.space,
+            taken: 0,
+            current: Default::default(),
+            shared: self.shared.clone(),
+            _handle: self.handle.clone(),
+            dropped: 0,
         }
     }
 
@@ -314,17 +319,33 @@ impl Bus {
         timeout: Duration,
     ) -> Result<Message> {
         subject::validate_publish(subject)?;
+        let payload = payload.as_ref();
+        let output = &self.shared.output;
+        let send = async |reply_to: &str| {
+            output
+                .publish_with_headers(subject, Some(reply_to), headers, payload)
+                .await
+        };
+        self.request_via(subject, timeout, send).await
+    }
+
+    /// Sends a request with `send` (given the reply subject) and waits up
+    /// to `timeout` for its reply; an error reply fails it with
+    /// [`Error::Service`]. `what` names it in errors.
+    pub(crate) async fn request_via(
+        &self,
+        what: &str,
+        timeout: Duration,
+        send: impl AsyncFnOnce(&str) -> Result<()>,
+    ) -> Result<Message> {
         let shared = &self.shared;
         shared.input.ensure_inbox(&shared.output)?;
         // Registered first: a link lost from here on fails this request.
-        let (reply_to, rx, _pending) = shared.input.new_request(subject);
+        let (reply_to, rx, _pending) = shared.input.new_request(what);
         if !self.is_connected() {
             return Err(shared.output.disconnected());
         }
-        shared
-            .output
-            .publish_with_headers(subject, Some(&reply_to), headers, payload.as_ref())
-            .await?;
+        send(&reply_to).await?;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(result)) => result.and_then(|reply| match reply.service_error() {
                 Some(e) => Err(e),

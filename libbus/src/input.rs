@@ -29,7 +29,7 @@ use crate::{
     events::Event,
     message::{Found, Messages},
     output::Output,
-    proto::{self, ClientFrame, ErrorCode, ServerFrame},
+    proto::{self, ClientFrame, ErrorCode, NameReply, NameState, ServerFrame},
     subject,
     sync::lock,
     wire, ConnectOptions, Error, Message, Result,
@@ -81,6 +81,15 @@ struct SubEntry {
     queue: Option<String>,
     /// Delivered with their senders (`SubWith`).
     sender: bool,
+    /// Set for the calls to a well-known name (`pattern` is the name).
+    name: Option<NameClaim>,
+}
+
+/// A name asked for: how, and where its changes of state go.
+#[derive(Debug)]
+struct NameClaim {
+    flags: u8,
+    states: mpsc::UnboundedSender<NameState>,
 }
 
 /// What a subscription's [`Subscription`](crate::Subscription) takes its
@@ -106,6 +115,8 @@ pub(crate) struct Input {
     inbox_prefix: String,
     requests: Mutex<HashMap<u64, PendingReply>>,
     next_request: AtomicU64,
+    /// `RequestName` / `ReleaseName` waiting for their answer, by serial.
+    name_ops: Mutex<HashMap<u64, oneshot::Sender<Result<NameReply>>>>,
     /// The daemon's last `Error`, reported when it then closes.
     pub last_error: Mutex<Option<(ErrorCode, String)>>,
     subscription_capacity: usize,
@@ -122,6 +133,7 @@ impl Input {
             inbox_prefix: format!("{}{:016x}.", subject::INBOX_PREFIX, fastrand::u64(..)),
             requests: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
+            name_ops: Mutex::new(HashMap::new()),
             last_error: Mutex::new(None),
             subscription_capacity: opts.subscription_capacity.max(1),
             room: ReadRoom::new(opts),
@@ -141,10 +153,56 @@ impl Input {
             pattern: pattern.to_owned(),
             queue: queue.map(ToOwned::to_owned),
             sender,
+            name: None,
         };
         lock(&self.subs).insert(sid, entry);
         lock(&self.refused).insert(sid, None);
         (sid, Receiver { rx, space })
+    }
+
+    /// Registers the calls to well-known name `name`, asked for with
+    /// `flags`: its sid, the receiving end of its calls, and where its
+    /// changes of state come. Its `RequestName` is the caller's to send.
+    pub(crate) fn register_name(
+        &self,
+        name: &str,
+        flags: u8,
+    ) -> (u64, Receiver, mpsc::UnboundedReceiver<NameState>) {
+        let (sid, receiver) = self.register(name, None, true);
+        lock(&self.refused).remove(&sid);
+        let (states, states_rx) = mpsc::unbounded_channel();
+        if let Some(e) = lock(&self.subs).get_mut(&sid) {
+            e.name = Some(NameClaim { flags, states });
+        }
+        (sid, receiver, states_rx)
+    }
+
+    /// Stops taking calls on `sid` without releasing its name (the caller
+    /// releases it).
+    pub(crate) fn forget(&self, sid: u64) {
+        lock(&self.subs).remove(&sid);
+    }
+
+    /// A serial for a `RequestName` or `ReleaseName`, and where its answer
+    /// will come. The entry goes when the guard drops.
+    pub(crate) fn new_name_op(&self) -> (u64, oneshot::Receiver<Result<NameReply>>, NameOpGuard<'_>) {
+        let serial = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.name_ops).insert(serial, tx);
+        (serial, rx, NameOpGuard { input: self, serial })
+    }
+
+    fn complete_name_op(&self, serial: u64, result: Result<NameReply>) {
+        if let Some(tx) = lock(&self.name_ops).remove(&serial) {
+            let _ = tx.send(result);
+        }
+    }
+
+    /// A name's standing changed.
+    fn name_state(&self, sid: u64, state: NameState) {
+        if let Some(claim) = lock(&self.subs).get(&sid).and_then(|e| e.name.as_ref()) {
+            let _ = claim.states.send(state);
+        }
     }
 
     /// The daemon's refusal of subscription `sid`, if it refused it; stops
@@ -153,12 +211,21 @@ impl Input {
         lock(&self.refused).remove(&sid).flatten()
     }
 
-    /// Ends subscription `sid` and tells the daemon.
+    /// Ends subscription `sid` and tells the daemon (for a name's calls:
+    /// releases the name).
     pub(crate) fn unsubscribe(&self, output: &Output, sid: u64) {
-        if lock(&self.subs).remove(&sid).is_some() {
-            // Fails only when the connection is gone, and then there is nothing to undo.
-            let _ = output.send_now(&ClientFrame::Unsub { sid });
-        }
+        let Some(entry) = lock(&self.subs).remove(&sid) else {
+            return;
+        };
+        // Fails only when the connection is gone, and then there is nothing to undo.
+        let _ = match entry.name {
+            Some(_) => output.send_now(&ClientFrame::ReleaseName {
+                serial: 0,
+                name: &entry.pattern,
+                sid,
+            }),
+            None => output.send_now(&ClientFrame::Unsub { sid }),
+        };
     }
 
     /// A reply subject for a new request, and where its reply will come.
@@ -216,25 +283,40 @@ impl Input {
         let inbox_pattern = format!("{}>", self.inbox_prefix);
         let all = sids
             .iter()
-            .filter_map(|sid| {
-                subs.get(sid)
-                    .map(|e| (*sid, e.pattern.as_str(), e.queue.as_deref(), e.sender))
+            .filter_map(|sid| subs.get(sid).map(|e| (*sid, e)))
+            .map(|(sid, e)| match &e.name {
+                // A name is asked for again; what it gets comes as `NameState`.
+                Some(claim) => ClientFrame::RequestName(proto::RequestName {
+                    serial: 0,
+                    sid,
+                    name: &e.pattern,
+                    flags: claim.flags,
+                }),
+                None => sub_frame(sid, &e.pattern, e.queue.as_deref(), e.sender),
             })
-            .chain((inbox != 0).then_some((inbox, inbox_pattern.as_str(), None, false)));
-        for (sid, pattern, queue, sender) in all {
-            let frame = sub_frame(sid, pattern, queue, sender);
+            .chain((inbox != 0).then(|| sub_frame(inbox, &inbox_pattern, None, false)));
+        for frame in all {
             if let Err(e) = codec::encode_into(&frame, &mut buf, max_frame) {
-                tracing::warn!(sid, pattern, "cannot re-send subscription: {e}");
+                tracing::warn!(?frame, "cannot re-send subscription: {e}");
             }
         }
         buf
     }
 
-    /// Fails every request waiting for a reply with `err()`.
+    /// The link is down: fails every request waiting for a reply, and
+    /// every name operation, with `err()`; every name is lost (and asked
+    /// for again on the next link).
     pub(crate) fn fail_requests(&self, err: impl Fn() -> Error) {
         let pending: Vec<_> = lock(&self.requests).drain().collect();
         for (_, (_, tx)) in pending {
             let _ = tx.send(Err(err()));
+        }
+        let ops: Vec<_> = lock(&self.name_ops).drain().collect();
+        for (_, tx) in ops {
+            let _ = tx.send(Err(err()));
+        }
+        for claim in lock(&self.subs).values().filter_map(|e| e.name.as_ref()) {
+            let _ = claim.states.send(NameState::Lost);
         }
     }
 
@@ -351,6 +433,18 @@ pub(crate) fn sub_frame<'a>(
         })
     } else {
         ClientFrame::Sub(proto::Sub { sid, pattern, queue })
+    }
+}
+
+/// Removes a name operation's entry when it ends early.
+pub(crate) struct NameOpGuard<'a> {
+    input: &'a Input,
+    serial: u64,
+}
+
+impl Drop for NameOpGuard<'_> {
+    fn drop(&mut self) {
+        lock(&self.input.name_ops).remove(&self.serial);
     }
 }
 
@@ -637,6 +731,16 @@ fn handle_frame(
             *lock(&input.last_error) = Some((code, message.to_owned()));
         }
         ServerFrame::Welcome(_) => return Err("unexpected Welcome from daemon".into()),
+        ServerFrame::NameReply { serial, reply } => input.complete_name_op(serial, Ok(reply)),
+        ServerFrame::NameRefused {
+            serial,
+            code,
+            message,
+        } => {
+            let message = message.to_owned();
+            input.complete_name_op(serial, Err(Error::Server { code, message }));
+        }
+        ServerFrame::NameState { sid, state, .. } => input.name_state(sid, state),
     }
     Ok(Handled::Other)
 }

@@ -16,6 +16,8 @@
 //!   reconnect ([`events`] reports it).
 //! - [`message`]: [`Message`], [`Messages`], [`MessageRef`];
 //!   [`Subscription`]: a `Stream` of messages that unsubscribes on drop.
+//! - [`names`]: well-known names ([`Bus::request_name`], [`Name`]) and
+//!   calls to their owners ([`Bus::call`]).
 //! - [`subject`]: subject and pattern validation (NATS conventions);
 //!   [`addr`], [`transport`], [`tls`]: addresses and sockets.
 //!
@@ -71,6 +73,7 @@ pub mod events;
 pub mod headers;
 mod input;
 pub mod message;
+pub mod names;
 mod options;
 mod output;
 pub mod proto;
@@ -95,6 +98,7 @@ pub use events::{Event, Events};
 pub use headers::Headers;
 pub use message::{Delivery, Message};
 pub use message::{MessageRef, Messages};
+pub use names::{Name, NameFlags, NameReply, NameState};
 pub use options::ConnectOptions;
 pub use options::Reconnect;
 pub use subscription::Subscription;

@@ -218,7 +218,13 @@ impl Output {
             reply_to,
             payload,
         });
-        self.until_buffered(|| self.buffer(&frame, true)).await
+        self.send(&frame).await
+    }
+
+    /// Buffers any frame as a publish is, waiting while the buffer is over
+    /// its bound.
+    pub(crate) async fn send(&self, frame: &ClientFrame<'_>) -> Result<()> {
+        self.until_buffered(|| self.buffer(frame, true)).await
     }
 
     /// [`publish`](Self::publish) with headers (a plain `Pub` when there are none).
@@ -238,7 +244,7 @@ impl Output {
             headers: headers.encoded()?,
             payload,
         });
-        self.until_buffered(|| self.buffer(&frame, true)).await
+        self.send(&frame).await
     }
 
     /// Buffers the messages `msgs` yields, in order, waiting while the

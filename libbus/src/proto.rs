@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 
 /// Version spoken by this build. Version 3 added [`ServerFrame::Run`];
 /// version 4 added headers ([`ClientFrame::HPub`], [`ServerFrame::HMsg`]),
+/// senders ([`ClientFrame::SubWith`], [`ServerFrame::SMsg`]), service names
+/// ([`ClientFrame::RequestName`], [`ClientFrame::Call`], ...),
 /// [`ServerFrame::ResponderGone`] and, on bridge links,
 /// [`link::LinkFrame::Closing`] and [`link::LinkFrame::Closed`].
 pub const PROTOCOL_VERSION: u16 = 4;
@@ -114,6 +116,103 @@ pub enum ClientFrame<'a> {
     /// Subscribe with options (version 4).
     #[serde(borrow)]
     SubWith(SubWith<'a>),
+    /// Ask for a well-known name (version 4); answered by `NameReply` or
+    /// `NameRefused` with the same serial.
+    #[serde(borrow)]
+    RequestName(RequestName<'a>),
+    /// Give up a name, owned or queued for (version 4); answered by
+    /// `NameReply` (`Released`, `NonExistent` or `NotOwner`) with the same
+    /// serial (0: no answer wanted).
+    ReleaseName {
+        /// Client-chosen, echoed in the answer.
+        serial: u64,
+        /// The name.
+        name: &'a str,
+        /// Only the claim made with this `RequestName` sid (0: this
+        /// connection's claim, whichever sid it was made with).
+        sid: u64,
+    },
+    /// A call: a request delivered to the primary owner of a name, not
+    /// routed by subject (version 4).
+    #[serde(borrow)]
+    Call(Call<'a>),
+}
+
+/// Flags of [`RequestName`], as D-Bus's `RequestName`: bit values, or-ed.
+pub mod name_flags {
+    /// Another connection asking with `REPLACE_EXISTING` may take the name
+    /// from this one.
+    pub const ALLOW_REPLACEMENT: u8 = 0x1;
+    /// Take the name from its owner if that owner allowed replacement.
+    pub const REPLACE_EXISTING: u8 = 0x2;
+    /// Do not wait in the name's queue: own it now or not at all (and,
+    /// once replaced, lose it rather than queue).
+    pub const DO_NOT_QUEUE: u8 = 0x4;
+}
+
+/// Ask for a well-known name (D-Bus `RequestName`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct RequestName<'a> {
+    /// Client-chosen, echoed in the answer.
+    pub serial: u64,
+    /// Calls to the name, while this connection owns it, are delivered to
+    /// this subscription id (as `SMsg`, with their sender); its changes of
+    /// state come as `NameState` with it.
+    pub sid: u64,
+    /// The name: subject syntax, no wildcards.
+    pub name: &'a str,
+    /// [`name_flags`], or-ed.
+    pub flags: u8,
+}
+
+/// A call to the owner of a name: a request with a destination.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Call<'a> {
+    /// The well-known name called.
+    pub name: &'a str,
+    /// The method: a literal subject, which the owner sees as the
+    /// message's subject.
+    pub subject: &'a str,
+    /// Where the owner replies.
+    pub reply_to: Option<&'a str>,
+    /// Header block, as in `HPub` (empty: none).
+    #[serde(with = "serde_bytes")]
+    pub headers: &'a [u8],
+    /// Opaque body.
+    #[serde(with = "serde_bytes")]
+    pub payload: &'a [u8],
+}
+
+/// The answer to `RequestName` or `ReleaseName`, D-Bus's results.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameReply {
+    /// `RequestName`: this connection is now the primary owner.
+    PrimaryOwner,
+    /// `RequestName`: another connection owns it; this one waits in its queue.
+    InQueue,
+    /// `RequestName`: another connection owns it and this one asked not to
+    /// queue.
+    Exists,
+    /// `RequestName`: this connection already owns it.
+    AlreadyOwner,
+    /// `ReleaseName`: released (or left the queue).
+    Released,
+    /// `ReleaseName`: nobody owns the name.
+    NonExistent,
+    /// `ReleaseName`: this connection neither owns it nor waits for it.
+    NotOwner,
+}
+
+/// A connection's standing with a name it asked for.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameState {
+    /// It owns the name: calls come to it.
+    Primary,
+    /// It waits in the name's queue.
+    Queued,
+    /// It neither owns nor waits for the name any more (replaced without
+    /// queueing, released, or disconnected).
+    Lost,
 }
 
 /// `Sub` with options (version 4).
@@ -324,6 +423,33 @@ pub enum ServerFrame<'a> {
         #[serde(with = "serde_bytes")]
         publish: &'a [u8],
     },
+    /// The answer to a `RequestName` or `ReleaseName` (version 4).
+    NameReply {
+        /// The request's serial.
+        serial: u64,
+        /// The result.
+        reply: NameReply,
+    },
+    /// A `RequestName` was refused (a limit, a reserved name); the
+    /// connection stays open (version 4).
+    NameRefused {
+        /// The request's serial.
+        serial: u64,
+        /// Class of error.
+        code: ErrorCode,
+        /// Explanation naming the limit or the problem.
+        message: &'a str,
+    },
+    /// This connection's standing with `name`, asked for with `sid`,
+    /// changed (version 4): sent on every change, its own requests included.
+    NameState {
+        /// The `RequestName`'s sid.
+        sid: u64,
+        /// The name.
+        name: &'a str,
+        /// Where it stands now.
+        state: NameState,
+    },
 }
 
 /// Records returned by the admin API (`$BUS.api.*`) and lifecycle events
@@ -454,6 +580,56 @@ pub mod api {
         pub closed_at_ms: u64,
         /// Why.
         pub reason: CloseReason,
+    }
+
+    /// Admin request: the well-known names, by name, each with its owner
+    /// and queue. Reply: `Vec<NameInfo>`, paged as `$BUS.api.closed` is.
+    pub const NAMES: &str = "$BUS.api.names";
+    /// Admin request: who owns the name that is the payload (a postcard
+    /// string) now. Reply: [`NameOwnerReply`].
+    pub const NAME_OWNER: &str = "$BUS.api.name_owner";
+    /// Event: the primary owner of a name changed. Payload:
+    /// [`NameOwnerChanged`]. Published for every change, in order.
+    pub const EVENT_NAME_OWNER: &str = "$BUS.event.name.owner";
+
+    /// Reply to `$BUS.api.name_owner`: the owner (`None`: nobody), or why
+    /// the name could not be looked up.
+    pub type NameOwnerReply = Result<Option<NameOwner>, (super::ErrorCode, String)>;
+
+    /// A connection that owns, or waits for, a name.
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+    pub struct NameOwner {
+        /// Its connection id.
+        pub conn_id: u64,
+        /// Its client name.
+        pub client: String,
+        /// Who it is.
+        pub peer: Peer,
+        /// The [`name_flags`](super::name_flags) it asked with.
+        pub flags: u8,
+    }
+
+    /// A well-known name: its primary owner and the connections queued
+    /// for it, in the order they will own it.
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+    pub struct NameInfo {
+        /// The name.
+        pub name: String,
+        /// The primary owner.
+        pub owner: NameOwner,
+        /// Waiting, next first.
+        pub queue: Vec<NameOwner>,
+    }
+
+    /// Payload of `$BUS.event.name.owner` (D-Bus `NameOwnerChanged`).
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+    pub struct NameOwnerChanged {
+        /// The name.
+        pub name: String,
+        /// Who owned it (`None`: nobody; the name is new).
+        pub old: Option<NameOwner>,
+        /// Who owns it now (`None`: nobody; the name is gone).
+        pub new: Option<NameOwner>,
     }
 
     /// Daemon facts and totals, as `bus-cli info` shows them.

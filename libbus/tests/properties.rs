@@ -67,8 +67,8 @@ proptest! {
 
     #[test]
     fn client_frames_round_trip(
-        kind in 0u8..7, a in text(), b in text(), opt in proptest::option::of(text()),
-        n in any::<u64>(), v in any::<u16>(), payload in bytes(),
+        kind in 0u8..11, a in text(), b in text(), opt in proptest::option::of(text()),
+        n in any::<u64>(), v in any::<u16>(), payload in bytes(), flag in any::<bool>(),
     ) {
         let block = libbus::Headers::from_iter([(b.replace([' ', ':'], "_"), a.clone())]).encode().unwrap_or_default();
         let frame = match kind {
@@ -80,7 +80,11 @@ proptest! {
             3 => ClientFrame::Unsub { sid: n },
             4 => ClientFrame::Ping,
             5 => ClientFrame::Pong,
-            _ => ClientFrame::HPub(proto::HPub { subject: &a, reply_to: opt.as_deref(), headers: &block, payload: &payload }),
+            6 => ClientFrame::HPub(proto::HPub { subject: &a, reply_to: opt.as_deref(), headers: &block, payload: &payload }),
+            7 => ClientFrame::SubWith(proto::SubWith { sid: n, pattern: &b, queue: opt.as_deref(), sender: flag }),
+            8 => ClientFrame::RequestName(proto::RequestName { serial: n, sid: !n, name: &a, flags: v as u8 }),
+            9 => ClientFrame::ReleaseName { serial: n, name: &b, sid: u64::from(v) },
+            _ => ClientFrame::Call(proto::Call { name: &a, subject: &b, reply_to: opt.as_deref(), headers: &block, payload: &payload }),
         };
         let mut wire = Vec::new();
         prop_assert_eq!(through_the_wire(&frame, &mut wire), frame);
@@ -88,10 +92,16 @@ proptest! {
 
     #[test]
     fn server_frames_round_trip(
-        kind in 0u8..10, a in text(), opt in proptest::option::of(text()),
+        kind in 0u8..14, a in text(), opt in proptest::option::of(text()),
         n in any::<u64>(), m in any::<u64>(), v in any::<u16>(), max in any::<u32>(),
         code in error_code(), payload in bytes(),
     ) {
+        let replies = [
+            proto::NameReply::PrimaryOwner, proto::NameReply::InQueue, proto::NameReply::Exists,
+            proto::NameReply::AlreadyOwner, proto::NameReply::Released,
+            proto::NameReply::NonExistent, proto::NameReply::NotOwner,
+        ];
+        let states = [proto::NameState::Primary, proto::NameState::Queued, proto::NameState::Lost];
         let frame = match kind {
             0 => ServerFrame::Welcome(proto::Welcome { version: v, conn_id: n, server_id: &a, max_frame: max }),
             1 => ServerFrame::Msg(proto::Msg { sid: n, subject: &a, reply_to: opt.as_deref(), payload: &payload }),
@@ -102,7 +112,11 @@ proptest! {
             6 => ServerFrame::Pong,
             7 => ServerFrame::ResponderGone { reply_to: &a },
             8 => ServerFrame::HMsg(proto::HMsg { sid: n, subject: &a, reply_to: opt.as_deref(), headers: &payload, payload: &payload }),
-            _ => ServerFrame::SubRefused { sid: n, code, message: &a },
+            9 => ServerFrame::SubRefused { sid: n, code, message: &a },
+            10 => ServerFrame::NameReply { serial: n, reply: replies[v as usize % replies.len()] },
+            11 => ServerFrame::NameRefused { serial: n, code, message: &a },
+            12 => ServerFrame::NameState { sid: n, name: &a, state: states[v as usize % states.len()] },
+            _ => ServerFrame::SMsg { sid: n, sender: &payload, publish: &payload },
         };
         let mut wire = Vec::new();
         prop_assert_eq!(through_the_wire(&frame, &mut wire), frame);

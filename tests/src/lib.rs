@@ -144,6 +144,12 @@ pub enum Got {
         /// Payload.
         payload: Vec<u8>,
     },
+    /// The answer to a name request: (serial, reply).
+    NameReply(u64, libbus::NameReply),
+    /// A name request refused: (serial, code, message).
+    NameRefused(u64, ErrorCode, String),
+    /// A name's standing changed: (sid, name, state).
+    NameState(u64, String, libbus::NameState),
     /// A delivery with headers (its encoded block).
     HMsg {
         /// Subscription id.
@@ -275,6 +281,13 @@ impl Raw {
             ServerFrame::Ping => Got::Ping,
             ServerFrame::Pong => Got::Pong,
             ServerFrame::SubRefused { sid, code, message } => Got::SubRefused(sid, code, message.into()),
+            ServerFrame::NameReply { serial, reply } => Got::NameReply(serial, reply),
+            ServerFrame::NameRefused {
+                serial,
+                code,
+                message,
+            } => Got::NameRefused(serial, code, message.into()),
+            ServerFrame::NameState { sid, name, state } => Got::NameState(sid, name.into(), state),
         })
     }
 
