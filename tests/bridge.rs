@@ -285,9 +285,13 @@ async fn restarted_node_gets_held_messages_in_order() {
                 payload: &payload,
                 queue_targets: Vec::new(),
             };
+            let from = libbus::proto::link::Origin {
+                conn_id: pa.conn_id(),
+                uid: Some(nix::unistd::getuid().as_raw()),
+            };
+            let sent = libbus::proto::link::LinkFrame::Sent(from, &[], routed);
             let mut frame = Vec::new();
-            libbus::codec::encode_into(&libbus::proto::link::LinkFrame::Msg(routed), &mut frame, u32::MAX)
-                .unwrap();
+            libbus::codec::encode_into(&sent, &mut frame, u32::MAX).unwrap();
             frame.len() as u64
         })
         .sum();
@@ -635,9 +639,14 @@ async fn headers_and_error_replies_cross_bridges() {
     let m = within("across two links", sub.next()).await.unwrap();
     assert_eq!(m.payload(), b"payload");
     assert_eq!(m.headers(), h);
-    // From across a bridge, the sender names the node it was published on.
+    // From across a bridge, the sender names the node it was published on,
+    // and the publisher's connection id and uid there, as that node said.
     let m = within("stamped, across two links", stamped.next()).await.unwrap();
-    assert_eq!(m.sender().map(|s| s.node), Some("a".to_owned()));
+    let s = m.sender().expect("stamped");
+    assert_eq!(s.node, "a");
+    assert_eq!(s.conn_id, publisher.conn_id());
+    assert_eq!(s.uid, Some(nix::unistd::getuid().as_raw()));
+    assert_eq!((s.pid, s.gid), (None, None), "only what the origin reports");
 
     tokio::spawn(async move {
         while let Some(r) = reqs.next().await {

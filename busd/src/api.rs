@@ -199,7 +199,7 @@ pub fn name_owner_event(
 
 /// Publishes the event `make` builds on `subject`; only built if anyone
 /// listens.
-fn event<T: serde::Serialize>(state: &State, subject: &str, make: impl FnOnce() -> T) {
+pub fn event<T: serde::Serialize>(state: &State, subject: &str, make: impl FnOnce() -> T) {
     let routes = state.router.lookup_uncached(subject);
     if routes.is_empty() {
         return;

@@ -738,6 +738,7 @@ fn route<'a>(
                 reply_to,
                 headers: p.headers,
                 payload: p.payload,
+                from: conn.origin(),
             },
             routes,
         );

@@ -73,6 +73,19 @@ pub struct Conn {
     pub owed: Box<crate::inflight::Owed<Conn>>,
 }
 
+impl Conn {
+    /// Who it is, as this daemon reports it to others over a bridge.
+    pub fn origin(&self) -> libbus::proto::link::Origin {
+        libbus::proto::link::Origin {
+            conn_id: self.id,
+            uid: match self.peer {
+                Peer::Unix { uid, .. } => Some(uid),
+                Peer::Net { .. } => None,
+            },
+        }
+    }
+}
+
 /// A request to close a connection, with the id of the connection that asked.
 #[derive(Debug, Default)]
 pub struct Kick {

@@ -239,7 +239,8 @@ pub struct Sender {
     pub name: String,
     /// For a local peer: its process id, from the kernel.
     pub pid: Option<i32>,
-    /// For a local peer: its user id, from the kernel.
+    /// For a local peer: its user id, from the kernel (for a message from
+    /// across a bridge: as its node reports it).
     pub uid: Option<u32>,
     /// For a local peer: its group id, from the kernel.
     pub gid: Option<u32>,
@@ -828,5 +829,23 @@ pub mod link {
             #[serde(with = "serde_bytes")] &'a [u8],
             #[serde(borrow)] Routed<'a>,
         ),
+        /// A routed message with who published it at its origin, and its
+        /// header block (empty: none); what a daemon of version 4 sends in
+        /// place of `Msg` and `HMsg`.
+        Sent(
+            Origin,
+            #[serde(with = "serde_bytes")] &'a [u8],
+            #[serde(borrow)] Routed<'a>,
+        ),
+    }
+
+    /// Who published a routed message, as the daemon it was published on
+    /// (its `origin`) reports it.
+    #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub struct Origin {
+        /// The publisher's connection id on that daemon.
+        pub conn_id: u64,
+        /// Its user id, for a local peer there.
+        pub uid: Option<u32>,
     }
 }

@@ -124,12 +124,19 @@ proptest! {
 
     #[test]
     fn link_frames_round_trip(
-        kind in 0u8..4, a in text(), b in text(), opt in proptest::option::of(text()),
-        n in any::<u64>(), payload in bytes(),
+        kind in 0u8..8, a in text(), b in text(), opt in proptest::option::of(text()),
+        n in any::<u64>(), payload in bytes(), uid in proptest::option::of(any::<u32>()),
         links in prop::collection::vec(text(), 0..4),
         targets in prop::collection::vec((text(), text()), 0..3),
     ) {
-        use libbus::proto::link::{Interest, LinkFrame, NodeState, Routed};
+        use libbus::proto::link::{Interest, LinkFrame, NodeState, Origin, Routed};
+        let routed = Routed {
+            origin: &a,
+            subject: &b,
+            reply_to: opt.as_deref(),
+            payload: &payload,
+            queue_targets: targets.iter().map(|(g, n)| (g.as_str(), n.as_str())).collect(),
+        };
         let frame = match kind {
             0 => LinkFrame::State(NodeState {
                 node: a.clone(),
@@ -137,15 +144,13 @@ proptest! {
                 links: links.clone(),
                 interest: vec![Interest { pattern: b.clone(), queue: opt.clone() }],
             }),
-            1 => LinkFrame::Msg(Routed {
-                origin: &a,
-                subject: &b,
-                reply_to: opt.as_deref(),
-                payload: &payload,
-                queue_targets: targets.iter().map(|(g, n)| (g.as_str(), n.as_str())).collect(),
-            }),
+            1 => LinkFrame::Msg(routed),
             2 => LinkFrame::Ping,
-            _ => LinkFrame::Pong,
+            3 => LinkFrame::Pong,
+            4 => LinkFrame::Closing,
+            5 => LinkFrame::Closed,
+            6 => LinkFrame::HMsg(&payload, routed),
+            _ => LinkFrame::Sent(Origin { conn_id: n, uid }, &payload, routed),
         };
         let mut wire = Vec::new();
         prop_assert_eq!(through_the_wire(&frame, &mut wire), frame);

@@ -27,7 +27,7 @@ pub(super) enum Status {
 /// A message waiting in a link's queue.
 #[derive(Debug)]
 pub(super) struct Held {
-    /// The encoded `LinkFrame::Msg` (its routing fields are read back from
+    /// The encoded `LinkFrame::Msg` or `Sent` (its routing fields are read back from
     /// it in the rare case it has to be checked again).
     pub(super) frame: Bytes,
     /// The sync epoch it was routed under (`None`: the link was down, or up
@@ -187,7 +187,7 @@ impl Link {
         self.dropped.fetch_add(n, Relaxed);
     }
 
-    /// True if the other side reads headers (`LinkFrame::HMsg`).
+    /// True if the other side reads headers and senders (`LinkFrame::Sent`).
     pub(super) fn carries_headers(&self) -> bool {
         self.version.load(Relaxed) >= libbus::proto::HEADERS_VERSION
     }

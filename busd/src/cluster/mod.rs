@@ -39,7 +39,7 @@ use std::{
 use bytes::Bytes;
 use libbus::proto::{
     api::BridgeInfo,
-    link::{LinkFrame, NodeState, Routed},
+    link::{LinkFrame, NodeState, Origin, Routed},
 };
 
 use crate::{
@@ -295,7 +295,7 @@ impl Cluster {
                 return false;
             }
             // Only nodes out of reach want it: parked for them.
-            self.forward(&routing, &routed, msg.headers, &plain, None);
+            self.forward(&routing, &routed, msg.from, msg.headers, &plain, None);
             return true;
         }
         // Queue groups with a member here are served here (local preferred);
@@ -318,7 +318,7 @@ impl Cluster {
             return true;
         }
         routed.queue_targets = targets.iter().map(|(g, n)| (&**g, n.as_str())).collect();
-        self.forward(&routing, &routed, msg.headers, &plain, None);
+        self.forward(&routing, &routed, msg.from, msg.headers, &plain, None);
         true
     }
 
@@ -329,14 +329,16 @@ impl Cluster {
         &self,
         routing: &Routing,
         routed: &Routed<'_>,
+        from: Origin,
         headers: Option<&[u8]>,
         plain: &[String],
-        from: Option<&Link>,
+        via: Option<&Link>,
     ) {
         let children = routing.children(routed.origin);
         let now = Instant::now();
         let held = routing.held_for(routed.subject, now);
-        // One encoding for links that carry headers, one for older ones.
+        // One encoding for links that carry headers and senders, one for
+        // older ones.
         let mut frames: [Option<Bytes>; 2] = [None, None];
         for (child, subtree) in children.iter() {
             let wanted = plain.iter().any(|n| subtree.contains(n))
@@ -350,14 +352,18 @@ impl Cluster {
                 continue;
             }
             let Some(link) = self.link_to(child) else { continue };
-            if from.is_some_and(|f| std::ptr::eq(f, Arc::as_ptr(&link))) {
+            if via.is_some_and(|f| std::ptr::eq(f, Arc::as_ptr(&link))) {
                 continue; // never back where it came from
             }
-            let with_headers = headers.filter(|_| link.carries_headers());
-            let frame = frames[usize::from(with_headers.is_some())]
-                .get_or_insert_with(|| match with_headers {
-                    Some(h) => control::link(&LinkFrame::HMsg(h, routed.clone())),
-                    None => control::link(&LinkFrame::Msg(routed.clone())),
+            let v4 = link.carries_headers();
+            let frame = frames[usize::from(v4)]
+                .get_or_insert_with(|| {
+                    if v4 {
+                        let headers = headers.unwrap_or_default();
+                        control::link(&LinkFrame::Sent(from, headers, routed.clone()))
+                    } else {
+                        control::link(&LinkFrame::Msg(routed.clone()))
+                    }
                 })
                 .clone();
             if wanted {
@@ -422,7 +428,7 @@ impl Cluster {
     }
 
     /// True if `link`'s subtree still wants the message encoded in `frame`
-    /// (a `LinkFrame::Msg` with its length prefix), judged by its origin,
+    /// (a `LinkFrame::Msg` or `Sent`, length prefix included), judged by its origin,
     /// subject and queue targets: used to release messages held while the
     /// link was down or routed before the other side's state arrived.
     pub fn still_wanted(&self, link: &Link, frame: &[u8]) -> bool {
@@ -439,9 +445,17 @@ impl Cluster {
         plain.iter().any(|n| subtree.contains(n)) || m.queue_targets.iter().any(|(_, n)| subtree.contains(*n))
     }
 
-    /// A message arrived over `from` (with its header block, if any):
-    /// deliver it here and pass it on.
-    pub fn receive(&self, router: &Router, from: &Link, routed: Routed<'_>, headers: Option<&[u8]>) {
+    /// A message arrived over `via` (with who published it at its origin,
+    /// if told, and its header block, if any): deliver it here and pass it
+    /// on.
+    pub fn receive(
+        &self,
+        router: &Router,
+        via: &Link,
+        routed: Routed<'_>,
+        from: Option<Origin>,
+        headers: Option<&[u8]>,
+    ) {
         if libbus::subject::validate_subject(routed.subject).is_err()
             || routed.subject.starts_with(libbus::subject::RESERVED_PREFIX)
         {
@@ -454,9 +468,13 @@ impl Cluster {
         let local = router.lookup_uncached(routed.subject);
         if !local.is_empty() {
             let me = self.node_id.as_str();
-            // What is known here of who sent it: its node.
+            // Who sent it, as its origin reported (an older daemon: only
+            // its node).
+            let from = from.unwrap_or_default();
             let sender = libbus::proto::Sender {
                 node: routed.origin.to_owned(),
+                conn_id: from.conn_id,
+                uid: from.uid,
                 ..Default::default()
             };
             let msg = Published::with_headers(routed.subject, routed.reply_to, headers, routed.payload)
@@ -468,7 +486,14 @@ impl Cluster {
         self.announce_if_changed(router);
         let routing = self.current_routing();
         let (plain, _) = routing.interested(routed.subject);
-        self.forward(&routing, &routed, headers, &plain, Some(from));
+        self.forward(
+            &routing,
+            &routed,
+            from.unwrap_or_default(),
+            headers,
+            &plain,
+            Some(via),
+        );
     }
 }
 
@@ -483,6 +508,8 @@ pub struct Message<'a> {
     pub headers: Option<&'a [u8]>,
     /// Its payload.
     pub payload: &'a [u8],
+    /// Who published it here.
+    pub from: Origin,
 }
 
 /// The routed message in a link frame (`Msg` or `HMsg`, length prefix
@@ -490,7 +517,7 @@ pub struct Message<'a> {
 fn routed_in(frame: &[u8]) -> Option<Routed<'_>> {
     let body = frame.get(libbus::proto::LEN_PREFIX..)?;
     match libbus::codec::decode::<LinkFrame>(body).ok()? {
-        LinkFrame::Msg(m) | LinkFrame::HMsg(_, m) => Some(m),
+        LinkFrame::Msg(m) | LinkFrame::HMsg(_, m) | LinkFrame::Sent(_, _, m) => Some(m),
         _ => None,
     }
 }

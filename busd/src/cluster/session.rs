@@ -21,7 +21,7 @@ use libbus::{
 use tokio::io::AsyncWriteExt;
 
 use super::link::{Link, Status};
-use crate::{control, outbox::Published, registry::lock, state::State};
+use crate::{control, registry::lock, state::State};
 
 /// Bytes the writer gathers before one `write` call.
 const WRITE_BATCH: usize = 64 << 10;
@@ -192,13 +192,17 @@ async fn run_session(state: &Arc<State>, link: &Arc<Link>, frames: Frames, write
 
     let mut writer_task = tokio::spawn(write_loop(state.clone(), link.clone(), writer));
     let reason = read_loop(state, link, frames).await;
-    if state.shutdown.is_cancelled() {
-        // Let it write what it can: the other side has stopped sending and
-        // reads until we close.
-        let _ = tokio::time::timeout(state.config.shutdown_grace, &mut writer_task).await;
+    // Shutting down, it may write what it can: the other side has stopped
+    // sending and reads until we close.
+    let written = state.shutdown.is_cancelled()
+        && tokio::time::timeout(state.config.shutdown_grace, &mut writer_task)
+            .await
+            .is_ok();
+    if !written {
+        // (A task that finished must not be awaited again.)
+        writer_task.abort();
+        let _ = writer_task.await;
     }
-    writer_task.abort();
-    let _ = writer_task.await;
 
     link.set_status(Status::Down);
     state.cluster.topology_changed(&state.router);
@@ -207,14 +211,7 @@ async fn run_session(state: &Arc<State>, link: &Arc<Link>, frames: Frames, write
 }
 
 fn bridge_event(state: &State, subject: &'static str, link: &Link) {
-    let routes = state.router.lookup_uncached(subject);
-    if routes.is_empty() {
-        return;
-    }
-    match postcard::to_allocvec(&link.info()) {
-        Ok(body) => routes.deliver(Published::from_daemon(subject, &body).frame()),
-        Err(e) => tracing::error!("encoding a bridge event: {e}"),
-    }
+    crate::api::event(state, subject, || link.info());
 }
 
 async fn read_loop(state: &Arc<State>, link: &Arc<Link>, mut frames: Frames) -> String {
@@ -249,15 +246,20 @@ async fn read_loop(state: &Arc<State>, link: &Arc<Link>, mut frames: Frames) -> 
                     }
                     Ok(LinkFrame::Msg(m)) => {
                         link.msgs_in.fetch_add(1, Relaxed);
-                        state.cluster.receive(&state.router, link, m, None);
+                        state.cluster.receive(&state.router, link, m, None, None);
                     }
                     Ok(LinkFrame::HMsg(headers, m)) => {
                         link.msgs_in.fetch_add(1, Relaxed);
-                        if let Err(e) = libbus::headers::check(headers, u32::MAX) {
-                            tracing::warn!(subject = m.subject, "dropping a message with bad headers from a bridge: {e}");
-                            continue;
+                        if headers_ok(headers, m.subject) {
+                            state.cluster.receive(&state.router, link, m, None, Some(headers));
                         }
-                        state.cluster.receive(&state.router, link, m, Some(headers));
+                    }
+                    Ok(LinkFrame::Sent(from, headers, m)) => {
+                        link.msgs_in.fetch_add(1, Relaxed);
+                        let headers = (!headers.is_empty()).then_some(headers);
+                        if headers.is_none_or(|h| headers_ok(h, m.subject)) {
+                            state.cluster.receive(&state.router, link, m, Some(from), headers);
+                        }
                     }
                     Ok(LinkFrame::Ping) => link.send_control(control::link(&LinkFrame::Pong)),
                     Ok(LinkFrame::Pong) => {}
@@ -400,6 +402,18 @@ async fn write_loop(state: Arc<State>, link: Arc<Link>, mut wr: Writer) {
             _ = wake => {}
             _ = link.ready.notified() => {}
             _ = state.shutdown.cancelled(), if !finishing => {}
+        }
+    }
+}
+
+/// True if a header block from a bridge is well formed; a bad one is
+/// logged, and its message dropped.
+fn headers_ok(headers: &[u8], subject: &str) -> bool {
+    match libbus::headers::check(headers, u32::MAX) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(subject, "dropping a message with bad headers from a bridge: {e}");
+            false
         }
     }
 }
