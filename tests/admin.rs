@@ -228,7 +228,7 @@ async fn idle_counts_application_frames_not_pongs() {
     // Three pings from the daemon, each answered: keep-alive only.
     for _ in 0..3 {
         loop {
-            match raw.next().await {
+            match raw.next_any().await {
                 Some(Got::Ping) => break,
                 Some(Got::Welcome(_)) => continue,
                 other => panic!("expected a ping, got {other:?}"),
@@ -252,6 +252,53 @@ async fn idle_counts_application_frames_not_pongs() {
         record(&admin).await.last_activity_ms > first.last_activity_ms
     })
     .await;
+}
+
+/// `$BUS.api.rtt`: the daemon pings each connection right after its
+/// handshake; a client that answers has its round trip measured, one that
+/// never answers has none, and neither is closed for it.
+#[tokio::test]
+async fn rtt_is_measured_by_the_daemons_first_ping() {
+    use bus_tests::Got;
+    use libbus::proto::ClientFrame;
+    let bus = TestBus::start();
+    let admin = bus.client("admin").await;
+    let mut answering = bus.raw().await;
+    let answering_id = answering.handshake().await;
+    let mut silent = bus.raw().await;
+    let silent_id = silent.handshake().await;
+    assert_eq!(
+        answering.next_any().await,
+        Some(Got::Ping),
+        "a ping follows Welcome"
+    );
+    // Answered late on purpose: the round trip covers the delay.
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    answering.send(&ClientFrame::Pong).await;
+    let rtt = |id: u64| {
+        let admin = admin.clone();
+        async move {
+            let page = api::Page::default();
+            let rtts: Vec<api::ConnRtt> = admin.request_value(api::RTT, &page).await.unwrap();
+            rtts.into_iter().find(|r| r.id == id).map(|r| r.rtt_us)
+        }
+    };
+    bus_tests::until("the answering client's round trip", || async {
+        rtt(answering_id).await.is_some_and(|us| us > 0)
+    })
+    .await;
+    let measured = rtt(answering_id).await.unwrap();
+    assert!(
+        measured >= 30_000,
+        "{measured} µs: from the ping to its late pong"
+    );
+    assert_eq!(rtt(silent_id).await, Some(0), "never answered: unknown");
+    // libbus answers on its own.
+    bus_tests::until("the admin client's round trip", || async {
+        rtt(admin.conn_id()).await.is_some_and(|us| us > 0)
+    })
+    .await;
+    assert_eq!(silent.next_any().await, Some(Got::Ping));
 }
 
 /// `$BUS.api.list` comes in pages that fit `max_frame`, so a daemon with

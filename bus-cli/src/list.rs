@@ -25,30 +25,57 @@ pub enum SortBy {
     Age,
     /// Longest idle first.
     Idle,
+    /// Longest round trip first.
+    Rtt,
 }
 
 impl SortBy {
-    fn sort(self, conns: &mut [api::ConnInfo]) {
+    fn sort(self, conns: &mut [Live]) {
         use std::cmp::Reverse;
         match self {
-            Self::Id => conns.sort_by_key(|c| c.id),
-            Self::Name => conns.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id))),
-            Self::Subs => conns.sort_by_key(|c| Reverse(c.subs.len())),
-            Self::MsgsIn => conns.sort_by_key(|c| Reverse(c.msgs_in)),
-            Self::MsgsOut => conns.sort_by_key(|c| Reverse(c.msgs_out)),
-            Self::Pending => conns.sort_by_key(|c| Reverse(c.pending_bytes)),
-            Self::Dropped => conns.sort_by_key(|c| Reverse(c.dropped)),
-            Self::Age => conns.sort_by_key(|c| c.connected_at_ms),
-            Self::Idle => conns.sort_by_key(|c| c.last_activity_ms),
+            Self::Id => conns.sort_by_key(|c| c.conn.id),
+            Self::Name => conns.sort_by(|a, b| a.conn.name.cmp(&b.conn.name).then(a.conn.id.cmp(&b.conn.id))),
+            Self::Subs => conns.sort_by_key(|c| Reverse(c.conn.subs.len())),
+            Self::MsgsIn => conns.sort_by_key(|c| Reverse(c.conn.msgs_in)),
+            Self::MsgsOut => conns.sort_by_key(|c| Reverse(c.conn.msgs_out)),
+            Self::Pending => conns.sort_by_key(|c| Reverse(c.conn.pending_bytes)),
+            Self::Dropped => conns.sort_by_key(|c| Reverse(c.conn.dropped)),
+            Self::Age => conns.sort_by_key(|c| c.conn.connected_at_ms),
+            Self::Idle => conns.sort_by_key(|c| c.conn.last_activity_ms),
+            Self::Rtt => conns.sort_by_key(|c| Reverse(c.rtt_us)),
         }
     }
+}
+
+/// A live connection as `list` shows it: its record and its round trip.
+#[derive(serde::Serialize)]
+struct Live {
+    #[serde(flatten)]
+    conn: api::ConnInfo,
+    /// Microseconds (absent: not measured yet, or a daemon that does not
+    /// report it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rtt_us: Option<u64>,
 }
 
 pub async fn run(bus: &Bus, json: bool, closed: bool, sort: SortBy) -> libbus::Result<()> {
     if closed {
         return run_closed(bus, json).await;
     }
-    let mut conns: Vec<api::ConnInfo> = live(bus).await?;
+    let rtts: std::collections::HashMap<u64, u64> = rtts(bus)
+        .await?
+        .into_iter()
+        .filter(|r| r.rtt_us > 0)
+        .map(|r| (r.id, r.rtt_us))
+        .collect();
+    let mut conns: Vec<Live> = live(bus)
+        .await?
+        .into_iter()
+        .map(|conn| Live {
+            rtt_us: rtts.get(&conn.id).copied(),
+            conn,
+        })
+        .collect();
     sort.sort(&mut conns);
     if json {
         return print_json(&conns);
@@ -65,14 +92,16 @@ pub async fn run(bus: &Bus, json: bool, closed: bool, sort: SortBy) -> libbus::R
         "DROPPED",
         "AGE",
         "IDLE",
+        "RTT",
     ];
     let rows: Vec<Vec<String>> = conns
         .iter()
-        .map(|c| {
+        .map(|Live { conn: c, rtt_us }| {
             let mut row = cells(c);
             row.insert(7, render::bytes(c.pending_bytes));
             row.push(render::age(c.connected_at_ms));
             row.push(render::age(c.last_activity_ms));
+            row.push(rtt_us.map_or_else(|| "-".into(), render::micros));
             row
         })
         .collect();
@@ -103,6 +132,15 @@ pub async fn run(bus: &Bus, json: bool, closed: bool, sort: SortBy) -> libbus::R
 /// Every live connection (`$BUS.api.list`, all pages), by id.
 async fn live(bus: &Bus) -> libbus::Result<Vec<api::ConnInfo>> {
     all_pages(bus, api::LIST, |page, c: &api::ConnInfo| page.after = c.id).await
+}
+
+/// Every live connection's round trip (`$BUS.api.rtt`, all pages); none
+/// from a daemon that does not report it.
+async fn rtts(bus: &Bus) -> libbus::Result<Vec<api::ConnRtt>> {
+    match all_pages(bus, api::RTT, |page, r: &api::ConnRtt| page.after = r.id).await {
+        Err(libbus::Error::NoResponders { .. }) => Ok(Vec::new()),
+        other => other,
+    }
 }
 
 /// Every closed connection remembered (`$BUS.api.closed`, all pages), in
@@ -229,7 +267,14 @@ pub async fn one(bus: &Bus, id: u64, json: bool) -> libbus::Result<()> {
                 r.reason
             );
         }
-        None => outln!("idle:          {}", render::age(c.last_activity_ms)),
+        None => {
+            outln!("idle:          {}", render::age(c.last_activity_ms));
+            let rtt = rtts(bus).await?.into_iter().find(|r| r.id == id && r.rtt_us > 0);
+            outln!(
+                "rtt:           {}",
+                rtt.map_or_else(|| "-".into(), |r| render::micros(r.rtt_us))
+            );
+        }
     }
     outln!("messages in:   {} ({})", c.msgs_in, render::bytes(c.bytes_in));
     outln!("messages out:  {} ({})", c.msgs_out, render::bytes(c.bytes_out));

@@ -36,6 +36,15 @@ pub fn duration(d: Duration) -> String {
     humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
 }
 
+/// Microseconds as `85µs`, `1.2ms` or `1.5s`.
+pub fn micros(us: u64) -> String {
+    match us {
+        0..1_000 => format!("{us}µs"),
+        1_000..1_000_000 => format!("{:.1}ms", us as f64 / 1e3),
+        _ => format!("{:.1}s", us as f64 / 1e6),
+    }
+}
+
 /// Bytes in binary units (`8.0 MiB`).
 pub fn bytes(n: u64) -> String {
     bytesize::ByteSize::b(n).to_string()

@@ -174,6 +174,7 @@ fn list_shows_connections() {
         "DROPPED",
         "AGE",
         "IDLE",
+        "RTT",
     ] {
         assert!(header.contains(col), "{header}");
     }
@@ -182,6 +183,39 @@ fn list_shows_connections() {
         .unwrap_or_else(|| panic!("subscriber's pid listed: {out}"));
     assert!(
         sub_line.contains("bus-cli") && sub_line.contains("unix"),
+        "{sub_line}"
+    );
+
+    // The daemon's first ping measures each round trip: in the JSON as
+    // rtt_us, in the table as the RTT column.
+    let start = Instant::now();
+    let pid = u64::from(sub.id());
+    loop {
+        let mut c = cli(&bus);
+        c.args(["list", "--json", "--sort", "rtt"]);
+        let conns: serde_json::Value = serde_json::from_str(&stdout(&run(c))).unwrap();
+        let mine = conns
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["peer"]["Unix"]["pid"] == pid);
+        if mine.is_some_and(|c| c["rtt_us"].as_u64().is_some_and(|us| us > 0)) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "no rtt_us: {conns}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut c = cli(&bus);
+    c.arg("list");
+    let out = stdout(&run(c));
+    let sub_line = out
+        .lines()
+        .find(|l| l.contains(&format!("pid {} ", sub.id())))
+        .unwrap();
+    let rtt = sub_line.split_whitespace().last().unwrap();
+    let number = ["µs", "ms", "s"].iter().find_map(|unit| rtt.strip_suffix(unit));
+    assert!(
+        number.is_some_and(|n| n.parse::<f64>().is_ok_and(|v| v > 0.0)),
         "{sub_line}"
     );
 }

@@ -24,6 +24,15 @@ pub fn handle(state: &State, conn: &Conn, subject: &str, reply_to: Option<&str>,
             let live = conns.iter().filter(|c| c.id > page.after).map(|c| c.info());
             paged(state, page, live)
         }
+        api::RTT => {
+            let page = page(payload);
+            let conns = state.registry.snapshot();
+            let rtts = conns.iter().filter(|c| c.id > page.after).map(|c| api::ConnRtt {
+                id: c.id,
+                rtt_us: c.stats.rtt_us.load(Relaxed),
+            });
+            paged(state, page, rtts)
+        }
         api::CLOSED => {
             // In the order they closed: `after` counts the records already had.
             let page = page(payload);

@@ -145,6 +145,9 @@ pub async fn serve(
             server_id: &state.server_id,
             max_frame: state.config.max_frame,
         })));
+    // A first ping measures the round trip (`bus-cli list` RTT).
+    conn.outbox.push_frame(&control::server(&ServerFrame::Ping));
+    conn.stats.ping_sent(uptime_us(&state));
     state.registry.insert(conn.clone());
     let writer = tokio::spawn(write_loop(conn.clone(), wr));
     tracing::info!(id = conn.id, name = %conn.name, peer = ?conn.peer, "connection open");
@@ -367,6 +370,13 @@ async fn read_loop(state: &State, conn: &Arc<Conn>, frames: &mut Incoming) -> Fa
             _ = ping.tick() => {
                 let idle_ms = state.clock.now_ms().saturating_sub(conn.stats.last_read_ms.load(Relaxed));
                 if u128::from(idle_ms) + 50 < cfg.ping_interval.as_millis() {
+                    // Active: a ping only to measure the round trip again
+                    // (not counted as missed if unanswered).
+                    if !conn.stats.ping_outstanding()
+                        && conn.outbox.push_frame(&control::server(&ServerFrame::Ping))
+                    {
+                        conn.stats.ping_sent(uptime_us(state));
+                    }
                     continue;
                 }
                 if missed >= cfg.max_pings_missed {
@@ -380,6 +390,7 @@ async fn read_loop(state: &State, conn: &Arc<Conn>, frames: &mut Incoming) -> Fa
                 if !conn.outbox.push_frame(&control::server(&ServerFrame::Ping)) {
                     return Fatal(CloseReason::SlowConsumer);
                 }
+                conn.stats.ping_sent(uptime_us(state));
             }
         }
     }
@@ -441,6 +452,11 @@ impl<'a> Pending<'a> {
             stats.bytes_in.fetch_add(std::mem::take(&mut self.bytes), Relaxed);
         }
     }
+}
+
+/// Microseconds since the daemon started: the clock of round trips.
+fn uptime_us(state: &State) -> u64 {
+    state.started.elapsed().as_micros() as u64
 }
 
 /// Queues an `Error` frame and ends the connection with it as the reason.
@@ -537,7 +553,10 @@ fn handle_frame<'a>(
                 Err(Fatal(CloseReason::SlowConsumer))
             }
         }
-        ClientFrame::Pong => Ok(()),
+        ClientFrame::Pong => {
+            conn.stats.pong(uptime_us(state));
+            Ok(())
+        }
         ClientFrame::RequestName(r) => {
             if let Err(message) = checked_name(state, conn, r.name)? {
                 service::refuse(conn, r.serial, ErrorCode::LimitExceeded, &message);

@@ -39,6 +39,35 @@ pub struct Stats {
     /// Last frame of any kind received, pongs included: liveness for the
     /// keep-alive (reader task, coarse clock).
     pub last_read_ms: AtomicU64,
+    /// The round trip of the daemon's last answered ping, in microseconds
+    /// (0: none answered yet).
+    pub rtt_us: AtomicU64,
+    /// When the oldest unanswered ping was sent, in microseconds of the
+    /// daemon's uptime (0: none outstanding).
+    pub ping_sent_us: AtomicU64,
+}
+
+impl Stats {
+    /// A ping is sent at `now_us` (of uptime); the oldest outstanding one
+    /// is what the next pong answers.
+    pub fn ping_sent(&self, now_us: u64) {
+        let _ = self
+            .ping_sent_us
+            .compare_exchange(0, now_us.max(1), Relaxed, Relaxed);
+    }
+
+    /// A pong came at `now_us`: the round trip of the ping it answers.
+    pub fn pong(&self, now_us: u64) {
+        let sent = self.ping_sent_us.swap(0, Relaxed);
+        if sent != 0 {
+            self.rtt_us.store(now_us.saturating_sub(sent).max(1), Relaxed);
+        }
+    }
+
+    /// True while a ping waits for its pong.
+    pub fn ping_outstanding(&self) -> bool {
+        self.ping_sent_us.load(Relaxed) != 0
+    }
 }
 
 /// One connection after its handshake. Routes hold an `Arc` to it; it is

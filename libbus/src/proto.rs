@@ -566,6 +566,24 @@ pub mod api {
         pub dropped: u64,
     }
 
+    /// Admin request: each live connection's round trip, as the daemon's
+    /// pings measure it (one right after the handshake, then one every
+    /// `ping_interval`). Reply: `Vec<ConnRtt>`, by id, paged as
+    /// `$BUS.api.list` is. (A record of its own: `ConnInfo`'s fields are
+    /// its wire format, and older clients read it.)
+    pub const RTT: &str = "$BUS.api.rtt";
+
+    /// One connection's round trip.
+    #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct ConnRtt {
+        /// Connection id.
+        pub id: u64,
+        /// Microseconds from the daemon's last answered ping to its pong
+        /// (0: none answered yet). It includes what was queued ahead of
+        /// the ping for that connection.
+        pub rtt_us: u64,
+    }
+
     /// Admin request: the most recently closed connections, oldest first
     /// (at most the daemon's `max_closed`). Reply: `Vec<ClosedConn>`, paged
     /// as `$BUS.api.list` is ([`Page::after`] counts records here).

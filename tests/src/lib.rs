@@ -216,8 +216,19 @@ impl Raw {
         }
     }
 
-    /// The next frame, or `None` at end of stream.
+    /// The next frame other than the daemon's pings (one follows
+    /// `Welcome`, to measure the round trip), or `None` at end of stream.
     pub async fn next(&mut self) -> Option<Got> {
+        loop {
+            match self.next_any().await {
+                Some(Got::Ping) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// The next frame, pings included, or `None` at end of stream.
+    pub async fn next_any(&mut self) -> Option<Got> {
         within("a frame from the daemon", self.read_frame()).await
     }
 
