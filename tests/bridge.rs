@@ -12,6 +12,11 @@ const TOKEN: &str = "bridge-token";
 
 /// A daemon named `node` listening on TCP, bridged to `peers`.
 fn node(node: &str, peers: &[&TestBus]) -> TestBus {
+    node_with(node, peers, |_| {})
+}
+
+/// [`node`], its configuration then adjusted by `f`.
+fn node_with(node: &str, peers: &[&TestBus], f: impl FnOnce(&mut busd::Config)) -> TestBus {
     let bridges: Vec<String> = peers.iter().map(|p| p.tcp_address().to_string()).collect();
     let node = node.to_owned();
     TestBus::with_config(move |c| {
@@ -22,6 +27,7 @@ fn node(node: &str, peers: &[&TestBus]) -> TestBus {
         c.link_ping_interval = Duration::from_millis(100);
         c.link_timeout = Duration::from_millis(600);
         c.bridge_hold = Duration::from_secs(10);
+        f(c);
     })
 }
 
@@ -663,4 +669,58 @@ async fn headers_and_error_replies_cross_bridges() {
         matches!(&err, Error::Service { code: 503, text } if text == "busy"),
         "{err}"
     );
+}
+
+/// Messages a link drops while it is down (beyond `bridge_buffer`) reach
+/// the far side's subscribers as a loss notice with the exact count, after
+/// the messages held before them, as a local subscriber's own drops do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_dropped_on_a_down_link_are_reported_to_far_subscribers() {
+    let b = node_with("b", &[], |c| c.bridge_buffer = 4 << 10);
+    let a = node("a", &[&b]);
+    let mut c = node("c", &[&b]);
+    let pa = a.client("publisher").await;
+    let watcher = b.client("watcher").await;
+    let sub_conn = c.client("subscriber").await;
+    let mut sub = sub_conn.subscribe("lossy.>").await.unwrap();
+    converge(&pa, &["c"], &[&sub_conn]).await;
+
+    c.stop();
+    let link_to = |node: &'static str| {
+        let watcher = watcher.clone();
+        async move {
+            let i = server_info(&watcher).await;
+            i.bridges.into_iter().find(|l| l.node == node).unwrap()
+        }
+    };
+    bus_tests::until("link down at b", || async { link_to("c").await.state == "down" }).await;
+    let from_a = link_to("a").await.msgs_in;
+    const N: u64 = 300;
+    publish_numbered(&pa, "lossy.x", N).await;
+    // All of them have reached b: held there, or dropped beyond 4 KiB.
+    bus_tests::until("all 300 at b", || async {
+        link_to("a").await.msgs_in >= from_a + N
+    })
+    .await;
+    let held = link_to("c").await;
+    assert!(held.dropped > 0 && held.buffered_bytes > 0, "{held:?}");
+    let dropped = held.dropped;
+
+    c.restart();
+    let mut next = 0u64;
+    let mut lagged = 0u64;
+    while next + lagged < N {
+        match within("held messages, then the loss notice", sub.next_delivery()).await {
+            Some(libbus::Delivery::Message(m)) => {
+                assert_eq!(lagged, 0, "the notice comes after what was held before it");
+                assert_eq!(m.decode::<u64>().unwrap(), next, "in order");
+                next += 1;
+            }
+            Some(libbus::Delivery::Lagged(n)) => lagged += n,
+            None => panic!("subscription ended"),
+        }
+    }
+    assert_eq!(lagged, dropped, "the far side is told exactly what b dropped");
+    assert_eq!(next + lagged, N);
+    assert_eq!(sub.dropped(), dropped);
 }

@@ -428,9 +428,14 @@ impl State {
     /// Counts one message for `sid` as dropped, to be reported.
     fn count_drop(&mut self, sid: u64) {
         self.dropped_total += 1;
+        self.add_lag(sid, 1);
+    }
+
+    /// `n` more messages for `sid` to report as lost.
+    fn add_lag(&mut self, sid: u64, n: u64) {
         match self.lag.iter_mut().find(|(s, _)| *s == sid) {
-            Some((_, n)) => *n += 1,
-            None => self.lag.push((sid, 1)),
+            Some((_, lag)) => *lag += n,
+            None => self.lag.push((sid, n)),
         }
     }
 }
@@ -521,6 +526,15 @@ impl Outbox {
     /// Counts one message for `sid` as dropped.
     pub fn record_drop(&self, sid: u64) {
         self.lock().count_drop(sid);
+    }
+
+    /// `n` messages for `sid` were lost before they reached this daemon
+    /// (on a bridge link): reported with `Lagged` as this queue's own drops
+    /// are (before the next message, or once it is empty), but not counted
+    /// as this connection's drops.
+    pub fn report_lost(&self, sid: u64, n: u64) {
+        self.lock().add_lag(sid, n);
+        self.ready.notify_one();
     }
 
     /// Queues an encoded control frame. Returns false if even the slack above

@@ -847,6 +847,18 @@ pub mod link {
             #[serde(with = "serde_bytes")] &'a [u8],
             #[serde(borrow)] Routed<'a>,
         ),
+        /// `count` messages published on `origin` to `subject` were
+        /// dropped on the way (a link that was down held no more): routed
+        /// like such a message, it tells the subscribers it would have
+        /// reached (`Lagged`, as for their own drops). Version 4.
+        Lost {
+            /// Node where they were published.
+            origin: &'a str,
+            /// Their subject.
+            subject: &'a str,
+            /// How many.
+            count: u64,
+        },
         /// A routed message with who published it at its origin, and its
         /// header block (empty: none); what a daemon of version 4 sends in
         /// place of `Msg` and `HMsg`.

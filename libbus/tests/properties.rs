@@ -124,7 +124,7 @@ proptest! {
 
     #[test]
     fn link_frames_round_trip(
-        kind in 0u8..8, a in text(), b in text(), opt in proptest::option::of(text()),
+        kind in 0u8..9, a in text(), b in text(), opt in proptest::option::of(text()),
         n in any::<u64>(), payload in bytes(), uid in proptest::option::of(any::<u32>()),
         links in prop::collection::vec(text(), 0..4),
         targets in prop::collection::vec((text(), text()), 0..3),
@@ -150,6 +150,7 @@ proptest! {
             4 => LinkFrame::Closing,
             5 => LinkFrame::Closed,
             6 => LinkFrame::HMsg(&payload, routed),
+            7 => LinkFrame::Lost { origin: &a, subject: &b, count: n },
             _ => LinkFrame::Sent(Origin { conn_id: n, uid }, &payload, routed),
         };
         let mut wire = Vec::new();

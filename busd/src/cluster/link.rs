@@ -68,6 +68,45 @@ pub(super) struct Queue {
     /// The other side is shutting down (it sent `Closing`): send it no
     /// more messages on this connection.
     pub(super) draining: bool,
+    /// Losses to tell the other side of (`LinkFrame::Lost`), each once
+    /// what was queued before it has gone.
+    pub(super) lost: VecDeque<LostNote>,
+}
+
+/// Messages lost on their way through a link, to tell the far side of.
+#[derive(Debug)]
+pub(super) struct LostNote {
+    /// Sent once every message queued before the loss has gone: the last
+    /// sequence number handed out then.
+    pub(super) after: u64,
+    pub(super) origin: String,
+    pub(super) subject: String,
+    pub(super) count: u64,
+}
+
+/// Most notes of loss a link keeps; beyond, losses are only counted.
+const MAX_LOST_NOTES: usize = 1024;
+
+impl Queue {
+    /// `count` messages from `origin` on `subject` were lost here: the far
+    /// side hears of it after what was queued before them.
+    fn note_lost(&mut self, origin: &str, subject: &str, count: u64) {
+        let after = self.seq;
+        if let Some(last) = self.lost.back_mut() {
+            if last.after == after && last.origin == origin && last.subject == subject {
+                last.count += count;
+                return;
+            }
+        }
+        if self.lost.len() < MAX_LOST_NOTES {
+            self.lost.push_back(LostNote {
+                after,
+                origin: origin.into(),
+                subject: subject.into(),
+                count,
+            });
+        }
+    }
 }
 
 /// One bridge link.
@@ -143,19 +182,27 @@ impl Link {
         }
     }
 
-    /// Queues a message; held while the link is down, dropped (and counted)
-    /// beyond `bridge_buffer`.
-    pub fn send_msg(&self, frame: Bytes) {
-        self.enqueue(frame, |q, frame, seq| {
+    /// Queues a message (`frame`, published on `origin` to `subject`);
+    /// held while the link is down, dropped (counted, and told to the far
+    /// side) beyond `bridge_buffer`.
+    pub fn send_msg(&self, frame: Bytes, origin: &str, subject: &str) {
+        self.enqueue(frame, origin, subject, |q, frame, seq| {
             let epoch = q.synced;
             q.items.push_back(Held { frame, epoch, seq });
         });
     }
 
+    /// Tells the far side, after what is queued now, that `count` messages
+    /// from `origin` on `subject` were lost on their way to it.
+    pub fn send_lost(&self, origin: &str, subject: &str, count: u64) {
+        lock(&self.queue).note_lost(origin, subject, count);
+        self.ready.notify_one();
+    }
+
     /// Parks a message for `awaiting`, nodes reached through this link
     /// until lately, until they return or `until`; within `bridge_buffer`.
-    pub fn park(&self, frame: Bytes, awaiting: Vec<String>, until: Instant) {
-        self.enqueue(frame, |q, frame, seq| {
+    pub fn park(&self, frame: Bytes, origin: &str, subject: &str, awaiting: Vec<String>, until: Instant) {
+        self.enqueue(frame, origin, subject, |q, frame, seq| {
             q.parked.push_back(Parked {
                 frame,
                 seq,
@@ -165,11 +212,13 @@ impl Link {
         });
     }
 
-    /// Counts `frame` against `bridge_buffer` (dropping and counting it
-    /// beyond), numbers it, and has `put` place it.
-    fn enqueue(&self, frame: Bytes, put: impl FnOnce(&mut Queue, Bytes, u64)) {
+    /// Counts `frame` against `bridge_buffer` (beyond it, the message is
+    /// dropped, counted, and noted for the far side), numbers it, and has
+    /// `put` place it.
+    fn enqueue(&self, frame: Bytes, origin: &str, subject: &str, put: impl FnOnce(&mut Queue, Bytes, u64)) {
         let mut q = lock(&self.queue);
         if q.bytes + frame.len() > self.max_bytes {
+            q.note_lost(origin, subject, 1);
             drop(q);
             self.count_dropped(1);
             return;
@@ -240,6 +289,7 @@ impl Link {
         self.count_dropped((q.items.len() + q.parked.len()) as u64);
         q.items.clear();
         q.parked.clear();
+        q.lost.clear();
         q.bytes = 0;
     }
 }

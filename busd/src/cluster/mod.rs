@@ -367,12 +367,12 @@ impl Cluster {
                 })
                 .clone();
             if wanted {
-                link.send_msg(frame);
+                link.send_msg(frame, routed.origin, routed.subject);
                 // The nodes out of reach cannot get it later without the
                 // others getting it twice: their share is lost, and counted.
                 link.count_dropped(awaiting.len() as u64);
             } else {
-                link.park(frame, awaiting, now + self.hold);
+                link.park(frame, routed.origin, routed.subject, awaiting, now + self.hold);
             }
         }
     }
@@ -494,6 +494,32 @@ impl Cluster {
             &plain,
             Some(via),
         );
+    }
+
+    /// `count` messages published on `origin` to `subject` were lost on
+    /// their way here (`LinkFrame::Lost` over `via`): the local plain
+    /// subscribers of `subject` get `Lagged` for them, and the notice goes
+    /// on into the subtrees that wanted them, as the messages would have.
+    /// (Which member of a queue group would have got one is not known:
+    /// groups are not told.)
+    pub fn receive_lost(&self, router: &Router, via: &Link, origin: &str, subject: &str, count: u64) {
+        if libbus::subject::validate_subject(subject).is_err() {
+            return;
+        }
+        for t in &router.lookup_uncached(subject).plain {
+            t.conn.outbox.report_lost(t.sid, count);
+        }
+        let routing = self.current_routing();
+        let (plain, _) = routing.interested(subject);
+        for (child, subtree) in routing.children(origin).iter() {
+            if !plain.iter().any(|n| subtree.contains(n)) {
+                continue;
+            }
+            let Some(link) = self.link_to(child) else { continue };
+            if !std::ptr::eq(via, Arc::as_ptr(&link)) {
+                link.send_lost(origin, subject, count);
+            }
+        }
     }
 }
 

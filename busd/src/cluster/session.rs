@@ -261,6 +261,9 @@ async fn read_loop(state: &Arc<State>, link: &Arc<Link>, mut frames: Frames) -> 
                             state.cluster.receive(&state.router, link, m, Some(from), headers);
                         }
                     }
+                    Ok(LinkFrame::Lost { origin, subject, count }) => {
+                        state.cluster.receive_lost(&state.router, link, origin, subject, count);
+                    }
                     Ok(LinkFrame::Ping) => link.send_control(control::link(&LinkFrame::Pong)),
                     Ok(LinkFrame::Pong) => {}
                     Ok(LinkFrame::Closing) => {
@@ -316,6 +319,22 @@ async fn write_loop(state: Arc<State>, link: Arc<Link>, mut wr: Writer) {
             // nodes are back.
             let mut parked_ready = None;
             while buf.len() < WRITE_BATCH && !q.draining {
+                // A loss is told once what was queued before it has gone.
+                let lost_due = q.synced.is_some()
+                    && q.lost
+                        .front()
+                        .is_some_and(|n| q.items.front().is_none_or(|m| m.seq > n.after));
+                if lost_due {
+                    let Some(n) = q.lost.pop_front() else { break };
+                    if link.carries_headers() {
+                        buf.extend_from_slice(&control::link(&LinkFrame::Lost {
+                            origin: &n.origin,
+                            subject: &n.subject,
+                            count: n.count,
+                        }));
+                    }
+                    continue;
+                }
                 let parked_first = q
                     .parked
                     .front()
