@@ -495,6 +495,20 @@ fn handle_frame<'a>(
         pending.app = true;
         return publish_with_headers(state, conn, frame, p, cache, pending);
     }
+    decoded_frame(state, conn, frame, cache, pending)
+}
+
+/// [`handle_frame`] for every frame the direct readers leave to postcard:
+/// out of line, so that the publish path stays small.
+#[inline(never)]
+fn decoded_frame<'a>(
+    state: &State,
+    conn: &'a Arc<Conn>,
+    frame: &'a [u8],
+    cache: &mut RouteCache,
+    pending: &mut Pending<'a>,
+) -> Result<(), Fatal> {
+    let body = &frame[proto::LEN_PREFIX..];
     let decoded = match codec::decode::<ClientFrame>(body) {
         Ok(f) => f,
         Err(CodecError::Postcard(e)) => {

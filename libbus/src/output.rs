@@ -218,7 +218,8 @@ impl Output {
             reply_to,
             payload,
         });
-        self.send(&frame).await
+        // Not through `send`: one future fewer on the hot path.
+        self.until_buffered(|| self.buffer(&frame, true)).await
     }
 
     /// Buffers any frame as a publish is, waiting while the buffer is over
