@@ -163,6 +163,23 @@ pub struct Config {
     /// a few percent faster for more CPU per delivery
     /// (`docs/performance.md`).
     pub workers: usize,
+    /// `log_format`: `text` (default) or `json`, one object per line for
+    /// log shippers. Text has ANSI colours only on a terminal (and never
+    /// with `NO_COLOR` set), and under systemd's journal (`JOURNAL_STREAM`)
+    /// carries no timestamp of its own and the level as a syslog priority
+    /// prefix.
+    pub log_format: LogFormat,
+}
+
+/// How busd writes its log (`log_format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Lines for people (and journald).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 impl Default for Config {
@@ -212,6 +229,7 @@ impl Default for Config {
             link_ping_interval: Duration::from_secs(1),
             link_timeout: Duration::from_secs(3),
             workers: 0,
+            log_format: LogFormat::Text,
         }
     }
 }

@@ -150,7 +150,13 @@ pub async fn serve(
     conn.stats.ping_sent(uptime_us(&state));
     state.registry.insert(conn.clone());
     let writer = tokio::spawn(write_loop(conn.clone(), wr));
-    tracing::info!(id = conn.id, name = %conn.name, peer = ?conn.peer, "connection open");
+    match state.conn_log.allow(state.clock.now_ms()) {
+        Some(0) => tracing::info!(id = conn.id, name = %conn.name, peer = ?conn.peer, "connection open"),
+        Some(held_back) => {
+            tracing::info!(id = conn.id, name = %conn.name, peer = ?conn.peer, held_back, "connection open")
+        }
+        None => {}
+    }
     api::conn_event(&state, proto::api::EVENT_CONN_OPEN, &conn, None);
 
     let Fatal(reason) = read_loop(&state, &conn, &mut frames).await;
@@ -179,7 +185,13 @@ pub async fn serve(
         writer.abort();
     }
     conn.outbox.clear();
-    tracing::info!(id = conn.id, name = %conn.name, %reason, "connection closed");
+    match state.conn_log.allow(state.clock.now_ms()) {
+        Some(0) => tracing::info!(id = conn.id, name = %conn.name, %reason, "connection closed"),
+        Some(held_back) => {
+            tracing::info!(id = conn.id, name = %conn.name, %reason, held_back, "connection closed")
+        }
+        None => {}
+    }
     api::conn_event(&state, proto::api::EVENT_CONN_CLOSE, &conn, Some(reason));
 }
 

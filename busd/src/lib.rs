@@ -8,7 +8,7 @@
 //! - [`config`]: every setting and limit, with its default; [`state`]: the
 //!   shared [`State`](state::State) every connection task reaches.
 //! - [`server`]: binding, the accept loop, shutdown, and [`Daemon`] for
-//!   running one in-process; [`listener`]: the Unix socket and kernel peer
+//!   running one in-process; [`systemd`]: inherited sockets and readiness; [`listener`]: the Unix socket and kernel peer
 //!   credentials; [`tcp`]: the optional TCP/TLS listener and the token.
 //! - [`conn`]: one connection: handshake, reader (one publish path), writer,
 //!   keep-alive; [`control`]: every control frame, encoded in one place.
@@ -65,6 +65,7 @@ pub mod router;
 pub mod server;
 pub mod service;
 pub mod state;
+pub mod systemd;
 pub mod tcp;
 
 use std::path::PathBuf;

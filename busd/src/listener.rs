@@ -42,12 +42,12 @@ type Inner = interprocess::os::unix::uds_local_socket::tokio::Listener;
 pub struct UnixListener {
     inner: Inner,
     path: PathBuf,
-    /// (device, inode) of the socket file we created.
-    ident: (u64, u64),
-    /// The exclusive lock on `PATH.lock`, held while this daemon lives. The
-    /// lock file stays behind: removing it would let two daemons lock two
-    /// different files.
-    _lock: Flock<File>,
+    /// The socket file we created, (device, inode), and the exclusive lock
+    /// on `PATH.lock`, held while this daemon lives (the lock file stays
+    /// behind: removing it would let two daemons lock two different
+    /// files). `None` for a socket inherited from systemd, which owns its
+    /// file.
+    created: Option<((u64, u64), Flock<File>)>,
 }
 
 /// Binds a listening socket at `path` whose file has exactly `mode` by the
@@ -176,9 +176,41 @@ impl UnixListener {
         Ok(Self {
             inner,
             path: path.to_owned(),
-            ident: (meta.dev(), meta.ino()),
-            _lock: lock,
+            created: Some(((meta.dev(), meta.ino()), lock)),
         })
+    }
+
+    /// A listening Unix stream socket inherited from systemd (socket
+    /// activation): served as it is, never re-bound, and its file never
+    /// removed (systemd owns it).
+    pub fn inherited(fd: std::os::fd::OwnedFd) -> Result<Self, Error> {
+        let bad = |why: String| Error::Config(format!("the inherited Unix socket {why}"));
+        let addr = socket::getsockname::<UnixAddr>(fd.as_raw_fd())
+            .map_err(|e| bad(format!("has no Unix address: {e}")))?;
+        let path = addr
+            .path()
+            .map(Path::to_owned)
+            .ok_or_else(|| bad("is not bound to a path".into()))?;
+        if getsockopt(&fd, socket::sockopt::SockType).map_err(|e| bad(e.to_string()))? != SockType::Stream {
+            return Err(bad("is not a stream socket".into()));
+        }
+        if !getsockopt(&fd, socket::sockopt::AcceptConn).map_err(|e| bad(e.to_string()))? {
+            return Err(bad("is not listening".into()));
+        }
+        let flags = nix::fcntl::fcntl(&fd, nix::fcntl::F_GETFL).map_err(|e| bad(e.to_string()))?;
+        let nonblocking = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(&fd, nix::fcntl::F_SETFL(nonblocking)).map_err(|e| bad(e.to_string()))?;
+        let inner = Inner::try_from(fd).map_err(|e| bad(e.to_string()))?;
+        Ok(Self {
+            inner,
+            path,
+            created: None,
+        })
+    }
+
+    /// True if the socket came from systemd rather than being bound here.
+    pub fn is_inherited(&self) -> bool {
+        self.created.is_none()
     }
 
     /// The socket path.
@@ -201,9 +233,13 @@ impl UnixListener {
 
 impl Drop for UnixListener {
     fn drop(&mut self) {
-        // Only remove the file if it is still ours (not a successor's).
+        // Only remove the file if we created it and it is still ours (not
+        // a successor's).
+        let Some((ident, _)) = &self.created else {
+            return;
+        };
         if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
-            if (meta.dev(), meta.ino()) == self.ident {
+            if (meta.dev(), meta.ino()) == *ident {
                 let _ = std::fs::remove_file(&self.path);
             }
         }

@@ -2,11 +2,12 @@
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use busd::{Config, Server};
+use busd::{systemd::Inherited, Config, Server};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-mod allocator;
+mod log;
+mod sys;
 
 /// The bus daemon: routes messages between local processes over a Unix socket.
 ///
@@ -54,6 +55,9 @@ struct Args {
     /// Largest header block of one message, in bytes [default: 64KiB].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_header_bytes: Option<u64>,
+    /// Log format: text (coloured only on a terminal) or json (one object per line) [default: text].
+    #[arg(long, value_name = "FORMAT", value_enum)]
+    log_format: Option<busd::config::LogFormat>,
     /// Closed connections remembered for `bus-cli list --closed` [default: 1000].
     #[arg(long, value_name = "N")]
     max_closed: Option<usize>,
@@ -216,6 +220,7 @@ impl Args {
         set(&mut c.link_timeout, self.link_timeout);
         set(&mut c.node_id, self.node_id.map(Some));
         set(&mut c.workers, self.workers);
+        set(&mut c.log_format, self.log_format);
         c.token = std::env::var(libbus::client::ENV_TOKEN)
             .ok()
             .filter(|t| !t.is_empty());
@@ -225,14 +230,15 @@ impl Args {
 }
 
 fn main() -> ExitCode {
+    // Before anything opens a descriptor or starts a thread.
+    let inherited = match sys::inherited_sockets() {
+        Ok(fds) => fds,
+        Err(e) => {
+            eprintln!("busd: error: reading the sockets systemd passed: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let print_config = args.print_config;
     let config = match args.into_config() {
         Ok(c) => c,
@@ -241,12 +247,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    log::init(config.log_format);
     if print_config {
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
     }
     let rt = match Server::runtime_builder(&config)
-        .on_thread_park(allocator::on_idle)
+        .on_thread_park(sys::on_idle)
         .build()
     {
         Ok(rt) => rt,
@@ -263,7 +270,7 @@ fn main() -> ExitCode {
             eprintln!("busd: error: installing signal handlers: {e}");
             return ExitCode::FAILURE;
         }
-        let server = match Server::bind(config) {
+        let server = match Inherited::sort(inherited).and_then(|i| Server::bind_with(config, i)) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("busd: error: {e}");

@@ -24,10 +24,14 @@ use crate::{
     loglimit::LogLimit,
     policy::Policy,
     registry::Registry,
-    state::{Clock, State, LOG_LINES_PER_SECOND},
+    state::{Clock, State, CONN_LOG_LINES_PER_SECOND, LOG_LINES_PER_SECOND},
+    systemd::{self, Inherited},
     tcp::{self, TcpEndpoint},
     Error,
 };
+
+/// Least time between two connection counts sent to systemd (`STATUS=`).
+const STATUS_EVERY: Duration = Duration::from_secs(2);
 
 /// A bound daemon, ready to [`run`](Server::run).
 #[derive(Debug)]
@@ -56,10 +60,17 @@ impl Server {
 
     /// Validates `config` and binds the socket. Must run inside a tokio runtime.
     pub fn bind(config: Config) -> Result<Server, Error> {
+        Self::bind_with(config, Inherited::default())
+    }
+
+    /// [`bind`](Self::bind), serving the sockets systemd passed instead of
+    /// binding `socket` (and `tcp`) where it passed one.
+    pub fn bind_with(config: Config, inherited: Inherited) -> Result<Server, Error> {
         config.validate().map_err(Error::Config)?;
         let token = tcp::load_token(&config)?;
         let bridge_token = tcp::load_bridge_token(&config, token.as_deref())?;
-        if config.tcp.is_some() && token.is_none() && !config.tcp_insecure {
+        let tcp_wanted = config.tcp.is_some() || inherited.tcp.is_some();
+        if tcp_wanted && token.is_none() && !config.tcp_insecure {
             return Err(Error::Config(
                 "--tcp needs a token (--token-file or BUS_TOKEN), or --tcp-insecure to accept anyone".into(),
             ));
@@ -70,8 +81,11 @@ impl Server {
                 "a tls:// bridge needs the CA of the remote daemon's certificate: --bridge-ca PEM (or BUS_CA)".into(),
             ));
         }
-        let listener = UnixListener::bind(&config.socket, config.socket_mode)?;
-        let tcp = TcpEndpoint::bind(&config)?;
+        let listener = match inherited.unix {
+            Some(fd) => UnixListener::inherited(fd)?,
+            None => UnixListener::bind(&config.socket, config.socket_mode)?,
+        };
+        let tcp = TcpEndpoint::bind(&config, inherited.tcp)?;
         let address = Address::Unix(listener.path().to_owned());
         let mut listen = vec![address.to_string()];
         if let Some(t) = &tcp {
@@ -99,6 +113,7 @@ impl Server {
             names: Default::default(),
             accept_log: LogLimit::new(LOG_LINES_PER_SECOND),
             refusal_log: LogLimit::new(LOG_LINES_PER_SECOND),
+            conn_log: LogLimit::new(CONN_LOG_LINES_PER_SECOND),
         });
         Ok(Server { state, listener, tcp })
     }
@@ -121,18 +136,36 @@ impl Server {
         let clock_state = state.clone();
         let clock = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(100));
+            let watchdog = systemd::watchdog_every();
+            let (mut petted, mut reported) = (Instant::now(), (Instant::now(), 0));
             loop {
                 tick.tick().await;
                 clock_state.clock.tick();
                 // Interest changes reach bridged daemons even without traffic.
                 clock_state.cluster.announce_if_changed(&clock_state.router);
+                let now = Instant::now();
+                if watchdog.is_some_and(|every| now - petted >= every) {
+                    systemd::watchdog();
+                    petted = now;
+                }
+                let conns = clock_state.registry.len();
+                if now - reported.0 >= STATUS_EVERY && conns != reported.1 {
+                    systemd::report(conns);
+                    reported = (now, conns);
+                }
             }
         });
         crate::cluster::session::start_dialers(&state, &tracker);
-        tracing::info!(address = %listener.path().display(), "busd listening");
+        let inherited = if listener.is_inherited() {
+            " (from systemd)"
+        } else {
+            ""
+        };
+        tracing::info!(address = %listener.path().display(), "busd listening{inherited}");
         if let Some(t) = &tcp {
             tracing::info!(address = %t.address, "busd listening");
         }
+        systemd::ready(0);
         let acceptor = tcp.as_ref().map(TcpEndpoint::acceptor);
         loop {
             let incoming = tokio::select! {
@@ -194,6 +227,7 @@ impl Server {
             });
         }
         tracing::info!("shutting down");
+        systemd::stopping();
         state.cluster.close();
         drop(listener); // stop accepting; removes the socket file
                         // Bridged daemons stop sending first, so what they wrote is read.

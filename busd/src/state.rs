@@ -46,6 +46,11 @@ impl Clock {
 /// with the next line let through.
 pub const LOG_LINES_PER_SECOND: u32 = 5;
 
+/// Lines a second of connections opening and closing (info) that the log
+/// lets through; a storm beyond is counted, and the count logged with the
+/// next line let through.
+pub const CONN_LOG_LINES_PER_SECOND: u32 = 50;
+
 /// Everything connections share.
 #[derive(Debug)]
 pub struct State {
@@ -79,4 +84,6 @@ pub struct State {
     pub accept_log: LogLimit,
     /// Limits the lines of refused handshakes.
     pub refusal_log: LogLimit,
+    /// Limits the lines of connections opening and closing.
+    pub conn_log: LogLimit,
 }

@@ -2,7 +2,12 @@
 //! `--tls-key`), for remote clients. Network peers must present the shared
 //! token in their `Hello` (checked in constant time by [`token_matches`]).
 
-use std::{io, net::SocketAddr, os::fd::AsRawFd, time::Duration};
+use std::{
+    io,
+    net::SocketAddr,
+    os::fd::{AsRawFd, OwnedFd},
+    time::Duration,
+};
 
 use libbus::transport::{self, Reader, Writer};
 use tokio::net::{TcpListener, TcpStream};
@@ -26,12 +31,33 @@ impl std::fmt::Debug for TcpEndpoint {
     }
 }
 
+/// Binds and listens on `addr` (`IP:PORT`, or a name that resolves).
+fn listen(addr: &str, backlog: u32) -> Result<TcpListener, Error> {
+    let io_err = |what: &str| {
+        let what = format!("{what} {addr}");
+        move |source| Error::Io { what, source }
+    };
+    let sock_addr = std::net::ToSocketAddrs::to_socket_addrs(addr)
+        .and_then(|mut a| a.next().ok_or_else(|| io::Error::other("no address")))
+        .map_err(io_err("resolving"))?;
+    let socket = if sock_addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(io_err("creating a socket for"))?;
+    socket.set_reuseaddr(true).map_err(io_err("configuring"))?;
+    socket.bind(sock_addr).map_err(io_err("binding TCP"))?;
+    socket.listen(backlog).map_err(io_err("listening on"))
+}
+
 impl TcpEndpoint {
-    /// Binds `config.tcp` if set. Must run inside a tokio runtime.
-    pub fn bind(config: &Config) -> Result<Option<TcpEndpoint>, Error> {
-        let Some(addr) = &config.tcp else {
+    /// Binds `config.tcp` if set, or serves `inherited` (a listening TCP
+    /// socket from systemd) if given. Must run inside a tokio runtime.
+    pub fn bind(config: &Config, inherited: Option<OwnedFd>) -> Result<Option<TcpEndpoint>, Error> {
+        if config.tcp.is_none() && inherited.is_none() {
             return Ok(None);
-        };
+        }
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(TlsAcceptor::from(
                 libbus::tls::server_config(cert, key).map_err(|e| Error::Config(e.to_string()))?,
@@ -39,27 +65,27 @@ impl TcpEndpoint {
             (None, None) => None,
             _ => return Err(Error::Config("--tls-cert and --tls-key go together".into())),
         };
+        let listener = match (inherited, &config.tcp) {
+            (Some(fd), _) => {
+                let std_listener = std::net::TcpListener::from(fd);
+                std_listener
+                    .set_nonblocking(true)
+                    .and_then(|()| TcpListener::from_std(std_listener))
+                    .map_err(|source| Error::Io {
+                        what: "serving the TCP socket systemd passed".into(),
+                        source,
+                    })?
+            }
+            (None, Some(addr)) => listen(addr, config.tcp_backlog)?,
+            (None, None) => return Ok(None),
+        };
         let io_err = |what: &str| {
-            let what = format!("{what} {addr}");
+            let what = what.to_owned();
             move |source| Error::Io { what, source }
         };
-        let sock_addr = std::net::ToSocketAddrs::to_socket_addrs(addr.as_str())
-            .and_then(|mut a| a.next().ok_or_else(|| io::Error::other("no address")))
-            .map_err(io_err("resolving"))?;
-        let socket = if sock_addr.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()
-        } else {
-            tokio::net::TcpSocket::new_v6()
-        }
-        .map_err(io_err("creating a socket for"))?;
-        socket.set_reuseaddr(true).map_err(io_err("configuring"))?;
-        socket.bind(sock_addr).map_err(io_err("binding TCP"))?;
-        let listener = socket
-            .listen(config.tcp_backlog)
-            .map_err(io_err("listening on"))?;
         let local = listener
             .local_addr()
-            .map_err(io_err("reading the bound address of"))?;
+            .map_err(io_err("reading the bound address of the TCP listener"))?;
         let scheme = if tls.is_some() { "tls" } else { "tcp" };
         Ok(Some(TcpEndpoint {
             listener,

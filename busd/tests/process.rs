@@ -461,3 +461,59 @@ fn accept_failures_at_the_fd_limit_are_counted_and_rate_limited() {
     assert!(lines >= 1, "no warning logged: {err}");
     assert!(lines <= 5 * 4, "{lines} warnings in about {held_for:?}: {err}");
 }
+
+/// The log: no ANSI escapes when stderr is not a terminal; `--log-format
+/// json` is one JSON object per line; and on the journal's stream
+/// (`JOURNAL_STREAM` naming stderr's device and inode) each line starts with
+/// its syslog priority and carries no timestamp.
+#[test]
+fn the_log_suits_its_reader() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], journal: bool| -> String {
+        let socket = dir.path().join("busd.sock");
+        let log_path = dir.path().join("busd.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let meta = log.metadata().unwrap();
+        let mut cmd = Command::new(BUSD);
+        cmd.arg("--socket")
+            .arg(&socket)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env_remove("NO_COLOR")
+            .env_remove("JOURNAL_STREAM")
+            .stdout(Stdio::null())
+            .stderr(log);
+        if journal {
+            cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
+        }
+        let mut d = Proc(cmd.spawn().unwrap());
+        wait_listening(&socket);
+        signal(&d, nix::sys::signal::Signal::SIGTERM);
+        assert!(wait_exit(&mut d).success());
+        std::fs::read_to_string(&log_path).unwrap()
+    };
+
+    let text = run(&[], false);
+    assert!(text.contains("busd listening"), "{text}");
+    assert!(!text.contains('\x1b'), "no colour into a file: {text:?}");
+
+    let json = run(&["--log-format", "json"], false);
+    let lines: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["level"] == "INFO" && l["fields"]["message"] == "busd listening"),
+        "{json}"
+    );
+
+    let journal = run(&[], true);
+    for line in journal.lines() {
+        assert!(line.starts_with("<6>") || line.starts_with("<4>"), "{line}");
+        assert!(!line[3..].starts_with("20"), "no timestamp of our own: {line}");
+    }
+    assert!(journal.contains("<6>busd::server: busd listening"), "{journal}");
+}
