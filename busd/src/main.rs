@@ -13,13 +13,16 @@ mod sys;
 ///
 /// With no flags it runs the embedded default configuration on the default
 /// socket ($BUS_ADDRESS, else $XDG_RUNTIME_DIR/bus/busd.sock, else
-/// /tmp/bus-$UID/busd.sock). Settings come from the defaults, then
-/// --config FILE (TOML, same names with underscores), then flags.
+/// /tmp/bus-$UID/busd.sock). Settings come from the defaults, then a TOML
+/// file (same names with underscores): --config FILE, else the first of
+/// $XDG_CONFIG_HOME/bus/busd.toml and /etc/bus/busd.toml that exists; then
+/// flags.
 /// Logs go to stderr; set RUST_LOG (e.g. debug).
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// TOML file with settings (see --print-config for every key).
+    /// TOML file with settings (see --print-config for every key)
+    /// [default: $XDG_CONFIG_HOME/bus/busd.toml, else /etc/bus/busd.toml, if one exists].
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Print the effective configuration as TOML and exit.
@@ -153,8 +156,15 @@ fn parse_size(s: &str) -> Result<u64, String> {
 
 impl Args {
     /// Defaults, then the config file, then flags.
-    fn into_config(self) -> Result<Config, String> {
-        let mut c = match &self.config {
+    /// The configuration: the file (`--config`, else the first of
+    /// [`search_path`] that exists, else none: the embedded defaults), then
+    /// the flags. Also returns the file read.
+    fn into_config(self) -> Result<(Config, Option<PathBuf>), String> {
+        let file = self
+            .config
+            .clone()
+            .or_else(|| search_path().into_iter().find(|p| p.exists()));
+        let mut c = match &file {
             Some(path) => {
                 let text =
                     std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
@@ -225,8 +235,23 @@ impl Args {
             .ok()
             .filter(|t| !t.is_empty());
         c.validate()?;
-        Ok(c)
+        Ok((c, file))
     }
+}
+
+/// Where busd looks for its file without `--config`, in order:
+/// `$XDG_CONFIG_HOME/bus/busd.toml` (`~/.config` when unset), then
+/// `/etc/bus/busd.toml`.
+fn search_path() -> Vec<PathBuf> {
+    let config_home = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
+    config_home
+        .map(|d| d.join("bus/busd.toml"))
+        .into_iter()
+        .chain([PathBuf::from("/etc/bus/busd.toml")])
+        .collect()
 }
 
 fn main() -> ExitCode {
@@ -240,17 +265,31 @@ fn main() -> ExitCode {
     };
     let args = Args::parse();
     let print_config = args.print_config;
-    let config = match args.into_config() {
+    let (config, file) = match args.into_config() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("busd: error: {e}");
             return ExitCode::from(2);
         }
     };
-    log::init(config.log_format);
     if print_config {
+        match &file {
+            Some(f) => println!("# from {} and the flags", f.display()),
+            None => {
+                let looked: Vec<String> = search_path().iter().map(|p| p.display().to_string()).collect();
+                println!(
+                    "# embedded defaults and the flags (no --config; none of {})",
+                    looked.join(", ")
+                );
+            }
+        }
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
+    }
+    log::init(config.log_format);
+    match &file {
+        Some(f) => tracing::info!(file = %f.display(), "configuration read"),
+        None => tracing::info!("no configuration file: embedded defaults"),
     }
     let rt = match Server::runtime_builder(&config)
         .on_thread_park(sys::on_idle)

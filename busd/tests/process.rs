@@ -517,3 +517,38 @@ fn the_log_suits_its_reader() {
     }
     assert!(journal.contains("<6>busd::server: busd listening"), "{journal}");
 }
+
+/// Without `--config`, busd reads `$XDG_CONFIG_HOME/bus/busd.toml` if it
+/// exists (before `/etc/bus/busd.toml`), and `--print-config` says which
+/// file it used.
+#[test]
+fn the_config_file_is_found_on_the_search_path() {
+    let home = tempfile::tempdir().unwrap();
+    let print = || {
+        let out = Command::new(BUSD)
+            .arg("--print-config")
+            .env("XDG_CONFIG_HOME", home.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    if Path::new("/etc/bus/busd.toml").exists() {
+        println!(
+            "SKIPPED (part): /etc/bus/busd.toml exists here, so the embedded defaults are not what busd uses"
+        );
+    } else {
+        let defaults = print();
+        assert!(defaults.starts_with("# embedded defaults"), "{defaults}");
+        assert!(defaults.contains("max_subscriptions = 10000"), "{defaults}");
+    }
+    let file = home.path().join("bus/busd.toml");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, "max_subscriptions = 77\n").unwrap();
+    let found = print();
+    assert!(
+        found.starts_with(&format!("# from {} and the flags", file.display())),
+        "{found}"
+    );
+    assert!(found.contains("max_subscriptions = 77"), "{found}");
+}
