@@ -144,20 +144,9 @@ impl Input {
     /// receiving end; its `Sub` frame is the caller's to send. Until
     /// [`verdict`](Self::verdict), a refusal from the daemon is kept.
     pub(crate) fn register(&self, pattern: &str, queue: Option<&str>, sender: bool) -> (u64, Receiver) {
-        let sid = self.next_sid.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::unbounded_channel();
-        let space = Arc::new(Semaphore::new(self.subscription_capacity));
-        let entry = SubEntry {
-            tx,
-            space: space.clone(),
-            pattern: pattern.to_owned(),
-            queue: queue.map(ToOwned::to_owned),
-            sender,
-            name: None,
-        };
-        lock(&self.subs).insert(sid, entry);
+        let (sid, receiver) = self.add(pattern, queue, sender, None);
         lock(&self.refused).insert(sid, None);
-        (sid, Receiver { rx, space })
+        (sid, receiver)
     }
 
     /// Registers the calls to well-known name `name`, asked for with
@@ -168,13 +157,32 @@ impl Input {
         name: &str,
         flags: u8,
     ) -> (u64, Receiver, mpsc::UnboundedReceiver<NameState>) {
-        let (sid, receiver) = self.register(name, None, true);
-        lock(&self.refused).remove(&sid);
         let (states, states_rx) = mpsc::unbounded_channel();
-        if let Some(e) = lock(&self.subs).get_mut(&sid) {
-            e.name = Some(NameClaim { flags, states });
-        }
+        let (sid, receiver) = self.add(name, None, true, Some(NameClaim { flags, states }));
         (sid, receiver, states_rx)
+    }
+
+    /// Adds an entry for a new sid: a subscription, or a name's calls.
+    fn add(
+        &self,
+        pattern: &str,
+        queue: Option<&str>,
+        sender: bool,
+        name: Option<NameClaim>,
+    ) -> (u64, Receiver) {
+        let sid = self.next_sid.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let space = Arc::new(Semaphore::new(self.subscription_capacity));
+        let entry = SubEntry {
+            tx,
+            space: space.clone(),
+            pattern: pattern.to_owned(),
+            queue: queue.map(ToOwned::to_owned),
+            sender,
+            name,
+        };
+        lock(&self.subs).insert(sid, entry);
+        (sid, Receiver { rx, space })
     }
 
     /// Stops taking calls on `sid` without releasing its name (the caller
