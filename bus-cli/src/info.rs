@@ -24,6 +24,26 @@ pub async fn run(bus: &Bus, address: &Address, json: bool) -> libbus::Result<()>
     );
     outln!("address:       {address}");
     outln!("listening on:  {}", info.listen.join(", "));
+    // A daemon without $BUS.api.config (older) has nothing to say here.
+    if let Ok(reply) = bus.request(api::CONFIG, []).await {
+        let source: api::ConfigSource = reply.decode()?;
+        let file = source.file.as_deref().unwrap_or("embedded defaults");
+        let reloads = match source.reloads {
+            0 => String::new(),
+            1 => ", 1 reload".into(),
+            n => format!(", {n} reloads"),
+        };
+        outln!(
+            "config:        {file} (loaded {} ago{reloads})",
+            render::age(source.loaded_at_ms)
+        );
+        if !source.pending_restart.is_empty() {
+            outln!(
+                "               changed, for the next start: {}",
+                source.pending_restart.join(", ")
+            );
+        }
+    }
     outln!(
         "uptime:        {}",
         render::duration(Duration::from_millis(info.uptime_ms))

@@ -46,6 +46,7 @@ pub fn handle(state: &State, conn: &Conn, subject: &str, reply_to: Option<&str>,
         }
         api::NAME_OWNER => postcard::to_allocvec(&name_owner(state, payload)),
         api::INFO => postcard::to_allocvec(&info(state)),
+        api::CONFIG => postcard::to_allocvec(&*crate::registry::lock(&state.config_source)),
         api::KICK => postcard::to_allocvec(&kick(state, conn, payload)),
         _ => {
             conn.outbox
@@ -75,7 +76,7 @@ fn paged<T: serde::Serialize>(
     page: api::Page,
     records: impl Iterator<Item = T>,
 ) -> postcard::Result<Vec<u8>> {
-    let budget = (state.config.max_frame as usize).saturating_sub(PAGE_SLACK);
+    let budget = (state.config().max_frame as usize).saturating_sub(PAGE_SLACK);
     let limit = if page.limit == 0 {
         usize::MAX
     } else {
@@ -116,7 +117,7 @@ pub fn info(state: &State) -> ServerInfo {
         bytes_in: sum(|c| c.stats.bytes_in.load(Relaxed), &t.bytes_in),
         bytes_out: sum(|c| c.stats.bytes_out.load(Relaxed), &t.bytes_out),
         dropped: sum(|c| c.outbox.dropped(), &t.dropped),
-        limits: state.config.limits(),
+        limits: state.config().limits(),
         rss_bytes: rss_bytes(),
         refused: state.policy.refused.snapshot(),
         node_id: state.cluster.node_id.clone(),

@@ -246,7 +246,19 @@ impl Config {
     /// Parses a TOML config file's text. Missing keys keep their defaults;
     /// unknown keys are an error (a typo must not silently do nothing).
     pub fn from_toml(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+        toml::from_str(text).map_err(|e: toml::de::Error| {
+            // One line, for the log: where, then what.
+            let message = e.message().trim().replace('\n', " ");
+            match e.span() {
+                Some(span) => {
+                    let before = &text[..span.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let source = text.lines().nth(line - 1).unwrap_or_default().trim();
+                    format!("line {line} ({source}): {message}")
+                }
+                None => message,
+            }
+        })
     }
 
     /// The configuration as TOML, in the config file's format.

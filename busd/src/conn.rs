@@ -63,7 +63,7 @@ pub async fn serve(
 ) {
     // Before the handshake a peer gets only `max_handshake_frame`: an
     // unauthenticated peer can make us hold no more than that.
-    let small = state.config.max_handshake_frame;
+    let small = state.config().max_handshake_frame;
     let mut frames = Incoming::new(rd, small).with_read_room(small as usize);
 
     let admitted = handshake(&state, &mut frames)
@@ -90,7 +90,7 @@ pub async fn serve(
 
     ticket.handshaken();
     // Reads of up to 64 KiB: a fast publisher is drained in few syscalls.
-    frames.set_max_frame(state.config.max_frame);
+    frames.set_max_frame(state.config().max_frame);
     frames.set_read_room(READ_BUFFER);
 
     if hello.role == proto::Role::Bridge {
@@ -98,7 +98,7 @@ pub async fn serve(
             version: proto::PROTOCOL_VERSION,
             conn_id: 0,
             server_id: &state.cluster.node_id,
-            max_frame: state.config.max_frame,
+            max_frame: state.config().max_frame,
         }));
         if wr.write_all(&welcome).await.is_err() || wr.flush().await.is_err() {
             return;
@@ -127,7 +127,7 @@ pub async fn serve(
         transport,
         peer,
         connected_at,
-        outbox: Outbox::new(state.config.max_pending, hello.version >= proto::RUN_VERSION)
+        outbox: Outbox::new(state.config().max_pending, hello.version >= proto::RUN_VERSION)
             .reading_headers(hello.version >= proto::HEADERS_VERSION),
         stats: Stats::default(),
         subs: Mutex::new(Default::default()),
@@ -143,7 +143,7 @@ pub async fn serve(
             version: proto::PROTOCOL_VERSION,
             conn_id: conn.id,
             server_id: &state.server_id,
-            max_frame: state.config.max_frame,
+            max_frame: state.config().max_frame,
         })));
     // A first ping measures the round trip (`bus-cli list` RTT).
     conn.outbox.push_frame(&control::server(&ServerFrame::Ping));
@@ -163,7 +163,7 @@ pub async fn serve(
     // Recorded as it was at the end, subscriptions included.
     state
         .registry
-        .record_closed(&conn, reason.clone(), state.config.max_closed);
+        .record_closed(&conn, reason.clone(), state.config().max_closed);
 
     let subs = std::mem::take(&mut *lock(&conn.subs));
     state.router.unsubscribe(
@@ -178,7 +178,7 @@ pub async fn serve(
     conn.outbox.close();
     drop(frames);
     let mut writer = writer;
-    if tokio::time::timeout(state.config.shutdown_grace, &mut writer)
+    if tokio::time::timeout(state.config().shutdown_grace, &mut writer)
         .await
         .is_err()
     {
@@ -248,7 +248,7 @@ pub struct HelloInfo {
 
 /// Reads and checks `Hello`. Returns what it said, or the error to send.
 async fn handshake(state: &State, frames: &mut Incoming) -> Result<HelloInfo, (ErrorCode, String)> {
-    let t = state.config.handshake_timeout;
+    let t = state.config().handshake_timeout;
     let body = match tokio::time::timeout(t, frames.read_frame()).await {
         Err(_) => {
             state.policy.refused.count("handshake_timeout");
@@ -264,7 +264,7 @@ async fn handshake(state: &State, frames: &mut Incoming) -> Result<HelloInfo, (E
                 ErrorCode::FrameTooLarge,
                 format!(
                     "frame before the handshake exceeds max_handshake_frame ({} bytes)",
-                    state.config.max_handshake_frame
+                    state.config().max_handshake_frame
                 ),
             ));
         }
@@ -330,7 +330,7 @@ fn read_error(state: &State, e: &std::io::Error) -> (ErrorCode, String) {
             ErrorCode::FrameTooLarge,
             format!(
                 "frame length exceeds max_frame ({} bytes)",
-                state.config.max_frame
+                state.config().max_frame
             ),
         )
     } else if codec::is_truncated(e) {
@@ -345,7 +345,7 @@ fn read_error(state: &State, e: &std::io::Error) -> (ErrorCode, String) {
 
 /// Reads and handles frames until the connection ends; returns why.
 async fn read_loop(state: &State, conn: &Arc<Conn>, frames: &mut Incoming) -> Fatal {
-    let cfg = &state.config;
+    let cfg = state.config();
     let mut cache = RouteCache::default();
     let mut ping =
         tokio::time::interval_at(tokio::time::Instant::now() + cfg.ping_interval, cfg.ping_interval);
@@ -419,7 +419,7 @@ fn handle_frames(
     cache: &mut RouteCache,
 ) -> Result<bool, Fatal> {
     let mut pending = Pending {
-        deliveries: Deliveries::in_read(chunk, state.config.max_frame),
+        deliveries: Deliveries::in_read(chunk, state.config().max_frame),
         msgs: 0,
         bytes: 0,
         app: false,
@@ -670,7 +670,7 @@ fn publish_with_headers<'a>(
 /// reported (`Ok(false)`; the connection stays), a malformed one ends the
 /// connection.
 fn headers_ok(state: &State, conn: &Conn, block: &[u8]) -> Result<bool, Fatal> {
-    match libbus::headers::check(block, state.config.max_header_bytes) {
+    match libbus::headers::check(block, state.config().max_header_bytes) {
         Ok(()) => Ok(true),
         Err(e @ libbus::headers::HeaderError::TooLarge { .. }) => {
             state.policy.refused.count("max_header_bytes");
@@ -823,7 +823,7 @@ fn route_request<'a>(
     } else {
         pending.settle(&conn.stats);
         let req = Inflight::new(reply_to, conn);
-        routes.deliver_request(msg, &req, state.config.max_replies_per_connection);
+        routes.deliver_request(msg, &req, state.config().max_replies_per_connection);
     }
 }
 
@@ -860,12 +860,12 @@ fn subscribe(state: &State, conn: &Arc<Conn>, s: proto::Sub<'_>, sender: bool) -
         state
             .router
             .unsubscribe([(old.pattern.as_str(), old.queue.as_deref(), target)]);
-    } else if subs.len() >= state.config.max_subscriptions {
+    } else if subs.len() >= state.config().max_subscriptions {
         drop(subs);
         state.policy.refused.count("max_subscriptions");
         return refuse(format!(
             "limit exceeded: max_subscriptions = {}",
-            state.config.max_subscriptions
+            state.config().max_subscriptions
         ));
     }
     subs.insert(
@@ -898,7 +898,7 @@ async fn write_batch(wr: &mut Writer, batch: &mut Frames, outbox: &Outbox) -> st
 /// Checks `max_subject_len` and `max_subject_tokens` for a subject or pattern
 /// (already validated); the error names the limit and its value.
 fn subject_limits(state: &State, what: &str, s: &str) -> Result<(), String> {
-    let cfg = &state.config;
+    let cfg = state.config();
     let (limit, max) = if s.len() > cfg.max_subject_len {
         ("max_subject_len", cfg.max_subject_len)
     } else if s.bytes().filter(|&b| b == b'.').count() >= cfg.max_subject_tokens {

@@ -71,7 +71,7 @@ pub mod tcp;
 use std::path::PathBuf;
 
 pub use config::Config;
-pub use server::{Daemon, Server};
+pub use server::{Daemon, Reloader, Server};
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]

@@ -18,7 +18,7 @@ mod sys;
 /// $XDG_CONFIG_HOME/bus/busd.toml and /etc/bus/busd.toml that exists; then
 /// flags.
 /// Logs go to stderr; set RUST_LOG (e.g. debug).
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(version)]
 struct Args {
     /// TOML file with settings (see --print-config for every key)
@@ -265,7 +265,7 @@ fn main() -> ExitCode {
     };
     let args = Args::parse();
     let print_config = args.print_config;
-    let (config, file) = match args.into_config() {
+    let (config, file) = match args.clone().into_config() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("busd: error: {e}");
@@ -305,7 +305,8 @@ fn main() -> ExitCode {
         // Handlers first: once the socket is bound a client (or a test) may
         // see the daemon and signal it at once.
         let shutdown = CancellationToken::new();
-        if let Err(e) = watch_signals(shutdown.clone()) {
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
+        if let Err(e) = watch_signals(shutdown.clone(), reload_tx) {
             eprintln!("busd: error: installing signal handlers: {e}");
             return ExitCode::FAILURE;
         }
@@ -316,15 +317,54 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let reloader = server.reloader();
+        reloader.loaded_from(file.as_deref());
+        tokio::spawn(reload_on_hangup(reload_rx, reloader, args));
         server.run(shutdown).await;
         ExitCode::SUCCESS
     })
 }
 
-/// Cancels `shutdown` on SIGINT or SIGTERM. SIGHUP, which would otherwise
-/// end the daemon without removing its socket, is logged and ignored until
-/// the configuration can be reloaded.
-fn watch_signals(shutdown: CancellationToken) -> std::io::Result<()> {
+/// On each SIGHUP (a message on `hangups`): reads the configuration again
+/// as at start (the file, then the same flags) and has the daemon take it.
+/// A bad file is one error line, and the running configuration stays.
+async fn reload_on_hangup(
+    mut hangups: tokio::sync::mpsc::UnboundedReceiver<()>,
+    reloader: busd::Reloader,
+    args: Args,
+) {
+    while hangups.recv().await.is_some() {
+        let read = args.clone().into_config();
+        match read.and_then(|(config, file)| {
+            let restart = reloader.reload(config, file.as_deref())?;
+            Ok((file, restart))
+        }) {
+            Ok((file, restart)) => {
+                let from =
+                    file.map_or_else(|| "the embedded defaults".to_owned(), |f| f.display().to_string());
+                if restart.is_empty() {
+                    tracing::info!(from, "configuration reloaded");
+                } else {
+                    let restart = restart.join(", ");
+                    tracing::warn!(
+                        from,
+                        restart,
+                        "configuration reloaded; these settings changed and take effect at the next start"
+                    );
+                }
+            }
+            Err(e) => tracing::error!("configuration reload refused, the running configuration stays: {e}"),
+        }
+    }
+}
+
+/// Cancels `shutdown` on SIGINT or SIGTERM; on SIGHUP, which would otherwise
+/// end the daemon without removing its socket, asks for a reload
+/// (`reload`).
+fn watch_signals(
+    shutdown: CancellationToken,
+    reload: tokio::sync::mpsc::UnboundedSender<()>,
+) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
@@ -341,7 +381,8 @@ fn watch_signals(shutdown: CancellationToken) -> std::io::Result<()> {
                     break;
                 }
                 _ = hup.recv() => {
-                    tracing::info!("SIGHUP received: reloading the configuration is not supported yet; ignored");
+                    tracing::info!("SIGHUP received: reloading the configuration");
+                    let _ = reload.send(());
                 }
             }
         }

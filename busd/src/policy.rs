@@ -31,13 +31,9 @@ use crate::{config::Config, registry::lock};
 pub struct Policy {
     /// The daemon's effective uid.
     pub daemon_uid: u32,
-    allow_uid: Vec<u32>,
-    allow_gid: Vec<u32>,
-    max_per_uid: usize,
-    max_connections: usize,
-    reserved: usize,
-    max_tcp: usize,
-    max_pending: usize,
+    /// Who may connect, and the connection budgets; replaced whole by a
+    /// reload.
+    rules: arc_swap::ArcSwap<Rules>,
     per_uid: Mutex<HashMap<u32, usize>>,
     /// Connections in all, network ones, and network ones still in their
     /// handshake.
@@ -46,11 +42,21 @@ pub struct Policy {
     pub refused: Refusals,
 }
 
-impl Policy {
-    /// The policy `config` describes, for a daemon running as `daemon_uid`.
-    pub fn new(config: &Config, daemon_uid: u32) -> Self {
+/// The settings of a [`Policy`] that a reload may change.
+#[derive(Debug)]
+struct Rules {
+    allow_uid: Vec<u32>,
+    allow_gid: Vec<u32>,
+    max_per_uid: usize,
+    max_connections: usize,
+    reserved: usize,
+    max_tcp: usize,
+    max_pending: usize,
+}
+
+impl Rules {
+    fn of(config: &Config) -> Self {
         Self {
-            daemon_uid,
             allow_uid: config.allow_uid.clone(),
             allow_gid: config.allow_gid.clone(),
             max_per_uid: config.max_connections_per_uid,
@@ -58,20 +64,38 @@ impl Policy {
             reserved: config.reserved_connections,
             max_tcp: config.max_tcp_connections,
             max_pending: config.max_pending_handshakes,
+        }
+    }
+}
+
+impl Policy {
+    /// The policy `config` describes, for a daemon running as `daemon_uid`.
+    pub fn new(config: &Config, daemon_uid: u32) -> Self {
+        Self {
+            daemon_uid,
+            rules: arc_swap::ArcSwap::from_pointee(Rules::of(config)),
             per_uid: Mutex::new(HashMap::new()),
             counts: Mutex::new(Counts::default()),
             refused: Refusals::default(),
         }
     }
 
+    /// Takes the access rules and budgets of a reloaded `config`: they
+    /// apply to connections accepted from now on (those already admitted
+    /// stay).
+    pub fn reconfigure(&self, config: &Config) {
+        self.rules.store(Arc::new(Rules::of(config)));
+    }
+
     /// May `peer` connect? The error is the message the peer gets.
     pub fn check_connect(&self, peer: &Peer) -> Result<(), String> {
+        let rules = self.rules.load();
         match *peer {
             Peer::Unix { uid, gid, .. } => {
                 if uid == 0
                     || uid == self.daemon_uid
-                    || self.allow_uid.contains(&uid)
-                    || self.allow_gid.contains(&gid)
+                    || rules.allow_uid.contains(&uid)
+                    || rules.allow_gid.contains(&gid)
                 {
                     Ok(())
                 } else {
@@ -114,39 +138,36 @@ impl Policy {
     pub fn admit(self: &Arc<Self>, peer: &Peer) -> Result<Ticket, String> {
         let privileged = self.is_privileged(peer);
         let tcp = matches!(peer, Peer::Net { .. });
+        let r = self.rules.load();
         let refuse = |limit: &'static str, value: usize, whose: String| {
             self.refused.count(limit);
             Err(format!("limit exceeded: {limit} = {value}{whose}"))
         };
         let mut counts = lock(&self.counts);
         // The peer's own budgets first, then the daemon's.
-        if tcp && counts.tcp >= self.max_tcp {
+        if tcp && counts.tcp >= r.max_tcp {
             drop(counts);
-            return refuse("max_tcp_connections", self.max_tcp, String::new());
+            return refuse("max_tcp_connections", r.max_tcp, String::new());
         }
-        if tcp && counts.pending >= self.max_pending {
+        if tcp && counts.pending >= r.max_pending {
             drop(counts);
-            return refuse("max_pending_handshakes", self.max_pending, String::new());
+            return refuse("max_pending_handshakes", r.max_pending, String::new());
         }
         let room = if privileged {
-            self.max_connections
+            r.max_connections
         } else {
-            self.max_connections.saturating_sub(self.reserved)
+            r.max_connections.saturating_sub(r.reserved)
         };
         let mut per_uid = lock(&self.per_uid);
         if let Peer::Unix { uid, .. } = *peer {
-            if per_uid.get(&uid).is_some_and(|n| *n >= self.max_per_uid) {
+            if per_uid.get(&uid).is_some_and(|n| *n >= r.max_per_uid) {
                 drop((per_uid, counts));
-                return refuse(
-                    "max_connections_per_uid",
-                    self.max_per_uid,
-                    format!(" (uid {uid})"),
-                );
+                return refuse("max_connections_per_uid", r.max_per_uid, format!(" (uid {uid})"));
             }
         }
         if counts.live >= room {
             drop((per_uid, counts));
-            return refuse("max_connections", self.max_connections, String::new());
+            return refuse("max_connections", r.max_connections, String::new());
         }
         let uid = match *peer {
             Peer::Unix { uid, .. } => {

@@ -30,6 +30,75 @@ use crate::{
     Error,
 };
 
+/// Replaces a running daemon's configuration (SIGHUP), from
+/// [`Server::reloader`].
+#[derive(Debug, Clone)]
+pub struct Reloader(Arc<State>);
+
+impl Reloader {
+    /// Records where the running configuration came from (`None`: the
+    /// embedded defaults), for `$BUS.api.config`.
+    pub fn loaded_from(&self, file: Option<&std::path::Path>) {
+        crate::registry::lock(&self.0.config_source).file = file.map(|f| f.display().to_string());
+    }
+
+    /// Takes `new` (read again from `file`) without dropping a connection:
+    /// limits apply from now on (those a connection took at its start, as
+    /// `max_pending` and `max_frame`, to the connections that start after),
+    /// the access policy to connections accepted from now on. Settings of
+    /// listeners, bridges, threads and the log keep their running values
+    /// until a restart; their names are returned (and reported by
+    /// `$BUS.api.config`). An invalid `new` changes nothing.
+    pub fn reload(
+        &self,
+        mut new: Config,
+        file: Option<&std::path::Path>,
+    ) -> Result<Vec<&'static str>, String> {
+        let state = &self.0;
+        let old = state.config();
+        let mut restart = Vec::new();
+        macro_rules! at_restart {
+            ($($field:ident),*) => {$(
+                if new.$field != old.$field {
+                    restart.push(stringify!($field));
+                    new.$field = old.$field.clone();
+                }
+            )*};
+        }
+        at_restart!(
+            socket,
+            socket_mode,
+            tcp,
+            tcp_insecure,
+            token_file,
+            token,
+            tls_cert,
+            tls_key,
+            node_id,
+            bridge,
+            bridge_ca,
+            bridge_token_file,
+            bridge_buffer,
+            bridge_hold,
+            link_ping_interval,
+            link_timeout,
+            tcp_backlog,
+            workers,
+            log_format
+        );
+        drop(old);
+        new.validate()?;
+        state.policy.reconfigure(&new);
+        state.config.store(Arc::new(new));
+        let mut source = crate::registry::lock(&state.config_source);
+        source.file = file.map(|f| f.display().to_string());
+        source.loaded_at_ms = crate::registry::unix_ms(std::time::SystemTime::now());
+        source.reloads += 1;
+        source.pending_restart = restart.iter().map(|s| (*s).to_owned()).collect();
+        Ok(restart)
+    }
+}
+
 /// Least time between two connection counts sent to systemd (`STATUS=`).
 const STATUS_EVERY: Duration = Duration::from_secs(2);
 
@@ -99,7 +168,11 @@ impl Server {
         let cluster = Cluster::new(node_id, config.bridge_hold);
         let state = Arc::new(State {
             policy,
-            config,
+            config: arc_swap::ArcSwap::from_pointee(config),
+            config_source: std::sync::Mutex::new(libbus::proto::api::ConfigSource {
+                loaded_at_ms: crate::registry::unix_ms(std::time::SystemTime::now()),
+                ..Default::default()
+            }),
             router: Router::default(),
             registry: Registry::default(),
             shutdown: CancellationToken::new(),
@@ -116,6 +189,11 @@ impl Server {
             conn_log: LogLimit::new(CONN_LOG_LINES_PER_SECOND),
         });
         Ok(Server { state, listener, tcp })
+    }
+
+    /// A handle that reloads this daemon's configuration while it runs.
+    pub fn reloader(&self) -> Reloader {
+        Reloader(self.state.clone())
     }
 
     /// The address clients connect to.
@@ -171,7 +249,7 @@ impl Server {
             let incoming = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 accepted = listener.accept() => accepted.map(|(stream, peer)| {
-                    libbus::transport::set_send_buffer(&stream, state.config.socket_buffer);
+                    libbus::transport::set_send_buffer(&stream, state.config().socket_buffer);
                     let (r, w) = libbus::transport::split_unix(stream);
                     Incoming::Ready(r, w, peer)
                 }),
@@ -205,7 +283,7 @@ impl Server {
                     Incoming::Ready(r, w, _) => (r, w, "unix"),
                     Incoming::Tcp(stream, addr) => {
                         let Some(acceptor) = acceptor else { return };
-                        match acceptor.establish(stream, state.config.handshake_timeout).await {
+                        match acceptor.establish(stream, state.config().handshake_timeout).await {
                             Ok((r, w)) => (r, w, acceptor.transport()),
                             Err(e) => {
                                 tracing::debug!(%addr, "TLS/TCP setup failed: {e}");
@@ -231,10 +309,10 @@ impl Server {
         state.cluster.close();
         drop(listener); // stop accepting; removes the socket file
                         // Bridged daemons stop sending first, so what they wrote is read.
-        state.cluster.drain(state.config.shutdown_grace).await;
+        state.cluster.drain(state.config().shutdown_grace).await;
         state.shutdown.cancel();
         tracker.close();
-        let grace = state.config.shutdown_grace + Duration::from_secs(1);
+        let grace = state.config().shutdown_grace + Duration::from_secs(1);
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             tracing::warn!("connections did not finish within shutdown_grace");
         }

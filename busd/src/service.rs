@@ -27,7 +27,7 @@ use crate::{
 /// `max_names_per_connection`), then announces what changed.
 pub fn request_name(state: &State, conn: &Arc<Conn>, r: &proto::RequestName<'_>) {
     let mut table = state.names.lock();
-    let max = state.config.max_names_per_connection;
+    let max = state.config().max_names_per_connection;
     if table.held_by(conn.id) >= max && !table.claimed_by(r.name, conn.id) {
         drop(table);
         state.policy.refused.count("max_names_per_connection");
@@ -127,7 +127,7 @@ pub fn call(state: &State, conn: &Arc<Conn>, c: &proto::Call<'_>) {
     }
     if let Some(reply_to) = c.reply_to {
         let req = Inflight::new(reply_to, conn);
-        let owing = owner.owed.owe(&req, state.config.max_replies_per_connection);
+        let owing = owner.owed.owe(&req, state.config().max_replies_per_connection);
         if owing == Owing::Closed {
             req.tell_requester();
         }

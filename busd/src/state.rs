@@ -9,6 +9,8 @@ use std::{
     time::{Instant, SystemTime},
 };
 
+use arc_swap::{ArcSwap, Guard};
+use libbus::proto::api::ConfigSource;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -54,8 +56,11 @@ pub const CONN_LOG_LINES_PER_SECOND: u32 = 50;
 /// Everything connections share.
 #[derive(Debug)]
 pub struct State {
-    /// Effective configuration.
-    pub config: Config,
+    /// Effective configuration; swapped whole by a reload
+    /// ([`config`](Self::config) reads it).
+    pub(crate) config: ArcSwap<Config>,
+    /// Where the configuration came from, and when.
+    pub(crate) config_source: std::sync::Mutex<ConfigSource>,
     /// Subscription index.
     pub router: Router,
     /// Live connections.
@@ -86,4 +91,12 @@ pub struct State {
     pub refusal_log: LogLimit,
     /// Limits the lines of connections opening and closing.
     pub conn_log: LogLimit,
+}
+
+impl State {
+    /// The configuration now (a reload may replace it between two calls).
+    /// Not to be held across an `.await`: read the values needed first.
+    pub fn config(&self) -> Guard<Arc<Config>> {
+        self.config.load()
+    }
 }

@@ -255,7 +255,7 @@ fn bad_flag_values_are_clear_errors() {
 }
 
 #[test]
-fn sighup_is_ignored_and_the_daemon_keeps_serving() {
+fn sighup_keeps_the_daemon_serving() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("busd.sock");
     let mut d = spawn_with(&socket, &[]);
@@ -551,4 +551,87 @@ fn the_config_file_is_found_on_the_search_path() {
         "{found}"
     );
     assert!(found.contains("max_subscriptions = 77"), "{found}");
+}
+
+/// SIGHUP reads the configuration file again: a changed limit takes effect
+/// without dropping the connection that watches it; a bad file is one
+/// error line naming the problem, and the running configuration stays;
+/// `$BUS.api.config` says which file, and how many reloads.
+#[test]
+fn sighup_reloads_the_config_file_and_a_bad_one_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("busd.sock");
+    let file = dir.path().join("busd.toml");
+    std::fs::write(&file, "max_subscriptions = 5\n").unwrap();
+    let log_path = dir.path().join("busd.log");
+    let mut d = Proc(
+        Command::new(BUSD)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--config")
+            .arg(&file)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(&socket);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let bus = rt
+        .block_on(libbus::Bus::connect(&libbus::Address::Unix(socket.clone())))
+        .unwrap();
+    let id = bus.conn_id();
+    let limit = |bus: &libbus::Bus| {
+        rt.block_on(async {
+            let info = common::info(bus).await;
+            info.limits
+                .iter()
+                .find(|(k, _)| k == "max_subscriptions")
+                .map(|(_, v)| *v)
+        })
+    };
+    let source = |bus: &libbus::Bus| -> libbus::proto::api::ConfigSource {
+        rt.block_on(bus.request_value(libbus::proto::api::CONFIG, &()))
+            .unwrap()
+    };
+    assert_eq!(limit(&bus), Some(5));
+    assert_eq!(source(&bus).file.as_deref(), file.to_str());
+
+    std::fs::write(&file, "max_subscriptions = 7\nnode_id = \"elsewhere\"\n").unwrap();
+    signal(&d, nix::sys::signal::Signal::SIGHUP);
+    let start = Instant::now();
+    while limit(&bus) != Some(7) {
+        assert!(start.elapsed() < WAIT, "the new limit never took effect");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let s = source(&bus);
+    assert_eq!(s.reloads, 1);
+    assert_eq!(s.pending_restart, ["node_id"], "a node id needs a restart");
+    assert_eq!(bus.conn_id(), id, "the connection was not dropped");
+    rt.block_on(bus.flush()).expect("still served");
+
+    std::fs::write(&file, "max_subscriptions = \"lots\"\n").unwrap();
+    signal(&d, nix::sys::signal::Signal::SIGHUP);
+    let start = Instant::now();
+    let refused = loop {
+        let log = std::fs::read_to_string(&log_path).unwrap();
+        if let Some(line) = log.lines().find(|l| l.contains("reload refused")) {
+            break line.to_owned();
+        }
+        assert!(start.elapsed() < WAIT, "no refusal logged:\n{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        refused.contains("busd.toml") && refused.contains("max_subscriptions"),
+        "{refused}"
+    );
+    assert_eq!(limit(&bus), Some(7), "the running configuration stays");
+    assert_eq!(source(&bus).reloads, 1);
+    drop(bus);
+    signal(&d, nix::sys::signal::Signal::SIGTERM);
+    assert!(wait_exit(&mut d).success());
 }

@@ -584,6 +584,24 @@ pub mod api {
         pub rtt_us: u64,
     }
 
+    /// Admin request: where the daemon's configuration came from. Reply:
+    /// [`ConfigSource`].
+    pub const CONFIG: &str = "$BUS.api.config";
+
+    /// Where the running configuration came from, and when.
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+    pub struct ConfigSource {
+        /// The file read (`None`: the embedded defaults), before the flags.
+        pub file: Option<String>,
+        /// When it was read, milliseconds since the Unix epoch.
+        pub loaded_at_ms: u64,
+        /// Reloads (SIGHUP) taken since start.
+        pub reloads: u64,
+        /// Settings a reload changed in the file that take effect only at
+        /// the next start (the running values stay).
+        pub pending_restart: Vec<String>,
+    }
+
     /// Admin request: the most recently closed connections, oldest first
     /// (at most the daemon's `max_closed`). Reply: `Vec<ClosedConn>`, paged
     /// as `$BUS.api.list` is ([`Page::after`] counts records here).

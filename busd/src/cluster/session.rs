@@ -28,7 +28,7 @@ const WRITE_BATCH: usize = 64 << 10;
 
 /// Starts the dialer of every `--bridge` address.
 pub fn start_dialers(state: &Arc<State>, tracker: &tokio_util::task::TaskTracker) {
-    for address in &state.config.bridge {
+    for address in &state.config().bridge {
         // Checked by `Config::validate`.
         let Ok(address) = address.parse::<Address>() else {
             continue;
@@ -37,7 +37,7 @@ pub fn start_dialers(state: &Arc<State>, tracker: &tokio_util::task::TaskTracker
             Some(address),
             String::new(),
             String::new(),
-            state.config.bridge_buffer,
+            state.config().bridge_buffer,
         );
         state.cluster.add_link(link.clone());
         tracker.spawn(dial_loop(state.clone(), link));
@@ -92,8 +92,8 @@ type Frames = codec::FrameReader<libbus::transport::Reader>;
 async fn dial(state: &State, address: &Address) -> libbus::Result<(Frames, Writer, String, u16)> {
     let mut opts = ConnectOptions::default();
     opts.token = state.bridge_token.clone();
-    opts.ca_file = state.config.bridge_ca.clone().or(opts.ca_file);
-    let t = state.config.handshake_timeout;
+    opts.ca_file = state.config().bridge_ca.clone().or(opts.ca_file);
+    let t = state.config().handshake_timeout;
     let fut = async {
         let (rx, mut tx) = libbus::session::connect(address, &opts).await?;
         let mut buf = Vec::new();
@@ -129,7 +129,7 @@ async fn dial(state: &State, address: &Address) -> libbus::Result<(Frames, Write
 /// Largest link frame: a message (up to `max_frame`) plus routing fields,
 /// or a node state (which lists every interest).
 pub fn link_max_frame(state: &State) -> u32 {
-    state.config.max_frame.max(16 << 20).saturating_add(64 << 10)
+    state.config().max_frame.max(16 << 20).saturating_add(64 << 10)
 }
 
 /// An accepted bridge connection from `node` (after `Welcome`): resumes the
@@ -147,7 +147,7 @@ pub async fn accept(state: Arc<State>, frames: Frames, writer: Writer, remote: R
         }
         Some(l) => l,
         None => {
-            let l = Link::new(None, node.clone(), peer.clone(), state.config.bridge_buffer);
+            let l = Link::new(None, node.clone(), peer.clone(), state.config().bridge_buffer);
             state.cluster.add_link(l.clone());
             l
         }
@@ -155,7 +155,7 @@ pub async fn accept(state: Arc<State>, frames: Frames, writer: Writer, remote: R
     run_session(&state, &link, frames, writer, remote).await;
     if link.dial.is_none() {
         // Hold what is queued for a while; forget the link if it stays away.
-        let hold = state.config.bridge_hold;
+        let hold = state.config().bridge_hold;
         tokio::select! {
             _ = state.shutdown.cancelled() => {}
             _ = tokio::time::sleep(hold) => {
@@ -195,7 +195,7 @@ async fn run_session(state: &Arc<State>, link: &Arc<Link>, frames: Frames, write
     // Shutting down, it may write what it can: the other side has stopped
     // sending and reads until we close.
     let written = state.shutdown.is_cancelled()
-        && tokio::time::timeout(state.config.shutdown_grace, &mut writer_task)
+        && tokio::time::timeout(state.config().shutdown_grace, &mut writer_task)
             .await
             .is_ok();
     if !written {
@@ -215,8 +215,8 @@ fn bridge_event(state: &State, subject: &'static str, link: &Link) {
 }
 
 async fn read_loop(state: &Arc<State>, link: &Arc<Link>, mut frames: Frames) -> String {
-    let ping_every = state.config.link_ping_interval;
-    let timeout = state.config.link_timeout;
+    let ping_every = state.config().link_ping_interval;
+    let timeout = state.config().link_timeout;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     let mut last_heard = Instant::now();
     let shutdown = state.shutdown.cancelled();
@@ -301,7 +301,7 @@ async fn read_loop(state: &Arc<State>, link: &Arc<Link>, mut frames: Frames) -> 
 /// Once the other side sent `Closing`, no message goes. Once this daemon
 /// shuts down, what can go is written, and the writer ends.
 async fn write_loop(state: Arc<State>, link: Arc<Link>, mut wr: Writer) {
-    let hold = state.config.bridge_hold;
+    let hold = state.config().bridge_hold;
     let deadline = tokio::time::Instant::now() + hold;
     let mut changed = state.cluster.changed.subscribe();
     let mut buf: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
