@@ -199,6 +199,14 @@ enum Command {
         /// Connection id.
         id: u64,
     },
+    /// Print a completion script for SHELL (e.g. `bus-cli completions bash
+    /// > /etc/bash_completion.d/bus-cli`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print bus-cli's man page (roff; `bus-cli manpage > bus-cli.1`).
+    Manpage,
 }
 
 fn main() -> ExitCode {
@@ -224,6 +232,20 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> libbus::Result<()> {
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "bus-cli", &mut std::io::stdout());
+            return Ok(());
+        }
+        Command::Manpage => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            return clap_mangen::Man::new(cmd)
+                .render(&mut std::io::stdout())
+                .map_err(libbus::Error::from);
+        }
+        _ => {}
+    }
     if let Command::Bench(args) = cli.command {
         let address = cli.address.map(|a| a.parse()).transpose()?;
         return bench::run(args, address).await;
@@ -361,7 +383,8 @@ async fn run(cli: Cli) -> libbus::Result<()> {
         Command::Monitor { patterns } => pubsub::monitor(&bus, patterns).await,
         Command::Info { json } => info::run(&bus, &address, json).await,
         Command::Kick { id } => info::kick(&bus, id).await,
-        Command::Bench(_) => Ok(()), // handled above, without a connection of its own
+        // Handled above, without a connection of their own.
+        Command::Bench(_) | Command::Completions { .. } | Command::Manpage => Ok(()),
     };
     let closed = bus.close().await;
     result.and(closed)

@@ -1192,3 +1192,33 @@ fn reply_serves_a_name_whose_queue_takes_over_when_the_owner_is_killed() {
     assert!(err.contains("no responders"), "{err}");
     drop(first);
 }
+
+/// Shell completions and the man page, generated from the command-line
+/// definitions: each completion script names the subcommands (the bash one
+/// parses as bash), and the man page is roff (busd's: `process.rs`).
+#[test]
+fn completions_and_man_pages_are_generated() {
+    let dir = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish"] {
+        let mut c = Command::new(CLI);
+        c.args(["completions", shell]);
+        let script = stdout(&run(c));
+        for sub in ["names", "call", "reply", "list"] {
+            assert!(script.contains(sub), "{shell} completion lacks {sub}");
+        }
+        if shell == "bash" {
+            let path = dir.path().join("bus-cli.bash");
+            std::fs::write(&path, &script).unwrap();
+            let check = Command::new("bash").arg("-n").arg(&path).output();
+            match check {
+                Ok(out) => assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr)),
+                Err(e) => println!("SKIPPED (part): no bash to check the script's syntax: {e}"),
+            }
+        }
+    }
+    let mut c = Command::new(CLI);
+    c.arg("manpage");
+    let man = stdout(&run(c));
+    assert!(man.contains(".TH bus-cli 1"), "{man}");
+    assert!(man.contains("names"), "the subcommands are listed");
+}

@@ -28,6 +28,9 @@ struct Args {
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
+    /// Print busd's man page (roff) and exit: `busd --manpage > busd.1`.
+    #[arg(long)]
+    manpage: bool,
     /// Unix socket path to listen on.
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
@@ -264,6 +267,16 @@ fn main() -> ExitCode {
         }
     };
     let args = Args::parse();
+    if args.manpage {
+        let man = clap_mangen::Man::new(<Args as clap::CommandFactory>::command());
+        return match man.render(&mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("busd: error: writing the man page: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let print_config = args.print_config;
     let (config, file) = match args.clone().into_config() {
         Ok(c) => c,

@@ -635,3 +635,16 @@ fn sighup_reloads_the_config_file_and_a_bad_one_changes_nothing() {
     signal(&d, nix::sys::signal::Signal::SIGTERM);
     assert!(wait_exit(&mut d).success());
 }
+
+/// `busd --manpage` prints its man page, roff generated from its flags.
+#[test]
+fn the_man_page_is_generated_from_the_flags() {
+    let out = Command::new(BUSD).arg("--manpage").output().unwrap();
+    assert!(out.status.success());
+    let man = String::from_utf8(out.stdout).unwrap();
+    assert!(man.contains(".TH busd 1"), "{man}");
+    assert!(
+        man.contains("max\\-names\\-per\\-connection"),
+        "every flag is there: {man}"
+    );
+}
