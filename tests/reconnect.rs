@@ -204,3 +204,44 @@ async fn close_ends_subscriptions_and_events() {
         other => panic!("expected Closed, got {other:?}"),
     }
 }
+
+/// `retry_on_initial_connect`: a client started before its daemon waits
+/// for it instead of failing with `NoDaemon`; without it, it fails at once;
+/// with `max_attempts`, it gives up after them.
+#[tokio::test]
+async fn the_first_connection_can_wait_for_the_daemon() {
+    let mut bus = TestBus::start();
+    bus.stop();
+    let address = bus.address();
+    let err = libbus::Bus::connect(&address).await.unwrap_err();
+    assert!(matches!(err, Error::NoDaemon { .. }), "{err}");
+
+    let bounded = ConnectOptions::default()
+        .retry_on_initial_connect()
+        .reconnect(Some(Reconnect {
+            initial_delay: Duration::from_millis(5),
+            max_delay: Duration::from_millis(10),
+            max_attempts: Some(3),
+        }));
+    let err = within("three attempts", libbus::Bus::connect_with(&address, bounded))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NoDaemon { .. }), "{err}");
+
+    let waiting = tokio::spawn({
+        let address = address.clone();
+        async move {
+            let opts = ConnectOptions::default().name("early").retry_on_initial_connect();
+            libbus::Bus::connect_with(&address, opts).await
+        }
+    });
+    // Not connected while there is no daemon.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiting.is_finished(), "it waits for the daemon");
+    bus.restart();
+    let early = within("connected once the daemon is up", waiting)
+        .await
+        .unwrap()
+        .expect("connects");
+    early.flush().await.unwrap();
+}

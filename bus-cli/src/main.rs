@@ -107,6 +107,10 @@ enum Command {
         /// Exit after this many messages.
         #[arg(long, value_name = "N")]
         count: Option<u64>,
+        /// If no daemon is running yet, wait for one (retrying with
+        /// backoff) instead of failing.
+        #[arg(long)]
+        wait: bool,
     },
     /// Send a request and print the reply.
     Request {
@@ -289,6 +293,9 @@ async fn run(cli: Cli) -> libbus::Result<()> {
     if !long_running {
         opts = opts.reconnect(None);
     }
+    if matches!(cli.command, Command::Sub { wait: true, .. }) {
+        opts = opts.retry_on_initial_connect();
+    }
     let bus = Bus::connect_with(&address, opts).await?;
     let result = match cli.command {
         Command::List {
@@ -321,6 +328,7 @@ async fn run(cli: Cli) -> libbus::Result<()> {
             json,
             timestamps,
             count,
+            wait: _,
         } => {
             let format = pubsub::Format {
                 headers,

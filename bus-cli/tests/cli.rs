@@ -1222,3 +1222,37 @@ fn completions_and_man_pages_are_generated() {
     assert!(man.contains(".TH bus-cli 1"), "{man}");
     assert!(man.contains("names"), "the subcommands are listed");
 }
+
+/// `sub --wait` started before the daemon waits for it, then subscribes;
+/// without `--wait` it fails at once.
+#[test]
+fn sub_wait_waits_for_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("busd.sock");
+    let address = format!("unix:{}", socket.display());
+    let mut c = Command::new(CLI);
+    c.env("BUS_ADDRESS", &address)
+        .args(["sub", "early.x", "--count", "1"]);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(1), "without --wait: fails at once");
+
+    let mut c = Command::new(CLI);
+    c.env("BUS_ADDRESS", &address)
+        .args(["sub", "early.x", "--count", "1", "--wait"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut sub = SubProc(Some(common::spawn(&mut c).unwrap()));
+    let daemon = Daemon::start(Config::with_socket(socket)).unwrap();
+    let bus = Bus { daemon, _dir: dir };
+    wait_listed(&bus, "early.x");
+    assert!(
+        sub.0.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "still running"
+    );
+    let mut c = cli(&bus);
+    c.args(["send", "early.x", "made it"]);
+    assert!(run(c).status.success());
+    let out = sub.output();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "early.x made it\n");
+}

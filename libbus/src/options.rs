@@ -54,6 +54,13 @@ pub struct ConnectOptions {
     /// PEM file of the CA that signed a `tls://` daemon's certificate.
     /// Default: `$BUS_CA`.
     pub ca_file: Option<std::path::PathBuf>,
+    /// Keep trying the first connection, with the `reconnect` policy's
+    /// backoff and `max_attempts`, instead of failing at once with
+    /// [`Error::NoDaemon`](crate::Error::NoDaemon): for a service started
+    /// before busd (as async-nats's `retry_on_initial_connect`). A refusal
+    /// that retrying cannot fix (wrong version, policy, token) still fails
+    /// at once. Default: false.
+    pub retry_on_initial_connect: bool,
 }
 
 /// Environment variable with the token for TCP and TLS daemons.
@@ -89,6 +96,7 @@ impl Default for ConnectOptions {
             daemon_uid: None,
             token: env_nonempty(ENV_TOKEN),
             ca_file: env_nonempty(ENV_CA).map(Into::into),
+            retry_on_initial_connect: false,
         }
     }
 }
@@ -137,6 +145,19 @@ impl ConnectOptions {
     /// Sets [`socket_buffer`](Self::socket_buffer) (0: the system default).
     pub fn socket_buffer(mut self, bytes: usize) -> Self {
         self.socket_buffer = bytes;
+        self
+    }
+    /// Keeps trying the first connection until the daemon is there (see
+    /// [`retry_on_initial_connect`](Self::retry_on_initial_connect)).
+    ///
+    /// ```no_run
+    /// # async fn f() -> libbus::Result<()> {
+    /// let opts = libbus::ConnectOptions::default().retry_on_initial_connect();
+    /// let bus = libbus::Bus::connect_with(&libbus::Address::from_env()?, opts).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn retry_on_initial_connect(mut self) -> Self {
+        self.retry_on_initial_connect = true;
         self
     }
     /// Sets the bound on publishes buffered while disconnected.

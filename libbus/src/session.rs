@@ -89,10 +89,7 @@ pub(crate) struct Link {
 /// Connects to `address` (bounded by `connect_timeout`), and starts the
 /// link's writer and the driver. The first connection is not retried.
 pub(crate) async fn start(address: &Address, opts: ConnectOptions) -> Result<(Arc<Shared>, Arc<Handle>)> {
-    let t = opts.connect_timeout;
-    let link = tokio::time::timeout(t, open(address, &opts))
-        .await
-        .map_err(|_| Error::Timeout(t))??;
+    let link = first_link(address, &opts).await?;
     let shared = Arc::new(Shared {
         conn_id: AtomicU64::new(link.conn_id),
         server_id: Mutex::new(String::new()),
@@ -109,6 +106,42 @@ pub(crate) async fn start(address: &Address, opts: ConnectOptions) -> Result<(Ar
         driver,
     });
     Ok((shared, handle))
+}
+
+/// The first link: one attempt (bounded by `connect_timeout`), or, with
+/// `retry_on_initial_connect`, attempts with the reconnect policy's backoff
+/// until one works, a refusal retrying cannot fix, or `max_attempts`.
+async fn first_link(address: &Address, opts: &ConnectOptions) -> Result<Link> {
+    let attempt = || async {
+        let t = opts.connect_timeout;
+        tokio::time::timeout(t, open(address, opts))
+            .await
+            .map_err(|_| Error::Timeout(t))?
+    };
+    if !opts.retry_on_initial_connect {
+        return attempt().await;
+    }
+    let policy = opts.reconnect.clone().unwrap_or_default();
+    let mut failed = 0u32;
+    loop {
+        match attempt().await {
+            Ok(link) => return Ok(link),
+            // Not there yet, or not answering yet: worth another try.
+            Err(
+                e @ (Error::NoDaemon { .. } | Error::Timeout(_) | Error::Disconnected { .. } | Error::Io(_)),
+            ) => {
+                failed += 1;
+                if policy.max_attempts.is_some_and(|max| failed >= max) {
+                    return Err(e);
+                }
+                tracing::debug!(failed, "first connection failed, retrying: {e}");
+                tokio::time::sleep(policy.delay(failed - 1)).await;
+            }
+            // A refusal (version, policy, token, an untrusted daemon, a
+            // bad address): retrying cannot fix it.
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 impl Shared {
