@@ -859,8 +859,9 @@ pub mod link {
         /// Answer to `Closing`: nothing more follows on this link.
         Closed,
         /// A routed message with headers (version 4): the header block as
-        /// the publisher sent it, then the message. Links to older daemons
-        /// get `Msg` without them.
+        /// the publisher sent it, then the message. Read, no longer sent:
+        /// `Sent` carries headers and the sender; builds of protocol 4
+        /// before it sent this.
         HMsg(
             #[serde(with = "serde_bytes")] &'a [u8],
             #[serde(borrow)] Routed<'a>,
