@@ -9,17 +9,24 @@ variant's median against the first. Timings are only ever compared within
 one run of this script.
 
     scripts/ab.py --rounds 5 base=/tmp/ab/base new=target/release
+
+A variant written NAME=DIR@scrape=HZ runs its busd with `--metrics` and
+scrapes `/metrics` HZ times a second (0: back to back) while it runs: the
+cost of serving metrics to the data path.
 """
 
 import argparse
 import json
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 
 # (name, bench arguments, JSON path of the figure, True if higher is better)
 WORKLOADS = [
@@ -33,10 +40,31 @@ WORKLOADS = [
 ]
 
 
-def start_daemon(variant_dir, tmp):
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape_loop(url, hz, stop):
+    """GETs url hz times a second (0: back to back) until stop is set."""
+    scrapes = 0
+    while not stop.is_set():
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                r.read()
+            scrapes += 1
+        except OSError:
+            time.sleep(0.01)
+        if hz:
+            stop.wait(1 / hz)
+    return scrapes
+
+
+def start_daemon(variant_dir, tmp, extra=()):
     sock = os.path.join(tmp, "busd.sock")
     proc = subprocess.Popen(
-        [os.path.join(variant_dir, "busd"), "--socket", sock],
+        [os.path.join(variant_dir, "busd"), "--socket", sock, *extra],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -49,9 +77,21 @@ def start_daemon(variant_dir, tmp):
     return proc, sock
 
 
-def run_once(variant_dir, args):
+def run_once(variant, args):
+    variant_dir, _, option = variant.partition("@")
+    extra, scraper, stop = [], None, threading.Event()
+    if option:
+        key, _, hz = option.partition("=")
+        if key != "scrape":
+            sys.exit(f"unknown variant option {option!r} (scrape=HZ)")
+        port = free_port()
+        extra = ["--metrics", f"127.0.0.1:{port}"]
+        url = f"http://127.0.0.1:{port}/metrics"
+        scraper = threading.Thread(target=scrape_loop, args=(url, float(hz), stop), daemon=True)
     with tempfile.TemporaryDirectory() as tmp:
-        proc, sock = start_daemon(variant_dir, tmp)
+        proc, sock = start_daemon(variant_dir, tmp, extra)
+        if scraper:
+            scraper.start()
         try:
             out = subprocess.run(
                 [os.path.join(variant_dir, "bus-cli"), "--address", f"unix:{sock}", "bench", *args, "--json"],
@@ -60,6 +100,9 @@ def run_once(variant_dir, args):
                 timeout=300,
             )
         finally:
+            stop.set()
+            if scraper:
+                scraper.join()
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout=10)

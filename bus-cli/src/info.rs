@@ -37,6 +37,9 @@ pub async fn run(bus: &Bus, address: &Address, json: bool) -> libbus::Result<()>
             "config:        {file} (loaded {} ago{reloads})",
             render::age(source.loaded_at_ms)
         );
+        if let Some(url) = &source.metrics {
+            outln!("metrics:       {url}");
+        }
         if !source.pending_restart.is_empty() {
             outln!(
                 "               changed, for the next start: {}",

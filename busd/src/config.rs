@@ -169,6 +169,11 @@ pub struct Config {
     /// carries no timestamp of its own and the level as a syslog priority
     /// prefix.
     pub log_format: LogFormat,
+    /// `metrics`: serve Prometheus metrics on HTTP `GET /metrics` at this
+    /// address (e.g. `127.0.0.1:9464`; port 0 picks one, shown by
+    /// `bus-cli info`). Anyone who can reach it reads the daemon's
+    /// counters, so keep it on loopback or behind a firewall. Default: off.
+    pub metrics: Option<String>,
 }
 
 /// How busd writes its log (`log_format`).
@@ -230,6 +235,7 @@ impl Default for Config {
             link_timeout: Duration::from_secs(3),
             workers: 0,
             log_format: LogFormat::Text,
+            metrics: None,
         }
     }
 }

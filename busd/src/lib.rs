@@ -57,6 +57,7 @@ pub mod deliver;
 pub mod inflight;
 pub mod listener;
 pub mod loglimit;
+pub mod metrics;
 pub mod names;
 pub mod outbox;
 pub mod policy;

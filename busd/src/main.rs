@@ -112,6 +112,9 @@ struct Args {
     /// Also listen on TCP (e.g. 0.0.0.0:7420; port 0 picks one, shown by `bus-cli info`).
     #[arg(long, value_name = "ADDR")]
     tcp: Option<String>,
+    /// Serve Prometheus metrics on HTTP GET /metrics at this address (e.g. 127.0.0.1:9464; port 0 picks one, shown by `bus-cli info`).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
     /// File whose first line is the token network peers must present ($BUS_TOKEN wins).
     #[arg(long, value_name = "PATH")]
     token_file: Option<PathBuf>,
@@ -218,6 +221,7 @@ impl Args {
         c.allow_uid.extend(self.allow_uid);
         c.allow_gid.extend(self.allow_gid);
         set(&mut c.tcp, self.tcp.map(Some));
+        set(&mut c.metrics, self.metrics.map(Some));
         set(&mut c.token_file, self.token_file.map(Some));
         c.tcp_insecure |= self.tcp_insecure;
         set(&mut c.tls_cert, self.tls_cert.map(Some));

@@ -98,6 +98,16 @@ impl Table {
             .is_some_and(|q| q.iter().any(|c| c.conn.id == id))
     }
 
+    /// Names with an owner.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// True when no name is owned.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
     /// The primary owner of `name`.
     pub fn owner(&self, name: &str) -> Option<&Claim> {
         self.names.get(name).and_then(|q| q.front())

@@ -178,6 +178,19 @@ pub struct Totals {
     pub dropped: AtomicU64,
 }
 
+/// A short name for why a connection ended, without its details (a metric
+/// label): `end`, `error`, `timeout`, `slow_consumer`, `shutdown`, `kicked`.
+pub fn reason_label(reason: &CloseReason) -> &'static str {
+    match reason {
+        CloseReason::End => "end",
+        CloseReason::Error(_) => "error",
+        CloseReason::Timeout => "timeout",
+        CloseReason::SlowConsumer => "slow_consumer",
+        CloseReason::Shutdown => "shutdown",
+        CloseReason::Kicked { .. } => "kicked",
+    }
+}
+
 /// All live connections.
 #[derive(Debug, Default)]
 pub struct Registry {
@@ -185,6 +198,10 @@ pub struct Registry {
     next_id: AtomicU64,
     /// Connections accepted since start.
     pub accepted: AtomicU64,
+    /// Connections that completed their handshake, by transport.
+    opened: Mutex<BTreeMap<&'static str, u64>>,
+    /// Connections that ended, by [`reason_label`].
+    ended_by: Mutex<BTreeMap<&'static str, u64>>,
     /// Totals of ended connections.
     pub ended: Totals,
     /// The last `max_closed` connections to close, oldest first.
@@ -200,12 +217,14 @@ impl Registry {
     /// Adds a connection that completed its handshake.
     pub fn insert(&self, conn: Arc<Conn>) {
         self.accepted.fetch_add(1, Relaxed);
+        *lock(&self.opened).entry(conn.transport).or_default() += 1;
         lock(&self.conns).insert(conn.id, conn);
     }
 
     /// Records `conn`, which closed for `reason`, in the history of the
     /// last `max` closed connections.
     pub fn record_closed(&self, conn: &Conn, reason: CloseReason, max: usize) {
+        *lock(&self.ended_by).entry(reason_label(&reason)).or_default() += 1;
         if max == 0 {
             return;
         }
@@ -219,6 +238,16 @@ impl Registry {
             closed.pop_front();
         }
         closed.push_back(record);
+    }
+
+    /// Connections opened since start, by transport (`unix`, `tcp`, `tls`).
+    pub fn opened(&self) -> Vec<(&'static str, u64)> {
+        lock(&self.opened).iter().map(|(k, v)| (*k, *v)).collect()
+    }
+
+    /// Connections closed since start, by [`reason_label`].
+    pub fn ended_by(&self) -> Vec<(&'static str, u64)> {
+        lock(&self.ended_by).iter().map(|(k, v)| (*k, *v)).collect()
     }
 
     /// The closed connections remembered, oldest first.

@@ -22,6 +22,7 @@ use crate::{
     deliver::Router,
     listener::UnixListener,
     loglimit::LogLimit,
+    metrics::MetricsEndpoint,
     policy::Policy,
     registry::Registry,
     state::{Clock, State, CONN_LOG_LINES_PER_SECOND, LOG_LINES_PER_SECOND},
@@ -84,7 +85,8 @@ impl Reloader {
             link_timeout,
             tcp_backlog,
             workers,
-            log_format
+            log_format,
+            metrics
         );
         drop(old);
         new.validate()?;
@@ -108,6 +110,7 @@ pub struct Server {
     state: Arc<State>,
     listener: UnixListener,
     tcp: Option<TcpEndpoint>,
+    metrics: Option<MetricsEndpoint>,
 }
 
 impl Server {
@@ -155,6 +158,7 @@ impl Server {
             None => UnixListener::bind(&config.socket, config.socket_mode)?,
         };
         let tcp = TcpEndpoint::bind(&config, inherited.tcp)?;
+        let metrics = config.metrics.as_deref().map(MetricsEndpoint::bind).transpose()?;
         let address = Address::Unix(listener.path().to_owned());
         let mut listen = vec![address.to_string()];
         if let Some(t) = &tcp {
@@ -171,6 +175,7 @@ impl Server {
             config: arc_swap::ArcSwap::from_pointee(config),
             config_source: std::sync::Mutex::new(libbus::proto::api::ConfigSource {
                 loaded_at_ms: crate::registry::unix_ms(std::time::SystemTime::now()),
+                metrics: metrics.as_ref().map(MetricsEndpoint::url),
                 ..Default::default()
             }),
             router: Router::default(),
@@ -188,7 +193,12 @@ impl Server {
             refusal_log: LogLimit::new(LOG_LINES_PER_SECOND),
             conn_log: LogLimit::new(CONN_LOG_LINES_PER_SECOND),
         });
-        Ok(Server { state, listener, tcp })
+        Ok(Server {
+            state,
+            listener,
+            tcp,
+            metrics,
+        })
     }
 
     /// A handle that reloads this daemon's configuration while it runs.
@@ -206,11 +216,25 @@ impl Server {
         self.tcp.as_ref().and_then(|t| t.address.parse().ok())
     }
 
+    /// Where Prometheus scrapes, if `metrics` is set.
+    pub fn metrics_address(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().map(MetricsEndpoint::address)
+    }
+
     /// Serves until `shutdown` is cancelled, then stops accepting, lets each
     /// connection flush (bounded by `shutdown_grace`) and removes the socket file.
     pub async fn run(self, shutdown: CancellationToken) {
-        let Server { state, listener, tcp } = self;
+        let Server {
+            state,
+            listener,
+            tcp,
+            metrics,
+        } = self;
         let tracker = TaskTracker::new();
+        if let Some(m) = metrics {
+            tracing::info!(url = %m.url(), "serving metrics");
+            tracker.spawn(m.serve(state.clone(), state.shutdown.clone()));
+        }
         let clock_state = state.clone();
         let clock = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -369,6 +393,7 @@ async fn accept_tcp(
 pub struct Daemon {
     address: Address,
     tcp_address: Option<Address>,
+    metrics_address: Option<std::net::SocketAddr>,
     shutdown: CancellationToken,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -395,7 +420,11 @@ impl Daemon {
                 rt.block_on(async move {
                     match Server::bind(config) {
                         Ok(server) => {
-                            let _ = tx.send(Ok((server.address(), server.tcp_address())));
+                            let _ = tx.send(Ok((
+                                server.address(),
+                                server.tcp_address(),
+                                server.metrics_address(),
+                            )));
                             server.run(token).await;
                         }
                         Err(e) => {
@@ -408,12 +437,13 @@ impl Daemon {
                 what: "spawning the daemon thread".into(),
                 source: e,
             })?;
-        let (address, tcp_address) = rx
+        let (address, tcp_address, metrics_address) = rx
             .recv()
             .map_err(|_| Error::Config("daemon thread exited during startup".into()))??;
         Ok(Daemon {
             address,
             tcp_address,
+            metrics_address,
             shutdown,
             thread: Some(thread),
         })
@@ -427,6 +457,11 @@ impl Daemon {
     /// The TCP (or TLS) address with its bound port, if `tcp` is set.
     pub fn tcp_address(&self) -> Option<&Address> {
         self.tcp_address.as_ref()
+    }
+
+    /// Where Prometheus scrapes (`http://ADDR/metrics`), if `metrics` is set.
+    pub fn metrics_address(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_address
     }
 
     /// Shuts down and waits for the daemon to finish.

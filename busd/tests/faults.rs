@@ -23,7 +23,7 @@ use libbus::{
 };
 
 mod common;
-use common::{info, until, until_answered, within, BUSD, WAIT};
+use common::{info, until, until_answered, wait_listening, within, BUSD, WAIT};
 
 /// A busd child process on a socket in its own temp dir; killed on drop.
 struct Daemon {
@@ -82,14 +82,6 @@ fn spawn(socket: &Path, args: &[String]) -> Child {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn busd")
-}
-
-fn wait_listening(socket: &Path) {
-    let start = Instant::now();
-    while std::os::unix::net::UnixStream::connect(socket).is_err() {
-        assert!(start.elapsed() < WAIT, "busd did not start listening");
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 fn mib(bytes: u64) -> f64 {

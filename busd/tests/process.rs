@@ -3,22 +3,12 @@
 use std::{
     os::unix::fs::PermissionsExt,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 mod common;
-use common::{BUSD, WAIT};
-
-/// A busd child process, killed on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{wait_listening, Proc, BUSD, WAIT};
 
 fn spawn(socket: &Path) -> Proc {
     spawn_with(socket, &[])
@@ -35,19 +25,6 @@ fn spawn_with(socket: &Path, args: &[&str]) -> Proc {
         .spawn()
         .expect("spawn busd");
     Proc(child)
-}
-
-/// Waits until something accepts connections on `socket`.
-fn wait_listening(socket: &Path) {
-    let start = Instant::now();
-    while std::os::unix::net::UnixStream::connect(socket).is_err() {
-        assert!(
-            start.elapsed() < WAIT,
-            "busd did not start listening on {}",
-            socket.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn wait_exit(p: &mut Proc) -> std::process::ExitStatus {

@@ -7,24 +7,14 @@
 use std::{
     os::unix::net::UnixDatagram,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 mod common;
-use common::{BUSD, WAIT};
+use common::{Proc, BUSD, WAIT};
 
 const ACTIVATE: &str = "systemd-socket-activate";
-
-/// The process systemd-socket-activate becomes (it execs busd), killed on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn available() -> bool {
     Command::new(ACTIVATE)

@@ -600,6 +600,9 @@ pub mod api {
         /// Settings a reload changed in the file that take effect only at
         /// the next start (the running values stay).
         pub pending_restart: Vec<String>,
+        /// Where Prometheus scrapes the daemon's metrics
+        /// (`http://ADDR/metrics`, with the bound port; `None`: off).
+        pub metrics: Option<String>,
     }
 
     /// Admin request: the most recently closed connections, oldest first
