@@ -22,7 +22,6 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use interprocess::local_socket::traits::tokio::Listener as _;
 use libbus::{proto::api::Peer, transport::UnixStream};
 use nix::fcntl::{Flock, FlockArg};
 use nix::sys::{
@@ -34,7 +33,7 @@ use nix::sys::{
 
 use crate::Error;
 
-type Inner = interprocess::os::unix::uds_local_socket::tokio::Listener;
+type Inner = libbus::transport::UnixListener;
 
 /// A bound Unix socket listener. Removes its socket file when dropped (if the
 /// file is still the one it created).
@@ -67,7 +66,7 @@ fn bind_exact(path: &Path, mode: u32) -> io::Result<Inner> {
     socket::bind(fd.as_raw_fd(), &addr)?;
     let listening = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .and_then(|()| socket::listen(&fd, Backlog::MAXCONN).map_err(io::Error::from))
-        .and_then(|()| Inner::try_from(fd));
+        .and_then(|()| Inner::from_fd(fd));
     if listening.is_err() {
         // The file is ours (bind created it); do not leave it behind.
         let _ = std::fs::remove_file(path);
@@ -200,7 +199,7 @@ impl UnixListener {
         let flags = nix::fcntl::fcntl(&fd, nix::fcntl::F_GETFL).map_err(|e| bad(e.to_string()))?;
         let nonblocking = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
         nix::fcntl::fcntl(&fd, nix::fcntl::F_SETFL(nonblocking)).map_err(|e| bad(e.to_string()))?;
-        let inner = Inner::try_from(fd).map_err(|e| bad(e.to_string()))?;
+        let inner = Inner::from_fd(fd).map_err(|e| bad(e.to_string()))?;
         Ok(Self {
             inner,
             path,

@@ -66,6 +66,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod addr;
+pub mod blocking;
 pub mod client;
 pub mod codec;
 pub mod error;
@@ -81,6 +82,7 @@ pub mod session;
 pub mod subject;
 pub mod subscription;
 mod sync;
+#[cfg(feature = "tls")]
 pub mod tls;
 pub mod transport;
 pub mod wire;

@@ -13,7 +13,6 @@
 //! subscription ahead of what was buffered, and starts the next link.
 
 use std::{
-    os::fd::AsRawFd,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
@@ -21,7 +20,6 @@ use std::{
     time::Duration,
 };
 
-use rustls::pki_types::ServerName;
 use tokio::{io::AsyncWriteExt, net::TcpStream, task::JoinHandle};
 
 use crate::{
@@ -280,30 +278,47 @@ pub async fn connect(address: &Address, opts: &ConnectOptions) -> Result<(Reader
             transport::configure_tcp(&tcp)?;
             Ok(transport::split_tcp(tcp))
         }
-        Address::Tls(host_port) => {
-            let ca = opts.ca_file.as_deref().ok_or_else(|| {
-                Error::Tls(format!(
-                    "{address} needs the CA that signed the daemon's certificate (set {}, bus-cli --ca, or ConnectOptions::ca_file)",
-                    crate::options::ENV_CA
-                ))
-            })?;
-            let host = host_port
-                .rsplit_once(':')
-                .map_or(host_port.as_str(), |(h, _)| h)
-                .trim_start_matches('[')
-                .trim_end_matches(']');
-            let name = ServerName::try_from(host.to_owned())
-                .map_err(|e| Error::InvalidAddress(format!("{address}: {e}")))?;
-            let tcp = TcpStream::connect(host_port.as_str()).await.map_err(no_daemon)?;
-            transport::configure_tcp(&tcp)?;
-            let fd = tcp.as_raw_fd();
-            let tls = tokio_rustls::TlsConnector::from(crate::tls::client_config(ca)?)
-                .connect(name, tcp)
-                .await
-                .map_err(|e| Error::Tls(e.to_string()))?;
-            Ok(transport::split_layered(tls, fd))
-        }
+        Address::Tls(host_port) => dial_tls(address, host_port, opts).await,
     }
+}
+
+/// Dials `tls://host_port` and sets up TLS, trusting `opts.ca_file`.
+#[cfg(feature = "tls")]
+async fn dial_tls(address: &Address, host_port: &str, opts: &ConnectOptions) -> Result<(Reader, Writer)> {
+    let ca = opts.ca_file.as_deref().ok_or_else(|| {
+        Error::Tls(format!(
+            "{address} needs the CA that signed the daemon's certificate (set {}, bus-cli --ca, or ConnectOptions::ca_file)",
+            crate::options::ENV_CA
+        ))
+    })?;
+    let host = host_port
+        .rsplit_once(':')
+        .map_or(host_port, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| Error::InvalidAddress(format!("{address}: {e}")))?;
+    let tcp = TcpStream::connect(host_port)
+        .await
+        .map_err(|source| Error::NoDaemon {
+            address: address.to_string(),
+            source,
+        })?;
+    transport::configure_tcp(&tcp)?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
+    let tls = tokio_rustls::TlsConnector::from(crate::tls::client_config(ca)?)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| Error::Tls(e.to_string()))?;
+    Ok(transport::split_layered(tls, fd))
+}
+
+/// Without the `tls` feature, a `tls://` address is refused.
+#[cfg(not(feature = "tls"))]
+async fn dial_tls(address: &Address, _: &str, _: &ConnectOptions) -> Result<(Reader, Writer)> {
+    Err(Error::Tls(format!(
+        "{address}: this libbus was built without TLS (its `tls` feature)"
+    )))
 }
 
 /// Refuses a Unix-socket daemon that runs as another user than `expected`
@@ -382,4 +397,36 @@ pub(crate) async fn open(address: &Address, opts: &ConnectOptions) -> Result<Lin
         frames,
         writer: tx,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without the `tls` feature a `tls://` address fails at once, naming
+    /// the feature (`cargo test -p libbus --no-default-features`).
+    #[cfg(not(feature = "tls"))]
+    #[tokio::test]
+    async fn tls_address_without_the_feature() {
+        let address: Address = "tls://127.0.0.1:1".parse().unwrap();
+        match connect(&address, &ConnectOptions::default()).await {
+            Err(Error::Tls(m)) => assert!(m.contains("`tls` feature"), "{m}"),
+            other => panic!("expected Error::Tls, got {:?}", other.map(|_| ())),
+        }
+    }
+
+    /// With it, a `tls://` address without a CA is refused before dialing.
+    #[cfg(feature = "tls")]
+    #[tokio::test]
+    async fn tls_address_needs_a_ca() {
+        let address: Address = "tls://127.0.0.1:1".parse().unwrap();
+        let opts = ConnectOptions {
+            ca_file: None,
+            ..ConnectOptions::default()
+        };
+        match connect(&address, &opts).await {
+            Err(Error::Tls(m)) => assert!(m.contains("needs the CA"), "{m}"),
+            other => panic!("expected Error::Tls, got {:?}", other.map(|_| ())),
+        }
+    }
 }

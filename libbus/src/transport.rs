@@ -10,7 +10,7 @@
 
 use std::{
     io,
-    os::fd::{AsFd, AsRawFd, RawFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd},
     path::Path,
     pin::Pin,
     sync::Arc,
@@ -19,11 +19,45 @@ use std::{
 };
 
 use interprocess::local_socket::{tokio::prelude::*, ConnectOptions, GenericFilePath};
-pub use interprocess::os::unix::uds_local_socket::tokio::Stream as UnixStream;
+use interprocess::os::unix::uds_local_socket::tokio as uds;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
 };
+
+/// A connected Unix stream socket, from [`connect_unix`] or
+/// [`UnixListener::accept`]. (interprocess's stream inside; which crate
+/// provides it is not part of the API.)
+#[derive(Debug)]
+pub struct UnixStream(uds::Stream);
+
+impl AsFd for UnixStream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+/// A listening Unix stream socket that accepts [`UnixStream`]s (the
+/// daemon's side; it binds the socket itself, with the permissions it
+/// wants, and hands it over).
+#[derive(Debug)]
+pub struct UnixListener(uds::Listener);
+
+impl UnixListener {
+    /// Serves `fd`: a bound, listening, non-blocking Unix stream socket.
+    /// Must run inside a tokio runtime.
+    pub fn from_fd(fd: OwnedFd) -> io::Result<UnixListener> {
+        uds::Listener::try_from(fd)
+            .map(UnixListener)
+            .map_err(|e| io::Error::other(e.to_string()))
+    }
+
+    /// Waits for the next connection.
+    pub async fn accept(&self) -> io::Result<UnixStream> {
+        use interprocess::local_socket::traits::tokio::Listener as _;
+        self.0.accept().await.map(UnixStream)
+    }
+}
 
 /// How often an idle TCP connection is probed by the kernel (keep-alive).
 pub const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
@@ -51,7 +85,7 @@ impl std::fmt::Debug for Writer {
 }
 
 /// Shares a Unix stream between the two halves.
-struct SharedUnix(Arc<UnixStream>);
+struct SharedUnix(Arc<uds::Stream>);
 
 impl AsyncRead for SharedUnix {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
@@ -84,7 +118,7 @@ impl AsyncWrite for SharedUnix {
 /// Splits a Unix stream.
 pub fn split_unix(stream: UnixStream) -> (Reader, Writer) {
     let fd = stream.as_fd().as_raw_fd();
-    let s = Arc::new(stream);
+    let s = Arc::new(stream.0);
     (
         Reader(Box::new(SharedUnix(s.clone()))),
         Writer {
@@ -162,7 +196,11 @@ pub fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
 /// Connects to a Unix socket path through interprocess.
 pub async fn connect_unix(path: &Path) -> io::Result<UnixStream> {
     let name = path.to_fs_name::<GenericFilePath>()?;
-    ConnectOptions::new().name(name).connect_tokio_as().await
+    ConnectOptions::new()
+        .name(name)
+        .connect_tokio_as::<uds::Stream>()
+        .await
+        .map(UnixStream)
 }
 
 impl Writer {
