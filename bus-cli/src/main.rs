@@ -27,6 +27,7 @@ macro_rules! out {
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+#[cfg(feature = "bench")]
 mod bench;
 mod info;
 mod list;
@@ -190,6 +191,7 @@ enum Command {
     /// Measure throughput and latency, optionally against a raw-socket baseline.
     ///
     /// Starts its own daemon in-process unless --address is given.
+    #[cfg(feature = "bench")]
     Bench(bench::BenchArgs),
     /// Daemon version, uptime, socket, totals and limits.
     Info {
@@ -250,6 +252,7 @@ async fn run(cli: Cli) -> libbus::Result<()> {
         }
         _ => {}
     }
+    #[cfg(feature = "bench")]
     if let Command::Bench(args) = cli.command {
         let address = cli.address.map(|a| a.parse()).transpose()?;
         return bench::run(args, address).await;
@@ -392,7 +395,9 @@ async fn run(cli: Cli) -> libbus::Result<()> {
         Command::Info { json } => info::run(&bus, &address, json).await,
         Command::Kick { id } => info::kick(&bus, id).await,
         // Handled above, without a connection of their own.
-        Command::Bench(_) | Command::Completions { .. } | Command::Manpage => Ok(()),
+        #[cfg(feature = "bench")]
+        Command::Bench(_) => Ok(()),
+        Command::Completions { .. } | Command::Manpage => Ok(()),
     };
     let closed = bus.close().await;
     result.and(closed)
