@@ -414,3 +414,29 @@ async fn names_are_asked_for_again_after_a_reconnect() {
     let caller = bus.client("caller").await;
     assert_eq!(owner_id(&caller, "org.test.back").await, Some(a.conn_id()));
 }
+
+#[tokio::test]
+async fn next_event_gives_changes_of_standing_and_calls_in_order() {
+    let bus = TestBus::start();
+    let a = bus.client("a").await;
+    let b = bus.client("b").await;
+    let caller = bus.client("caller").await;
+    let na = a.request_name("org.test.ev", NameFlags::NONE).await.unwrap();
+    let mut nb = b.request_name("org.test.ev", NameFlags::NONE).await.unwrap();
+    let mut event = async || within("a name event", nb.next_event()).await.expect("open");
+    assert!(matches!(event().await, NameEvent::State(NameState::Queued)));
+
+    // A lets go; B's change comes before the call made after it.
+    na.release().await.unwrap();
+    let call = tokio::spawn(async move { caller.call("org.test.ev", "ping", "1").await });
+    assert!(matches!(event().await, NameEvent::State(NameState::Primary)));
+    match event().await {
+        NameEvent::Call(c) => {
+            assert_eq!(c.subject(), "ping");
+            c.respond("pong").await.unwrap();
+        }
+        other => panic!("expected the call, got {other:?}"),
+    }
+    let reply = within("the reply", call).await.unwrap().unwrap();
+    assert_eq!(reply.payload(), b"pong");
+}

@@ -133,11 +133,22 @@ impl Name {
     /// # }
     /// ```
     pub async fn next_event(&mut self) -> Option<NameEvent> {
-        tokio::select! {
-            biased;
-            Some(state) = self.states.recv() => Some(NameEvent::State(state)),
-            call = self.calls.next() => call.map(NameEvent::Call),
-        }
+        use std::{future::Future, task::Poll};
+        // Changes first; a closed state channel leaves only the calls.
+        let mut calls = std::pin::pin!(self.calls.next());
+        let states = &mut self.states;
+        let mut states_open = true;
+        std::future::poll_fn(|cx| {
+            if states_open {
+                match states.poll_recv(cx) {
+                    Poll::Ready(Some(state)) => return Poll::Ready(Some(NameEvent::State(state))),
+                    Poll::Ready(None) => states_open = false,
+                    Poll::Pending => {}
+                }
+            }
+            calls.as_mut().poll(cx).map(|call| call.map(NameEvent::Call))
+        })
+        .await
     }
 
     /// Releases the name (or leaves its queue); the daemon's answer is
