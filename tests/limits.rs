@@ -166,6 +166,8 @@ async fn kick_closes_a_connection_for_good() {
                 break;
             }
             Some(Event::Lagged { .. }) => {}
+            // The reason comes first, as the daemon's error.
+            Some(Event::Error { code, .. }) => assert_eq!(code, ErrorCode::Kicked),
             other => panic!("expected Closed, got {other:?}"),
         }
     }

@@ -119,6 +119,16 @@ pub async fn run(bus: &Bus, address: &Address, json: bool) -> libbus::Result<()>
     for (name, count) in others {
         outln!("  {name:<24} {:>8} {count:>10}", "-");
     }
+    // A daemon without $BUS.api.denials (older) has no access policy.
+    if let Ok(reply) = bus.request(api::DENIALS, []).await {
+        let denials: Vec<api::Denial> = reply.decode()?;
+        if !denials.is_empty() {
+            outln!("denied by the access policy:");
+            for d in denials {
+                outln!("  {:>8}  {}: {}", d.count, d.principal, d.rule);
+            }
+        }
+    }
     Ok(())
 }
 

@@ -35,8 +35,32 @@ pub fn parse_header(arg: &str) -> Result<(String, String), String> {
 }
 
 pub async fn send(bus: &Bus, subject: &str, arg: Option<String>, headers: Headers) -> libbus::Result<()> {
+    let mut events = bus.events();
     bus.publish_with_headers(subject, &headers, payload(arg)?).await?;
-    bus.flush().await
+    refused(bus, &mut events).await
+}
+
+/// After publishing: a round trip to the daemon, which answers in order,
+/// so an error it reported for what was published (a denied subject, a
+/// limit) has arrived; that error, if any.
+async fn refused(bus: &Bus, events: &mut libbus::Events) -> libbus::Result<()> {
+    // A flush waits for the daemon's answer to a ping.
+    bus.flush().await?;
+    match last_error(events).await {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// The last error the daemon reported among the events already there.
+async fn last_error(events: &mut libbus::Events) -> Option<libbus::Error> {
+    let mut last = None;
+    while let Ok(Some(event)) = tokio::time::timeout(Duration::ZERO, events.next()).await {
+        if let libbus::Event::Error { code, message } = event {
+            last = Some(libbus::Error::Server { code, message });
+        }
+    }
+    last
 }
 
 pub async fn request(
@@ -57,10 +81,11 @@ pub async fn request(
 pub async fn send_lines(bus: &Bus, subject: &str, headers: Headers) -> libbus::Result<()> {
     use std::io::BufRead;
     // Lines of bytes: a payload need not be UTF-8.
+    let mut events = bus.events();
     for line in std::io::stdin().lock().split(b'\n') {
         bus.publish_with_headers(subject, &headers, line?).await?;
     }
-    bus.flush().await
+    refused(bus, &mut events).await
 }
 
 /// How `sub` prints each message.
@@ -257,6 +282,7 @@ pub async fn sub(
     format: Format,
     count: Option<u64>,
 ) -> libbus::Result<()> {
+    let mut events = bus.events();
     let mut sub = match queue {
         Some(q) => bus.queue_subscribe(pattern, q).await?,
         // JSON records say who sent each message.
@@ -274,7 +300,13 @@ pub async fn sub(
             Some(Delivery::Lagged(n)) => {
                 eprintln!("warning: {n} messages dropped (this subscriber fell behind)")
             }
-            None => return Err(bus.disconnected_error()),
+            // Ended by the daemon (a reloaded policy denies it), or by
+            // the connection's end.
+            None => {
+                return Err(last_error(&mut events)
+                    .await
+                    .unwrap_or_else(|| bus.disconnected_error()))
+            }
         }
     }
     Ok(())

@@ -21,22 +21,33 @@ pub fn handle(state: &State, conn: &Conn, subject: &str, reply_to: Option<&str>,
         api::LIST => {
             let page = page(payload);
             let conns = state.registry.snapshot();
-            let live = conns.iter().filter(|c| c.id > page.after).map(|c| c.info());
+            let live = conns
+                .iter()
+                .filter(|c| c.id > page.after && may_see(conn, &c.peer, c.id))
+                .map(|c| c.info());
             paged(state, page, live)
         }
         api::RTT => {
             let page = page(payload);
             let conns = state.registry.snapshot();
-            let rtts = conns.iter().filter(|c| c.id > page.after).map(|c| api::ConnRtt {
-                id: c.id,
-                rtt_us: c.stats.rtt_us.load(Relaxed),
-            });
+            let rtts = conns
+                .iter()
+                .filter(|c| c.id > page.after && may_see(conn, &c.peer, c.id))
+                .map(|c| api::ConnRtt {
+                    id: c.id,
+                    rtt_us: c.stats.rtt_us.load(Relaxed),
+                });
             paged(state, page, rtts)
         }
         api::CLOSED => {
             // In the order they closed: `after` counts the records already had.
             let page = page(payload);
-            let closed = state.registry.closed().into_iter().skip(page.after as usize);
+            let closed = state
+                .registry
+                .closed()
+                .into_iter()
+                .filter(|c| may_see(conn, &c.conn.peer, c.conn.id))
+                .skip(page.after as usize);
             paged(state, page, closed)
         }
         api::NAMES => {
@@ -47,6 +58,7 @@ pub fn handle(state: &State, conn: &Conn, subject: &str, reply_to: Option<&str>,
         api::NAME_OWNER => postcard::to_allocvec(&name_owner(state, payload)),
         api::INFO => postcard::to_allocvec(&info(state)),
         api::CONFIG => postcard::to_allocvec(&*crate::registry::lock(&state.config_source)),
+        api::DENIALS => postcard::to_allocvec(&state.policy.denials()),
         api::KICK => postcard::to_allocvec(&kick(state, conn, payload)),
         _ => {
             conn.outbox
@@ -57,6 +69,19 @@ pub fn handle(state: &State, conn: &Conn, subject: &str, reply_to: Option<&str>,
     match body {
         Ok(body) => publish(state, reply_to, body),
         Err(e) => tracing::error!("encoding {subject} reply: {e}"),
+    }
+}
+
+/// May `viewer` see `other`'s details (pid, subscriptions, counters) in
+/// `$BUS.api.list` and the like? A privileged principal sees everyone,
+/// others the connections of their own uid (a network peer: itself).
+pub fn may_see(viewer: &Conn, peer: &api::Peer, id: u64) -> bool {
+    if viewer.rights.load().privileged {
+        return true;
+    }
+    match (&viewer.peer, peer) {
+        (api::Peer::Unix { uid: a, .. }, api::Peer::Unix { uid: b, .. }) => a == b,
+        _ => viewer.id == id,
     }
 }
 

@@ -174,6 +174,13 @@ pub struct Config {
     /// `bus-cli info`). Anyone who can reach it reads the daemon's
     /// counters, so keep it on loopback or behind a firewall. Default: off.
     pub metrics: Option<String>,
+    /// `[[permissions]]`: what each local user or group (by `uid` or
+    /// `gid`) may publish, subscribe to, own and call, and the `default`
+    /// for everyone else who may connect (`docs/security.md`). A user or
+    /// group named here may connect. Default: none, so every peer let in
+    /// may do anything but watch (`>`, events, others' replies); the
+    /// daemon's uid and root may do everything.
+    pub permissions: Vec<crate::acl::Permissions>,
 }
 
 /// How busd writes its log (`log_format`).
@@ -236,6 +243,7 @@ impl Default for Config {
             workers: 0,
             log_format: LogFormat::Text,
             metrics: None,
+            permissions: Vec::new(),
         }
     }
 }
@@ -284,6 +292,12 @@ impl Config {
 
     /// Checks that the values fit together.
     pub fn validate(&self) -> Result<(), String> {
+        for p in &self.permissions {
+            p.validate()?;
+        }
+        if self.permissions.iter().filter(|p| p.default).count() > 1 {
+            return Err("at most one [[permissions]] entry may say default = true".into());
+        }
         if self.max_pending < self.max_frame as usize {
             return Err(format!(
                 "max_pending ({}) must be at least max_frame ({}), or no large message could ever be queued",

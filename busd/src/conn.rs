@@ -30,6 +30,8 @@ use libbus::{
 use tokio::io::AsyncWriteExt;
 
 use crate::{
+    access::{self, Verdict},
+    acl::Action,
     api, cluster, control,
     deliver::{Deliveries, RouteCache, Routes, Target},
     inflight::Inflight,
@@ -58,6 +60,7 @@ pub async fn serve(
     rd: Reader,
     mut wr: Writer,
     peer: Peer,
+    groups: Vec<u32>,
     transport: &'static str,
     mut ticket: Ticket,
 ) {
@@ -68,7 +71,7 @@ pub async fn serve(
 
     let admitted = handshake(&state, &mut frames)
         .await
-        .and_then(|h| admit(&state, &peer, transport, h.auth.as_deref()).map(|()| h));
+        .and_then(|h| admit(&state, &peer, &groups, transport, h.auth.as_deref()).map(|()| h));
     let hello = match admitted {
         Ok(h) => h,
         Err((code, message)) => {
@@ -120,6 +123,7 @@ pub async fn serve(
     let connected_at = SystemTime::now();
     let id = state.registry.next_id();
     let sender = sender_of(&state.cluster.node_id, id, &hello.name, &peer);
+    let rights = state.policy.rights(&peer, &groups);
     let conn = Arc::new(Conn {
         id,
         sender,
@@ -134,6 +138,8 @@ pub async fn serve(
         kick: Default::default(),
         version: hello.version,
         owed: Default::default(),
+        groups: groups.into(),
+        rights: arc_swap::ArcSwap::from_pointee(rights),
     });
     let now_ms = crate::registry::unix_ms(connected_at);
     conn.stats.last_activity_ms.store(now_ms, Relaxed);
@@ -166,6 +172,9 @@ pub async fn serve(
         .record_closed(&conn, reason.clone(), state.config().max_closed);
 
     let subs = std::mem::take(&mut *lock(&conn.subs));
+    for s in subs.values() {
+        access::unsubscribed(&state, &conn, &s.pattern);
+    }
     state.router.unsubscribe(
         subs.iter()
             .map(|(sid, s)| (s.pattern.as_str(), s.queue.as_deref(), Target::new(&conn, *sid))),
@@ -218,7 +227,13 @@ fn sender_of(node: &str, id: u64, name: &str, peer: &Peer) -> Box<[u8]> {
 
 /// Applies the token check (network peers) and the access policy to a
 /// peer that sent a valid `Hello`. Its budgets were taken at accept.
-fn admit(state: &State, peer: &Peer, transport: &str, auth: Option<&str>) -> Result<(), (ErrorCode, String)> {
+fn admit(
+    state: &State,
+    peer: &Peer,
+    groups: &[u32],
+    transport: &str,
+    auth: Option<&str>,
+) -> Result<(), (ErrorCode, String)> {
     if transport != "unix" {
         if let Some(token) = &state.token {
             if !crate::tcp::token_matches(token, auth) {
@@ -229,7 +244,7 @@ fn admit(state: &State, peer: &Peer, transport: &str, auth: Option<&str>) -> Res
     }
     state
         .policy
-        .check_connect(peer)
+        .check_connect(peer, groups)
         .map_err(|m| (ErrorCode::PermissionDenied, m))
 }
 
@@ -569,6 +584,7 @@ fn decoded_frame<'a>(
                 state
                     .router
                     .unsubscribe([(sub.pattern.as_str(), sub.queue.as_deref(), target)]);
+                access::unsubscribed(state, conn, &sub.pattern);
             }
             Ok(())
         }
@@ -589,6 +605,8 @@ fn decoded_frame<'a>(
             } else if r.name.starts_with(subject::RESERVED_PREFIX) {
                 let e = subject::SubjectError::Reserved(r.name.into());
                 service::refuse(conn, r.serial, ErrorCode::Reserved, &e.to_string());
+            } else if let Err(message) = access::name(state, conn, Action::Own, r.name) {
+                service::refuse(conn, r.serial, ErrorCode::PermissionDenied, &message);
             } else {
                 service::request_name(state, conn, &r);
             }
@@ -643,6 +661,14 @@ fn call<'a>(
         }
     }
     if !c.headers.is_empty() && !headers_ok(state, conn, c.headers)? {
+        return Ok(());
+    }
+    if let Err(message) = access::name(state, conn, Action::Call, c.name) {
+        conn.outbox
+            .push_frame(&control::error(ErrorCode::PermissionDenied, &message));
+        if let Some(reply_to) = c.reply_to {
+            access::refuse_call(state, reply_to, &message);
+        }
         return Ok(());
     }
     pending.count(c.payload.len());
@@ -732,7 +758,11 @@ fn publish<'a>(
         }
         return Ok(());
     }
-    let routes = state.router.lookup(subject, cache);
+    let routes = match access::publish(state, conn, subject) {
+        Verdict::Allowed => state.router.lookup(subject, cache),
+        Verdict::Reply => state.router.lookup_uncached(subject),
+        Verdict::Denied => return Ok(()),
+    };
     route(state, conn, frame, p, reply_to, &routes, pending);
     Ok(())
 }
@@ -842,16 +872,19 @@ fn subscribe(state: &State, conn: &Arc<Conn>, s: proto::Sub<'_>, sender: bool) -
             ));
         }
     }
-    let refuse = |message: String| {
+    let refuse = |code: ErrorCode, message: String| {
         conn.outbox.push_frame(&control::server(&ServerFrame::SubRefused {
             sid: s.sid,
-            code: ErrorCode::LimitExceeded,
+            code,
             message: &message,
         }));
         Ok(())
     };
     if let Err(message) = subject_limits(state, "pattern", s.pattern) {
-        return refuse(message);
+        return refuse(ErrorCode::LimitExceeded, message);
+    }
+    if let Err(message) = access::subscribe(state, conn, s.pattern) {
+        return refuse(ErrorCode::PermissionDenied, message);
     }
     let mut subs = lock(&conn.subs);
     if let Some(old) = subs.get(&s.sid) {
@@ -860,13 +893,18 @@ fn subscribe(state: &State, conn: &Arc<Conn>, s: proto::Sub<'_>, sender: bool) -
         state
             .router
             .unsubscribe([(old.pattern.as_str(), old.queue.as_deref(), target)]);
+        access::unsubscribed(state, conn, &old.pattern);
     } else if subs.len() >= state.config().max_subscriptions {
         drop(subs);
+        access::unsubscribed(state, conn, s.pattern);
         state.policy.refused.count("max_subscriptions");
-        return refuse(format!(
-            "limit exceeded: max_subscriptions = {}",
-            state.config().max_subscriptions
-        ));
+        return refuse(
+            ErrorCode::LimitExceeded,
+            format!(
+                "limit exceeded: max_subscriptions = {}",
+                state.config().max_subscriptions
+            ),
+        );
     }
     subs.insert(
         s.sid,

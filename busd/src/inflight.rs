@@ -148,6 +148,12 @@ impl<R: Requester> Owed<R> {
         Owing::Tracked
     }
 
+    /// True if this connection owes a reply on `subject` (a request it
+    /// received and has not answered).
+    pub fn owes(&self, subject: &str) -> bool {
+        lock(&self.map).requests.contains_key(subject)
+    }
+
     /// This connection published to `subject`: a reply, if it owes one
     /// there. (Callers check [`is_empty`](Self::is_empty) first.)
     #[inline(never)]

@@ -48,6 +48,8 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod access;
+pub mod acl;
 pub mod api;
 pub mod cluster;
 pub mod config;
@@ -66,6 +68,7 @@ pub mod router;
 pub mod server;
 pub mod service;
 pub mod state;
+pub mod sys;
 pub mod systemd;
 pub mod tcp;
 

@@ -217,8 +217,9 @@ impl UnixListener {
         &self.path
     }
 
-    /// Waits for the next connection and reads its credentials from the kernel.
-    pub async fn accept(&self) -> io::Result<(UnixStream, Peer)> {
+    /// Waits for the next connection and reads its credentials from the
+    /// kernel: the peer, and every group it is in (the primary one first).
+    pub async fn accept(&self) -> io::Result<(UnixStream, Peer, Vec<u32>)> {
         let stream = self.inner.accept().await?;
         let cred = getsockopt(&stream, PeerCredentials).map_err(io::Error::from)?;
         let peer = Peer::Unix {
@@ -226,7 +227,13 @@ impl UnixListener {
             uid: cred.uid(),
             gid: cred.gid(),
         };
-        Ok((stream, peer))
+        let mut groups = vec![cred.gid()];
+        match crate::sys::peer_groups(std::os::fd::AsFd::as_fd(&stream)) {
+            Ok(more) => groups.extend(more.into_iter().filter(|g| *g != cred.gid())),
+            // Before Linux 4.13: the primary group only.
+            Err(e) => tracing::debug!("SO_PEERGROUPS: {e}"),
+        }
+        Ok((stream, peer, groups))
     }
 }
 

@@ -7,7 +7,10 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 mod log;
-mod sys;
+use busd::sys;
+
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The bus daemon: routes messages between local processes over a Unix socket.
 ///

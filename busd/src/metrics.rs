@@ -183,6 +183,7 @@ struct Snapshot {
     subscriptions: u64,
     names: u64,
     refused: Vec<(String, u64)>,
+    denials: Vec<libbus::proto::api::Denial>,
     limits: Vec<(String, u64)>,
     reloads: u64,
     bridges: Vec<libbus::proto::api::BridgeInfo>,
@@ -225,6 +226,7 @@ impl Snapshot {
             subscriptions: info.subscriptions,
             names: state.names.lock().len() as u64,
             refused: info.refused,
+            denials: state.policy.denials(),
             limits: info.limits,
             reloads: registry::lock(&state.config_source).reloads,
             bridges: info.bridges,
@@ -376,6 +378,18 @@ impl Collector for Snapshot {
             "name",
             &self.limits,
         )?;
+        {
+            let mut family = f.encoder.encode_descriptor(
+                "bus_denied",
+                "What the access policy denied, by principal and rule.",
+                None,
+                Counter,
+            )?;
+            for d in &self.denials {
+                let labels = [("principal", d.principal.as_str()), ("rule", d.rule.as_str())];
+                sample(Counter, d.count, family.encode_family(&labels)?)?;
+            }
+        }
         f.one(
             Counter,
             "bus_config_reloads",

@@ -12,19 +12,27 @@
 //! check, so unauthenticated sockets cannot starve authenticated peers. A
 //! local user's connections, handshaken or not, are bounded by its quota.
 //!
-//! The Unix socket's peer credentials come from the kernel (`SO_PEERCRED`),
-//! so they cannot be forged. By default only the daemon's own user and root
-//! may connect; `allow_uid` / `allow_gid` widen that. State-changing admin
-//! requests (`$BUS.api.kick`) are limited to the daemon's user and root.
+//! The Unix socket's peer credentials come from the kernel (`SO_PEERCRED`,
+//! and `SO_PEERGROUPS` for every group), so they cannot be forged. By
+//! default only the daemon's own user and root may connect; `allow_uid` /
+//! `allow_gid` (any of the peer's groups), and the users and groups a
+//! `[[permissions]]` entry names, widen that. What each may do once
+//! connected is [`acl`](crate::acl)'s: [`Policy::rights`]. State-changing
+//! admin requests (`$BUS.api.kick`) are limited to the daemon's user and
+//! root.
 
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
 };
 
-use libbus::proto::api::Peer;
+use libbus::proto::api::{Denial, Peer};
 
-use crate::{config::Config, registry::lock};
+use crate::{
+    acl::{Permissions, Principal, Rights},
+    config::Config,
+    registry::lock,
+};
 
 /// The access policy and per-uid accounting of one daemon.
 #[derive(Debug)]
@@ -40,6 +48,8 @@ pub struct Policy {
     counts: Mutex<Counts>,
     /// What was refused, by limit name.
     pub refused: Refusals,
+    /// What the access policy denied, by (principal, rule).
+    denials: Mutex<BTreeMap<(String, String), u64>>,
 }
 
 /// The settings of a [`Policy`] that a reload may change.
@@ -52,6 +62,7 @@ struct Rules {
     reserved: usize,
     max_tcp: usize,
     max_pending: usize,
+    permissions: Vec<Permissions>,
 }
 
 impl Rules {
@@ -64,6 +75,7 @@ impl Rules {
             reserved: config.reserved_connections,
             max_tcp: config.max_tcp_connections,
             max_pending: config.max_pending_handshakes,
+            permissions: config.permissions.clone(),
         }
     }
 }
@@ -77,6 +89,7 @@ impl Policy {
             per_uid: Mutex::new(HashMap::new()),
             counts: Mutex::new(Counts::default()),
             refused: Refusals::default(),
+            denials: Mutex::default(),
         }
     }
 
@@ -87,15 +100,19 @@ impl Policy {
         self.rules.store(Arc::new(Rules::of(config)));
     }
 
-    /// May `peer` connect? The error is the message the peer gets.
-    pub fn check_connect(&self, peer: &Peer) -> Result<(), String> {
+    /// May `peer`, a member of `groups`, connect? The error is the
+    /// message the peer gets.
+    pub fn check_connect(&self, peer: &Peer, groups: &[u32]) -> Result<(), String> {
         let rules = self.rules.load();
         match *peer {
-            Peer::Unix { uid, gid, .. } => {
+            Peer::Unix { uid, .. } => {
+                let named =
+                    |p: &Permissions| p.uid == Some(uid) || p.gid.is_some_and(|g| groups.contains(&g));
                 if uid == 0
                     || uid == self.daemon_uid
                     || rules.allow_uid.contains(&uid)
-                    || rules.allow_gid.contains(&gid)
+                    || rules.allow_gid.iter().any(|g| groups.contains(g))
+                    || rules.permissions.iter().any(named)
                 {
                     Ok(())
                 } else {
@@ -106,6 +123,46 @@ impl Policy {
             // Network peers authenticate by other means.
             Peer::Net { .. } => Ok(()),
         }
+    }
+
+    /// What `peer`, a member of `groups`, may do: everything for the
+    /// daemon's uid and root, else what the `[[permissions]]` give it.
+    pub fn rights(&self, peer: &Peer, groups: &[u32]) -> Rights {
+        match *peer {
+            Peer::Unix { uid, .. } => {
+                let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                    .ok()
+                    .flatten()
+                    .map(|u| u.name);
+                let who = Principal::local(uid, groups.to_vec(), user);
+                if uid == 0 || uid == self.daemon_uid {
+                    Rights::all(who)
+                } else {
+                    Rights::of(&self.rules.load().permissions, who)
+                }
+            }
+            Peer::Net { .. } => Rights::of(&self.rules.load().permissions, Principal::network()),
+        }
+    }
+
+    /// Counts a denial of `principal` by `rule`.
+    pub fn count_denial(&self, principal: &str, rule: &str) {
+        self.refused.count("permission_denied");
+        *lock(&self.denials)
+            .entry((principal.to_owned(), rule.to_owned()))
+            .or_default() += 1;
+    }
+
+    /// Every denial since start, by principal and rule.
+    pub fn denials(&self) -> Vec<Denial> {
+        lock(&self.denials)
+            .iter()
+            .map(|((principal, rule), count)| Denial {
+                principal: principal.clone(),
+                rule: rule.clone(),
+                count: *count,
+            })
+            .collect()
     }
 
     /// May `peer` change daemon state (close other connections)?
@@ -265,10 +322,10 @@ mod tests {
     #[test]
     fn default_policy_admits_own_uid_and_root_only() {
         let p = Policy::new(&Config::default(), 1000);
-        assert!(p.check_connect(&unix(1000, 1000)).is_ok());
-        assert!(p.check_connect(&unix(0, 0)).is_ok());
+        assert!(p.check_connect(&unix(1000, 1000), &[1000]).is_ok());
+        assert!(p.check_connect(&unix(0, 0), &[0]).is_ok());
         assert_eq!(
-            p.check_connect(&unix(1001, 1001)).unwrap_err(),
+            p.check_connect(&unix(1001, 1001), &[1001]).unwrap_err(),
             "permission denied for uid 1001"
         );
         assert_eq!(p.refused.snapshot(), vec![("permission_denied".into(), 1)]);
@@ -282,12 +339,37 @@ mod tests {
             ..Config::default()
         };
         let p = Policy::new(&config, 1000);
-        assert!(p.check_connect(&unix(1001, 1001)).is_ok());
-        assert!(p.check_connect(&unix(1002, 50)).is_ok());
-        assert!(p.check_connect(&unix(1002, 51)).is_err());
+        assert!(p.check_connect(&unix(1001, 1001), &[1001]).is_ok());
+        assert!(p.check_connect(&unix(1002, 50), &[50]).is_ok());
+        assert!(p.check_connect(&unix(1002, 51), &[51]).is_err());
+        // A supplementary group counts as the primary one does.
+        assert!(p.check_connect(&unix(1003, 1003), &[1003, 50]).is_ok());
         assert!(p.check_admin(&unix(1001, 1001)).is_err());
         assert!(p.check_admin(&unix(1000, 1)).is_ok());
         assert!(p.check_admin(&unix(0, 0)).is_ok());
+    }
+
+    #[test]
+    fn permissions_entries_admit_whom_they_name() {
+        let config = Config {
+            permissions: vec![
+                crate::acl::Permissions {
+                    uid: Some(1001),
+                    ..Default::default()
+                },
+                crate::acl::Permissions {
+                    gid: Some(60),
+                    ..Default::default()
+                },
+            ],
+            ..Config::default()
+        };
+        let p = Policy::new(&config, 1000);
+        assert!(p.check_connect(&unix(1001, 1001), &[1001]).is_ok());
+        assert!(p.check_connect(&unix(1002, 1002), &[1002, 60]).is_ok());
+        assert!(p.check_connect(&unix(1003, 1003), &[1003]).is_err());
+        assert!(p.rights(&unix(1000, 1000), &[1000]).all);
+        assert!(!p.rights(&unix(1001, 1001), &[1001]).all);
     }
 
     #[test]

@@ -100,6 +100,11 @@ pub struct Conn {
     /// Requests delivered here and not yet answered. Boxed: kept out of
     /// the way of the fields every message touches.
     pub owed: Box<crate::inflight::Owed<Conn>>,
+    /// Every group of a local peer, the primary one first (from the
+    /// kernel); empty for a network peer.
+    pub groups: Box<[u32]>,
+    /// What it may do; replaced when the policy is reloaded.
+    pub rights: arc_swap::ArcSwap<crate::acl::Rights>,
 }
 
 impl Conn {

@@ -92,6 +92,7 @@ impl Reloader {
         new.validate()?;
         state.policy.reconfigure(&new);
         state.config.store(Arc::new(new));
+        crate::access::reload(state);
         let mut source = crate::registry::lock(&state.config_source);
         source.file = file.map(|f| f.display().to_string());
         source.loaded_at_ms = crate::registry::unix_ms(std::time::SystemTime::now());
@@ -189,6 +190,7 @@ impl Server {
             bridge_token,
             cluster,
             names: Default::default(),
+            inboxes: Default::default(),
             accept_log: LogLimit::new(LOG_LINES_PER_SECOND),
             refusal_log: LogLimit::new(LOG_LINES_PER_SECOND),
             conn_log: LogLimit::new(CONN_LOG_LINES_PER_SECOND),
@@ -272,10 +274,10 @@ impl Server {
         loop {
             let incoming = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                accepted = listener.accept() => accepted.map(|(stream, peer)| {
+                accepted = listener.accept() => accepted.map(|(stream, peer, groups)| {
                     libbus::transport::set_send_buffer(&stream, state.config().socket_buffer);
                     let (r, w) = libbus::transport::split_unix(stream);
-                    Incoming::Ready(r, w, peer)
+                    Incoming::Ready(r, w, peer, groups)
                 }),
                 accepted = accept_tcp(tcp.as_ref()) => accepted.map(|(stream, addr)| Incoming::Tcp(stream, addr)),
             };
@@ -292,7 +294,7 @@ impl Server {
                 }
             };
             let peer = match &incoming {
-                Incoming::Ready(_, _, peer) => peer.clone(),
+                Incoming::Ready(_, _, peer, _) => peer.clone(),
                 Incoming::Tcp(_, addr) => Peer::Net {
                     addr: addr.to_string(),
                 },
@@ -303,12 +305,12 @@ impl Server {
             let state = state.clone();
             let acceptor = acceptor.clone();
             tracker.spawn(async move {
-                let (r, w, transport) = match incoming {
-                    Incoming::Ready(r, w, _) => (r, w, "unix"),
+                let (r, w, groups, transport) = match incoming {
+                    Incoming::Ready(r, w, _, groups) => (r, w, groups, "unix"),
                     Incoming::Tcp(stream, addr) => {
                         let Some(acceptor) = acceptor else { return };
                         match acceptor.establish(stream, state.config().handshake_timeout).await {
-                            Ok((r, w)) => (r, w, acceptor.transport()),
+                            Ok((r, w)) => (r, w, Vec::new(), acceptor.transport()),
                             Err(e) => {
                                 tracing::debug!(%addr, "TLS/TCP setup failed: {e}");
                                 state.policy.refused.count("tls_handshake");
@@ -318,7 +320,7 @@ impl Server {
                     }
                 };
                 match admitted {
-                    Ok(ticket) => conn::serve(state, r, w, peer, transport, ticket).await,
+                    Ok(ticket) => conn::serve(state, r, w, peer, groups, transport, ticket).await,
                     Err(message) => {
                         if let Some(held_back) = state.refusal_log.allow(state.clock.now_ms()) {
                             tracing::info!(?peer, transport, message, held_back, "connection refused");
@@ -371,8 +373,8 @@ async fn refuse(mut rd: Reader, mut wr: Writer, code: ErrorCode, message: String
 
 /// An accepted connection, before its handshake.
 enum Incoming {
-    /// A Unix stream, with kernel credentials.
-    Ready(Reader, Writer, Peer),
+    /// A Unix stream, with kernel credentials and groups.
+    Ready(Reader, Writer, Peer, Vec<u32>),
     /// A TCP stream, still to be set up (options, TLS).
     Tcp(tokio::net::TcpStream, std::net::SocketAddr),
 }
@@ -394,6 +396,7 @@ pub struct Daemon {
     address: Address,
     tcp_address: Option<Address>,
     metrics_address: Option<std::net::SocketAddr>,
+    reloader: Reloader,
     shutdown: CancellationToken,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -424,6 +427,7 @@ impl Daemon {
                                 server.address(),
                                 server.tcp_address(),
                                 server.metrics_address(),
+                                server.reloader(),
                             )));
                             server.run(token).await;
                         }
@@ -437,13 +441,14 @@ impl Daemon {
                 what: "spawning the daemon thread".into(),
                 source: e,
             })?;
-        let (address, tcp_address, metrics_address) = rx
+        let (address, tcp_address, metrics_address, reloader) = rx
             .recv()
             .map_err(|_| Error::Config("daemon thread exited during startup".into()))??;
         Ok(Daemon {
             address,
             tcp_address,
             metrics_address,
+            reloader,
             shutdown,
             thread: Some(thread),
         })
@@ -462,6 +467,11 @@ impl Daemon {
     /// Where Prometheus scrapes (`http://ADDR/metrics`), if `metrics` is set.
     pub fn metrics_address(&self) -> Option<std::net::SocketAddr> {
         self.metrics_address
+    }
+
+    /// Takes `config` as a SIGHUP would (see [`Reloader::reload`]).
+    pub fn reload(&self, config: Config) -> Result<Vec<&'static str>, String> {
+        self.reloader.reload(config, None)
     }
 
     /// Shuts down and waits for the daemon to finish.

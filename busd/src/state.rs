@@ -85,6 +85,8 @@ pub struct State {
     pub cluster: Cluster,
     /// Well-known names and their owners.
     pub names: Names,
+    /// Who holds each reply inbox.
+    pub inboxes: crate::acl::Inboxes,
     /// Limits the warnings of failed accepts (say, at the fd limit).
     pub accept_log: LogLimit,
     /// Limits the lines of refused handshakes.

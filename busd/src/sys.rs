@@ -1,10 +1,11 @@
-//! Where the `busd` binary meets the system through `unsafe`, the only
-//! place in the workspace that does: the allocator, and the sockets
-//! systemd passes.
+//! Where busd meets the system through `unsafe`, the only place in the
+//! workspace that does: the allocator, the sockets systemd passes, and a
+//! peer's groups.
 //!
 //! ## The allocator
 //!
-//! mimalloc, and handing back what closed connections leave behind.
+//! mimalloc (the `busd` binary's global allocator), and handing back what
+//! closed connections leave behind.
 //! Every published message is one allocation made by the publisher's
 //! reader and freed by the subscribers' writers, often on another thread;
 //! glibc malloc spent ~15% of the daemon's time on that in `bus-cli bench
@@ -22,12 +23,9 @@
 
 use std::{
     cell::Cell,
-    os::fd::{FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
     time::{Duration, Instant},
 };
-
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Least time between two collections by one worker thread.
 const COLLECT_EVERY: Duration = Duration::from_secs(1);
@@ -87,4 +85,63 @@ pub fn inherited_sockets() -> std::io::Result<Vec<(OwnedFd, String)>> {
         std::env::remove_var(var);
     }
     Ok(owned)
+}
+
+/// Most groups a peer can have (Linux's `NGROUPS_MAX`).
+const MAX_GROUPS: usize = 65536;
+
+/// The supplementary groups of the process at the other end of the Unix
+/// socket `fd`, as the kernel recorded them when it connected
+/// (`SO_PEERGROUPS`, Linux 4.13 and later). Unlike `/proc/PID/status`,
+/// this cannot be raced by the peer exiting and its pid being reused.
+#[allow(unsafe_code)]
+pub fn peer_groups(fd: BorrowedFd<'_>) -> std::io::Result<Vec<u32>> {
+    use nix::libc;
+    const GID: usize = std::mem::size_of::<libc::gid_t>();
+    let mut groups: Vec<libc::gid_t> = vec![0; 32];
+    loop {
+        let mut len = (groups.len() * GID) as libc::socklen_t;
+        // SAFETY: `fd` is a valid open descriptor for the call (borrowed);
+        // `groups` is an initialized buffer of exactly `len` bytes that
+        // lives across the call, and the kernel writes at most `len` bytes
+        // into it (and stores the length it needs, or wrote, in `len`).
+        let r = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let needed = len as usize / GID;
+        if r == 0 {
+            groups.truncate(needed.min(groups.len()));
+            return Ok(groups);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ERANGE) || needed <= groups.len() || needed > MAX_GROUPS {
+            return Err(e);
+        }
+        groups.resize(needed, 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn a_peer_has_this_process_groups() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut groups = super::peer_groups(a.as_fd()).unwrap();
+        let mut ours: Vec<u32> = nix::unistd::getgroups()
+            .unwrap()
+            .iter()
+            .map(|g| g.as_raw())
+            .collect();
+        groups.sort_unstable();
+        ours.sort_unstable();
+        assert_eq!(groups, ours);
+    }
 }

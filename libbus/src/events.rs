@@ -39,6 +39,17 @@ pub enum Event {
         /// Messages dropped since the last notice.
         dropped: u64,
     },
+    /// The daemon reported an error: a refusal that leaves the connection
+    /// open (a publish or subscription the access policy denies, a limit;
+    /// a subscription a reloaded policy denies ends with this), or the
+    /// reason it is about to close it (then `Disconnected` or `Closed`
+    /// follows).
+    Error {
+        /// What kind of error.
+        code: crate::proto::ErrorCode,
+        /// The daemon's message: what was refused, and by which rule or limit.
+        message: String,
+    },
     /// The connection ended for good (closed, reconnecting disabled or given
     /// up, or refused permanently). The last event of every stream.
     Closed {

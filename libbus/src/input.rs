@@ -119,6 +119,10 @@ pub(crate) struct Input {
     name_ops: Mutex<HashMap<u64, oneshot::Sender<Result<NameReply>>>>,
     /// The daemon's last `Error`, reported when it then closes.
     pub last_error: Mutex<Option<(ErrorCode, String)>>,
+    /// An `Error` came in the last read: if the next read brings more, the
+    /// connection went on (a refusal), and `last_error` is no reason for
+    /// an end.
+    error_seen: std::sync::atomic::AtomicBool,
     subscription_capacity: usize,
     room: ReadRoom,
 }
@@ -135,6 +139,7 @@ impl Input {
             next_request: AtomicU64::new(1),
             name_ops: Mutex::new(HashMap::new()),
             last_error: Mutex::new(None),
+            error_seen: Default::default(),
             subscription_capacity: opts.subscription_capacity.max(1),
             room: ReadRoom::new(opts),
         }
@@ -592,6 +597,9 @@ pub(crate) async fn read_loop(input: &Input, output: &Arc<Output>, mut frames: F
             Ok(None) => break "daemon closed the connection".to_owned(),
             Err(e) => break format!("read failed: {e}"),
         };
+        if input.error_seen.swap(false, Ordering::Relaxed) {
+            lock(&input.last_error).take();
+        }
         let mut msgs = 0;
         for (at, body) in codec::whole_frames(&chunk) {
             let start = at + proto::LEN_PREFIX;
@@ -725,7 +733,13 @@ fn handle_frame(
         ServerFrame::ResponderGone { reply_to } => {
             input.complete_request(reply_to, |subject| Err(Error::ResponderGone { subject }));
         }
-        ServerFrame::SubRefused { sid, code, message } => input.sub_refused(sid, code, message),
+        ServerFrame::SubRefused { sid, code, message } => {
+            input.sub_refused(sid, code, message);
+            output.emit(Event::Error {
+                code,
+                message: message.to_owned(),
+            });
+        }
         ServerFrame::Ping => {
             if output.send_now(&ClientFrame::Pong).is_err() {
                 return Err("connection closed".into());
@@ -737,6 +751,11 @@ fn handle_frame(
             // and report the message as the reason.
             tracing::warn!(?code, message, "bus daemon reported an error");
             *lock(&input.last_error) = Some((code, message.to_owned()));
+            input.error_seen.store(true, Ordering::Relaxed);
+            output.emit(Event::Error {
+                code,
+                message: message.to_owned(),
+            });
         }
         ServerFrame::Welcome(_) => return Err("unexpected Welcome from daemon".into()),
         ServerFrame::NameReply { serial, reply } => input.complete_name_op(serial, Ok(reply)),

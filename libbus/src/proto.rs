@@ -632,6 +632,40 @@ pub mod api {
     /// [`NameOwnerChanged`]. Published for every change, in order.
     pub const EVENT_NAME_OWNER: &str = "$BUS.event.name.owner";
 
+    /// Admin request: what the access policy denied since start, by
+    /// principal and rule. Reply: `Vec<Denial>`.
+    pub const DENIALS: &str = "$BUS.api.denials";
+    /// Event (privileged): the access policy denied something. Payload:
+    /// [`DeniedEvent`].
+    pub const EVENT_DENIED: &str = "$BUS.event.denied";
+
+    /// How often one rule denied one principal something.
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+    pub struct Denial {
+        /// Who was denied: `uid 1000`, `tcp`, ...
+        pub principal: String,
+        /// The rule: the `[[permissions]]` entry, the list and the pattern
+        /// (`uid 1000 publish_deny "root.>"`), or a built-in one.
+        pub rule: String,
+        /// Times since start.
+        pub count: u64,
+    }
+
+    /// Payload of `$BUS.event.denied`.
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+    pub struct DeniedEvent {
+        /// The connection denied.
+        pub conn_id: u64,
+        /// Who it is.
+        pub principal: String,
+        /// `publish`, `subscribe`, `own` or `call`.
+        pub action: String,
+        /// The subject, pattern or name.
+        pub subject: String,
+        /// The rule that denied it.
+        pub rule: String,
+    }
+
     /// Reply to `$BUS.api.name_owner`: the owner (`None`: nobody), or why
     /// the name could not be looked up.
     pub type NameOwnerReply = Result<Option<NameOwner>, (super::ErrorCode, String)>;

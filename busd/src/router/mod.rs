@@ -201,6 +201,13 @@ impl<T: Clone + PartialEq> Router<T> {
         self.interest_version.load(Ordering::Acquire)
     }
 
+    /// Empties every route cache (they refill on demand): what a publish
+    /// may reach has changed without a subscription changing (a reloaded
+    /// access policy).
+    pub fn invalidate(&self) {
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
     /// Number of subscriptions.
     pub fn len(&self) -> usize {
         self.list.read().unwrap_or_else(|e| e.into_inner()).len()
