@@ -12,7 +12,10 @@ one run of this script.
 
 A variant written NAME=DIR@scrape=HZ runs its busd with `--metrics` and
 scrapes `/metrics` HZ times a second (0: back to back) while it runs: the
-cost of serving metrics to the data path.
+cost of serving metrics to the data path. NAME=DIR@config=FILE@uid=UID
+runs busd with `--config FILE` and the bench as UID (through setpriv; the
+socket is made reachable for it, and FILE must let UID in): the cost of
+an access policy.
 """
 
 import argparse
@@ -78,23 +81,29 @@ def start_daemon(variant_dir, tmp, extra=()):
 
 
 def run_once(variant, args):
-    variant_dir, _, option = variant.partition("@")
-    extra, scraper, stop = [], None, threading.Event()
-    if option:
-        key, _, hz = option.partition("=")
-        if key != "scrape":
-            sys.exit(f"unknown variant option {option!r} (scrape=HZ)")
-        port = free_port()
-        extra = ["--metrics", f"127.0.0.1:{port}"]
-        url = f"http://127.0.0.1:{port}/metrics"
-        scraper = threading.Thread(target=scrape_loop, args=(url, float(hz), stop), daemon=True)
+    variant_dir, *options = variant.split("@")
+    extra, scraper, stop, as_uid = [], None, threading.Event(), []
+    for option in options:
+        key, _, value = option.partition("=")
+        if key == "scrape":
+            port = free_port()
+            extra += ["--metrics", f"127.0.0.1:{port}"]
+            url = f"http://127.0.0.1:{port}/metrics"
+            scraper = threading.Thread(target=scrape_loop, args=(url, float(value), stop), daemon=True)
+        elif key == "config":
+            extra += ["--config", value, "--socket-mode", "0o666"]
+        elif key == "uid":
+            as_uid = ["setpriv", f"--reuid={value}", f"--regid={value}", "--clear-groups"]
+        else:
+            sys.exit(f"unknown variant option {option!r} (scrape=HZ, config=FILE, uid=UID)")
     with tempfile.TemporaryDirectory() as tmp:
+        os.chmod(tmp, 0o755)
         proc, sock = start_daemon(variant_dir, tmp, extra)
         if scraper:
             scraper.start()
         try:
             out = subprocess.run(
-                [os.path.join(variant_dir, "bus-cli"), "--address", f"unix:{sock}", "bench", *args, "--json"],
+                [*as_uid, os.path.join(variant_dir, "bus-cli"), "--address", f"unix:{sock}", "bench", *args, "--json"],
                 capture_output=True,
                 text=True,
                 timeout=300,

@@ -48,11 +48,23 @@ fn message(action: Action, subject: &str, d: &Denied) -> String {
 /// whatever its publish rules say (NATS's `allow_responses`); `owed`
 /// then tells the caller not to cache the subject.
 pub fn publish(state: &State, conn: &Conn, subject: &str) -> Verdict {
+    // The generation first: a reload bumps it after every connection has
+    // its new rights, so rights read after it are at least as new.
+    let generation = state.policy.generation();
     let rights = conn.rights.load();
     if rights.all {
         return Verdict::Allowed;
     }
-    match rights.check(Action::Publish, subject) {
+    let mut allowed = lock(&conn.allowed);
+    if allowed.contains(generation, subject) {
+        return Verdict::Allowed;
+    }
+    let checked = rights.check(Action::Publish, subject);
+    if checked.is_ok() {
+        allowed.insert(subject);
+    }
+    drop(allowed);
+    match checked {
         Ok(()) => Verdict::Allowed,
         Err(_) if conn.owed.owes(subject) => Verdict::Reply,
         Err(d) => {
@@ -155,6 +167,9 @@ pub fn reload(state: &State) {
     for conn in state.registry.snapshot() {
         refresh(state, &conn);
     }
+    // After every connection has its new rights, so nothing is cached
+    // under the old ones.
+    state.policy.rights_changed();
     state.router.invalidate();
 }
 

@@ -347,6 +347,39 @@ impl Rights {
     }
 }
 
+/// Subjects a connection was allowed to publish to, so that a subject
+/// missing the route cache (more subjects than it holds, or a
+/// subscription change) is not checked against every pattern again. Kept
+/// while the policy's generation is the same; emptied when it is full.
+#[derive(Debug, Default)]
+pub struct Allowed {
+    generation: u64,
+    subjects: std::collections::HashSet<Box<[u8]>, foldhash::fast::RandomState>,
+}
+
+/// Subjects an [`Allowed`] holds before it starts over.
+pub const ALLOWED_MAX: usize = 8192;
+
+impl Allowed {
+    /// True if `subject` was allowed under policy `generation`.
+    pub fn contains(&mut self, generation: u64, subject: &str) -> bool {
+        if self.generation != generation {
+            self.subjects.clear();
+            self.generation = generation;
+        }
+        self.subjects.contains(subject.as_bytes())
+    }
+
+    /// Remembers that `subject` is allowed (under the generation of the
+    /// last [`contains`](Self::contains)).
+    pub fn insert(&mut self, subject: &str) {
+        if self.subjects.len() >= ALLOWED_MAX {
+            self.subjects.clear();
+        }
+        self.subjects.insert(subject.as_bytes().into());
+    }
+}
+
 /// Every daemon event.
 const EVENTS: &str = "$BUS.event.>";
 

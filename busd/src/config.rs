@@ -183,6 +183,30 @@ pub struct Config {
     pub permissions: Vec<crate::acl::Permissions>,
 }
 
+/// The line (from 1) of `text` that a validation error is about: the
+/// first holding the value it quotes, else the start of the
+/// `[[permissions]]` entry it names.
+fn locate(text: &str, error: &str) -> Option<usize> {
+    let quoted = error.split('"').nth(1).filter(|q| !q.is_empty());
+    if let Some(q) = quoted {
+        let needle = format!("\"{q}\"");
+        if let Some(i) = text.lines().position(|l| l.contains(&needle)) {
+            return Some(i + 1);
+        }
+    }
+    let entry: usize = error
+        .strip_prefix("[[permissions]] entry ")?
+        .split(':')
+        .next()?
+        .parse()
+        .ok()?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| l.trim_start().starts_with("[[permissions]]"))
+        .nth(entry.checked_sub(1)?)
+        .map(|(i, _)| i + 1)
+}
+
 /// How busd writes its log (`log_format`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -275,6 +299,22 @@ impl Config {
         })
     }
 
+    /// Parses and validates a config file's text (`busd --check-config`).
+    /// An error names its line: where the parser stopped, or for a value
+    /// that does not validate, the line that holds it (or the
+    /// `[[permissions]]` entry it is in).
+    pub fn check(text: &str) -> Result<Self, String> {
+        let config = Self::from_toml(text)?;
+        config.validate().map_err(|e| match locate(text, &e) {
+            Some(line) => {
+                let source = text.lines().nth(line - 1).unwrap_or_default().trim();
+                format!("line {line} ({source}): {e}")
+            }
+            None => e,
+        })?;
+        Ok(config)
+    }
+
     /// The configuration as TOML, in the config file's format.
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
@@ -292,8 +332,9 @@ impl Config {
 
     /// Checks that the values fit together.
     pub fn validate(&self) -> Result<(), String> {
-        for p in &self.permissions {
-            p.validate()?;
+        for (i, p) in self.permissions.iter().enumerate() {
+            p.validate()
+                .map_err(|e| format!("[[permissions]] entry {}: {e}", i + 1))?;
         }
         if self.permissions.iter().filter(|p| p.default).count() > 1 {
             return Err("at most one [[permissions]] entry may say default = true".into());

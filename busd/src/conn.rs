@@ -140,6 +140,7 @@ pub async fn serve(
         owed: Default::default(),
         groups: groups.into(),
         rights: arc_swap::ArcSwap::from_pointee(rights),
+        allowed: Default::default(),
     });
     let now_ms = crate::registry::unix_ms(connected_at);
     conn.stats.last_activity_ms.store(now_ms, Relaxed);

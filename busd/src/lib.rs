@@ -21,8 +21,12 @@
 //! - [`names`]: who owns each well-known name and who waits for it;
 //!   [`service`]: `RequestName`, `ReleaseName` and calls to a name.
 //! - [`registry`]: live connections and their counters; [`policy`]: who may
-//!   connect and administer, per-uid quotas; [`api`]: `$BUS.api.*` and
-//!   `$BUS.event.*`; [`cluster`]: bridges to other daemons.
+//!   connect and administer, per-uid quotas; [`acl`]: the access policy
+//!   per subject and name (pure), and [`access`]: enforcing it on
+//!   connections; [`api`]: `$BUS.api.*` and `$BUS.event.*`; [`cluster`]:
+//!   bridges to other daemons.
+//! - [`metrics`]: Prometheus on `--metrics`; [`sys`]: the only `unsafe`
+//!   (the allocator's collection, inherited sockets, a peer's groups).
 //!
 //! ## The path of one message
 //! 1. `conn.rs` `read_loop` reads, `handle_frames` walks the whole frames in
@@ -30,7 +34,8 @@
 //!    [`Router::repeated`](router::Router::repeated) when it begins like the
 //!    last one, else `libbus::wire::raw_pub`.
 //! 2. `conn.rs` `publish` finds its routes:
-//!    [`Router::cached`](router::Router::cached), or
+//!    [`Router::cached`](router::Router::cached), or, after
+//!    [`access::publish`] allows the subject,
 //!    [`Router::lookup`](router::Router::lookup) → `router/sublist.rs`
 //!    [`Sublist::matches`](router::sublist::Sublist::matches).
 //! 3. `conn.rs` `route` → `deliver.rs`

@@ -31,6 +31,10 @@ struct Args {
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
+    /// Check a config file (settings and [[permissions]]) and exit: 0 if
+    /// it is valid, else 2 with the line and the problem.
+    #[arg(long, value_name = "FILE")]
+    check_config: Option<PathBuf>,
     /// Print busd's man page (roff) and exit: `busd --manpage > busd.1`.
     #[arg(long)]
     manpage: bool,
@@ -177,7 +181,7 @@ impl Args {
             Some(path) => {
                 let text =
                     std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-                Config::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))?
+                Config::check(&text).map_err(|e| format!("{}: {e}", path.display()))?
             }
             None => Config::default(),
         };
@@ -264,6 +268,28 @@ fn search_path() -> Vec<PathBuf> {
         .collect()
 }
 
+/// `busd --check-config FILE`.
+fn check_config(path: &std::path::Path) -> ExitCode {
+    let checked = std::fs::read_to_string(path)
+        .map_err(|e| format!("reading it: {e}"))
+        .and_then(|text| Config::check(&text));
+    match checked {
+        Ok(config) => {
+            let entries: Vec<String> = config.permissions.iter().map(|p| p.label()).collect();
+            let policy = match entries.len() {
+                0 => "no [[permissions]] entries".to_owned(),
+                n => format!("{n} [[permissions]] entries: {}", entries.join(", ")),
+            };
+            println!("{}: valid; {policy}", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("busd: {}: {e}", path.display());
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     // Before anything opens a descriptor or starts a thread.
     let inherited = match sys::inherited_sockets() {
@@ -283,6 +309,9 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         };
+    }
+    if let Some(path) = &args.check_config {
+        return check_config(path);
     }
     let print_config = args.print_config;
     let (config, file) = match args.clone().into_config() {

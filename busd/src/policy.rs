@@ -50,6 +50,8 @@ pub struct Policy {
     pub refused: Refusals,
     /// What the access policy denied, by (principal, rule).
     denials: Mutex<BTreeMap<(String, String), u64>>,
+    /// Bumped when connections' rights change: cached verdicts are stale.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 /// The settings of a [`Policy`] that a reload may change.
@@ -90,7 +92,19 @@ impl Policy {
             counts: Mutex::new(Counts::default()),
             refused: Refusals::default(),
             denials: Mutex::default(),
+            generation: Default::default(),
         }
+    }
+
+    /// Changes whenever connections' rights do ([`rights_changed`](Self::rights_changed)).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Every connection's rights were worked out again: what was allowed
+    /// before must be checked anew.
+    pub fn rights_changed(&self) {
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
     }
 
     /// Takes the access rules and budgets of a reloaded `config`: they

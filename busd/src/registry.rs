@@ -105,6 +105,9 @@ pub struct Conn {
     pub groups: Box<[u32]>,
     /// What it may do; replaced when the policy is reloaded.
     pub rights: arc_swap::ArcSwap<crate::acl::Rights>,
+    /// Subjects it was allowed to publish to (its reader's; checked only
+    /// when a subject misses the route cache).
+    pub allowed: Mutex<crate::acl::Allowed>,
 }
 
 impl Conn {

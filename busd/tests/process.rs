@@ -625,3 +625,46 @@ fn the_man_page_is_generated_from_the_flags() {
         "every flag is there: {man}"
     );
 }
+
+#[test]
+fn check_config_explains_a_policy_error_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |text: &str| {
+        let file = dir.path().join("busd.toml");
+        std::fs::write(&file, text).unwrap();
+        let out = Command::new(BUSD)
+            .arg("--check-config")
+            .arg(&file)
+            .output()
+            .expect("run busd --check-config");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let good = "max_pending = \"16MiB\"\n\n[[permissions]]\nuid = 1000\npublish = [\"{uid}.>\"]\n\n[[permissions]]\ndefault = true\nsubscribe = [\"public.>\"]\n";
+    let (code, text) = check(good);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("valid; 2 [[permissions]] entries: uid 1000, default"),
+        "{text}"
+    );
+
+    // A bad pattern: the line that holds it.
+    let (code, text) = check("[[permissions]]\nuid = 1000\npublish = [\"ok.>\"]\nsubscribe = [\"a..b\"]\n");
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("line 4 (subscribe = [\"a..b\"])"), "{text}");
+    // An entry naming nobody: the line where it starts.
+    let (code, text) = check("[[permissions]]\nuid = 1\n\n[[permissions]]\npublish = [\">\"]\n");
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("line 4 ([[permissions]]): [[permissions]] entry 2"),
+        "{text}"
+    );
+    // An unknown key: the parser's line.
+    let (code, text) = check("[[permissions]]\nuid = 1\npublsh = [\">\"]\n");
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("line 3"), "{text}");
+}

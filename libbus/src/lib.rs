@@ -10,7 +10,8 @@
 //!   pinned to postcard; [`codec`]: framing only (length prefix, whole
 //!   frames, the reader; limits checked before allocating).
 //! - [`client`]: [`Bus`], the public API; [`ConnectOptions`] and
-//!   [`Reconnect`] say how it behaves.
+//!   [`Reconnect`] say how it behaves; [`blocking`]: the same, for
+//!   programs without an async runtime.
 //! - `output`: the buffer every call encodes into, and the writer task;
 //!   `input`: the reader task and delivery; [`session`]: dial, handshake,
 //!   reconnect ([`events`] reports it).
