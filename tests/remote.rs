@@ -217,3 +217,134 @@ async fn tls_client_verifies_the_daemon() {
     );
     bus_tests::assert_serving(&bus).await;
 }
+
+#[tokio::test]
+async fn tcp_users_with_their_own_tokens_get_their_own_rights() {
+    use busd::{acl::Permissions, config::NetUser};
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = |name: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, format!("{name}-token\n")).unwrap();
+        NetUser {
+            name: name.into(),
+            token_file: path,
+        }
+    };
+    let users = vec![token_file("alice"), token_file("bob")];
+    let patterns = |p: &[&str]| p.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let bus = TestBus::with_config(|c| {
+        c.tcp = Some("127.0.0.1:0".into());
+        c.token = Some(TOKEN.into());
+        c.users = users;
+        c.permissions = vec![
+            Permissions {
+                user: Some("alice".into()),
+                publish: patterns(&["{user}.>", "shared.>"]),
+                subscribe: patterns(&["{user}.>", "shared.>"]),
+                ..Default::default()
+            },
+            Permissions {
+                user: Some("bob".into()),
+                publish: patterns(&["{user}.>"]),
+                subscribe: patterns(&["{user}.>", "shared.>"]),
+                ..Default::default()
+            },
+            Permissions {
+                default: true,
+                subscribe: patterns(&["public.>"]),
+                ..Default::default()
+            },
+        ];
+    });
+    let addr = bus.tcp_address();
+    let as_user = |token: &str| ConnectOptions::default().token(token).name(token);
+    let alice = remote(&addr, as_user("alice-token")).await.unwrap();
+    let bob = remote(&addr, as_user("bob-token")).await.unwrap();
+    let shared = remote(&addr, as_user(TOKEN)).await.unwrap();
+
+    // Alice may publish to shared.>, Bob may read it but not write it.
+    let mut at_bob = bob.subscribe("shared.>").await.unwrap();
+    alice.publish("shared.news", "from alice").await.unwrap();
+    let m = within("bob's delivery", at_bob.next()).await.unwrap();
+    assert_eq!(m.payload(), b"from alice");
+    let mut events = bob.events();
+    bob.publish("shared.news", "from bob").await.unwrap();
+    bob.flush().await.unwrap();
+    loop {
+        match within("bob's refusal", events.next()).await {
+            Some(libbus::Event::Error { code, message }) => {
+                assert_eq!(code, ErrorCode::PermissionDenied);
+                assert!(message.contains("rule: user bob publish"), "{message}");
+                break;
+            }
+            Some(_) => {}
+            None => panic!("bob's events ended"),
+        }
+    }
+    // {user} is each one's own subtree.
+    assert!(alice.subscribe("alice.inbox").await.is_ok());
+    match alice.subscribe("bob.>").await {
+        Err(Error::Server { code, .. }) => assert_eq!(code, ErrorCode::PermissionDenied),
+        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    }
+    // The shared token is `tcp`, with the default entry.
+    assert!(shared.subscribe("public.x").await.is_ok());
+    assert!(shared.subscribe("shared.>").await.is_err());
+    assert!(matches!(
+        remote(&addr, as_user("carol-token")).await,
+        Err(Error::Server {
+            code: ErrorCode::AuthenticationFailed,
+            ..
+        })
+    ));
+
+    // A user's token cannot open a bridge link, which would carry
+    // messages past its rules.
+    let Address::Tcp(host_port) = &addr else {
+        unreachable!()
+    };
+    let mut raw = TcpStream::connect(host_port.as_str()).await.unwrap();
+    let mut frame = Vec::new();
+    libbus::codec::encode_into(
+        &ClientFrame::Hello(proto::Hello {
+            version: proto::PROTOCOL_VERSION,
+            name: "sneaky-node",
+            role: proto::Role::Bridge,
+            auth: Some("alice-token"),
+        }),
+        &mut frame,
+        u32::MAX,
+    )
+    .unwrap();
+    raw.write_all(&frame).await.unwrap();
+    let mut reply = Vec::new();
+    within("close", raw.read_to_end(&mut reply)).await.unwrap();
+    let got: proto::ServerFrame = libbus::codec::decode(&reply[4..]).unwrap();
+    assert!(
+        matches!(
+            got,
+            proto::ServerFrame::Error {
+                code: ErrorCode::PermissionDenied,
+                ..
+            }
+        ),
+        "{got:?}"
+    );
+    let denials: Vec<api::Denial> = bus
+        .client("admin")
+        .await
+        .request(api::DENIALS, [])
+        .await
+        .unwrap()
+        .decode()
+        .unwrap();
+    let rules: Vec<(&str, &str)> = denials
+        .iter()
+        .map(|d| (d.principal.as_str(), d.rule.as_str()))
+        .collect();
+    assert!(rules.contains(&("user alice", "bridge link")), "{rules:?}");
+    assert!(
+        rules.contains(&("user bob", "user bob publish (no pattern allows it)")),
+        "{rules:?}"
+    );
+}

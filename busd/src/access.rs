@@ -182,8 +182,11 @@ fn refresh(state: &State, conn: &Arc<Conn>) {
     for (_, pattern, _) in &subs {
         unsubscribed(state, conn, pattern);
     }
-    conn.rights
-        .store(Arc::new(state.policy.rights(&conn.peer, &conn.groups)));
+    conn.rights.store(Arc::new(state.policy.rights(
+        &conn.peer,
+        &conn.groups,
+        conn.user.as_deref(),
+    )));
     for (sid, pattern, queue) in subs {
         let Err(message) = subscribe(state, conn, &pattern) else {
             continue;

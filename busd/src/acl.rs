@@ -31,6 +31,9 @@ pub struct Permissions {
     /// ... or the members of a group (primary or supplementary) ...
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gid: Option<u32>,
+    /// ... or a network user of `[[users]]` ...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// ... or everyone no other entry names.
     #[serde(skip_serializing_if = "is_false")]
     pub default: bool,
@@ -87,27 +90,27 @@ pub fn builtin_default() -> Permissions {
 impl Permissions {
     /// How rules of this entry are named: `uid 1000`, `gid 100`, `default`.
     pub fn label(&self) -> String {
-        match (self.uid, self.gid) {
-            (Some(uid), _) => format!("uid {uid}"),
-            (None, Some(gid)) => format!("gid {gid}"),
-            (None, None) => "default".into(),
+        match (self.uid, self.gid, &self.user) {
+            (Some(uid), _, _) => format!("uid {uid}"),
+            (None, Some(gid), _) => format!("gid {gid}"),
+            (None, None, Some(user)) => format!("user {user}"),
+            (None, None, None) => "default".into(),
         }
     }
 
     /// Checks the entry: whom it names, and every pattern (with `{uid}` and
     /// `{user}` standing for sample values).
     pub fn validate(&self) -> Result<(), String> {
-        let named =
-            usize::from(self.uid.is_some()) + usize::from(self.gid.is_some()) + usize::from(self.default);
+        let named = usize::from(self.uid.is_some())
+            + usize::from(self.gid.is_some())
+            + usize::from(self.user.is_some())
+            + usize::from(self.default);
         if named != 1 {
-            return Err("a [[permissions]] entry names exactly one of uid, gid or default = true".into());
+            return Err(
+                "a [[permissions]] entry names exactly one of uid, gid, user or default = true".into(),
+            );
         }
-        let sample = Principal {
-            uid: 1000,
-            gids: Vec::new(),
-            user: Some("user".into()),
-            label: String::new(),
-        };
+        let sample = Principal::local(1000, Vec::new(), Some("user".into()));
         for (list, patterns) in self.lists() {
             for p in patterns {
                 let s = substitute(p, &sample).ok_or_else(|| {
@@ -137,10 +140,11 @@ impl Permissions {
     }
 
     fn names(&self, who: &Principal) -> bool {
-        match (self.uid, self.gid) {
-            (Some(uid), _) => who.uid == uid && !who.is_network(),
-            (None, Some(gid)) => who.gids.contains(&gid),
-            (None, None) => false,
+        match (self.uid, self.gid, &self.user) {
+            (Some(uid), _, _) => who.uid == uid && !who.network,
+            (None, Some(gid), _) => who.gids.contains(&gid) && !who.network,
+            (None, None, Some(user)) => who.network && who.user.as_ref() == Some(user),
+            (None, None, None) => false,
         }
     }
 }
@@ -154,8 +158,10 @@ pub struct Principal {
     pub gids: Vec<u32>,
     /// Its user name, if the system knows one (`{user}`).
     pub user: Option<String>,
-    /// How denials name it: `uid 1000`, `tcp`.
+    /// How denials name it: `uid 1000`, `user alice`, `tcp`.
     pub label: String,
+    /// A network peer (its `user`, if any, is a `[[users]]` name).
+    pub network: bool,
 }
 
 impl Principal {
@@ -166,21 +172,22 @@ impl Principal {
             gids,
             user,
             label: format!("uid {uid}"),
+            network: false,
         }
     }
 
-    /// A network peer (token holders are one principal for now).
-    pub fn network() -> Self {
+    /// A network peer: a `[[users]]` user by its own token, else `tcp`
+    /// (the shared token, or none on an insecure listener).
+    pub fn network(user: Option<String>) -> Self {
         Self {
             uid: u32::MAX,
             gids: Vec::new(),
-            user: None,
-            label: "tcp".into(),
+            label: user
+                .as_ref()
+                .map_or_else(|| "tcp".into(), |u| format!("user {u}")),
+            user,
+            network: true,
         }
-    }
-
-    fn is_network(&self) -> bool {
-        self.label == "tcp"
     }
 }
 

@@ -175,12 +175,29 @@ pub struct Config {
     /// counters, so keep it on loopback or behind a firewall. Default: off.
     pub metrics: Option<String>,
     /// `[[permissions]]`: what each local user or group (by `uid` or
-    /// `gid`) may publish, subscribe to, own and call, and the `default`
+    /// `gid`), or network user (`user`, of `[[users]]`) may publish,
+    /// subscribe to, own and call, and the `default`
     /// for everyone else who may connect (`docs/security.md`). A user or
     /// group named here may connect. Default: none, so every peer let in
     /// may do anything but watch (`>`, events, others' replies); the
     /// daemon's uid and root may do everything.
     pub permissions: Vec<crate::acl::Permissions>,
+    /// `[[users]]`: named network users, each with a token of its own (the
+    /// first line of `token_file`), so that `[[permissions]]` entries with
+    /// `user = NAME` give remote peers different rights. A peer presenting
+    /// the shared token (`token_file`) is the principal `tcp`. Default:
+    /// none.
+    pub users: Vec<NetUser>,
+}
+
+/// One `[[users]]` entry: a network user and where its token is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetUser {
+    /// Its name (`user = NAME` in `[[permissions]]`, `{user}` in patterns).
+    pub name: String,
+    /// A file whose first line is its token (never printed or logged).
+    pub token_file: PathBuf,
 }
 
 /// The line (from 1) of `text` that a validation error is about: the
@@ -268,6 +285,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             metrics: None,
             permissions: Vec::new(),
+            users: Vec::new(),
         }
     }
 }
@@ -335,6 +353,22 @@ impl Config {
         for (i, p) in self.permissions.iter().enumerate() {
             p.validate()
                 .map_err(|e| format!("[[permissions]] entry {}: {e}", i + 1))?;
+        }
+        for (i, u) in self.users.iter().enumerate() {
+            if u.name.is_empty()
+                || u.name
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || c == '.')
+            {
+                return Err(format!(
+                    "[[users]] entry {}: the name {:?} must be non-empty, without dots or whitespace",
+                    i + 1,
+                    u.name
+                ));
+            }
+            if self.users[..i].iter().any(|o| o.name == u.name) {
+                return Err(format!("[[users]] entry {}: {:?} is named twice", i + 1, u.name));
+            }
         }
         if self.permissions.iter().filter(|p| p.default).count() > 1 {
             return Err("at most one [[permissions]] entry may say default = true".into());

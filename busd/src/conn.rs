@@ -71,8 +71,27 @@ pub async fn serve(
 
     let admitted = handshake(&state, &mut frames)
         .await
-        .and_then(|h| admit(&state, &peer, &groups, transport, h.auth.as_deref()).map(|()| h));
-    let hello = match admitted {
+        .and_then(|h| admit(&state, &peer, &groups, transport, h.auth.as_deref()).map(|user| (h, user)));
+    // A bridge link is trusted with everything it carries: only the shared
+    // token (or no token on an insecure listener), or the daemon's uid or
+    // root on the Unix socket, may open one; not a user the policy limits.
+    let admitted = admitted.and_then(|(h, user)| {
+        let trusted = match &peer {
+            Peer::Net { .. } => user.is_none(),
+            Peer::Unix { .. } => state.policy.is_privileged(&peer),
+        };
+        if h.role == proto::Role::Bridge && !trusted {
+            state
+                .policy
+                .count_denial(&peer_label(&peer, user.as_deref()), "bridge link");
+            return Err((
+                ErrorCode::PermissionDenied,
+                "permission denied: only the daemon's token, uid or root may open a bridge link".into(),
+            ));
+        }
+        Ok((h, user))
+    });
+    let (hello, user) = match admitted {
         Ok(h) => h,
         Err((code, message)) => {
             if let Some(held_back) = state.refusal_log.allow(state.clock.now_ms()) {
@@ -123,7 +142,7 @@ pub async fn serve(
     let connected_at = SystemTime::now();
     let id = state.registry.next_id();
     let sender = sender_of(&state.cluster.node_id, id, &hello.name, &peer);
-    let rights = state.policy.rights(&peer, &groups);
+    let rights = state.policy.rights(&peer, &groups, user.as_deref());
     let conn = Arc::new(Conn {
         id,
         sender,
@@ -139,6 +158,7 @@ pub async fn serve(
         version: hello.version,
         owed: Default::default(),
         groups: groups.into(),
+        user: user.map(Into::into),
         rights: arc_swap::ArcSwap::from_pointee(rights),
         allowed: Default::default(),
     });
@@ -226,26 +246,37 @@ fn sender_of(node: &str, id: u64, name: &str, peer: &Peer) -> Box<[u8]> {
         .into_boxed_slice()
 }
 
+/// How denials name a peer before it has rights.
+fn peer_label(peer: &Peer, user: Option<&str>) -> String {
+    match (peer, user) {
+        (Peer::Unix { uid, .. }, _) => format!("uid {uid}"),
+        (Peer::Net { .. }, Some(u)) => format!("user {u}"),
+        (Peer::Net { .. }, None) => "tcp".into(),
+    }
+}
+
 /// Applies the token check (network peers) and the access policy to a
 /// peer that sent a valid `Hello`. Its budgets were taken at accept.
+/// A network peer that presented a `[[users]]` token is that user.
 fn admit(
     state: &State,
     peer: &Peer,
     groups: &[u32],
     transport: &str,
     auth: Option<&str>,
-) -> Result<(), (ErrorCode, String)> {
+) -> Result<Option<String>, (ErrorCode, String)> {
     if transport != "unix" {
-        if let Some(token) = &state.token {
-            if !crate::tcp::token_matches(token, auth) {
-                state.policy.refused.count("auth_failed");
-                return Err((ErrorCode::AuthenticationFailed, "authentication failed".into()));
-            }
-        }
+        let users = state.users.load();
+        let Some(user) = crate::tcp::identify(state.token.as_deref(), &users, auth) else {
+            state.policy.refused.count("auth_failed");
+            return Err((ErrorCode::AuthenticationFailed, "authentication failed".into()));
+        };
+        return Ok(user);
     }
     state
         .policy
         .check_connect(peer, groups)
+        .map(|()| None)
         .map_err(|m| (ErrorCode::PermissionDenied, m))
 }
 

@@ -139,9 +139,11 @@ impl Policy {
         }
     }
 
-    /// What `peer`, a member of `groups`, may do: everything for the
-    /// daemon's uid and root, else what the `[[permissions]]` give it.
-    pub fn rights(&self, peer: &Peer, groups: &[u32]) -> Rights {
+    /// What `peer`, a member of `groups` (a network peer: `user` of
+    /// `[[users]]`, if it presented that user's token), may do: everything
+    /// for the daemon's uid and root, else what the `[[permissions]]` give
+    /// it.
+    pub fn rights(&self, peer: &Peer, groups: &[u32], user: Option<&str>) -> Rights {
         match *peer {
             Peer::Unix { uid, .. } => {
                 let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
@@ -155,7 +157,10 @@ impl Policy {
                     Rights::of(&self.rules.load().permissions, who)
                 }
             }
-            Peer::Net { .. } => Rights::of(&self.rules.load().permissions, Principal::network()),
+            Peer::Net { .. } => Rights::of(
+                &self.rules.load().permissions,
+                Principal::network(user.map(str::to_owned)),
+            ),
         }
     }
 
@@ -382,8 +387,8 @@ mod tests {
         assert!(p.check_connect(&unix(1001, 1001), &[1001]).is_ok());
         assert!(p.check_connect(&unix(1002, 1002), &[1002, 60]).is_ok());
         assert!(p.check_connect(&unix(1003, 1003), &[1003]).is_err());
-        assert!(p.rights(&unix(1000, 1000), &[1000]).all);
-        assert!(!p.rights(&unix(1001, 1001), &[1001]).all);
+        assert!(p.rights(&unix(1000, 1000), &[1000], None).all);
+        assert!(!p.rights(&unix(1001, 1001), &[1001], None).all);
     }
 
     #[test]

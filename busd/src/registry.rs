@@ -103,6 +103,8 @@ pub struct Conn {
     /// Every group of a local peer, the primary one first (from the
     /// kernel); empty for a network peer.
     pub groups: Box<[u32]>,
+    /// The `[[users]]` user a network peer authenticated as.
+    pub user: Option<Box<str>>,
     /// What it may do; replaced when the policy is reloaded.
     pub rights: arc_swap::ArcSwap<crate::acl::Rights>,
     /// Subjects it was allowed to publish to (its reader's; checked only

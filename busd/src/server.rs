@@ -90,6 +90,8 @@ impl Reloader {
         );
         drop(old);
         new.validate()?;
+        let users = crate::tcp::load_users(&new).map_err(|e| e.to_string())?;
+        state.users.store(Arc::new(users));
         state.policy.reconfigure(&new);
         state.config.store(Arc::new(new));
         crate::access::reload(state);
@@ -142,10 +144,12 @@ impl Server {
         config.validate().map_err(Error::Config)?;
         let token = tcp::load_token(&config)?;
         let bridge_token = tcp::load_bridge_token(&config, token.as_deref())?;
+        let users = tcp::load_users(&config)?;
         let tcp_wanted = config.tcp.is_some() || inherited.tcp.is_some();
-        if tcp_wanted && token.is_none() && !config.tcp_insecure {
+        if tcp_wanted && token.is_none() && users.is_empty() && !config.tcp_insecure {
             return Err(Error::Config(
-                "--tcp needs a token (--token-file or BUS_TOKEN), or --tcp-insecure to accept anyone".into(),
+                "--tcp needs a token (--token-file or BUS_TOKEN, or [[users]]), or --tcp-insecure to accept anyone"
+                    .into(),
             ));
         }
         let tls_bridge = config.bridge.iter().any(|b| b.starts_with("tls://"));
@@ -187,6 +191,7 @@ impl Server {
             clock: Clock::new(),
             listen,
             token,
+            users: arc_swap::ArcSwap::from_pointee(users),
             bridge_token,
             cluster,
             names: Default::default(),

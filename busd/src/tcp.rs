@@ -157,6 +157,37 @@ pub fn load_token(config: &Config) -> Result<Option<String>, Error> {
     }
 }
 
+/// The `[[users]]` of `config` with their tokens, read from their files.
+pub fn load_users(config: &Config) -> Result<Vec<(String, String)>, Error> {
+    config
+        .users
+        .iter()
+        .map(|u| read_token_file(&u.token_file).map(|t| (u.name.clone(), t)))
+        .collect()
+}
+
+/// Who presented `auth`: `Some(Some(user))` for a `[[users]]` token,
+/// `Some(None)` for the shared token (or any, when no token is set at
+/// all), `None` for a wrong one. Every token is compared, in constant
+/// time, whichever matches.
+pub fn identify(
+    shared: Option<&str>,
+    users: &[(String, String)],
+    auth: Option<&str>,
+) -> Option<Option<String>> {
+    let mut found = None;
+    for (name, token) in users {
+        if token_matches(token, auth) && found.is_none() {
+            found = Some(Some(name.clone()));
+        }
+    }
+    let shared_ok = match shared {
+        Some(t) => token_matches(t, auth),
+        None => users.is_empty(),
+    };
+    found.or(shared_ok.then_some(None))
+}
+
 /// The token bridges present: the first line of `config.bridge_token_file`,
 /// else the daemon's own token (`own`).
 pub fn load_bridge_token(config: &Config, own: Option<&str>) -> Result<Option<String>, Error> {
@@ -193,5 +224,21 @@ mod tests {
         assert!(!token_matches("s3cret", Some("s3cret ")));
         assert!(!token_matches("s3cret", None));
         assert!(!token_matches("s3cret", Some("")));
+    }
+
+    #[test]
+    fn a_token_names_its_user() {
+        let users = vec![
+            ("alice".to_owned(), "a".to_owned()),
+            ("bob".to_owned(), "b".to_owned()),
+        ];
+        assert_eq!(identify(Some("s"), &users, Some("b")), Some(Some("bob".into())));
+        assert_eq!(identify(Some("s"), &users, Some("s")), Some(None));
+        assert_eq!(identify(Some("s"), &users, Some("x")), None);
+        // Users but no shared token: only users get in.
+        assert_eq!(identify(None, &users, Some("x")), None);
+        assert_eq!(identify(None, &users, Some("a")), Some(Some("alice".into())));
+        // Neither (an insecure listener): anyone, as `tcp`.
+        assert_eq!(identify(None, &[], None), Some(None));
     }
 }
