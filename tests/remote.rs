@@ -25,6 +25,24 @@ async fn remote(address: &Address, opts: ConnectOptions) -> Result<Bus, Error> {
     within("remote connect", Bus::connect_with(address, opts)).await
 }
 
+/// Sends `frame` first thing on a raw TCP connection to `addr`: the code of
+/// the `Error` the daemon answers before it closes.
+async fn raw_error(addr: &Address, frame: &ClientFrame<'_>) -> ErrorCode {
+    let Address::Tcp(host_port) = addr else {
+        unreachable!()
+    };
+    let mut raw = TcpStream::connect(host_port.as_str()).await.unwrap();
+    let mut bytes = Vec::new();
+    libbus::codec::encode_into(frame, &mut bytes, u32::MAX).unwrap();
+    raw.write_all(&bytes).await.unwrap();
+    let mut reply = Vec::new();
+    within("close", raw.read_to_end(&mut reply)).await.unwrap();
+    match libbus::codec::decode(&reply[4..]).unwrap() {
+        proto::ServerFrame::Error { code, .. } => code,
+        other => panic!("expected an Error, got {other:?}"),
+    }
+}
+
 /// Pub/sub both ways between a local and a remote client, and request/reply.
 async fn exercise(local: &Bus, remote: &Bus) {
     let mut at_remote = remote.subscribe("greet.>").await.unwrap();
@@ -100,36 +118,12 @@ async fn wrong_or_missing_token_is_refused_before_anything_else() {
 
     // Raw: a publish before the handshake is refused and nothing is routed.
     let mut spy = local.subscribe("secret").await.unwrap();
-    let Address::Tcp(host_port) = &addr else {
-        unreachable!()
-    };
-    let mut raw = TcpStream::connect(host_port.as_str()).await.unwrap();
-    let mut frame = Vec::new();
-    libbus::codec::encode_into(
-        &ClientFrame::Pub(proto::Pub {
-            subject: "secret",
-            reply_to: None,
-            payload: b"sneaky",
-        }),
-        &mut frame,
-        u32::MAX,
-    )
-    .unwrap();
-    raw.write_all(&frame).await.unwrap();
-    let mut reply = Vec::new();
-    within("close", raw.read_to_end(&mut reply)).await.unwrap();
-    let body = &reply[4..];
-    let got: proto::ServerFrame = libbus::codec::decode(body).unwrap();
-    assert!(
-        matches!(
-            got,
-            proto::ServerFrame::Error {
-                code: ErrorCode::Protocol,
-                ..
-            }
-        ),
-        "{got:?}"
-    );
+    let sneaky = ClientFrame::Pub(proto::Pub {
+        subject: "secret",
+        reply_to: None,
+        payload: b"sneaky",
+    });
+    assert_eq!(raw_error(&addr, &sneaky).await, ErrorCode::Protocol);
     local.publish("secret", "control").await.unwrap();
     let m = within("spy", spy.next()).await.unwrap();
     assert_eq!(m.payload(), b"control", "the sneaky publish was never routed");
@@ -300,36 +294,13 @@ async fn tcp_users_with_their_own_tokens_get_their_own_rights() {
 
     // A user's token cannot open a bridge link, which would carry
     // messages past its rules.
-    let Address::Tcp(host_port) = &addr else {
-        unreachable!()
-    };
-    let mut raw = TcpStream::connect(host_port.as_str()).await.unwrap();
-    let mut frame = Vec::new();
-    libbus::codec::encode_into(
-        &ClientFrame::Hello(proto::Hello {
-            version: proto::PROTOCOL_VERSION,
-            name: "sneaky-node",
-            role: proto::Role::Bridge,
-            auth: Some("alice-token"),
-        }),
-        &mut frame,
-        u32::MAX,
-    )
-    .unwrap();
-    raw.write_all(&frame).await.unwrap();
-    let mut reply = Vec::new();
-    within("close", raw.read_to_end(&mut reply)).await.unwrap();
-    let got: proto::ServerFrame = libbus::codec::decode(&reply[4..]).unwrap();
-    assert!(
-        matches!(
-            got,
-            proto::ServerFrame::Error {
-                code: ErrorCode::PermissionDenied,
-                ..
-            }
-        ),
-        "{got:?}"
-    );
+    let bridge = ClientFrame::Hello(proto::Hello {
+        version: proto::PROTOCOL_VERSION,
+        name: "sneaky-node",
+        role: proto::Role::Bridge,
+        auth: Some("alice-token"),
+    });
+    assert_eq!(raw_error(&addr, &bridge).await, ErrorCode::PermissionDenied);
     let denials: Vec<api::Denial> = bus
         .client("admin")
         .await
