@@ -221,7 +221,8 @@ async fn tcp_users_with_their_own_tokens_get_their_own_rights() {
         std::fs::write(&path, format!("{name}-token\n")).unwrap();
         NetUser {
             name: name.into(),
-            token_file: path,
+            token_file: Some(path),
+            cert_name: None,
         }
     };
     let users = vec![token_file("alice"), token_file("bob")];
@@ -318,4 +319,81 @@ async fn tcp_users_with_their_own_tokens_get_their_own_rights() {
         rules.contains(&("user bob", "user bob publish (no pattern allows it)")),
         "{rules:?}"
     );
+}
+
+#[tokio::test]
+async fn a_tls_client_certificate_names_its_user() {
+    use busd::{acl::Permissions, config::NetUser};
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::generate(dir.path(), "mtls");
+    let stranger = TestPki::generate(dir.path(), "stranger");
+    let bus = TestBus::with_config(|c| {
+        c.tcp = Some("127.0.0.1:0".into());
+        c.token = Some(TOKEN.into());
+        c.tls_cert = Some(pki.cert.clone());
+        c.tls_key = Some(pki.key.clone());
+        c.tls_client_ca = Some(pki.ca.clone());
+        c.users = vec![NetUser {
+            name: "carol".into(),
+            token_file: None,
+            cert_name: Some(bus_tests::CLIENT_NAME.into()),
+        }];
+        c.permissions = vec![
+            Permissions {
+                user: Some("carol".into()),
+                publish: vec!["{user}.>".into()],
+                subscribe: vec!["{user}.>".into()],
+                ..Default::default()
+            },
+            Permissions {
+                default: true,
+                subscribe: vec!["public.>".into()],
+                ..Default::default()
+            },
+        ];
+    });
+    let addr = bus.tcp_address();
+    let local = bus.client("local").await;
+    let mut seen = local.subscribe("carol.>").await.unwrap();
+
+    // The certificate alone identifies carol: no token.
+    let carol = remote(
+        &addr,
+        ConnectOptions {
+            token: None,
+            ..ConnectOptions::default()
+        }
+        .name("carol")
+        .ca_file(&pki.ca)
+        .client_cert(&pki.client_cert, &pki.client_key),
+    )
+    .await
+    .unwrap();
+    carol.publish("carol.hello", "signed").await.unwrap();
+    let m = within("carol's message", seen.next()).await.unwrap();
+    assert_eq!(m.payload(), b"signed");
+    assert!(
+        carol.subscribe("public.x").await.is_err(),
+        "carol has her own rights, not the default"
+    );
+
+    // Without a certificate, the shared token still works, as `tcp`.
+    let shared = remote(&addr, ConnectOptions::default().token(TOKEN).ca_file(&pki.ca))
+        .await
+        .unwrap();
+    assert!(shared.subscribe("public.x").await.is_ok());
+    assert!(shared.subscribe("carol.>").await.is_err());
+
+    // A certificate from another CA fails the TLS handshake.
+    let other = remote(
+        &addr,
+        ConnectOptions {
+            token: None,
+            ..ConnectOptions::default()
+        }
+        .ca_file(&pki.ca)
+        .client_cert(&stranger.client_cert, &stranger.client_key),
+    )
+    .await;
+    assert!(other.is_err(), "a certificate from an unknown CA was accepted");
 }

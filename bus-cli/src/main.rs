@@ -51,6 +51,13 @@ struct Cli {
     /// The token for tcp:// and tls:// comes from $BUS_TOKEN.
     #[arg(long, global = true, value_name = "PEM", env = "BUS_CA")]
     ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) to present to a tls:// daemon that asks for
+    /// one (mTLS; with --key).
+    #[arg(long, global = true, value_name = "PEM", env = "BUS_CERT", requires = "key")]
+    cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(long, global = true, value_name = "PEM", env = "BUS_KEY", requires = "cert")]
+    key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -292,6 +299,9 @@ async fn run(cli: Cli) -> libbus::Result<()> {
     let mut opts = ConnectOptions::default().name("bus-cli");
     if let Some(ca) = cli.ca {
         opts = opts.ca_file(ca);
+    }
+    if let (Some(cert), Some(key)) = (cli.cert, cli.key) {
+        opts = opts.client_cert(cert, key);
     }
     if !long_running {
         opts = opts.reconnect(None);

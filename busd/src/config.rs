@@ -121,6 +121,11 @@ pub struct Config {
     /// The token itself (from `BUS_TOKEN`, or set in-process); never printed.
     #[serde(skip)]
     pub token: Option<String>,
+    /// `tls_client_ca`: PEM CA of client certificates. With it, the TLS
+    /// listener asks clients for a certificate (mTLS) and maps one it
+    /// verifies to the `[[users]]` entry with its `cert_name`; a client
+    /// may still present none and a token instead. Default: off.
+    pub tls_client_ca: Option<PathBuf>,
     /// `tls_cert`: PEM certificate chain; with `tls_key`, TCP speaks TLS.
     pub tls_cert: Option<PathBuf>,
     /// `tls_key`: PEM private key for `tls_cert`.
@@ -190,14 +195,19 @@ pub struct Config {
     pub users: Vec<NetUser>,
 }
 
-/// One `[[users]]` entry: a network user and where its token is.
+/// One `[[users]]` entry: a network user, and how it proves who it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetUser {
     /// Its name (`user = NAME` in `[[permissions]]`, `{user}` in patterns).
     pub name: String,
     /// A file whose first line is its token (never printed or logged).
-    pub token_file: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// A DNS name (subject alternative name) of its TLS client
+    /// certificate, signed by `tls_client_ca` (mTLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_name: Option<String>,
 }
 
 /// The line (from 1) of `text` that a validation error is about: the
@@ -271,6 +281,7 @@ impl Default for Config {
             tcp_insecure: false,
             token_file: None,
             token: None,
+            tls_client_ca: None,
             tls_cert: None,
             tls_key: None,
             node_id: None,
@@ -364,6 +375,19 @@ impl Config {
                     "[[users]] entry {}: the name {:?} must be non-empty, without dots or whitespace",
                     i + 1,
                     u.name
+                ));
+            }
+            if u.token_file.is_none() && u.cert_name.is_none() {
+                return Err(format!(
+                    "[[users]] entry {}: {:?} needs a token_file or a cert_name",
+                    i + 1,
+                    u.name
+                ));
+            }
+            if u.cert_name.is_some() && self.tls_client_ca.is_none() {
+                return Err(format!(
+                    "[[users]] entry {}: a cert_name needs tls_client_ca, the CA of client certificates",
+                    i + 1
                 ));
             }
             if self.users[..i].iter().any(|o| o.name == u.name) {

@@ -60,18 +60,22 @@ pub async fn serve(
     rd: Reader,
     mut wr: Writer,
     peer: Peer,
-    groups: Vec<u32>,
+    creds: Creds,
     transport: &'static str,
     mut ticket: Ticket,
 ) {
+    let (groups, cert_names) = match creds {
+        Creds::Groups(g) => (g, Vec::new()),
+        Creds::CertNames(n) => (Vec::new(), n),
+    };
     // Before the handshake a peer gets only `max_handshake_frame`: an
     // unauthenticated peer can make us hold no more than that.
     let small = state.config().max_handshake_frame;
     let mut frames = Incoming::new(rd, small).with_read_room(small as usize);
 
-    let admitted = handshake(&state, &mut frames)
-        .await
-        .and_then(|h| admit(&state, &peer, &groups, transport, h.auth.as_deref()).map(|user| (h, user)));
+    let admitted = handshake(&state, &mut frames).await.and_then(|h| {
+        admit(&state, &peer, &groups, &cert_names, transport, h.auth.as_deref()).map(|user| (h, user))
+    });
     // A bridge link is trusted with everything it carries: only the shared
     // token (or no token on an insecure listener), or the daemon's uid or
     // root on the Unix socket, may open one; not a user the policy limits.
@@ -246,6 +250,16 @@ fn sender_of(node: &str, id: u64, name: &str, peer: &Peer) -> Box<[u8]> {
         .into_boxed_slice()
 }
 
+/// What the kernel or the TLS handshake says about a peer, beyond
+/// [`Peer`].
+#[derive(Debug)]
+pub enum Creds {
+    /// A local peer's groups, the primary one first.
+    Groups(Vec<u32>),
+    /// The DNS names of a network peer's verified client certificate.
+    CertNames(Vec<String>),
+}
+
 /// How denials name a peer before it has rights.
 fn peer_label(peer: &Peer, user: Option<&str>) -> String {
     match (peer, user) {
@@ -262,12 +276,13 @@ fn admit(
     state: &State,
     peer: &Peer,
     groups: &[u32],
+    cert_names: &[String],
     transport: &str,
     auth: Option<&str>,
 ) -> Result<Option<String>, (ErrorCode, String)> {
     if transport != "unix" {
         let users = state.users.load();
-        let Some(user) = crate::tcp::identify(state.token.as_deref(), &users, auth) else {
+        let Some(user) = crate::tcp::identify(state.token.as_deref(), &users, cert_names, auth) else {
             state.policy.refused.count("auth_failed");
             return Err((ErrorCode::AuthenticationFailed, "authentication failed".into()));
         };

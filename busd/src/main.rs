@@ -134,6 +134,9 @@ struct Args {
     /// PEM private key of --tls-cert.
     #[arg(long, value_name = "PEM")]
     tls_key: Option<PathBuf>,
+    /// PEM CA of client certificates: TLS clients may present one, mapped to a [[users]] cert_name (mTLS).
+    #[arg(long, value_name = "PEM")]
+    tls_client_ca: Option<PathBuf>,
     /// Bridge with the daemon at this address (tcp://host:port or tls://host:port; repeatable).
     #[arg(long, value_name = "ADDRESS")]
     bridge: Vec<String>,
@@ -233,6 +236,7 @@ impl Args {
         c.tcp_insecure |= self.tcp_insecure;
         set(&mut c.tls_cert, self.tls_cert.map(Some));
         set(&mut c.tls_key, self.tls_key.map(Some));
+        set(&mut c.tls_client_ca, self.tls_client_ca.map(Some));
         c.bridge.extend(self.bridge);
         if let Some(v) = self.bridge_buffer {
             c.bridge_buffer = usize::try_from(v).map_err(|_| "--bridge-buffer is too large".to_owned())?;

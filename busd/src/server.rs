@@ -74,6 +74,7 @@ impl Reloader {
             token_file,
             token,
             tls_cert,
+            tls_client_ca,
             tls_key,
             node_id,
             bridge,
@@ -310,12 +311,12 @@ impl Server {
             let state = state.clone();
             let acceptor = acceptor.clone();
             tracker.spawn(async move {
-                let (r, w, groups, transport) = match incoming {
-                    Incoming::Ready(r, w, _, groups) => (r, w, groups, "unix"),
+                let (r, w, creds, transport) = match incoming {
+                    Incoming::Ready(r, w, _, groups) => (r, w, conn::Creds::Groups(groups), "unix"),
                     Incoming::Tcp(stream, addr) => {
                         let Some(acceptor) = acceptor else { return };
                         match acceptor.establish(stream, state.config().handshake_timeout).await {
-                            Ok((r, w)) => (r, w, Vec::new(), acceptor.transport()),
+                            Ok((r, w, names)) => (r, w, conn::Creds::CertNames(names), acceptor.transport()),
                             Err(e) => {
                                 tracing::debug!(%addr, "TLS/TCP setup failed: {e}");
                                 state.policy.refused.count("tls_handshake");
@@ -325,7 +326,7 @@ impl Server {
                     }
                 };
                 match admitted {
-                    Ok(ticket) => conn::serve(state, r, w, peer, groups, transport, ticket).await,
+                    Ok(ticket) => conn::serve(state, r, w, peer, creds, transport, ticket).await,
                     Err(message) => {
                         if let Some(held_back) = state.refusal_log.allow(state.clock.now_ms()) {
                             tracing::info!(?peer, transport, message, held_back, "connection refused");

@@ -80,7 +80,7 @@ pub struct State {
     /// The token network peers must present (`None`: TCP off or insecure).
     pub token: Option<String>,
     /// The `[[users]]` and their tokens; replaced by a reload.
-    pub users: ArcSwap<Vec<(String, String)>>,
+    pub users: ArcSwap<Vec<crate::tcp::UserCred>>,
     /// The token this daemon presents when it dials a bridge.
     pub bridge_token: Option<String>,
     /// Bridge links and cross-daemon routing.

@@ -60,7 +60,8 @@ impl TcpEndpoint {
         }
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(TlsAcceptor::from(
-                libbus::tls::server_config(cert, key).map_err(|e| Error::Config(e.to_string()))?,
+                libbus::tls::server_config(cert, key, config.tls_client_ca.as_deref())
+                    .map_err(|e| Error::Config(e.to_string()))?,
             )),
             (None, None) => None,
             _ => return Err(Error::Config("--tls-cert and --tls-key go together".into())),
@@ -120,17 +121,33 @@ impl Acceptor {
         }
     }
 
-    /// Turns an accepted stream into a reader and writer.
-    pub async fn establish(&self, stream: TcpStream, timeout: Duration) -> io::Result<(Reader, Writer)> {
+    /// Turns an accepted stream into a reader and writer, with the DNS
+    /// names of the client certificate it verified (mTLS; else none).
+    pub async fn establish(
+        &self,
+        stream: TcpStream,
+        timeout: Duration,
+    ) -> io::Result<(Reader, Writer, Vec<String>)> {
         transport::configure_tcp(&stream)?;
         match &self.0 {
-            None => Ok(transport::split_tcp(stream)),
+            None => {
+                let (r, w) = transport::split_tcp(stream);
+                Ok((r, w, Vec::new()))
+            }
             Some(tls) => {
                 let fd = stream.as_raw_fd();
                 let accepted = tokio::time::timeout(timeout, tls.accept(stream))
                     .await
                     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
-                Ok(transport::split_layered(accepted, fd))
+                let names = accepted
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .map(libbus::tls::dns_names)
+                    .unwrap_or_default();
+                let (r, w) = transport::split_layered(accepted, fd);
+                Ok((r, w, names))
             }
         }
     }
@@ -157,35 +174,64 @@ pub fn load_token(config: &Config) -> Result<Option<String>, Error> {
     }
 }
 
-/// The `[[users]]` of `config` with their tokens, read from their files.
-pub fn load_users(config: &Config) -> Result<Vec<(String, String)>, Error> {
+/// A `[[users]]` entry, its token read from its file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserCred {
+    /// The user's name.
+    pub name: String,
+    /// Its token, if it has one.
+    pub token: Option<String>,
+    /// The DNS name of its client certificate, if it has one.
+    pub cert_name: Option<String>,
+}
+
+/// The `[[users]]` of `config`, their tokens read from their files.
+pub fn load_users(config: &Config) -> Result<Vec<UserCred>, Error> {
     config
         .users
         .iter()
-        .map(|u| read_token_file(&u.token_file).map(|t| (u.name.clone(), t)))
+        .map(|u| {
+            Ok(UserCred {
+                name: u.name.clone(),
+                token: u.token_file.as_deref().map(read_token_file).transpose()?,
+                cert_name: u.cert_name.clone(),
+            })
+        })
         .collect()
 }
 
-/// Who presented `auth`: `Some(Some(user))` for a `[[users]]` token,
-/// `Some(None)` for the shared token (or any, when no token is set at
-/// all), `None` for a wrong one. Every token is compared, in constant
+/// Who a network peer is: `Some(Some(user))` for a `[[users]]` client
+/// certificate name among `cert_names` (verified by the TLS handshake) or
+/// token, `Some(None)` for the shared token (or any, when no token is set
+/// at all), `None` for a wrong one. Every token is compared, in constant
 /// time, whichever matches.
 pub fn identify(
     shared: Option<&str>,
-    users: &[(String, String)],
+    users: &[UserCred],
+    cert_names: &[String],
     auth: Option<&str>,
 ) -> Option<Option<String>> {
-    let mut found = None;
-    for (name, token) in users {
-        if token_matches(token, auth) && found.is_none() {
-            found = Some(Some(name.clone()));
+    let by_cert = users.iter().find(|u| {
+        u.cert_name
+            .as_ref()
+            .is_some_and(|n| cert_names.iter().any(|c| c.eq_ignore_ascii_case(n)))
+    });
+    let mut by_token = None;
+    for u in users {
+        if let Some(token) = &u.token {
+            if token_matches(token, auth) && by_token.is_none() {
+                by_token = Some(u);
+            }
         }
+    }
+    if let Some(u) = by_cert.or(by_token) {
+        return Some(Some(u.name.clone()));
     }
     let shared_ok = match shared {
         Some(t) => token_matches(t, auth),
         None => users.is_empty(),
     };
-    found.or(shared_ok.then_some(None))
+    shared_ok.then_some(None)
 }
 
 /// The token bridges present: the first line of `config.bridge_token_file`,
@@ -227,18 +273,37 @@ mod tests {
     }
 
     #[test]
-    fn a_token_names_its_user() {
+    fn a_token_or_a_certificate_names_its_user() {
+        let user = |name: &str, token: Option<&str>, cert: Option<&str>| UserCred {
+            name: name.into(),
+            token: token.map(Into::into),
+            cert_name: cert.map(Into::into),
+        };
         let users = vec![
-            ("alice".to_owned(), "a".to_owned()),
-            ("bob".to_owned(), "b".to_owned()),
+            user("alice", Some("a"), None),
+            user("bob", Some("b"), None),
+            user("carol", None, Some("carol.example")),
         ];
-        assert_eq!(identify(Some("s"), &users, Some("b")), Some(Some("bob".into())));
-        assert_eq!(identify(Some("s"), &users, Some("s")), Some(None));
-        assert_eq!(identify(Some("s"), &users, Some("x")), None);
+        let none: &[String] = &[];
+        assert_eq!(
+            identify(Some("s"), &users, none, Some("b")),
+            Some(Some("bob".into()))
+        );
+        assert_eq!(identify(Some("s"), &users, none, Some("s")), Some(None));
+        assert_eq!(identify(Some("s"), &users, none, Some("x")), None);
+        // A verified certificate's name is enough.
+        let carol = ["Carol.Example".to_owned()];
+        assert_eq!(
+            identify(Some("s"), &users, &carol, None),
+            Some(Some("carol".into()))
+        );
         // Users but no shared token: only users get in.
-        assert_eq!(identify(None, &users, Some("x")), None);
-        assert_eq!(identify(None, &users, Some("a")), Some(Some("alice".into())));
+        assert_eq!(identify(None, &users, none, Some("x")), None);
+        assert_eq!(
+            identify(None, &users, none, Some("a")),
+            Some(Some("alice".into()))
+        );
         // Neither (an insecure listener): anyone, as `tcp`.
-        assert_eq!(identify(None, &[], None), Some(None));
+        assert_eq!(identify(None, &[], none, None), Some(None));
     }
 }

@@ -54,6 +54,10 @@ pub struct ConnectOptions {
     /// PEM file of the CA that signed a `tls://` daemon's certificate.
     /// Default: `$BUS_CA`.
     pub ca_file: Option<std::path::PathBuf>,
+    /// A client certificate chain and its key (PEM files) this client
+    /// presents to a `tls://` daemon that asks for one (mTLS): the daemon
+    /// may map it to a user, in place of a token. Default: none.
+    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
     /// Keep trying the first connection, with the `reconnect` policy's
     /// backoff and `max_attempts`, instead of failing at once with
     /// [`Error::NoDaemon`](crate::Error::NoDaemon): for a service started
@@ -96,6 +100,7 @@ impl Default for ConnectOptions {
             daemon_uid: None,
             token: env_nonempty(ENV_TOKEN),
             ca_file: env_nonempty(ENV_CA).map(Into::into),
+            client_cert: None,
             retry_on_initial_connect: false,
         }
     }
@@ -140,6 +145,22 @@ impl ConnectOptions {
     /// Sets the CA file (PEM) that `tls://` daemons are verified against.
     pub fn ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
         self.ca_file = Some(path.into());
+        self
+    }
+    /// Presents the certificate chain `cert` (PEM) with its key `key` to
+    /// `tls://` daemons that ask for one.
+    ///
+    /// ```no_run
+    /// let opts = libbus::ConnectOptions::default()
+    ///     .ca_file("/etc/bus/ca.pem")
+    ///     .client_cert("/etc/bus/alice.pem", "/etc/bus/alice.key");
+    /// ```
+    pub fn client_cert(
+        mut self,
+        cert: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        self.client_cert = Some((cert.into(), key.into()));
         self
     }
     /// Sets [`socket_buffer`](Self::socket_buffer) (0: the system default).

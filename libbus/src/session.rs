@@ -306,7 +306,8 @@ async fn dial_tls(address: &Address, host_port: &str, opts: &ConnectOptions) -> 
         })?;
     transport::configure_tcp(&tcp)?;
     let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
-    let tls = tokio_rustls::TlsConnector::from(crate::tls::client_config(ca)?)
+    let client = opts.client_cert.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+    let tls = tokio_rustls::TlsConnector::from(crate::tls::client_config(ca, client)?)
         .connect(name, tcp)
         .await
         .map_err(|e| Error::Tls(e.to_string()))?;

@@ -339,7 +339,14 @@ pub struct TestPki {
     pub cert: PathBuf,
     /// The server's private key (PEM).
     pub key: PathBuf,
+    /// A client certificate (PEM) for [`CLIENT_NAME`], signed by the CA.
+    pub client_cert: PathBuf,
+    /// Its private key (PEM).
+    pub client_key: PathBuf,
 }
+
+/// The DNS name of [`TestPki::client_cert`].
+pub const CLIENT_NAME: &str = "client.test";
 
 impl TestPki {
     /// Writes `ca.pem`, `cert.pem` and `key.pem` into `dir`, with a CA named `ca_name`.
@@ -356,6 +363,12 @@ impl TestPki {
         let params =
             CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).expect("params");
         let cert = params.signed_by(&key, &issuer).expect("server cert");
+        let client_key = KeyPair::generate().expect("client key");
+        let mut client_params = CertificateParams::new(vec![CLIENT_NAME.to_owned()]).expect("params");
+        client_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let client_cert = client_params
+            .signed_by(&client_key, &issuer)
+            .expect("client cert");
         let write = |name: &str, pem: String| {
             let p = dir.join(name);
             std::fs::write(&p, pem).expect("write PEM");
@@ -365,6 +378,8 @@ impl TestPki {
             ca: write(&format!("{ca_name}-ca.pem"), ca_cert.pem()),
             cert: write(&format!("{ca_name}-cert.pem"), cert.pem()),
             key: write(&format!("{ca_name}-key.pem"), key.serialize_pem()),
+            client_cert: write(&format!("{ca_name}-client.pem"), client_cert.pem()),
+            client_key: write(&format!("{ca_name}-client-key.pem"), client_key.serialize_pem()),
         }
     }
 }
