@@ -282,6 +282,9 @@ async fn tcp_users_with_their_own_tokens_get_their_own_rights() {
         Err(Error::Server { code, .. }) => assert_eq!(code, ErrorCode::PermissionDenied),
         other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
     }
+    // Reply inboxes are per principal, network users included.
+    let _alices = alice.subscribe("_INBOX.a1ice.>").await.unwrap();
+    assert!(bob.subscribe("_INBOX.a1ice.>").await.is_err());
     // The shared token is `tcp`, with the default entry.
     assert!(shared.subscribe("public.x").await.is_ok());
     assert!(shared.subscribe("shared.>").await.is_err());

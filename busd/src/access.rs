@@ -113,12 +113,10 @@ pub fn subscribe(state: &State, conn: &Conn, pattern: &str) -> Result<(), String
         (false, InboxReach::All) => Err(Denied {
             rule: "privileged: other users' replies (_INBOX)".into(),
         }),
-        (false, InboxReach::One(id)) => state
-            .inboxes
-            .claim(&id, rights.principal.uid)
-            .map_err(|_| Denied {
-                rule: "private: another user's reply inbox".into(),
-            }),
+        (false, InboxReach::One(id)) if state.inboxes.claim(&id, &rights.principal.label) => Ok(()),
+        (false, InboxReach::One(_)) => Err(Denied {
+            rule: "private: another user's reply inbox".into(),
+        }),
     });
     checked.map_err(|d| {
         denied(state, conn, Action::Subscribe, pattern, &d);
@@ -134,7 +132,7 @@ pub fn unsubscribed(state: &State, conn: &Conn, pattern: &str) {
         return;
     }
     if let InboxReach::One(id) = inbox_reach(pattern) {
-        state.inboxes.release(&id, rights.principal.uid);
+        state.inboxes.release(&id, &rights.principal.label);
     }
 }
 

@@ -417,28 +417,29 @@ pub fn inbox_reach(pattern: &str) -> InboxReach {
     }
 }
 
-/// Who holds each reply inbox (`_INBOX.<id>.`): the uid whose connections
-/// subscribed to it first, and how many of its subscriptions do now. No
-/// other user's subscription may reach it.
+/// Who holds each reply inbox (`_INBOX.<id>.`): the principal (by its
+/// label: `uid 1000`, `user alice`, `tcp`) whose connections subscribed to
+/// it first, and how many of its subscriptions do now. No other
+/// principal's subscription may reach it.
 #[derive(Debug, Default)]
-pub struct Inboxes(Mutex<HashMap<String, (u32, usize)>>);
+pub struct Inboxes(Mutex<HashMap<String, (String, usize)>>);
 
 impl Inboxes {
-    /// Claims inbox `id` for `uid`; `Err(owner)` if another uid holds it.
-    pub fn claim(&self, id: &str, uid: u32) -> Result<(), u32> {
+    /// Claims inbox `id` for `owner`: false if another principal holds it.
+    pub fn claim(&self, id: &str, owner: &str) -> bool {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = map.entry(id.to_owned()).or_insert((uid, 0));
-        if entry.0 != uid {
-            return Err(entry.0);
+        let entry = map.entry(id.to_owned()).or_insert_with(|| (owner.to_owned(), 0));
+        if entry.0 != owner {
+            return false;
         }
         entry.1 += 1;
-        Ok(())
+        true
     }
 
-    /// Gives back one claim of inbox `id` by `uid`.
-    pub fn release(&self, id: &str, uid: u32) {
+    /// Gives back one claim of inbox `id` by `owner`.
+    pub fn release(&self, id: &str, owner: &str) {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(entry) = map.get_mut(id).filter(|e| e.0 == uid) {
+        if let Some(entry) = map.get_mut(id).filter(|e| e.0 == owner) {
             entry.1 = entry.1.saturating_sub(1);
             if entry.1 == 0 {
                 map.remove(id);
