@@ -278,3 +278,134 @@ async fn the_per_uid_quota_counts_from_accept() {
     .await;
     bus_ok.flush().await.unwrap();
 }
+
+/// A daemon with a TCP listener where the tokens "alice" and "bob" are two
+/// network users, each its own principal with its own share.
+fn two_users(adjust: impl FnOnce(&mut busd::Config)) -> (TestBus, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let users = ["alice", "bob"].map(|name| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, name).unwrap();
+        busd::config::NetUser {
+            name: name.into(),
+            token_file: Some(path),
+            cert_name: None,
+        }
+    });
+    let bus = TestBus::with_config(|c| {
+        c.tcp = Some("127.0.0.1:0".into());
+        c.users = users.to_vec();
+        adjust(c);
+    });
+    (bus, dir)
+}
+
+async fn as_user(bus: &TestBus, user: &str, opts: ConnectOptions) -> Bus {
+    within(
+        "connect",
+        Bus::connect_with(&bus.tcp_address(), opts.token(user).name(user)),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn one_user_cannot_take_every_subscription() {
+    let (bus, _dir) = two_users(|c| c.max_subscriptions_per_uid = 5);
+    let alice = [
+        as_user(&bus, "alice", ConnectOptions::default()).await,
+        as_user(&bus, "alice", ConnectOptions::default()).await,
+    ];
+    // Five across her two connections, then the limit, named.
+    let mut held = Vec::new();
+    for i in 0..5 {
+        held.push(alice[i % 2].subscribe(&format!("a.{i}")).await.unwrap());
+    }
+    match alice[1].subscribe("a.more").await {
+        Err(Error::Server { code, message }) => {
+            assert_eq!(code, ErrorCode::LimitExceeded);
+            assert!(
+                message.contains("max_subscriptions_per_uid = 5 (user alice)"),
+                "{message}"
+            );
+        }
+        other => panic!("expected the limit, got {:?}", other.map(|_| ())),
+    }
+    // Bob has a share of his own; giving one back makes room for alice.
+    let _bob = as_user(&bus, "bob", ConnectOptions::default())
+        .await
+        .subscribe("b.x")
+        .await
+        .unwrap();
+    held.pop();
+    within("room again", async {
+        loop {
+            if alice[0].subscribe("a.again").await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let info = server_info(&bus.client("admin").await).await;
+    assert_eq!(refused(&info, "max_subscriptions_per_uid"), 1);
+}
+
+#[tokio::test]
+async fn one_users_stalled_readers_cannot_hold_more_than_its_share() {
+    const SHARE: usize = 160 << 10;
+    let (bus, _dir) = two_users(|c| {
+        c.max_frame = 32 << 10;
+        c.max_pending = 128 << 10;
+        c.max_pending_per_uid = SHARE;
+    });
+    // Alice: four connections that subscribe and never read (each stops
+    // reading its socket once a few deliveries wait).
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        let a = as_user(&bus, "alice", ConnectOptions::default().subscription_capacity(4)).await;
+        stalled.push((a.subscribe("flood").await.unwrap(), a));
+    }
+    // Bob reads everything.
+    let bob = as_user(&bus, "bob", ConnectOptions::default()).await;
+    let mut at_bob = bob.subscribe("flood").await.unwrap();
+    let publisher = bus.client("publisher").await;
+    let payload = vec![7u8; 16 << 10];
+    // Far more than the kernel's socket buffers of four connections hold,
+    // in steps small enough for Bob's own queue (128 KiB, where the step
+    // before may still count until the writer has settled it).
+    const MSGS: usize = 8_000;
+    const STEP: usize = 2;
+    for step in 0..MSGS / STEP {
+        for _ in 0..STEP {
+            publisher.publish("flood", &payload).await.unwrap();
+        }
+        for _ in 0..STEP {
+            let m = tokio::time::timeout(bus_tests::WAIT, at_bob.next()).await;
+            let dropped = at_bob.dropped();
+            let m = m.unwrap_or_else(|_| panic!("step {step}: no delivery for bob ({dropped} dropped)"));
+            assert_eq!(m.unwrap().payload().len(), payload.len(), "step {step}");
+        }
+    }
+    assert_eq!(at_bob.dropped(), 0, "bob lost nothing");
+    let list: Vec<api::ConnInfo> = bus
+        .client("admin")
+        .await
+        .request(api::LIST, [])
+        .await
+        .unwrap()
+        .decode()
+        .unwrap();
+    let alice: Vec<&api::ConnInfo> = list.iter().filter(|c| c.name == "alice").collect();
+    assert_eq!(alice.len(), 4);
+    let held: u64 = alice.iter().map(|c| c.pending_bytes).sum();
+    let dropped: u64 = alice.iter().map(|c| c.dropped).sum();
+    // Her four queues could hold 512 KiB; together they hold her share.
+    assert!(
+        held <= SHARE as u64 + (4 << 10),
+        "alice's queues hold {held} bytes"
+    );
+    assert!(held > (64 << 10), "her queues did fill: {held}");
+    assert!(dropped > 0, "what did not fit was dropped and counted");
+    drop(stalled);
+}

@@ -136,6 +136,15 @@ pub fn unsubscribed(state: &State, conn: &Conn, pattern: &str) {
     }
 }
 
+/// One of `conn`'s subscriptions, to `pattern`, has ended: its inbox
+/// claim and its place in the user's `max_subscriptions_per_uid` go.
+pub fn ended(state: &State, conn: &Conn, pattern: &str) {
+    unsubscribed(state, conn, pattern);
+    if let Some(b) = conn.outbox.budget() {
+        b.subs.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// May `conn` own (`Action::Own`) or call (`Action::Call`) `name`? The
 /// error is the message it gets.
 pub fn name(state: &State, conn: &Conn, action: Action, name: &str) -> Result<(), String> {
@@ -191,6 +200,9 @@ fn refresh(state: &State, conn: &Arc<Conn>) {
         };
         if lock(&conn.subs).remove(&sid).is_none() {
             continue;
+        }
+        if let Some(b) = conn.outbox.budget() {
+            b.subs.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
         state
             .router

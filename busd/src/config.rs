@@ -97,6 +97,20 @@ pub struct Config {
     pub tcp_backlog: u32,
     /// `max_subscriptions`: subscriptions per connection. Default 10,000.
     pub max_subscriptions: usize,
+    /// `max_subscriptions_per_uid`: subscriptions of all the connections of
+    /// one user together (a local uid other than the daemon's and root, a
+    /// network user, or `tcp`). Default 100,000: below what
+    /// `max_connections_per_uid` connections could hold, so one user cannot
+    /// fill the routing table everyone shares.
+    pub max_subscriptions_per_uid: usize,
+    /// `max_pending_per_uid`: bytes of messages queued for all the
+    /// connections of one user together (as `max_subscriptions_per_uid`
+    /// counts users), beyond which new messages for them are dropped and
+    /// reported with `Lagged`. Default 64 MiB: eight connections' worth of
+    /// `max_pending`, so one user's stalled readers cannot hold the memory
+    /// every user shares.
+    #[serde(with = "size")]
+    pub max_pending_per_uid: usize,
     /// `max_subject_len`: bytes in a subject or pattern. Default 1024.
     pub max_subject_len: usize,
     /// `max_subject_tokens`: dot-separated tokens in a subject or pattern. Default 64.
@@ -272,6 +286,8 @@ impl Default for Config {
             max_pending_handshakes: 128,
             tcp_backlog: 1024,
             max_subscriptions: 10_000,
+            max_subscriptions_per_uid: 100_000,
+            max_pending_per_uid: 64 << 20,
             max_subject_len: 1024,
             max_subject_tokens: 64,
             shutdown_grace: Duration::from_secs(2),
@@ -403,6 +419,12 @@ impl Config {
                 self.max_pending, self.max_frame
             ));
         }
+        if self.max_pending_per_uid < self.max_frame as usize {
+            return Err(format!(
+                "max_pending_per_uid ({}) must be at least max_frame ({})",
+                self.max_pending_per_uid, self.max_frame
+            ));
+        }
         if self.max_frame < 64 {
             return Err(format!(
                 "max_frame ({}) must be at least 64 bytes",
@@ -444,6 +466,7 @@ impl Config {
         for (name, v) in [
             ("max_connections", self.max_connections),
             ("max_connections_per_uid", self.max_connections_per_uid),
+            ("max_subscriptions_per_uid", self.max_subscriptions_per_uid),
             ("max_tcp_connections", self.max_tcp_connections),
             ("max_pending_handshakes", self.max_pending_handshakes),
             ("max_subject_len", self.max_subject_len),
@@ -487,6 +510,11 @@ impl Config {
             ),
             ("tcp_backlog".into(), self.tcp_backlog.into()),
             ("max_subscriptions".into(), self.max_subscriptions as u64),
+            (
+                "max_subscriptions_per_uid".into(),
+                self.max_subscriptions_per_uid as u64,
+            ),
+            ("max_pending_per_uid".into(), self.max_pending_per_uid as u64),
             ("max_subject_len".into(), self.max_subject_len as u64),
             ("max_subject_tokens".into(), self.max_subject_tokens as u64),
             ("max_pings_missed".into(), self.max_pings_missed.into()),

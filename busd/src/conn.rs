@@ -147,6 +147,8 @@ pub async fn serve(
     let id = state.registry.next_id();
     let sender = sender_of(&state.cluster.node_id, id, &hello.name, &peer);
     let rights = state.policy.rights(&peer, &groups, user.as_deref());
+    // The daemon's uid and root are not held to a user's share.
+    let budget = (!rights.all).then(|| state.policy.budget(&rights.principal.label));
     let conn = Arc::new(Conn {
         id,
         sender,
@@ -155,7 +157,8 @@ pub async fn serve(
         peer,
         connected_at,
         outbox: Outbox::new(state.config().max_pending, hello.version >= proto::RUN_VERSION)
-            .reading_headers(hello.version >= proto::HEADERS_VERSION),
+            .reading_headers(hello.version >= proto::HEADERS_VERSION)
+            .with_budget(budget),
         stats: Stats::default(),
         subs: Mutex::new(Default::default()),
         kick: Default::default(),
@@ -198,7 +201,7 @@ pub async fn serve(
 
     let subs = std::mem::take(&mut *lock(&conn.subs));
     for s in subs.values() {
-        access::unsubscribed(&state, &conn, &s.pattern);
+        access::ended(&state, &conn, &s.pattern);
     }
     state.router.unsubscribe(
         subs.iter()
@@ -631,7 +634,7 @@ fn decoded_frame<'a>(
                 state
                     .router
                     .unsubscribe([(sub.pattern.as_str(), sub.queue.as_deref(), target)]);
-                access::unsubscribed(state, conn, &sub.pattern);
+                access::ended(state, conn, &sub.pattern);
             }
             Ok(())
         }
@@ -952,6 +955,19 @@ fn subscribe(state: &State, conn: &Arc<Conn>, s: proto::Sub<'_>, sender: bool) -
                 state.config().max_subscriptions
             ),
         );
+    } else if let Some(b) = conn.outbox.budget() {
+        let max = state.config().max_subscriptions_per_uid;
+        if b.subs.fetch_add(1, Relaxed) >= max {
+            b.subs.fetch_sub(1, Relaxed);
+            drop(subs);
+            access::unsubscribed(state, conn, s.pattern);
+            state.policy.refused.count("max_subscriptions_per_uid");
+            let who = conn.rights.load().principal.label.clone();
+            return refuse(
+                ErrorCode::LimitExceeded,
+                format!("limit exceeded: max_subscriptions_per_uid = {max} ({who})"),
+            );
+        }
     }
     subs.insert(
         s.sid,

@@ -101,6 +101,12 @@ struct Args {
     /// Subscriptions per connection [default: 10000].
     #[arg(long, value_name = "N")]
     max_subscriptions: Option<usize>,
+    /// Subscriptions of one user's connections together [default: 100000].
+    #[arg(long, value_name = "N")]
+    max_subscriptions_per_uid: Option<usize>,
+    /// Bytes queued for one user's connections together [default: 64MiB].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_pending_per_uid: Option<u64>,
     /// Bytes in a subject or pattern [default: 1024].
     #[arg(long, value_name = "N")]
     max_subject_len: Option<usize>,
@@ -225,6 +231,11 @@ impl Args {
         set(&mut c.max_pending_handshakes, self.max_pending_handshakes);
         set(&mut c.tcp_backlog, self.tcp_backlog);
         set(&mut c.max_subscriptions, self.max_subscriptions);
+        set(&mut c.max_subscriptions_per_uid, self.max_subscriptions_per_uid);
+        if let Some(v) = self.max_pending_per_uid {
+            c.max_pending_per_uid =
+                usize::try_from(v).map_err(|_| "--max-pending-per-uid is too large".to_owned())?;
+        }
         set(&mut c.max_subject_len, self.max_subject_len);
         set(&mut c.max_subject_tokens, self.max_subject_tokens);
         set(&mut c.shutdown_grace, self.shutdown_grace);

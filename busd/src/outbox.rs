@@ -21,7 +21,10 @@ use std::{
     collections::VecDeque,
     io::IoSlice,
     ops::Range,
-    sync::{Mutex, MutexGuard},
+    sync::{
+        atomic::{AtomicUsize, Ordering::Relaxed},
+        Arc, Mutex, MutexGuard,
+    },
 };
 
 use bytes::{Buf, Bytes};
@@ -331,10 +334,50 @@ pub struct Taken {
     pub bytes: u64,
 }
 
+/// What all the connections of one principal (a uid other than the
+/// daemon's and root, a network user, `tcp`) hold together: bytes of
+/// messages queued for them, bounded by `max_pending_per_uid`, and
+/// subscriptions, bounded by `max_subscriptions_per_uid`. So one user
+/// with many connections cannot take the memory every user shares.
+#[derive(Debug, Default)]
+pub struct Budget {
+    pending: AtomicUsize,
+    limit: AtomicUsize,
+    /// Live subscriptions of the principal.
+    pub subs: AtomicUsize,
+}
+
+impl Budget {
+    /// A budget of `limit` queued bytes.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit: AtomicUsize::new(limit),
+            ..Self::default()
+        }
+    }
+
+    /// Sets the bound (a reload).
+    pub fn set_limit(&self, limit: usize) {
+        self.limit.store(limit, Relaxed);
+    }
+
+    /// Message bytes queued now for the principal's connections.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Relaxed)
+    }
+
+    fn fits(&self, cost: usize) -> bool {
+        self.pending.load(Relaxed) + cost <= self.limit.load(Relaxed)
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     /// Encoded frames, in order. Allocated on first use.
     frames: Frames,
+    /// Message bytes charged to the principal's [`Budget`]: at most
+    /// `pending()`, given back as the queue drains below it.
+    charged: usize,
     /// Counters for the messages in `buf`.
     taken: Taken,
     /// Bytes of the batch the writer took that the socket has not taken yet.
@@ -363,13 +406,14 @@ impl State {
         max_pending: usize,
         headers: bool,
         sender: bool,
+        budget: Option<&Budget>,
     ) -> bool {
         let cost = if sender {
             msg.cost_with_sender(sid)
         } else {
             msg.cost(sid, headers)
         };
-        if self.pending() + cost > max_pending {
+        if self.pending() + cost > max_pending || !self.charge(budget, cost) {
             return false;
         }
         self.report_lag(sid);
@@ -387,9 +431,9 @@ impl State {
 
     /// Queues `run` for `sid` as one `Run` frame (after any unreported
     /// loss of `sid`) if it fits under `max_pending`; false if it does not.
-    fn push_run(&mut self, sid: u64, run: &RunSpan<'_>, max_pending: usize) -> bool {
+    fn push_run(&mut self, sid: u64, run: &RunSpan<'_>, max_pending: usize, budget: Option<&Budget>) -> bool {
         let cost = run.cost(sid);
-        if self.pending() + cost > max_pending {
+        if self.pending() + cost > max_pending || !self.charge(budget, cost) {
             return false;
         }
         self.report_lag(sid);
@@ -408,6 +452,26 @@ impl State {
         self.taken.msgs += run.msgs;
         self.taken.bytes += run.payload;
         true
+    }
+
+    /// Charges `cost` more message bytes to `budget`, if it has room.
+    fn charge(&mut self, budget: Option<&Budget>, cost: usize) -> bool {
+        let Some(b) = budget else { return true };
+        if !b.fits(cost) {
+            return false;
+        }
+        b.pending.fetch_add(cost, Relaxed);
+        self.charged += cost;
+        true
+    }
+
+    /// Gives back what is charged beyond what is still queued.
+    fn settle(&mut self, budget: Option<&Budget>) {
+        let excess = self.charged.saturating_sub(self.pending());
+        if let (Some(b), true) = (budget, excess > 0) {
+            b.pending.fetch_sub(excess, Relaxed);
+            self.charged -= excess;
+        }
     }
 
     /// Queues the `Lagged` notice `sid` has pending, if any.
@@ -451,6 +515,8 @@ pub struct Outbox {
     /// The peer reads headers (`HMsg`, protocol version 4); others get
     /// messages without them.
     headers: bool,
+    /// Its principal's budget (none for the daemon's uid and root).
+    budget: Option<Arc<Budget>>,
 }
 
 impl Outbox {
@@ -463,7 +529,19 @@ impl Outbox {
             max_pending,
             runs,
             headers: false,
+            budget: None,
         }
+    }
+
+    /// The same queue, charging its messages to `budget` as well.
+    pub fn with_budget(mut self, budget: Option<Arc<Budget>>) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// Its principal's budget, if it has one.
+    pub fn budget(&self) -> Option<&Arc<Budget>> {
+        self.budget.as_ref()
     }
 
     /// The same queue for a peer that reads headers if `headers`.
@@ -485,7 +563,14 @@ impl Outbox {
             return true;
         }
         let was_empty = st.frames.is_empty();
-        let fits = st.push_msg(sid, msg, self.max_pending, self.headers, sender);
+        let fits = st.push_msg(
+            sid,
+            msg,
+            self.max_pending,
+            self.headers,
+            sender,
+            self.budget.as_deref(),
+        );
         drop(st);
         if fits && was_empty {
             self.ready.notify_one();
@@ -507,11 +592,20 @@ impl Outbox {
         let was_empty = st.frames.is_empty();
         let ran = self.runs
             && !sender
-            && run
-                .is_some_and(|run| (self.headers || !run.headers) && st.push_run(sid, run, self.max_pending));
+            && run.is_some_and(|run| {
+                (self.headers || !run.headers)
+                    && st.push_run(sid, run, self.max_pending, self.budget.as_deref())
+            });
         if !ran {
             for msg in msgs {
-                if !st.push_msg(sid, *msg, self.max_pending, self.headers, sender) {
+                if !st.push_msg(
+                    sid,
+                    *msg,
+                    self.max_pending,
+                    self.headers,
+                    sender,
+                    self.budget.as_deref(),
+                ) {
                     st.count_drop(sid);
                 }
             }
@@ -592,6 +686,7 @@ impl Outbox {
     pub fn wrote(&self, n: usize) {
         let mut st = self.lock();
         st.in_flight = st.in_flight.saturating_sub(n);
+        st.settle(self.budget.as_deref());
     }
 
     /// Stops accepting items; the writer drains what is queued, then stops.
@@ -606,6 +701,7 @@ impl Outbox {
         st.frames = Frames::default();
         st.taken = Taken::default();
         st.in_flight = 0;
+        st.settle(self.budget.as_deref());
     }
 
     /// Bytes queued now, including the batch being written.
@@ -616,6 +712,16 @@ impl Outbox {
     /// Messages dropped so far.
     pub fn dropped(&self) -> u64 {
         self.lock().dropped_total
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        // What is still queued goes with the connection.
+        let charged = std::mem::take(&mut self.lock().charged);
+        if let Some(b) = &self.budget {
+            b.pending.fetch_sub(charged, Relaxed);
+        }
     }
 }
 
@@ -740,6 +846,30 @@ mod tests {
         ob.close();
         assert_eq!(ob.take(&mut batch).await, None);
         assert_eq!(ob.pending_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_budget_bounds_every_queue_of_a_principal_together() {
+        let m = msg(30);
+        let m = m.frame();
+        let cost = m.cost(7, false);
+        let budget = Arc::new(Budget::new(3 * cost));
+        let a = Outbox::new(10 * cost, true).with_budget(Some(budget.clone()));
+        let b = Outbox::new(10 * cost, true).with_budget(Some(budget.clone()));
+        // Each queue has room for ten; the two together for three.
+        a.push_many(7, false, &[m; 2], None);
+        b.push_many(7, false, &[m; 2], None);
+        assert_eq!((a.dropped(), b.dropped()), (0, 1));
+        assert_eq!(budget.pending(), 3 * cost);
+        // Written out, the bytes are given back.
+        let mut batch = Frames::default();
+        a.take(&mut batch).await.unwrap();
+        assert_eq!(budget.pending(), 3 * cost, "in flight still counts");
+        sent(&a);
+        assert_eq!(budget.pending(), cost);
+        // A closed connection's queue goes with it.
+        drop(b);
+        assert_eq!(budget.pending(), 0);
     }
 
     #[tokio::test]

@@ -52,6 +52,8 @@ pub struct Policy {
     denials: Mutex<BTreeMap<(String, String), u64>>,
     /// Bumped when connections' rights change: cached verdicts are stale.
     generation: std::sync::atomic::AtomicU64,
+    /// Each principal's queued bytes and subscriptions, by label.
+    budgets: Mutex<HashMap<String, Arc<crate::outbox::Budget>>>,
 }
 
 /// The settings of a [`Policy`] that a reload may change.
@@ -64,6 +66,7 @@ struct Rules {
     reserved: usize,
     max_tcp: usize,
     max_pending: usize,
+    max_pending_per_uid: usize,
     permissions: Vec<Permissions>,
 }
 
@@ -77,6 +80,7 @@ impl Rules {
             reserved: config.reserved_connections,
             max_tcp: config.max_tcp_connections,
             max_pending: config.max_pending_handshakes,
+            max_pending_per_uid: config.max_pending_per_uid,
             permissions: config.permissions.clone(),
         }
     }
@@ -93,7 +97,18 @@ impl Policy {
             refused: Refusals::default(),
             denials: Mutex::default(),
             generation: Default::default(),
+            budgets: Mutex::default(),
         }
+    }
+
+    /// The budget every connection of `principal` (a label: `uid 1000`,
+    /// `user alice`, `tcp`) shares.
+    pub fn budget(&self, principal: &str) -> Arc<crate::outbox::Budget> {
+        let limit = self.rules.load().max_pending_per_uid;
+        lock(&self.budgets)
+            .entry(principal.to_owned())
+            .or_insert_with(|| Arc::new(crate::outbox::Budget::new(limit)))
+            .clone()
     }
 
     /// Changes whenever connections' rights do ([`rights_changed`](Self::rights_changed)).
@@ -112,6 +127,9 @@ impl Policy {
     /// stay).
     pub fn reconfigure(&self, config: &Config) {
         self.rules.store(Arc::new(Rules::of(config)));
+        for b in lock(&self.budgets).values() {
+            b.set_limit(config.max_pending_per_uid);
+        }
     }
 
     /// May `peer`, a member of `groups`, connect? The error is the
