@@ -5,8 +5,9 @@
 //! taking a reloaded policy.
 //!
 //! A publish is checked when its subject misses the connection's route
-//! cache, and cached with its routes: a steady stream is not checked per
-//! message. A reload empties every route cache.
+//! cache, and cached with its routes; an allowed subject is also kept in
+//! the connection's allowed set, so a route cache that empties itself
+//! does not mean checking again. A reload empties both.
 
 use std::sync::Arc;
 

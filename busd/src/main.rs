@@ -101,7 +101,7 @@ struct Args {
     /// Subscriptions per connection [default: 10000].
     #[arg(long, value_name = "N")]
     max_subscriptions: Option<usize>,
-    /// Subscriptions of one user's connections together [default: 100000].
+    /// Subscriptions of one user's connections together [default: 1000000].
     #[arg(long, value_name = "N")]
     max_subscriptions_per_uid: Option<usize>,
     /// Bytes queued for one user's connections together [default: 64MiB].
