@@ -126,6 +126,13 @@ impl Permissions {
         Ok(())
     }
 
+    /// True if a pattern of it says `{user}`.
+    pub fn uses_user_name(&self) -> bool {
+        self.lists()
+            .iter()
+            .any(|(_, l)| l.iter().any(|p| p.contains("{user}")))
+    }
+
     fn lists(&self) -> [(&'static str, &Vec<String>); 8] {
         [
             ("publish", &self.publish),

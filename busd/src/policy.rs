@@ -163,17 +163,19 @@ impl Policy {
     /// it.
     pub fn rights(&self, peer: &Peer, groups: &[u32], user: Option<&str>) -> Rights {
         match *peer {
+            Peer::Unix { uid, .. } if uid == 0 || uid == self.daemon_uid => {
+                Rights::all(Principal::local(uid, groups.to_vec(), None))
+            }
             Peer::Unix { uid, .. } => {
-                let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-                    .ok()
-                    .flatten()
+                let rules = self.rules.load();
+                // The user database is asked (which may mean NSS, even LDAP)
+                // only when a pattern needs the name.
+                let wanted = rules.permissions.iter().any(Permissions::uses_user_name);
+                let user = wanted
+                    .then(|| nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)))
+                    .and_then(|u| u.ok().flatten())
                     .map(|u| u.name);
-                let who = Principal::local(uid, groups.to_vec(), user);
-                if uid == 0 || uid == self.daemon_uid {
-                    Rights::all(who)
-                } else {
-                    Rights::of(&self.rules.load().permissions, who)
-                }
+                Rights::of(&rules.permissions, Principal::local(uid, groups.to_vec(), user))
             }
             Peer::Net { .. } => Rights::of(
                 &self.rules.load().permissions,
