@@ -724,3 +724,79 @@ async fn messages_dropped_on_a_down_link_are_reported_to_far_subscribers() {
     assert_eq!(next + lagged, N);
     assert_eq!(sub.dropped(), dropped);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_carries_only_what_the_policy_lets_it() {
+    let b = node_with("b", &[], |c| {
+        let list = |p: &[&str]| p.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        c.permissions = vec![busd::acl::Permissions {
+            bridge: true,
+            // In: what other daemons' publishers may reach here.
+            publish: list(&["shared.>", "ping.>", "_INBOX.>"]),
+            // Out: what may leave for other daemons.
+            subscribe: list(&["shared.>", "ping.>", "_INBOX.>"]),
+            ..Default::default()
+        }];
+    });
+    let a = node("a", &[&b]);
+    let (ca, cb) = (a.client("at-a").await, b.client("at-b").await);
+    let mut shared_b = cb.subscribe("shared.>").await.unwrap();
+    let mut secret_b = cb.subscribe("secret.>").await.unwrap();
+    let mut shared_a = ca.subscribe("shared.>").await.unwrap();
+    let mut secret_a = ca.subscribe("secret.>").await.unwrap();
+    converge(&ca, &["b"], &[&cb]).await;
+    converge(&cb, &["a"], &[&ca]).await;
+
+    // Links keep order, so a secret let through would come before what
+    // was sent after it. Each side's own subscribers get its own messages.
+    let none = Duration::from_millis(100);
+    // In: a's secret never reaches b; what a sent after it does.
+    ca.publish("secret.in", "no").await.unwrap();
+    ca.publish("shared.in", "yes").await.unwrap();
+    assert_eq!(
+        within("at b", shared_b.next()).await.unwrap().subject(),
+        "shared.in"
+    );
+    assert!(
+        tokio::time::timeout(none, secret_b.next()).await.is_err(),
+        "secret crossed into b"
+    );
+    assert_eq!(
+        within("a's own", secret_a.next()).await.unwrap().subject(),
+        "secret.in"
+    );
+    assert_eq!(
+        within("a's own", shared_a.next()).await.unwrap().subject(),
+        "shared.in"
+    );
+    // Out: b's secret never leaves; what b sent after it does.
+    cb.publish("secret.out", "no").await.unwrap();
+    cb.publish("shared.out", "yes").await.unwrap();
+    assert_eq!(
+        within("at a", shared_a.next()).await.unwrap().subject(),
+        "shared.out"
+    );
+    assert!(
+        tokio::time::timeout(none, secret_a.next()).await.is_err(),
+        "secret left b"
+    );
+
+    let denials: Vec<libbus::proto::api::Denial> = cb
+        .request(libbus::proto::api::DENIALS, [])
+        .await
+        .unwrap()
+        .decode()
+        .unwrap();
+    let rules: Vec<(&str, &str)> = denials
+        .iter()
+        .map(|d| (d.principal.as_str(), d.rule.as_str()))
+        .collect();
+    assert!(
+        rules.contains(&("bridge", "bridge publish (no pattern allows it)")),
+        "{rules:?}"
+    );
+    assert!(
+        rules.contains(&("bridge", "bridge subscribe (no pattern allows it)")),
+        "{rules:?}"
+    );
+}

@@ -34,6 +34,11 @@ pub struct Permissions {
     /// ... or a network user of `[[users]]` ...
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// ... or every bridge link: `publish` is what links may bring in
+    /// (messages published on other daemons, delivered here), `subscribe`
+    /// what they may take out (messages sent on to other daemons) ...
+    #[serde(skip_serializing_if = "is_false")]
+    pub bridge: bool,
     /// ... or everyone no other entry names.
     #[serde(skip_serializing_if = "is_false")]
     pub default: bool,
@@ -94,6 +99,7 @@ impl Permissions {
             (Some(uid), _, _) => format!("uid {uid}"),
             (None, Some(gid), _) => format!("gid {gid}"),
             (None, None, Some(user)) => format!("user {user}"),
+            (None, None, None) if self.bridge => "bridge".into(),
             (None, None, None) => "default".into(),
         }
     }
@@ -104,10 +110,11 @@ impl Permissions {
         let named = usize::from(self.uid.is_some())
             + usize::from(self.gid.is_some())
             + usize::from(self.user.is_some())
+            + usize::from(self.bridge)
             + usize::from(self.default);
         if named != 1 {
             return Err(
-                "a [[permissions]] entry names exactly one of uid, gid, user or default = true".into(),
+                "a [[permissions]] entry names exactly one of uid, gid, user, bridge = true or default = true".into(),
             );
         }
         let sample = Principal::local(1000, Vec::new(), Some("user".into()));
@@ -148,6 +155,7 @@ impl Permissions {
 
     fn names(&self, who: &Principal) -> bool {
         match (self.uid, self.gid, &self.user) {
+            _ if who.bridge => self.bridge,
             (Some(uid), _, _) => who.uid == uid && !who.network,
             (None, Some(gid), _) => who.gids.contains(&gid) && !who.network,
             (None, None, Some(user)) => who.network && who.user.as_ref() == Some(user),
@@ -169,6 +177,8 @@ pub struct Principal {
     pub label: String,
     /// A network peer (its `user`, if any, is a `[[users]]` name).
     pub network: bool,
+    /// The bridge links, together.
+    pub bridge: bool,
 }
 
 impl Principal {
@@ -180,6 +190,19 @@ impl Principal {
             user,
             label: format!("uid {uid}"),
             network: false,
+            bridge: false,
+        }
+    }
+
+    /// Every bridge link.
+    pub fn bridges() -> Self {
+        Self {
+            uid: u32::MAX,
+            gids: Vec::new(),
+            user: None,
+            label: "bridge".into(),
+            network: true,
+            bridge: true,
         }
     }
 
@@ -194,6 +217,7 @@ impl Principal {
                 .map_or_else(|| "tcp".into(), |u| format!("user {u}")),
             user,
             network: true,
+            bridge: false,
         }
     }
 }
@@ -271,6 +295,15 @@ impl Rights {
             privileged: true,
             entries: Vec::new(),
         }
+    }
+
+    /// What bridge links may carry: `None` (everything) unless an entry
+    /// says `bridge = true`.
+    pub fn of_bridges(policy: &[Permissions]) -> Option<Self> {
+        policy
+            .iter()
+            .any(|p| p.bridge)
+            .then(|| Self::of(policy, Principal::bridges()))
     }
 
     /// The rights `policy` gives `principal`: the entries naming it, or

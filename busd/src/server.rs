@@ -94,6 +94,9 @@ impl Reloader {
         let users = crate::tcp::load_users(&new).map_err(|e| e.to_string())?;
         state.users.store(Arc::new(users));
         state.policy.reconfigure(&new);
+        state
+            .cluster
+            .set_access(crate::acl::Rights::of_bridges(&new.permissions), &state.policy);
         state.config.store(Arc::new(new));
         crate::access::reload(state);
         let mut source = crate::registry::lock(&state.config_source);
@@ -176,6 +179,7 @@ impl Server {
         let policy = Arc::new(Policy::new(&config, nix::unistd::geteuid().as_raw()));
         let node_id = config.effective_node_id();
         let cluster = Cluster::new(node_id, config.bridge_hold);
+        cluster.set_access(crate::acl::Rights::of_bridges(&config.permissions), &policy);
         let state = Arc::new(State {
             policy,
             config: arc_swap::ArcSwap::from_pointee(config),

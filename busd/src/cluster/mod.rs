@@ -70,6 +70,11 @@ pub struct Cluster {
     pub changed: tokio::sync::watch::Sender<u64>,
     /// `bridge_hold`: how long a node out of reach is held for.
     hold: Duration,
+    /// What links may carry in and out (`[[permissions]] bridge = true`);
+    /// `None`: everything.
+    rights: arc_swap::ArcSwapOption<crate::acl::Rights>,
+    /// Where denials are counted.
+    policy: std::sync::OnceLock<Arc<crate::policy::Policy>>,
 }
 
 #[derive(Debug, Default)]
@@ -117,6 +122,35 @@ impl Cluster {
             inner: Mutex::new(Inner::default()),
             announced_interest: AtomicU64::new(u64::MAX),
             changed: tokio::sync::watch::channel(0).0,
+            rights: Default::default(),
+            policy: Default::default(),
+        }
+    }
+
+    /// Takes what links may carry (from the policy's `bridge = true`
+    /// entry; `None`: everything), counting denials in `policy`.
+    pub fn set_access(&self, rights: Option<crate::acl::Rights>, policy: &Arc<crate::policy::Policy>) {
+        let _ = self.policy.set(policy.clone());
+        self.rights.store(rights.map(Arc::new));
+    }
+
+    /// May a link carry `subject` in (`Action::Publish`: published on
+    /// another daemon) or out (`Action::Subscribe`: to another daemon)?
+    /// A denial is counted (principal `bridge`).
+    fn allows(&self, action: crate::acl::Action, subject: &str) -> bool {
+        let rights = self.rights.load();
+        let Some(rights) = rights.as_ref() else {
+            return true;
+        };
+        match rights.check(action, subject) {
+            Ok(()) => true,
+            Err(d) => {
+                if let Some(p) = self.policy.get() {
+                    p.count_denial("bridge", &d.rule);
+                }
+                tracing::debug!(subject, rule = %d, "a bridge may not carry this");
+                false
+            }
         }
     }
 
@@ -283,6 +317,10 @@ impl Cluster {
         self.announce_if_changed(router);
         let routing = self.current_routing();
         let (plain, groups) = routing.interested(msg.subject);
+        let wanted = !plain.is_empty() || !groups.is_empty();
+        if wanted && !self.allows(crate::acl::Action::Subscribe, msg.subject) {
+            return false; // not for the links: as if no one there wanted it
+        }
         let mut routed = Routed {
             origin: &self.node_id,
             subject: msg.subject,
@@ -334,6 +372,9 @@ impl Cluster {
         plain: &[String],
         via: Option<&Link>,
     ) {
+        if !self.allows(crate::acl::Action::Subscribe, routed.subject) {
+            return;
+        }
         let children = routing.children(routed.origin);
         let now = Instant::now();
         let held = routing.held_for(routed.subject, now);
@@ -465,6 +506,9 @@ impl Cluster {
             );
             return;
         }
+        if !self.allows(crate::acl::Action::Publish, routed.subject) {
+            return;
+        }
         let local = router.lookup_uncached(routed.subject);
         if !local.is_empty() {
             let me = self.node_id.as_str();
@@ -503,11 +547,17 @@ impl Cluster {
     /// (Which member of a queue group would have got one is not known:
     /// groups are not told.)
     pub fn receive_lost(&self, router: &Router, via: &Link, origin: &str, subject: &str, count: u64) {
-        if libbus::subject::validate_subject(subject).is_err() {
+        // Notices follow the messages: none for what links may not carry.
+        if libbus::subject::validate_subject(subject).is_err()
+            || !self.allows(crate::acl::Action::Publish, subject)
+        {
             return;
         }
         for t in &router.lookup_uncached(subject).plain {
             t.conn.outbox.report_lost(t.sid, count);
+        }
+        if !self.allows(crate::acl::Action::Subscribe, subject) {
+            return;
         }
         let routing = self.current_routing();
         let (plain, _) = routing.interested(subject);
