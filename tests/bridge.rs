@@ -781,16 +781,8 @@ async fn a_bridge_carries_only_what_the_policy_lets_it() {
         "secret left b"
     );
 
-    let denials: Vec<libbus::proto::api::Denial> = cb
-        .request(libbus::proto::api::DENIALS, [])
-        .await
-        .unwrap()
-        .decode()
-        .unwrap();
-    let rules: Vec<(&str, &str)> = denials
-        .iter()
-        .map(|d| (d.principal.as_str(), d.rule.as_str()))
-        .collect();
+    let denials = bus_tests::denials(&cb).await;
+    let rules: Vec<(&str, &str)> = denials.iter().map(|(p, r)| (p.as_str(), r.as_str())).collect();
     assert!(
         rules.contains(&("bridge", "bridge publish (no pattern allows it)")),
         "{rules:?}"

@@ -305,18 +305,8 @@ async fn tcp_users_with_their_own_tokens_get_their_own_rights() {
         auth: Some("alice-token"),
     });
     assert_eq!(raw_error(&addr, &bridge).await, ErrorCode::PermissionDenied);
-    let denials: Vec<api::Denial> = bus
-        .client("admin")
-        .await
-        .request(api::DENIALS, [])
-        .await
-        .unwrap()
-        .decode()
-        .unwrap();
-    let rules: Vec<(&str, &str)> = denials
-        .iter()
-        .map(|d| (d.principal.as_str(), d.rule.as_str()))
-        .collect();
+    let denials = bus_tests::denials(&bus.client("admin").await).await;
+    let rules: Vec<(&str, &str)> = denials.iter().map(|(p, r)| (p.as_str(), r.as_str())).collect();
     assert!(rules.contains(&("user alice", "bridge link")), "{rules:?}");
     assert!(
         rules.contains(&("user bob", "user bob publish (no pattern allows it)")),

@@ -384,5 +384,16 @@ impl TestPki {
     }
 }
 
+/// What the daemon's access policy denied, as (principal, rule) pairs
+/// (`$BUS.api.denials` through `bus`).
+pub async fn denials(bus: &Bus) -> Vec<(String, String)> {
+    let denials: Vec<proto::api::Denial> = within("denials", bus.request(proto::api::DENIALS, []))
+        .await
+        .expect("denials request")
+        .decode()
+        .expect("denials decode");
+    denials.into_iter().map(|d| (d.principal, d.rule)).collect()
+}
+
 /// `$BUS.api.info` through `bus`.
 pub use bus_test_support::info as server_info;
