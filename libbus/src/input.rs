@@ -597,7 +597,9 @@ pub(crate) async fn read_loop(input: &Input, output: &Arc<Output>, mut frames: F
             Ok(None) => break "daemon closed the connection".to_owned(),
             Err(e) => break format!("read failed: {e}"),
         };
-        if input.error_seen.swap(false, Ordering::Relaxed) {
+        // A load first: the read path takes no read-modify-write when
+        // there was no error (nearly always).
+        if input.error_seen.load(Ordering::Relaxed) && input.error_seen.swap(false, Ordering::Relaxed) {
             lock(&input.last_error).take();
         }
         let mut msgs = 0;
