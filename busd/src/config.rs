@@ -227,7 +227,7 @@ pub struct NetUser {
 
 /// The line (from 1) of `text` that a validation error is about: the
 /// first holding the value it quotes, else the start of the
-/// `[[permissions]]` entry it names.
+/// `[[permissions]]` or `[[users]]` entry it names.
 fn locate(text: &str, error: &str) -> Option<usize> {
     let quoted = error.split('"').nth(1).filter(|q| !q.is_empty());
     if let Some(q) = quoted {
@@ -236,15 +236,12 @@ fn locate(text: &str, error: &str) -> Option<usize> {
             return Some(i + 1);
         }
     }
-    let entry: usize = error
-        .strip_prefix("[[permissions]] entry ")?
-        .split(':')
-        .next()?
-        .parse()
-        .ok()?;
+    // "[[table]] entry N: ..."
+    let (table, rest) = error.split_once(" entry ").filter(|(t, _)| t.starts_with("[["))?;
+    let entry: usize = rest.split(':').next()?.parse().ok()?;
     text.lines()
         .enumerate()
-        .filter(|(_, l)| l.trim_start().starts_with("[[permissions]]"))
+        .filter(|(_, l)| l.trim_start().starts_with(table))
         .nth(entry.checked_sub(1)?)
         .map(|(i, _)| i + 1)
 }
