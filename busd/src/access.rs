@@ -101,15 +101,15 @@ pub fn subscribe(state: &State, conn: &Conn, pattern: &str) -> Result<(), String
     if rights.all {
         return Ok(());
     }
-    let own_inbox = pattern.starts_with(libbus::subject::INBOX_PREFIX)
-        && matches!(inbox_reach(pattern), InboxReach::One(_));
+    let reach = inbox_reach(pattern);
+    let own_inbox = pattern.starts_with(libbus::subject::INBOX_PREFIX) && matches!(reach, InboxReach::One(_));
     let checked = (if own_inbox {
         Ok(())
     } else {
         rights.check(Action::Subscribe, pattern)
     })
     .and_then(|()| rights.check_watch(pattern))
-    .and_then(|()| match (rights.privileged, inbox_reach(pattern)) {
+    .and_then(|()| match (rights.privileged, reach) {
         (true, _) | (_, InboxReach::None) => Ok(()),
         (false, InboxReach::All) => Err(Denied {
             rule: "privileged: other users' replies (_INBOX)".into(),

@@ -122,7 +122,12 @@ fn paged<T: serde::Serialize>(
 
 /// Daemon facts and totals.
 pub fn info(state: &State) -> ServerInfo {
-    let conns = state.registry.snapshot();
+    info_of(state, &state.registry.snapshot())
+}
+
+/// [`info`], with `conns` the live connections (a snapshot the caller
+/// also uses).
+pub fn info_of(state: &State, conns: &[std::sync::Arc<Conn>]) -> ServerInfo {
     let t = &state.registry.ended;
     let sum = |live: fn(&Conn) -> u64, ended: &std::sync::atomic::AtomicU64| {
         conns.iter().map(|c| live(c)).sum::<u64>() + ended.load(Relaxed)

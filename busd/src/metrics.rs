@@ -191,8 +191,9 @@ struct Snapshot {
 
 impl Snapshot {
     fn take(state: &State) -> Snapshot {
-        let info = crate::api::info(state);
+        // One snapshot of the connections for the totals and the rest.
         let conns = state.registry.snapshot();
+        let info = crate::api::info_of(state, &conns);
         let mut connections = vec![("unix", 0), ("tcp", 0), ("tls", 0)];
         for c in &conns {
             match connections.iter_mut().find(|(t, _)| *t == c.transport) {
