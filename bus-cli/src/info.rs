@@ -90,6 +90,23 @@ pub async fn run(bus: &Bus, address: &Address, json: bool) -> libbus::Result<()>
             );
         }
     }
+    if let Some(u) = &info.upstream {
+        outln!("upstream:      {} ({})", u.urls.join(" "), u.state);
+        if !u.server.is_empty() {
+            outln!("  server:      {} {}", u.server, u.server_name);
+        }
+        outln!("  export:      {}", u.export.join(" "));
+        outln!("  import:      {}", u.import.join(" "));
+        outln!(
+            "  traffic:     {} in, {} out, {} buffered (of {}), {} dropped",
+            u.msgs_in,
+            u.msgs_out,
+            render::bytes(u.buffered_bytes),
+            render::bytes(u.buffer_limit),
+            u.dropped
+        );
+        outln!("  subscriptions: {}, connected {} time(s)", u.subscriptions, u.connects);
+    }
     outln!("limits:                    value    refused");
     for (name, value) in &info.limits {
         let base = name.trim_end_matches("_ms");

@@ -110,7 +110,7 @@ pub async fn run(bus: &Bus, json: bool, closed: bool, sort: SortBy) -> libbus::R
     // Bridge links come from $BUS.api.info (the JSON above stays a list of
     // connections; `bus-cli info --json` has the bridges).
     let info: api::ServerInfo = bus.request(api::INFO, []).await?.decode()?;
-    if !info.bridges.is_empty() {
+    if !info.bridges.is_empty() || info.upstream.is_some() {
         outln!();
         let header = [
             "NODE",
@@ -123,7 +123,8 @@ pub async fn run(bus: &Bus, json: bool, closed: bool, sort: SortBy) -> libbus::R
             "BUFFERED",
             "DROPPED",
         ];
-        let rows: Vec<Vec<String>> = info.bridges.iter().map(bridge_row).collect();
+        let mut rows: Vec<Vec<String>> = info.bridges.iter().map(bridge_row).collect();
+        rows.extend(info.upstream.as_ref().map(upstream_row));
         out!("{}", render::table(&header, &rows));
     }
     Ok(())
@@ -344,6 +345,30 @@ async fn run_closed(bus: &Bus, json: bool) -> libbus::Result<()> {
         .collect();
     out!("{}", render::table(&header, &rows));
     Ok(())
+}
+
+/// The NATS upstream as a row of the links table: the server connected
+/// to (else the configured ones).
+pub fn upstream_row(u: &api::UpstreamInfo) -> Vec<String> {
+    vec![
+        if u.server_name.is_empty() {
+            "?".into()
+        } else {
+            u.server_name.clone()
+        },
+        "upstream".into(),
+        if u.server.is_empty() {
+            u.urls.join(",")
+        } else {
+            format!("nats://{}", u.server)
+        },
+        "out".into(),
+        u.state.clone(),
+        u.msgs_in.to_string(),
+        u.msgs_out.to_string(),
+        render::bytes(u.buffered_bytes),
+        u.dropped.to_string(),
+    ]
 }
 
 /// One bridge link as a table row.

@@ -153,6 +153,7 @@ pub fn info_of(state: &State, conns: &[std::sync::Arc<Conn>]) -> ServerInfo {
         node_id: state.cluster.node_id.clone(),
         bridges: state.cluster.bridges(),
         cpu_us: cpu_time_us(),
+        upstream: state.upstream.as_ref().map(|u| u.info()),
     }
 }
 

@@ -208,6 +208,92 @@ pub struct Config {
     /// the shared token (`token_file`) is the principal `tcp`. Default:
     /// none.
     pub users: Vec<NetUser>,
+    /// `upstream_buffer`: bytes of messages held for the NATS upstream while
+    /// it is down (and while it is slower than what is published here);
+    /// beyond it they are dropped and counted. Default 8 MiB.
+    #[serde(with = "size")]
+    pub upstream_buffer: usize,
+    /// `[upstream]`: a NATS server or cluster this daemon joins, so that
+    /// hosts share one bus through it (`docs/upstream.md`). Default: none.
+    pub upstream: UpstreamConfig,
+}
+
+/// The `[upstream]` section: which NATS servers, how to log in, and what
+/// crosses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `urls`: NATS servers to connect to (`nats://host:port`,
+    /// `tls://host:port`; several seed a cluster). Empty: no upstream.
+    pub urls: Vec<String>,
+    /// `token_file`: a file whose first line is the NATS token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// `user` and `password_file`: NATS user and a file whose first line is
+    /// its password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// See `user`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// `creds_file`: a NATS credentials file (JWT and NKey seed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub creds_file: Option<PathBuf>,
+    /// `ca`: CA (PEM) for `tls://` servers. Default: the system's roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// `export`: patterns of local subjects that go up. Default `[">"]`.
+    pub export: Vec<String>,
+    /// `import`: patterns of upstream subjects that may come down to local
+    /// subscribers. Default `[">"]`.
+    pub import: Vec<String>,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            urls: Vec::new(),
+            token_file: None,
+            user: None,
+            password_file: None,
+            creds_file: None,
+            ca: None,
+            export: vec![">".into()],
+            import: vec![">".into()],
+        }
+    }
+}
+
+impl UpstreamConfig {
+    /// Checks the urls and patterns.
+    fn check(&self) -> Result<(), String> {
+        for url in &self.urls {
+            let ok = ["nats://", "tls://"]
+                .iter()
+                .any(|s| url.strip_prefix(s).is_some_and(|rest| rest.contains(':')));
+            if !ok {
+                return Err(format!(
+                    "upstream url {url:?} must be nats://host:port or tls://host:port"
+                ));
+            }
+        }
+        for p in self.export.iter().chain(&self.import) {
+            if let Err(e) = libbus::subject::validate_pattern(p) {
+                return Err(format!("upstream pattern {p:?}: {e}"));
+            }
+            if p.starts_with(libbus::subject::RESERVED_PREFIX) {
+                return Err(format!("upstream pattern {p:?}: $BUS. never crosses the upstream"));
+            }
+        }
+        if self.user.is_some() != self.password_file.is_some() {
+            return Err("[upstream] user and password_file go together".into());
+        }
+        let logins = [self.token_file.is_some(), self.user.is_some(), self.creds_file.is_some()];
+        if logins.iter().filter(|b| **b).count() > 1 {
+            return Err("[upstream] takes one of token_file, user/password_file or creds_file".into());
+        }
+        Ok(())
+    }
 }
 
 /// One `[[users]]` entry: a network user, and how it proves who it is.
@@ -311,6 +397,8 @@ impl Default for Config {
             metrics: None,
             permissions: Vec::new(),
             users: Vec::new(),
+            upstream_buffer: 8 << 20,
+            upstream: UpstreamConfig::default(),
         }
     }
 }
@@ -461,6 +549,14 @@ impl Config {
                 Err(e) => return Err(format!("bridge address: {e}")),
             }
         }
+        self.upstream.check()?;
+        if !self.upstream.urls.is_empty() && !self.bridge.is_empty() {
+            return Err(
+                "an upstream and bridges cannot be combined: a message could reach a host both ways \
+                 and be delivered twice; link the hosts through the NATS upstream only"
+                    .into(),
+            );
+        }
         for (name, v) in [
             ("max_connections", self.max_connections),
             ("max_connections_per_uid", self.max_connections_per_uid),
@@ -523,6 +619,7 @@ impl Config {
             ("bridge_hold_ms".into(), ms(self.bridge_hold)),
             ("link_ping_interval_ms".into(), ms(self.link_ping_interval)),
             ("link_timeout_ms".into(), ms(self.link_timeout)),
+            ("upstream_buffer".into(), self.upstream_buffer as u64),
         ]
     }
 

@@ -93,6 +93,13 @@ pub async fn serve(
                 "permission denied: only the daemon's token, uid or root may open a bridge link".into(),
             ));
         }
+        if h.role == proto::Role::Bridge && state.upstream.is_some() {
+            return Err((
+                ErrorCode::Protocol,
+                "this daemon has a NATS upstream and takes no bridge links: a message could reach a host both ways"
+                    .into(),
+            ));
+        }
         Ok((h, user))
     });
     let (hello, user) = match admitted {
@@ -207,6 +214,7 @@ pub async fn serve(
         subs.iter()
             .map(|(sid, s)| (s.pattern.as_str(), s.queue.as_deref(), Target::new(&conn, *sid))),
     );
+    state.interest_changed();
     state.registry.remove(&conn);
     // Its names pass to the next in their queues.
     service::release_all(&state, &conn);
@@ -634,6 +642,7 @@ fn decoded_frame<'a>(
                 state
                     .router
                     .unsubscribe([(sub.pattern.as_str(), sub.queue.as_deref(), target)]);
+                state.interest_changed();
                 access::ended(state, conn, &sub.pattern);
             }
             Ok(())
@@ -867,6 +876,7 @@ fn route<'a>(
             },
             routes,
         );
+    let remote = remote | upstream(state, conn, &p, reply_to, routes);
     if !conn.owed.is_empty() {
         conn.owed.answer(subject());
     }
@@ -877,6 +887,24 @@ fn route<'a>(
         None => {}
         Some(reply_to) => route_request(state, conn, msg, reply_to, routes, remote, pending),
     }
+}
+
+/// Hands a publish to the NATS upstream, if there is one and the publish
+/// goes up; true if it took it.
+fn upstream(state: &State, conn: &Conn, p: &wire::RawPub<'_>, reply_to: Option<&str>, routes: &Routes) -> bool {
+    let Some(up) = &state.upstream else { return false };
+    let subject = std::str::from_utf8(p.subject).unwrap_or_default();
+    state.cluster.allows(crate::acl::Action::Subscribe, subject)
+        && up.export(
+            crate::upstream::Message {
+                subject,
+                reply_to,
+                headers: p.headers,
+                payload: p.payload,
+                from: conn.origin(),
+            },
+            routes,
+        )
 }
 
 /// [`route`] for a publish with a reply subject. A request only local
@@ -979,6 +1007,7 @@ fn subscribe(state: &State, conn: &Arc<Conn>, s: proto::Sub<'_>, sender: bool) -
     );
     let target = Target::new(conn, s.sid).with_sender(sender);
     state.router.subscribe(s.pattern, s.queue, target);
+    state.interest_changed();
     Ok(())
 }
 

@@ -76,6 +76,7 @@ pub mod state;
 pub mod sys;
 pub mod systemd;
 pub mod tcp;
+pub mod upstream;
 
 use std::path::PathBuf;
 

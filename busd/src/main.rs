@@ -164,6 +164,12 @@ struct Args {
     /// CA (PEM) for tls:// bridges [default: $BUS_CA].
     #[arg(long, value_name = "PEM")]
     bridge_ca: Option<PathBuf>,
+    /// Join this NATS server (nats://host:port or tls://host:port; repeatable, for cluster seeds); see [upstream] in the config.
+    #[arg(long, value_name = "URL")]
+    upstream: Vec<String>,
+    /// Bytes held for the NATS upstream while it is down [default: 8MiB].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    upstream_buffer: Option<u64>,
     /// This daemon's node id among bridged daemons [default: hostname-<hash of socket path>].
     #[arg(long, value_name = "ID")]
     node_id: Option<String>,
@@ -257,6 +263,10 @@ impl Args {
         set(&mut c.bridge_hold, self.bridge_hold);
         set(&mut c.link_ping_interval, self.link_ping_interval);
         set(&mut c.link_timeout, self.link_timeout);
+        c.upstream.urls.extend(self.upstream);
+        if let Some(v) = self.upstream_buffer {
+            c.upstream_buffer = usize::try_from(v).map_err(|_| "--upstream-buffer is too large".to_owned())?;
+        }
         set(&mut c.node_id, self.node_id.map(Some));
         set(&mut c.workers, self.workers);
         set(&mut c.log_format, self.log_format);

@@ -87,7 +87,9 @@ impl Reloader {
             tcp_backlog,
             workers,
             log_format,
-            metrics
+            metrics,
+            upstream,
+            upstream_buffer
         );
         drop(old);
         new.validate()?;
@@ -178,8 +180,10 @@ impl Server {
         }
         let policy = Arc::new(Policy::new(&config, nix::unistd::geteuid().as_raw()));
         let node_id = config.effective_node_id();
-        let cluster = Cluster::new(node_id, config.bridge_hold);
+        let cluster = Cluster::new(node_id.clone(), config.bridge_hold);
         cluster.set_access(crate::acl::Rights::of_bridges(&config.permissions), &policy);
+        let upstream =
+            crate::upstream::Upstream::new(&config.upstream, &node_id, config.upstream_buffer).map(Arc::new);
         let state = Arc::new(State {
             policy,
             config: arc_swap::ArcSwap::from_pointee(config),
@@ -198,6 +202,7 @@ impl Server {
             token,
             users: arc_swap::ArcSwap::from_pointee(users),
             bridge_token,
+            upstream,
             cluster,
             names: Default::default(),
             inboxes: Default::default(),
@@ -270,6 +275,7 @@ impl Server {
             }
         });
         crate::cluster::session::start_dialers(&state, &tracker);
+        crate::upstream::session::start(&state, &tracker);
         let inherited = if listener.is_inherited() {
             " (from systemd)"
         } else {

@@ -85,6 +85,8 @@ pub struct State {
     pub bridge_token: Option<String>,
     /// Bridge links and cross-daemon routing.
     pub cluster: Cluster,
+    /// The NATS upstream, if configured.
+    pub upstream: crate::upstream::Shared,
     /// Well-known names and their owners.
     pub names: Names,
     /// Who holds each reply inbox.
@@ -102,5 +104,13 @@ impl State {
     /// Not to be held across an `.await`: read the values needed first.
     pub fn config(&self) -> Guard<Arc<Config>> {
         self.config.load()
+    }
+
+    /// Local subscriptions changed (the router's interest may have): the
+    /// upstream, if any, catches up.
+    pub fn interest_changed(&self) {
+        if let Some(up) = &self.upstream {
+            up.interest_changed();
+        }
     }
 }

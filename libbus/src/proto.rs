@@ -752,7 +752,47 @@ pub mod api {
         /// in microseconds (0 if unknown). `bus-cli bench` divides its growth
         /// by the messages a run delivered.
         pub cpu_us: u64,
+        /// The NATS upstream, if one is configured.
+        pub upstream: Option<UpstreamInfo>,
     }
+
+    /// The NATS upstream link: its configuration, state and counters.
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+    pub struct UpstreamInfo {
+        /// The servers configured (`[upstream] urls`, `--upstream`).
+        pub urls: Vec<String>,
+        /// The server connected to now (`host:port`; empty while down).
+        pub server: String,
+        /// The connected server's name, as it reports it.
+        pub server_name: String,
+        /// `up`, `connecting` or `down`.
+        pub state: String,
+        /// Patterns of local subjects that go up.
+        pub export: Vec<String>,
+        /// Patterns of upstream subjects that may come down.
+        pub import: Vec<String>,
+        /// `upstream_buffer`: bytes held for the upstream before drops.
+        pub buffer_limit: u64,
+        /// Messages received from the upstream and delivered here.
+        pub msgs_in: u64,
+        /// Messages sent up.
+        pub msgs_out: u64,
+        /// Bytes of messages waiting to go up.
+        pub buffered_bytes: u64,
+        /// Messages given up: the buffer was full, the server refused one
+        /// (too large), or the client fell behind the server.
+        pub dropped: u64,
+        /// Upstream subscriptions: one per distinct local pattern (and
+        /// queue group) within `import`, plus one for replies.
+        pub subscriptions: u64,
+        /// Times the link came up.
+        pub connects: u64,
+    }
+
+    /// Event: the upstream link came up. Payload: [`UpstreamInfo`].
+    pub const EVENT_UPSTREAM_UP: &str = "$BUS.event.upstream.up";
+    /// Event: the upstream link went down. Payload: [`UpstreamInfo`].
+    pub const EVENT_UPSTREAM_DOWN: &str = "$BUS.event.upstream.down";
 
     /// One bridge link to another daemon.
     #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

@@ -137,7 +137,7 @@ impl Cluster {
     /// May a link carry `subject` in (`Action::Publish`: published on
     /// another daemon) or out (`Action::Subscribe`: to another daemon)?
     /// A denial is counted (principal `bridge`).
-    fn allows(&self, action: crate::acl::Action, subject: &str) -> bool {
+    pub fn allows(&self, action: crate::acl::Action, subject: &str) -> bool {
         let rights = self.rights.load();
         let Some(rights) = rights.as_ref() else {
             return true;

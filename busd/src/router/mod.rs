@@ -313,6 +313,28 @@ impl<T: Clone + PartialEq> Router<T> {
         routes
     }
 
+    /// The subscribers of exactly `pattern` (and `queue`), not of the
+    /// patterns that overlap it: where a message that came for that one
+    /// pattern goes.
+    pub fn lookup_exact(&self, pattern: &str, queue: Option<&str>) -> Arc<Routes<T>> {
+        let m = self
+            .list
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .exact(pattern, queue);
+        Arc::new(Routes {
+            plain: m.plain,
+            groups: m.groups,
+            next: AtomicUsize::new(fastrand::usize(..)),
+        })
+    }
+
+    /// Changes on every subscription change: routes found before it may be
+    /// stale.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     /// The routes for `subject`, straight from the trie.
     pub fn lookup_uncached(&self, subject: &str) -> Arc<Routes<T>> {
         let m = self

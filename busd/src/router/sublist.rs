@@ -196,6 +196,33 @@ impl<T: Clone> Sublist<T> {
         removed
     }
 
+    /// The subscribers of exactly `pattern` (not of other patterns that
+    /// overlap it): its plain ones, or with `queue` that group's members.
+    pub fn exact(&self, pattern: &str, queue: Option<&str>) -> Matches<T> {
+        let mut out = Matches::default();
+        let mut level = &self.root;
+        let mut rest = Some(pattern);
+        let mut node = None;
+        while let Some(r) = rest {
+            let (tok, next) = split_first(r);
+            let found = match tok {
+                "*" => level.star.as_deref(),
+                ">" => level.full.as_deref(),
+                _ => level.literal.get(tok),
+            };
+            let Some(n) = found else { return out };
+            node = Some(n);
+            level = &n.next;
+            rest = next;
+        }
+        let Some(node) = node else { return out };
+        match queue {
+            None => out.plain = node.plain.clone(),
+            Some(q) => out.groups.extend(node.groups.iter().filter(|(g, _)| &**g == q).cloned()),
+        }
+        out
+    }
+
     /// Everything that matches the literal `subject`.
     pub fn matches(&self, subject: &str) -> Matches<T> {
         let mut out = Matches::default();
@@ -245,6 +272,25 @@ impl<T: Clone> Default for Sublist<T> {
 mod tests {
     use super::*;
     use libbus::subject::matches as reference;
+
+    #[test]
+    fn exact_finds_one_pattern_only() {
+        let mut l = Sublist::new();
+        l.insert("a.*", None, 1);
+        l.insert("a.>", None, 2);
+        l.insert("a.*", Some("g"), 3);
+        l.insert("a.*", Some("h"), 4);
+        l.insert("a.b", None, 5);
+        assert_eq!(l.exact("a.*", None).plain, [1]);
+        assert!(l.exact("a.*", None).groups.is_empty());
+        assert_eq!(l.exact("a.>", None).plain, [2]);
+        let g = l.exact("a.*", Some("g"));
+        assert!(g.plain.is_empty());
+        assert_eq!(g.groups, [("g".into(), vec![3])]);
+        assert!(l.exact("a", None).is_empty());
+        assert!(l.exact("a.c", None).is_empty());
+        assert!(l.exact("x.>", None).is_empty());
+    }
 
     fn plain(list: &Sublist<u32>, subject: &str) -> Vec<u32> {
         let mut v = list.matches(subject).plain;

@@ -1,0 +1,305 @@
+//! The NATS upstream: this daemon joins a NATS server or cluster, so that a
+//! fleet of hosts shares one bus through it. Local clients still talk to
+//! the local daemon only.
+//!
+//! - **Up.** A local publish whose subject `export` matches is handed to
+//!   [`Upstream::export`] from the publish path (`conn.rs` `route`): one
+//!   copy, queued in a bounded buffer (`upstream_buffer`) that the writer
+//!   task ([`session`]) sends through async-nats while the link is up, in
+//!   order. Beyond the bound it is dropped and counted.
+//! - **Down.** Local interest drives upstream subscriptions: each distinct
+//!   local pattern (with its queue group) within an `import` pattern is one
+//!   upstream subscription, and what it brings is delivered only to the
+//!   local subscribers of that pattern ([`Upstream::receive`]), so
+//!   overlapping patterns never deliver twice.
+//! - **No loops.** The client connects with no-echo, and nothing that came
+//!   down goes back up. An upstream and busd's own bridges are refused
+//!   together (`Config::validate`).
+//! - **Queue groups.** A group with a member here gets a local publish
+//!   here; it goes up naming the groups it was given to
+//!   (`Bus-Queue-Handled`), and another host's member that NATS picks for
+//!   it lets it pass. A group with no member here gets it through NATS,
+//!   which picks one member among all hosts.
+//! - **Requests** go up with a reply subject under this daemon's prefix
+//!   ([`mapping`]); "no responders" from NATS fails the request here only
+//!   if no local responder took it.
+
+pub mod mapping;
+pub mod session;
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+        Arc, Mutex,
+    },
+};
+
+use bytes::Bytes;
+use libbus::proto::{self, api::UpstreamInfo, link::Origin, ServerFrame};
+
+use crate::{
+    config::UpstreamConfig,
+    control,
+    deliver::{Router, Routes},
+    outbox::Published,
+    registry::lock,
+};
+
+/// One message on its way up.
+#[derive(Debug)]
+struct Out {
+    subject: String,
+    reply: Option<String>,
+    headers: async_nats::HeaderMap,
+    payload: Bytes,
+    /// What it counts against `upstream_buffer`.
+    size: usize,
+}
+
+/// The bounded buffer between the publish path and the writer task.
+#[derive(Debug, Default)]
+struct Queue {
+    msgs: VecDeque<Out>,
+    bytes: usize,
+}
+
+/// A message published here, as the upstream sends it on.
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'a> {
+    /// Its subject.
+    pub subject: &'a str,
+    /// Its reply subject, for a request.
+    pub reply_to: Option<&'a str>,
+    /// Its header block (checked), if any.
+    pub headers: Option<&'a [u8]>,
+    /// Its payload.
+    pub payload: &'a [u8],
+    /// Who published it here.
+    pub from: Origin,
+}
+
+/// The upstream side of one daemon (see the module docs).
+#[derive(Debug)]
+pub struct Upstream {
+    config: UpstreamConfig,
+    node: String,
+    /// `_BUSR.<node>.`: where replies to requests from here come back.
+    own: String,
+    buffer_limit: usize,
+    queue: Mutex<Queue>,
+    /// Wakes the writer: something was queued, or the link came up.
+    wake: tokio::sync::Notify,
+    /// Wakes the interest task: local subscriptions changed.
+    interest: tokio::sync::Notify,
+    up: AtomicBool,
+    /// The server connected to and its name.
+    server: Mutex<(String, String)>,
+    msgs_in: AtomicU64,
+    msgs_out: AtomicU64,
+    dropped: AtomicU64,
+    subscriptions: AtomicU64,
+    connects: AtomicU64,
+}
+
+impl Upstream {
+    /// An upstream for `config`, if it names any server.
+    pub fn new(config: &UpstreamConfig, node: &str, buffer_limit: usize) -> Option<Self> {
+        if config.urls.is_empty() {
+            return None;
+        }
+        Some(Self {
+            config: config.clone(),
+            node: node.to_owned(),
+            own: mapping::reply_root(node),
+            buffer_limit,
+            queue: Mutex::default(),
+            wake: tokio::sync::Notify::new(),
+            interest: tokio::sync::Notify::new(),
+            up: AtomicBool::new(false),
+            server: Mutex::default(),
+            msgs_in: AtomicU64::new(0),
+            msgs_out: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            subscriptions: AtomicU64::new(0),
+            connects: AtomicU64::new(0),
+        })
+    }
+
+    /// True while connected to a server.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Relaxed)
+    }
+
+    /// Local subscriptions changed: the interest task compares them with
+    /// the upstream subscriptions.
+    pub fn interest_changed(&self) {
+        self.interest.notify_one();
+    }
+
+    /// Hands a local publish to the upstream if it goes up (`export`, or an
+    /// answer to a request that came down). `local` are its local routes.
+    /// Returns true if the upstream took it: then a request that no local
+    /// responder took waits for NATS's answer instead of failing here.
+    pub fn export(&self, msg: Message<'_>, local: &Routes) -> bool {
+        let Some(subject) = mapping::export_subject(msg.subject, &self.config.export, &self.own) else {
+            return false;
+        };
+        if msg.reply_to.is_some() && local.is_empty() && !self.is_up() {
+            // Nobody here, and nobody reachable to ask: fail it now.
+            return false;
+        }
+        let handled: Vec<&str> = local.groups.iter().map(|(g, _)| &**g).collect();
+        let sender = mapping::sender_value(&self.node, msg.from);
+        let headers = mapping::to_nats(msg.headers, &sender, &handled);
+        let reply = msg
+            .reply_to
+            .map(|r| mapping::outbound_reply(r, &self.own, !local.is_empty()));
+        let size = subject.len()
+            + reply.as_ref().map_or(0, String::len)
+            + msg.payload.len()
+            + msg.headers.map_or(0, <[u8]>::len)
+            + sender.len();
+        let mut q = lock(&self.queue);
+        if q.bytes + size > self.buffer_limit {
+            drop(q);
+            self.dropped.fetch_add(1, Relaxed);
+            return true;
+        }
+        q.bytes += size;
+        q.msgs.push_back(Out {
+            subject: subject.to_owned(),
+            reply,
+            headers,
+            payload: Bytes::copy_from_slice(msg.payload),
+            size,
+        });
+        drop(q);
+        self.wake.notify_one();
+        true
+    }
+
+    /// Takes everything queued, for the writer.
+    fn take(&self) -> VecDeque<Out> {
+        let mut q = lock(&self.queue);
+        q.bytes = 0;
+        std::mem::take(&mut q.msgs)
+    }
+
+    /// Puts back what the writer could not send yet, ahead of what came
+    /// since, in order.
+    fn put_back(&self, mut rest: VecDeque<Out>) {
+        let mut q = lock(&self.queue);
+        q.bytes += rest.iter().map(|o| o.size).sum::<usize>();
+        rest.append(&mut q.msgs);
+        q.msgs = rest;
+    }
+
+    /// A message from upstream subscription `sub`: to the local subscribers
+    /// of its pattern (and group), or for a reply to a request from here, to
+    /// its requester.
+    pub fn receive(&self, router: &Router, sub: &session::SubKey, routes: &Routes, m: &async_nats::Message) {
+        let subject = m.subject.as_str();
+        if libbus::subject::validate_subject(subject).is_err()
+            || subject.starts_with(libbus::subject::RESERVED_PREFIX)
+        {
+            return;
+        }
+        if sub.reply {
+            self.receive_reply(router, m);
+            return;
+        }
+        // With several import patterns, a subject that matches two of them
+        // comes once per pattern: the first one delivers it.
+        let first = self
+            .config
+            .import
+            .iter()
+            .position(|p| libbus::subject::matches(p, subject));
+        if first != Some(sub.import) {
+            return;
+        }
+        let inbound = mapping::from_nats(m.headers.as_ref());
+        if let Some(q) = &sub.queue {
+            if inbound.handled.iter().any(|g| **g == **q) {
+                return; // its origin's member had it
+            }
+        }
+        let reply = m.reply.as_ref().map(|r| mapping::alias_reply(r.as_str()));
+        self.deliver(routes, subject, reply.as_deref(), inbound, &m.payload);
+    }
+
+    /// A message that came back under this daemon's reply prefix.
+    fn receive_reply(&self, router: &Router, m: &async_nats::Message) {
+        let Some((local, had_local)) = mapping::inbound_reply(m.subject.as_str(), &self.own) else {
+            return;
+        };
+        if libbus::subject::validate_subject(local).is_err() {
+            return;
+        }
+        let routes = router.lookup_uncached(local);
+        if m.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+            // Upstream had nobody; if nobody here took it either, it failed.
+            if !had_local {
+                let frame = control::server(&ServerFrame::NoResponders { reply_to: local });
+                for t in &routes.plain {
+                    t.conn.outbox.push_frame(&frame);
+                }
+            }
+            return;
+        }
+        if m.status.is_some_and(|s| s != async_nats::StatusCode::OK) {
+            return; // a status without a message (timeouts, flow control)
+        }
+        let inbound = mapping::from_nats(m.headers.as_ref());
+        let reply = m.reply.as_ref().map(|r| mapping::alias_reply(r.as_str()));
+        self.deliver(&routes, local, reply.as_deref(), inbound, &m.payload);
+    }
+
+    fn deliver(&self, routes: &Routes, subject: &str, reply: Option<&str>, inbound: mapping::Inbound, payload: &[u8]) {
+        if routes.is_empty() {
+            return;
+        }
+        let (node, from) = inbound.sender.unwrap_or_else(|| ("nats".into(), Origin::default()));
+        let sender = proto::Sender {
+            node,
+            conn_id: from.conn_id,
+            uid: from.uid,
+            ..Default::default()
+        };
+        let msg = Published::with_headers(subject, reply, inbound.block.as_deref(), payload)
+            .sent_by(postcard::to_allocvec(&sender).unwrap_or_default());
+        routes.deliver(msg.frame());
+        self.msgs_in.fetch_add(1, Relaxed);
+    }
+
+    /// What `bus-cli list` and `info` show.
+    pub fn info(&self) -> UpstreamInfo {
+        let (server, server_name) = lock(&self.server).clone();
+        UpstreamInfo {
+            urls: self.config.urls.clone(),
+            server,
+            server_name,
+            state: if self.is_up() {
+                "up"
+            } else if self.connects.load(Relaxed) == 0 {
+                "connecting"
+            } else {
+                "down"
+            }
+            .into(),
+            export: self.config.export.clone(),
+            import: self.config.import.clone(),
+            buffer_limit: self.buffer_limit as u64,
+            msgs_in: self.msgs_in.load(Relaxed),
+            msgs_out: self.msgs_out.load(Relaxed),
+            buffered_bytes: lock(&self.queue).bytes as u64,
+            dropped: self.dropped.load(Relaxed),
+            subscriptions: self.subscriptions.load(Relaxed),
+            connects: self.connects.load(Relaxed),
+        }
+    }
+}
+
+/// The upstream as every connection reaches it: `None` without one.
+pub type Shared = Option<Arc<Upstream>>;
