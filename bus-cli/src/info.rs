@@ -105,7 +105,11 @@ pub async fn run(bus: &Bus, address: &Address, json: bool) -> libbus::Result<()>
             render::bytes(u.buffer_limit),
             u.dropped
         );
-        outln!("  subscriptions: {}, connected {} time(s)", u.subscriptions, u.connects);
+        outln!(
+            "  subscriptions: {}, connected {} time(s)",
+            u.subscriptions,
+            u.connects
+        );
     }
     outln!("limits:                    value    refused");
     for (name, value) in &info.limits {

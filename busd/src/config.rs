@@ -282,13 +282,19 @@ impl UpstreamConfig {
                 return Err(format!("upstream pattern {p:?}: {e}"));
             }
             if p.starts_with(libbus::subject::RESERVED_PREFIX) {
-                return Err(format!("upstream pattern {p:?}: $BUS. never crosses the upstream"));
+                return Err(format!(
+                    "upstream pattern {p:?}: $BUS. never crosses the upstream"
+                ));
             }
         }
         if self.user.is_some() != self.password_file.is_some() {
             return Err("[upstream] user and password_file go together".into());
         }
-        let logins = [self.token_file.is_some(), self.user.is_some(), self.creds_file.is_some()];
+        let logins = [
+            self.token_file.is_some(),
+            self.user.is_some(),
+            self.creds_file.is_some(),
+        ];
         if logins.iter().filter(|b| **b).count() > 1 {
             return Err("[upstream] takes one of token_file, user/password_file or creds_file".into());
         }

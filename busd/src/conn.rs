@@ -891,7 +891,13 @@ fn route<'a>(
 
 /// Hands a publish to the NATS upstream, if there is one and the publish
 /// goes up; true if it took it.
-fn upstream(state: &State, conn: &Conn, p: &wire::RawPub<'_>, reply_to: Option<&str>, routes: &Routes) -> bool {
+fn upstream(
+    state: &State,
+    conn: &Conn,
+    p: &wire::RawPub<'_>,
+    reply_to: Option<&str>,
+    routes: &Routes,
+) -> bool {
     let Some(up) = &state.upstream else { return false };
     let subject = std::str::from_utf8(p.subject).unwrap_or_default();
     state.cluster.allows(crate::acl::Action::Subscribe, subject)

@@ -265,7 +265,8 @@ impl Args {
         set(&mut c.link_timeout, self.link_timeout);
         c.upstream.urls.extend(self.upstream);
         if let Some(v) = self.upstream_buffer {
-            c.upstream_buffer = usize::try_from(v).map_err(|_| "--upstream-buffer is too large".to_owned())?;
+            c.upstream_buffer =
+                usize::try_from(v).map_err(|_| "--upstream-buffer is too large".to_owned())?;
         }
         set(&mut c.node_id, self.node_id.map(Some));
         set(&mut c.workers, self.workers);

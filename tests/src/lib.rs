@@ -15,6 +15,8 @@ use tokio::{
     net::UnixStream,
 };
 
+pub mod nats;
+
 pub use bus_test_support::{until, until_answered, within, WAIT};
 
 /// A daemon in its own temp dir.

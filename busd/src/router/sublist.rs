@@ -218,7 +218,9 @@ impl<T: Clone> Sublist<T> {
         let Some(node) = node else { return out };
         match queue {
             None => out.plain = node.plain.clone(),
-            Some(q) => out.groups.extend(node.groups.iter().filter(|(g, _)| &**g == q).cloned()),
+            Some(q) => out
+                .groups
+                .extend(node.groups.iter().filter(|(g, _)| &**g == q).cloned()),
         }
         out
     }

@@ -174,7 +174,10 @@ pub fn to_nats(block: Option<&[u8]>, sender: &str, handled: &[&str]) -> async_na
         }
         if let Some(code) = local.get(libbus::headers::ERROR_CODE) {
             h.insert(NATS_ERROR_CODE, code);
-            h.insert(NATS_ERROR_TEXT, local.get(libbus::headers::ERROR_TEXT).unwrap_or(""));
+            h.insert(
+                NATS_ERROR_TEXT,
+                local.get(libbus::headers::ERROR_TEXT).unwrap_or(""),
+            );
         }
     }
     h.insert(SENDER, sender);
@@ -210,7 +213,8 @@ pub fn from_nats(h: Option<&async_nats::HeaderMap>) -> Inbound {
             if name.eq_ignore_ascii_case(SENDER) {
                 out.sender = parse_sender(v).map(|(n, o)| (n.to_owned(), o));
             } else if name.eq_ignore_ascii_case(QUEUE_HANDLED) {
-                out.handled.extend(v.split(' ').filter(|g| !g.is_empty()).map(str::to_owned));
+                out.handled
+                    .extend(v.split(' ').filter(|g| !g.is_empty()).map(str::to_owned));
             } else {
                 local.append(name, v);
             }
@@ -272,10 +276,16 @@ mod tests {
         assert_eq!(inbound_reply("_BUSR.host_b.n._INBOX.x.1", &own), None);
         // A native requester's inbox, and another daemon's, as responders here see them.
         assert_eq!(alias_reply("_INBOX.abc.7"), "_BUSN._INBOX.abc.7");
-        assert_eq!(alias_reply("_BUSR.host_b.n._INBOX.x.1"), "_BUSR.host_b.n._INBOX.x.1");
+        assert_eq!(
+            alias_reply("_BUSR.host_b.n._INBOX.x.1"),
+            "_BUSR.host_b.n._INBOX.x.1"
+        );
         // Answers go back up under the subject they came with.
         let export = vec!["orders.>".to_owned()];
-        assert_eq!(export_subject("_BUSN._INBOX.abc.7", &export, &own), Some("_INBOX.abc.7"));
+        assert_eq!(
+            export_subject("_BUSN._INBOX.abc.7", &export, &own),
+            Some("_INBOX.abc.7")
+        );
         assert_eq!(
             export_subject("_BUSR.host_b.n._INBOX.x.1", &export, &own),
             Some("_BUSR.host_b.n._INBOX.x.1")
@@ -317,7 +327,16 @@ mod tests {
         assert_eq!(got.get(libbus::headers::ERROR_CODE), Some("503"));
         assert_eq!(got.get(libbus::headers::ERROR_TEXT), Some("busy"));
         assert_eq!(back.sender, None);
-        assert_eq!(parse_sender("3 - n"), Some(("n", Origin { conn_id: 3, uid: None })));
+        assert_eq!(
+            parse_sender("3 - n"),
+            Some((
+                "n",
+                Origin {
+                    conn_id: 3,
+                    uid: None
+                }
+            ))
+        );
         assert_eq!(parse_sender("x 1 n"), None);
     }
 }

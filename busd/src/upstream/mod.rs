@@ -256,11 +256,20 @@ impl Upstream {
         self.deliver(&routes, local, reply.as_deref(), inbound, &m.payload);
     }
 
-    fn deliver(&self, routes: &Routes, subject: &str, reply: Option<&str>, inbound: mapping::Inbound, payload: &[u8]) {
+    fn deliver(
+        &self,
+        routes: &Routes,
+        subject: &str,
+        reply: Option<&str>,
+        inbound: mapping::Inbound,
+        payload: &[u8],
+    ) {
         if routes.is_empty() {
             return;
         }
-        let (node, from) = inbound.sender.unwrap_or_else(|| ("nats".into(), Origin::default()));
+        let (node, from) = inbound
+            .sender
+            .unwrap_or_else(|| ("nats".into(), Origin::default()));
         let sender = proto::Sender {
             node,
             conn_id: from.conn_id,

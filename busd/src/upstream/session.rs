@@ -46,7 +46,10 @@ pub fn start(state: &Arc<State>, tracker: &TaskTracker) {
 }
 
 /// The client's options from `[upstream]`.
-async fn options(up: &Upstream, events: tokio::sync::mpsc::UnboundedSender<async_nats::Event>) -> Result<async_nats::ConnectOptions, String> {
+async fn options(
+    up: &Upstream,
+    events: tokio::sync::mpsc::UnboundedSender<async_nats::Event>,
+) -> Result<async_nats::ConnectOptions, String> {
     let c = &up.config;
     let first_line = |path: &std::path::Path| -> Result<String, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -228,7 +231,9 @@ async fn interest_loop(state: Arc<State>, up: Arc<Upstream>, client: async_nats:
                 continue;
             }
             for (k, import) in up.config.import.iter().enumerate() {
-                let Some(subject) = mapping::meet(&i.pattern, import) else { continue };
+                let Some(subject) = mapping::meet(&i.pattern, import) else {
+                    continue;
+                };
                 let key = SubKey {
                     pattern: i.pattern.as_str().into(),
                     queue: i.queue.as_deref().map(Into::into),
@@ -285,7 +290,10 @@ async fn pump(state: Arc<State>, up: Arc<Upstream>, key: SubKey, mut sub: async_
         if !key.reply {
             let generation = state.router.generation();
             if routes.0 != generation {
-                routes = (generation, state.router.lookup_exact(&key.pattern, key.queue.as_deref()));
+                routes = (
+                    generation,
+                    state.router.lookup_exact(&key.pattern, key.queue.as_deref()),
+                );
             }
         }
         up.receive(&state.router, &key, &routes.1, &m);
