@@ -187,6 +187,7 @@ struct Snapshot {
     limits: Vec<(String, u64)>,
     reloads: u64,
     bridges: Vec<libbus::proto::api::BridgeInfo>,
+    upstream: Option<libbus::proto::api::UpstreamInfo>,
 }
 
 impl Snapshot {
@@ -231,6 +232,7 @@ impl Snapshot {
             limits: info.limits,
             reloads: registry::lock(&state.config_source).reloads,
             bridges: info.bridges,
+            upstream: info.upstream,
         }
     }
 }
@@ -397,11 +399,65 @@ impl Collector for Snapshot {
             "Configuration reloads (SIGHUP) taken.",
             self.reloads,
         )?;
-        self.encode_bridges(&mut f)
+        self.encode_bridges(&mut f)?;
+        self.encode_upstream(&mut f)
     }
 }
 
 impl Snapshot {
+    /// The NATS upstream's families, if the daemon has one.
+    fn encode_upstream(&self, f: &mut Family) -> std::fmt::Result {
+        let Some(u) = &self.upstream else { return Ok(()) };
+        let families: [(&str, &str, MetricType, u64); 7] = [
+            (
+                "bus_upstream_up",
+                "1 while the NATS upstream is connected.",
+                MetricType::Gauge,
+                u64::from(u.state == "up"),
+            ),
+            (
+                "bus_upstream_messages_in",
+                "Messages received from the NATS upstream and delivered here.",
+                MetricType::Counter,
+                u.msgs_in,
+            ),
+            (
+                "bus_upstream_messages_out",
+                "Messages sent to the NATS upstream.",
+                MetricType::Counter,
+                u.msgs_out,
+            ),
+            (
+                "bus_upstream_buffered_bytes",
+                "Bytes waiting to go up (held while the upstream is down).",
+                MetricType::Gauge,
+                u.buffered_bytes,
+            ),
+            (
+                "bus_upstream_dropped",
+                "Messages given up on the way to or from the upstream (upstream_buffer full, refused by the server, or the client fell behind).",
+                MetricType::Counter,
+                u.dropped,
+            ),
+            (
+                "bus_upstream_subscriptions",
+                "Upstream subscriptions: one per distinct local pattern within import, plus replies.",
+                MetricType::Gauge,
+                u.subscriptions,
+            ),
+            (
+                "bus_upstream_connects",
+                "Times the upstream link came up.",
+                MetricType::Counter,
+                u.connects,
+            ),
+        ];
+        for (name, help, kind, value) in families {
+            f.one(kind, name, help, value)?;
+        }
+        Ok(())
+    }
+
     fn encode_bridges(&self, f: &mut Family) -> std::fmt::Result {
         type Field = fn(&libbus::proto::api::BridgeInfo) -> u64;
         let families: [(&str, &str, MetricType, Field); 5] = [

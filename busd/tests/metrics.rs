@@ -15,10 +15,16 @@ use common::{until, wait_listening, within, Proc, BUSD, WAIT};
 
 /// busd on `socket` with metrics on a free loopback port.
 fn busd(socket: &Path) -> Proc {
+    busd_with(socket, &[])
+}
+
+/// [`busd`] with more flags.
+fn busd_with(socket: &Path, flags: &[&str]) -> Proc {
     let child = Command::new(BUSD)
         .arg("--socket")
         .arg(socket)
         .args(["--metrics", "127.0.0.1:0"])
+        .args(flags)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -119,6 +125,32 @@ fn scrape(addr: SocketAddr) -> String {
     let r = http("GET", addr, "/metrics");
     assert_eq!(r.status, 200, "{}", r.body);
     r.body
+}
+
+#[tokio::test]
+async fn an_upstream_that_cannot_be_reached_is_reported_with_what_it_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("busd.sock");
+    // Nothing listens on loopback port 1: the upstream stays "connecting".
+    let _busd = busd_with(
+        &socket,
+        &["--upstream", "nats://127.0.0.1:1", "--upstream-buffer", "1KiB"],
+    );
+    let bus = Bus::connect(&libbus::Address::Unix(socket)).await.unwrap();
+    let addr = metrics_address(&bus).await;
+    for _ in 0..20 {
+        bus.publish("orders.new", [0u8; 100]).await.unwrap();
+    }
+    bus.flush().await.unwrap();
+    let body = scrape(addr);
+    assert_eq!(value(&body, "bus_upstream_up"), 0.0);
+    assert_eq!(value(&body, "bus_upstream_messages_out_total"), 0.0);
+    assert_eq!(value(&body, "bus_upstream_subscriptions"), 1.0, "replies only");
+    let held = value(&body, "bus_upstream_buffered_bytes");
+    let dropped = value(&body, "bus_upstream_dropped_total");
+    // Each takes its payload, subject and sender header: about 9 fit in 1 KiB.
+    assert!(held > 900.0 && held <= 1024.0, "{held}");
+    assert!(dropped >= 10.0 && dropped < 20.0, "{dropped}");
 }
 
 #[tokio::test]
