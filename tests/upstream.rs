@@ -559,3 +559,67 @@ fn bridges_and_an_upstream_are_refused_together() {
     let e = c.validate().expect_err("refused");
     assert!(e.contains("nats://host:port"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_import_patterns_deliver_once_and_import_limits_what_comes_down() {
+    let bin = nats_or_skip!();
+    let server = NatsServer::start(&bin, "solo");
+    let a = host_with("host-a", &[server.url()], |c| {
+        // orders.* and *.new overlap on orders.new; audit.> lies within
+        // audit.> twice over and is kept once.
+        c.upstream.import = vec![
+            "orders.*".into(),
+            "*.new".into(),
+            "audit.x".into(),
+            "audit.>".into(),
+        ];
+    });
+    let ca = a.client("a").await;
+    let mut sub = ca.subscribe(">").await.unwrap();
+    let native = within("native connect", async_nats::connect(server.url()))
+        .await
+        .unwrap();
+    // orders.*, *.new and audit.> upstream (cut down from >), plus replies.
+    until("host-a's upstream subscriptions", || async {
+        upstream_info(&ca).await.subscriptions == 4
+    })
+    .await;
+    // Wait until what host-a asked for is in place at the server.
+    within("the subscriptions reach the server", async {
+        loop {
+            native.publish("orders.probe", "".into()).await.unwrap();
+            native.flush().await.unwrap();
+            if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(50), sub.next()).await {
+                break;
+            }
+        }
+    })
+    .await;
+    while tokio::time::timeout(Duration::from_millis(300), sub.next())
+        .await
+        .is_ok()
+    {}
+    for s in [
+        "stock.new",
+        "orders.new",
+        "orders.a.b",
+        "orders.old",
+        "audit.x",
+        "audit.y.z",
+        "other",
+    ] {
+        native.publish(s, "x".into()).await.unwrap();
+    }
+    native.flush().await.unwrap();
+    let mut got = Vec::new();
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(300), sub.next()).await {
+        got.push(m.subject().to_owned());
+    }
+    // Through different upstream subscriptions, so in no set order.
+    got.sort();
+    assert_eq!(
+        got,
+        ["audit.x", "audit.y.z", "orders.new", "orders.old", "stock.new"],
+        "once each, and nothing outside import"
+    );
+}

@@ -175,6 +175,7 @@ pub async fn serve(
         user: user.map(Into::into),
         rights: arc_swap::ArcSwap::from_pointee(rights),
         allowed: Default::default(),
+        upstream_sender: Default::default(),
     });
     let now_ms = crate::registry::unix_ms(connected_at);
     conn.stats.last_activity_ms.store(now_ms, Relaxed);
@@ -908,6 +909,7 @@ fn upstream(
                 headers: p.headers,
                 payload: p.payload,
                 from: conn.origin(),
+                sender: &conn.upstream_sender,
             },
             routes,
         )

@@ -110,6 +110,8 @@ pub struct Conn {
     /// Subjects it was allowed to publish to (its reader's; checked only
     /// when a subject misses the route cache).
     pub allowed: Mutex<crate::acl::Allowed>,
+    /// Its `Bus-Sender` header value for the NATS upstream, made once.
+    pub upstream_sender: std::sync::OnceLock<String>,
 }
 
 impl Conn {

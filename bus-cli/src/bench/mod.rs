@@ -14,6 +14,7 @@
 
 mod baseline;
 mod raw_clients;
+mod upstream;
 mod workload;
 
 use std::time::Duration;
@@ -37,6 +38,10 @@ pub enum Mode {
     Routing,
     /// Daemon memory per idle connection, holding `--conns` connections.
     Conns,
+    /// 1 → 1 across two busd hosts joined through one NATS server
+    /// (publisher on `--address`, subscriber on `--to`), against two
+    /// native NATS clients through the same server (`--nats`).
+    Upstream,
 }
 
 /// Flags of `bus-cli bench`.
@@ -105,6 +110,12 @@ pub struct BenchArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// The subscriber's busd (upstream).
+    #[arg(long, value_name = "ADDRESS")]
+    pub to: Option<String>,
+    /// The NATS server both hosts are joined to, for the native baseline (upstream).
+    #[arg(long, value_name = "URL")]
+    pub nats: Option<String>,
 }
 
 /// A count flag that must be 1 or more (clap says so, naming the flag).
@@ -206,6 +217,11 @@ pub struct Report {
     pub extra_subscriptions: Option<usize>,
     /// Raw-socket stream of the same frames.
     pub baseline_stream: Option<Rate>,
+    /// Upstream mode: the same flow between two native NATS clients.
+    pub baseline_nats: Option<Rate>,
+    /// Upstream mode: CPU time of those two native clients per message, ns
+    /// (the NATS server's is in neither figure).
+    pub baseline_nats_cpu_ns_per_msg: Option<f64>,
     /// The same frames through a forwarding thread: the floor of any broker.
     pub baseline_relay: Option<Rate>,
     /// Raw-socket ping-pong of the same frame.
@@ -332,7 +348,7 @@ pub async fn run(args: BenchArgs, address: Option<libbus::Address>) -> libbus::R
 }
 
 /// The report's rates: (name in `--rounds` summaries, label, rate).
-fn rates(r: &Report) -> [(&'static str, &'static str, Option<Rate>); 6] {
+fn rates(r: &Report) -> [(&'static str, &'static str, Option<Rate>); 7] {
     [
         ("publish", "publish", r.publish),
         ("deliver", "deliver (all subscribers)", r.deliver),
@@ -342,6 +358,7 @@ fn rates(r: &Report) -> [(&'static str, &'static str, Option<Rate>); 6] {
             r.rate_without_extra_subs,
         ),
         ("raw stream", "raw unix stream (baseline)", r.baseline_stream),
+        ("native nats", "native NATS clients (baseline)", r.baseline_nats),
         ("raw relay", "raw relay (baseline)", r.baseline_relay),
         (
             "raw clients via busd",
@@ -354,7 +371,7 @@ fn rates(r: &Report) -> [(&'static str, &'static str, Option<Rate>); 6] {
 /// The report's CPU time per message, ns: (name in `--rounds` summaries,
 /// label, value). In-process, the daemon's time is part of the bench
 /// process's, and the labels say so.
-fn cpu_figures(r: &Report) -> [(&'static str, &'static str, Option<f64>); 6] {
+fn cpu_figures(r: &Report) -> [(&'static str, &'static str, Option<f64>); 7] {
     let external = r.cpu_daemon_ns_per_msg.is_some();
     [
         ("daemon", "daemon", r.cpu_daemon_ns_per_msg),
@@ -368,6 +385,11 @@ fn cpu_figures(r: &Report) -> [(&'static str, &'static str, Option<f64>); 6] {
             r.cpu_clients_ns_per_msg,
         ),
         ("raw stream", "raw stream", r.baseline_stream_cpu_ns_per_msg),
+        (
+            "native nats clients",
+            "native NATS clients",
+            r.baseline_nats_cpu_ns_per_msg,
+        ),
         ("raw relay", "raw relay", r.baseline_relay_cpu_ns_per_msg),
         (
             "daemon (raw clients)",

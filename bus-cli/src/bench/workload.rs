@@ -139,6 +139,14 @@ pub async fn run(args: &BenchArgs, target: &Target) -> Result<Report> {
         Mode::Reqrep => reqrep(&address, args, &mut report).await?,
         Mode::Routing => routing(&address, args, max_pending, max_subs, &mut report).await?,
         Mode::Conns => conns(&address, args.conns, &mut report).await?,
+        Mode::Upstream => {
+            if target.own.is_some() {
+                return Err(Error::Protocol(
+                    "bench upstream measures two external busd hosts: give --address, --to and --nats".into(),
+                ));
+            }
+            super::upstream::run(args, &address, &mut report).await?
+        }
     }
     if matches!(args.mode, Mode::Pubsub | Mode::Fanout | Mode::Reqrep) {
         let info = target.info().await?;

@@ -71,6 +71,23 @@ pub fn meet(a: &str, b: &str) -> Option<String> {
     }
 }
 
+/// `patterns` without those another one covers (the first of equal ones
+/// stays): fewer upstream subscriptions, and fewer messages that come
+/// twice.
+pub fn without_covered(patterns: &[String]) -> Vec<String> {
+    let covered = |i: usize| {
+        patterns.iter().enumerate().any(|(j, other)| {
+            j != i
+                && crate::acl::subset(&patterns[i], other)
+                && (!crate::acl::subset(other, &patterns[i]) || j < i)
+        })
+    };
+    (0..patterns.len())
+        .filter(|i| !covered(*i))
+        .map(|i| patterns[i].clone())
+        .collect()
+}
+
 /// True if a local subscription's interest is a reply inbox or a reply
 /// alias: those never become upstream subscriptions (replies come back
 /// under [`REPLY_PREFIX`]).
@@ -192,17 +209,17 @@ pub fn to_nats(block: Option<&[u8]>, sender: &str, handled: &[&str]) -> async_na
 /// its origin already served. A NATS service error becomes a bus error
 /// reply.
 #[derive(Debug, Default, PartialEq)]
-pub struct Inbound {
+pub struct Inbound<'h> {
     /// The encoded local header block.
     pub block: Option<Vec<u8>>,
-    /// Origin node and who published there.
-    pub sender: Option<(String, Origin)>,
+    /// Its `Bus-Sender` value, as it came ([`parse_sender`] reads it).
+    pub sender: Option<&'h str>,
     /// Queue groups already served at the origin.
-    pub handled: Vec<String>,
+    pub handled: Vec<&'h str>,
 }
 
 /// Reads NATS headers (see [`Inbound`]).
-pub fn from_nats(h: Option<&async_nats::HeaderMap>) -> Inbound {
+pub fn from_nats(h: Option<&async_nats::HeaderMap>) -> Inbound<'_> {
     let mut out = Inbound::default();
     let Some(h) = h else { return out };
     let mut local = Headers::new();
@@ -211,10 +228,9 @@ pub fn from_nats(h: Option<&async_nats::HeaderMap>) -> Inbound {
         for v in values {
             let v = v.as_str();
             if name.eq_ignore_ascii_case(SENDER) {
-                out.sender = parse_sender(v).map(|(n, o)| (n.to_owned(), o));
+                out.sender = Some(v);
             } else if name.eq_ignore_ascii_case(QUEUE_HANDLED) {
-                out.handled
-                    .extend(v.split(' ').filter(|g| !g.is_empty()).map(str::to_owned));
+                out.handled.extend(v.split(' ').filter(|g| !g.is_empty()));
             } else {
                 local.append(name, v);
             }
@@ -265,6 +281,16 @@ mod tests {
     }
 
     #[test]
+    fn covered_patterns_are_dropped() {
+        let v = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            without_covered(&v(&["a.*", "a.>", "b", "b", "*.c"])),
+            v(&["a.>", "b", "*.c"])
+        );
+        assert_eq!(without_covered(&v(&[">", "a.b"])), v(&[">"]));
+    }
+
+    #[test]
     fn replies_map_out_and_back() {
         let own = reply_root("host.a");
         assert_eq!(own, "_BUSR.host_a.");
@@ -311,7 +337,7 @@ mod tests {
         let h = to_nats(Some(&block), &sender_value("host a", from), &["workers", "audit"]);
         assert_eq!(h.get(NATS_ERROR_CODE).map(|v| v.as_str()), Some("404"));
         let back = from_nats(Some(&h));
-        assert_eq!(back.sender, Some(("host a".to_owned(), from)));
+        assert_eq!(back.sender.and_then(parse_sender), Some(("host a", from)));
         assert_eq!(back.handled, ["workers", "audit"]);
         let got = Headers::decode(back.block.as_deref().unwrap()).unwrap();
         assert_eq!(got.get("trace"), Some("abc"));

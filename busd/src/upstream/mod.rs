@@ -77,6 +77,8 @@ pub struct Message<'a> {
     pub payload: &'a [u8],
     /// Who published it here.
     pub from: Origin,
+    /// Where its publisher's `Bus-Sender` value is kept once made.
+    pub sender: &'a std::sync::OnceLock<String>,
 }
 
 /// The upstream side of one daemon (see the module docs).
@@ -108,8 +110,10 @@ impl Upstream {
         if config.urls.is_empty() {
             return None;
         }
+        let mut config = config.clone();
+        config.import = mapping::without_covered(&config.import);
         Some(Self {
-            config: config.clone(),
+            config,
             node: node.to_owned(),
             own: mapping::reply_root(node),
             buffer_limit,
@@ -150,8 +154,10 @@ impl Upstream {
             return false;
         }
         let handled: Vec<&str> = local.groups.iter().map(|(g, _)| &**g).collect();
-        let sender = mapping::sender_value(&self.node, msg.from);
-        let headers = mapping::to_nats(msg.headers, &sender, &handled);
+        let sender = msg
+            .sender
+            .get_or_init(|| mapping::sender_value(&self.node, msg.from));
+        let headers = mapping::to_nats(msg.headers, sender, &handled);
         let reply = msg
             .reply_to
             .map(|r| mapping::outbound_reply(r, &self.own, !local.is_empty()));
@@ -198,7 +204,14 @@ impl Upstream {
     /// A message from upstream subscription `sub`: to the local subscribers
     /// of its pattern (and group), or for a reply to a request from here, to
     /// its requester.
-    pub fn receive(&self, router: &Router, sub: &session::SubKey, routes: &Routes, m: &async_nats::Message) {
+    pub fn receive(
+        &self,
+        router: &Router,
+        sub: &session::SubKey,
+        routes: &Routes,
+        senders: &mut SenderCache,
+        m: &async_nats::Message,
+    ) {
         let subject = m.subject.as_str();
         if libbus::subject::validate_subject(subject).is_err()
             || subject.starts_with(libbus::subject::RESERVED_PREFIX)
@@ -206,31 +219,30 @@ impl Upstream {
             return;
         }
         if sub.reply {
-            self.receive_reply(router, m);
+            self.receive_reply(router, senders, m);
             return;
         }
         // With several import patterns, a subject that matches two of them
         // comes once per pattern: the first one delivers it.
-        let first = self
-            .config
-            .import
-            .iter()
-            .position(|p| libbus::subject::matches(p, subject));
-        if first != Some(sub.import) {
+        if sub.shadowed
+            && self.config.import[..sub.import]
+                .iter()
+                .any(|p| libbus::subject::matches(p, subject))
+        {
             return;
         }
         let inbound = mapping::from_nats(m.headers.as_ref());
         if let Some(q) = &sub.queue {
-            if inbound.handled.iter().any(|g| **g == **q) {
+            if inbound.handled.iter().any(|g| *g == &**q) {
                 return; // its origin's member had it
             }
         }
         let reply = m.reply.as_ref().map(|r| mapping::alias_reply(r.as_str()));
-        self.deliver(routes, subject, reply.as_deref(), inbound, &m.payload);
+        self.deliver(routes, subject, reply.as_deref(), inbound, senders, &m.payload);
     }
 
     /// A message that came back under this daemon's reply prefix.
-    fn receive_reply(&self, router: &Router, m: &async_nats::Message) {
+    fn receive_reply(&self, router: &Router, senders: &mut SenderCache, m: &async_nats::Message) {
         let Some((local, had_local)) = mapping::inbound_reply(m.subject.as_str(), &self.own) else {
             return;
         };
@@ -253,7 +265,7 @@ impl Upstream {
         }
         let inbound = mapping::from_nats(m.headers.as_ref());
         let reply = m.reply.as_ref().map(|r| mapping::alias_reply(r.as_str()));
-        self.deliver(&routes, local, reply.as_deref(), inbound, &m.payload);
+        self.deliver(&routes, local, reply.as_deref(), inbound, senders, &m.payload);
     }
 
     fn deliver(
@@ -261,23 +273,15 @@ impl Upstream {
         routes: &Routes,
         subject: &str,
         reply: Option<&str>,
-        inbound: mapping::Inbound,
+        inbound: mapping::Inbound<'_>,
+        senders: &mut SenderCache,
         payload: &[u8],
     ) {
         if routes.is_empty() {
             return;
         }
-        let (node, from) = inbound
-            .sender
-            .unwrap_or_else(|| ("nats".into(), Origin::default()));
-        let sender = proto::Sender {
-            node,
-            conn_id: from.conn_id,
-            uid: from.uid,
-            ..Default::default()
-        };
         let msg = Published::with_headers(subject, reply, inbound.block.as_deref(), payload)
-            .sent_by(postcard::to_allocvec(&sender).unwrap_or_default());
+            .sent_by(senders.encoded(inbound.sender).to_vec());
         routes.deliver(msg.frame());
         self.msgs_in.fetch_add(1, Relaxed);
     }
@@ -307,6 +311,36 @@ impl Upstream {
             subscriptions: self.subscriptions.load(Relaxed),
             connects: self.connects.load(Relaxed),
         }
+    }
+}
+
+/// The last sender a subscription's reader saw, encoded: a stream from one
+/// publisher reads and encodes its sender once.
+#[derive(Debug, Default)]
+pub struct SenderCache {
+    /// The `Bus-Sender` value it was made from (`None`: none came).
+    last: Option<Option<String>>,
+    encoded: Vec<u8>,
+}
+
+impl SenderCache {
+    /// A `Bus-Sender` value (`None`, or one that does not read: a native
+    /// NATS client, node `nats`) as an encoded `proto::Sender`.
+    fn encoded(&mut self, value: Option<&str>) -> &[u8] {
+        if self.last.as_ref().map(Option::as_deref) != Some(value) {
+            let (node, from) = value
+                .and_then(mapping::parse_sender)
+                .unwrap_or(("nats", Origin::default()));
+            let s = proto::Sender {
+                node: node.to_owned(),
+                conn_id: from.conn_id,
+                uid: from.uid,
+                ..Default::default()
+            };
+            self.encoded = postcard::to_allocvec(&s).unwrap_or_default();
+            self.last = Some(value.map(str::to_owned));
+        }
+        &self.encoded
     }
 }
 

@@ -27,6 +27,9 @@ pub struct SubKey {
     pub queue: Option<Box<str>>,
     /// Which `import` pattern it lies within.
     pub import: usize,
+    /// True if an earlier `import` pattern overlaps it: a message it brings
+    /// may also come through that one's subscription, which delivers it.
+    pub shadowed: bool,
     /// True for `_BUSR.<node>.>`.
     pub reply: bool,
 }
@@ -203,6 +206,7 @@ async fn interest_loop(state: Arc<State>, up: Arc<Upstream>, client: async_nats:
         pattern: format!("{}>", up.own).into(),
         queue: None,
         import: 0,
+        shadowed: false,
         reply: true,
     };
     match client.subscribe(replies.pattern.to_string()).await {
@@ -238,6 +242,9 @@ async fn interest_loop(state: Arc<State>, up: Arc<Upstream>, client: async_nats:
                     pattern: i.pattern.as_str().into(),
                     queue: i.queue.as_deref().map(Into::into),
                     import: k,
+                    shadowed: up.config.import[..k]
+                        .iter()
+                        .any(|e| mapping::meet(e, &subject).is_some()),
                     reply: false,
                 };
                 wanted.insert(key, subject);
@@ -278,6 +285,7 @@ async fn interest_loop(state: Arc<State>, up: Arc<Upstream>, client: async_nats:
 async fn pump(state: Arc<State>, up: Arc<Upstream>, key: SubKey, mut sub: async_nats::Subscriber) {
     // The exact routes of its pattern, found again when subscriptions change.
     let mut routes: (u64, Arc<Routes>) = (u64::MAX, Arc::default());
+    let mut senders = super::SenderCache::default();
     loop {
         let m = tokio::select! {
             m = sub.next() => m,
@@ -296,6 +304,6 @@ async fn pump(state: Arc<State>, up: Arc<Upstream>, key: SubKey, mut sub: async_
                 );
             }
         }
-        up.receive(&state.router, &key, &routes.1, &m);
+        up.receive(&state.router, &key, &routes.1, &mut senders, &m);
     }
 }
