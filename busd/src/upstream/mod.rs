@@ -233,7 +233,7 @@ impl Upstream {
         }
         let inbound = mapping::from_nats(m.headers.as_ref());
         if let Some(q) = &sub.queue {
-            if inbound.handled.iter().any(|g| *g == &**q) {
+            if inbound.handled.contains(&&**q) {
                 return; // its origin's member had it
             }
         }
