@@ -343,6 +343,8 @@ async fn an_outage_holds_messages_in_order_counts_drops_and_restores_subscriptio
     const HELD: usize = 2048;
     let a = host_with("host-a", &[format!("nats://127.0.0.1:{}", gate.port)], |c| {
         c.upstream_buffer = HELD;
+        // host-b is known to be back before host-a: no need to wait.
+        c.upstream_settle = Duration::ZERO;
     });
     let b = host("host-b", &[server.url()]);
     let (ca, cb) = (a.client("a").await, b.client("b").await);
@@ -442,6 +444,34 @@ async fn an_outage_holds_messages_in_order_counts_drops_and_restores_subscriptio
         10 + kept + 3,
         after.dropped
     );
+    ping.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_server_restart_held_messages_wait_for_the_other_hosts_to_resubscribe() {
+    let bin = nats_or_skip!();
+    let mut server = NatsServer::start(&bin, "solo");
+    // The default upstream_settle (3 s) outlasts the reconnect backoff.
+    let a = host("host-a", &[server.url()]);
+    let b = host("host-b", &[server.url()]);
+    let (ca, cb) = (a.client("a").await, b.client("b").await);
+    let mut remote = cb.subscribe("orders.>").await.unwrap();
+    let ping = echo(&cb, "ping.b").await;
+    until_answered(&ca, "ping.b").await;
+    server.kill9();
+    until("host-a sees the upstream down", || async {
+        upstream_info(&ca).await.state == "down"
+    })
+    .await;
+    until("host-b sees the upstream down", || async {
+        upstream_info(&cb).await.state == "down"
+    })
+    .await;
+    publish_numbered(&ca, "orders.new", 5).await;
+    assert!(upstream_info(&ca).await.buffered_bytes > 0);
+    // Both reconnect, in whichever order; host-a's held messages wait.
+    server.restart();
+    expect_in_order(&mut remote, 5, "held messages after the restart").await;
     ping.abort();
 }
 

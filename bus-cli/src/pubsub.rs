@@ -389,6 +389,19 @@ fn line(m: &Message) -> String {
             );
         }
     }
+    if subject == api::EVENT_UPSTREAM_UP || subject == api::EVENT_UPSTREAM_DOWN {
+        if let Ok(u) = m.decode::<api::UpstreamInfo>() {
+            let server = if u.server.is_empty() {
+                u.urls.join(",")
+            } else {
+                format!("{} ({})", u.server, u.server_name)
+            };
+            return format!(
+                "{subject} server={server} state={} buffered={} dropped={}",
+                u.state, u.buffered_bytes, u.dropped
+            );
+        }
+    }
     if subject == api::EVENT_CONN_REFUSED {
         if let Ok(r) = m.decode::<api::RefusedEvent>() {
             return format!(

@@ -213,6 +213,13 @@ pub struct Config {
     /// beyond it they are dropped and counted. Default 8 MiB.
     #[serde(with = "size")]
     pub upstream_buffer: usize,
+    /// `upstream_settle`: after the upstream link returns with messages
+    /// held, how long they (and what is published meanwhile, behind them)
+    /// wait before going up, so that the other hosts, reconnecting to a
+    /// restarted server within the same backoff (at most 2.5 s), have
+    /// subscribed again and get them. Default 3 s; 0 sends at once.
+    #[serde(with = "humantime_serde")]
+    pub upstream_settle: Duration,
     /// `[upstream]`: a NATS server or cluster this daemon joins, so that
     /// hosts share one bus through it (`docs/upstream.md`). Default: none.
     pub upstream: UpstreamConfig,
@@ -404,6 +411,7 @@ impl Default for Config {
             permissions: Vec::new(),
             users: Vec::new(),
             upstream_buffer: 8 << 20,
+            upstream_settle: Duration::from_secs(3),
             upstream: UpstreamConfig::default(),
         }
     }
@@ -626,6 +634,7 @@ impl Config {
             ("link_ping_interval_ms".into(), ms(self.link_ping_interval)),
             ("link_timeout_ms".into(), ms(self.link_timeout)),
             ("upstream_buffer".into(), self.upstream_buffer as u64),
+            ("upstream_settle_ms".into(), ms(self.upstream_settle)),
         ]
     }
 

@@ -3,7 +3,8 @@
 //! terminal and `NO_COLOR` is unset; for systemd's journal (stderr is the
 //! stream `JOURNAL_STREAM` names) no timestamp of our own and the level as
 //! a syslog priority prefix (`<6>`), which journald reads; or JSON, one
-//! object per line. The level filter is `RUST_LOG` (default `info`).
+//! object per line. The level filter is `RUST_LOG` (default `info`, and `warn` for the NATS
+//! client, whose link events busd logs itself).
 
 use std::{fmt, io::IsTerminal};
 
@@ -17,7 +18,7 @@ use tracing_subscriber::{
 
 /// Installs the global subscriber.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -170,6 +170,9 @@ struct Args {
     /// Bytes held for the NATS upstream while it is down [default: 8MiB].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     upstream_buffer: Option<u64>,
+    /// After the NATS upstream returns with messages held, how long they wait for other hosts to resubscribe [default: 3s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    upstream_settle: Option<Duration>,
     /// This daemon's node id among bridged daemons [default: hostname-<hash of socket path>].
     #[arg(long, value_name = "ID")]
     node_id: Option<String>,
@@ -268,6 +271,7 @@ impl Args {
             c.upstream_buffer =
                 usize::try_from(v).map_err(|_| "--upstream-buffer is too large".to_owned())?;
         }
+        set(&mut c.upstream_settle, self.upstream_settle);
         set(&mut c.node_id, self.node_id.map(Some));
         set(&mut c.workers, self.workers);
         set(&mut c.log_format, self.log_format);

@@ -89,6 +89,10 @@ pub struct Upstream {
     /// `_BUSR.<node>.`: where replies to requests from here come back.
     own: String,
     buffer_limit: usize,
+    /// `upstream_settle`.
+    settle: std::time::Duration,
+    /// Until when what is queued waits after the link came back.
+    hold_until: Mutex<Option<std::time::Instant>>,
     queue: Mutex<Queue>,
     /// Wakes the writer: something was queued, or the link came up.
     wake: tokio::sync::Notify,
@@ -105,8 +109,11 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// An upstream for `config`, if it names any server.
-    pub fn new(config: &UpstreamConfig, node: &str, buffer_limit: usize) -> Option<Self> {
+    /// The upstream `config` names (`[upstream]`, `upstream_buffer`,
+    /// `upstream_settle`), if it names any server.
+    pub fn new(config: &crate::Config, node: &str) -> Option<Self> {
+        let (buffer_limit, settle) = (config.upstream_buffer, config.upstream_settle);
+        let config = &config.upstream;
         if config.urls.is_empty() {
             return None;
         }
@@ -117,6 +124,8 @@ impl Upstream {
             node: node.to_owned(),
             own: mapping::reply_root(node),
             buffer_limit,
+            settle,
+            hold_until: Mutex::new(None),
             queue: Mutex::default(),
             wake: tokio::sync::Notify::new(),
             interest: tokio::sync::Notify::new(),
@@ -183,6 +192,28 @@ impl Upstream {
         drop(q);
         self.wake.notify_one();
         true
+    }
+
+    /// The link is up again: if messages are held, they wait `settle`
+    /// for the other hosts to subscribe again.
+    fn came_up(&self) {
+        let held = !lock(&self.queue).msgs.is_empty();
+        *lock(&self.hold_until) =
+            (held && !self.settle.is_zero()).then(|| std::time::Instant::now() + self.settle);
+        self.up.store(true, Relaxed);
+        self.wake.notify_one();
+    }
+
+    /// Until when the writer waits before sending, if it must.
+    fn held_until(&self) -> Option<std::time::Instant> {
+        let mut until = lock(&self.hold_until);
+        match *until {
+            Some(t) if t > std::time::Instant::now() => Some(t),
+            _ => {
+                *until = None;
+                None
+            }
+        }
     }
 
     /// Takes everything queued, for the writer.

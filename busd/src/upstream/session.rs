@@ -136,8 +136,7 @@ fn on_event(state: &State, up: &Upstream, client: &async_nats::Client, e: async_
             let info = client.server_info();
             *lock(&up.server) = (format!("{}:{}", info.host, info.port), info.server_name.clone());
             up.connects.fetch_add(1, Relaxed);
-            up.up.store(true, Relaxed);
-            up.wake.notify_one();
+            up.came_up();
             tracing::info!(server = %info.server_name, address = %format!("{}:{}", info.host, info.port), "upstream up");
             crate::api::event(state, api::EVENT_UPSTREAM_UP, || up.info());
         }
@@ -160,6 +159,13 @@ fn on_event(state: &State, up: &Upstream, client: &async_nats::Client, e: async_
 async fn write_loop(state: Arc<State>, up: Arc<Upstream>, client: async_nats::Client) {
     loop {
         let closing = state.shutdown.is_cancelled();
+        if let Some(until) = up.held_until().filter(|_| !closing) {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until.into()) => {}
+                _ = state.shutdown.cancelled() => {}
+            }
+            continue;
+        }
         let mut batch = if up.is_up() { up.take() } else { Default::default() };
         if batch.is_empty() {
             if closing {
