@@ -653,3 +653,20 @@ async fn overlapping_import_patterns_deliver_once_and_import_limits_what_comes_d
         "once each, and nothing outside import"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_with_an_upstream_refuses_bridge_links() {
+    // No server is needed: the refusal comes at the handshake. (Nothing
+    // listens on loopback port 1.)
+    let a = host("host-a", &["nats://127.0.0.1:1".into()]);
+    let mut raw = a.raw().await;
+    raw.send(&libbus::proto::ClientFrame::Hello(libbus::proto::Hello {
+        version: libbus::proto::PROTOCOL_VERSION,
+        name: "host-x",
+        role: libbus::proto::Role::Bridge,
+        auth: None,
+    }))
+    .await;
+    let (_, message) = raw.expect_error_then_close().await;
+    assert!(message.contains("takes no bridge links"), "{message}");
+}

@@ -125,7 +125,9 @@ async fn run(state: Arc<State>, up: Arc<Upstream>) {
     let grace = state.config().shutdown_grace;
     let _ = tokio::time::timeout(grace, async {
         let _ = writer.await;
-        let _ = client.flush().await;
+        if up.is_up() {
+            let _ = client.flush().await;
+        }
     })
     .await;
 }
