@@ -24,7 +24,11 @@
 //!   connect and administer, per-uid quotas; [`acl`]: the access policy
 //!   per subject and name (pure), and [`access`]: enforcing it on
 //!   connections; [`api`]: `$BUS.api.*` and `$BUS.event.*`; [`cluster`]:
-//!   bridges to other daemons.
+//!   bridges to other daemons; [`upstream`]: joining a NATS server or
+//!   cluster (`conn.rs` `route` hands each publish that goes up to
+//!   [`Upstream::export`](upstream::Upstream::export); upstream
+//!   subscriptions deliver through
+//!   [`Upstream::receive`](upstream::Upstream::receive)).
 //! - [`metrics`]: Prometheus on `--metrics`; [`sys`]: the only `unsafe`
 //!   (the allocator's collection, inherited sockets, a peer's groups).
 //!

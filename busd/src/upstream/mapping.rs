@@ -48,6 +48,13 @@ pub fn node_token(node: &str) -> String {
 
 /// The subjects that match both patterns, as one pattern, or `None` if no
 /// subject matches both. (Two patterns always meet in one pattern or none.)
+///
+/// ```
+/// use busd::upstream::mapping::meet;
+/// assert_eq!(meet(">", "orders.>").as_deref(), Some("orders.>"));
+/// assert_eq!(meet("*.new", "orders.*").as_deref(), Some("orders.new"));
+/// assert_eq!(meet("orders.*", "stock.*"), None);
+/// ```
 pub fn meet(a: &str, b: &str) -> Option<String> {
     let (mut x, mut y) = (a.split('.'), b.split('.'));
     let mut out: Vec<&str> = Vec::new();
@@ -100,6 +107,15 @@ pub fn is_reply_interest(pattern: &str) -> bool {
 /// What a local publish to `subject` becomes upstream: `Some(subject)` to
 /// send, `None` to keep it here. Replies to upstream requests always go;
 /// local inboxes never; anything else if an `export` pattern matches.
+///
+/// ```
+/// use busd::upstream::mapping::{export_subject, reply_root};
+/// let (export, own) = (vec!["orders.>".to_owned()], reply_root("host-a"));
+/// assert_eq!(export_subject("orders.new", &export, &own), Some("orders.new"));
+/// assert_eq!(export_subject("stock.new", &export, &own), None);
+/// // An answer to a native NATS requester goes back under its own inbox.
+/// assert_eq!(export_subject("_BUSN._INBOX.x.1", &export, &own), Some("_INBOX.x.1"));
+/// ```
 pub fn export_subject<'s>(subject: &'s str, export: &[String], own: &str) -> Option<&'s str> {
     if let Some(native) = subject.strip_prefix(NATIVE_REPLY_PREFIX) {
         return Some(native);

@@ -1,7 +1,7 @@
 //! The tasks of the NATS upstream: the client and its link events, the
 //! writer that sends what [`Upstream::export`] queued, and the interest
 //! task that keeps one upstream subscription per local pattern, each read
-//! by a task of its own ([`pump`]).
+//! by a task of its own (`pump`).
 
 use std::{
     collections::HashMap,
@@ -207,7 +207,7 @@ async fn write_loop(state: Arc<State>, up: Arc<Upstream>, client: async_nats::Cl
 }
 
 /// Keeps one upstream subscription per distinct local interest within
-/// `import`, plus one for replies, each read by a [`pump`].
+/// `import`, plus one for replies, each read by a `pump`.
 async fn interest_loop(state: Arc<State>, up: Arc<Upstream>, client: async_nats::Client) {
     let mut current: HashMap<SubKey, tokio::task::JoinHandle<()>> = HashMap::new();
     let replies = SubKey {
