@@ -670,3 +670,70 @@ async fn a_daemon_with_an_upstream_refuses_bridge_links() {
     let (_, message) = raw.expect_error_then_close().await;
     assert!(message.contains("takes no bridge links"), "{message}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_logs_in_with_a_token_a_password_or_over_tls() {
+    let bin = nats_or_skip!();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = |name: &str, value: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, format!("{value}\n")).unwrap();
+        p
+    };
+    let pki = bus_tests::TestPki::generate(dir.path(), "nats");
+    let token = NatsServer::start_configured(&bin, "token", "authorization { token: \"s3cret\" }\n");
+    let password = NatsServer::start_configured(
+        &bin,
+        "password",
+        "authorization { user: bus, password: \"pa55\" }\n",
+    );
+    let tls = NatsServer::start_configured(
+        &bin,
+        "tls",
+        &format!(
+            "tls {{ cert_file: {:?}, key_file: {:?} }}\n",
+            pki.cert.display().to_string(),
+            pki.key.display().to_string()
+        ),
+    );
+    let token_file = secret("token", "s3cret");
+    let password_file = secret("password", "pa55");
+    let hosts = [
+        host_with("by-token", &[token.url()], |c| {
+            c.upstream.token_file = Some(token_file)
+        }),
+        host_with("by-password", &[password.url()], |c| {
+            c.upstream.user = Some("bus".into());
+            c.upstream.password_file = Some(password_file);
+        }),
+        host_with("over-tls", &[format!("tls://127.0.0.1:{}", tls.port)], |c| {
+            c.upstream.ca = Some(pki.ca.clone())
+        }),
+    ];
+    for h in &hosts {
+        let bus = h.client("probe").await;
+        until("the upstream is up", || async {
+            upstream_info(&bus).await.state == "up"
+        })
+        .await;
+    }
+    // A wrong token never gets in.
+    let wrong = secret("wrong", "guess");
+    let refused = host_with("refused", &[token.url()], |c| c.upstream.token_file = Some(wrong));
+    let bus = refused.client("probe").await;
+    // By the time a good host has connected again, the bad one has tried.
+    let again = host_with("again", &[token.url()], |c| {
+        c.upstream.token_file = Some(dir.path().join("token"))
+    });
+    let probe = again.client("probe").await;
+    until("the good host is up", || async {
+        upstream_info(&probe).await.state == "up"
+    })
+    .await;
+    let info = upstream_info(&bus).await;
+    assert_eq!(
+        (info.state.as_str(), info.connects),
+        ("connecting", 0),
+        "{info:?}"
+    );
+}

@@ -32,12 +32,14 @@ pub struct NatsServer {
     name: String,
     /// Route ports of the cluster members it routes to (`None`: no cluster).
     routes: Option<Vec<u16>>,
+    /// More config lines (authorization, TLS).
+    extra: String,
     config: PathBuf,
     /// Its client port.
     pub port: u16,
     /// Its route port, in a cluster.
     pub route_port: Option<u16>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl NatsServer {
@@ -46,22 +48,36 @@ impl NatsServer {
         Self::start_with(binary, name, None)
     }
 
+    /// A lone server with more config lines (`authorization { ... }`,
+    /// `tls { ... }`).
+    pub fn start_configured(binary: &std::path::Path, name: &str, extra: &str) -> Self {
+        let mut s = Self::new(binary, name, None);
+        s.extra = extra.to_owned();
+        s.spawn();
+        s
+    }
+
     /// A server named `name`; with `routes`, a cluster member that routes to
     /// them.
     fn start_with(binary: &std::path::Path, name: &str, routes: Option<Vec<u16>>) -> Self {
+        let mut s = Self::new(binary, name, routes);
+        s.spawn();
+        s
+    }
+
+    fn new(binary: &std::path::Path, name: &str, routes: Option<Vec<u16>>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut s = Self {
+        Self {
             child: None,
             binary: binary.to_owned(),
             name: name.to_owned(),
             routes,
+            extra: String::new(),
             config: dir.path().join("nats.conf"),
             port: 0,
             route_port: None,
-            _dir: dir,
-        };
-        s.spawn();
-        s
+            dir,
+        }
     }
 
     /// Writes its config (ports it had before, else any free ones: `-1`),
@@ -84,6 +100,7 @@ impl NatsServer {
                 list.join(", ")
             ));
         }
+        text.push_str(&self.extra);
         std::fs::write(&self.config, text).expect("write nats.conf");
         let mut child = Command::new(&self.binary)
             .arg("-c")
