@@ -39,7 +39,7 @@ pub struct NatsServer {
     pub port: u16,
     /// Its route port, in a cluster.
     pub route_port: Option<u16>,
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
 }
 
 impl NatsServer {
@@ -76,7 +76,7 @@ impl NatsServer {
             config: dir.path().join("nats.conf"),
             port: 0,
             route_port: None,
-            dir,
+            _dir: dir,
         }
     }
 
