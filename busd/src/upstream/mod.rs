@@ -101,6 +101,8 @@ pub struct Upstream {
     up: AtomicBool,
     /// The server connected to and its name.
     server: Mutex<(String, String)>,
+    /// When a failure to reach a server was last logged.
+    error_logged: Mutex<Option<std::time::Instant>>,
     msgs_in: AtomicU64,
     msgs_out: AtomicU64,
     dropped: AtomicU64,
@@ -131,6 +133,7 @@ impl Upstream {
             interest: tokio::sync::Notify::new(),
             up: AtomicBool::new(false),
             server: Mutex::default(),
+            error_logged: Mutex::new(None),
             msgs_in: AtomicU64::new(0),
             msgs_out: AtomicU64::new(0),
             dropped: AtomicU64::new(0),

@@ -138,6 +138,7 @@ fn on_event(state: &State, up: &Upstream, client: &async_nats::Client, e: async_
             let info = client.server_info();
             *lock(&up.server) = (format!("{}:{}", info.host, info.port), info.server_name.clone());
             up.connects.fetch_add(1, Relaxed);
+            *lock(&up.error_logged) = None;
             up.came_up();
             tracing::info!(server = %info.server_name, address = %format!("{}:{}", info.host, info.port), "upstream up");
             crate::api::event(state, api::EVENT_UPSTREAM_UP, || up.info());
@@ -153,9 +154,21 @@ fn on_event(state: &State, up: &Upstream, client: &async_nats::Client, e: async_
             // slowly.
             up.dropped.fetch_add(1, Relaxed);
         }
+        async_nats::Event::ClientError(e) => {
+            // Once per outage, then at most every ERROR_LOG_EVERY: a server
+            // that stays away is retried every few seconds.
+            let mut last = lock(&up.error_logged);
+            if last.is_none_or(|t| t.elapsed() >= ERROR_LOG_EVERY) {
+                *last = Some(std::time::Instant::now());
+                tracing::warn!(urls = ?up.config.urls, error = %e, "upstream: cannot reach a server; retrying");
+            }
+        }
         e => tracing::warn!(event = %e, "upstream"),
     }
 }
+
+/// Least time between two log lines about failing to reach the upstream.
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Sends what [`Upstream::export`] queued, in order, while the link is up.
 async fn write_loop(state: Arc<State>, up: Arc<Upstream>, client: async_nats::Client) {
