@@ -865,19 +865,15 @@ fn route<'a>(
 ) {
     // The subject was validated before it was routed: it is UTF-8.
     let subject = || std::str::from_utf8(p.subject).unwrap_or_default();
-    let remote = state.cluster.is_active()
-        && state.cluster.publish(
-            &state.router,
-            cluster::Message {
-                subject: subject(),
-                reply_to,
-                headers: p.headers,
-                payload: p.payload,
-                from: conn.origin(),
-            },
-            routes,
-        );
-    let remote = remote | upstream(state, conn, &p, reply_to, routes);
+    let message = || cluster::Message {
+        subject: subject(),
+        reply_to,
+        headers: p.headers,
+        payload: p.payload,
+        from: conn.origin(),
+    };
+    let remote = state.cluster.is_active() && state.cluster.publish(&state.router, message(), routes);
+    let remote = remote | upstream(state, conn, message, routes);
     if !conn.owed.is_empty() {
         conn.owed.answer(subject());
     }
@@ -892,27 +888,18 @@ fn route<'a>(
 
 /// Hands a publish to the NATS upstream, if there is one and the publish
 /// goes up; true if it took it.
-fn upstream(
+fn upstream<'m>(
     state: &State,
     conn: &Conn,
-    p: &wire::RawPub<'_>,
-    reply_to: Option<&str>,
+    message: impl FnOnce() -> cluster::Message<'m>,
     routes: &Routes,
 ) -> bool {
     let Some(up) = &state.upstream else { return false };
-    let subject = std::str::from_utf8(p.subject).unwrap_or_default();
-    state.cluster.allows(crate::acl::Action::Subscribe, subject)
-        && up.export(
-            crate::upstream::Message {
-                subject,
-                reply_to,
-                headers: p.headers,
-                payload: p.payload,
-                from: conn.origin(),
-                sender: &conn.upstream_sender,
-            },
-            routes,
-        )
+    let message = message();
+    state
+        .cluster
+        .allows(crate::acl::Action::Subscribe, message.subject)
+        && up.export(message, &conn.upstream_sender, routes)
 }
 
 /// [`route`] for a publish with a reply subject. A request only local

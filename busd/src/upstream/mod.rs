@@ -39,6 +39,7 @@ use bytes::Bytes;
 use libbus::proto::{self, api::UpstreamInfo, link::Origin, ServerFrame};
 
 use crate::{
+    cluster::Message,
     config::UpstreamConfig,
     control,
     deliver::{Router, Routes},
@@ -62,23 +63,6 @@ struct Out {
 struct Queue {
     msgs: VecDeque<Out>,
     bytes: usize,
-}
-
-/// A message published here, as the upstream sends it on.
-#[derive(Debug, Clone, Copy)]
-pub struct Message<'a> {
-    /// Its subject.
-    pub subject: &'a str,
-    /// Its reply subject, for a request.
-    pub reply_to: Option<&'a str>,
-    /// Its header block (checked), if any.
-    pub headers: Option<&'a [u8]>,
-    /// Its payload.
-    pub payload: &'a [u8],
-    /// Who published it here.
-    pub from: Origin,
-    /// Where its publisher's `Bus-Sender` value is kept once made.
-    pub sender: &'a std::sync::OnceLock<String>,
 }
 
 /// The upstream side of one daemon (see the module docs).
@@ -154,10 +138,11 @@ impl Upstream {
     }
 
     /// Hands a local publish to the upstream if it goes up (`export`, or an
-    /// answer to a request that came down). `local` are its local routes.
-    /// Returns true if the upstream took it: then a request that no local
-    /// responder took waits for NATS's answer instead of failing here.
-    pub fn export(&self, msg: Message<'_>, local: &Routes) -> bool {
+    /// answer to a request that came down). `sender` keeps its publisher's
+    /// `Bus-Sender` value once made; `local` are its local routes. Returns
+    /// true if the upstream took it: then a request that no local responder
+    /// took waits for NATS's answer instead of failing here.
+    pub fn export(&self, msg: Message<'_>, sender: &std::sync::OnceLock<String>, local: &Routes) -> bool {
         let Some(subject) = mapping::export_subject(msg.subject, &self.config.export, &self.own) else {
             return false;
         };
@@ -166,9 +151,7 @@ impl Upstream {
             return false;
         }
         let handled: Vec<&str> = local.groups.iter().map(|(g, _)| &**g).collect();
-        let sender = msg
-            .sender
-            .get_or_init(|| mapping::sender_value(&self.node, msg.from));
+        let sender = sender.get_or_init(|| mapping::sender_value(&self.node, msg.from));
         let headers = mapping::to_nats(msg.headers, sender, &handled);
         let reply = msg
             .reply_to
