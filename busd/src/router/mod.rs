@@ -3,8 +3,9 @@
 //! (busd's is [`deliver::Target`](crate::deliver::Target)), so it is
 //! tested with plain values.
 //!
-//! The [`sublist`] trie is the index. Each connection's reader keeps a small
-//! [`RouteCache`] of recent subjects, checked against a global generation
+//! The [`sublist`] trie is the index. Each connection's reader keeps a
+//! [`RouteCache`] of recent subjects (up to [`CACHE_MAX`], one evicted at
+//! random when full), checked against a global generation
 //! number, so a steady stream of publishes takes no lock at all; any
 //! subscription change bumps the generation and caches refill on demand.
 //! The cache also remembers the head of the last publish (every byte before
@@ -75,8 +76,68 @@ impl<T> Routes<T> {
     }
 }
 
-/// Entries a reader's cache holds before it starts over.
-const CACHE_MAX: usize = 1024;
+/// Entries a reader's cache holds; beyond it, one chosen at random makes
+/// room for each new one. A publisher cycling through more subjects than
+/// this still finds most of them (an LRU or FIFO cache would find none).
+/// The cache grows only as a connection publishes to new subjects: at
+/// most about 1 MiB for one cycling through this many.
+pub const CACHE_MAX: usize = 8192;
+
+/// Subject → its routes and its place in [`Entries::keys`].
+type EntryMap<T> = HashMap<Box<[u8]>, (Arc<Routes<T>>, usize), foldhash::fast::RandomState>;
+
+/// A reader's cached subjects, bounded by [`CACHE_MAX`].
+#[derive(Debug)]
+struct Entries<T> {
+    map: EntryMap<T>,
+    /// Every subject in `map`, to pick one at random in O(1).
+    keys: Vec<Box<[u8]>>,
+}
+
+impl<T> Default for Entries<T> {
+    fn default() -> Self {
+        Self {
+            map: HashMap::default(),
+            keys: Vec::new(),
+        }
+    }
+}
+
+impl<T> Entries<T> {
+    fn get(&self, subject: &[u8]) -> Option<&Arc<Routes<T>>> {
+        self.map.get(subject).map(|(r, _)| r)
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Adds `subject`, evicting one entry at random when full.
+    fn insert(&mut self, subject: &[u8], routes: Arc<Routes<T>>) {
+        if let Some(e) = self.map.get_mut(subject) {
+            e.0 = routes;
+            return;
+        }
+        if self.keys.len() >= CACHE_MAX {
+            let i = fastrand::usize(..self.keys.len());
+            let gone = self.keys.swap_remove(i);
+            self.map.remove(&gone);
+            if let Some(moved) = self.keys.get(i) {
+                if let Some(e) = self.map.get_mut(moved) {
+                    e.1 = i;
+                }
+            }
+        }
+        self.keys.push(subject.into());
+        self.map.insert(subject.into(), (routes, self.keys.len() - 1));
+    }
+
+    fn clear(&mut self) {
+        self.map.clear();
+        self.keys.clear();
+    }
+}
 
 /// A reader task's private cache of recent lookups. Hashed with foldhash
 /// (seeded per process, several times cheaper than SipHash on short keys).
@@ -87,7 +148,7 @@ pub struct RouteCache<T> {
     generation: u64,
     /// Keyed by the subject's bytes, so a subject can be looked up straight
     /// from the frame, before (or instead of) checking its UTF-8.
-    routes: HashMap<Box<[u8]>, Arc<Routes<T>>, foldhash::fast::RandomState>,
+    routes: Entries<T>,
     /// The last subject found and its routes, checked before hashing: a
     /// stream of publishes to one subject costs a compare per message.
     last: Option<Last<T>>,
@@ -97,7 +158,7 @@ impl<T> Default for RouteCache<T> {
     fn default() -> Self {
         Self {
             generation: 0,
-            routes: HashMap::default(),
+            routes: Entries::default(),
             last: None,
         }
     }
@@ -306,10 +367,7 @@ impl<T: Clone + PartialEq> Router<T> {
     /// did not have: from the trie, remembered in `cache`.
     pub fn lookup(&self, subject: &str, cache: &mut RouteCache<T>) -> Arc<Routes<T>> {
         let routes = self.lookup_uncached(subject);
-        if cache.routes.len() >= CACHE_MAX {
-            cache.routes.clear();
-        }
-        cache.routes.insert(subject.as_bytes().into(), routes.clone());
+        cache.routes.insert(subject.as_bytes(), routes.clone());
         routes
     }
 
@@ -379,6 +437,39 @@ mod tests {
         let q = routes("q.a");
         assert!(q.same_as(&q), "the same routes always");
         assert!(!q.same_as(&routes("q.b")), "group members are chosen per message");
+    }
+
+    #[test]
+    fn a_full_cache_evicts_one_entry_at_a_time_and_keeps_answering() {
+        let router: Router<Sub> = Router::default();
+        router.subscribe("s.*", None, (1, 1));
+        let mut cache = RouteCache::default();
+        let n = CACHE_MAX + CACHE_MAX / 2;
+        let subject = |i: usize| format!("s.{i}");
+        for round in 0..3 {
+            let mut hits = 0;
+            for i in 0..n {
+                match cached_sids(&router, &subject(i), &mut cache) {
+                    Some(sids) => {
+                        assert_eq!(sids, [1]);
+                        hits += 1;
+                    }
+                    None => {
+                        router.lookup(&subject(i), &mut cache);
+                    }
+                }
+                assert!(cache.routes.len() <= CACHE_MAX);
+                assert_eq!(cache.routes.map.len(), cache.routes.len(), "map and keys agree");
+            }
+            // Cycling through 1.5 times what it holds: an LRU cache would
+            // find nothing; one that starts over when full, little.
+            if round > 0 {
+                assert!(hits > n / 3, "round {round}: {hits} hits of {n}");
+            }
+        }
+        for (i, k) in cache.routes.keys.iter().enumerate() {
+            assert_eq!(cache.routes.map.get(k).map(|e| e.1), Some(i), "index of {k:?}");
+        }
     }
 
     #[test]
