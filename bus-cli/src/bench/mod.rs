@@ -90,6 +90,11 @@ pub struct BenchArgs {
     /// plain API.
     #[arg(long, default_value_t = 1, value_parser = at_least_one::<usize>())]
     pub batch: usize,
+    /// Subscription changes a second by another client, on subjects the
+    /// run does not use (pubsub, fanout): what route caches pay for others'
+    /// churn.
+    #[arg(long, default_value_t = 0)]
+    pub churn: u32,
     /// Small headers to give each message (pubsub, fanout; with --batch 1),
     /// to measure what headers cost.
     #[arg(long, default_value_t = 0)]

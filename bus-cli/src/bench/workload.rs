@@ -166,6 +166,24 @@ pub async fn run(args: &BenchArgs, target: &Target) -> Result<Report> {
     Ok(report)
 }
 
+/// Subscribes to a subject the run does not use and drops it again,
+/// `per_s` times a second until aborted (or for [`PHASE_LIMIT`]): the
+/// subscription changes of other clients a busy bus sees.
+async fn churn(address: Address, per_s: u32) -> Result<()> {
+    let bus = connect(&address, "bench-churn".into()).await?;
+    let every = Duration::from_secs(1) / per_s.max(1);
+    let mut tick = tokio::time::interval(every);
+    let end = Instant::now() + PHASE_LIMIT;
+    let mut i = 0u64;
+    while Instant::now() < end {
+        tick.tick().await;
+        let sub = bus.subscribe(&format!("bench.churn.{}", i % 64)).await?;
+        drop(sub);
+        i += 1;
+    }
+    Ok(())
+}
+
 fn progress(total: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(total);
     if let Ok(style) = ProgressStyle::with_template("{msg} [{elapsed_precise}] {wide_bar} {pos}/{len}") {
@@ -444,6 +462,10 @@ async fn pubsub(
             }
         })
     };
+    let churn = match args.churn {
+        0 => None,
+        per_s => Some(tokio::spawn(churn(address.clone(), per_s))),
+    };
     start_gate.wait().await;
     let start = Instant::now();
     let mut published = 0;
@@ -452,6 +474,9 @@ async fn pubsub(
         let (n, e) = t.await.map_err(io_err)??;
         published += n;
         pub_elapsed = pub_elapsed.max(e);
+    }
+    if let Some(c) = churn {
+        c.abort();
     }
     let _ = done_tx.send(true);
     let (mut delivered, mut lagged) = (0, 0);

@@ -6,8 +6,10 @@
 //! The [`sublist`] trie is the index. Each connection's reader keeps a
 //! [`RouteCache`] of recent subjects (up to [`CACHE_MAX`], one evicted at
 //! random when full), checked against a global generation
-//! number, so a steady stream of publishes takes no lock at all; any
-//! subscription change bumps the generation and caches refill on demand.
+//! number, so a steady stream of publishes takes no lock at all. A
+//! subscription change bumps the generation and is logged; a cache that
+//! sees the generation move forgets only the subjects the changed
+//! patterns match, and refills on demand.
 //! The cache also remembers the head of the last publish (every byte before
 //! its payload): a frame that begins with it is that subject again, found
 //! by one compare without decoding ([`Router::repeated`]).
@@ -121,13 +123,8 @@ impl<T> Entries<T> {
         }
         if self.keys.len() >= CACHE_MAX {
             let i = fastrand::usize(..self.keys.len());
-            let gone = self.keys.swap_remove(i);
-            self.map.remove(&gone);
-            if let Some(moved) = self.keys.get(i) {
-                if let Some(e) = self.map.get_mut(moved) {
-                    e.1 = i;
-                }
-            }
+            self.map.remove(&self.keys[i]);
+            self.remove_key_at(i);
         }
         self.keys.push(subject.into());
         self.map.insert(subject.into(), (routes, self.keys.len() - 1));
@@ -136,6 +133,66 @@ impl<T> Entries<T> {
     fn clear(&mut self) {
         self.map.clear();
         self.keys.clear();
+    }
+
+    fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Forgets the subjects `pattern` matches: the one it names, or with a
+    /// wildcard, every one it matches.
+    fn forget(&mut self, pattern: &str) {
+        if !pattern.split('.').any(|t| t == "*" || t == ">") {
+            if let Some((_, i)) = self.map.remove(pattern.as_bytes()) {
+                self.remove_key_at(i);
+            }
+            return;
+        }
+        let mut i = 0;
+        while i < self.keys.len() {
+            let subject = std::str::from_utf8(&self.keys[i]).unwrap_or_default();
+            if libbus::subject::matches(pattern, subject) {
+                self.map.remove(&self.keys[i]);
+                self.remove_key_at(i);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Drops `keys[i]` (already out of `map`), moving the last key there.
+    fn remove_key_at(&mut self, i: usize) {
+        self.keys.swap_remove(i);
+        if let Some(moved) = self.keys.get(i) {
+            if let Some(e) = self.map.get_mut(moved) {
+                e.1 = i;
+            }
+        }
+    }
+}
+
+/// Recent subscription changes, so a reader's cache forgets only what they
+/// can affect.
+#[derive(Debug, Default)]
+struct ChangeLog {
+    /// (generation it made, pattern it touched), oldest first.
+    changes: std::collections::VecDeque<(u64, Box<str>)>,
+    /// The newest generation whose change fell out of `changes`: a cache
+    /// older than it cannot tell what changed and starts over.
+    forgotten: u64,
+}
+
+/// Changes [`ChangeLog`] keeps.
+const CHANGE_LOG: usize = 256;
+
+impl ChangeLog {
+    fn push(&mut self, generation: u64, pattern: &str) {
+        if self.changes.len() >= CHANGE_LOG {
+            if let Some((g, _)) = self.changes.pop_front() {
+                self.forgotten = g;
+            }
+        }
+        self.changes.push_back((generation, pattern.into()));
     }
 }
 
@@ -180,8 +237,10 @@ struct Last<T> {
 #[derive(Debug)]
 pub struct Router<T> {
     list: RwLock<Sublist<T>>,
-    /// Bumped on every change; caches older than this are stale.
+    /// Bumped on every change, under `list`'s write lock, after the change
+    /// is logged in `changes`; caches older than this catch up.
     generation: AtomicU64,
+    changes: RwLock<ChangeLog>,
     /// Distinct (pattern, queue) of local subscriptions, with counts: the
     /// interest this daemon announces to bridged daemons.
     interest: Mutex<BTreeMap<Interest, usize>>,
@@ -194,6 +253,7 @@ impl<T: Clone> Default for Router<T> {
         Self {
             list: RwLock::new(Sublist::new()),
             generation: AtomicU64::new(0),
+            changes: RwLock::default(),
             interest: Mutex::new(BTreeMap::new()),
             interest_version: AtomicU64::new(0),
         }
@@ -205,7 +265,7 @@ impl<T: Clone + PartialEq> Router<T> {
     pub fn subscribe(&self, pattern: &str, queue: Option<&str>, target: T) {
         let mut list = self.list.write().unwrap_or_else(|e| e.into_inner());
         list.insert(pattern, queue, target);
-        self.generation.fetch_add(1, Ordering::Release);
+        self.changed([pattern]);
         drop(list);
         if !pattern.starts_with(RESERVED_PREFIX) {
             let key = Interest {
@@ -227,10 +287,12 @@ impl<T: Clone + PartialEq> Router<T> {
         let mut list = self.list.write().unwrap_or_else(|e| e.into_inner());
         let mut interest = self.interest.lock().unwrap_or_else(|e| e.into_inner());
         let mut changed = false;
+        let mut removed = Vec::new();
         for (pattern, queue, target) in subs {
             if list.remove(pattern, queue, |t| *t == target).is_none() {
                 continue;
             }
+            removed.push(pattern);
             let key = Interest {
                 pattern: pattern.into(),
                 queue: queue.map(Into::into),
@@ -243,10 +305,22 @@ impl<T: Clone + PartialEq> Router<T> {
                 }
             }
         }
-        self.generation.fetch_add(1, Ordering::Release);
+        self.changed(removed);
         if changed {
             self.interest_version.fetch_add(1, Ordering::Release);
         }
+    }
+
+    /// Logs that `patterns` changed and bumps the generation (the caller
+    /// holds `list`'s write lock).
+    fn changed<'p>(&self, patterns: impl IntoIterator<Item = &'p str>) {
+        let next = self.generation.load(Ordering::Relaxed) + 1;
+        let mut log = self.changes.write().unwrap_or_else(|e| e.into_inner());
+        for p in patterns {
+            log.push(next, p);
+        }
+        drop(log);
+        self.generation.store(next, Ordering::Release);
     }
 
     /// The distinct interests of local subscribers (outside `$BUS.`), and
@@ -266,7 +340,8 @@ impl<T: Clone + PartialEq> Router<T> {
     /// may reach has changed without a subscription changing (a reloaded
     /// access policy).
     pub fn invalidate(&self) {
-        self.generation.fetch_add(1, Ordering::Release);
+        let _list = self.list.write().unwrap_or_else(|e| e.into_inner());
+        self.changed([">"]);
     }
 
     /// Number of subscriptions.
@@ -290,9 +365,7 @@ impl<T: Clone + PartialEq> Router<T> {
         frame: &'f [u8],
         cache: &'c mut RouteCache<T>,
     ) -> Option<(RawPub<'f>, &'c Arc<Routes<T>>)> {
-        if !self.is_current(cache) {
-            return None;
-        }
+        self.catch_up(cache);
         let last = cache.last.as_ref().filter(|l| !l.head.is_empty())?;
         let (head, payload) = frame.split_at_checked(last.head.len())?;
         (head == last.head.as_slice()).then(|| {
@@ -318,9 +391,7 @@ impl<T: Clone + PartialEq> Router<T> {
         head: &[u8],
         cache: &'c mut RouteCache<T>,
     ) -> Option<&'c Arc<Routes<T>>> {
-        if !self.is_current(cache) {
-            return None;
-        }
+        self.catch_up(cache);
         let last = match cache.last.take() {
             Some(last) if last.subject == subject => last,
             other => {
@@ -350,17 +421,35 @@ impl<T: Clone + PartialEq> Router<T> {
         Some(&last.routes)
     }
 
-    /// True if nothing changed since `cache` was filled; else empties it.
+    /// Brings `cache` up to date if anything changed since it was: it
+    /// forgets the subjects that the changed patterns match (all of them if
+    /// it is older than the change log keeps).
     #[inline]
-    fn is_current(&self, cache: &mut RouteCache<T>) -> bool {
+    fn catch_up(&self, cache: &mut RouteCache<T>) {
         let generation = self.generation.load(Ordering::Acquire);
         if cache.generation != generation {
+            self.forget_changed(cache, generation);
+        }
+    }
+
+    #[inline(never)]
+    fn forget_changed(&self, cache: &mut RouteCache<T>, generation: u64) {
+        let log = self.changes.read().unwrap_or_else(|e| e.into_inner());
+        if log.forgotten > cache.generation {
             cache.routes.clear();
             cache.last = None;
-            cache.generation = generation;
-            return false;
+        } else if !cache.routes.is_empty() || cache.last.is_some() {
+            for (_, pattern) in log.changes.iter().filter(|(g, _)| *g > cache.generation) {
+                cache.routes.forget(pattern);
+                let last_matches = cache.last.as_ref().is_some_and(|l| {
+                    libbus::subject::matches(pattern, std::str::from_utf8(&l.subject).unwrap_or_default())
+                });
+                if last_matches {
+                    cache.last = None;
+                }
+            }
         }
-        true
+        cache.generation = generation;
     }
 
     /// The routes for a validated `subject` that [`cached`](Self::cached)
@@ -473,7 +562,7 @@ mod tests {
     }
 
     #[test]
-    fn the_cache_answers_alternating_subjects_and_forgets_on_any_change() {
+    fn the_cache_answers_alternating_subjects_and_forgets_what_changes_touch() {
         let router = Router::default();
         router.subscribe("a.b", None, (1, 1));
         router.subscribe("a.*", None, (1, 2));
@@ -487,17 +576,79 @@ mod tests {
             assert_eq!(cached_sids(&router, subject, &mut cache), Some(want), "{subject}");
         }
         assert_eq!(cached_sids(&router, "a.d", &mut cache), None);
-        // A new subscription makes every cached answer stale, the last one too.
+        // A subscription elsewhere leaves every cached answer standing.
+        router.subscribe("z.>", None, (1, 9));
+        assert_eq!(cached_sids(&router, "a.b", &mut cache), Some(vec![1, 2]));
+        assert_eq!(cached_sids(&router, "a.c", &mut cache), Some(vec![2]));
+        // One to a.b makes that answer stale, the last one too; a.c stands.
         router.subscribe("a.b", None, (1, 3));
+        assert_eq!(cached_sids(&router, "a.c", &mut cache), Some(vec![2]));
         assert_eq!(cached_sids(&router, "a.b", &mut cache), None);
         router.lookup("a.b", &mut cache);
         assert_eq!(cached_sids(&router, "a.b", &mut cache), Some(vec![1, 2, 3]));
-        // Unsubscribing one of them, likewise.
+        // Unsubscribing a wildcard forgets every subject it matches.
         router.unsubscribe([("a.*", None, (1, 2))]);
         assert_eq!(cached_sids(&router, "a.b", &mut cache), None);
+        assert_eq!(cached_sids(&router, "a.c", &mut cache), None);
         router.lookup("a.b", &mut cache);
         assert_eq!(cached_sids(&router, "a.b", &mut cache), Some(vec![1, 3]));
-        assert_eq!(router.len(), 2);
+        assert_eq!(router.len(), 3);
+        // More changes than the log keeps: the cache starts over.
+        for i in 0..CHANGE_LOG as u64 + 1 {
+            router.subscribe("z.>", None, (2, i));
+        }
+        assert_eq!(cached_sids(&router, "a.b", &mut cache), None);
+    }
+
+    proptest::proptest! {
+        /// Whatever changes come between lookups, a cached answer is the
+        /// trie's answer now.
+        #[test]
+        fn a_cached_answer_is_always_the_current_one(
+            ops in proptest::collection::vec(
+                (0u8..4, "[ab](\\.[ab*>]){0,2}", "[ab](\\.[ab]){0,2}", proptest::option::of("[xy]")),
+                1..200,
+            ),
+        ) {
+            let router: Router<Sub> = Router::default();
+            let mut cache = RouteCache::default();
+            let mut live: Vec<(String, Option<String>, Sub)> = Vec::new();
+            for (i, (op, pattern, subject, queue)) in ops.into_iter().enumerate() {
+                let valid = libbus::subject::validate_pattern(&pattern).is_ok();
+                match op {
+                    0 if valid => {
+                        router.subscribe(&pattern, queue.as_deref(), (1, i as u64));
+                        live.push((pattern, queue, (1, i as u64)));
+                    }
+                    1 if !live.is_empty() => {
+                        let (p, q, t) = live.swap_remove(i % live.len());
+                        router.unsubscribe([(p.as_str(), q.as_deref(), t)]);
+                    }
+                    _ => {
+                        let fresh = router.lookup_uncached(&subject);
+                        let mut want: Vec<Sub> = fresh.plain.clone();
+                        want.sort_unstable();
+                        match router.cached(subject.as_bytes(), &[], &mut cache) {
+                            Some(r) => {
+                                let mut got = r.plain.clone();
+                                got.sort_unstable();
+                                proptest::prop_assert_eq!(&got, &want, "subject {}", subject);
+                                let groups = |r: &Routes<Sub>| {
+                                    let mut g: Vec<(String, Vec<Sub>)> =
+                                        r.groups.iter().map(|(n, m)| (n.to_string(), m.clone())).collect();
+                                    g.sort();
+                                    g
+                                };
+                                proptest::prop_assert_eq!(groups(r), groups(&fresh));
+                            }
+                            None => {
+                                router.lookup(&subject, &mut cache);
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]
