@@ -58,6 +58,15 @@ impl PartialEq for Target {
     }
 }
 
+impl Eq for Target {}
+
+/// As equality: the connection (by address) and the sid.
+impl std::hash::Hash for Target {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (Arc::as_ptr(&self.conn) as usize, self.sid).hash(state);
+    }
+}
+
 /// The daemon's subscription index.
 pub type Router = router::Router<Target>;
 /// The subscribers of one subject.

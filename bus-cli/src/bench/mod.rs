@@ -38,6 +38,9 @@ pub enum Mode {
     Routing,
     /// Daemon memory per idle connection, holding `--conns` connections.
     Conns,
+    /// Time to remove `--subscriptions` subscriptions that share one
+    /// pattern (run it with 10,000 and 100,000 to see how it scales).
+    Unsubscribe,
     /// 1 → 1 across two busd hosts joined through one NATS server
     /// (publisher on `--address`, subscriber on `--to`), against two
     /// native NATS clients through the same server (`--nats`).
@@ -218,8 +221,12 @@ pub struct Report {
     pub requests_per_s: Option<f64>,
     /// Routing mode: publish rate with no extra subscriptions.
     pub rate_without_extra_subs: Option<Rate>,
-    /// Routing mode: extra non-matching subscriptions.
+    /// Routing mode: extra non-matching subscriptions; unsubscribe mode:
+    /// the subscriptions removed.
     pub extra_subscriptions: Option<usize>,
+    /// Unsubscribe mode: from the first unsubscribe sent until the daemon
+    /// counted them all gone, ms.
+    pub unsubscribe_ms: Option<f64>,
     /// Raw-socket stream of the same frames.
     pub baseline_stream: Option<Rate>,
     /// Upstream mode: the same flow between two native NATS clients.
@@ -422,6 +429,7 @@ fn figures(r: &Report) -> Vec<(String, f64)> {
         .into_iter()
         .filter_map(|(name, _, ns)| Some((format!("cpu ns per msg: {name}"), ns?)));
     let latency = [
+        ("unsubscribe ms", r.unsubscribe_ms),
         ("round trip p50 µs", r.latency.map(|l| l.p50_us)),
         ("round trip p99 µs", r.latency.map(|l| l.p99_us)),
         ("raw ping-pong p50 µs", r.baseline_pingpong.map(|l| l.p50_us)),
@@ -628,6 +636,9 @@ fn print_report(r: &Report) {
     }
     if let Some(n) = r.extra_subscriptions {
         outln!("extra subscriptions          {n}");
+    }
+    if let Some(ms) = r.unsubscribe_ms {
+        outln!("{:<28} {ms:>14.1} ms", "removing them all");
     }
     if let Some(x) = r.requests_per_s {
         outln!("{:<28} {x:>14.0} req/s", "requests");

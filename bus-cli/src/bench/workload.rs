@@ -139,6 +139,7 @@ pub async fn run(args: &BenchArgs, target: &Target) -> Result<Report> {
         Mode::Reqrep => reqrep(&address, args, &mut report).await?,
         Mode::Routing => routing(&address, args, max_pending, max_subs, &mut report).await?,
         Mode::Conns => conns(&address, args.conns, &mut report).await?,
+        Mode::Unsubscribe => unsubscribe(target, args.subscriptions, max_subs, &mut report).await?,
         Mode::Upstream => {
             if target.own.is_some() {
                 return Err(Error::Protocol(
@@ -164,6 +165,53 @@ pub async fn run(args: &BenchArgs, target: &Target) -> Result<Report> {
         report.cpu_clients_ns_per_msg = Some(per_msg(own));
     }
     Ok(report)
+}
+
+/// Subscribes `n` times to one pattern (over as many connections as
+/// `max_subscriptions` needs), then drops them all and times until the
+/// daemon counts them gone.
+async fn unsubscribe(target: &Target, n: usize, max_subs: u64, report: &mut Report) -> Result<()> {
+    let per_conn = (max_subs as usize).min(50_000);
+    let before = target.info().await?.subscriptions;
+    let mut holders = Vec::new();
+    let mut tasks = Vec::new();
+    for c in 0..n.div_ceil(per_conn) {
+        let bus = connect(&target.address, format!("bench-unsub-{c}")).await?;
+        let count = per_conn.min(n - c * per_conn);
+        let b = bus.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut subs = Vec::with_capacity(count);
+            for _ in 0..count {
+                subs.push(b.subscribe("bench.unsubscribe.shared").await?);
+            }
+            Ok::<_, Error>(subs)
+        }));
+        holders.push(bus);
+    }
+    let mut kept = Vec::new();
+    for t in tasks {
+        kept.push(t.await.map_err(io_err)??);
+    }
+    let start = Instant::now();
+    drop(kept);
+    for bus in &holders {
+        bus.flush().await?;
+    }
+    let deadline = start + PHASE_LIMIT;
+    loop {
+        let now = target.info().await?.subscriptions;
+        if now <= before {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(io_err(format!("{} subscriptions still there", now - before)));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    report.unsubscribe_ms = Some(start.elapsed().as_secs_f64() * 1000.0);
+    report.extra_subscriptions = Some(n);
+    drop(holders);
+    Ok(())
 }
 
 /// Subscribes to a subject the run does not use and drops it again,

@@ -248,7 +248,7 @@ pub struct Router<T> {
     interest_version: AtomicU64,
 }
 
-impl<T: Clone> Default for Router<T> {
+impl<T: Clone + Eq + std::hash::Hash> Default for Router<T> {
     fn default() -> Self {
         Self {
             list: RwLock::new(Sublist::new()),
@@ -260,7 +260,7 @@ impl<T: Clone> Default for Router<T> {
     }
 }
 
-impl<T: Clone + PartialEq> Router<T> {
+impl<T: Clone + Eq + std::hash::Hash> Router<T> {
     /// Adds `target`'s subscription to `pattern`.
     pub fn subscribe(&self, pattern: &str, queue: Option<&str>, target: T) {
         let mut list = self.list.write().unwrap_or_else(|e| e.into_inner());
@@ -289,7 +289,7 @@ impl<T: Clone + PartialEq> Router<T> {
         let mut changed = false;
         let mut removed = Vec::new();
         for (pattern, queue, target) in subs {
-            if list.remove(pattern, queue, |t| *t == target).is_none() {
+            if list.remove(pattern, queue, &target).is_none() {
                 continue;
             }
             removed.push(pattern);

@@ -4,7 +4,74 @@
 //! (the literal child, `*`, `>`), so its cost depends on the subject's depth and
 //! the number of *matching* subscriptions, not on how many exist.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, hash::Hash};
+
+/// Subscribers of one pattern (or one queue group of it). Past
+/// [`INDEX_FROM`] of them, an index finds the one to remove in O(1), so
+/// removing K subscriptions to one pattern costs O(K), not O(K²).
+#[derive(Debug)]
+struct Members<T> {
+    list: Vec<T>,
+    /// Where each is in `list` (built once it is long enough).
+    at: Option<HashMap<T, usize, foldhash::fast::RandomState>>,
+}
+
+/// Members a list holds before it keeps an index.
+const INDEX_FROM: usize = 32;
+
+impl<T> Default for Members<T> {
+    fn default() -> Self {
+        Self {
+            list: Vec::new(),
+            at: None,
+        }
+    }
+}
+
+impl<T: Clone + Eq + Hash> Members<T> {
+    fn push(&mut self, item: T) {
+        if let Some(at) = &mut self.at {
+            at.insert(item.clone(), self.list.len());
+        }
+        self.list.push(item);
+        if self.at.is_none() && self.list.len() > INDEX_FROM {
+            self.at = Some(
+                self.list
+                    .iter()
+                    .cloned()
+                    .enumerate()
+                    .map(|(i, t)| (t, i))
+                    .collect(),
+            );
+        }
+    }
+
+    /// Removes one member equal to `item`; the last one takes its place.
+    fn remove(&mut self, item: &T) -> Option<T> {
+        let i = match self.at.as_ref().and_then(|at| at.get(item)) {
+            Some(&i) if self.list.get(i) == Some(item) => i,
+            // Not indexed (short, or a duplicate the index does not hold).
+            _ => self.list.iter().position(|t| t == item)?,
+        };
+        let removed = self.list.swap_remove(i);
+        if let Some(at) = &mut self.at {
+            if at.get(&removed) == Some(&i) {
+                at.remove(&removed);
+            }
+            if let Some(moved) = self.list.get(i) {
+                at.insert(moved.clone(), i);
+            }
+            if self.list.len() < INDEX_FROM / 2 {
+                self.at = None;
+            }
+        }
+        Some(removed)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+}
 
 /// Subscriptions indexed by pattern. `T` identifies a subscriber.
 #[derive(Debug)]
@@ -25,8 +92,8 @@ struct Level<T> {
 #[derive(Debug)]
 struct Node<T> {
     next: Level<T>,
-    plain: Vec<T>,
-    groups: Vec<(Box<str>, Vec<T>)>,
+    plain: Members<T>,
+    groups: Vec<(Box<str>, Members<T>)>,
 }
 
 impl<T> Default for Level<T> {
@@ -43,7 +110,7 @@ impl<T> Default for Node<T> {
     fn default() -> Self {
         Self {
             next: Level::default(),
-            plain: Vec::new(),
+            plain: Members::default(),
             groups: Vec::new(),
         }
     }
@@ -57,7 +124,7 @@ impl<T> Level<T> {
 
 impl<T> Node<T> {
     fn is_empty(&self) -> bool {
-        self.plain.is_empty() && self.groups.is_empty() && self.next.is_empty()
+        self.plain.list.is_empty() && self.groups.is_empty() && self.next.is_empty()
     }
 }
 
@@ -94,7 +161,7 @@ fn split_first(s: &str) -> (&str, Option<&str>) {
     }
 }
 
-impl<T: Clone> Sublist<T> {
+impl<T: Clone + Eq + Hash> Sublist<T> {
     /// An empty trie.
     pub fn new() -> Self {
         Self {
@@ -120,7 +187,11 @@ impl<T: Clone> Sublist<T> {
             None => node.plain.push(item),
             Some(q) => match node.groups.iter_mut().find(|(name, _)| &**name == q) {
                 Some((_, members)) => members.push(item),
-                None => node.groups.push((q.into(), vec![item])),
+                None => {
+                    let mut members = Members::default();
+                    members.push(item);
+                    node.groups.push((q.into(), members));
+                }
             },
         }
         self.len += 1;
@@ -139,22 +210,18 @@ impl<T: Clone> Sublist<T> {
         }
     }
 
-    /// Removes the first item under `pattern`/`queue` for which `is_it` holds,
-    /// pruning emptied nodes. Returns it, or `None` if there was none.
-    pub fn remove(&mut self, pattern: &str, queue: Option<&str>, is_it: impl Fn(&T) -> bool) -> Option<T> {
-        let removed = Self::remove_in(&mut self.root, pattern, queue, &is_it);
+    /// Removes one item equal to `item` under `pattern`/`queue`, pruning
+    /// emptied nodes. Returns it, or `None` if there was none. O(1) in the
+    /// number of subscribers the pattern has.
+    pub fn remove(&mut self, pattern: &str, queue: Option<&str>, item: &T) -> Option<T> {
+        let removed = Self::remove_in(&mut self.root, pattern, queue, item);
         if removed.is_some() {
             self.len -= 1;
         }
         removed
     }
 
-    fn remove_in(
-        level: &mut Level<T>,
-        pattern: &str,
-        queue: Option<&str>,
-        is_it: &dyn Fn(&T) -> bool,
-    ) -> Option<T> {
+    fn remove_in(level: &mut Level<T>, pattern: &str, queue: Option<&str>, item: &T) -> Option<T> {
         let (tok, rest) = split_first(pattern);
         let node: &mut Node<T> = match tok {
             "*" => level.star.as_deref_mut()?,
@@ -162,21 +229,17 @@ impl<T: Clone> Sublist<T> {
             _ => level.literal.get_mut(tok)?,
         };
         let removed = match rest {
-            Some(rest) => Self::remove_in(&mut node.next, rest, queue, is_it),
+            Some(rest) => Self::remove_in(&mut node.next, rest, queue, item),
             None => match queue {
-                None => {
-                    let i = node.plain.iter().position(is_it)?;
-                    Some(node.plain.swap_remove(i))
-                }
+                None => node.plain.remove(item),
                 Some(q) => {
                     let g = node.groups.iter().position(|(name, _)| &**name == q)?;
                     let members = &mut node.groups[g].1;
-                    let i = members.iter().position(is_it)?;
-                    let item = members.remove(i);
+                    let removed = members.remove(item);
                     if members.is_empty() {
                         node.groups.swap_remove(g);
                     }
-                    Some(item)
+                    removed
                 }
             },
         };
@@ -217,10 +280,13 @@ impl<T: Clone> Sublist<T> {
         }
         let Some(node) = node else { return out };
         match queue {
-            None => out.plain = node.plain.clone(),
-            Some(q) => out
-                .groups
-                .extend(node.groups.iter().filter(|(g, _)| &**g == q).cloned()),
+            None => out.plain = node.plain.list.clone(),
+            Some(q) => out.groups.extend(
+                node.groups
+                    .iter()
+                    .filter(|(g, _)| &**g == q)
+                    .map(|(g, m)| (g.clone(), m.list.clone())),
+            ),
         }
         out
     }
@@ -254,17 +320,17 @@ impl<T: Clone> Sublist<T> {
     }
 
     fn add(node: &Node<T>, out: &mut Matches<T>) {
-        out.plain.extend(node.plain.iter().cloned());
+        out.plain.extend(node.plain.list.iter().cloned());
         for (name, members) in &node.groups {
             match out.groups.iter_mut().find(|(n, _)| n == name) {
-                Some((_, all)) => all.extend(members.iter().cloned()),
-                None => out.groups.push((name.clone(), members.clone())),
+                Some((_, all)) => all.extend(members.list.iter().cloned()),
+                None => out.groups.push((name.clone(), members.list.clone())),
             }
         }
     }
 }
 
-impl<T: Clone> Default for Sublist<T> {
+impl<T: Clone + Eq + Hash> Default for Sublist<T> {
     fn default() -> Self {
         Self::new()
     }
@@ -329,10 +395,10 @@ mod tests {
         list.insert("a.b.c", None, 1);
         list.insert("a.*", None, 2);
         assert_eq!(list.len(), 2);
-        assert_eq!(list.remove("a.b.c", None, |x| *x == 1), Some(1));
-        assert_eq!(list.remove("a.b.c", None, |x| *x == 1), None);
+        assert_eq!(list.remove("a.b.c", None, &1), Some(1));
+        assert_eq!(list.remove("a.b.c", None, &1), None);
         assert!(plain(&list, "a.b.c").is_empty());
-        assert_eq!(list.remove("a.*", None, |x| *x == 2), Some(2));
+        assert_eq!(list.remove("a.*", None, &2), Some(2));
         assert!(list.root.is_empty());
         assert!(list.is_empty());
     }
@@ -349,9 +415,55 @@ mod tests {
         assert_eq!(m.groups.len(), 2);
         let w = &m.groups.iter().find(|(n, _)| &**n == "w").unwrap().1;
         assert_eq!(w.len(), 2);
-        assert_eq!(list.remove("jobs.*", Some("w"), |x| *x == 1), Some(1));
-        assert_eq!(list.remove("jobs.*", Some("w"), |x| *x == 1), None);
+        assert_eq!(list.remove("jobs.*", Some("w"), &1), Some(1));
+        assert_eq!(list.remove("jobs.*", Some("w"), &1), None);
         assert_eq!(list.matches("jobs.a").groups.len(), 2);
+    }
+
+    #[test]
+    fn many_subscribers_of_one_pattern_come_and_go_through_the_index() {
+        let mut list = Sublist::new();
+        let mut model: Vec<(Option<&str>, u32)> = Vec::new();
+        let mut rng = fastrand::Rng::with_seed(7);
+        for round in 0..3 {
+            for i in 0..500u32 {
+                let q = [None, Some("w")][(i % 2) as usize];
+                // Some duplicates, which the index does not hold twice.
+                let item = if i % 50 == 0 { 0 } else { round * 1000 + i };
+                list.insert("jobs.*", q, item);
+                model.push((q, item));
+            }
+            // Remove two thirds in random order.
+            for _ in 0..model.len() * 2 / 3 {
+                let (q, item) = model.swap_remove(rng.usize(..model.len()));
+                assert_eq!(list.remove("jobs.*", q, &item), Some(item));
+            }
+            let m = list.matches("jobs.x");
+            let mut plain = m.plain.clone();
+            plain.sort_unstable();
+            let mut want: Vec<u32> = model
+                .iter()
+                .filter(|(q, _)| q.is_none())
+                .map(|(_, i)| *i)
+                .collect();
+            want.sort_unstable();
+            assert_eq!(plain, want, "round {round}");
+            let mut members = m.groups.iter().flat_map(|(_, v)| v.clone()).collect::<Vec<_>>();
+            members.sort_unstable();
+            let mut want: Vec<u32> = model
+                .iter()
+                .filter(|(q, _)| q.is_some())
+                .map(|(_, i)| *i)
+                .collect();
+            want.sort_unstable();
+            assert_eq!(members, want, "round {round}");
+            assert_eq!(list.len(), model.len());
+        }
+        for (q, item) in model.drain(..) {
+            assert_eq!(list.remove("jobs.*", q, &item), Some(item));
+        }
+        assert!(list.is_empty() && list.matches("jobs.x").is_empty());
+        assert!(list.root.is_empty(), "emptied nodes are pruned");
     }
 
     #[test]
@@ -360,7 +472,7 @@ mod tests {
         list.insert("a", None, 7);
         list.insert("a", None, 7);
         assert_eq!(plain(&list, "a"), vec![7, 7]);
-        list.remove("a", None, |x| *x == 7);
+        list.remove("a", None, &7);
         assert_eq!(plain(&list, "a"), vec![7]);
     }
 
@@ -393,7 +505,7 @@ mod tests {
             }
             let mut live: Vec<bool> = vec![true; subs.len()];
             for (i, (p, q)) in subs.iter().enumerate().step_by(remove_every).skip(1) {
-                proptest::prop_assert_eq!(list.remove(p, q.as_deref(), |x| *x == i as u32), Some(i as u32));
+                proptest::prop_assert_eq!(list.remove(p, q.as_deref(), &(i as u32)), Some(i as u32));
                 live[i] = false;
             }
             proptest::prop_assert_eq!(list.len(), live.iter().filter(|l| **l).count());
