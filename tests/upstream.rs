@@ -737,3 +737,32 @@ async fn the_upstream_logs_in_with_a_token_a_password_or_over_tls() {
         "{info:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_request_keeps_its_local_tracking_with_an_upstream() {
+    let bin = nats_or_skip!();
+    let server = NatsServer::start(&bin, "solo");
+    let a = host("host-a", &[server.url()]);
+    let caller = a.client("caller").await;
+    until("the upstream is up", || async {
+        upstream_info(&caller).await.state == "up"
+    })
+    .await;
+    let responder = a.client("responder").await;
+    let mut sub = responder.subscribe("svc.flaky").await.unwrap();
+    let pending = tokio::spawn({
+        let c = caller.clone();
+        async move {
+            c.request_with_timeout("svc.flaky", "x", Duration::from_secs(120))
+                .await
+        }
+    });
+    // It went up too, where nobody answers; the local responder has it.
+    within("the request", sub.next()).await.expect("delivered");
+    responder.close().await.unwrap();
+    let err = within("ResponderGone, not the timeout", pending)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(&err, Error::ResponderGone { .. }), "{err}");
+}

@@ -872,8 +872,8 @@ fn route<'a>(
         payload: p.payload,
         from: conn.origin(),
     };
-    let remote = state.cluster.is_active() && state.cluster.publish(&state.router, message(), routes);
-    let remote = remote | upstream(state, conn, message, routes);
+    let bridged = state.cluster.is_active() && state.cluster.publish(&state.router, message(), routes);
+    let upstream = upstream(state, conn, message, routes);
     if !conn.owed.is_empty() {
         conn.owed.answer(subject());
     }
@@ -882,7 +882,7 @@ fn route<'a>(
         // Queued from the receive buffer: nothing is allocated per message.
         None if !routes.is_empty() => pending.deliveries.push(routes, msg),
         None => {}
-        Some(reply_to) => route_request(state, conn, msg, reply_to, routes, remote, pending),
+        Some(reply_to) => route_request(state, conn, msg, reply_to, routes, (bridged, upstream), pending),
     }
 }
 
@@ -902,10 +902,12 @@ fn upstream<'m>(
         && up.export(message, &conn.upstream_sender, routes)
 }
 
-/// [`route`] for a publish with a reply subject. A request only local
+/// [`route`] for a publish with a reply subject, which went to bridges
+/// and to the NATS upstream as `(bridged, upstream)` say. A request local
 /// responders take is delivered now, in order after what came before it,
-/// and tracked until answered; a request nobody anywhere takes gets
-/// `NoResponders`.
+/// and tracked until answered (unless bridges took it too: a responder
+/// there may still answer when the local ones are gone); a request nobody
+/// anywhere takes gets `NoResponders` (from NATS, for one that went up).
 #[inline(never)]
 fn route_request<'a>(
     state: &State,
@@ -913,15 +915,15 @@ fn route_request<'a>(
     msg: PubFrame<'a>,
     reply_to: &str,
     routes: &Arc<Routes>,
-    remote: bool,
+    (bridged, upstream): (bool, bool),
     pending: &mut Pending<'a>,
 ) {
     if routes.is_empty() {
-        if !remote {
+        if !bridged && !upstream {
             conn.outbox
                 .push_frame(&control::server(&ServerFrame::NoResponders { reply_to }));
         }
-    } else if remote {
+    } else if bridged {
         pending.deliveries.push(routes, msg);
     } else {
         pending.settle(&conn.stats);
