@@ -183,7 +183,7 @@ impl Server {
         let node_id = config.effective_node_id();
         let cluster = Cluster::new(node_id.clone(), config.bridge_hold);
         cluster.set_access(crate::acl::Rights::of_bridges(&config.permissions), &policy);
-        let upstream = crate::upstream::Upstream::new(&config, &node_id).map(Arc::new);
+        let upstream = crate::upstream::Upstream::new(&config, &node_id)?.map(Arc::new);
         let state = Arc::new(State {
             policy,
             config: arc_swap::ArcSwap::from_pointee(config),

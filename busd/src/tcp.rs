@@ -244,7 +244,7 @@ pub fn load_bridge_token(config: &Config, own: Option<&str>) -> Result<Option<St
 }
 
 /// The first line of a token file, trimmed; an empty one is an error.
-fn read_token_file(path: &std::path::Path) -> Result<String, Error> {
+pub(crate) fn read_token_file(path: &std::path::Path) -> Result<String, Error> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
         what: format!("reading the token file {}", path.display()),
         source,

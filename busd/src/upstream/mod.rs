@@ -65,10 +65,27 @@ struct Queue {
     bytes: usize,
 }
 
+/// What the upstream logs in with, read at start.
+#[derive(Default)]
+struct Secrets {
+    token: Option<String>,
+    password: Option<String>,
+    /// A credentials file's text (JWT and NKey seed).
+    creds: Option<String>,
+}
+
+/// Never printed.
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secrets(..)")
+    }
+}
+
 /// The upstream side of one daemon (see the module docs).
 #[derive(Debug)]
 pub struct Upstream {
     config: UpstreamConfig,
+    secrets: Secrets,
     node: String,
     /// `_BUSR.<node>.`: where replies to requests from here come back.
     own: String,
@@ -96,17 +113,38 @@ pub struct Upstream {
 
 impl Upstream {
     /// The upstream `config` names (`[upstream]`, `upstream_buffer`,
-    /// `upstream_settle`), if it names any server.
-    pub fn new(config: &crate::Config, node: &str) -> Option<Self> {
+    /// `upstream_settle`), if it names any server, with its secrets read:
+    /// a file that cannot be read is an error now, not a link that never
+    /// comes up.
+    pub fn new(config: &crate::Config, node: &str) -> Result<Option<Self>, crate::Error> {
         let (buffer_limit, settle) = (config.upstream_buffer, config.upstream_settle);
         let config = &config.upstream;
         if config.urls.is_empty() {
-            return None;
+            return Ok(None);
         }
+        let read = |p: &Option<std::path::PathBuf>| p.as_deref().map(crate::tcp::read_token_file).transpose();
+        let secrets = Secrets {
+            token: read(&config.token_file)?,
+            password: read(&config.password_file)?,
+            creds: match &config.creds_file {
+                None => None,
+                Some(path) => {
+                    let text = std::fs::read_to_string(path).map_err(|source| crate::Error::Io {
+                        what: format!("reading the NATS credentials file {}", path.display()),
+                        source,
+                    })?;
+                    async_nats::ConnectOptions::with_credentials(&text).map_err(|e| {
+                        crate::Error::Config(format!("the NATS credentials file {}: {e}", path.display()))
+                    })?;
+                    Some(text)
+                }
+            },
+        };
         let mut config = config.clone();
         config.import = mapping::without_covered(&config.import);
-        Some(Self {
+        Ok(Some(Self {
             config,
+            secrets,
             node: node.to_owned(),
             own: mapping::reply_root(node),
             buffer_limit,
@@ -123,7 +161,7 @@ impl Upstream {
             dropped: AtomicU64::new(0),
             subscriptions: AtomicU64::new(0),
             connects: AtomicU64::new(0),
-        })
+        }))
     }
 
     /// True while connected to a server.

@@ -48,28 +48,21 @@ pub fn start(state: &Arc<State>, tracker: &TaskTracker) {
     tracker.spawn(run(state.clone(), up));
 }
 
-/// The client's options from `[upstream]`.
-async fn options(
+/// The client's options from `[upstream]` and the secrets read at start.
+fn options(
     up: &Upstream,
     events: tokio::sync::mpsc::UnboundedSender<async_nats::Event>,
 ) -> Result<async_nats::ConnectOptions, String> {
-    let c = &up.config;
-    let first_line = |path: &std::path::Path| -> Result<String, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(text.lines().next().unwrap_or_default().trim().to_owned())
-    };
+    let (c, secrets) = (&up.config, &up.secrets);
     let mut o = async_nats::ConnectOptions::new();
-    if let Some(path) = &c.creds_file {
-        o = o
-            .credentials_file(path)
-            .await
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+    if let Some(creds) = &secrets.creds {
+        o = o.credentials(creds).map_err(|e| e.to_string())?;
     }
-    if let Some(path) = &c.token_file {
-        o = o.token(first_line(path)?);
+    if let Some(token) = &secrets.token {
+        o = o.token(token.clone());
     }
-    if let (Some(user), Some(path)) = (&c.user, &c.password_file) {
-        o = o.user_and_password(user.clone(), first_line(path)?);
+    if let (Some(user), Some(password)) = (&c.user, &secrets.password) {
+        o = o.user_and_password(user.clone(), password.clone());
     }
     if let Some(ca) = &c.ca {
         o = o.add_root_certificates(ca.clone());
@@ -94,7 +87,7 @@ async fn options(
 /// the interest task and follows the link's events until shutdown.
 async fn run(state: Arc<State>, up: Arc<Upstream>) {
     let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-    let client = match options(&up, tx).await {
+    let client = match options(&up, tx) {
         Ok(o) => o.connect(up.config.urls.clone()).await,
         Err(e) => {
             tracing::error!(error = %e, "upstream not started");
