@@ -773,12 +773,12 @@ fn unreadable_upstream_secrets_stop_the_daemon_at_start() {
     let mut c = busd::Config::with_socket(dir.path().join("busd.sock"));
     c.upstream.urls = vec!["nats://127.0.0.1:1".into()];
     c.upstream.token_file = Some(dir.path().join("missing"));
-    let e = busd::Daemon::start(c.clone()).err().expect("refused").to_string();
+    let e = busd::Daemon::start(c.clone()).expect_err("refused").to_string();
     assert!(e.contains("reading the token file"), "{e}");
     c.upstream.token_file = None;
     let creds = dir.path().join("bad.creds");
     std::fs::write(&creds, "not a credentials file\n").unwrap();
     c.upstream.creds_file = Some(creds);
-    let e = busd::Daemon::start(c).err().expect("refused").to_string();
+    let e = busd::Daemon::start(c).expect_err("refused").to_string();
     assert!(e.contains("credentials file"), "{e}");
 }
