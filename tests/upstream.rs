@@ -142,10 +142,13 @@ async fn hosts_share_one_bus_through_a_nats_cluster() {
     assert_eq!(sender.node, "host-a");
     assert_eq!(sender.uid, Some(nix::unistd::getuid().as_raw()));
 
-    let before = upstream_info(&cb).await;
-    assert_eq!(before.state, "up");
-    // replies, orders.*, orders.>, who.>, ping.b
-    assert_eq!(before.subscriptions, 5, "{before:?}");
+    // replies, orders.*, orders.>, who.>, ping.b (counted once the
+    // interest task's pass ends, just after the last one went out).
+    until("host-b's five upstream subscriptions", || async {
+        upstream_info(&cb).await.subscriptions == 5
+    })
+    .await;
+    assert_eq!(upstream_info(&cb).await.state, "up");
     let a_info = upstream_info(&ca).await;
     assert!(a_info.msgs_out >= 101, "{a_info:?}");
     assert_eq!(a_info.dropped, 0);
