@@ -227,6 +227,7 @@ async fn interest_loop(state: Arc<State>, up: Arc<Upstream>, client: async_nats:
         Ok(sub) => {
             let task = tokio::spawn(pump(state.clone(), up.clone(), replies.clone(), sub));
             current.insert(replies, task);
+            up.subscriptions.store(1, Relaxed);
         }
         Err(e) => tracing::error!(error = %e, "upstream: cannot subscribe to replies"),
     }
