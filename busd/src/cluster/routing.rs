@@ -184,7 +184,8 @@ impl Routing {
         let groups = m
             .groups
             .into_iter()
-            .map(|(g, mut nodes)| {
+            .map(|(g, nodes)| {
+                let mut nodes = nodes.to_vec();
                 nodes.sort_unstable();
                 nodes.dedup();
                 (g, nodes)

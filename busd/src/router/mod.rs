@@ -38,8 +38,9 @@ use sublist::Sublist;
 pub struct Routes<T> {
     /// Each gets the message.
     pub plain: Vec<T>,
-    /// One member of each group gets the message: (group name, members).
-    pub groups: Vec<(Box<str>, Vec<T>)>,
+    /// One member of each group gets the message: (group name, members,
+    /// shared with the trie: finding them copies none).
+    pub groups: Vec<(Box<str>, Arc<Vec<T>>)>,
     /// Round-robin position for choosing group members.
     next: AtomicUsize,
 }
@@ -529,6 +530,22 @@ mod tests {
     }
 
     #[test]
+    fn a_queue_group_is_found_without_copying_its_members() {
+        let router: Router<Sub> = Router::default();
+        for i in 0..1000 {
+            router.subscribe("jobs.*", Some("w"), (1, i));
+        }
+        let (a, b) = (router.lookup_uncached("jobs.x"), router.lookup_uncached("jobs.y"));
+        assert!(Arc::ptr_eq(&a.groups[0].1, &b.groups[0].1), "one list, shared");
+        // A change copies it once for the routes still holding the old one,
+        // which keep seeing it as it was.
+        router.unsubscribe([("jobs.*", Some("w"), (1, 0))]);
+        let c = router.lookup_uncached("jobs.x");
+        assert_eq!((a.groups[0].1.len(), c.groups[0].1.len()), (1000, 999));
+        assert!(!c.groups[0].1.contains(&(1, 0)));
+    }
+
+    #[test]
     fn a_full_cache_evicts_one_entry_at_a_time_and_keeps_answering() {
         let router: Router<Sub> = Router::default();
         router.subscribe("s.*", None, (1, 1));
@@ -635,7 +652,7 @@ mod tests {
                                 proptest::prop_assert_eq!(&got, &want, "subject {}", subject);
                                 let groups = |r: &Routes<Sub>| {
                                     let mut g: Vec<(String, Vec<Sub>)> =
-                                        r.groups.iter().map(|(n, m)| (n.to_string(), m.clone())).collect();
+                                        r.groups.iter().map(|(n, m)| (n.to_string(), m.to_vec())).collect();
                                     g.sort();
                                     g
                                 };

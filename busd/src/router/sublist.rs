@@ -4,14 +4,17 @@
 //! (the literal child, `*`, `>`), so its cost depends on the subject's depth and
 //! the number of *matching* subscriptions, not on how many exist.
 
-use std::{collections::HashMap, hash::Hash};
+use std::{collections::HashMap, hash::Hash, sync::Arc};
 
 /// Subscribers of one pattern (or one queue group of it). Past
 /// [`INDEX_FROM`] of them, an index finds the one to remove in O(1), so
 /// removing K subscriptions to one pattern costs O(K), not O(K²).
 #[derive(Debug)]
 struct Members<T> {
-    list: Vec<T>,
+    /// Shared with the routes found for a queue group, so finding them
+    /// never copies the members (a change copies them only while some
+    /// routes still hold the old list).
+    list: Arc<Vec<T>>,
     /// Where each is in `list` (built once it is long enough).
     at: Option<HashMap<T, usize, foldhash::fast::RandomState>>,
 }
@@ -22,7 +25,7 @@ const INDEX_FROM: usize = 32;
 impl<T> Default for Members<T> {
     fn default() -> Self {
         Self {
-            list: Vec::new(),
+            list: Arc::default(),
             at: None,
         }
     }
@@ -33,7 +36,7 @@ impl<T: Clone + Eq + Hash> Members<T> {
         if let Some(at) = &mut self.at {
             at.insert(item.clone(), self.list.len());
         }
-        self.list.push(item);
+        Arc::make_mut(&mut self.list).push(item);
         if self.at.is_none() && self.list.len() > INDEX_FROM {
             self.at = Some(
                 self.list
@@ -53,7 +56,7 @@ impl<T: Clone + Eq + Hash> Members<T> {
             // Not indexed (short, or a duplicate the index does not hold).
             _ => self.list.iter().position(|t| t == item)?,
         };
-        let removed = self.list.swap_remove(i);
+        let removed = Arc::make_mut(&mut self.list).swap_remove(i);
         if let Some(at) = &mut self.at {
             if at.get(&removed) == Some(&i) {
                 at.remove(&removed);
@@ -134,8 +137,9 @@ impl<T> Node<T> {
 pub struct Matches<T> {
     /// Each gets a copy.
     pub plain: Vec<T>,
-    /// One member of each group gets a copy.
-    pub groups: Vec<(Box<str>, Vec<T>)>,
+    /// One member of each group gets a copy (the members as the trie
+    /// holds them, shared).
+    pub groups: Vec<(Box<str>, Arc<Vec<T>>)>,
 }
 
 impl<T> Default for Matches<T> {
@@ -280,7 +284,7 @@ impl<T: Clone + Eq + Hash> Sublist<T> {
         }
         let Some(node) = node else { return out };
         match queue {
-            None => out.plain = node.plain.list.clone(),
+            None => out.plain = node.plain.list.to_vec(),
             Some(q) => out.groups.extend(
                 node.groups
                     .iter()
@@ -323,8 +327,9 @@ impl<T: Clone + Eq + Hash> Sublist<T> {
         out.plain.extend(node.plain.list.iter().cloned());
         for (name, members) in &node.groups {
             match out.groups.iter_mut().find(|(n, _)| n == name) {
-                Some((_, all)) => all.extend(members.list.iter().cloned()),
-                None => out.groups.push((name.clone(), members.list.clone())),
+                // A group spread over several patterns: merged in a copy.
+                Some((_, all)) => Arc::make_mut(all).extend(members.list.iter().cloned()),
+                None => out.groups.push((name.clone(), Arc::clone(&members.list))),
             }
         }
     }
@@ -354,7 +359,7 @@ mod tests {
         assert_eq!(l.exact("a.>", None).plain, [2]);
         let g = l.exact("a.*", Some("g"));
         assert!(g.plain.is_empty());
-        assert_eq!(g.groups, [("g".into(), vec![3])]);
+        assert_eq!(g.groups, [("g".into(), Arc::new(vec![3]))]);
         assert!(l.exact("a", None).is_empty());
         assert!(l.exact("a.c", None).is_empty());
         assert!(l.exact("x.>", None).is_empty());
@@ -448,7 +453,7 @@ mod tests {
                 .collect();
             want.sort_unstable();
             assert_eq!(plain, want, "round {round}");
-            let mut members = m.groups.iter().flat_map(|(_, v)| v.clone()).collect::<Vec<_>>();
+            let mut members = m.groups.iter().flat_map(|(_, v)| v.to_vec()).collect::<Vec<_>>();
             members.sort_unstable();
             let mut want: Vec<u32> = model
                 .iter()
@@ -517,7 +522,7 @@ mod tests {
                     .groups
                     .iter()
                     .map(|(g, v)| {
-                        let mut v = v.clone();
+                        let mut v = v.to_vec();
                         v.sort_unstable();
                         (g.to_string(), v)
                     })
