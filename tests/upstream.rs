@@ -54,12 +54,17 @@ async fn echo(bus: &Bus, subject: &str) -> tokio::task::JoinHandle<()> {
     })
 }
 
+/// The next message's payload, decoded (within the test's bound).
+async fn next_value<T: serde::de::DeserializeOwned>(sub: &mut Subscription, what: &str) -> T {
+    let m = within(what, sub.next()).await.expect("subscription open");
+    m.decode().expect("a numbered payload")
+}
+
 /// Receives exactly `n` messages numbered 0..n (in order), then checks that
 /// nothing more arrives.
 async fn expect_in_order(sub: &mut Subscription, n: u64, who: &str) {
     for i in 0..n {
-        let m = within(who, sub.next()).await.expect("open");
-        assert_eq!(m.decode::<u64>().unwrap(), i, "{who}: in order, once each");
+        assert_eq!(next_value::<u64>(sub, who).await, i, "{who}: in order, once each");
     }
     let extra = tokio::time::timeout(Duration::from_millis(300), sub.next()).await;
     assert!(extra.is_err(), "{who}: a duplicate arrived");
@@ -360,8 +365,7 @@ async fn an_outage_holds_messages_in_order_counts_drops_and_restores_subscriptio
 
     publish_numbered(&ca, "orders.new", 10).await;
     for i in 0..10u64 {
-        let m = within("before the outage", remote.next()).await.unwrap();
-        assert_eq!(m.decode::<u64>().unwrap(), i);
+        assert_eq!(next_value::<u64>(&mut remote, "before the outage").await, i);
     }
 
     // The server dies; host-a may not reach it again until host-b has.
@@ -380,17 +384,10 @@ async fn an_outage_holds_messages_in_order_counts_drops_and_restores_subscriptio
     ca.flush().await.unwrap();
     // Local traffic is untouched.
     for i in 0..10u64 {
-        assert_eq!(
-            within("local", local.next())
-                .await
-                .unwrap()
-                .decode::<u64>()
-                .unwrap(),
-            i
-        );
+        assert_eq!(next_value::<u64>(&mut local, "local").await, i);
     }
     for i in 10..110u64 {
-        let (seq, _): (u64, [u8; 32]) = within("local", local.next()).await.unwrap().decode().unwrap();
+        let (seq, _): (u64, [u8; 32]) = next_value(&mut local, "local").await;
         assert_eq!(seq, i);
     }
     let held = upstream_info(&ca).await;
@@ -425,11 +422,7 @@ async fn an_outage_holds_messages_in_order_counts_drops_and_restores_subscriptio
 
     // What was held arrives, oldest first; what did not fit never does.
     for i in 10..10 + kept {
-        let (seq, _): (u64, [u8; 32]) = within("held messages", remote.next())
-            .await
-            .unwrap()
-            .decode()
-            .unwrap();
+        let (seq, _): (u64, [u8; 32]) = next_value(&mut remote, "held messages").await;
         assert_eq!(seq, i, "in order, the oldest kept");
     }
     publish_numbered(&ca, "orders.after", 3).await;
@@ -568,14 +561,7 @@ async fn kill_9_of_a_cluster_node_while_traffic_flows_loses_nothing_published_af
     cluster[victim].restart();
     publish_numbered(&ca, "ticks", 5).await;
     for i in 0..5u64 {
-        assert_eq!(
-            within("after restart", sub.next())
-                .await
-                .unwrap()
-                .decode::<u64>()
-                .unwrap(),
-            i
-        );
+        assert_eq!(next_value::<u64>(&mut sub, "after restart").await, i);
     }
     ping.abort();
 }

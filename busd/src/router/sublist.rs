@@ -444,24 +444,22 @@ mod tests {
                 assert_eq!(list.remove("jobs.*", q, &item), Some(item));
             }
             let m = list.matches("jobs.x");
-            let mut plain = m.plain.clone();
-            plain.sort_unstable();
-            let mut want: Vec<u32> = model
-                .iter()
-                .filter(|(q, _)| q.is_none())
-                .map(|(_, i)| *i)
-                .collect();
-            want.sort_unstable();
-            assert_eq!(plain, want, "round {round}");
-            let mut members = m.groups.iter().flat_map(|(_, v)| v.to_vec()).collect::<Vec<_>>();
-            members.sort_unstable();
-            let mut want: Vec<u32> = model
-                .iter()
-                .filter(|(q, _)| q.is_some())
-                .map(|(_, i)| *i)
-                .collect();
-            want.sort_unstable();
-            assert_eq!(members, want, "round {round}");
+            let sorted = |mut v: Vec<u32>| {
+                v.sort_unstable();
+                v
+            };
+            let want = |grouped: bool| {
+                sorted(
+                    model
+                        .iter()
+                        .filter(|(q, _)| q.is_some() == grouped)
+                        .map(|(_, i)| *i)
+                        .collect(),
+                )
+            };
+            assert_eq!(sorted(m.plain.clone()), want(false), "round {round}");
+            let members = m.groups.iter().flat_map(|(_, v)| v.to_vec()).collect();
+            assert_eq!(sorted(members), want(true), "round {round}");
             assert_eq!(list.len(), model.len());
         }
         for (q, item) in model.drain(..) {
