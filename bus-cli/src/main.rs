@@ -119,6 +119,11 @@ enum Command {
         /// backoff) instead of failing.
         #[arg(long)]
         wait: bool,
+        /// Lossless: when this subscriber falls behind, the daemon holds
+        /// its publishers back instead of dropping messages (for at most
+        /// its `max_stall`).
+        #[arg(long)]
+        lossless: bool,
     },
     /// Send a request and print the reply.
     Request {
@@ -200,6 +205,13 @@ enum Command {
     /// Starts its own daemon in-process unless --address is given.
     #[cfg(feature = "bench")]
     Bench(bench::BenchArgs),
+    /// One process of `bench --processes` (started by the bench).
+    #[cfg(feature = "bench")]
+    #[command(hide = true)]
+    BenchWorker {
+        /// What to do, as JSON.
+        spec: String,
+    },
     /// Daemon version, uptime, socket, totals and limits.
     Info {
         /// Print the record as JSON.
@@ -260,6 +272,10 @@ async fn run(cli: Cli) -> libbus::Result<()> {
         _ => {}
     }
     #[cfg(feature = "bench")]
+    #[cfg(feature = "bench")]
+    if let Command::BenchWorker { spec } = &cli.command {
+        return bench::procs::worker(spec).await;
+    }
     if let Command::Bench(args) = cli.command {
         let address = cli.address.map(|a| a.parse()).transpose()?;
         return bench::run(args, address).await;
@@ -342,6 +358,7 @@ async fn run(cli: Cli) -> libbus::Result<()> {
             timestamps,
             count,
             wait: _,
+            lossless,
         } => {
             let format = pubsub::Format {
                 headers,
@@ -349,7 +366,18 @@ async fn run(cli: Cli) -> libbus::Result<()> {
                 json,
                 timestamps,
             };
-            pubsub::sub(&bus, &pattern, queue.as_deref(), format, count).await
+            let mut opts = libbus::SubscribeOptions::new();
+            if let Some(q) = queue {
+                opts = opts.queue(q);
+            }
+            if json {
+                // JSON records say who sent each message.
+                opts = opts.with_sender();
+            }
+            if lossless {
+                opts = opts.lossless();
+            }
+            pubsub::sub(&bus, &pattern, opts, format, count).await
         }
         Command::Reply {
             subject,
@@ -406,7 +434,7 @@ async fn run(cli: Cli) -> libbus::Result<()> {
         Command::Kick { id } => info::kick(&bus, id).await,
         // Handled above, without a connection of their own.
         #[cfg(feature = "bench")]
-        Command::Bench(_) => Ok(()),
+        Command::Bench(_) | Command::BenchWorker { .. } => Ok(()),
         Command::Completions { .. } | Command::Manpage => Ok(()),
     };
     let closed = bus.close().await;

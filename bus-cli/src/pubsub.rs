@@ -278,17 +278,12 @@ async fn run_command(cmd: &str, input: &[u8]) -> Result<Vec<u8>, (u32, String)> 
 pub async fn sub(
     bus: &Bus,
     pattern: &str,
-    queue: Option<&str>,
+    opts: libbus::SubscribeOptions,
     format: Format,
     count: Option<u64>,
 ) -> libbus::Result<()> {
     let mut events = bus.events();
-    let mut sub = match queue {
-        Some(q) => bus.queue_subscribe(pattern, q).await?,
-        // JSON records say who sent each message.
-        None if format.json => bus.subscribe_with_sender(pattern).await?,
-        None => bus.subscribe(pattern).await?,
-    };
+    let mut sub = bus.subscribe_with(pattern, opts).await?;
     report_link_changes(bus);
     let mut seen = 0;
     while count.is_none_or(|n| seen < n) {

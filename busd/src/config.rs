@@ -119,6 +119,11 @@ pub struct Config {
     /// `shutdown_grace`: how long connections may flush on shutdown or close. Default 2 s.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// `max_stall`: longest a lossless subscriber may hold a publisher back
+    /// (its queue full, the publisher unread); then it is disconnected as
+    /// a slow consumer and the publisher goes on. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub max_stall: Duration,
     /// `allow_uid`: Unix users allowed to connect besides the daemon's own
     /// user and root. Default: none.
     pub allow_uid: Vec<u32>,
@@ -388,6 +393,7 @@ impl Default for Config {
             max_subject_len: 1024,
             max_subject_tokens: 64,
             shutdown_grace: Duration::from_secs(2),
+            max_stall: Duration::from_secs(5),
             allow_uid: Vec::new(),
             allow_gid: Vec::new(),
             tcp: None,
@@ -543,8 +549,8 @@ impl Config {
                 self.socket_mode
             ));
         }
-        if self.ping_interval.is_zero() || self.handshake_timeout.is_zero() {
-            return Err("ping_interval and handshake_timeout must be greater than zero".into());
+        if self.ping_interval.is_zero() || self.handshake_timeout.is_zero() || self.max_stall.is_zero() {
+            return Err("ping_interval, handshake_timeout and max_stall must be greater than zero".into());
         }
         if self.link_ping_interval.is_zero() || self.link_timeout < self.link_ping_interval {
             return Err(format!(
@@ -629,6 +635,7 @@ impl Config {
             ("handshake_timeout_ms".into(), ms(self.handshake_timeout)),
             ("ping_interval_ms".into(), ms(self.ping_interval)),
             ("shutdown_grace_ms".into(), ms(self.shutdown_grace)),
+            ("max_stall_ms".into(), ms(self.max_stall)),
             ("bridge_buffer".into(), self.bridge_buffer as u64),
             ("bridge_hold_ms".into(), ms(self.bridge_hold)),
             ("link_ping_interval_ms".into(), ms(self.link_ping_interval)),

@@ -21,7 +21,7 @@ use libbus::{
     proto::{
         self,
         api::{CloseReason, Peer, SubInfo},
-        ClientFrame, ErrorCode, ServerFrame,
+        sub_flags, ClientFrame, ErrorCode, ServerFrame,
     },
     subject,
     transport::{Reader, Writer},
@@ -33,11 +33,11 @@ use crate::{
     access::{self, Verdict},
     acl::Action,
     api, cluster, control,
-    deliver::{Deliveries, RouteCache, Routes, Target},
+    deliver::{Deliveries, Held, RouteCache, Routes, Target},
     inflight::Inflight,
     outbox::{Frames, Outbox, PubFrame},
     policy::Ticket,
-    registry::{lock, Conn, Stats},
+    registry::{lock, Conn, Kicked, Stats},
     service,
     state::State,
 };
@@ -389,6 +389,7 @@ fn frame_name(f: &ClientFrame<'_>) -> &'static str {
         ClientFrame::Pong => "Pong",
         ClientFrame::HPub(_) => "HPub",
         ClientFrame::SubWith(_) => "SubWith",
+        ClientFrame::SubFlags(_) => "SubFlags",
         ClientFrame::RequestName(_) => "RequestName",
         ClientFrame::ReleaseName { .. } => "ReleaseName",
         ClientFrame::Call(_) => "Call",
@@ -425,9 +426,17 @@ async fn read_loop(state: &State, conn: &Arc<Conn>, frames: &mut Incoming) -> Fa
         tokio::time::interval_at(tokio::time::Instant::now() + cfg.ping_interval, cfg.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut missed = 0u32;
+    let mut held = Held::default();
     let shutdown = state.shutdown.cancelled();
     tokio::pin!(shutdown);
     loop {
+        if !held.is_empty() {
+            if let Err(f) = hold_back(state, conn, &mut held, shutdown.as_mut()).await {
+                return f;
+            }
+            // Its pongs were not read meanwhile.
+            missed = 0;
+        }
         tokio::select! {
             biased;
             read = frames.read_frames() => match read {
@@ -435,7 +444,7 @@ async fn read_loop(state: &State, conn: &Arc<Conn>, frames: &mut Incoming) -> Fa
                     missed = 0;
                     let now = state.clock.now_ms();
                     conn.stats.last_read_ms.store(now, Relaxed);
-                    match handle_frames(state, conn, &chunk, &mut cache) {
+                    match handle_frames(state, conn, &chunk, &mut cache, &mut held) {
                         Ok(true) => conn.stats.last_activity_ms.store(now, Relaxed),
                         Ok(false) => {}
                         Err(f) => return f,
@@ -448,11 +457,7 @@ async fn read_loop(state: &State, conn: &Arc<Conn>, frames: &mut Incoming) -> Fa
                 }
             },
             _ = &mut shutdown => return Fatal(CloseReason::Shutdown),
-            by = conn.kick.requested() => {
-                let message = format!("connection closed by an administrator (request from connection {by})");
-                conn.outbox.push_frame(&control::error(ErrorCode::Kicked, &message));
-                return Fatal(CloseReason::Kicked { by });
-            }
+            kick = conn.kick.requested() => return kicked(conn, kick),
             _ = ping.tick() => {
                 let idle_ms = state.clock.now_ms().saturating_sub(conn.stats.last_read_ms.load(Relaxed));
                 if u128::from(idle_ms) + 50 < cfg.ping_interval.as_millis() {
@@ -482,15 +487,71 @@ async fn read_loop(state: &State, conn: &Arc<Conn>, frames: &mut Incoming) -> Fa
     }
 }
 
+/// Ends the connection as `kick` asked.
+fn kicked(conn: &Conn, kick: Kicked) -> Fatal {
+    match kick {
+        Kicked::Admin { by } => {
+            let message = format!("connection closed by an administrator (request from connection {by})");
+            conn.outbox
+                .push_frame(&control::error(ErrorCode::Kicked, &message));
+            Fatal(CloseReason::Kicked { by })
+        }
+        Kicked::Stalled { publisher, stall } => {
+            let message = format!(
+                "slow consumer: a lossless subscription held connection {publisher} back longer than max_stall ({stall:?})"
+            );
+            conn.outbox
+                .push_frame(&control::error(ErrorCode::SlowConsumer, &message));
+            Fatal(CloseReason::SlowConsumer)
+        }
+    }
+}
+
+/// Holds `conn`, a publisher, back until every connection in `held` (its
+/// lossless subscribers with full queues) has room again: it is not read
+/// meanwhile, so its socket fills and its `publish` waits. One that is
+/// still full after `max_stall` is disconnected as a slow consumer, and the
+/// publisher goes on. A kick or shutdown ends the wait (and the
+/// connection).
+async fn hold_back(
+    state: &State,
+    conn: &Arc<Conn>,
+    held: &mut Held,
+    mut shutdown: std::pin::Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
+) -> Result<(), Fatal> {
+    let stall = state.config().max_stall;
+    let deadline = tokio::time::Instant::now() + stall;
+    for sub in held.drain() {
+        if sub.outbox.has_room() {
+            continue;
+        }
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => return Err(Fatal(CloseReason::Shutdown)),
+            kick = conn.kick.requested() => return Err(kicked(conn, kick)),
+            () = sub.outbox.room() => {}
+            () = tokio::time::sleep_until(deadline) => {
+                state.policy.refused.count("max_stall");
+                tracing::info!(id = sub.id, publisher = conn.id, ?stall, "lossless subscriber stalled a publisher: disconnecting it");
+                sub.outbox.give_up();
+                sub.kick.stalled(conn.id, stall);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Handles the whole frames of one read, in place. Publishes are delivered
 /// together once the frames are handled (or before the first frame of
 /// another kind); those accepted before a fatal frame are still delivered.
-/// True if any was an application frame (not a ping or pong).
+/// True if any was an application frame (not a ping or pong). Lossless
+/// subscribers whose queues the publishes filled are left in `held`.
 fn handle_frames(
     state: &State,
     conn: &Arc<Conn>,
     chunk: &Bytes,
     cache: &mut RouteCache,
+    held: &mut Held,
 ) -> Result<bool, Fatal> {
     let mut pending = Pending {
         deliveries: Deliveries::in_read(chunk, state.config().max_frame),
@@ -507,6 +568,7 @@ fn handle_frames(
         }
     }
     pending.settle(&conn.stats);
+    *held = std::mem::take(&mut pending.deliveries.held);
     result.map(|()| pending.app)
 }
 
@@ -628,14 +690,22 @@ fn decoded_frame<'a>(
             };
             publish_with_headers(state, conn, frame, p, cache, pending)
         }
-        ClientFrame::Sub(s) => subscribe(state, conn, s, false),
+        ClientFrame::Sub(s) => subscribe(state, conn, s, 0),
         ClientFrame::SubWith(s) => {
             let sub = proto::Sub {
                 sid: s.sid,
                 pattern: s.pattern,
                 queue: s.queue,
             };
-            subscribe(state, conn, sub, s.sender)
+            subscribe(state, conn, sub, if s.sender { sub_flags::SENDER } else { 0 })
+        }
+        ClientFrame::SubFlags(s) => {
+            let sub = proto::Sub {
+                sid: s.sid,
+                pattern: s.pattern,
+                queue: s.queue,
+            };
+            subscribe(state, conn, sub, s.flags)
         }
         ClientFrame::Unsub { sid } => {
             if let Some(sub) = lock(&conn.subs).remove(&sid) {
@@ -928,13 +998,13 @@ fn route_request<'a>(
     } else {
         pending.settle(&conn.stats);
         let req = Inflight::new(reply_to, conn);
-        routes.deliver_request(msg, &req, state.config().max_replies_per_connection);
+        let max_owed = state.config().max_replies_per_connection;
+        routes.deliver_request(msg, &req, max_owed, &mut pending.deliveries.held);
     }
 }
 
-/// Subscribes `conn` as `s` asks; `sender`: each message comes with its
-/// sender.
-fn subscribe(state: &State, conn: &Arc<Conn>, s: proto::Sub<'_>, sender: bool) -> Result<(), Fatal> {
+/// Subscribes `conn` as `s` asks, with [`sub_flags`] `flags`.
+fn subscribe(state: &State, conn: &Arc<Conn>, s: proto::Sub<'_>, flags: u32) -> Result<(), Fatal> {
     if let Err(e) = subject::validate_pattern(s.pattern) {
         return Err(fatal(conn, ErrorCode::InvalidSubject, e.to_string()));
     }
@@ -955,6 +1025,12 @@ fn subscribe(state: &State, conn: &Arc<Conn>, s: proto::Sub<'_>, sender: bool) -
         }));
         Ok(())
     };
+    if flags & !sub_flags::KNOWN != 0 {
+        return refuse(
+            ErrorCode::Protocol,
+            format!("unknown subscription flags {:#x}", flags & !sub_flags::KNOWN),
+        );
+    }
     if let Err(message) = subject_limits(state, "pattern", s.pattern) {
         return refuse(ErrorCode::LimitExceeded, message);
     }
@@ -1002,7 +1078,9 @@ fn subscribe(state: &State, conn: &Arc<Conn>, s: proto::Sub<'_>, sender: bool) -
             queue: s.queue.map(Into::into),
         },
     );
-    let target = Target::new(conn, s.sid).with_sender(sender);
+    let target = Target::new(conn, s.sid)
+        .with_sender(flags & sub_flags::SENDER != 0)
+        .lossless(flags & sub_flags::LOSSLESS != 0);
     state.router.subscribe(s.pattern, s.queue, target);
     state.interest_changed();
     Ok(())

@@ -28,6 +28,9 @@ pub struct Target {
     pub sid: u64,
     /// It gets each message with its sender (`SMsg`).
     pub sender: bool,
+    /// Lossless: a local publisher is held back rather than the message
+    /// dropped when its queue is full.
+    pub lossless: bool,
 }
 
 impl Target {
@@ -37,6 +40,7 @@ impl Target {
             conn: conn.clone(),
             sid,
             sender: false,
+            lossless: false,
         }
     }
 
@@ -46,9 +50,28 @@ impl Target {
         self
     }
 
+    /// The same subscription, lossless if `lossless`.
+    pub fn lossless(mut self, lossless: bool) -> Self {
+        self.lossless = lossless;
+        self
+    }
+
     /// Queues `msg` for it unless its queue is full (false).
     fn push(&self, msg: PubFrame<'_>) -> bool {
         self.conn.outbox.try_push(self.sid, self.sender, msg)
+    }
+
+    /// What to do with `msg` when its queue is full: a lossless
+    /// subscription takes it all the same, and its connection joins `held`
+    /// (when the sender can be held back); any other counts a drop.
+    fn full(&self, msg: PubFrame<'_>, held: Option<&mut Held>) {
+        match held {
+            Some(held) if self.lossless => {
+                self.conn.outbox.push_over(self.sid, self.sender, msg);
+                held.add(&self.conn);
+            }
+            _ => self.conn.outbox.record_drop(self.sid),
+        }
     }
 }
 
@@ -78,20 +101,27 @@ impl Routes {
     /// Queues `msg` for every plain subscriber and one member per group. A
     /// subscriber whose queue is full gets a drop counted instead; within a
     /// group, the next member with room is tried first. Never waits.
+    ///
+    /// For senders that cannot be held back (bridges, the NATS upstream,
+    /// the daemon's own events): lossless subscriptions are treated as
+    /// plain ones.
     pub fn deliver(&self, msg: PubFrame<'_>) {
         self.deliver_filtered(msg, |_| true);
     }
 
-    /// [`deliver`](Self::deliver) for consecutive messages: each plain
-    /// subscriber's queue is locked once for all of them, and gets them as
-    /// one `Run` frame if they lie together in one read (`run`).
-    fn deliver_run(&self, msgs: &[PubFrame<'_>], run: Option<&RunSpan<'_>>) {
+    /// [`deliver`](Self::deliver) for consecutive messages from a local
+    /// publisher: each plain subscriber's queue is locked once for all of
+    /// them, and gets them as one `Run` frame if they lie together in one
+    /// read (`run`). Lossless subscribers with full queues join `held`.
+    fn deliver_run(&self, msgs: &[PubFrame<'_>], run: Option<&RunSpan<'_>>, held: &mut Held) {
         for t in &self.plain {
-            t.conn.outbox.push_many(t.sid, t.sender, msgs, run);
+            if t.conn.outbox.push_many(t.sid, (t.sender, t.lossless), msgs, run) {
+                held.add(&t.conn);
+            }
         }
         if !self.groups.is_empty() {
             for msg in msgs {
-                self.deliver_groups(*msg, |_| true);
+                self.deliver_groups(*msg, |_| true, Some(held));
             }
         }
     }
@@ -104,11 +134,17 @@ impl Routes {
                 t.conn.outbox.record_drop(t.sid);
             }
         }
-        self.deliver_groups(msg, group_here);
+        self.deliver_groups(msg, group_here, None);
     }
 
-    /// Queues `msg` for one member of each group `group_here` accepts.
-    fn deliver_groups(&self, msg: PubFrame<'_>, group_here: impl Fn(&str) -> bool) {
+    /// Queues `msg` for one member of each group `group_here` accepts; when
+    /// none has room, the turn's member takes it as [`Target::full`] says.
+    fn deliver_groups(
+        &self,
+        msg: PubFrame<'_>,
+        group_here: impl Fn(&str) -> bool,
+        mut held: Option<&mut Held>,
+    ) {
         for (group, members) in &self.groups {
             if !group_here(group) {
                 continue;
@@ -120,10 +156,34 @@ impl Routes {
                 t.push(msg)
             });
             if !taken {
-                let t = &members[start];
-                t.conn.outbox.record_drop(t.sid);
+                members[start].full(msg, held.as_deref_mut());
             }
         }
+    }
+}
+
+/// Connections a local publisher's messages went to over their bound
+/// (lossless subscriptions): the publisher is not read again until each
+/// has room.
+#[derive(Debug, Default)]
+pub struct Held(Vec<Arc<Conn>>);
+
+impl Held {
+    /// Adds `conn`, once.
+    fn add(&mut self, conn: &Arc<Conn>) {
+        if !self.0.iter().any(|c| Arc::ptr_eq(c, conn)) {
+            self.0.push(conn.clone());
+        }
+    }
+
+    /// None.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Takes them all.
+    pub fn drain(&mut self) -> impl Iterator<Item = Arc<Conn>> + '_ {
+        self.0.drain(..)
     }
 }
 
@@ -153,10 +213,19 @@ impl Routes {
     /// every connection that got it, and chooses group members by the
     /// replies they owe (`REQUEST_CHOICES`). `max_owed` is
     /// `max_replies_per_connection`.
-    pub fn deliver_request(&self, msg: PubFrame<'_>, req: &Arc<Inflight<Conn>>, max_owed: usize) {
+    pub fn deliver_request(
+        &self,
+        msg: PubFrame<'_>,
+        req: &Arc<Inflight<Conn>>,
+        max_owed: usize,
+        held: &mut Held,
+    ) {
         let mut delivered = Delivered::default();
         for t in &self.plain {
             if t.push(msg) {
+                delivered.add(t.conn.owed.owe(req, max_owed));
+            } else if t.lossless {
+                t.full(msg, Some(&mut *held));
                 delivered.add(t.conn.owed.owe(req, max_owed));
             } else {
                 t.conn.outbox.record_drop(t.sid);
@@ -173,6 +242,11 @@ impl Routes {
             let taken = order.map(|i| &members[(start + i) % n]).find(|t| t.push(msg));
             match taken {
                 Some(t) => delivered.add(t.conn.owed.owe(req, max_owed)),
+                None if members[start].lossless => {
+                    let t = &members[start];
+                    t.full(msg, Some(&mut *held));
+                    delivered.add(t.conn.owed.owe(req, max_owed));
+                }
                 None => members[start].conn.outbox.record_drop(members[start].sid),
             }
         }
@@ -217,6 +291,8 @@ pub struct Deliveries<'a> {
     runs: Vec<Run>,
     /// The messages, in order.
     msgs: Vec<PubFrame<'a>>,
+    /// Lossless subscribers whose queues they filled.
+    pub held: Held,
 }
 
 /// Consecutive messages with the same routes, back to back in the read.
@@ -251,6 +327,7 @@ impl<'a> Deliveries<'a> {
             max_run: RUN_MAX.min(max_frame as usize),
             runs: Vec::new(),
             msgs: Vec::new(),
+            held: Held::default(),
         }
     }
 
@@ -288,7 +365,7 @@ impl<'a> Deliveries<'a> {
         for run in self.runs.drain(..) {
             let (msgs, after) = rest.split_at(run.len);
             let span = span(self.read, msgs, run.routes.plain.len() > 1, run.headers);
-            run.routes.deliver_run(msgs, span.as_ref());
+            run.routes.deliver_run(msgs, span.as_ref(), &mut self.held);
             rest = after;
         }
         self.msgs.clear();

@@ -51,7 +51,9 @@
 //!    records it in each responder's [`Owed`](inflight::Owed).)
 //! 4. `outbox.rs` [`Outbox::push_many`](outbox::Outbox::push_many) appends
 //!    to each subscriber's bounded queue (a `Run` of the `Pub` frames as they
-//!    came, or a `Msg` per message), never waiting.
+//!    came, or a `Msg` per message), never waiting. (A lossless
+//!    subscription's full queue takes it over the bound; `conn.rs`
+//!    `hold_back` then reads no more from the publisher until it has room.)
 //! 5. That connection's `conn.rs` `write_loop` takes the whole queue
 //!    ([`Outbox::take`](outbox::Outbox::take)) and writes it, vectored.
 

@@ -116,6 +116,10 @@ struct Args {
     /// How long connections may flush on shutdown [default: 2s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     shutdown_grace: Option<Duration>,
+    /// Longest a lossless subscriber may hold a publisher back before it is
+    /// disconnected as a slow consumer [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    max_stall: Option<Duration>,
     /// Also let this Unix user connect (repeatable; the daemon's user and root always may).
     #[arg(long, value_name = "UID")]
     allow_uid: Vec<u32>,
@@ -248,6 +252,7 @@ impl Args {
         set(&mut c.max_subject_len, self.max_subject_len);
         set(&mut c.max_subject_tokens, self.max_subject_tokens);
         set(&mut c.shutdown_grace, self.shutdown_grace);
+        set(&mut c.max_stall, self.max_stall);
         c.allow_uid.extend(self.allow_uid);
         c.allow_gid.extend(self.allow_gid);
         set(&mut c.tcp, self.tcp.map(Some));

@@ -388,6 +388,10 @@ struct State {
     dropped_total: u64,
     /// No more items are accepted; the writer exits once drained.
     closed: bool,
+    /// Messages for a lossless subscription went in over `max_pending`
+    /// (their publishers are held back until it drains): control frames
+    /// are taken whatever the queue holds until then.
+    over: bool,
 }
 
 impl State {
@@ -396,14 +400,15 @@ impl State {
     }
 
     /// Queues `msg` for `sid` (after any unreported loss of `sid`) if it fits
-    /// under `max_pending`; false if it does not.
+    /// under `max_pending` (`None`: it goes in regardless, for a lossless
+    /// subscription); false if it does not.
     /// `headers`: the peer reads headers; `sender`: the subscription gets
     /// senders (`SMsg`, protocol 4, so headers too).
     fn push_msg(
         &mut self,
         sid: u64,
         msg: PubFrame<'_>,
-        max_pending: usize,
+        max_pending: Option<usize>,
         headers: bool,
         sender: bool,
         budget: Option<&Budget>,
@@ -413,9 +418,10 @@ impl State {
         } else {
             msg.cost(sid, headers)
         };
-        if self.pending() + cost > max_pending || !self.charge(budget, cost) {
+        if !self.admit(cost, max_pending, budget) {
             return false;
         }
+        self.over |= max_pending.is_none();
         self.report_lag(sid);
         self.frames.append(cost, |buf| {
             if sender {
@@ -433,7 +439,7 @@ impl State {
     /// loss of `sid`) if it fits under `max_pending`; false if it does not.
     fn push_run(&mut self, sid: u64, run: &RunSpan<'_>, max_pending: usize, budget: Option<&Budget>) -> bool {
         let cost = run.cost(sid);
-        if self.pending() + cost > max_pending || !self.charge(budget, cost) {
+        if !self.admit(cost, Some(max_pending), budget) {
             return false;
         }
         self.report_lag(sid);
@@ -454,14 +460,19 @@ impl State {
         true
     }
 
-    /// Charges `cost` more message bytes to `budget`, if it has room.
-    fn charge(&mut self, budget: Option<&Budget>, cost: usize) -> bool {
-        let Some(b) = budget else { return true };
-        if !b.fits(cost) {
-            return false;
+    /// Whether `cost` more bytes fit under `max_pending` and the budget, and
+    /// if so charges them to the budget. `None`: they go in regardless
+    /// (lossless), charged all the same.
+    fn admit(&mut self, cost: usize, max_pending: Option<usize>, budget: Option<&Budget>) -> bool {
+        if let Some(max) = max_pending {
+            if self.pending() + cost > max || budget.is_some_and(|b| !b.fits(cost)) {
+                return false;
+            }
         }
-        b.pending.fetch_add(cost, Relaxed);
-        self.charged += cost;
+        if let Some(b) = budget {
+            b.pending.fetch_add(cost, Relaxed);
+            self.charged += cost;
+        }
         true
     }
 
@@ -509,6 +520,14 @@ impl State {
 pub struct Outbox {
     state: Mutex<State>,
     ready: Notify,
+    /// Wakes publishers held back by a lossless subscription here once the
+    /// queue has drained to half of `max_pending` ([`room`](Self::room)).
+    room: Notify,
+    /// Publishers waiting on `room`: only then does a write wake anyone.
+    held: AtomicUsize,
+    /// A publisher was held back here longer than `max_stall`: this peer is
+    /// being disconnected, and nobody waits for it any more.
+    given_up: std::sync::atomic::AtomicBool,
     max_pending: usize,
     /// The peer reads `Run` frames (protocol version 3).
     runs: bool,
@@ -526,6 +545,9 @@ impl Outbox {
         Self {
             state: Mutex::new(State::default()),
             ready: Notify::new(),
+            room: Notify::new(),
+            held: AtomicUsize::new(0),
+            given_up: Default::default(),
             max_pending,
             runs,
             headers: false,
@@ -566,7 +588,7 @@ impl Outbox {
         let fits = st.push_msg(
             sid,
             msg,
-            self.max_pending,
+            Some(self.max_pending),
             self.headers,
             sender,
             self.budget.as_deref(),
@@ -578,17 +600,43 @@ impl Outbox {
         fits
     }
 
-    /// [`try_push`](Self::try_push) for consecutive messages to `sid` under
-    /// one lock: as one `Run` frame if they lie together in one read (`run`)
-    /// and the peer reads runs and the whole run fits; otherwise one by one,
-    /// and those that do not fit are counted as dropped.
-    /// `sender`: the subscription gets each message with its sender (then
-    /// never as a `Run`).
-    pub fn push_many(&self, sid: u64, sender: bool, msgs: &[PubFrame<'_>], run: Option<&RunSpan<'_>>) {
+    /// Queues a delivery for a lossless subscription whether or not it
+    /// fits: the caller then holds its publisher back until there is
+    /// [`room`](Self::room).
+    pub fn push_over(&self, sid: u64, sender: bool, msg: PubFrame<'_>) {
         let mut st = self.lock();
         if st.closed {
             return;
         }
+        let was_empty = st.frames.is_empty();
+        st.push_msg(sid, msg, None, self.headers, sender, self.budget.as_deref());
+        drop(st);
+        if was_empty {
+            self.ready.notify_one();
+        }
+    }
+
+    /// [`try_push`](Self::try_push) for consecutive messages to `sid` under
+    /// one lock: as one `Run` frame if they lie together in one read (`run`)
+    /// and the peer reads runs and the whole run fits; otherwise one by one,
+    /// and those that do not fit are counted as dropped, or, for a
+    /// `lossless` subscription, queued all the same.
+    /// `sender`: the subscription gets each message with its sender (then
+    /// never as a `Run`). True if anything went in over the bound (the
+    /// caller then holds its publisher back until there is
+    /// [`room`](Self::room)).
+    pub fn push_many(
+        &self,
+        sid: u64,
+        (sender, lossless): (bool, bool),
+        msgs: &[PubFrame<'_>],
+        run: Option<&RunSpan<'_>>,
+    ) -> bool {
+        let mut st = self.lock();
+        if st.closed {
+            return false;
+        }
+        let mut over = false;
         let was_empty = st.frames.is_empty();
         let ran = self.runs
             && !sender
@@ -597,16 +645,15 @@ impl Outbox {
                     && st.push_run(sid, run, self.max_pending, self.budget.as_deref())
             });
         if !ran {
+            let (headers, budget) = (self.headers, self.budget.as_deref());
             for msg in msgs {
-                if !st.push_msg(
-                    sid,
-                    *msg,
-                    self.max_pending,
-                    self.headers,
-                    sender,
-                    self.budget.as_deref(),
-                ) {
-                    st.count_drop(sid);
+                if !st.push_msg(sid, *msg, Some(self.max_pending), headers, sender, budget) {
+                    if lossless {
+                        st.push_msg(sid, *msg, None, headers, sender, budget);
+                        over = true;
+                    } else {
+                        st.count_drop(sid);
+                    }
                 }
             }
         }
@@ -615,6 +662,47 @@ impl Outbox {
         if notify {
             self.ready.notify_one();
         }
+        over
+    }
+
+    /// Whether a publisher held back for this queue may go on: it has
+    /// drained to half of `max_pending` (so a held publisher resumes with
+    /// room for a good many messages, not one), or it is closed or given
+    /// up on.
+    pub fn has_room(&self) -> bool {
+        self.given_up.load(Relaxed) || {
+            let st = self.lock();
+            st.closed || st.pending() <= self.max_pending / 2
+        }
+    }
+
+    /// Waits until [`has_room`](Self::has_room).
+    pub async fn room(&self) {
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Relaxed);
+            }
+        }
+        self.held.fetch_add(1, Relaxed);
+        let _waiting = Waiting(&self.held);
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if self.has_room() {
+                return;
+            }
+            room.await;
+        }
+    }
+
+    /// Nobody waits for this queue any more ([`room`](Self::room) returns at
+    /// once): its peer held a publisher back too long and is being
+    /// disconnected.
+    pub fn give_up(&self) {
+        self.given_up.store(true, Relaxed);
+        self.room.notify_waiters();
     }
 
     /// Counts one message for `sid` as dropped.
@@ -638,7 +726,7 @@ impl Outbox {
         if st.closed {
             return true;
         }
-        if st.pending() + frame.len() > self.max_pending + CONTROL_SLACK {
+        if st.pending() + frame.len() > self.max_pending + CONTROL_SLACK && !st.over {
             return false;
         }
         let was_empty = st.frames.is_empty();
@@ -687,12 +775,19 @@ impl Outbox {
         let mut st = self.lock();
         st.in_flight = st.in_flight.saturating_sub(n);
         st.settle(self.budget.as_deref());
+        st.over &= st.pending() > self.max_pending;
+        let room = self.held.load(Relaxed) > 0 && st.pending() <= self.max_pending / 2;
+        drop(st);
+        if room {
+            self.room.notify_waiters();
+        }
     }
 
     /// Stops accepting items; the writer drains what is queued, then stops.
     pub fn close(&self) {
         self.lock().closed = true;
         self.ready.notify_one();
+        self.room.notify_waiters();
     }
 
     /// Drops everything still queued (after the writer gave up).
@@ -857,8 +952,8 @@ mod tests {
         let a = Outbox::new(10 * cost, true).with_budget(Some(budget.clone()));
         let b = Outbox::new(10 * cost, true).with_budget(Some(budget.clone()));
         // Each queue has room for ten; the two together for three.
-        a.push_many(7, false, &[m; 2], None);
-        b.push_many(7, false, &[m; 2], None);
+        a.push_many(7, (false, false), &[m; 2], None);
+        b.push_many(7, (false, false), &[m; 2], None);
         assert_eq!((a.dropped(), b.dropped()), (0, 1));
         assert_eq!(budget.pending(), 3 * cost);
         // Written out, the bytes are given back.
@@ -879,14 +974,14 @@ mod tests {
         let cost = m.cost(7, false);
         let ob = Outbox::new(2 * cost + cost / 2, true);
         // Two fit, three are dropped and counted.
-        ob.push_many(7, false, &[m; 5], None);
+        ob.push_many(7, (false, false), &[m; 5], None);
         assert_eq!((ob.pending_bytes(), ob.dropped()), (2 * cost, 3));
         let mut batch = Frames::default();
         ob.take(&mut batch).await.unwrap();
         assert_eq!(frames(&mut batch), [(7, None), (7, None)]);
         sent(&ob);
         // The loss is reported ahead of the next message that fits.
-        ob.push_many(7, false, &[m], None);
+        ob.push_many(7, (false, false), &[m], None);
         ob.take(&mut batch).await.unwrap();
         assert_eq!(frames(&mut batch), [(7, Some(3)), (7, None)]);
     }
@@ -971,7 +1066,7 @@ mod tests {
         let (msgs, run) = run_in(&read, 10, 100);
         assert!(read.len() < SHARE_MIN);
         let ob = Outbox::new(1 << 20, true);
-        ob.push_many(3, false, &msgs, Some(&run));
+        ob.push_many(3, (false, false), &msgs, Some(&run));
         assert_eq!(ob.pending_bytes(), run.cost(3));
         let mut batch = Frames::default();
         assert_eq!(
@@ -995,7 +1090,7 @@ mod tests {
             ..run.clone()
         };
         for (run, shared) in [(&run, true), (&alone, false)] {
-            ob.push_many(3, false, &msgs, Some(run));
+            ob.push_many(3, (false, false), &msgs, Some(run));
             ob.take(&mut batch).await.unwrap();
             let at = batch.chunks.iter().find_map(|c| match c {
                 Chunk::Shared(b) => Some(b.as_ptr()),
@@ -1014,7 +1109,7 @@ mod tests {
         let cost = msgs[0].cost(7, false);
         // Room for two messages, not for the run: two go, three are dropped.
         let ob = Outbox::new(2 * cost + cost / 2, true);
-        ob.push_many(7, false, &msgs, Some(&run));
+        ob.push_many(7, (false, false), &msgs, Some(&run));
         assert_eq!((ob.pending_bytes(), ob.dropped()), (2 * cost, 3));
         let mut batch = Frames::default();
         ob.take(&mut batch).await.unwrap();
@@ -1026,7 +1121,7 @@ mod tests {
             msgs: 1,
             ..run.clone()
         };
-        ob.push_many(7, false, &msgs[..1], Some(&one_run));
+        ob.push_many(7, (false, false), &msgs[..1], Some(&one_run));
         ob.take(&mut batch).await.unwrap();
         assert_eq!(
             server_frames(&mut batch),
@@ -1036,7 +1131,7 @@ mod tests {
 
         // A version 2 peer gets every message as a `Msg`.
         let old = Outbox::new(1 << 20, false);
-        old.push_many(7, false, &msgs, Some(&run));
+        old.push_many(7, (false, false), &msgs, Some(&run));
         old.take(&mut batch).await.unwrap();
         assert_eq!(server_frames(&mut batch), vec![(7, Kind::Msg); 5]);
     }

@@ -127,25 +127,53 @@ impl Conn {
     }
 }
 
-/// A request to close a connection, with the id of the connection that asked.
+/// A request to close a connection, and why.
 #[derive(Debug, Default)]
 pub struct Kick {
-    by: AtomicU64,
+    why: Mutex<Option<Kicked>>,
     notify: tokio::sync::Notify,
 }
 
+/// Why a connection is to close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kicked {
+    /// An administrator asked, from connection `by`.
+    Admin {
+        /// The connection that asked.
+        by: u64,
+    },
+    /// A lossless subscription of it held connection `publisher` back
+    /// longer than `max_stall` (`stall`).
+    Stalled {
+        /// The publisher held back.
+        publisher: u64,
+        /// `max_stall`.
+        stall: std::time::Duration,
+    },
+}
+
 impl Kick {
-    /// Asks the connection's reader to close it.
+    /// Asks the connection's reader to close it (from connection `by`).
     pub fn request(&self, by: u64) {
-        self.by.store(by, Relaxed);
+        self.ask(Kicked::Admin { by });
+    }
+
+    /// Asks the connection's reader to close it as a slow consumer: it
+    /// held `publisher` back longer than `stall`.
+    pub fn stalled(&self, publisher: u64, stall: std::time::Duration) {
+        self.ask(Kicked::Stalled { publisher, stall });
+    }
+
+    fn ask(&self, why: Kicked) {
+        lock(&self.why).get_or_insert(why);
         // notify_one keeps a permit if the reader is not waiting right now.
         self.notify.notify_one();
     }
 
-    /// Completes once a kick was requested; yields who asked.
-    pub async fn requested(&self) -> u64 {
+    /// Completes once a kick was requested; yields why.
+    pub async fn requested(&self) -> Kicked {
         self.notify.notified().await;
-        self.by.load(Relaxed)
+        lock(&self.why).unwrap_or(Kicked::Admin { by: 0 })
     }
 }
 

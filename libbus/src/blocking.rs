@@ -203,6 +203,19 @@ impl Bus {
         Ok(self.wrap(sub))
     }
 
+    /// Subscribes with [`SubscribeOptions`](crate::SubscribeOptions); see
+    /// [`crate::Bus::subscribe_with`].
+    ///
+    /// ```no_run
+    /// # let bus = libbus::blocking::Bus::connect_default()?;
+    /// let audit = bus.subscribe_with("audit.>", libbus::SubscribeOptions::new().lossless())?;
+    /// # Ok::<(), libbus::Error>(())
+    /// ```
+    pub fn subscribe_with(&self, pattern: &str, opts: crate::SubscribeOptions) -> Result<Subscription> {
+        let sub = self.block_on(self.bus.subscribe_with(pattern, opts))?;
+        Ok(self.wrap(sub))
+    }
+
     fn wrap(&self, sub: crate::Subscription) -> Subscription {
         Subscription {
             sub: Mutex::new(sub),

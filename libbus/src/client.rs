@@ -14,6 +14,7 @@ use serde::{de::DeserializeOwned, Serialize};
 pub use crate::options::{ConnectOptions, ENV_CA, ENV_TOKEN};
 use crate::{
     events::{Event, Events},
+    proto,
     session::{self, Handle, Shared},
     subject,
     sync::lock,
@@ -203,7 +204,25 @@ impl Bus {
     /// # Ok(()) }
     /// ```
     pub async fn subscribe(&self, pattern: &str) -> Result<Subscription> {
-        self.subscribe_inner(pattern, None, false).await
+        self.subscribe_inner(pattern, None, 0).await
+    }
+
+    /// [`subscribe`](Self::subscribe) with [`SubscribeOptions`]: a queue
+    /// group, senders, and lossless delivery.
+    ///
+    /// ```no_run
+    /// # async fn f(bus: libbus::Bus) -> libbus::Result<()> {
+    /// use libbus::SubscribeOptions;
+    /// // Every message, however fast the publishers: they wait for us.
+    /// let mut sub = bus.subscribe_with("audit.>", SubscribeOptions::new().lossless()).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn subscribe_with(&self, pattern: &str, opts: SubscribeOptions) -> Result<Subscription> {
+        if let Some(group) = &opts.queue {
+            check_group(group)?;
+        }
+        self.subscribe_inner(pattern, opts.queue.as_deref(), opts.flags())
+            .await
     }
 
     /// [`subscribe`](Self::subscribe), with each message's sender stamped
@@ -218,34 +237,26 @@ impl Bus {
     /// # Ok(()) }
     /// ```
     pub async fn subscribe_with_sender(&self, pattern: &str) -> Result<Subscription> {
-        self.subscribe_inner(pattern, None, true).await
+        self.subscribe_inner(pattern, None, proto::sub_flags::SENDER)
+            .await
     }
 
     /// Subscribes as a member of queue group `group`: each message matching
     /// `pattern` goes to exactly one member of the group.
     pub async fn queue_subscribe(&self, pattern: &str, group: &str) -> Result<Subscription> {
-        if group.is_empty() || group.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(Error::InvalidSubject(subject::SubjectError::Whitespace(
-                group.into(),
-            )));
-        }
-        self.subscribe_inner(pattern, Some(group), false).await
+        check_group(group)?;
+        self.subscribe_inner(pattern, Some(group), 0).await
     }
 
-    async fn subscribe_inner(
-        &self,
-        pattern: &str,
-        queue: Option<&str>,
-        sender: bool,
-    ) -> Result<Subscription> {
+    async fn subscribe_inner(&self, pattern: &str, queue: Option<&str>, flags: u32) -> Result<Subscription> {
         subject::validate_pattern(pattern)?;
         let shared = &self.shared;
-        let (sid, receiver) = shared.input.register(pattern, queue, sender);
+        let (sid, receiver) = shared.input.register(pattern, queue, flags);
         // From here on, dropping `sub` unsubscribes, also on the error path.
         let sub = self.subscription(sid, receiver);
         let sent = shared
             .output
-            .send_now(&crate::input::sub_frame(sid, pattern, queue, sender));
+            .send_now(&crate::input::sub_frame(sid, pattern, queue, flags));
         // The daemon answers a refusal before the flush's Pong.
         let flushed = match sent {
             Ok(()) => self.flush().await,
@@ -407,5 +418,77 @@ impl Bus {
     /// [`Error::Disconnected`] with the reason the connection ended (if it has).
     pub fn disconnected_error(&self) -> Error {
         self.shared.output.disconnected()
+    }
+}
+
+/// A queue group's name: not empty, no whitespace or control characters.
+fn check_group(group: &str) -> Result<()> {
+    if group.is_empty() || group.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Error::InvalidSubject(subject::SubjectError::Whitespace(
+            group.into(),
+        )));
+    }
+    Ok(())
+}
+
+/// How [`Bus::subscribe_with`] subscribes. The default is a plain
+/// subscription, as [`Bus::subscribe`] makes.
+///
+/// ```
+/// use libbus::SubscribeOptions;
+/// let opts = SubscribeOptions::new().queue("workers").lossless().with_sender();
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubscribeOptions {
+    queue: Option<String>,
+    sender: bool,
+    lossless: bool,
+}
+
+impl SubscribeOptions {
+    /// A plain subscription.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Joins queue group `group`: each message goes to one member
+    /// (as [`Bus::queue_subscribe`]).
+    pub fn queue(mut self, group: impl Into<String>) -> Self {
+        self.queue = Some(group.into());
+        self
+    }
+
+    /// Each message comes with its sender, stamped by the daemon (as
+    /// [`Bus::subscribe_with_sender`]).
+    pub fn with_sender(mut self) -> Self {
+        self.sender = true;
+        self
+    }
+
+    /// Lossless: when this subscription falls behind and the daemon's
+    /// queue for it is full (`max_pending`), the daemon stops reading from
+    /// the local publishers that feed it, so their `publish` waits, rather
+    /// than drop messages and report `Lagged`. Those publishers' other
+    /// subscribers slow down with it; nobody else does. A subscriber that
+    /// holds a publisher back longer than the daemon's `max_stall` is
+    /// disconnected as a slow consumer. Messages from a bridge, a NATS
+    /// upstream or the daemon itself are still dropped and reported when
+    /// the queue is full: those senders cannot be held back one subscriber
+    /// at a time.
+    pub fn lossless(mut self) -> Self {
+        self.lossless = true;
+        self
+    }
+
+    /// The [`proto::sub_flags`] these options ask for.
+    fn flags(&self) -> u32 {
+        let mut flags = 0;
+        if self.sender {
+            flags |= proto::sub_flags::SENDER;
+        }
+        if self.lossless {
+            flags |= proto::sub_flags::LOSSLESS;
+        }
+        flags
     }
 }

@@ -13,7 +13,9 @@
 
 use std::{
     collections::HashMap,
+    future::Future,
     ops::Range,
+    pin::Pin,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
@@ -79,8 +81,8 @@ struct SubEntry {
     space: Arc<Semaphore>,
     pattern: String,
     queue: Option<String>,
-    /// Delivered with their senders (`SubWith`).
-    sender: bool,
+    /// [`proto::sub_flags`] it was made with.
+    flags: u32,
     /// Set for the calls to a well-known name (`pattern` is the name).
     name: Option<NameClaim>,
 }
@@ -148,8 +150,8 @@ impl Input {
     /// Registers a new subscription to `pattern` and returns its sid and
     /// receiving end; its `Sub` frame is the caller's to send. Until
     /// [`verdict`](Self::verdict), a refusal from the daemon is kept.
-    pub(crate) fn register(&self, pattern: &str, queue: Option<&str>, sender: bool) -> (u64, Receiver) {
-        let (sid, receiver) = self.add(pattern, queue, sender, None);
+    pub(crate) fn register(&self, pattern: &str, queue: Option<&str>, flags: u32) -> (u64, Receiver) {
+        let (sid, receiver) = self.add(pattern, queue, flags, None);
         lock(&self.refused).insert(sid, None);
         (sid, receiver)
     }
@@ -163,7 +165,7 @@ impl Input {
         flags: u8,
     ) -> (u64, Receiver, mpsc::UnboundedReceiver<NameState>) {
         let (states, states_rx) = mpsc::unbounded_channel();
-        let (sid, receiver) = self.add(name, None, true, Some(NameClaim { flags, states }));
+        let (sid, receiver) = self.add(name, None, 0, Some(NameClaim { flags, states }));
         (sid, receiver, states_rx)
     }
 
@@ -172,7 +174,7 @@ impl Input {
         &self,
         pattern: &str,
         queue: Option<&str>,
-        sender: bool,
+        flags: u32,
         name: Option<NameClaim>,
     ) -> (u64, Receiver) {
         let sid = self.next_sid.fetch_add(1, Ordering::Relaxed);
@@ -183,7 +185,7 @@ impl Input {
             space: space.clone(),
             pattern: pattern.to_owned(),
             queue: queue.map(ToOwned::to_owned),
-            sender,
+            flags,
             name,
         };
         lock(&self.subs).insert(sid, entry);
@@ -305,9 +307,9 @@ impl Input {
                     name: &e.pattern,
                     flags: claim.flags,
                 }),
-                None => sub_frame(sid, &e.pattern, e.queue.as_deref(), e.sender),
+                None => sub_frame(sid, &e.pattern, e.queue.as_deref(), e.flags),
             })
-            .chain((inbox != 0).then(|| sub_frame(inbox, &inbox_pattern, None, false)));
+            .chain((inbox != 0).then(|| sub_frame(inbox, &inbox_pattern, None, 0)));
         for frame in all {
             if let Err(e) = codec::encode_into(&frame, &mut buf, max_frame) {
                 tracing::warn!(?frame, "cannot re-send subscription: {e}");
@@ -368,11 +370,22 @@ impl Input {
         self.subscription_capacity.clamp(1, MAX_BATCH)
     }
 
-    /// Hands each pending batch to its subscription, in order.
-    async fn deliver_all(&self, pending: &mut Pending) {
+    /// Hands each pending batch to its subscription, in order. False if
+    /// the link's writer failed meanwhile (`broken`, the link's
+    /// [`Output::broken`]): the link is over.
+    async fn deliver_all(
+        &self,
+        pending: &mut Pending,
+        mut broken: Pin<&mut impl Future<Output = ()>>,
+    ) -> bool {
         for (sid, batch) in pending.drain(..) {
-            self.deliver(sid, batch).await;
+            if !self.deliver(sid, batch, broken.as_mut()).await {
+                // What follows would arrive after a gap: it goes with the
+                // link (the drain drops it).
+                return false;
+            }
         }
+        true
     }
 
     /// Hands over what can be handed over without waiting (the link ended).
@@ -388,32 +401,39 @@ impl Input {
         }
     }
 
-    async fn deliver(&self, sid: u64, batch: Batch) {
+    /// False if it had to wait and the link's writer failed meanwhile.
+    async fn deliver(&self, sid: u64, batch: Batch, broken: Pin<&mut impl Future<Output = ()>>) -> bool {
         // A batch holds at most `batch_size()` <= `subscription_capacity`
         // deliveries, so it always fits once the subscriber has caught up.
         let n = batch.len() as u32;
         let (tx, space) = {
             let subs = lock(&self.subs);
-            let Some(e) = subs.get(&sid) else { return };
+            let Some(e) = subs.get(&sid) else { return true };
             let room = match e.space.try_acquire_many(n) {
                 Ok(permits) => {
                     permits.forget();
                     true
                 }
-                Err(TryAcquireError::Closed) => return,
+                Err(TryAcquireError::Closed) => return true,
                 Err(TryAcquireError::NoPermits) => false,
             };
             if room {
                 let _ = e.tx.send(batch);
-                return;
+                return true;
             }
             (e.tx.clone(), e.space.clone())
         };
         // The subscriber is behind: stop reading until it catches up, so the
         // daemon's bounded queue (not our memory) absorbs the burst.
-        let room = space.acquire_many(n).await.map(|permits| permits.forget());
-        if room.is_ok() {
-            let _ = tx.send(batch);
+        tokio::select! {
+            room = space.acquire_many(n) => {
+                if let Ok(permits) = room {
+                    permits.forget();
+                    let _ = tx.send(batch);
+                }
+                true
+            }
+            () = broken => false,
         }
     }
 
@@ -430,22 +450,28 @@ impl Input {
     }
 }
 
-/// The frame that subscribes `sid`: `SubWith` when it wants senders.
+/// The frame that subscribes `sid` with [`proto::sub_flags`] `flags`: `Sub`
+/// without any, `SubWith` for senders alone, else `SubFlags`.
 pub(crate) fn sub_frame<'a>(
     sid: u64,
     pattern: &'a str,
     queue: Option<&'a str>,
-    sender: bool,
+    flags: u32,
 ) -> ClientFrame<'a> {
-    if sender {
-        ClientFrame::SubWith(proto::SubWith {
+    match flags {
+        0 => ClientFrame::Sub(proto::Sub { sid, pattern, queue }),
+        proto::sub_flags::SENDER => ClientFrame::SubWith(proto::SubWith {
             sid,
             pattern,
             queue,
-            sender,
-        })
-    } else {
-        ClientFrame::Sub(proto::Sub { sid, pattern, queue })
+            sender: true,
+        }),
+        flags => ClientFrame::SubFlags(proto::SubFlags {
+            sid,
+            pattern,
+            queue,
+            flags,
+        }),
     }
 }
 
@@ -587,10 +613,13 @@ pub(crate) async fn read_loop(input: &Input, output: &Arc<Output>, mut frames: F
     let max_batch = input.batch_size();
     let room = input.room;
     let mut pending = Pending::new();
+    // Registered once for the link, not per wait.
+    let broken = output.broken();
+    tokio::pin!(broken);
     let reason = 'link: loop {
         // Hand over what the last read brought in before waiting on the socket.
-        if !pending.is_empty() {
-            input.deliver_all(&mut pending).await;
+        if !pending.is_empty() && !input.deliver_all(&mut pending, broken.as_mut()).await {
+            break "write failed".to_owned();
         }
         let chunk = match frames.read_frames().await {
             Ok(Some(chunk)) => chunk,
@@ -629,8 +658,8 @@ pub(crate) async fn read_loop(input: &Input, output: &Arc<Output>, mut frames: F
                 }
                 Err(reason) => break 'link reason,
             };
-            if full {
-                input.deliver_all(&mut pending).await;
+            if full && !input.deliver_all(&mut pending, broken.as_mut()).await {
+                break 'link "write failed".to_owned();
             }
         }
         frames.set_read_room(room.after(chunk.len(), msgs));

@@ -95,7 +95,7 @@ pub mod batch {
 
 pub use addr::Address;
 pub use bytes::Bytes;
-pub use client::Bus;
+pub use client::{Bus, SubscribeOptions};
 pub use error::{Error, Result};
 pub use events::{Event, Events};
 pub use headers::Headers;

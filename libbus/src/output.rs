@@ -70,6 +70,11 @@ pub(crate) struct Output {
     /// Why the current link is down, while reconnecting.
     down: Mutex<Option<String>>,
     events: broadcast::Sender<Event>,
+    /// The current link's writer failed (cleared when a link comes up): a
+    /// reader waiting for a full subscription stops waiting and ends the
+    /// link, rather than never read the end the writer saw.
+    broken: std::sync::atomic::AtomicBool,
+    broken_notify: Notify,
 }
 
 /// What became of a frame offered to the buffer.
@@ -98,6 +103,8 @@ impl Output {
             closed: Mutex::new(None),
             down: Mutex::new(None),
             events: broadcast::channel(256).0,
+            broken: Default::default(),
+            broken_notify: Notify::new(),
         }
     }
 
@@ -154,10 +161,24 @@ impl Output {
         Error::Disconnected { reason }
     }
 
+    /// Completes once the current link's writer has failed.
+    pub(crate) async fn broken(&self) {
+        loop {
+            let notified = self.broken_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.broken.load(Ordering::Relaxed) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// A new link is up with this `max_frame`: `preamble` (its
     /// subscriptions) goes out ahead of what was buffered meanwhile.
     pub(crate) fn link_up(&self, max_frame: u32, preamble: Option<Vec<u8>>, event: Event) {
         self.max_frame.store(max_frame, Ordering::Relaxed);
+        self.broken.store(false, Ordering::Relaxed);
         let mut out = self.lock();
         if let Some(mut preamble) = preamble {
             preamble.extend_from_slice(&out.buf);
@@ -426,6 +447,8 @@ pub(crate) async fn write_loop(output: std::sync::Arc<Output>, mut tx: Writer) {
         if let Err(e) = write_batch(&mut tx, &batch).await {
             tracing::debug!("bus write failed: {e}");
             tx.shutdown_both();
+            output.broken.store(true, Ordering::Relaxed);
+            output.broken_notify.notify_waiters();
             break;
         }
         batch.clear();

@@ -17,8 +17,13 @@ use serde::{Deserialize, Serialize};
 /// senders ([`ClientFrame::SubWith`], [`ServerFrame::SMsg`]), service names
 /// ([`ClientFrame::RequestName`], [`ClientFrame::Call`], ...),
 /// [`ServerFrame::ResponderGone`] and, on bridge links,
-/// [`link::LinkFrame::Closing`] and [`link::LinkFrame::Closed`].
-pub const PROTOCOL_VERSION: u16 = 4;
+/// [`link::LinkFrame::Closing`] and [`link::LinkFrame::Closed`]; version 5
+/// added subscription flags ([`ClientFrame::SubFlags`]: lossless
+/// subscriptions).
+pub const PROTOCOL_VERSION: u16 = 5;
+
+/// First version whose daemons read [`ClientFrame::SubFlags`].
+pub const FLAGS_VERSION: u16 = 5;
 
 /// First version whose clients read [`ServerFrame::Run`].
 pub const RUN_VERSION: u16 = 3;
@@ -136,6 +141,10 @@ pub enum ClientFrame<'a> {
     /// routed by subject (version 4).
     #[serde(borrow)]
     Call(Call<'a>),
+    /// Subscribe with [`sub_flags`] (version 5). A daemon refuses
+    /// (`SubRefused`) a flag it does not know.
+    #[serde(borrow)]
+    SubFlags(SubFlags<'a>),
 }
 
 /// Flags of [`RequestName`], as D-Bus's `RequestName`: bit values, or-ed.
@@ -226,6 +235,31 @@ pub struct SubWith<'a> {
     pub queue: Option<&'a str>,
     /// Deliver each message with its [`Sender`] (as `SMsg`).
     pub sender: bool,
+}
+
+/// `Sub` with flags (version 5).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SubFlags<'a> {
+    /// Client-chosen subscription id.
+    pub sid: u64,
+    /// Subject pattern (`*` and `>` allowed).
+    pub pattern: &'a str,
+    /// Queue group, if any.
+    pub queue: Option<&'a str>,
+    /// [`sub_flags`], or-ed.
+    pub flags: u32,
+}
+
+/// Flags of [`SubFlags`]: bit values, or-ed.
+pub mod sub_flags {
+    /// Deliver each message with its [`Sender`](super::Sender) (as `SMsg`).
+    pub const SENDER: u32 = 0x1;
+    /// Lossless: when the subscription's queue is full, the daemon stops
+    /// reading from the local publishers that feed it rather than drop
+    /// (for at most `max_stall`, then the subscriber is disconnected).
+    pub const LOSSLESS: u32 = 0x2;
+    /// Every flag this version knows.
+    pub const KNOWN: u32 = SENDER | LOSSLESS;
 }
 
 /// Who sent a message, as the daemon stamps it: a client cannot set it.
@@ -335,6 +369,9 @@ pub enum ErrorCode {
     Kicked,
     /// A network peer presented a wrong or no token.
     AuthenticationFailed,
+    /// A lossless subscription held a publisher back longer than the
+    /// daemon's `max_stall` (version 5); the connection is closed.
+    SlowConsumer,
 }
 
 impl ErrorCode {

@@ -30,6 +30,7 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
         Just(ErrorCode::PingTimeout),
         Just(ErrorCode::Kicked),
         Just(ErrorCode::AuthenticationFailed),
+        Just(ErrorCode::SlowConsumer),
     ]
 }
 

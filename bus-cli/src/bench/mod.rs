@@ -13,6 +13,7 @@
 //! external `busd` (the honest mode: the daemon in its own process).
 
 mod baseline;
+pub mod procs;
 mod raw_clients;
 mod upstream;
 mod workload;
@@ -106,6 +107,19 @@ pub struct BenchArgs {
     /// measure what sender identity costs.
     #[arg(long)]
     pub sender: bool,
+    /// Publishers publish as fast as they can, without waiting for the
+    /// subscribers (pubsub, fanout): the report says what was published,
+    /// delivered, and dropped and reported.
+    #[arg(long)]
+    pub unpaced: bool,
+    /// Subscribers subscribe lossless (pubsub, fanout): a full queue holds
+    /// the publishers back instead of dropping.
+    #[arg(long)]
+    pub lossless: bool,
+    /// Run each publisher and each subscriber as a separate process
+    /// (pubsub, fanout), as a user's programs are.
+    #[arg(long)]
+    pub processes: bool,
     /// Also measure the raw Unix-socket baseline and print ratios (pubsub
     /// 1 → 1 on a Unix socket adds raw clients through the daemon).
     #[arg(long)]
@@ -205,6 +219,15 @@ pub struct Report {
     pub headers: usize,
     /// Subscribers got each message's sender.
     pub sender: bool,
+    /// Publishers ran unpaced (`--unpaced`).
+    pub unpaced: bool,
+    /// Subscribers were lossless (`--lossless`).
+    pub lossless: bool,
+    /// Publishers and subscribers ran as separate processes (`--processes`).
+    pub processes: bool,
+    /// The worker processes' CPU time, µs (`--processes`).
+    #[serde(skip)]
+    pub workers_cpu_us: Option<u64>,
     /// Messages published (or requests made).
     pub sent: u64,
     /// Messages delivered, all subscribers together.
@@ -605,6 +628,15 @@ fn print_report(r: &Report) {
     }
     if r.sender {
         api += ", with senders";
+    }
+    if r.unpaced {
+        api += ", unpaced";
+    }
+    if r.lossless {
+        api += ", lossless";
+    }
+    if r.processes {
+        api += ", separate processes";
     }
     let tasks = if r.tasks > 1 {
         format!(" x {} task(s)", r.tasks)

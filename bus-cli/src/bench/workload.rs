@@ -134,7 +134,15 @@ pub async fn run(args: &BenchArgs, target: &Target) -> Result<Report> {
                     "--headers goes with --batch 1 (publish_batch sends no headers)".into(),
                 ));
             }
-            pubsub(&address, pubs, subs, args, max_pending, &subjects, &mut report).await?;
+            report.unpaced = args.unpaced;
+            report.lossless = args.lossless;
+            report.processes = args.processes;
+            if args.processes {
+                super::procs::pubsub(&address, (pubs, subs), args, max_pending, &subjects, &mut report)
+                    .await?;
+            } else {
+                pubsub(&address, pubs, subs, args, max_pending, &subjects, &mut report).await?;
+            }
         }
         Mode::Reqrep => reqrep(&address, args, &mut report).await?,
         Mode::Routing => routing(&address, args, max_pending, max_subs, &mut report).await?,
@@ -162,7 +170,7 @@ pub async fn run(args: &BenchArgs, target: &Target) -> Result<Report> {
         if target.own.is_none() {
             report.cpu_daemon_ns_per_msg = Some(per_msg(info.cpu_us.saturating_sub(cpu_before.0)));
         }
-        report.cpu_clients_ns_per_msg = Some(per_msg(own));
+        report.cpu_clients_ns_per_msg = Some(per_msg(own + report.workers_cpu_us.unwrap_or(0)));
     }
     Ok(report)
 }
@@ -335,7 +343,11 @@ async fn pubsub(
     } else {
         "bench.routing.*".to_owned()
     };
-    let window = flow_window(max_pending, args.size);
+    let window = if args.unpaced {
+        u64::MAX
+    } else {
+        flow_window(max_pending, args.size)
+    };
     let check_every = check_every(window);
     // Subscribers publish their progress every `report_every` messages (an
     // atomic per message would be a cost of the bench, not of the bus). It
@@ -358,11 +370,14 @@ async fn pubsub(
     let progressed = Arc::new(tokio::sync::Notify::new());
     for (i, counter) in accounted.iter().enumerate() {
         let bus = connect(address, format!("bench-sub-{i}")).await?;
-        let mut sub = if args.sender {
-            bus.subscribe_with_sender(&pattern).await?
-        } else {
-            bus.subscribe(&pattern).await?
-        };
+        let mut opts = libbus::SubscribeOptions::new();
+        if args.sender {
+            opts = opts.with_sender();
+        }
+        if args.lossless {
+            opts = opts.lossless();
+        }
+        let mut sub = bus.subscribe_with(&pattern, opts).await?;
         let (counter, sent, gate) = (counter.clone(), sent.clone(), start_gate.clone());
         let progress = progressed.clone();
         let mut done_rx = done_rx.clone();
