@@ -272,10 +272,10 @@ async fn run(cli: Cli) -> libbus::Result<()> {
         _ => {}
     }
     #[cfg(feature = "bench")]
-    #[cfg(feature = "bench")]
     if let Command::BenchWorker { spec } = &cli.command {
         return bench::procs::worker(spec).await;
     }
+    #[cfg(feature = "bench")]
     if let Command::Bench(args) = cli.command {
         let address = cli.address.map(|a| a.parse()).transpose()?;
         return bench::run(args, address).await;
