@@ -107,6 +107,11 @@ pub struct BenchArgs {
     /// measure what sender identity costs.
     #[arg(long)]
     pub sender: bool,
+    /// Routing: the extra subscriptions are wildcard patterns
+    /// (`bench.*.nN`, which the trie follows for every subject) rather
+    /// than literal ones.
+    #[arg(long)]
+    pub wildcard: bool,
     /// Publishers publish as fast as they can, without waiting for the
     /// subscribers (pubsub, fanout): the report says what was published,
     /// delivered, and dropped and reported.

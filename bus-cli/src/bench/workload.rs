@@ -652,6 +652,7 @@ async fn routing(
     pubsub(address, 1, 1, args, max_pending, &subjects, &mut without).await?;
 
     let extra = args.subscriptions;
+    let wildcard = args.wildcard;
     let per_conn = (max_subs as usize).min(50_000);
     let mut holders = Vec::new();
     let mut tasks = Vec::new();
@@ -662,7 +663,14 @@ async fn routing(
         tasks.push(tokio::spawn(async move {
             let mut subs = Vec::with_capacity(range.len());
             for i in range {
-                subs.push(b.subscribe(&format!("bench.routing.{i}.x")).await?);
+                // Literal, or a wildcard the trie must follow for every
+                // subject of the run (`*` matches `routing`).
+                let pattern = if wildcard {
+                    format!("bench.*.n{i}")
+                } else {
+                    format!("bench.routing.{i}.x")
+                };
+                subs.push(b.subscribe(&pattern).await?);
             }
             Ok::<_, Error>(subs)
         }));
