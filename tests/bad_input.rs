@@ -4,7 +4,10 @@
 use std::time::Duration;
 
 use bus_tests::{assert_serving, within, Got, Raw, TestBus};
-use libbus::proto::{self, ClientFrame, ErrorCode};
+use libbus::{
+    codec,
+    proto::{self, ClientFrame, ErrorCode},
+};
 
 /// A healthy subscriber that must keep receiving throughout.
 async fn bystander(bus: &TestBus) -> (libbus::Bus, libbus::Subscription) {
@@ -333,5 +336,36 @@ async fn client_that_stops_reading_is_dropped_as_slow_consumer() {
         ev.conn.pending_bytes
     );
     drop(stuck);
+    assert_serving(&bus).await;
+}
+
+/// File descriptors sent where no frame carries them end that connection
+/// with an error naming them (they are closed at once, not held), and no
+/// other.
+#[tokio::test]
+async fn descriptors_without_a_frame_are_an_error() {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let bus = TestBus::start();
+    let mut raw = bus.raw().await;
+    raw.handshake().await;
+    let (r, _w) = nix::unistd::pipe().unwrap();
+    let mut ping = Vec::new();
+    codec::encode_into(&ClientFrame::Ping, &mut ping, u32::MAX).unwrap();
+    let fds = [r.as_raw_fd()];
+    sendmsg::<()>(
+        raw.stream.as_raw_fd(),
+        &[std::io::IoSlice::new(&ping)],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .unwrap();
+    let (code, msg) = within("the error", raw.expect_error_then_close()).await;
+    assert_eq!(code, ErrorCode::Protocol);
+    assert!(
+        msg.contains("file descriptors received that no frame carries"),
+        "{msg}"
+    );
     assert_serving(&bus).await;
 }

@@ -29,7 +29,7 @@
 //!   [`Upstream::export`](upstream::Upstream::export); upstream
 //!   subscriptions deliver through
 //!   [`Upstream::receive`](upstream::Upstream::receive)).
-//! - [`metrics`]: Prometheus on `--metrics`; [`sys`]: the only `unsafe`
+//! - [`metrics`]: Prometheus on `--metrics`; [`sys`]: busd's only `unsafe`
 //!   (the allocator's collection, inherited sockets, a peer's groups).
 //!
 //! ## The path of one message

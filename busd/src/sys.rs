@@ -1,6 +1,6 @@
-//! Where busd meets the system through `unsafe`, the only place in the
-//! workspace that does: the allocator, the sockets systemd passes, and a
-//! peer's groups.
+//! Where busd meets the system through `unsafe`, its only place that does
+//! (libbus's is `libbus::sys`, reading sockets with their descriptors):
+//! the allocator, the sockets systemd passes, and a peer's groups.
 //!
 //! ## The allocator
 //!

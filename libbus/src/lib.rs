@@ -20,7 +20,8 @@
 //! - [`names`]: well-known names ([`Bus::request_name`], [`Name`]) and
 //!   calls to their owners ([`Bus::call`]).
 //! - [`subject`]: subject and pattern validation (NATS conventions);
-//!   [`addr`], [`transport`], [`tls`]: addresses and sockets.
+//!   [`addr`], [`transport`], [`tls`]: addresses and sockets; `sys`:
+//!   libbus's only `unsafe` (`recvmsg` with the descriptors sent along).
 //!
 //! ## The path of one message
 //! 1. `client.rs` [`Bus::publish`] → `output.rs` `Output::publish` →
@@ -83,6 +84,7 @@ pub mod session;
 pub mod subject;
 pub mod subscription;
 mod sync;
+mod sys;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod transport;

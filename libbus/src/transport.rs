@@ -7,21 +7,27 @@
 //! stream is shared through an `Arc` (no lock); TCP uses tokio's owned halves
 //! (no lock); TLS keeps one session, so its halves share it through
 //! `tokio::io::split`.
+//!
+//! A Unix stream is read with `recvmsg` ([`crate::sys::recv_with_fds`]):
+//! file descriptors sent with the bytes (`SCM_RIGHTS`, by
+//! [`Writer::send_with_fds`]) wait in the reader's [`ReceivedFds`] for the
+//! frame that claims them. (A plain `read` would have the kernel close them.)
 
 use std::{
+    collections::VecDeque,
     io,
     os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd},
     path::Path,
     pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
+    sync::{Arc, Mutex},
+    task::{ready, Context, Poll},
     time::Duration,
 };
 
 use interprocess::local_socket::{tokio::prelude::*, ConnectOptions, GenericFilePath};
 use interprocess::os::unix::uds_local_socket::tokio as uds;
 use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
+    io::{AsyncRead, AsyncWrite, Interest, ReadBuf},
     net::TcpStream,
 };
 
@@ -63,13 +69,78 @@ impl UnixListener {
 pub const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
 
 /// The receiving side of a connection.
-pub struct Reader(Box<dyn AsyncRead + Send + Unpin>);
+pub struct Reader {
+    inner: Box<dyn AsyncRead + Send + Unpin>,
+    /// Descriptors received with the bytes (Unix sockets only).
+    fds: Option<ReceivedFds>,
+}
 
 /// The sending side of a connection.
 pub struct Writer {
     inner: Box<dyn AsyncWrite + Send + Unpin>,
     /// The socket, for shutting down both directions; open while `inner` lives.
     fd: RawFd,
+    /// The Unix socket, for sending descriptors.
+    unix: Option<Arc<uds::Stream>>,
+}
+
+/// File descriptors a Unix connection received, in the order they came,
+/// until the frames that carry them claim them ([`take`](Self::take)).
+/// What no frame claims is closed with it. At most
+/// [`set_limit`](Self::set_limit) may wait (0 unless raised: a peer
+/// that sends descriptors where none are expected ends its connection with
+/// a read error, and the descriptors are closed at once).
+#[derive(Debug, Clone, Default)]
+pub struct ReceivedFds(Arc<FdQueue>);
+
+#[derive(Debug, Default)]
+struct FdQueue {
+    fds: Mutex<VecDeque<OwnedFd>>,
+    limit: std::sync::atomic::AtomicUsize,
+}
+
+impl ReceivedFds {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<OwnedFd>> {
+        self.0.fds.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The next `n` descriptors, or `None` (taking none) if fewer came.
+    pub fn take(&self, n: usize) -> Option<Vec<OwnedFd>> {
+        let mut q = self.lock();
+        (q.len() >= n).then(|| q.drain(..n).collect())
+    }
+
+    /// Lets up to `n` descriptors wait for their frames.
+    pub fn set_limit(&self, n: usize) {
+        self.0.limit.store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Queues what a read brought; an error (and every descriptor closed)
+    /// if that makes more than the limit wait.
+    fn add(&self, got: &mut VecDeque<OwnedFd>) -> io::Result<()> {
+        let mut q = self.lock();
+        q.extend(got.drain(..));
+        let limit = self.0.limit.load(std::sync::atomic::Ordering::Relaxed);
+        if q.len() > limit {
+            let n = q.len();
+            q.clear();
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{n} file descriptors received that no frame carries (at most {limit} may wait)"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// How many wait.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// None wait.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 impl std::fmt::Debug for Reader {
@@ -87,9 +158,33 @@ impl std::fmt::Debug for Writer {
 /// Shares a Unix stream between the two halves.
 struct SharedUnix(Arc<uds::Stream>);
 
-impl AsyncRead for SharedUnix {
+/// Reads a Unix stream with `recvmsg`, keeping the descriptors that come.
+struct UnixReader {
+    stream: Arc<uds::Stream>,
+    /// Room for the control messages of one `recvmsg`.
+    control: Vec<u64>,
+    /// What came, shared with [`Reader::received_fds`].
+    fds: ReceivedFds,
+    /// Descriptors of the current read, moved to `fds` under one lock.
+    got: VecDeque<OwnedFd>,
+}
+
+impl AsyncRead for UnixReader {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut &*self.0).poll_read(cx, buf)
+        let this = self.get_mut();
+        loop {
+            let tokio = this.stream.inner();
+            let read = tokio.try_io(Interest::READABLE, || {
+                crate::sys::recv_with_fds(tokio.as_fd(), buf, &mut this.control, &mut this.got)
+            });
+            if !this.got.is_empty() {
+                this.fds.add(&mut this.got)?;
+            }
+            match read {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready!(tokio.poll_read_ready(cx))?,
+                other => return Poll::Ready(other.map(|_| ())),
+            }
+        }
     }
 }
 
@@ -119,11 +214,21 @@ impl AsyncWrite for SharedUnix {
 pub fn split_unix(stream: UnixStream) -> (Reader, Writer) {
     let fd = stream.as_fd().as_raw_fd();
     let s = Arc::new(stream.0);
+    let fds = ReceivedFds::default();
     (
-        Reader(Box::new(SharedUnix(s.clone()))),
+        Reader {
+            inner: Box::new(UnixReader {
+                stream: s.clone(),
+                control: crate::sys::control_room(),
+                fds: fds.clone(),
+                got: VecDeque::new(),
+            }),
+            fds: Some(fds),
+        },
         Writer {
-            inner: Box::new(SharedUnix(s)),
+            inner: Box::new(SharedUnix(s.clone())),
             fd,
+            unix: Some(s),
         },
     )
 }
@@ -133,10 +238,14 @@ pub fn split_tcp(stream: TcpStream) -> (Reader, Writer) {
     let fd = stream.as_raw_fd();
     let (r, w) = stream.into_split();
     (
-        Reader(Box::new(r)),
+        Reader {
+            inner: Box::new(r),
+            fds: None,
+        },
         Writer {
             inner: Box::new(w),
             fd,
+            unix: None,
         },
     )
 }
@@ -148,10 +257,14 @@ where
 {
     let (r, w) = tokio::io::split(stream);
     (
-        Reader(Box::new(r)),
+        Reader {
+            inner: Box::new(r),
+            fds: None,
+        },
         Writer {
             inner: Box::new(w),
             fd,
+            unix: None,
         },
     )
 }
@@ -210,6 +323,49 @@ impl Writer {
         // Fails only if the socket is already disconnected, which is the goal.
         let _ = nix::sys::socket::shutdown(self.fd, nix::sys::socket::Shutdown::Both);
     }
+
+    /// True if it can send file descriptors (a Unix socket).
+    pub fn passes_fds(&self) -> bool {
+        self.unix.is_some()
+    }
+
+    /// Sends a prefix of `bytes` (at least one byte), with `fds` attached
+    /// to it (`SCM_RIGHTS`): the peer's reader receives them no later than
+    /// that first byte. Returns how many bytes went; the caller writes the
+    /// rest as usual. Anything written before must be flushed first. Only
+    /// on a Unix socket (else `Unsupported`).
+    pub async fn send_with_fds(&mut self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+        let Some(unix) = &self.unix else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "file descriptors pass only over Unix sockets",
+            ));
+        };
+        let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+        let tokio = unix.inner();
+        tokio
+            .async_io(Interest::WRITABLE, || {
+                let cmsg = [ControlMessage::ScmRights(&raw)];
+                sendmsg::<()>(
+                    tokio.as_raw_fd(),
+                    &[io::IoSlice::new(bytes)],
+                    &cmsg,
+                    MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+                    None,
+                )
+                .map_err(io::Error::from)
+            })
+            .await
+    }
+}
+
+impl Reader {
+    /// Where the descriptors this connection receives wait (Unix sockets
+    /// only).
+    pub fn received_fds(&self) -> Option<ReceivedFds> {
+        self.fds.clone()
+    }
 }
 
 impl AsyncRead for Reader {
@@ -218,7 +374,7 @@ impl AsyncRead for Reader {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
@@ -241,5 +397,96 @@ impl AsyncWrite for Writer {
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn pair() -> (UnixStream, UnixStream) {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let wrap = |s: std::os::unix::net::UnixStream| {
+            s.set_nonblocking(true).unwrap();
+            UnixStream(uds::Stream::try_from(OwnedFd::from(s)).unwrap())
+        };
+        (wrap(a), wrap(b))
+    }
+
+    /// A pipe holding `text`: its read end.
+    fn pipe_with(text: &[u8]) -> OwnedFd {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        nix::unistd::write(&w, text).unwrap();
+        r
+    }
+
+    fn read_all(fd: OwnedFd) -> Vec<u8> {
+        let mut f = std::fs::File::from(fd);
+        let mut out = vec![0u8; 64];
+        let n = std::io::Read::read(&mut f, &mut out).unwrap();
+        out.truncate(n);
+        out
+    }
+
+    #[tokio::test]
+    async fn descriptors_arrive_with_their_bytes_in_order() {
+        let (a, b) = pair();
+        let (_ar, mut aw) = split_unix(a);
+        let (mut br, _bw) = split_unix(b);
+        let fds = br.received_fds().unwrap();
+        fds.set_limit(3);
+        assert!(aw.passes_fds());
+        let (one, two) = (pipe_with(b"one"), pipe_with(b"two"));
+        assert_eq!(aw.send_with_fds(b"x", &[one.as_fd()]).await.unwrap(), 1);
+        aw.write_all(b"plain").await.unwrap();
+        assert_eq!(
+            aw.send_with_fds(b"y", &[two.as_fd(), one.as_fd()]).await.unwrap(),
+            1
+        );
+        drop((one, two));
+        let mut got = Vec::new();
+        while got.len() < 7 {
+            let mut buf = [0u8; 16];
+            let n = br.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, b"xplainy");
+        assert_eq!(fds.len(), 3);
+        assert!(fds.take(4).is_none(), "fewer than asked for: none taken");
+        let first = fds.take(1).unwrap();
+        let rest = fds.take(2).unwrap();
+        assert!(fds.is_empty());
+        assert_eq!(read_all(first.into_iter().next().unwrap()), b"one");
+        let texts: Vec<Vec<u8>> = rest.into_iter().map(read_all).collect();
+        // `one`'s pipe was read empty above; `two`'s still holds its text.
+        assert_eq!(texts[0], b"two");
+    }
+
+    #[tokio::test]
+    async fn descriptors_beyond_the_limit_end_the_read() {
+        let (a, b) = pair();
+        let (_ar, mut aw) = split_unix(a);
+        let (mut br, _bw) = split_unix(b);
+        let fd = pipe_with(b"x");
+        aw.send_with_fds(b"x", &[fd.as_fd()]).await.unwrap();
+        let e = br.read(&mut [0u8; 16]).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains("1 file descriptors"), "{e}");
+        assert!(br.received_fds().unwrap().is_empty(), "closed at once");
+    }
+
+    #[tokio::test]
+    async fn tcp_cannot_send_descriptors() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, _server) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (r, mut w) = split_tcp(client.unwrap());
+        assert!(r.received_fds().is_none());
+        assert!(!w.passes_fds());
+        let fd = pipe_with(b"x");
+        let e = w.send_with_fds(b"x", &[fd.as_fd()]).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::Unsupported);
     }
 }
