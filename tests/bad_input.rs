@@ -344,11 +344,18 @@ async fn client_that_stops_reading_is_dropped_as_slow_consumer() {
 /// other.
 #[tokio::test]
 async fn descriptors_without_a_frame_are_an_error() {
+    // A client that may send descriptors (protocol 6), and one that may not.
+    for version in [proto::PROTOCOL_VERSION, 5] {
+        descriptors_with_a_ping(version).await;
+    }
+}
+
+async fn descriptors_with_a_ping(version: u16) {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
     use std::os::fd::AsRawFd;
     let bus = TestBus::start();
     let mut raw = bus.raw().await;
-    raw.handshake().await;
+    raw.handshake_as(version).await;
     let (r, _w) = nix::unistd::pipe().unwrap();
     let mut ping = Vec::new();
     codec::encode_into(&ClientFrame::Ping, &mut ping, u32::MAX).unwrap();
@@ -364,7 +371,7 @@ async fn descriptors_without_a_frame_are_an_error() {
     let (code, msg) = within("the error", raw.expect_error_then_close()).await;
     assert_eq!(code, ErrorCode::Protocol);
     assert!(
-        msg.contains("file descriptors received that no frame carries"),
+        msg.contains("1 file descriptors") && msg.contains("no frame"),
         "{msg}"
     );
     assert_serving(&bus).await;

@@ -91,6 +91,10 @@ enum Command {
         /// Publish each line of stdin as a message (without its newline).
         #[arg(long, conflicts_with = "payload")]
         lines: bool,
+        /// Attach this file, opened read-only, to the message (repeatable;
+        /// Unix socket connections only).
+        #[arg(long = "fd", value_name = "PATH", conflicts_with = "lines")]
+        fds: Vec<std::path::PathBuf>,
     },
     /// Print messages matching a pattern (`*` = one token, `>` = the rest).
     Sub {
@@ -341,12 +345,13 @@ async fn run(cli: Cli) -> libbus::Result<()> {
             payload,
             headers,
             lines,
+            fds,
         } => {
             let headers = headers.into_iter().collect();
             if lines {
                 pubsub::send_lines(&bus, &subject, headers).await
             } else {
-                pubsub::send(&bus, &subject, payload, headers).await
+                pubsub::send(&bus, &subject, payload, headers, &fds).await
             }
         }
         Command::Sub {

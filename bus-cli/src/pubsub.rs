@@ -34,9 +34,31 @@ pub fn parse_header(arg: &str) -> Result<(String, String), String> {
     Ok((name.to_owned(), value.to_owned()))
 }
 
-pub async fn send(bus: &Bus, subject: &str, arg: Option<String>, headers: Headers) -> libbus::Result<()> {
+/// Publishes one message; with `fds`, those files opened read-only go with it.
+pub async fn send(
+    bus: &Bus,
+    subject: &str,
+    arg: Option<String>,
+    headers: Headers,
+    fds: &[std::path::PathBuf],
+) -> libbus::Result<()> {
     let mut events = bus.events();
-    bus.publish_with_headers(subject, &headers, payload(arg)?).await?;
+    if fds.is_empty() {
+        bus.publish_with_headers(subject, &headers, payload(arg)?).await?;
+    } else {
+        let files = fds
+            .iter()
+            .map(|path| {
+                std::fs::File::open(path)
+                    .map(std::os::fd::OwnedFd::from)
+                    .map_err(|e| {
+                        libbus::Error::Io(std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+                    })
+            })
+            .collect::<libbus::Result<Vec<_>>>()?;
+        bus.publish_with_headers_and_fds(subject, &headers, payload(arg)?, files)
+            .await?;
+    }
     refused(bus, &mut events).await
 }
 
@@ -128,6 +150,9 @@ impl Format {
             if let Some(sender) = m.sender() {
                 record["sender"] = serde_json::to_value(sender).unwrap_or_default();
             }
+            if m.fd_count() > 0 {
+                record["fds"] = m.fd_count().into();
+            }
             if self.timestamps {
                 record["time"] = stamp().into();
             }
@@ -141,6 +166,9 @@ impl Format {
                 for (name, value) in m.headers().iter() {
                     outln!("  {name}: {value}");
                 }
+            }
+            if m.fd_count() > 0 {
+                outln!("  fd: {} attached", m.fd_count());
             }
         }
     }

@@ -1256,3 +1256,27 @@ fn sub_wait_waits_for_the_daemon() {
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout), "early.x made it\n");
 }
+
+/// `send --fd PATH` attaches the file; `sub` says what came with a message.
+#[test]
+fn send_attaches_files_and_sub_shows_them() {
+    let bus = daemon();
+    let mut sub = start_sub(&bus, &["files.>", "--count", "1"]);
+    let mut json = start_sub(&bus, &["files.>", "--count", "1", "--json"]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("note.txt");
+    std::fs::write(&path, "inside").unwrap();
+    let mut c = cli(&bus);
+    c.args(["send", "files.note", "look", "--fd"]).arg(&path);
+    run(c);
+    let text = sub.read_until(&["files.note look", "fd: 1 attached"]);
+    assert!(text.contains("fd: 1 attached"), "{text}");
+    let text = json.read_until(&["\"fds\":1"]);
+    assert!(text.contains("\"subject\":\"files.note\""), "{text}");
+    // A file that cannot be opened is an error naming it, before sending.
+    let mut c = cli(&bus);
+    c.args(["send", "files.note", "x", "--fd", "/nonexistent/file"]);
+    let out = c.output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/file"));
+}

@@ -119,6 +119,14 @@ pub struct Config {
     /// `shutdown_grace`: how long connections may flush on shutdown or close. Default 2 s.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// `max_fds_per_message`: file descriptors one message may carry (at
+    /// most 253, the kernel's limit). More: an error, and the connection
+    /// is closed. Default 16.
+    pub max_fds_per_message: usize,
+    /// `max_fds_pending`: file descriptors queued for one connection;
+    /// beyond it, messages with descriptors for it are dropped and
+    /// reported (`Lagged`). Default 256.
+    pub max_fds_pending: usize,
     /// `max_stall`: longest a lossless subscriber may hold a publisher back
     /// (its queue full, the publisher unread); then it is disconnected as
     /// a slow consumer and the publisher goes on. Default 5 s.
@@ -394,6 +402,8 @@ impl Default for Config {
             max_subject_tokens: 64,
             shutdown_grace: Duration::from_secs(2),
             max_stall: Duration::from_secs(5),
+            max_fds_per_message: 16,
+            max_fds_pending: 256,
             allow_uid: Vec::new(),
             allow_gid: Vec::new(),
             tcp: None,
@@ -543,6 +553,12 @@ impl Config {
                 self.max_handshake_frame, self.max_frame
             ));
         }
+        if !(1..=253).contains(&self.max_fds_per_message) {
+            return Err(format!(
+                "max_fds_per_message ({}) must be 1 to 253 (the kernel passes at most 253 at once)",
+                self.max_fds_per_message
+            ));
+        }
         if self.socket_mode > 0o777 {
             return Err(format!(
                 "socket_mode ({:o}) is not a permission mode",
@@ -636,6 +652,8 @@ impl Config {
             ("ping_interval_ms".into(), ms(self.ping_interval)),
             ("shutdown_grace_ms".into(), ms(self.shutdown_grace)),
             ("max_stall_ms".into(), ms(self.max_stall)),
+            ("max_fds_per_message".into(), self.max_fds_per_message as u64),
+            ("max_fds_pending".into(), self.max_fds_pending as u64),
             ("bridge_buffer".into(), self.bridge_buffer as u64),
             ("bridge_hold_ms".into(), ms(self.bridge_hold)),
             ("link_ping_interval_ms".into(), ms(self.link_ping_interval)),

@@ -71,6 +71,7 @@ pub async fn serve(
     // Before the handshake a peer gets only `max_handshake_frame`: an
     // unauthenticated peer can make us hold no more than that.
     let small = state.config().max_handshake_frame;
+    let received_fds = rd.received_fds();
     let mut frames = Incoming::new(rd, small).with_read_room(small as usize);
 
     let admitted = handshake(&state, &mut frames).await.and_then(|h| {
@@ -176,7 +177,13 @@ pub async fn serve(
         rights: arc_swap::ArcSwap::from_pointee(rights),
         allowed: Default::default(),
         upstream_sender: Default::default(),
+        received_fds,
     });
+    if let (Some(fds), true) = (&conn.received_fds, conn.version >= proto::FDS_VERSION) {
+        // One message's worth, and the next one's that may come in the
+        // same read.
+        fds.set_limit(2 * state.config().max_fds_per_message);
+    }
     let now_ms = crate::registry::unix_ms(connected_at);
     conn.stats.last_activity_ms.store(now_ms, Relaxed);
     conn.stats.last_read_ms.store(now_ms, Relaxed);
@@ -390,6 +397,7 @@ fn frame_name(f: &ClientFrame<'_>) -> &'static str {
         ClientFrame::HPub(_) => "HPub",
         ClientFrame::SubWith(_) => "SubWith",
         ClientFrame::SubFlags(_) => "SubFlags",
+        ClientFrame::PubFds(_) => "PubFds",
         ClientFrame::RequestName(_) => "RequestName",
         ClientFrame::ReleaseName { .. } => "ReleaseName",
         ClientFrame::Call(_) => "Call",
@@ -448,6 +456,16 @@ async fn read_loop(state: &State, conn: &Arc<Conn>, frames: &mut Incoming) -> Fa
                         Ok(true) => conn.stats.last_activity_ms.store(now, Relaxed),
                         Ok(false) => {}
                         Err(f) => return f,
+                    }
+                    if let Some(fds) = conn.received_fds.as_ref().filter(|f| !f.is_empty()) {
+                        // Descriptors come with the first bytes of the frame
+                        // that carries them: with every frame read whole,
+                        // these came with none.
+                        if frames.buffered() == 0 {
+                            let message = format!("{} file descriptors came with no frame that carries them", fds.len());
+                            fds.clear();
+                            return fatal(conn, ErrorCode::Protocol, message);
+                        }
                     }
                 }
                 Ok(None) => return Fatal(CloseReason::End),
@@ -699,6 +717,7 @@ fn decoded_frame<'a>(
             };
             subscribe(state, conn, sub, if s.sender { sub_flags::SENDER } else { 0 })
         }
+        ClientFrame::PubFds(p) => publish_fds(state, conn, p, cache, pending),
         ClientFrame::SubFlags(s) => {
             let sub = proto::Sub {
                 sid: s.sid,
@@ -897,6 +916,149 @@ fn publish<'a>(
     Ok(())
 }
 
+/// A publish with file descriptors (`PubFds`, protocol 6). Its descriptors
+/// are claimed from those the connection sent (a frame claiming more than
+/// came, or more than `max_fds_per_message`, ends the connection); the
+/// message is checked as any publish is, then queued as a `MsgFds` for each
+/// local subscriber that can take descriptors, all sharing one set (the
+/// kernel gives each its own copy as it is sent; ours close once every
+/// queue has let go). Where descriptors cannot go (a network or older
+/// subscriber, a bridge, the NATS upstream) the message does not go
+/// either, and the publisher hears `FdsNotPassed` naming where. A queue
+/// group's member is chosen among those that can take them.
+#[inline(never)]
+fn publish_fds(
+    state: &State,
+    conn: &Arc<Conn>,
+    p: proto::PubFds<'_>,
+    cache: &mut RouteCache,
+    pending: &mut Pending<'_>,
+) -> Result<(), Fatal> {
+    let cfg = state.config();
+    let n = usize::from(p.fds);
+    if n == 0 || n > cfg.max_fds_per_message {
+        state.policy.refused.count("max_fds_per_message");
+        let message = format!(
+            "limit exceeded: max_fds_per_message = {} (a message with {n})",
+            cfg.max_fds_per_message
+        );
+        return Err(fatal(conn, ErrorCode::LimitExceeded, message));
+    }
+    let Some(fds) = conn.received_fds.as_ref().and_then(|f| f.take(n)) else {
+        let message = format!("a message claims {n} file descriptors that did not come with it");
+        return Err(fatal(conn, ErrorCode::Protocol, message));
+    };
+    pending.settle(&conn.stats);
+    let fds = match crate::outbox::HeldFds::hold(fds, &state.fds_held, state.fd_budget) {
+        Ok(fds) => fds,
+        Err(held) => {
+            state.policy.refused.count("fd_budget");
+            let message = format!(
+                "file descriptors not passed: the daemon holds {held} in messages, its limit is {} (half its RLIMIT_NOFILE); the message was not sent",
+                state.fd_budget
+            );
+            conn.outbox
+                .push_frame(&control::error(ErrorCode::FdsNotPassed, &message));
+            return Ok(());
+        }
+    };
+    if !p.headers.is_empty() && !headers_ok(state, conn, p.headers)? {
+        return Ok(());
+    }
+    let reply_to = match p
+        .reply_to
+        .map(|r| reply_subject(state, conn, r.as_bytes()))
+        .transpose()?
+    {
+        Some(None) => return Ok(()),
+        Some(Some(r)) => Some(r),
+        None => None,
+    };
+    if let Err(e) = subject::validate_subject(p.subject) {
+        return Err(fatal(conn, ErrorCode::InvalidSubject, e.to_string()));
+    }
+    if let Err(message) = subject_limits(state, "subject", p.subject) {
+        conn.outbox
+            .push_frame(&control::error(ErrorCode::LimitExceeded, &message));
+        return Ok(());
+    }
+    if p.subject.starts_with(subject::RESERVED_PREFIX) {
+        let e = subject::SubjectError::Reserved(p.subject.into());
+        conn.outbox
+            .push_frame(&control::error(ErrorCode::Reserved, &e.to_string()));
+        return Ok(());
+    }
+    let routes = match access::publish(state, conn, p.subject) {
+        Verdict::Allowed => state.router.lookup(p.subject, cache),
+        Verdict::Reply => state.router.lookup_uncached(p.subject),
+        Verdict::Denied => return Ok(()),
+    };
+    pending.count(p.payload.len());
+    pending.settle(&conn.stats);
+    if !conn.owed.is_empty() {
+        conn.owed.answer(p.subject);
+    }
+    let mut not_passed = Vec::new();
+    let mut delivered = 0;
+    let offer = |t: &Target| {
+        let frame = control::server(&ServerFrame::MsgFds(proto::PubFds {
+            sid: t.sid,
+            reply_to,
+            ..p.clone()
+        }));
+        t.conn
+            .outbox
+            .push_with_fds(t.sid, &frame, p.payload.len(), &fds, cfg.max_fds_pending);
+    };
+    for t in &routes.plain {
+        if t.conn.takes_fds() {
+            offer(t);
+            delivered += 1;
+        } else {
+            not_passed.push(format!(
+                "connection {} ({}, protocol {})",
+                t.conn.id, t.conn.transport, t.conn.version
+            ));
+        }
+    }
+    for (group, members) in &routes.groups {
+        let n = members.len();
+        let start = routes.group_start(n);
+        match (0..n)
+            .map(|i| &members[(start + i) % n])
+            .find(|t| t.conn.takes_fds())
+        {
+            Some(t) => {
+                offer(t);
+                delivered += 1;
+            }
+            None => not_passed.push(format!("queue group {group}")),
+        }
+    }
+    if state.cluster.wants(p.subject) {
+        not_passed.push("the bridges".into());
+    }
+    if state.upstream.as_ref().is_some_and(|up| up.exports(p.subject)) {
+        not_passed.push("the NATS upstream".into());
+    }
+    if !not_passed.is_empty() {
+        state.policy.refused.count("fds_not_passed");
+        let message = format!(
+            "file descriptors pass only to local subscribers on Unix sockets (protocol 6): \
+             the message on {:?} did not go to {}",
+            p.subject,
+            not_passed.join(", ")
+        );
+        conn.outbox
+            .push_frame(&control::error(ErrorCode::FdsNotPassed, &message));
+    }
+    if let (Some(reply_to), 0) = (reply_to, delivered) {
+        conn.outbox
+            .push_frame(&control::server(&ServerFrame::NoResponders { reply_to }));
+    }
+    Ok(())
+}
+
 /// Why a frame whose subject is not UTF-8 ends its connection.
 const NOT_UTF8: &str = "malformed frame: a subject is not UTF-8";
 
@@ -1091,7 +1253,22 @@ fn subscribe(state: &State, conn: &Arc<Conn>, s: proto::Sub<'_>, flags: u32) -> 
 /// once, not when the whole batch is out.
 async fn write_batch(wr: &mut Writer, batch: &mut Frames, outbox: &Outbox) -> std::io::Result<()> {
     while batch.has_remaining() {
-        let n = wr.write_buf(batch).await?;
+        let n = match batch.next_fds() {
+            None => wr.write_buf(batch).await?,
+            // The bytes before a frame with descriptors, then that frame
+            // with them attached to its first bytes.
+            Some((0, fds)) => {
+                let fds = fds.clone();
+                let n = wr.send_with_fds(batch.fds_chunk(), &fds.borrowed()).await?;
+                if n > 0 {
+                    batch.sent_fds();
+                    batch.advance(n);
+                    outbox.sent_fds(fds.len());
+                }
+                n
+            }
+            Some((before, _)) => wr.write_buf(&mut Buf::take(&mut *batch, before)).await?,
+        };
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }

@@ -116,6 +116,13 @@ struct Args {
     /// How long connections may flush on shutdown [default: 2s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     shutdown_grace: Option<Duration>,
+    /// File descriptors one message may carry [default: 16].
+    #[arg(long, value_name = "N")]
+    max_fds_per_message: Option<usize>,
+    /// File descriptors queued for one connection before messages with
+    /// more are dropped for it [default: 256].
+    #[arg(long, value_name = "N")]
+    max_fds_pending: Option<usize>,
     /// Longest a lossless subscriber may hold a publisher back before it is
     /// disconnected as a slow consumer [default: 5s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
@@ -253,6 +260,8 @@ impl Args {
         set(&mut c.max_subject_tokens, self.max_subject_tokens);
         set(&mut c.shutdown_grace, self.shutdown_grace);
         set(&mut c.max_stall, self.max_stall);
+        set(&mut c.max_fds_per_message, self.max_fds_per_message);
+        set(&mut c.max_fds_pending, self.max_fds_pending);
         c.allow_uid.extend(self.allow_uid);
         c.allow_gid.extend(self.allow_gid);
         set(&mut c.tcp, self.tcp.map(Some));

@@ -237,6 +237,64 @@ pub struct Frames {
     len: usize,
     /// One consumed chunk kept for reuse.
     spare: Option<Vec<u8>>,
+    /// Bytes consumed over its life: the origin of `fds`' positions.
+    consumed: usize,
+    /// File descriptors to send with the frame at each position (from
+    /// the start of the queue's life), in order: `MsgFds` frames.
+    fds: VecDeque<(usize, Fds)>,
+}
+
+/// The descriptors of one message, shared by every subscriber it is queued
+/// for; closed when the last queue lets go (sent, dropped, or closed).
+pub type Fds = Arc<HeldFds>;
+
+/// A message's descriptors, counted in the daemon's total while held.
+#[derive(Debug)]
+pub struct HeldFds {
+    fds: Vec<std::os::fd::OwnedFd>,
+    held: Arc<AtomicUsize>,
+}
+
+impl HeldFds {
+    /// Takes `fds` into the count `held`, unless that would pass `budget`:
+    /// then they are closed at once, and `Err` says how many are held.
+    pub fn hold(
+        fds: Vec<std::os::fd::OwnedFd>,
+        held: &Arc<AtomicUsize>,
+        budget: usize,
+    ) -> Result<Fds, usize> {
+        let n = fds.len();
+        let before = held.fetch_add(n, Relaxed);
+        if before + n > budget {
+            held.fetch_sub(n, Relaxed);
+            return Err(before);
+        }
+        Ok(Arc::new(Self {
+            fds,
+            held: held.clone(),
+        }))
+    }
+
+    /// How many.
+    pub fn len(&self) -> usize {
+        self.fds.len()
+    }
+
+    /// None (never, for a message's).
+    pub fn is_empty(&self) -> bool {
+        self.fds.is_empty()
+    }
+
+    /// Them, borrowed, to send.
+    pub fn borrowed(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
+        self.fds.iter().map(std::os::fd::AsFd::as_fd).collect()
+    }
+}
+
+impl Drop for HeldFds {
+    fn drop(&mut self) {
+        self.held.fetch_sub(self.fds.len(), Relaxed);
+    }
 }
 
 impl Frames {
@@ -280,6 +338,33 @@ impl Frames {
     fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// Appends a frame that goes with `fds`.
+    fn append_with_fds(&mut self, frame: &[u8], fds: Fds) {
+        self.fds.push_back((self.consumed + self.len, fds));
+        self.append(frame.len(), |buf| buf.extend_from_slice(frame));
+    }
+
+    /// The next descriptors to send, and how many bytes come before the
+    /// frame they go with.
+    pub fn next_fds(&self) -> Option<(usize, &Fds)> {
+        self.fds.front().map(|(at, fds)| (at - self.consumed, fds))
+    }
+
+    /// What may go in one send with the next descriptors: the front
+    /// chunk, up to the frame of the descriptors after them.
+    pub fn fds_chunk(&self) -> &[u8] {
+        let chunk = self.chunk();
+        match self.fds.get(1) {
+            Some((at, _)) => &chunk[..chunk.len().min(at - self.consumed)],
+            None => chunk,
+        }
+    }
+
+    /// The next descriptors were sent.
+    pub fn sent_fds(&mut self) -> Option<Fds> {
+        self.fds.pop_front().map(|(_, fds)| fds)
+    }
 }
 
 impl Buf for Frames {
@@ -294,6 +379,7 @@ impl Buf for Frames {
     fn advance(&mut self, mut cnt: usize) {
         assert!(cnt <= self.len, "advance past the end of the queue");
         self.len -= cnt;
+        self.consumed += cnt;
         while cnt > 0 {
             let Some(front) = self.chunks.front() else { break };
             let rest = front.bytes().len() - self.head;
@@ -386,6 +472,9 @@ struct State {
     lag: Vec<(u64, u64)>,
     /// Messages dropped over the connection's life.
     dropped_total: u64,
+    /// File descriptors queued (and in the batch being written), against
+    /// `max_fds_pending`.
+    fds: usize,
     /// No more items are accepted; the writer exits once drained.
     closed: bool,
     /// Messages for a lossless subscription went in over `max_pending`
@@ -705,6 +794,40 @@ impl Outbox {
         self.room.notify_waiters();
     }
 
+    /// Queues `frame`, a `MsgFds` for `sid` (encoded by the caller), with
+    /// the descriptors it carries, unless that would pass `max_pending` or
+    /// `max_fds` descriptors queued: then counts a drop and returns false.
+    /// `payload`: its payload bytes, for the counters.
+    pub fn push_with_fds(&self, sid: u64, frame: &[u8], payload: usize, fds: &Fds, max_fds: usize) -> bool {
+        let mut st = self.lock();
+        if st.closed {
+            return true;
+        }
+        if st.fds + fds.len() > max_fds
+            || !st.admit(frame.len(), Some(self.max_pending), self.budget.as_deref())
+        {
+            st.count_drop(sid);
+            return false;
+        }
+        let was_empty = st.frames.is_empty();
+        st.report_lag(sid);
+        st.frames.append_with_fds(frame, fds.clone());
+        st.fds += fds.len();
+        st.taken.msgs += 1;
+        st.taken.bytes += payload as u64;
+        drop(st);
+        if was_empty {
+            self.ready.notify_one();
+        }
+        true
+    }
+
+    /// The writer sent `n` queued descriptors.
+    pub fn sent_fds(&self, n: usize) {
+        let mut st = self.lock();
+        st.fds = st.fds.saturating_sub(n);
+    }
+
     /// Counts one message for `sid` as dropped.
     pub fn record_drop(&self, sid: u64) {
         self.lock().count_drop(sid);
@@ -796,6 +919,7 @@ impl Outbox {
         st.frames = Frames::default();
         st.taken = Taken::default();
         st.in_flight = 0;
+        st.fds = 0;
         st.settle(self.budget.as_deref());
     }
 

@@ -112,6 +112,17 @@ pub struct Conn {
     pub allowed: Mutex<crate::acl::Allowed>,
     /// Its `Bus-Sender` header value for the NATS upstream, made once.
     pub upstream_sender: std::sync::OnceLock<String>,
+    /// Descriptors it sent, waiting for the `PubFds` frames that carry
+    /// them (a Unix connection).
+    pub received_fds: Option<libbus::transport::ReceivedFds>,
+}
+
+impl Conn {
+    /// It can be sent messages with file descriptors: a Unix connection of
+    /// protocol 6 or later.
+    pub fn takes_fds(&self) -> bool {
+        self.transport == "unix" && self.version >= libbus::proto::FDS_VERSION
+    }
 }
 
 impl Conn {

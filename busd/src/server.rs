@@ -209,6 +209,8 @@ impl Server {
             accept_log: LogLimit::new(LOG_LINES_PER_SECOND),
             refusal_log: LogLimit::new(LOG_LINES_PER_SECOND),
             conn_log: LogLimit::new(CONN_LOG_LINES_PER_SECOND),
+            fds_held: Default::default(),
+            fd_budget: crate::state::fd_budget(),
         });
         Ok(Server {
             state,

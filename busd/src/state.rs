@@ -97,6 +97,19 @@ pub struct State {
     pub refusal_log: LogLimit,
     /// Limits the lines of connections opening and closing.
     pub conn_log: LogLimit,
+    /// File descriptors the daemon holds in messages, against
+    /// [`fd_budget`](Self::fd_budget).
+    pub fds_held: Arc<std::sync::atomic::AtomicUsize>,
+    /// Most descriptors messages may hold at once: half the process's
+    /// `RLIMIT_NOFILE`, so that connections and listeners always have the
+    /// other half (a message beyond it is refused, never an accept).
+    pub fd_budget: usize,
+}
+
+/// Half the soft `RLIMIT_NOFILE` (see [`State::fd_budget`]).
+pub fn fd_budget() -> usize {
+    use nix::sys::resource::{getrlimit, Resource};
+    getrlimit(Resource::RLIMIT_NOFILE).map_or(512, |(soft, _)| (soft / 2).min(usize::MAX as u64) as usize)
 }
 
 impl State {

@@ -340,6 +340,93 @@ impl Bus {
         self.request_via(subject, timeout, send).await
     }
 
+    /// Publishes `payload` to `subject` with file descriptors (an open
+    /// file, a pipe or socket end, a memfd): each local subscriber gets
+    /// its own copy of each ([`Message::take_fds`]). Unix connections only,
+    /// 1 to 253 descriptors (the daemon's `max_fds_per_message`, 16 by
+    /// default, is the usual bound). They are passed with the frame's bytes
+    /// and closed here once sent. Fails at once while disconnected: a
+    /// message with descriptors is never held for the next link.
+    ///
+    /// The daemon passes them only where they can go: a subscriber over
+    /// TCP or of an older protocol, a bridge or the NATS upstream gets
+    /// nothing, and this connection gets
+    /// [`ErrorCode::FdsNotPassed`](crate::proto::ErrorCode::FdsNotPassed)
+    /// (an [`Event::Error`](crate::Event::Error)) naming them.
+    ///
+    /// ```no_run
+    /// # async fn f(bus: libbus::Bus) -> Result<(), Box<dyn std::error::Error>> {
+    /// let log = std::fs::File::open("/var/log/app.log")?;
+    /// bus.publish_with_fds("logs.handoff", "app.log", vec![log.into()]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn publish_with_fds(
+        &self,
+        subject: &str,
+        payload: impl AsRef<[u8]>,
+        fds: Vec<std::os::fd::OwnedFd>,
+    ) -> Result<()> {
+        self.check_fds()?;
+        self.shared
+            .output
+            .publish_with_fds(subject, None, payload.as_ref(), fds)
+            .await
+    }
+
+    /// [`publish_with_fds`](Self::publish_with_fds) with headers.
+    ///
+    /// ```no_run
+    /// # async fn f(bus: libbus::Bus, fd: std::os::fd::OwnedFd) -> libbus::Result<()> {
+    /// let h = libbus::Headers::from_iter([("Content-Type", "image/png")]);
+    /// bus.publish_with_headers_and_fds("images.new", &h, "cat.png", vec![fd]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn publish_with_headers_and_fds(
+        &self,
+        subject: &str,
+        headers: &crate::Headers,
+        payload: impl AsRef<[u8]>,
+        fds: Vec<std::os::fd::OwnedFd>,
+    ) -> Result<()> {
+        self.check_fds()?;
+        self.shared
+            .output
+            .send_with_fds(subject, None, headers, payload.as_ref(), fds)
+            .await
+    }
+
+    /// [`request`](Self::request) with file descriptors, as
+    /// [`publish_with_fds`](Self::publish_with_fds) sends them; the reply
+    /// may carry some too ([`Message::respond_with_fds`]).
+    pub async fn request_with_fds(
+        &self,
+        subject: &str,
+        payload: impl AsRef<[u8]>,
+        fds: Vec<std::os::fd::OwnedFd>,
+        timeout: Duration,
+    ) -> Result<Message> {
+        self.check_fds()?;
+        subject::validate_publish(subject)?;
+        let payload = payload.as_ref();
+        let output = &self.shared.output;
+        let send = async |reply_to: &str| {
+            output
+                .publish_with_fds(subject, Some(reply_to), payload, fds)
+                .await
+        };
+        self.request_via(subject, timeout, send).await
+    }
+
+    /// File descriptors pass only over a Unix connection.
+    fn check_fds(&self) -> Result<()> {
+        match self.shared.address {
+            crate::Address::Unix(_) => Ok(()),
+            _ => Err(Error::Protocol(
+                "file descriptors pass only over a Unix socket connection".into(),
+            )),
+        }
+    }
+
     /// Sends a request with `send` (given the reply subject) and waits up
     /// to `timeout` for its reply; an error reply fails it with
     /// [`Error::Service`]. `what` names it in errors.

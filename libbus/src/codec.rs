@@ -192,6 +192,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.read_room = room.max(LEN_PREFIX);
     }
 
+    /// Bytes read and not yet handed out: the start of a frame still
+    /// arriving.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The stream it reads.
+    pub fn get_ref(&self) -> &R {
+        &self.io
+    }
+
     /// Changes the largest accepted body.
     pub fn set_max_frame(&mut self, max_frame: u32) {
         self.max_frame = max_frame;

@@ -45,6 +45,8 @@ pub(crate) type Frames = codec::FrameReader<crate::transport::Reader>;
 /// read rather than per message.
 #[derive(Debug)]
 pub(crate) enum Batch {
+    /// One message with file descriptors, made whole by the reader.
+    One(Message),
     /// Messages in one received chunk, located by the reader or (a `Run`'s
     /// frames) decoded by the subscription as they are taken.
     Messages(Messages),
@@ -57,7 +59,7 @@ impl Batch {
     pub(crate) fn len(&self) -> usize {
         match self {
             Batch::Messages(m) => m.len(),
-            Batch::Lagged(_) => 1,
+            Batch::One(_) | Batch::Lagged(_) => 1,
         }
     }
 }
@@ -611,6 +613,12 @@ impl ReadRoom {
 /// Reads one link until it ends; returns why.
 pub(crate) async fn read_loop(input: &Input, output: &Arc<Output>, mut frames: Frames) -> String {
     let max_batch = input.batch_size();
+    // Descriptors the daemon sends wait here for their `MsgFds` frames; it
+    // sends each message's with its own bytes, at most the kernel's limit.
+    let fds = frames.get_ref().received_fds();
+    if let Some(fds) = &fds {
+        fds.set_limit(crate::sys::MAX_FDS_PER_READ);
+    }
     let room = input.room;
     let mut pending = Pending::new();
     // Registered once for the link, not per wait.
@@ -634,7 +642,15 @@ pub(crate) async fn read_loop(input: &Input, output: &Arc<Output>, mut frames: F
         let mut msgs = 0;
         for (at, body) in codec::whole_frames(&chunk) {
             let start = at + proto::LEN_PREFIX;
-            let full = match handle_frame(input, output, &chunk, start, body, &mut pending, max_batch) {
+            let full = match handle_frame(
+                input,
+                output,
+                (&chunk, fds.as_ref()),
+                start,
+                body,
+                &mut pending,
+                max_batch,
+            ) {
                 Ok(Handled::Other) => false,
                 Ok(Handled::Msg { full }) => {
                     msgs += 1;
@@ -686,7 +702,7 @@ enum Handled {
 fn handle_frame(
     input: &Input,
     output: &Arc<Output>,
-    chunk: &Bytes,
+    (chunk, fds): (&Bytes, Option<&crate::transport::ReceivedFds>),
     start: usize,
     body: &[u8],
     pending: &mut Pending,
@@ -751,6 +767,31 @@ fn handle_frame(
     }
     match decoded {
         ServerFrame::Msg(_) | ServerFrame::HMsg(_) => {} // handled above
+        ServerFrame::MsgFds(m) => {
+            let claimed = fds.and_then(|f| f.take(usize::from(m.fds)));
+            let Some(claimed) = claimed else {
+                return Err(format!(
+                    "daemon sent a message with {} descriptors that did not come",
+                    m.fds
+                ));
+            };
+            let (sid, mut found) = at(wire::RawMsg {
+                sid: m.sid,
+                subject: m.subject.as_bytes(),
+                reply_to: m.reply_to.map(str::as_bytes),
+                payload: m.payload,
+            });
+            if !m.headers.is_empty() {
+                found = found.with_headers(body, m.headers);
+            }
+            let msg = Message::found_in(chunk, found, output).with_fds(claimed);
+            if sid == input.inbox_sid.load(Ordering::Acquire) {
+                let subject = msg.subject().to_owned();
+                input.complete_request(&subject, |_| Ok(msg));
+            } else {
+                pending.push((sid, Batch::One(msg)));
+            }
+        }
         // Only ever in the encoding raw_smsg reads (or malformed).
         ServerFrame::SMsg { .. } => return Err("malformed SMsg from daemon".into()),
         ServerFrame::Run { sid, frames } => return Ok(run(sid, frames)),

@@ -84,7 +84,7 @@ pub mod session;
 pub mod subject;
 pub mod subscription;
 mod sync;
-mod sys;
+pub(crate) mod sys;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod transport;

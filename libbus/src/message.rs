@@ -45,6 +45,8 @@ pub struct Message {
     sender: Option<Span>,
     /// Connection to respond on; `None` for messages that cannot be answered.
     shared: Option<Arc<Output>>,
+    /// File descriptors that came with it, until taken ([`take_fds`](Self::take_fds)).
+    fds: Option<Arc<std::sync::Mutex<Vec<std::os::fd::OwnedFd>>>>,
 }
 
 /// Where a message's fields lie in its frame (see [`Message::locate`]).
@@ -169,7 +171,69 @@ impl Message {
             headers: parts.headers,
             sender: parts.sender,
             shared,
+            fds: None,
         }
+    }
+
+    /// The same message, carrying `fds`.
+    pub(crate) fn with_fds(mut self, fds: Vec<std::os::fd::OwnedFd>) -> Self {
+        self.fds = Some(Arc::new(std::sync::Mutex::new(fds)));
+        self
+    }
+
+    /// Takes the file descriptors that came with the message (published
+    /// with [`Bus::publish_with_fds`](crate::Bus::publish_with_fds)), each
+    /// this process's own copy: the first call gets them, later calls (and
+    /// clones of the message) get none. Those never taken are closed when
+    /// the last clone is dropped.
+    ///
+    /// ```no_run
+    /// # async fn f(mut sub: libbus::Subscription) {
+    /// if let Some(msg) = sub.next().await {
+    ///     for fd in msg.take_fds() {
+    ///         let file = std::fs::File::from(fd);
+    ///         // read it ...
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn take_fds(&self) -> Vec<std::os::fd::OwnedFd> {
+        self.fds
+            .as_ref()
+            .map(|f| std::mem::take(&mut *crate::sync::lock(f)))
+            .unwrap_or_default()
+    }
+
+    /// The message alone as a batch (without its descriptors).
+    pub(crate) fn as_batch(&self) -> Messages {
+        let found = Found {
+            start: 0,
+            end: self.frame.len(),
+            parts: Parts {
+                subject: self.subject,
+                reply_to: self.reply_to,
+                payload: self.payload,
+                headers: self.headers,
+                sender: self.sender,
+            },
+        };
+        Messages::found(self.frame.clone(), vec![found])
+    }
+
+    /// How many file descriptors it carries and nobody took yet.
+    pub fn fd_count(&self) -> usize {
+        self.fds.as_ref().map_or(0, |f| crate::sync::lock(f).len())
+    }
+
+    /// Answers a request with file descriptors (see
+    /// [`Bus::publish_with_fds`](crate::Bus::publish_with_fds)).
+    pub async fn respond_with_fds(
+        &self,
+        payload: impl AsRef<[u8]>,
+        fds: Vec<std::os::fd::OwnedFd>,
+    ) -> Result<()> {
+        let (reply, shared) = self.answer_on()?;
+        shared.publish_with_fds(reply, None, payload.as_ref(), fds).await
     }
 
     /// The message `found` in `chunk`: a shared slice of it, no copy. A
@@ -254,27 +318,29 @@ impl Message {
         Ok(postcard::from_bytes(self.payload())?)
     }
 
+    /// Where an answer goes: the reply subject and the connection; an
+    /// error if the message is not a request.
+    fn answer_on(&self) -> Result<(&str, &Arc<Output>)> {
+        match (self.reply_to(), self.shared.as_ref()) {
+            (Some(reply), Some(shared)) => Ok((reply, shared)),
+            _ => Err(Error::Protocol(format!(
+                "message on {:?} has no reply subject",
+                self.subject()
+            ))),
+        }
+    }
+
     /// Answers a request: publishes `payload` to this message's reply subject.
     ///
     /// Fails with [`Error::Protocol`] if the message is not a request.
     pub async fn respond(&self, payload: impl AsRef<[u8]>) -> Result<()> {
-        let (Some(reply), Some(shared)) = (self.reply_to(), self.shared.as_ref()) else {
-            return Err(Error::Protocol(format!(
-                "message on {:?} has no reply subject",
-                self.subject()
-            )));
-        };
+        let (reply, shared) = self.answer_on()?;
         shared.publish(reply, None, payload.as_ref()).await
     }
 
     /// Answers a request with headers.
     pub async fn respond_with_headers(&self, headers: &Headers, payload: impl AsRef<[u8]>) -> Result<()> {
-        let (Some(reply), Some(shared)) = (self.reply_to(), self.shared.as_ref()) else {
-            return Err(Error::Protocol(format!(
-                "message on {:?} has no reply subject",
-                self.subject()
-            )));
-        };
+        let (reply, shared) = self.answer_on()?;
         shared
             .publish_with_headers(reply, None, headers, payload.as_ref())
             .await
@@ -308,6 +374,7 @@ impl fmt::Debug for Message {
             .field("subject", &self.subject())
             .field("reply_to", &self.reply_to())
             .field("payload_len", &self.payload().len())
+            .field("fds", &self.fd_count())
             .finish()
     }
 }

@@ -32,6 +32,10 @@ use crate::{
     wire, ConnectOptions, Error, Result,
 };
 
+/// Most file descriptors the output buffer holds for messages not yet
+/// written; a publish with more waits for the writer.
+const MAX_BUFFERED_FDS: usize = 256;
+
 /// Frames waiting for the writer, and the link state. Behind
 /// [`Output::lock`].
 #[derive(Debug, Default)]
@@ -45,6 +49,9 @@ pub(crate) struct Buffer {
     /// Encodes publishes; its last subject passed validation, so a stream
     /// of publishes to one subject checks it once.
     pub pubs: wire::Encoder,
+    /// File descriptors to send with the frame starting at each offset of
+    /// `buf` (a `PubFds`), in order.
+    pub fds: Vec<(usize, Vec<std::os::fd::OwnedFd>)>,
 }
 
 /// The output side of one `Bus`, shared by its handles, its session and the
@@ -201,6 +208,10 @@ impl Output {
         }
         out.connected = false;
         keep_publishes(&mut out.buf);
+        // A message with descriptors is not kept for the next link: its
+        // publish already returned, and nothing tells it apart from loss
+        // in flight (see `publish_with_fds`).
+        out.fds.clear();
         *lock(&self.down) = Some(reason.to_owned());
         lock(&self.pongs).clear();
         self.emit(Event::Disconnected {
@@ -329,6 +340,76 @@ impl Output {
         }
     }
 
+    /// Buffers a message with file descriptors (a `PubFds` frame; they go
+    /// with its bytes), waiting while the buffer is over its bound. Only
+    /// while connected: descriptors are not held for a next link.
+    pub(crate) async fn publish_with_fds(
+        &self,
+        subject: &str,
+        reply_to: Option<&str>,
+        payload: &[u8],
+        fds: Vec<std::os::fd::OwnedFd>,
+    ) -> Result<()> {
+        self.send_with_fds(subject, reply_to, &crate::Headers::new(), payload, fds)
+            .await
+    }
+
+    /// [`publish_with_fds`](Self::publish_with_fds) with headers.
+    pub(crate) async fn send_with_fds(
+        &self,
+        subject: &str,
+        reply_to: Option<&str>,
+        headers: &crate::Headers,
+        payload: &[u8],
+        fds: Vec<std::os::fd::OwnedFd>,
+    ) -> Result<()> {
+        subject::validate_publish(subject)?;
+        let n = u8::try_from(fds.len())
+            .ok()
+            .filter(|n| (1..=crate::sys::MAX_FDS_PER_READ as u8).contains(n))
+            .ok_or(Error::LimitExceeded {
+                limit: "file descriptors per message (1 to 253)",
+                value: fds.len() as u64,
+            })?;
+        let headers = if headers.is_empty() {
+            &[][..]
+        } else {
+            headers.encoded()?
+        };
+        let frame = ClientFrame::PubFds(proto::PubFds {
+            sid: 0,
+            subject,
+            reply_to,
+            headers,
+            payload,
+            fds: n,
+        });
+        let mut fds = Some(fds);
+        self.until_buffered(|| {
+            let mut out = self.lock();
+            if !out.connected && !out.closed {
+                drop(out);
+                return Err(self.disconnected());
+            }
+            let held: usize = out.fds.iter().map(|(_, f)| f.len()).sum();
+            if held > 0 && held + usize::from(n) > MAX_BUFFERED_FDS {
+                // Wait for the writer: descriptors held here count against
+                // this process's limit.
+                return Ok(false);
+            }
+            let was_empty = out.buf.is_empty();
+            let at = out.buf.len();
+            let put = self.put(&mut out, &frame, true);
+            if matches!(put, Ok(Put::Buffered)) {
+                if let Some(fds) = fds.take() {
+                    out.fds.push((at, fds));
+                }
+            }
+            self.buffered(out, was_empty, put)
+        })
+        .await
+    }
+
     /// Buffers messages from `msgs` while there is room; `Ok(true)` once all
     /// are buffered. Stops at the first that fails, leaving it in `msgs`.
     fn buffer_all<S, P, I>(&self, msgs: &mut std::iter::Peekable<I>) -> Result<bool>
@@ -428,10 +509,10 @@ impl Output {
 pub(crate) async fn write_loop(output: std::sync::Arc<Output>, mut tx: Writer) {
     let mut batch = Vec::with_capacity(64 << 10);
     loop {
-        let closed = {
+        let (closed, fds) = {
             let mut out = output.lock();
             std::mem::swap(&mut out.buf, &mut batch);
-            out.closed
+            (out.closed, std::mem::take(&mut out.fds))
         };
         if batch.is_empty() {
             if closed {
@@ -444,7 +525,7 @@ pub(crate) async fn write_loop(output: std::sync::Arc<Output>, mut tx: Writer) {
             continue;
         }
         output.space.notify_waiters();
-        if let Err(e) = write_batch(&mut tx, &batch).await {
+        if let Err(e) = write_batch(&mut tx, &batch, fds).await {
             tracing::debug!("bus write failed: {e}");
             tx.shutdown_both();
             output.broken.store(true, Ordering::Relaxed);
@@ -459,8 +540,27 @@ pub(crate) async fn write_loop(output: std::sync::Arc<Output>, mut tx: Writer) {
 }
 
 /// Writes one batch and flushes it (a no-op on raw sockets; TLS buffers).
-async fn write_batch(tx: &mut Writer, batch: &[u8]) -> std::io::Result<()> {
-    tx.write_all(batch).await?;
+/// Each `fds` entry goes with the bytes from its offset (at least one;
+/// never past the next entry's), and is closed here once sent: the
+/// kernel holds its own reference until the daemon takes it.
+async fn write_batch(
+    tx: &mut Writer,
+    batch: &[u8],
+    fds: Vec<(usize, Vec<std::os::fd::OwnedFd>)>,
+) -> std::io::Result<()> {
+    let mut at = 0;
+    let mut marks = fds.into_iter().peekable();
+    while let Some((mark, fds)) = marks.next() {
+        tx.write_all(&batch[at..mark]).await?;
+        let end = marks.peek().map_or(batch.len(), |(next, _)| *next);
+        let borrowed: Vec<_> = fds.iter().map(std::os::fd::AsFd::as_fd).collect();
+        let n = tx.send_with_fds(&batch[mark..end], &borrowed).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        at = mark + n;
+    }
+    tx.write_all(&batch[at..]).await?;
     tx.flush().await
 }
 

@@ -19,8 +19,12 @@ use serde::{Deserialize, Serialize};
 /// [`ServerFrame::ResponderGone`] and, on bridge links,
 /// [`link::LinkFrame::Closing`] and [`link::LinkFrame::Closed`]; version 5
 /// added subscription flags ([`ClientFrame::SubFlags`]: lossless
-/// subscriptions).
-pub const PROTOCOL_VERSION: u16 = 5;
+/// subscriptions); version 6, file descriptors ([`ClientFrame::PubFds`],
+/// [`ServerFrame::MsgFds`]).
+pub const PROTOCOL_VERSION: u16 = 6;
+
+/// First version that sends and reads messages with file descriptors.
+pub const FDS_VERSION: u16 = 6;
 
 /// First version whose daemons read [`ClientFrame::SubFlags`].
 pub const FLAGS_VERSION: u16 = 5;
@@ -145,6 +149,32 @@ pub enum ClientFrame<'a> {
     /// (`SubRefused`) a flag it does not know.
     #[serde(borrow)]
     SubFlags(SubFlags<'a>),
+    /// Publish with file descriptors (version 6, Unix sockets): `fds` of
+    /// them were sent with this frame's bytes (`SCM_RIGHTS`).
+    #[serde(borrow)]
+    PubFds(PubFds<'a>),
+}
+
+/// A message with file descriptors: a publish ([`ClientFrame::PubFds`]) or,
+/// with the subscription's `sid`, a delivery ([`ServerFrame::MsgFds`]).
+/// The descriptors travel beside the frame (`SCM_RIGHTS` with its bytes);
+/// `fds` says how many are its own.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct PubFds<'a> {
+    /// The subscription a delivery is for (0 in a publish).
+    pub sid: u64,
+    /// Subject.
+    pub subject: &'a str,
+    /// Reply subject, for requests.
+    pub reply_to: Option<&'a str>,
+    /// The encoded header block (empty: none).
+    #[serde(with = "serde_bytes")]
+    pub headers: &'a [u8],
+    /// Message body.
+    #[serde(with = "serde_bytes")]
+    pub payload: &'a [u8],
+    /// How many descriptors came with it.
+    pub fds: u8,
 }
 
 /// Flags of [`RequestName`], as D-Bus's `RequestName`: bit values, or-ed.
@@ -372,6 +402,10 @@ pub enum ErrorCode {
     /// A lossless subscription held a publisher back longer than the
     /// daemon's `max_stall` (version 5); the connection is closed.
     SlowConsumer,
+    /// File descriptors could not go where a message went (version 6): a
+    /// network or older subscriber, a bridge, the NATS upstream, or the
+    /// daemon near its descriptor limit. The message went everywhere else.
+    FdsNotPassed,
 }
 
 impl ErrorCode {
@@ -488,6 +522,10 @@ pub enum ServerFrame<'a> {
         /// Where it stands now.
         state: NameState,
     },
+    /// A delivery with file descriptors (version 6): `fds` of them came
+    /// with this frame's bytes (`SCM_RIGHTS`).
+    #[serde(borrow)]
+    MsgFds(PubFds<'a>),
 }
 
 /// Records returned by the admin API (`$BUS.api.*`) and lifecycle events

@@ -71,6 +71,10 @@ impl Subscription {
     /// on the receive buffer, where [`next`](Self::next) takes one per
     /// message, and its messages are read in place ([`MessageRef`](crate::MessageRef)).
     ///
+    /// A message with file descriptors comes as a batch of its own, without
+    /// them (they are closed, and a warning logged): take such messages with
+    /// [`next`](Self::next) to keep their descriptors.
+    ///
     /// ```no_run
     /// # async fn f(mut sub: libbus::Subscription) {
     /// while let Some(batch) = sub.next_batch().await {
@@ -93,6 +97,14 @@ impl Subscription {
             }
             match ready!(self.poll_received(cx)) {
                 Received::Batch => {}
+                Received::One(m) => {
+                    tracing::warn!(
+                        sid = self.sid,
+                        fds = m.fd_count(),
+                        "a message with file descriptors taken by next_batch: its descriptors are closed"
+                    );
+                    return Poll::Ready(Some(m.as_batch()));
+                }
                 Received::Lagged(n) => self.warn_lagged(n),
                 Received::Closed => return Poll::Ready(None),
             }
@@ -112,6 +124,7 @@ impl Subscription {
             self.release();
             match ready!(self.poll_received(cx)) {
                 Received::Batch => {}
+                Received::One(m) => return Poll::Ready(Some(Delivery::Message(m))),
                 Received::Lagged(n) => return Poll::Ready(Some(Delivery::Lagged(n))),
                 Received::Closed => return Poll::Ready(None),
             }
@@ -125,6 +138,10 @@ impl Subscription {
                 self.taken = m.len();
                 self.current = m;
                 Received::Batch
+            }
+            Some(Batch::One(m)) => {
+                self.space.add_permits(1);
+                Received::One(m)
             }
             Some(Batch::Lagged(n)) => {
                 self.dropped += n;
@@ -160,6 +177,8 @@ impl Subscription {
 enum Received {
     /// A batch, now `current`.
     Batch,
+    /// A message with file descriptors.
+    One(Message),
     /// A loss notice (already counted).
     Lagged(u64),
     /// The connection is closed.

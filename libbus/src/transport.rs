@@ -96,6 +96,8 @@ pub struct ReceivedFds(Arc<FdQueue>);
 #[derive(Debug, Default)]
 struct FdQueue {
     fds: Mutex<VecDeque<OwnedFd>>,
+    /// How many `fds` holds, readable without the lock.
+    count: std::sync::atomic::AtomicUsize,
     limit: std::sync::atomic::AtomicUsize,
 }
 
@@ -107,7 +109,9 @@ impl ReceivedFds {
     /// The next `n` descriptors, or `None` (taking none) if fewer came.
     pub fn take(&self, n: usize) -> Option<Vec<OwnedFd>> {
         let mut q = self.lock();
-        (q.len() >= n).then(|| q.drain(..n).collect())
+        let taken = (q.len() >= n).then(|| q.drain(..n).collect());
+        self.0.count.store(q.len(), std::sync::atomic::Ordering::Relaxed);
+        taken
     }
 
     /// Lets up to `n` descriptors wait for their frames.
@@ -120,10 +124,12 @@ impl ReceivedFds {
     fn add(&self, got: &mut VecDeque<OwnedFd>) -> io::Result<()> {
         let mut q = self.lock();
         q.extend(got.drain(..));
+        self.0.count.store(q.len(), std::sync::atomic::Ordering::Relaxed);
         let limit = self.0.limit.load(std::sync::atomic::Ordering::Relaxed);
         if q.len() > limit {
             let n = q.len();
             q.clear();
+            self.0.count.store(0, std::sync::atomic::Ordering::Relaxed);
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("{n} file descriptors received that no frame carries (at most {limit} may wait)"),
@@ -134,12 +140,18 @@ impl ReceivedFds {
 
     /// How many wait.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.0.count.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// None wait.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Closes every one waiting.
+    pub fn clear(&self) {
+        self.lock().clear();
+        self.0.count.store(0, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -31,6 +31,7 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
         Just(ErrorCode::Kicked),
         Just(ErrorCode::AuthenticationFailed),
         Just(ErrorCode::SlowConsumer),
+        Just(ErrorCode::FdsNotPassed),
     ]
 }
 

@@ -171,6 +171,15 @@ pub enum Got {
     Pong,
     /// A refused subscription.
     SubRefused(u64, ErrorCode, String),
+    /// A delivery with file descriptors (a raw reader does not keep them).
+    MsgFds {
+        /// Subscription id.
+        sid: u64,
+        /// How many it says came.
+        fds: u8,
+        /// Payload.
+        payload: Vec<u8>,
+    },
 }
 
 /// A raw protocol connection for feeding the daemon bad input. The
@@ -290,6 +299,11 @@ impl Raw {
                 headers: m.headers.into(),
                 payload: m.payload.into(),
             },
+            ServerFrame::MsgFds(m) => Got::MsgFds {
+                sid: m.sid,
+                fds: m.fds,
+                payload: m.payload.into(),
+            },
             ServerFrame::Error { code, message } => Got::Error(code, message.into()),
             ServerFrame::Ping => Got::Ping,
             ServerFrame::Pong => Got::Pong,
@@ -304,12 +318,13 @@ impl Raw {
         })
     }
 
-    /// Expects an `Error` frame (skipping pings) followed by the end of the stream.
+    /// Expects an `Error` frame (skipping pings and pongs) followed by the
+    /// end of the stream.
     pub async fn expect_error_then_close(&mut self) -> (ErrorCode, String) {
         let err = loop {
             match self.next().await {
                 Some(Got::Error(code, msg)) => break (code, msg),
-                Some(Got::Ping) | Some(Got::Welcome(_)) => continue,
+                Some(Got::Ping | Got::Pong | Got::Welcome(_)) => continue,
                 other => panic!("expected an Error frame, got {other:?}"),
             }
         };

@@ -308,6 +308,15 @@ impl Cluster {
         self.invalidate(&mut inner);
     }
 
+    /// True if a node across a link wants messages on `subject`.
+    pub fn wants(&self, subject: &str) -> bool {
+        if !self.is_active() {
+            return false;
+        }
+        let (plain, groups) = self.current_routing().interested(subject);
+        !plain.is_empty() || !groups.is_empty()
+    }
+
     /// A message was published here. Forwards it to the links whose
     /// subtrees want it; returns true if any remote node wants it.
     pub fn publish(&self, router: &Router, msg: Message<'_>, local: &Routes) -> bool {

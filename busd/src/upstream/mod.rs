@@ -175,6 +175,11 @@ impl Upstream {
         self.interest.notify_one();
     }
 
+    /// True if a publish to `subject` would go up (`export`).
+    pub fn exports(&self, subject: &str) -> bool {
+        mapping::export_subject(subject, &self.config.export, &self.own).is_some()
+    }
+
     /// Hands a local publish to the upstream if it goes up (`export`, or an
     /// answer to a request that came down). `sender` keeps its publisher's
     /// `Bus-Sender` value once made; `local` are its local routes. Returns
