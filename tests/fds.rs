@@ -288,3 +288,43 @@ async fn nothing_leaks_after_many_messages_with_descriptors() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_sealed_memfd_payload_reads_as_any_payload() {
+    let bus = TestBus::start();
+    let sub_conn = bus.client("sub").await;
+    let mut sub = sub_conn.subscribe("frames.>").await.unwrap();
+    let mut batches = sub_conn.subscribe("frames.>").await.unwrap();
+    let publisher = bus.client("publisher").await;
+    // Past max_frame (1 MiB): only the descriptor goes through the daemon.
+    let big: Vec<u8> = (0..(3 << 20)).map(|i: u32| (i % 251) as u8).collect();
+    publisher.publish_memfd("frames.cam", &big).await.unwrap();
+    let m = within("the frame", sub.next()).await.unwrap();
+    assert_eq!(m.payload().len(), big.len());
+    assert!(
+        m.payload() == &big[..],
+        "the mapped payload is what was published"
+    );
+    assert_eq!(m.headers().get("Bus-Memfd"), Some((3 << 20).to_string().as_str()));
+    assert_eq!(m.fd_count(), 0, "the memfd became the payload");
+    assert_eq!(&m.payload_bytes()[..16], &big[..16]);
+    // A batch reader gets the same payload (copied into the batch).
+    let batch = within("the frame as a batch", batches.next_batch())
+        .await
+        .unwrap();
+    assert_eq!(batch.len(), 1);
+    assert!(batch.iter().next().unwrap().payload() == &big[..]);
+
+    // A memfd that is not sealed is never mapped: the subscriber gets the
+    // descriptor as a plain one, and an empty payload.
+    let fd = nix::sys::memfd::memfd_create(c"unsealed", nix::sys::memfd::MFdFlags::MFD_CLOEXEC).unwrap();
+    nix::unistd::write(&fd, b"mutable").unwrap();
+    let h = libbus::Headers::from_iter([("Bus-Memfd", "7")]);
+    publisher
+        .publish_with_headers_and_fds("frames.cam", &h, "", vec![fd])
+        .await
+        .unwrap();
+    let m = within("the unsealed one", sub.next()).await.unwrap();
+    assert!(m.payload().is_empty());
+    assert_eq!(m.fd_count(), 1);
+}

@@ -440,6 +440,10 @@ fn bench_smoke() {
             "--baseline",
             "--json",
         ],
+        // Payloads in sealed memfds: only descriptors cross the daemon.
+        &[
+            "bench", "pubsub", "--msgs", "200", "--size", "65536", "--memfd", "--json",
+        ],
         &[
             "bench",
             "routing",
@@ -465,6 +469,10 @@ fn bench_smoke() {
         assert!(sent > 0, "{args:?}: {report}");
         if args.contains(&"--subjects") {
             assert_eq!(report["subjects"].as_u64(), Some(2000), "{report}");
+        }
+        if args.contains(&"--memfd") {
+            assert_eq!(report["memfd"].as_bool(), Some(true), "{report}");
+            assert_eq!(report["delivered"].as_u64(), Some(200), "{report}");
         }
         if args.contains(&"--tasks") {
             assert_eq!(report["tasks"].as_u64(), Some(3), "{report}");

@@ -5,7 +5,7 @@
 
 use std::{
     os::fd::OwnedFd,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -47,14 +47,14 @@ fn killed_subscribers_leak_no_descriptors() {
             // their pipes fill they stop reading, and their queues fill
             // and drop. Three are killed and one kicked while messages
             // flow.
-            let mut subs: Vec<Child> = (0..4)
+            let mut subs: Vec<common::KillOnDrop> = (0..4)
                 .map(|_| {
                     let mut c = Command::new(common::CLI);
                     c.env("BUS_ADDRESS", address.to_string())
                         .args(["sub", "leak.>"])
                         .stdout(Stdio::piped())
                         .stderr(Stdio::null());
-                    common::spawn(&mut c).unwrap()
+                    common::KillOnDrop(common::spawn(&mut c).unwrap())
                 })
                 .collect();
             let start = Instant::now();
@@ -72,11 +72,11 @@ fn killed_subscribers_leak_no_descriptors() {
                 if i % 25_000 == 10_000 && subs.len() > 1 {
                     // Mid-delivery: SIGKILL, no goodbye.
                     let mut child = subs.remove(0);
-                    child.kill().unwrap();
-                    child.wait().unwrap();
+                    child.0.kill().unwrap();
+                    child.0.wait().unwrap();
                 }
                 if i == 90_000 {
-                    let pid = subs[0].id();
+                    let pid = subs[0].0.id();
                     let conns: Vec<libbus::proto::api::ConnInfo> =
                         probe.request(libbus::proto::api::LIST, []).await.unwrap().decode().unwrap();
                     let id = conns

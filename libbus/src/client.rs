@@ -395,6 +395,31 @@ impl Bus {
             .await
     }
 
+    /// Publishes a large `payload` without copying it through the daemon:
+    /// it is written once into a memfd sealed against any change
+    /// (`F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW`), and only the
+    /// descriptor travels, as [`publish_with_fds`](Self::publish_with_fds)
+    /// sends it. A subscriber reads it with [`Message::payload`] as any
+    /// other payload: libbus maps it read-only, and no one can change it
+    /// meanwhile. Its `Bus-Memfd` header gives the length. The same limits
+    /// and transports apply as to any descriptor.
+    ///
+    /// ```no_run
+    /// # async fn f(bus: libbus::Bus) -> libbus::Result<()> {
+    /// let frame = vec![0u8; 8 << 20];
+    /// bus.publish_memfd("camera.frame", &frame).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn publish_memfd(&self, subject: &str, payload: &[u8]) -> Result<()> {
+        self.check_fds()?;
+        let fd = sealed_memfd(payload)?;
+        let headers = crate::Headers::from_iter([(crate::headers::MEMFD, payload.len().to_string())]);
+        self.shared
+            .output
+            .send_with_fds(subject, None, &headers, &[], vec![fd])
+            .await
+    }
+
     /// [`request`](Self::request) with file descriptors, as
     /// [`publish_with_fds`](Self::publish_with_fds) sends them; the reply
     /// may carry some too ([`Message::respond_with_fds`]).
@@ -506,6 +531,25 @@ impl Bus {
     pub fn disconnected_error(&self) -> Error {
         self.shared.output.disconnected()
     }
+}
+
+/// A memfd holding `payload`, sealed against writing, shrinking, growing
+/// and further sealing.
+fn sealed_memfd(payload: &[u8]) -> Result<std::os::fd::OwnedFd> {
+    use nix::{
+        fcntl::{fcntl, FcntlArg},
+        sys::memfd::{memfd_create, MFdFlags},
+    };
+    use std::io::Write;
+    let fd = memfd_create(
+        c"bus-payload",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )
+    .map_err(std::io::Error::from)?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(payload)?;
+    fcntl(&file, FcntlArg::F_ADD_SEALS(crate::sys::payload_seals())).map_err(std::io::Error::from)?;
+    Ok(file.into())
 }
 
 /// A queue group's name: not empty, no whitespace or control characters.

@@ -15,6 +15,10 @@ pub const DEFAULT_MAX_HEADER_BYTES: u32 = 64 << 10;
 pub const ERROR_CODE: &str = "Bus-Error-Code";
 /// The header a responder's error reply carries: its text.
 pub const ERROR_TEXT: &str = "Bus-Error-Text";
+/// Header of a message whose payload is in the sealed memfd it carries
+/// ([`Bus::publish_memfd`](crate::Bus::publish_memfd)): the payload's
+/// length in bytes.
+pub const MEMFD: &str = "Bus-Memfd";
 
 /// Headers of a message, in order.
 ///

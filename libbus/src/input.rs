@@ -685,6 +685,27 @@ pub(crate) async fn read_loop(input: &Input, output: &Arc<Output>, mut frames: F
     reason
 }
 
+/// `msg` with the descriptors that came with it: a payload in a sealed
+/// memfd (`Bus-Memfd` names its length) is mapped read-only and becomes
+/// its payload; any other descriptor is the message's to hand out
+/// (`take_fds`), as is a memfd that is not sealed as it must be (logged).
+fn with_memfd_payload(msg: Message, mut fds: Vec<std::os::fd::OwnedFd>) -> Message {
+    let len = msg
+        .headers()
+        .get(crate::headers::MEMFD)
+        .and_then(|l| l.parse::<usize>().ok());
+    if let (Some(len), 1) = (len, fds.len()) {
+        match crate::sys::map_sealed(&fds[0], len) {
+            Ok(map) => {
+                fds.clear(); // The mapping outlives the descriptor.
+                return msg.with_body(Bytes::from_owner(map));
+            }
+            Err(e) => tracing::warn!("a memfd payload on {:?} is not mapped: {e}", msg.subject()),
+        }
+    }
+    msg.with_fds(fds)
+}
+
 /// What handling one frame left to do.
 enum Handled {
     /// A delivery, handled; `full`: a batch is full, hand the pending ones
@@ -784,7 +805,7 @@ fn handle_frame(
             if !m.headers.is_empty() {
                 found = found.with_headers(body, m.headers);
             }
-            let msg = Message::found_in(chunk, found, output).with_fds(claimed);
+            let msg = with_memfd_payload(Message::found_in(chunk, found, output), claimed);
             if sid == input.inbox_sid.load(Ordering::Acquire) {
                 let subject = msg.subject().to_owned();
                 input.complete_request(&subject, |_| Ok(msg));

@@ -21,7 +21,8 @@
 //!   calls to their owners ([`Bus::call`]).
 //! - [`subject`]: subject and pattern validation (NATS conventions);
 //!   [`addr`], [`transport`], [`tls`]: addresses and sockets; `sys`:
-//!   libbus's only `unsafe` (`recvmsg` with the descriptors sent along).
+//!   libbus's only `unsafe` (`recvmsg` with the descriptors sent along,
+//!   and mapping a sealed memfd payload read-only).
 //!
 //! ## The path of one message
 //! 1. `client.rs` [`Bus::publish`] → `output.rs` `Output::publish` →

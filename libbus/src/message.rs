@@ -47,6 +47,9 @@ pub struct Message {
     shared: Option<Arc<Output>>,
     /// File descriptors that came with it, until taken ([`take_fds`](Self::take_fds)).
     fds: Option<Arc<std::sync::Mutex<Vec<std::os::fd::OwnedFd>>>>,
+    /// The payload when it came in a sealed memfd (mapped read-only), not
+    /// in the frame.
+    body: Option<Bytes>,
 }
 
 /// Where a message's fields lie in its frame (see [`Message::locate`]).
@@ -172,7 +175,14 @@ impl Message {
             sender: parts.sender,
             shared,
             fds: None,
+            body: None,
         }
+    }
+
+    /// The same message, its payload `body` (a mapped memfd).
+    pub(crate) fn with_body(mut self, body: Bytes) -> Self {
+        self.body = Some(body);
+        self
     }
 
     /// The same message, carrying `fds`.
@@ -204,20 +214,32 @@ impl Message {
             .unwrap_or_default()
     }
 
-    /// The message alone as a batch (without its descriptors).
+    /// The message alone as a batch (without its descriptors). A payload
+    /// mapped from a memfd is copied in after the frame: a batch's
+    /// messages are spans of one buffer.
     pub(crate) fn as_batch(&self) -> Messages {
+        let (frame, payload) = match &self.body {
+            None => (self.frame.clone(), self.payload),
+            Some(body) => {
+                let mut joined = Vec::with_capacity(self.frame.len() + body.len());
+                joined.extend_from_slice(&self.frame);
+                joined.extend_from_slice(body);
+                let span = Span::of(&joined, &joined[self.frame.len()..]);
+                (Bytes::from(joined), span)
+            }
+        };
         let found = Found {
             start: 0,
-            end: self.frame.len(),
+            end: frame.len(),
             parts: Parts {
                 subject: self.subject,
                 reply_to: self.reply_to,
-                payload: self.payload,
+                payload,
                 headers: self.headers,
                 sender: self.sender,
             },
         };
-        Messages::found(self.frame.clone(), vec![found])
+        Messages::found(frame, vec![found])
     }
 
     /// How many file descriptors it carries and nobody took yet.
@@ -260,13 +282,20 @@ impl Message {
 
     /// The message body.
     pub fn payload(&self) -> &[u8] {
-        self.payload.get(&self.frame)
+        match &self.body {
+            Some(body) => body,
+            None => self.payload.get(&self.frame),
+        }
     }
 
     /// The message body as [`Bytes`]: a shared slice of the frame, no copy.
     pub fn payload_bytes(&self) -> Bytes {
-        self.frame
-            .slice(self.payload.start as usize..self.payload.end as usize)
+        match &self.body {
+            Some(body) => body.clone(),
+            None => self
+                .frame
+                .slice(self.payload.start as usize..self.payload.end as usize),
+        }
     }
 
     /// Takes the body out of the message (no copy).

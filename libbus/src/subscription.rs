@@ -98,11 +98,13 @@ impl Subscription {
             match ready!(self.poll_received(cx)) {
                 Received::Batch => {}
                 Received::One(m) => {
-                    tracing::warn!(
-                        sid = self.sid,
-                        fds = m.fd_count(),
-                        "a message with file descriptors taken by next_batch: its descriptors are closed"
-                    );
+                    if m.fd_count() > 0 {
+                        tracing::warn!(
+                            sid = self.sid,
+                            fds = m.fd_count(),
+                            "a message with file descriptors taken by next_batch: its descriptors are closed"
+                        );
+                    }
                     return Poll::Ready(Some(m.as_batch()));
                 }
                 Received::Lagged(n) => self.warn_lagged(n),

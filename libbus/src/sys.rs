@@ -2,7 +2,9 @@
 //! does (busd's is `busd::sys`): reading a Unix socket with `recvmsg`, so
 //! that file descriptors sent with the bytes (`SCM_RIGHTS`) are received
 //! rather than closed by the kernel, straight into the read buffer's
-//! uninitialized room.
+//! uninitialized room; and mapping a sealed memfd payload read-only
+//! ([`map_sealed`]), whose seals are the argument that the mapped bytes
+//! never change.
 //!
 //! Why not a safe wrapper: `nix::sys::socket::recvmsg` needs an
 //! initialized `&mut [u8]`, and the read buffer's room is not initialized
@@ -115,4 +117,88 @@ pub(crate) fn recv_with_fds(
         ));
     }
     Ok(n)
+}
+
+/// A sealed memfd mapped read-only: the payload of a message published
+/// with [`Bus::publish_memfd`](crate::Bus::publish_memfd).
+#[derive(Debug)]
+pub(crate) struct SealedMap {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is read-only and its contents cannot change (see
+// `map_sealed`): sharing or sending the pointer between threads reads
+// memory no one writes.
+#[allow(unsafe_code)]
+unsafe impl Send for SealedMap {}
+// SAFETY: as for `Send`: only shared reads of unchanging memory.
+#[allow(unsafe_code)]
+unsafe impl Sync for SealedMap {}
+
+impl AsRef<[u8]> for SealedMap {
+    #[allow(unsafe_code)]
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `ptr` is a live mapping of `len` readable bytes (until
+        // drop), which nothing can change: the memfd is sealed against
+        // writes, shrinking and growing, so no process can write it
+        // through any descriptor or mapping, nor truncate it (which would
+        // turn reads past the new end into SIGBUS).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for SealedMap {
+    #[allow(unsafe_code)]
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: `ptr`/`len` are exactly the mapping `map_sealed`
+            // made, unmapped once, here; no borrow of it outlives `self`.
+            let _ = unsafe { nix::sys::mman::munmap(self.ptr.cast(), self.len) };
+        }
+    }
+}
+
+/// Seals a memfd carrying a payload must have: no writes, no shrinking,
+/// no growing (and no more seals).
+pub(crate) fn payload_seals() -> nix::fcntl::SealFlag {
+    use nix::fcntl::SealFlag;
+    SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL
+}
+
+/// Maps the memfd `fd` read-only if it is sealed against writing,
+/// shrinking and growing and holds exactly `len` bytes; else an error
+/// saying what is wrong (the caller keeps the descriptor as a plain one).
+#[allow(unsafe_code)]
+pub(crate) fn map_sealed(fd: &OwnedFd, len: usize) -> io::Result<SealedMap> {
+    use nix::{
+        fcntl::{fcntl, FcntlArg, SealFlag},
+        sys::mman::{mmap, MapFlags, ProtFlags},
+    };
+    let seals = SealFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GET_SEALS)?);
+    let needed = SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW;
+    if !seals.contains(needed) {
+        return Err(io::Error::other(
+            "the payload's memfd is not sealed against writes and resizing",
+        ));
+    }
+    let size = nix::sys::stat::fstat(fd)?.st_size;
+    if usize::try_from(size).ok() != Some(len) {
+        return Err(io::Error::other(format!(
+            "the payload's memfd holds {size} bytes, not {len}"
+        )));
+    }
+    let Some(length) = std::num::NonZeroUsize::new(len) else {
+        return Ok(SealedMap {
+            ptr: std::ptr::NonNull::dangling(),
+            len: 0,
+        });
+    };
+    // SAFETY: a fresh read-only shared mapping of `len` bytes of a file
+    // that holds exactly `len` bytes and can neither shrink nor grow nor
+    // be written (the seals above, which cannot be removed), so the
+    // mapped memory stays valid and unchanging for the mapping's life;
+    // it aliases no Rust object (the kernel picks the address).
+    let ptr = unsafe { mmap(None, length, ProtFlags::PROT_READ, MapFlags::MAP_SHARED, fd, 0) }?;
+    Ok(SealedMap { ptr: ptr.cast(), len })
 }

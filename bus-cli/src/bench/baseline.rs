@@ -119,13 +119,14 @@ pub fn relay(frame: &[u8], count: u64) -> std::io::Result<Duration> {
 
 /// Runs `run` (a stream) with growing counts until one run lasts at least `min`
 /// (at most 2^30 frames). Returns that run's frame count and elapsed time,
-/// and the frames of all runs (for CPU time per frame).
+/// and the frames of all runs (for CPU time per frame). The first run
+/// moves about 64 MiB (10 to 100,000 frames), so large frames start small.
 pub fn long_enough(
     run: impl Fn(&[u8], u64) -> std::io::Result<Duration>,
     frame: &[u8],
     min: Duration,
 ) -> std::io::Result<(u64, Duration, u64)> {
-    let mut count = 100_000;
+    let mut count = ((64 << 20) / frame.len().max(1) as u64).clamp(10, 100_000);
     let mut total = 0;
     loop {
         let elapsed = run(frame, count)?;

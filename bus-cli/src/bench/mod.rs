@@ -112,6 +112,11 @@ pub struct BenchArgs {
     /// than literal ones.
     #[arg(long)]
     pub wildcard: bool,
+    /// Publish each payload in a sealed memfd (pubsub, fanout; with
+    /// --batch 1): only the descriptor goes through the daemon, and each
+    /// subscriber maps it and reads a byte of every page.
+    #[arg(long)]
+    pub memfd: bool,
     /// Publishers publish as fast as they can, without waiting for the
     /// subscribers (pubsub, fanout): the report says what was published,
     /// delivered, and dropped and reported.
@@ -228,6 +233,8 @@ pub struct Report {
     pub unpaced: bool,
     /// Subscribers were lossless (`--lossless`).
     pub lossless: bool,
+    /// Payloads went in sealed memfds (`--memfd`).
+    pub memfd: bool,
     /// Publishers and subscribers ran as separate processes (`--processes`).
     pub processes: bool,
     /// The worker processes' CPU time, µs (`--processes`).
@@ -639,6 +646,9 @@ fn print_report(r: &Report) {
     }
     if r.lossless {
         api += ", lossless";
+    }
+    if r.memfd {
+        api += ", payloads in sealed memfds";
     }
     if r.processes {
         api += ", separate processes";

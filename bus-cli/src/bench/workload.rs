@@ -136,6 +136,12 @@ pub async fn run(args: &BenchArgs, target: &Target) -> Result<Report> {
             }
             report.unpaced = args.unpaced;
             report.lossless = args.lossless;
+            report.memfd = args.memfd;
+            if args.memfd && (args.batch > 1 || args.processes) {
+                return Err(Error::Protocol(
+                    "--memfd goes with --batch 1, in one process".into(),
+                ));
+            }
             report.processes = args.processes;
             if args.processes {
                 super::procs::pubsub(&address, (pubs, subs), args, max_pending, &subjects, &mut report)
@@ -262,6 +268,9 @@ struct Tally {
     until_report: u64,
     received: u64,
     lagged: u64,
+    /// Read one byte of each 4 KiB page of every payload (`--memfd`: a
+    /// mapped payload costs its page faults only when read).
+    touch: bool,
 }
 
 impl Tally {
@@ -272,7 +281,11 @@ impl Tally {
     /// Counts one delivery; false once the subscription has ended.
     fn record(&mut self, d: Option<Delivery>) -> bool {
         match d {
-            Some(Delivery::Message(_)) => {
+            Some(Delivery::Message(m)) => {
+                if self.touch {
+                    let sum = m.payload().iter().step_by(4096).fold(0u8, |a, b| a ^ b);
+                    std::hint::black_box(sum);
+                }
                 self.received += 1;
                 self.until_report -= 1;
                 if self.until_report == 0 {
@@ -345,9 +358,14 @@ async fn pubsub(
     };
     let window = if args.unpaced {
         u64::MAX
+    } else if args.memfd {
+        // Each message holds a descriptor (and its payload's memory) until
+        // read: a window within the descriptor quotas, and 256 MiB.
+        ((256 << 20) / args.size.max(1) as u64).clamp(4, 64)
     } else {
         flow_window(max_pending, args.size)
     };
+    let touch = args.memfd;
     let check_every = check_every(window);
     // Subscribers publish their progress every `report_every` messages (an
     // atomic per message would be a cost of the bench, not of the bus). It
@@ -390,6 +408,7 @@ async fn pubsub(
                 until_report: report_every,
                 received: 0,
                 lagged: 0,
+                touch,
             };
             if let Some(expected) = expected {
                 // With a message count, each subscriber knows when it has
@@ -454,7 +473,7 @@ async fn pubsub(
             let (sent, gate, accounted) = (sent.clone(), start_gate.clone(), accounted.clone());
             let progress = progressed.clone();
             let (payload, subjects, headers) = (payload.clone(), subjects.to_vec(), headers.clone());
-            let duration = args.duration;
+            let (duration, memfd) = (args.duration, args.memfd);
             pub_tasks.push(tokio::spawn(async move {
                 gate.wait().await;
                 let start = Instant::now();
@@ -470,7 +489,9 @@ async fn pubsub(
                     let k = batch.min(until_check).min(left);
                     if batch == 1 {
                         if let Some(i) = subject.next() {
-                            if headers.is_empty() {
+                            if memfd {
+                                bus.publish_memfd(subjects[i], &payload).await?;
+                            } else if headers.is_empty() {
                                 bus.publish(subjects[i], &payload).await?;
                             } else {
                                 bus.publish_with_headers(subjects[i], &headers, &payload).await?;

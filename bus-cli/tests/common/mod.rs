@@ -55,3 +55,14 @@ pub fn stdout(o: &Output) -> String {
     );
     String::from_utf8(o.stdout.clone()).unwrap()
 }
+
+/// A child process killed and reaped when dropped, so a failing test
+/// leaves none behind.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
