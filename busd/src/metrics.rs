@@ -2,7 +2,7 @@
 //! `GET /metrics` (OpenMetrics text, which Prometheus reads).
 //!
 //! A scrape reads the counters `$BUS.api.info` reads, at scrape time
-//! ([`Snapshot`]), so serving metrics adds no work to the path of a
+//! (`Snapshot`), so serving metrics adds no work to the path of a
 //! message: no counter exists only for this endpoint. HTTP is hyper's; at
 //! most [`MAX_SCRAPERS`] scrapes are served at once, and a client that
 //! does not send its request within [`HEADER_TIMEOUT`] is dropped.

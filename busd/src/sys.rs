@@ -16,7 +16,7 @@
 //! close (each had a 64 KiB read buffer, say) would hold their memory
 //! forever: 300 such connections left 24 MiB behind. Each worker thread
 //! therefore collects its heap when it parks (runs out of work), at most
-//! once per [`COLLECT_EVERY`]; RSS then returns to where it was before
+//! once per `COLLECT_EVERY`; RSS then returns to where it was before
 //! (the faults test bounds it). Purging every freed page at once
 //! (`MIMALLOC_PURGE_DELAY=0`) would do it too, at 0.45-0.76x the
 //! throughput of the standard workloads.
@@ -35,7 +35,7 @@ thread_local! {
 }
 
 /// Called by each worker thread as it parks: at most once per
-/// [`COLLECT_EVERY`], returns the thread's free pages to the system.
+/// `COLLECT_EVERY`, returns the thread's free pages to the system.
 pub fn on_idle() {
     let now = Instant::now();
     let due = LAST_COLLECT.with(|last| {

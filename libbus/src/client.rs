@@ -352,7 +352,7 @@ impl Bus {
     /// TCP or of an older protocol, a bridge or the NATS upstream gets
     /// nothing, and this connection gets
     /// [`ErrorCode::FdsNotPassed`](crate::proto::ErrorCode::FdsNotPassed)
-    /// (an [`Event::Error`](crate::Event::Error)) naming them.
+    /// (an [`Event::Error`]) naming them.
     ///
     /// ```no_run
     /// # async fn f(bus: libbus::Bus) -> Result<(), Box<dyn std::error::Error>> {

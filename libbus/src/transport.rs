@@ -8,7 +8,7 @@
 //! (no lock); TLS keeps one session, so its halves share it through
 //! `tokio::io::split`.
 //!
-//! A Unix stream is read with `recvmsg` ([`crate::sys::recv_with_fds`]):
+//! A Unix stream is read with `recvmsg` (`sys::recv_with_fds`):
 //! file descriptors sent with the bytes (`SCM_RIGHTS`, by
 //! [`Writer::send_with_fds`]) wait in the reader's [`ReceivedFds`] for the
 //! frame that claims them. (A plain `read` would have the kernel close them.)
