@@ -45,26 +45,54 @@ fn check_tokens(s: &str, allow_wildcards: bool) -> Result<(), SubjectError> {
     check_tokens_slow(s, allow_wildcards)
 }
 
-/// The common case in one pass over the bytes: true if `b` is a valid
-/// subject (or pattern) made of printable ASCII. Anything else, valid or
-/// not, is left to [`check_tokens_slow`], which names the problem.
+/// Classes of a subject's bytes, for [`valid_printable_ascii`].
+const BAD: u8 = 1;
+const DOT: u8 = 2;
+const WILD: u8 = 4;
+/// Set when a dot follows a dot (or starts the subject): an empty token.
+const EMPTY: u8 = DOT << 2;
+static CLASS: [u8; 256] = {
+    let mut t = [BAD; 256];
+    let mut c = 0x21;
+    while c <= 0x7e {
+        t[c] = 0;
+        c += 1;
+    }
+    t[b'.' as usize] = DOT;
+    t[b'*' as usize] = WILD;
+    t[b'>' as usize] = WILD;
+    t
+};
+
+/// The common case in one pass over the bytes, without a branch per byte:
+/// true if `b` is a valid subject (or pattern) made of printable ASCII.
+/// Anything else, valid or not, is left to [`check_tokens_slow`], which
+/// names the problem. A stream over many subjects validates each one it
+/// publishes to, so this is on its path.
 fn valid_printable_ascii(b: &[u8], allow_wildcards: bool) -> bool {
-    let mut start = 0;
-    for i in 0..=b.len() {
-        let c = b.get(i).copied().unwrap_or(b'.');
-        if c != b'.' {
-            if !(0x21..=0x7e).contains(&c) {
-                return false;
-            }
-            continue;
-        }
-        match &b[start..i] {
-            [] => return false,
-            [b'*'] if !allow_wildcards => return false,
-            [b'>'] if !allow_wildcards || i != b.len() => return false,
+    let (mut seen, mut prev) = (0u8, DOT);
+    for &c in b {
+        let class = CLASS[c as usize];
+        seen |= class | ((prev & class & DOT) << 2);
+        prev = class;
+    }
+    if seen & (BAD | EMPTY) != 0 || prev == DOT {
+        return false;
+    }
+    seen & WILD == 0 || wildcards_ok(b, allow_wildcards)
+}
+
+/// True if the tokens of `b` (which holds `*` or `>`) use them as a
+/// subject or pattern may: within a longer token they are plain bytes; as
+/// a whole token only in a pattern, and `>` only last.
+fn wildcards_ok(b: &[u8], allow_wildcards: bool) -> bool {
+    let mut tokens = b.split(|&c| c == b'.').peekable();
+    while let Some(token) = tokens.next() {
+        match token {
+            b"*" if !allow_wildcards => return false,
+            b">" if !allow_wildcards || tokens.peek().is_some() => return false,
             _ => {}
         }
-        start = i + 1;
     }
     true
 }
@@ -203,6 +231,27 @@ mod tests {
             validate_publish("$BUS.x"),
             Err(SubjectError::Reserved(_))
         ));
+    }
+
+    proptest::proptest! {
+        /// The fast path agrees with the one that names the problem, on
+        /// strings made of what subjects are made of (and some of what
+        /// they must not be).
+        #[test]
+        fn fast_check_agrees_with_the_slow_one(
+            s in "[a.*>\\- \t\u{7f}é]{0,12}",
+            allow in proptest::bool::ANY,
+        ) {
+            let fast = valid_printable_ascii(s.as_bytes(), allow);
+            let slow = check_tokens_slow(&s, allow).is_ok();
+            // The fast path may leave valid non-ASCII subjects to the slow
+            // one, never accept an invalid one.
+            proptest::prop_assert!(!fast || slow, "{s:?} allow={allow}");
+            if s.is_ascii() {
+                proptest::prop_assert_eq!(fast, slow, "{:?} allow={}", s, allow);
+            }
+            proptest::prop_assert_eq!(check_tokens(&s, allow).is_ok(), slow);
+        }
     }
 
     #[test]

@@ -210,6 +210,11 @@ pub struct RouteCache<T> {
     /// The last subject found and its routes, checked before hashing: a
     /// stream of publishes to one subject costs a compare per message.
     last: Option<Last<T>>,
+    /// The routes the map answered with last (their address, never
+    /// dereferenced): a subject becomes `last` when it is found twice in a
+    /// row, so a stream cycling through many subjects does not copy each
+    /// one into `last` only to replace it with the next.
+    found: usize,
 }
 
 impl<T> Default for RouteCache<T> {
@@ -218,6 +223,7 @@ impl<T> Default for RouteCache<T> {
             generation: 0,
             routes: Entries::default(),
             last: None,
+            found: 0,
         }
     }
 }
@@ -396,10 +402,17 @@ impl<T: Clone + Eq + std::hash::Hash> Router<T> {
         let last = match cache.last.take() {
             Some(last) if last.subject == subject => last,
             other => {
-                let Some(routes) = cache.routes.get(subject).cloned() else {
+                let Some(routes) = cache.routes.get(subject) else {
                     cache.last = other;
                     return None;
                 };
+                let address = Arc::as_ptr(routes) as usize;
+                if address != cache.found {
+                    cache.found = address;
+                    cache.last = other;
+                    return Some(routes);
+                }
+                let routes = routes.clone();
                 // The allocations are reused from one subject to the next.
                 let (mut key, head) = other.map(|l| (l.subject, l.head)).unwrap_or_default();
                 key.clear();
@@ -458,6 +471,7 @@ impl<T: Clone + Eq + std::hash::Hash> Router<T> {
     pub fn lookup(&self, subject: &str, cache: &mut RouteCache<T>) -> Arc<Routes<T>> {
         let routes = self.lookup_uncached(subject);
         cache.routes.insert(subject.as_bytes(), routes.clone());
+        cache.found = Arc::as_ptr(&routes) as usize;
         routes
     }
 
@@ -744,6 +758,36 @@ mod tests {
         assert_eq!(
             repeated(&router, &pub_frame("a.b", None, b"two"), &mut cache),
             None
+        );
+    }
+
+    #[test]
+    fn a_subject_is_remembered_as_the_last_once_found_twice_in_a_row() {
+        let router = Router::default();
+        router.subscribe("a.*", None, (1, 1));
+        let mut cache = RouteCache::default();
+        let (ab, ac) = (pub_frame("a.b", None, b"x"), pub_frame("a.c", None, b"x"));
+        let head = ab.len() - 1;
+        // As the daemon does: a miss, then a lookup.
+        for (subject, frame) in [("a.b", &ab), ("a.c", &ac)] {
+            assert!(router
+                .cached(subject.as_bytes(), &frame[..head], &mut cache)
+                .is_none());
+            router.lookup(subject, &mut cache);
+        }
+        // Subjects taking turns are answered from the map, never copied
+        // into the last one.
+        for _ in 0..3 {
+            assert!(router.cached(b"a.b", &ab[..head], &mut cache).is_some());
+            assert_eq!(repeated(&router, &ab, &mut cache), None);
+            assert!(router.cached(b"a.c", &ac[..head], &mut cache).is_some());
+            assert_eq!(repeated(&router, &ac, &mut cache), None);
+        }
+        // Found twice in a row, it is.
+        assert!(router.cached(b"a.c", &ac[..head], &mut cache).is_some());
+        assert_eq!(
+            repeated(&router, &ac, &mut cache),
+            Some((b"a.c".to_vec(), b"x".to_vec()))
         );
     }
 }
