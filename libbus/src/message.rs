@@ -45,7 +45,15 @@ pub struct Message {
     sender: Option<Span>,
     /// Connection to respond on; `None` for messages that cannot be answered.
     shared: Option<Arc<Output>>,
-    /// File descriptors that came with it, until taken ([`take_fds`](Self::take_fds)).
+    /// What few messages carry beyond their frame, boxed so that every
+    /// other message stays small to move.
+    attached: Option<Box<Attached>>,
+}
+
+/// What a [`Message`] may carry beyond its frame.
+#[derive(Clone, Default)]
+struct Attached {
+    /// File descriptors that came with it, until taken ([`Message::take_fds`]).
     fds: Option<Arc<std::sync::Mutex<Vec<std::os::fd::OwnedFd>>>>,
     /// The payload when it came in a sealed memfd (mapped read-only), not
     /// in the frame.
@@ -174,21 +182,28 @@ impl Message {
             headers: parts.headers,
             sender: parts.sender,
             shared,
-            fds: None,
-            body: None,
+            attached: None,
         }
     }
 
     /// The same message, its payload `body` (a mapped memfd).
     pub(crate) fn with_body(mut self, body: Bytes) -> Self {
-        self.body = Some(body);
+        self.attached.get_or_insert_with(Default::default).body = Some(body);
         self
     }
 
     /// The same message, carrying `fds`.
     pub(crate) fn with_fds(mut self, fds: Vec<std::os::fd::OwnedFd>) -> Self {
-        self.fds = Some(Arc::new(std::sync::Mutex::new(fds)));
+        self.attached.get_or_insert_with(Default::default).fds = Some(Arc::new(std::sync::Mutex::new(fds)));
         self
+    }
+
+    fn fds(&self) -> Option<&Arc<std::sync::Mutex<Vec<std::os::fd::OwnedFd>>>> {
+        self.attached.as_ref()?.fds.as_ref()
+    }
+
+    fn body(&self) -> Option<&Bytes> {
+        self.attached.as_ref()?.body.as_ref()
     }
 
     /// Takes the file descriptors that came with the message (published
@@ -208,8 +223,7 @@ impl Message {
     /// # }
     /// ```
     pub fn take_fds(&self) -> Vec<std::os::fd::OwnedFd> {
-        self.fds
-            .as_ref()
+        self.fds()
             .map(|f| std::mem::take(&mut *crate::sync::lock(f)))
             .unwrap_or_default()
     }
@@ -218,7 +232,7 @@ impl Message {
     /// mapped from a memfd is copied in after the frame: a batch's
     /// messages are spans of one buffer.
     pub(crate) fn as_batch(&self) -> Messages {
-        let (frame, payload) = match &self.body {
+        let (frame, payload) = match self.body() {
             None => (self.frame.clone(), self.payload),
             Some(body) => {
                 let mut joined = Vec::with_capacity(self.frame.len() + body.len());
@@ -244,7 +258,7 @@ impl Message {
 
     /// How many file descriptors it carries and nobody took yet.
     pub fn fd_count(&self) -> usize {
-        self.fds.as_ref().map_or(0, |f| crate::sync::lock(f).len())
+        self.fds().map_or(0, |f| crate::sync::lock(f).len())
     }
 
     /// Answers a request with file descriptors (see
@@ -282,7 +296,7 @@ impl Message {
 
     /// The message body.
     pub fn payload(&self) -> &[u8] {
-        match &self.body {
+        match self.body() {
             Some(body) => body,
             None => self.payload.get(&self.frame),
         }
@@ -290,7 +304,7 @@ impl Message {
 
     /// The message body as [`Bytes`]: a shared slice of the frame, no copy.
     pub fn payload_bytes(&self) -> Bytes {
-        match &self.body {
+        match self.body() {
             Some(body) => body.clone(),
             None => self
                 .frame
@@ -682,6 +696,14 @@ impl<'a> MessageRef<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_is_small_to_move() {
+        // Every delivery moves a `Message` a few times; what few messages
+        // carry (descriptors, a mapped payload) is boxed to keep it so.
+        println!("size_of::<Message>() = {}", std::mem::size_of::<Message>());
+        assert!(std::mem::size_of::<Message>() <= 104);
+    }
     use crate::proto::{ClientFrame, Pub};
 
     fn run(frames: &[ClientFrame<'_>]) -> bytes::Bytes {
