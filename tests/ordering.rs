@@ -111,3 +111,73 @@ async fn tasks_sharing_one_connection_keep_their_order() {
     assert_eq!(next, [PER_TASK; TASKS as usize]);
     assert_eq!(sub.dropped(), 0);
 }
+
+/// A request or a reply that finds the output idle is written by its caller,
+/// bypassing the writer task; it must never overtake what was published
+/// before it on the same connection. A responder counts the messages it
+/// saw before each request (one subscription, so one order); each request
+/// follows a burst of publishes, and from several tasks sharing the
+/// connection, requests and publishes interleave. The bursts (up to 1 MiB
+/// a task) outgrow the socket's buffer, so the writer task is often in the
+/// middle of a write when a request comes: a request written then would
+/// overtake, or split a frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_never_overtakes_earlier_publishes() {
+    const TASKS: u64 = 3;
+    const ROUNDS: u64 = 40;
+    let bus = TestBus::start();
+    let responder = bus.client("responder").await;
+    let mut sub = responder.subscribe("order.>").await.unwrap();
+    let counter = tokio::spawn(async move {
+        // Per task: data messages seen so far.
+        let mut seen = [0u64; TASKS as usize];
+        while let Some(m) = sub.next().await {
+            let (task, _, _): (u64, u64, Vec<u8>) = m.decode().unwrap();
+            assert_eq!(
+                sub.dropped(),
+                0,
+                "the responder fell behind: the counts mean nothing"
+            );
+            if m.subject() == "order.data" {
+                seen[task as usize] += 1;
+            } else {
+                m.respond(postcard::to_allocvec(&seen[task as usize]).unwrap())
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    let client = bus.client("client").await;
+    let mut tasks = Vec::new();
+    for task in 0..TASKS {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut sent = 0u64;
+            for round in 0..ROUNDS {
+                // 0 to 63 publishes, then a request: the request must see
+                // every one of them.
+                for i in 0..(round * 13 + task * 7) % 64 {
+                    client
+                        .publish_value("order.data", &(task, i, vec![0u8; 16 << 10]))
+                        .await
+                        .unwrap();
+                    sent += 1;
+                }
+                let reply: u64 = within(
+                    "a reply",
+                    client.request_value("order.req", &(task, round, Vec::<u8>::new())),
+                )
+                .await
+                .unwrap();
+                assert_eq!(
+                    reply, sent,
+                    "task {task}, round {round}: a request overtook a publish"
+                );
+            }
+        }));
+    }
+    for t in tasks {
+        within("a requesting task", t).await.unwrap();
+    }
+    counter.abort();
+}

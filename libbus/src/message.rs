@@ -378,7 +378,7 @@ impl Message {
     /// Fails with [`Error::Protocol`] if the message is not a request.
     pub async fn respond(&self, payload: impl AsRef<[u8]>) -> Result<()> {
         let (reply, shared) = self.answer_on()?;
-        shared.publish(reply, None, payload.as_ref()).await
+        shared.reply(reply, payload.as_ref()).await
     }
 
     /// Answers a request with headers.

@@ -52,6 +52,12 @@ pub(crate) struct Buffer {
     /// File descriptors to send with the frame starting at each offset of
     /// `buf` (a `PubFds`), in order.
     pub fds: Vec<(usize, Vec<std::os::fd::OwnedFd>)>,
+    /// The writer has taken bytes it has not finished sending.
+    pub writing: bool,
+    /// The current link's socket, while its writer runs, on a Unix
+    /// connection: a request or a reply that finds nothing buffered and
+    /// the writer idle is written by its caller ([`Output::buffer`]).
+    pub direct: Option<crate::transport::DirectWriter>,
 }
 
 /// The output side of one `Bus`, shared by its handles, its session and the
@@ -207,6 +213,10 @@ impl Output {
             return false;
         }
         out.connected = false;
+        // The writer is stopped (perhaps mid-write): nothing bypasses it
+        // until the next link's starts.
+        out.direct = None;
+        out.writing = false;
         keep_publishes(&mut out.buf);
         // A message with descriptors is not kept for the next link: its
         // publish already returned, and nothing tells it apart from loss
@@ -250,14 +260,27 @@ impl Output {
             reply_to,
             payload,
         });
-        // Not through `send`: one future fewer on the hot path.
-        self.until_buffered(|| self.buffer(&frame, true)).await
+        // Not through `send`: one future fewer on the hot path. A request
+        // is written at once if it can be (see `buffer`).
+        let urgent = reply_to.is_some();
+        self.until_buffered(|| self.buffer(&frame, true, urgent)).await
+    }
+
+    /// Buffers a reply to a request, written at once if it can be (see
+    /// [`buffer`](Self::buffer)): someone is waiting for it.
+    pub(crate) async fn reply(&self, subject: &str, payload: &[u8]) -> Result<()> {
+        let frame = ClientFrame::Pub(proto::Pub {
+            subject,
+            reply_to: None,
+            payload,
+        });
+        self.until_buffered(|| self.buffer(&frame, true, true)).await
     }
 
     /// Buffers any frame as a publish is, waiting while the buffer is over
     /// its bound.
     pub(crate) async fn send(&self, frame: &ClientFrame<'_>) -> Result<()> {
-        self.until_buffered(|| self.buffer(frame, true)).await
+        self.until_buffered(|| self.buffer(frame, true, false)).await
     }
 
     /// [`publish`](Self::publish) with headers (a plain `Pub` when there are none).
@@ -295,7 +318,7 @@ impl Output {
 
     /// Buffers a small control frame without waiting for space.
     pub(crate) fn send_now(&self, frame: &ClientFrame<'_>) -> Result<()> {
-        self.buffer(frame, false).map(|_| ())
+        self.buffer(frame, false, false).map(|_| ())
     }
 
     /// Buffers a `Ping` and registers for its `Pong`.
@@ -439,10 +462,29 @@ impl Output {
     /// Encodes `frame` into the buffer and wakes the writer. With `bounded`,
     /// returns `Ok(false)` instead when the buffer is full, or (while
     /// disconnected) fails when `reconnect_buffer` would be exceeded.
-    fn buffer(&self, frame: &ClientFrame<'_>, bounded: bool) -> Result<bool> {
+    ///
+    /// An `urgent` frame (a request or a reply: someone waits for what it
+    /// brings back) that finds nothing else buffered and the writer idle
+    /// is written here, by its caller, without waiting: what the socket
+    /// takes never wakes the writer task, whose hand-over costs a request
+    /// a context switch or a wait for a busy CPU. Nothing buffered and
+    /// nothing being written means nothing can be overtaken. Whatever the
+    /// socket does not take stays for the writer.
+    fn buffer(&self, frame: &ClientFrame<'_>, bounded: bool, urgent: bool) -> Result<bool> {
         let mut out = self.lock();
         let was_empty = out.buf.is_empty();
         let put = self.put(&mut out, frame, bounded);
+        if urgent
+            && was_empty
+            && out.connected
+            && !out.writing
+            && out.fds.is_empty()
+            && matches!(put, Ok(Put::Buffered))
+        {
+            if let Some(Ok(n)) = out.direct.as_ref().map(|d| d.try_write(&out.buf)) {
+                out.buf.drain(..n);
+            }
+        }
         self.buffered(out, was_empty, put)
     }
 
@@ -508,10 +550,12 @@ impl Output {
 /// the link too).
 pub(crate) async fn write_loop(output: std::sync::Arc<Output>, mut tx: Writer) {
     let mut batch = Vec::with_capacity(64 << 10);
+    output.lock().direct = tx.direct();
     loop {
         let (closed, fds) = {
             let mut out = output.lock();
             std::mem::swap(&mut out.buf, &mut batch);
+            out.writing = !batch.is_empty();
             (out.closed, std::mem::take(&mut out.fds))
         };
         if batch.is_empty() {
@@ -537,6 +581,9 @@ pub(crate) async fn write_loop(output: std::sync::Arc<Output>, mut tx: Writer) {
             batch.shrink_to(64 << 10);
         }
     }
+    let mut out = output.lock();
+    out.direct = None;
+    out.writing = false;
 }
 
 /// Writes one batch and flushes it (a no-op on raw sockets; TLS buffers).
