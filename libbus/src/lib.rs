@@ -28,7 +28,9 @@
 //! 1. `client.rs` [`Bus::publish`] → `output.rs` `Output::publish` →
 //!    `Output::put`, which validates the subject and encodes the `Pub` frame
 //!    into the output buffer (`wire.rs` `Encoder::encode`, [`wire::encode_pub`]);
-//!    `output.rs` `write_loop` sends the whole buffer in one `write`.
+//!    `output.rs` `write_loop` sends the whole buffer in one `write` (a
+//!    request or reply that finds the output idle is written by its
+//!    caller, in `Output::buffer`).
 //! 2. The daemon routes it and writes it to each subscriber's socket, within
 //!    a `Run` of publishes forwarded as they came, or as a `Msg`.
 //! 3. `input.rs` `read_loop` → `handle_frame` finds the `Run`
