@@ -627,6 +627,71 @@ fn keep_publishes(buf: &mut Vec<u8>) {
 mod tests {
     use super::*;
 
+    /// Reads what the peer end has now (it is non-blocking).
+    fn received(peer: &mut std::os::unix::net::UnixStream) -> Vec<u8> {
+        use std::io::Read;
+        let mut got = vec![0u8; 4096];
+        match peer.read(&mut got) {
+            Ok(n) => got.truncate(n),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => got.clear(),
+            Err(e) => panic!("{e}"),
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn only_a_request_or_reply_finding_the_output_idle_bypasses_the_writer() {
+        let (ours, mut peer) = crate::transport::UnixStream::pair().unwrap();
+        peer.set_nonblocking(true).unwrap();
+        let (_reader, writer) = crate::transport::split_unix(ours);
+        let output = Output::new(&ConnectOptions::default(), 1 << 20);
+        writer.direct().unwrap().writable().await.unwrap();
+        {
+            let mut out = output.lock();
+            out.connected = true;
+            out.direct = writer.direct();
+        }
+        let frame = |reply_to: Option<&str>| {
+            let mut f = Vec::new();
+            let p = ClientFrame::Pub(proto::Pub {
+                subject: "svc",
+                reply_to,
+                payload: b"q",
+            });
+            codec::encode_into(&p, &mut f, u32::MAX).unwrap();
+            f
+        };
+        // Idle: a request goes straight to the socket.
+        output.publish("svc", Some("_INBOX.1"), b"q").await.unwrap();
+        assert!(output.lock().buf.is_empty());
+        assert_eq!(received(&mut peer), frame(Some("_INBOX.1")));
+        // So does a reply.
+        output.reply("svc", b"q").await.unwrap();
+        assert_eq!(received(&mut peer), frame(None));
+        // A plain publish is the writer's (it batches).
+        output.publish("svc", None, b"q").await.unwrap();
+        assert_eq!(received(&mut peer), b"");
+        // Behind something buffered, a request waits its turn.
+        output.publish("svc", Some("_INBOX.2"), b"q").await.unwrap();
+        assert_eq!(received(&mut peer), b"");
+        // As it does while the writer is sending what it took.
+        let mut out = output.lock();
+        out.buf.clear();
+        out.writing = true;
+        drop(out);
+        output.publish("svc", Some("_INBOX.3"), b"q").await.unwrap();
+        assert_eq!(received(&mut peer), b"");
+        assert_eq!(output.lock().buf, frame(Some("_INBOX.3")));
+        // And after the link went down.
+        let mut out = output.lock();
+        out.buf.clear();
+        out.writing = false;
+        drop(out);
+        assert!(output.link_down("test"));
+        output.publish("svc", Some("_INBOX.4"), b"q").await.unwrap();
+        assert_eq!(received(&mut peer), b"");
+    }
+
     #[test]
     fn keep_publishes_drops_control_frames_only() {
         let mut buf = Vec::new();

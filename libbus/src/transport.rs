@@ -37,6 +37,17 @@ use tokio::{
 #[derive(Debug)]
 pub struct UnixStream(uds::Stream);
 
+impl UnixStream {
+    /// A connected pair: ours, and the peer's end as a plain blocking
+    /// socket (for tests of what goes over the wire). Needs a runtime.
+    #[cfg(test)]
+    pub(crate) fn pair() -> io::Result<(UnixStream, std::os::unix::net::UnixStream)> {
+        let (ours, peer) = std::os::unix::net::UnixStream::pair()?;
+        ours.set_nonblocking(true)?;
+        Ok((UnixStream(uds::Stream::try_from(OwnedFd::from(ours))?), peer))
+    }
+}
+
 impl AsFd for UnixStream {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.0.as_fd()
@@ -181,6 +192,13 @@ impl DirectWriter {
     /// (`WouldBlock` if nothing).
     pub fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
         self.0.inner().try_write(bytes)
+    }
+
+    /// Waits until the runtime knows the socket writable (a try_write
+    /// before that finds it not ready; the writer task's writes tell it).
+    #[cfg(test)]
+    pub(crate) async fn writable(&self) -> io::Result<()> {
+        self.0.inner().writable().await
     }
 }
 
