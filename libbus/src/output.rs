@@ -675,18 +675,20 @@ mod tests {
         output.publish("svc", Some("_INBOX.2"), b"q").await.unwrap();
         assert_eq!(received(&mut peer), b"");
         // As it does while the writer is sending what it took.
-        let mut out = output.lock();
-        out.buf.clear();
-        out.writing = true;
-        drop(out);
+        {
+            let mut out = output.lock();
+            out.buf.clear();
+            out.writing = true;
+        }
         output.publish("svc", Some("_INBOX.3"), b"q").await.unwrap();
         assert_eq!(received(&mut peer), b"");
         assert_eq!(output.lock().buf, frame(Some("_INBOX.3")));
         // And after the link went down.
-        let mut out = output.lock();
-        out.buf.clear();
-        out.writing = false;
-        drop(out);
+        {
+            let mut out = output.lock();
+            out.buf.clear();
+            out.writing = false;
+        }
         assert!(output.link_down("test"));
         output.publish("svc", Some("_INBOX.4"), b"q").await.unwrap();
         assert_eq!(received(&mut peer), b"");
