@@ -2,7 +2,7 @@
 """Instructions per message, per process, under callgrind (docs/performance.md,
 "Where a message's instructions go").
 
-    scripts/callgrind.py [--msgs 200000] [--size 128] [--top 12]
+    scripts/callgrind.py [--msgs 200000] [--size 128] [--subjects 1] [--top 12]
 
 Runs an external release busd and `bus-cli bench pubsub --processes`
 (the publisher and the subscriber each a `bench-worker` process) under
@@ -70,7 +70,8 @@ def run(args, msgs, out):
             else:
                 raise SystemExit("busd did not start")
             subprocess.run(vg + [args.cli, "--address", sock, "bench", "pubsub", "--processes",
-                                 "--msgs", str(msgs), "--size", str(args.size)],
+                                 "--msgs", str(msgs), "--size", str(args.size),
+                                 "--subjects", str(args.subjects)],
                            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            timeout=1800)
         finally:
@@ -96,11 +97,12 @@ def main():
     ap.add_argument("--msgs", type=int, default=200_000)
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--subjects", type=int, default=1, help="publish over this many subjects")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         small = run(args, args.msgs, os.path.join(d, "small"))
         large = run(args, 2 * args.msgs, os.path.join(d, "large"))
-    print(f"instructions per message, {args.size} B, 1 -> 1, separate processes "
+    print(f"instructions per message, {args.size} B, 1 -> 1 over {args.subjects} subject(s), separate processes "
           f"({args.msgs} vs {2 * args.msgs} messages):")
     for role in ("publisher", "busd", "subscriber", "bench parent"):
         if role not in small or role not in large:
