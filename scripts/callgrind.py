@@ -20,7 +20,8 @@ import os
 import re
 import subprocess
 import tempfile
-import time
+
+import external_busd
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -58,25 +59,12 @@ def run(args, msgs, out):
     os.makedirs(out, exist_ok=True)
     vg = ["valgrind", "--tool=callgrind", "--trace-children=yes",
           f"--callgrind-out-file={out}/cg.%p"]
-    with tempfile.TemporaryDirectory() as d:
-        sock = os.path.join(d, "busd.sock")
-        daemon = subprocess.Popen(vg + [args.busd, "--socket", sock],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            for _ in range(600):
-                if os.path.exists(sock):
-                    break
-                time.sleep(0.05)
-            else:
-                raise SystemExit("busd did not start")
-            subprocess.run(vg + [args.cli, "--address", sock, "bench", "pubsub", "--processes",
-                                 "--msgs", str(msgs), "--size", str(args.size),
-                                 "--subjects", str(args.subjects)],
-                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           timeout=1800)
-        finally:
-            daemon.terminate()
-            daemon.wait(60)
+    with external_busd.running(args.busd, prefix=vg) as (_, sock):
+        subprocess.run(vg + [args.cli, "--address", sock, "bench", "pubsub", "--processes",
+                             "--msgs", str(msgs), "--size", str(args.size),
+                             "--subjects", str(args.subjects)],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       timeout=1800)
     procs = {}
     for path in glob.glob(f"{out}/cg.*"):
         cmd, total, funcs = parse(path)

@@ -25,6 +25,8 @@ import subprocess
 import tempfile
 import time
 
+import external_busd
+
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVENTS = "raw_syscalls:sys_enter,context-switches"
 
@@ -48,17 +50,9 @@ def main():
     ap.add_argument("--msgs", type=int, default=20000)
     args = ap.parse_args()
     rows = {}
-    with tempfile.TemporaryDirectory() as d:
-        sock = os.path.join(d, "busd.sock")
-        daemon = subprocess.Popen([args.busd, "--socket", sock], stderr=subprocess.DEVNULL)
+    with tempfile.TemporaryDirectory() as d, external_busd.running(args.busd) as (daemon, sock):
         burners = []
         try:
-            for _ in range(200):
-                if os.path.exists(sock):
-                    break
-                time.sleep(0.05)
-            else:
-                raise SystemExit("busd did not start")
             bench = [args.cli, "--address", sock, "bench", "reqrep", "--json", "--msgs", str(args.msgs)]
             for r in range(args.rounds):
                 for mode in ("idle", "busy"):
@@ -99,8 +93,6 @@ def main():
         finally:
             for b in burners:
                 b.kill()
-            daemon.terminate()
-            daemon.wait(10)
     for mode, rs in rows.items():
         print(f"== {mode} ({len(rs)} rounds): median (min-max)")
         for key in rs[0]:

@@ -17,8 +17,8 @@ import json
 import os
 import statistics
 import subprocess
-import tempfile
-import time
+
+import external_busd
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = [
@@ -36,33 +36,21 @@ def main():
     ap.add_argument("--msgs", type=int, default=2_000_000)
     ap.add_argument("--size", type=int, default=128)
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as d:
-        sock = os.path.join(d, "busd.sock")
-        daemon = subprocess.Popen([args.busd, "--socket", sock], stderr=subprocess.DEVNULL)
-        try:
-            for _ in range(200):
-                if os.path.exists(sock):
-                    break
-                time.sleep(0.05)
-            else:
-                raise SystemExit("busd did not start")
-            results = {}
-            for r in range(args.rounds):
-                for mode in ("pubsub", "fanout"):
-                    for name, flags in CONFIGS:
-                        out = subprocess.run(
-                            [args.cli, "--address", sock, "bench", mode, "--processes", "--json",
-                             "--msgs", str(args.msgs), "--size", str(args.size), *flags],
-                            check=True, capture_output=True, text=True, timeout=600,
-                        ).stdout
-                        rep = json.loads(out)
-                        lost = rep["dropped"] / max(1, rep["sent"] * rep["subs"])
-                        results.setdefault((mode, name), []).append(
-                            (rep["deliver"]["msgs_per_s"], lost, rep["publish"]["msgs_per_s"]))
-                print(f"round {r + 1}/{args.rounds} done", flush=True)
-        finally:
-            daemon.terminate()
-            daemon.wait(10)
+    with external_busd.running(args.busd) as (_, sock):
+        results = {}
+        for r in range(args.rounds):
+            for mode in ("pubsub", "fanout"):
+                for name, flags in CONFIGS:
+                    out = subprocess.run(
+                        [args.cli, "--address", sock, "bench", mode, "--processes", "--json",
+                         "--msgs", str(args.msgs), "--size", str(args.size), *flags],
+                        check=True, capture_output=True, text=True, timeout=600,
+                    ).stdout
+                    rep = json.loads(out)
+                    lost = rep["dropped"] / max(1, rep["sent"] * rep["subs"])
+                    results.setdefault((mode, name), []).append(
+                        (rep["deliver"]["msgs_per_s"], lost, rep["publish"]["msgs_per_s"]))
+            print(f"round {r + 1}/{args.rounds} done", flush=True)
     print(f"{'workload':<8} {'config':<18} {'delivered/s (median, min-max)':<34} {'published/s':>12} {'lost':>7}")
     for (mode, name), rs in results.items():
         deliv = [x[0] for x in rs]

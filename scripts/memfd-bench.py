@@ -17,8 +17,8 @@ import json
 import os
 import statistics
 import subprocess
-import tempfile
-import time
+
+import external_busd
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = [(64 << 10, 20_000), (1 << 20, 1_500), (16 << 20, 100)]
@@ -31,35 +31,21 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     results = {}
-    with tempfile.TemporaryDirectory() as d:
-        sock = os.path.join(d, "busd.sock")
-        daemon = subprocess.Popen(
-            [args.busd, "--socket", sock, "--max-frame", "32MiB", "--max-pending", "64MiB"],
-            stderr=subprocess.DEVNULL)
-        try:
-            for _ in range(200):
-                if os.path.exists(sock):
-                    break
-                time.sleep(0.05)
-            else:
-                raise SystemExit("busd did not start")
-            for r in range(args.rounds):
-                for size, msgs in SIZES:
-                    for path, flags in (("copy", []), ("memfd", ["--memfd"])):
-                        out = subprocess.run(
-                            [args.cli, "--address", sock, "bench", "pubsub", "--baseline", "--json",
-                             "--size", str(size), "--msgs", str(msgs), *flags],
-                            check=True, capture_output=True, text=True, timeout=600,
-                        ).stdout
-                        rep = json.loads(out)
-                        mb = rep["deliver"]["mb_per_s"]
-                        raw = rep["baseline_stream"]["mb_per_s"]
-                        results.setdefault((size, path), []).append(
-                            (mb, mb / raw, raw, rep["cpu_daemon_ns_per_msg"]))
-                print(f"round {r + 1}/{args.rounds} done", flush=True)
-        finally:
-            daemon.terminate()
-            daemon.wait(10)
+    with external_busd.running(args.busd, ["--max-frame", "32MiB", "--max-pending", "64MiB"]) as (_, sock):
+        for r in range(args.rounds):
+            for size, msgs in SIZES:
+                for path, flags in (("copy", []), ("memfd", ["--memfd"])):
+                    out = subprocess.run(
+                        [args.cli, "--address", sock, "bench", "pubsub", "--baseline", "--json",
+                         "--size", str(size), "--msgs", str(msgs), *flags],
+                        check=True, capture_output=True, text=True, timeout=600,
+                    ).stdout
+                    rep = json.loads(out)
+                    mb = rep["deliver"]["mb_per_s"]
+                    raw = rep["baseline_stream"]["mb_per_s"]
+                    results.setdefault((size, path), []).append(
+                        (mb, mb / raw, raw, rep["cpu_daemon_ns_per_msg"]))
+            print(f"round {r + 1}/{args.rounds} done", flush=True)
     print(f"{'size':>8} {'path':<6} {'MB/s':>8} {'/ raw stream':>13} {'raw MB/s':>9} {'daemon us/msg':>14}")
     for (size, path), rs in results.items():
         med = [statistics.median(x[i] for x in rs) for i in range(4)]
