@@ -160,16 +160,21 @@ pub(crate) fn push_str(buf: &mut Vec<u8>, s: &str) {
     push_bytes(buf, s.as_bytes());
 }
 
-/// postcard's varint encoding of `v`, appended.
-pub(crate) fn push_varint(buf: &mut Vec<u8>, v: u64) {
-    let (varint, n) = varint_u64(v);
-    buf.extend_from_slice(&varint[..n]);
+/// postcard's varint encoding of `v` (LEB128), appended a byte at a time:
+/// lengths and sids take one or two bytes, and a copy of a variable
+/// number of bytes would be a call to memcpy.
+#[inline]
+pub(crate) fn push_varint(buf: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        buf.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    buf.push(v as u8);
 }
 
 /// postcard's encoding of a byte string or `str`: varint length, then bytes.
 fn push_bytes(buf: &mut Vec<u8>, bytes: &[u8]) {
-    let (varint, n) = varint_u64(bytes.len() as u64);
-    buf.extend_from_slice(&varint[..n]);
+    push_varint(buf, bytes.len() as u64);
     buf.extend_from_slice(bytes);
 }
 
@@ -185,13 +190,12 @@ fn push_bytes(buf: &mut Vec<u8>, bytes: &[u8]) {
 /// `pub_body` must be a `Pub` body (first byte [`PUB_TAG`]); anything else is
 /// appended as given, and the receiving client rejects it.
 pub fn encode_msg_from_pub(pub_body: &[u8], sid: u64, out: &mut Vec<u8>) {
-    let (varint, n) = varint_u64(sid);
     let rest = pub_body.get(1..).unwrap_or_default();
-    let len = 1 + n + rest.len();
+    let len = 1 + varint_len(sid) + rest.len();
     out.reserve(LEN_PREFIX + len);
     out.extend_from_slice(&(len as u32).to_le_bytes());
     out.push(MSG_TAG);
-    out.extend_from_slice(&varint[..n]);
+    push_varint(out, sid);
     out.extend_from_slice(rest);
 }
 
@@ -211,12 +215,11 @@ pub fn encode_delivery(pub_body: &[u8], sid: u64, headers: bool, out: &mut Vec<u
         _ => (pub_body.get(1..).unwrap_or_default(), &[][..]),
     };
     let tag = if headers { HMSG_TAG } else { MSG_TAG };
-    let (varint, n) = varint_u64(sid);
-    let len = 1 + n + head.len() + tail.len();
+    let len = 1 + varint_len(sid) + head.len() + tail.len();
     out.reserve(LEN_PREFIX + len);
     out.extend_from_slice(&(len as u32).to_le_bytes());
     out.push(tag);
-    out.extend_from_slice(&varint[..n]);
+    push_varint(out, sid);
     out.extend_from_slice(head);
     out.extend_from_slice(tail);
 }
@@ -282,13 +285,11 @@ pub fn msg_from_pub_len(pub_body: &[u8], sid: u64) -> usize {
 /// themselves follow, written (or shared) by the caller. The
 /// `run_head_matches_postcard` test pins this to postcard's own encoding.
 pub fn encode_run_head(sid: u64, frames_len: usize, out: &mut Vec<u8>) {
-    let (sid_varint, n) = varint_u64(sid);
-    let (len_varint, m) = varint_u64(frames_len as u64);
-    let len = 1 + n + m + frames_len;
+    let len = 1 + varint_len(sid) + varint_len(frames_len as u64) + frames_len;
     out.extend_from_slice(&(len as u32).to_le_bytes());
     out.push(RUN_TAG);
-    out.extend_from_slice(&sid_varint[..n]);
-    out.extend_from_slice(&len_varint[..m]);
+    push_varint(out, sid);
+    push_varint(out, frames_len as u64);
 }
 
 /// Bytes [`encode_run_head`] appends for `sid` and `frames_len`.
@@ -300,19 +301,6 @@ pub fn run_head_len(sid: u64, frames_len: usize) -> usize {
 pub fn varint_len(v: u64) -> usize {
     let bits = u64::BITS - (v | 1).leading_zeros();
     bits.div_ceil(7) as usize
-}
-
-/// postcard's varint encoding of `v` (LEB128): the bytes and how many are used.
-fn varint_u64(mut v: u64) -> ([u8; 10], usize) {
-    let mut out = [0u8; 10];
-    let mut n = 0;
-    while v >= 0x80 {
-        out[n] = (v as u8) | 0x80;
-        v >>= 7;
-        n += 1;
-    }
-    out[n] = v as u8;
-    (out, n + 1)
 }
 
 /// A `Msg` frame's fields as byte slices of its body (see [`raw_msg`]).
@@ -680,9 +668,12 @@ mod tests {
     }
 
     #[test]
-    fn varint_len_counts_what_varint_u64_writes() {
+    fn varint_len_counts_what_push_varint_writes_as_postcard_does() {
         for v in [0, 1, 127, 128, 16_383, 16_384, u32::MAX as u64, u64::MAX] {
-            assert_eq!(varint_len(v), varint_u64(v).1, "{v}");
+            let mut ours = Vec::new();
+            push_varint(&mut ours, v);
+            assert_eq!(varint_len(v), ours.len(), "{v}");
+            assert_eq!(ours, postcard::to_allocvec(&v).unwrap(), "{v}");
         }
     }
 
