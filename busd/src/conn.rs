@@ -888,12 +888,7 @@ fn publish<'a>(
     let Ok(subject) = std::str::from_utf8(p.subject) else {
         return Err(fatal(conn, ErrorCode::Protocol, NOT_UTF8.into()));
     };
-    if let Err(e) = subject::validate_subject(subject) {
-        return Err(fatal(conn, ErrorCode::InvalidSubject, e.to_string()));
-    }
-    if let Err(message) = subject_limits(state, "subject", subject) {
-        conn.outbox
-            .push_frame(&control::error(ErrorCode::LimitExceeded, &message));
+    if !subject_ok(state, conn, subject)? {
         return Ok(());
     }
     if subject.starts_with(subject::RESERVED_PREFIX) {
@@ -907,13 +902,42 @@ fn publish<'a>(
         }
         return Ok(());
     }
-    let routes = match access::publish(state, conn, subject) {
-        Verdict::Allowed => state.router.lookup(subject, cache),
-        Verdict::Reply => state.router.lookup_uncached(subject),
-        Verdict::Denied => return Ok(()),
+    let Some(routes) = allowed_routes(state, conn, subject, cache) else {
+        return Ok(());
     };
     route(state, conn, frame, p, reply_to, &routes, pending);
     Ok(())
+}
+
+/// Checks the subject of a publish not found in the route cache: an
+/// invalid one ends the connection, one over a length limit is refused and
+/// reported (`Ok(false)`).
+fn subject_ok(state: &State, conn: &Conn, subject: &str) -> Result<bool, Fatal> {
+    if let Err(e) = subject::validate_subject(subject) {
+        return Err(fatal(conn, ErrorCode::InvalidSubject, e.to_string()));
+    }
+    if let Err(message) = subject_limits(state, "subject", subject) {
+        conn.outbox
+            .push_frame(&control::error(ErrorCode::LimitExceeded, &message));
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// Where a publish to a checked `subject` goes, if the access policy lets
+/// `conn` publish there (a reply to a request it got is looked up without
+/// filling the cache); `None` if it is denied (and reported).
+fn allowed_routes(
+    state: &State,
+    conn: &Arc<Conn>,
+    subject: &str,
+    cache: &mut RouteCache,
+) -> Option<Arc<Routes>> {
+    match access::publish(state, conn, subject) {
+        Verdict::Allowed => Some(state.router.lookup(subject, cache)),
+        Verdict::Reply => Some(state.router.lookup_uncached(subject)),
+        Verdict::Denied => None,
+    }
 }
 
 /// A publish with file descriptors (`PubFds`, protocol 6). Its descriptors
@@ -974,12 +998,7 @@ fn publish_fds(
         Some(Some(r)) => Some(r),
         None => None,
     };
-    if let Err(e) = subject::validate_subject(p.subject) {
-        return Err(fatal(conn, ErrorCode::InvalidSubject, e.to_string()));
-    }
-    if let Err(message) = subject_limits(state, "subject", p.subject) {
-        conn.outbox
-            .push_frame(&control::error(ErrorCode::LimitExceeded, &message));
+    if !subject_ok(state, conn, p.subject)? {
         return Ok(());
     }
     if p.subject.starts_with(subject::RESERVED_PREFIX) {
@@ -988,10 +1007,8 @@ fn publish_fds(
             .push_frame(&control::error(ErrorCode::Reserved, &e.to_string()));
         return Ok(());
     }
-    let routes = match access::publish(state, conn, p.subject) {
-        Verdict::Allowed => state.router.lookup(p.subject, cache),
-        Verdict::Reply => state.router.lookup_uncached(p.subject),
-        Verdict::Denied => return Ok(()),
+    let Some(routes) = allowed_routes(state, conn, p.subject, cache) else {
+        return Ok(());
     };
     pending.count(p.payload.len());
     pending.settle(&conn.stats);
