@@ -131,6 +131,12 @@ async fn a_network_subscriber_is_named_not_silently_skipped() {
     .await;
     assert_eq!(code, ErrorCode::FdsNotPassed);
     assert!(message.contains("(tcp, protocol 6)"), "{message}");
+    // Counted where `bus-cli info` shows refusals.
+    let refused = bus_test_support::info(&publisher).await.refused;
+    assert!(
+        refused.iter().any(|(n, c)| n == "fds_not_passed" && *c == 1),
+        "{refused:?}"
+    );
     // And a TCP client cannot send them at all.
     let (_file, fd) = file_with(b"x");
     let e = remote
