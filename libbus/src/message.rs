@@ -20,7 +20,7 @@ use crate::{
     headers::{self, Headers},
     output::Output,
     proto, wire,
-    wire::{Decoded, PubAt},
+    wire::Decoded,
     Error, Result,
 };
 
@@ -463,11 +463,64 @@ impl Default for Located {
 }
 
 /// A place in a chunk of back-to-back `Pub` frames, and the frame decoded
-/// last (a next one with the same head decodes by comparison).
+/// last with where its parts lie (a next one with the same head decodes by
+/// comparison, and its parts lie in the same places).
 #[derive(Debug, Clone, Default)]
 struct Cursor {
     at: usize,
-    last: Option<Decoded>,
+    last: Option<(Decoded, Parts)>,
+}
+
+impl Cursor {
+    /// The next well-formed `Pub` frame in `chunk` from the cursor, which
+    /// moves past it, and how many frames that walked. The daemon
+    /// validated what it forwards, so a frame that is not a well-formed
+    /// `Pub` is a daemon bug: it is skipped, loudly.
+    #[inline]
+    fn next(&mut self, chunk: &[u8]) -> (Option<Found>, usize) {
+        match self.repeated(chunk) {
+            Some(found) => (Some(found), 1),
+            None => self.decode(chunk),
+        }
+    }
+
+    /// The next frame if its head is the last one's, byte for byte: found
+    /// by one comparison, its parts where the last one's were.
+    #[inline]
+    fn repeated(&mut self, chunk: &[u8]) -> Option<Found> {
+        let (last, parts) = self.last.as_ref()?;
+        let len = last.repeats(chunk, self.at)?;
+        let start = self.at + proto::LEN_PREFIX;
+        self.at += len;
+        Some(Found {
+            start,
+            end: self.at,
+            parts: *parts,
+        })
+    }
+
+    /// [`next`](Self::next) for a frame that does not repeat the last
+    /// one's head: decoded, and remembered.
+    fn decode(&mut self, chunk: &[u8]) -> (Option<Found>, usize) {
+        let mut walked = 0;
+        while let Some((off, body)) = chunk
+            .get(self.at..)
+            .and_then(|rest| codec::whole_frames(rest).next())
+        {
+            let start = self.at + off + proto::LEN_PREFIX;
+            self.at = start + body.len();
+            walked += 1;
+            match wire::run_msg(body) {
+                Some(p) => {
+                    let found = Found::of_pub(start, body, &p);
+                    self.last = Some((Decoded::new(chunk, start, body, &p), found.parts));
+                    return (Some(found), walked);
+                }
+                None => tracing::error!("malformed message in a Run from the daemon; skipped"),
+            }
+        }
+        (None, walked)
+    }
 }
 
 impl Messages {
@@ -539,10 +592,13 @@ impl Messages {
                 Some(f)
             }
             Located::Frames(cursor) => {
-                let (next, walked) = next_pub(&self.chunk, cursor);
+                if let Some(found) = cursor.repeated(&self.chunk) {
+                    self.left = self.left.saturating_sub(1);
+                    return Some(found);
+                }
+                let (next, walked) = cursor.decode(&self.chunk);
                 self.left = self.left.saturating_sub(walked);
-                let (start, body, p) = next?;
-                Some(Found::of_pub(start, body, &p))
+                next
             }
         }
     }
@@ -568,16 +624,7 @@ impl<'a> Iterator for Iter<'a> {
     fn next(&mut self) -> Option<MessageRef<'a>> {
         match &mut self.at {
             At::Found(found) => Some(found.next()?.view(self.chunk)),
-            At::Frames(cursor) => {
-                let (_, _, p) = next_pub(self.chunk, cursor).0?;
-                Some(MessageRef {
-                    subject: p.subject,
-                    reply_to: p.reply_to,
-                    payload: p.payload,
-                    headers: p.headers,
-                    sender: None,
-                })
-            }
+            At::Frames(cursor) => Some(cursor.next(self.chunk).0?.view(self.chunk)),
         }
     }
 }
@@ -589,35 +636,6 @@ impl<'a> IntoIterator for &'a Messages {
     fn into_iter(self) -> Iter<'a> {
         self.iter()
     }
-}
-
-/// The next well-formed `Pub` frame in `chunk` from the cursor, which moves
-/// past it: where its body starts and its fields; and how many frames that
-/// walked. The daemon validated what it forwards, so a frame that is not a
-/// well-formed `Pub` is a daemon bug: it is skipped, loudly.
-#[inline]
-fn next_pub<'a>(chunk: &'a [u8], c: &mut Cursor) -> (Option<PubAt<'a>>, usize) {
-    if let Some(found) = c.last.as_ref().and_then(|last| last.repeated(chunk, c.at)) {
-        c.at = found.0 + found.1.len();
-        return (Some(found), 1);
-    }
-    let mut walked = 0;
-    while let Some((off, body)) = chunk
-        .get(c.at..)
-        .and_then(|rest| codec::whole_frames(rest).next())
-    {
-        let start = c.at + off + proto::LEN_PREFIX;
-        c.at = start + body.len();
-        walked += 1;
-        match wire::run_msg(body) {
-            Some(p) => {
-                c.last = Some(Decoded::new(chunk, start, body, &p));
-                return (Some((start, body, p)), walked);
-            }
-            None => tracing::error!("malformed message in a Run from the daemon; skipped"),
-        }
-    }
-    (None, walked)
 }
 
 /// One message of a [`Messages`] batch, borrowed from it.
@@ -720,6 +738,56 @@ mod tests {
             reply_to: None,
             payload,
         })
+    }
+
+    #[test]
+    fn frames_that_repeat_a_head_read_as_fully_decoded_ones() {
+        let big = [7u8; 300];
+        let list: [(&str, Option<&str>, &[u8]); 11] = [
+            ("a.b", None, b"one"),
+            ("a.b", None, b"two"),
+            ("a.b", None, b"six"),
+            ("a.c", None, b"four!"),
+            ("a.c", Some("r.1"), b"five!"),
+            ("a.c", Some("r.1"), b"six!!"),
+            ("a.c", None, b"seven"),
+            ("a.c", None, &big),
+            ("a.c", None, &big),
+            ("ü.ß", None, b""),
+            ("ü.ß", None, b""),
+        ];
+        let frames: Vec<_> = list
+            .iter()
+            .map(|&(subject, reply_to, payload)| {
+                ClientFrame::Pub(Pub {
+                    subject,
+                    reply_to,
+                    payload,
+                })
+            })
+            .collect();
+        let expected: Vec<_> = list.iter().map(|&(s, r, p)| (s, r, p)).collect();
+        let mut batch = Messages::frames(run(&frames), list.len());
+        let read: Vec<_> = batch
+            .iter()
+            .map(|m| (m.subject(), m.reply_to(), m.payload()))
+            .collect();
+        assert_eq!(read, expected);
+        let mut taken = Vec::new();
+        while let Some(found) = batch.take() {
+            let m = found.view(batch.chunk());
+            taken.push((
+                m.subject().to_owned(),
+                m.reply_to().map(str::to_owned),
+                m.payload().to_vec(),
+            ));
+        }
+        let taken: Vec<_> = taken
+            .iter()
+            .map(|(s, r, p)| (s.as_str(), r.as_deref(), &p[..]))
+            .collect();
+        assert_eq!(taken, expected);
+        assert!(batch.is_empty());
     }
 
     #[test]

@@ -239,7 +239,7 @@ mod tests {
         /// they must not be).
         #[test]
         fn fast_check_agrees_with_the_slow_one(
-            s in "[a.*>\\- \t\u{7f}é]{0,12}",
+            s in "[a.*>\\- \t\u{7f}é~!]{0,40}",
             allow in proptest::bool::ANY,
         ) {
             let fast = valid_printable_ascii(s.as_bytes(), allow);
@@ -251,6 +251,51 @@ mod tests {
                 proptest::prop_assert_eq!(fast, slow, "{:?} allow={}", s, allow);
             }
             proptest::prop_assert_eq!(check_tokens(&s, allow).is_ok(), slow);
+        }
+    }
+
+    #[test]
+    fn every_place_of_an_empty_token_or_a_bad_byte_is_found() {
+        for len in 1..=40 {
+            let valid = vec![b'a'; len];
+            assert!(valid_printable_ascii(&valid, false), "{len}");
+            for i in 0..len {
+                for bad in [b' ', 0, 0x20, 0x7f, 0x80, 0xa1, 0xff] {
+                    let mut b = valid.clone();
+                    b[i] = bad;
+                    assert!(!valid_printable_ascii(&b, true), "{len} {i} {bad:#x}");
+                }
+                let mut b = valid.clone();
+                b[i] = b'*';
+                assert_eq!(valid_printable_ascii(&b, false), len > 1, "{len} {i} *");
+                if i + 1 < len {
+                    b = valid.clone();
+                    b[i] = b'.';
+                    b[i + 1] = b'.';
+                    assert!(!valid_printable_ascii(&b, true), "{len} {i} ..");
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// The word-at-a-time check agrees with the byte-at-a-time one on
+        /// subjects of every length up to 40 with any byte put anywhere:
+        /// mostly valid ones, then one byte from the edges of each class.
+        #[test]
+        fn word_check_agrees_with_the_bytes(
+            base in "[a-z0-9_.*>]{0,40}",
+            at in proptest::sample::select((0usize..40).collect::<Vec<_>>()),
+            byte in proptest::sample::select(vec![b' ', b'\t', 0, 0x7f, 0x80, 0xa1, 0xff, b'.', b'~', b'!', b'*', b'>', b'a']),
+            allow in proptest::bool::ANY,
+        ) {
+            let mut b = base.into_bytes();
+            if let Some(c) = b.get_mut(at) {
+                *c = byte;
+            }
+            let printable = !b.is_empty() && b.iter().all(|c| (0x21..=0x7e).contains(c));
+            let expected = printable && check_tokens_slow(std::str::from_utf8(&b).unwrap_or(""), allow).is_ok();
+            proptest::prop_assert_eq!(valid_printable_ascii(&b, allow), expected, "{:?} allow={}", String::from_utf8_lossy(&b), allow);
         }
     }
 

@@ -507,8 +507,8 @@ impl Encoder {
     }
 }
 
-/// Where the last `Pub` frame decoded from a chunk lies, and its fields,
-/// relative to its start.
+/// Where the last `Pub` frame decoded from a chunk lies: enough to tell
+/// whether the next frame repeats its head ([`repeats`](Self::repeats)).
 #[derive(Debug, Clone)]
 pub(crate) struct Decoded {
     /// Where the frame (its length prefix) starts in the chunk.
@@ -517,51 +517,29 @@ pub(crate) struct Decoded {
     head: usize,
     /// Length of the whole frame, prefix included.
     len: usize,
-    subject: Range<usize>,
-    reply_to: Option<Range<usize>>,
-    headers: Option<Range<usize>>,
 }
-
-/// A `Pub` frame found in a chunk: where its body starts, the body, and
-/// its fields.
-pub(crate) type PubAt<'a> = (usize, &'a [u8], RawPub<'a>);
 
 impl Decoded {
     /// Remembers the frame whose body starts at `start` in `chunk` and was
     /// decoded as `p`.
     pub(crate) fn new(chunk: &[u8], start: usize, body: &[u8], p: &RawPub<'_>) -> Self {
         let frame = start - LEN_PREFIX;
-        let at = |part: &[u8]| {
-            let from = part.as_ptr() as usize - chunk.as_ptr() as usize - frame;
-            from..from + part.len()
-        };
         Self {
             frame,
-            head: at(p.payload).start,
+            head: p.payload.as_ptr() as usize - chunk.as_ptr() as usize - frame,
             len: LEN_PREFIX + body.len(),
-            subject: at(p.subject),
-            reply_to: p.reply_to.map(at),
-            headers: p.headers.map(at),
         }
     }
 
-    /// The frame at `at` in `chunk` if its head is this frame's, byte for
-    /// byte: then so are its length, subject, reply subject and payload
-    /// length, and the subject is known to be UTF-8.
+    /// The length of the frame at `at` in `chunk` (its prefix included)
+    /// if its head is this frame's, byte for byte: then so are its length,
+    /// subject, reply subject and payload length, the subject is known to
+    /// be UTF-8, and its parts lie where this frame's do.
     #[inline]
-    pub(crate) fn repeated<'a>(&self, chunk: &'a [u8], at: usize) -> Option<PubAt<'a>> {
-        let frame = chunk.get(at..at + self.len)?;
-        if frame.get(..self.head)? != chunk.get(self.frame..self.frame + self.head)? {
-            return None;
-        }
-        let part = |r: &Range<usize>| frame.get(r.clone()).unwrap_or_default();
-        let p = RawPub {
-            subject: part(&self.subject),
-            reply_to: self.reply_to.as_ref().map(part),
-            payload: frame.get(self.head..).unwrap_or_default(),
-            headers: self.headers.as_ref().map(part),
-        };
-        Some((at + LEN_PREFIX, frame.get(LEN_PREFIX..).unwrap_or_default(), p))
+    pub(crate) fn repeats(&self, chunk: &[u8], at: usize) -> Option<usize> {
+        let head = chunk.get(at..at.checked_add(self.head)?)?;
+        (head == chunk.get(self.frame..self.frame + self.head)? && at + self.len <= chunk.len())
+            .then_some(self.len)
     }
 }
 
@@ -765,21 +743,26 @@ mod same_head_tests {
     }
 
     #[test]
-    fn repeated_heads_decode_as_the_full_decoder_does() {
+    fn a_repeated_head_is_found_where_the_head_repeats() {
         let mut chunk = Vec::new();
         for p in pubs() {
             encode_pub(&p, &mut chunk, u32::MAX).unwrap();
         }
-        let (mut last, mut repeats): (Option<Decoded>, usize) = (None, 0);
+        let (mut last, mut repeats): (Option<(Decoded, &[u8])>, usize) = (None, 0);
         let mut n = 0;
         for (off, body) in codec::whole_frames(&chunk) {
             let full = run_msg(body).unwrap();
             let start = off + LEN_PREFIX;
-            if let Some((s, b, p)) = last.as_ref().and_then(|l| l.repeated(&chunk, off)) {
-                assert_eq!((s, b, p), (start, body, full));
-                repeats += 1;
+            let head = &chunk[off..off + LEN_PREFIX + body.len() - full.payload.len()];
+            if let Some((l, last_head)) = &last {
+                let found = l.repeats(&chunk, off);
+                assert_eq!(found.is_some(), head == *last_head);
+                if let Some(len) = found {
+                    assert_eq!(len, LEN_PREFIX + body.len());
+                    repeats += 1;
+                }
             }
-            last = Some(Decoded::new(&chunk, start, body, &full));
+            last = Some((Decoded::new(&chunk, start, body, &full), head));
             n += 1;
         }
         assert_eq!(n, pubs().len());
@@ -801,6 +784,6 @@ mod same_head_tests {
         chunk.pop();
         let body = &chunk[LEN_PREFIX..first_len];
         let last = Decoded::new(&chunk, LEN_PREFIX, body, &run_msg(body).unwrap());
-        assert!(last.repeated(&chunk, first_len).is_none());
+        assert!(last.repeats(&chunk, first_len).is_none());
     }
 }
