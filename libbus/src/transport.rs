@@ -220,17 +220,36 @@ struct UnixReader {
 }
 
 impl AsyncRead for UnixReader {
+    /// A read that returns less than it had room for, and no descriptors,
+    /// drained the socket: its readiness is cleared, as tokio's own
+    /// sockets do, so the next read waits for the next event instead of
+    /// making a `recvmsg` that must fail with `EAGAIN` (two per request
+    /// in the daemon, two in the clients). A read that brought
+    /// descriptors may have stopped short at them with more queued
+    /// behind (the kernel ends a read after a message's descriptors), so
+    /// it leaves readiness as it is. Readiness that a new event set
+    /// meanwhile is never cleared (tokio compares the event's tick).
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        let room = buf.remaining();
         loop {
             let tokio = this.stream.inner();
+            let mut drained = false;
             let read = tokio.try_io(Interest::READABLE, || {
-                crate::sys::recv_with_fds(tokio.as_fd(), buf, &mut this.control, &mut this.got)
+                let n = crate::sys::recv_with_fds(tokio.as_fd(), buf, &mut this.control, &mut this.got)?;
+                if n > 0 && n < room && this.got.is_empty() {
+                    // `try_io` clears readiness on `WouldBlock`; the bytes
+                    // are in `buf` already.
+                    drained = true;
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(n)
             });
             if !this.got.is_empty() {
                 this.fds.add(&mut this.got)?;
             }
             match read {
+                _ if drained => return Poll::Ready(Ok(())),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready!(tokio.poll_read_ready(cx))?,
                 other => return Poll::Ready(other.map(|_| ())),
             }
@@ -503,10 +522,9 @@ mod tests {
         drop((one, two));
         let mut got = Vec::new();
         while got.len() < 7 {
-            let mut buf = [0u8; 16];
-            let n = br.read(&mut buf).await.unwrap();
-            assert!(n > 0);
-            got.extend_from_slice(&buf[..n]);
+            let read = read_within(&mut br).await;
+            assert!(!read.is_empty());
+            got.extend(read);
         }
         assert_eq!(got, b"xplainy");
         assert_eq!(fds.len(), 3);
@@ -518,6 +536,53 @@ mod tests {
         let texts: Vec<Vec<u8>> = rest.into_iter().map(read_all).collect();
         // `one`'s pipe was read empty above; `two`'s still holds its text.
         assert_eq!(texts[0], b"two");
+    }
+
+    /// Reads into a buffer with room for more than is sent, so that every
+    /// read is short; each must finish within a bound.
+    async fn read_within(r: &mut Reader) -> Vec<u8> {
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), r.read(&mut buf))
+            .await
+            .expect("a read waited for input that had already come")
+            .unwrap();
+        buf[..n].to_vec()
+    }
+
+    #[tokio::test]
+    async fn a_short_read_at_descriptors_does_not_wait_for_what_follows_them() {
+        let (a, b) = pair();
+        let (_ar, mut aw) = split_unix(a);
+        let (mut br, _bw) = split_unix(b);
+        br.received_fds().unwrap().set_limit(2);
+        let (one, two) = (pipe_with(b"1"), pipe_with(b"2"));
+        aw.send_with_fds(b"a", &[one.as_fd()]).await.unwrap();
+        aw.write_all(b"bc").await.unwrap();
+        aw.send_with_fds(b"d", &[two.as_fd()]).await.unwrap();
+        aw.write_all(b"e").await.unwrap();
+        // The kernel ends a read after each message's descriptors: four
+        // short reads, of which only the last two drained the socket.
+        let mut got = Vec::new();
+        while got.len() < 5 {
+            got.extend(read_within(&mut br).await);
+        }
+        assert_eq!(got, b"abcde");
+        assert_eq!(br.received_fds().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn after_a_short_read_the_next_input_wakes_the_reader() {
+        let (a, b) = pair();
+        let (_ar, mut aw) = split_unix(a);
+        let (mut br, _bw) = split_unix(b);
+        for round in 0..100u8 {
+            let write = async {
+                tokio::task::yield_now().await;
+                aw.write_all(&[round]).await.unwrap();
+            };
+            let (got, ()) = tokio::join!(read_within(&mut br), write);
+            assert_eq!(got, [round]);
+        }
     }
 
     #[tokio::test]
