@@ -220,36 +220,24 @@ struct UnixReader {
 }
 
 impl AsyncRead for UnixReader {
-    /// A read that returns less than it had room for, and no descriptors,
-    /// drained the socket: its readiness is cleared, as tokio's own
-    /// sockets do, so the next read waits for the next event instead of
-    /// making a `recvmsg` that must fail with `EAGAIN` (two per request
-    /// in the daemon, two in the clients). A read that brought
-    /// descriptors may have stopped short at them with more queued
-    /// behind (the kernel ends a read after a message's descriptors), so
-    /// it leaves readiness as it is. Readiness that a new event set
-    /// meanwhile is never cleared (tokio compares the event's tick).
+    /// Each read is one `recvmsg`. A read that returns less than it had
+    /// room for is still followed by one that finds nothing (`EAGAIN`):
+    /// clearing readiness after a short read, as tokio's own sockets do,
+    /// saved those two system calls per request in the daemon and two in
+    /// the clients, and measured slower round trips with idle CPUs
+    /// (request/reply p50 114-118 -> 130 us, three interleaved A/Bs;
+    /// docs/performance.md), so it is not done.
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let room = buf.remaining();
         loop {
             let tokio = this.stream.inner();
-            let mut drained = false;
             let read = tokio.try_io(Interest::READABLE, || {
-                let n = crate::sys::recv_with_fds(tokio.as_fd(), buf, &mut this.control, &mut this.got)?;
-                if n > 0 && n < room && this.got.is_empty() {
-                    // `try_io` clears readiness on `WouldBlock`; the bytes
-                    // are in `buf` already.
-                    drained = true;
-                    return Err(io::ErrorKind::WouldBlock.into());
-                }
-                Ok(n)
+                crate::sys::recv_with_fds(tokio.as_fd(), buf, &mut this.control, &mut this.got)
             });
             if !this.got.is_empty() {
                 this.fds.add(&mut this.got)?;
             }
             match read {
-                _ if drained => return Poll::Ready(Ok(())),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready!(tokio.poll_read_ready(cx))?,
                 other => return Poll::Ready(other.map(|_| ())),
             }
@@ -560,8 +548,8 @@ mod tests {
         aw.write_all(b"bc").await.unwrap();
         aw.send_with_fds(b"d", &[two.as_fd()]).await.unwrap();
         aw.write_all(b"e").await.unwrap();
-        // The kernel ends a read after each message's descriptors: four
-        // short reads, of which only the last two drained the socket.
+        // The kernel ends a read after each message's descriptors: a read
+        // that stops short there must not wait for what is queued behind.
         let mut got = Vec::new();
         while got.len() < 5 {
             got.extend(read_within(&mut br).await);
