@@ -260,13 +260,9 @@ impl Output {
             reply_to,
             payload,
         });
-        // Not through `send`: one future fewer on the hot path, and none
-        // made unless the buffer is full. A request is written at once if
-        // it can be (see `buffer`).
+        // Not through `send`: one future fewer on the hot path. A request
+        // is written at once if it can be (see `buffer`).
         let urgent = reply_to.is_some();
-        if self.buffer(&frame, true, urgent)? {
-            return Ok(());
-        }
         self.until_buffered(|| self.buffer(&frame, true, urgent)).await
     }
 
