@@ -60,7 +60,7 @@ struct Attached {
     body: Option<Bytes>,
 }
 
-/// Where a message's fields lie in its frame (see [`Message::locate`]).
+/// Where a message's fields lie in its frame body (see [`Found`]).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Parts {
     subject: Span,
