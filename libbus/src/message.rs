@@ -766,13 +766,38 @@ mod tests {
                 })
             })
             .collect();
-        let expected: Vec<_> = list.iter().map(|&(s, r, p)| (s, r, p)).collect();
-        let mut batch = Messages::frames(run(&frames), list.len());
+        // Frames with headers repeat a head only with the same block.
+        let (one, two) = (
+            crate::Headers::from_iter([("A", "1")]).encode().unwrap(),
+            crate::Headers::from_iter([("A", "2")]).encode().unwrap(),
+        );
+        let mut frames = frames;
+        for (headers, payload) in [(&one, &b"h1"[..]), (&one, b"h2"), (&two, b"h3"), (&two, b"h4")] {
+            frames.push(ClientFrame::HPub(crate::proto::HPub {
+                subject: "h.x",
+                reply_to: None,
+                headers,
+                payload,
+            }));
+        }
+        let mut expected: Vec<_> = list.iter().map(|&(s, r, p)| (s, r, p)).collect();
+        expected.extend([
+            ("h.x", None, &b"h1"[..]),
+            ("h.x", None, b"h2"),
+            ("h.x", None, b"h3"),
+            ("h.x", None, b"h4"),
+        ]);
+        let mut batch = Messages::frames(run(&frames), frames.len());
         let read: Vec<_> = batch
             .iter()
             .map(|m| (m.subject(), m.reply_to(), m.payload()))
             .collect();
         assert_eq!(read, expected);
+        let values: Vec<_> = batch
+            .iter()
+            .filter_map(|m| m.headers().get("A").map(str::to_owned))
+            .collect();
+        assert_eq!(values, ["1", "1", "2", "2"]);
         let mut taken = Vec::new();
         while let Some(found) = batch.take() {
             let m = found.view(batch.chunk());
