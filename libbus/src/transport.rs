@@ -220,13 +220,10 @@ struct UnixReader {
 }
 
 impl AsyncRead for UnixReader {
-    /// Each read is one `recvmsg`. A read that returns less than it had
-    /// room for is still followed by one that finds nothing (`EAGAIN`):
-    /// clearing readiness after a short read, as tokio's own sockets do,
-    /// saved those two system calls per request in the daemon and two in
-    /// the clients, and measured slower round trips with idle CPUs
-    /// (request/reply p50 114-118 -> 130 us, three interleaved A/Bs;
-    /// docs/performance.md), so it is not done.
+    /// Each read is one `recvmsg`; readiness is cleared only by one that
+    /// finds nothing (`EAGAIN`), not after a short read as tokio's own
+    /// sockets do: that measured slower round trips (docs/performance.md,
+    /// "Busy-CPU latency").
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
