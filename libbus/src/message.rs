@@ -744,36 +744,15 @@ mod tests {
 
     #[test]
     fn frames_that_repeat_a_head_read_as_fully_decoded_ones() {
-        let big = [7u8; 300];
-        let list: [(&str, Option<&str>, &[u8]); 11] = [
-            ("a.b", None, b"one"),
-            ("a.b", None, b"two"),
-            ("a.b", None, b"six"),
-            ("a.c", None, b"four!"),
-            ("a.c", Some("r.1"), b"five!"),
-            ("a.c", Some("r.1"), b"six!!"),
-            ("a.c", None, b"seven"),
-            ("a.c", None, &big),
-            ("a.c", None, &big),
-            ("ü.ß", None, b""),
-            ("ü.ß", None, b""),
-        ];
-        let frames: Vec<_> = list
-            .iter()
-            .map(|&(subject, reply_to, payload)| {
-                ClientFrame::Pub(Pub {
-                    subject,
-                    reply_to,
-                    payload,
-                })
-            })
-            .collect();
+        let mut pubs = wire::same_head_tests::pubs();
+        // A request repeating the last head, reply subject and all.
+        pubs.insert(5, pubs[4].clone());
+        let mut frames: Vec<_> = pubs.iter().cloned().map(ClientFrame::Pub).collect();
         // Frames with headers repeat a head only with the same block.
         let (one, two) = (
             crate::Headers::from_iter([("A", "1")]).encode().unwrap(),
             crate::Headers::from_iter([("A", "2")]).encode().unwrap(),
         );
-        let mut frames = frames;
         for (headers, payload) in [(&one, &b"h1"[..]), (&one, b"h2"), (&two, b"h3"), (&two, b"h4")] {
             frames.push(ClientFrame::HPub(crate::proto::HPub {
                 subject: "h.x",
@@ -782,7 +761,7 @@ mod tests {
                 payload,
             }));
         }
-        let mut expected: Vec<_> = list.iter().map(|&(s, r, p)| (s, r, p)).collect();
+        let mut expected: Vec<_> = pubs.iter().map(|p| (p.subject, p.reply_to, p.payload)).collect();
         expected.extend([
             ("h.x", None, &b"h1"[..]),
             ("h.x", None, b"h2"),

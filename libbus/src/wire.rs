@@ -681,11 +681,14 @@ mod tests {
 }
 
 #[cfg(test)]
-mod same_head_tests {
+pub(crate) mod same_head_tests {
     use super::*;
     use crate::{codec, proto::Pub};
 
-    fn pubs() -> Vec<Pub<'static>> {
+    /// Publishes whose heads repeat in every way a stream's can (same
+    /// subject and size; another size; a reply subject; large; empty),
+    /// and ways they stop repeating.
+    pub(crate) fn pubs() -> Vec<Pub<'static>> {
         let big: &'static [u8] = Box::leak(vec![7u8; 300].into_boxed_slice());
         let list: [(&str, Option<&str>, &[u8]); 11] = [
             ("a.b", None, b"one"),
