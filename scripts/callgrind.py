@@ -2,7 +2,7 @@
 """Instructions per message, per process, under callgrind (docs/performance.md,
 "Where a message's instructions go").
 
-    scripts/callgrind.py [--msgs 200000] [--size 128] [--subjects 1] [--top 12]
+    scripts/callgrind.py [--msgs 200000] [--size 128] [--subjects 1] [--top 12] [--cache]
 
 Runs an external release busd and `bus-cli bench pubsub --processes`
 (the publisher and the subscriber each a `bench-worker` process) under
@@ -12,6 +12,12 @@ extra messages, so start-up and handshakes cancel out. Instruction counts
 are stable on shared VMs where timings are not. Prints each process's
 instructions per message, and the subscriber's and the daemon's top
 functions (inclusive of nothing: self cost), per message.
+
+With --cache it runs cachegrind's cache simulation instead and prints
+each process's simulated first-level data-cache misses (reads and writes)
+and last-level misses per message next to its instructions: work that
+touches state for many subjects costs misses that instruction counts do
+not show (docs/performance.md, "What 4096 subjects cost").
 """
 
 import argparse
@@ -55,10 +61,28 @@ def parse(path):
     return cmd, total, funcs
 
 
+def parse_cache(path):
+    """(command line, {event: count}) of one cachegrind file."""
+    cmd, events, totals = "", [], []
+    with open(path, errors="replace") as f:
+        for line in f:
+            if line.startswith("cmd:"):
+                cmd = line[4:].strip()
+            elif line.startswith("events:"):
+                events = line.split()[1:]
+            elif line.startswith("summary:"):
+                totals = [int(x) for x in line.split()[1:]]
+    return cmd, dict(zip(events, totals))
+
+
 def run(args, msgs, out):
     os.makedirs(out, exist_ok=True)
-    vg = ["valgrind", "--tool=callgrind", "--trace-children=yes",
-          f"--callgrind-out-file={out}/cg.%p"]
+    if args.cache:
+        vg = ["valgrind", "--tool=cachegrind", "--cache-sim=yes", "--trace-children=yes",
+              f"--cachegrind-out-file={out}/cg.%p"]
+    else:
+        vg = ["valgrind", "--tool=callgrind", "--trace-children=yes",
+              f"--callgrind-out-file={out}/cg.%p"]
     with external_busd.running(args.busd, prefix=vg) as (_, sock):
         subprocess.run(vg + [args.cli, "--address", sock, "bench", "pubsub", "--processes",
                              "--msgs", str(msgs), "--size", str(args.size),
@@ -67,7 +91,11 @@ def run(args, msgs, out):
                        timeout=1800)
     procs = {}
     for path in glob.glob(f"{out}/cg.*"):
-        cmd, total, funcs = parse(path)
+        if args.cache:
+            cmd, funcs = parse_cache(path)
+            total = funcs.get("Ir", 0)
+        else:
+            cmd, total, funcs = parse(path)
         if "busd" in cmd.split()[0]:
             role = "busd"
         elif "bench-worker" in cmd:
@@ -86,6 +114,8 @@ def main():
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--top", type=int, default=12)
     ap.add_argument("--subjects", type=int, default=1, help="publish over this many subjects")
+    ap.add_argument("--cache", action="store_true",
+                    help="simulate the caches (cachegrind): misses per message instead of top functions")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         small = run(args, args.msgs, os.path.join(d, "small"))
@@ -98,6 +128,19 @@ def main():
         a = sum(t for t, _, _ in small[role])
         b = sum(t for t, _, _ in large[role])
         print(f"  {role:<13} {(b - a) / args.msgs:8.1f}")
+    if args.cache:
+        print("simulated misses per message: first-level data reads, writes; last level (cachegrind)")
+        for role in ("publisher", "busd", "subscriber"):
+            if role not in small or role not in large:
+                continue
+            per = {}
+            for ev in ("D1mr", "D1mw", "DLmr", "DLmw"):
+                a = sum(f.get(ev, 0) for _, f, _ in small[role])
+                b = sum(f.get(ev, 0) for _, f, _ in large[role])
+                per[ev] = (b - a) / args.msgs
+            print(f"  {role:<13} D1 {per['D1mr']:5.2f} read {per['D1mw']:5.2f} write   "
+                  f"LL {per['DLmr'] + per['DLmw']:5.2f}")
+        return
     for role in ("subscriber", "busd", "publisher"):
         if role not in small or role not in large:
             continue

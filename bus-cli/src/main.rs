@@ -144,9 +144,13 @@ enum Command {
     },
     /// Print every message and lifecycle event as it happens.
     Monitor {
-        /// Only subjects matching this pattern (repeatable; a message that
-        /// matches two is printed twice) [default: >].
-        #[arg(long = "match", value_name = "PATTERN")]
+        // The help text is an attribute, not a doc comment: rustdoc would
+        // read its "[default: >]" as a link.
+        #[arg(
+            long = "match",
+            value_name = "PATTERN",
+            help = "Only subjects matching this pattern (repeatable; a message that matches two is printed twice) [default: >]"
+        )]
         patterns: Vec<String>,
     },
     /// Serve requests from the shell: answer each one on SUBJECT, or each
