@@ -779,18 +779,10 @@ mod tests {
             .filter_map(|m| m.headers().get("A").map(str::to_owned))
             .collect();
         assert_eq!(values, ["1", "1", "2", "2"]);
-        let mut taken = Vec::new();
-        while let Some(found) = batch.take() {
-            let m = found.view(batch.chunk());
-            taken.push((
-                m.subject().to_owned(),
-                m.reply_to().map(str::to_owned),
-                m.payload().to_vec(),
-            ));
-        }
-        let taken: Vec<_> = taken
-            .iter()
-            .map(|(s, r, p)| (s.as_str(), r.as_deref(), &p[..]))
+        let chunk = batch.chunk().clone();
+        let taken: Vec<_> = std::iter::from_fn(|| batch.take())
+            .map(|found| found.view(&chunk))
+            .map(|m| (m.subject(), m.reply_to(), m.payload()))
             .collect();
         assert_eq!(taken, expected);
         assert!(batch.is_empty());
